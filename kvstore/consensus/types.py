@@ -1,0 +1,377 @@
+"""The consensus contract shared by the Raft and Multi-Paxos cores.
+
+Rule of this package: it performs no I/O. No asyncio, grpc, lmdb, time, socket,
+threading or the global ``random`` module may be imported under
+``kvstore.consensus``; time is ticks and randomness is a ``random.Random`` the
+caller passes in (tests/test_purity.py enforces this).
+
+A core is driven like etcd-io/raft's RawNode:
+
+    core.tick() / core.step(msg) / core.propose(data) / core.read_index(ctx) ...
+    if core.has_ready():
+        rd = core.ready()
+        persist(rd.hard_state, rd.entries, rd.snapshot)   # durably, one fsync
+        send(rd.messages)                                   # only after the persist
+        apply(rd.committed); serve(rd.read_states)
+        core.advance(rd)
+
+Errors are split by who is at fault: the local caller gets an exception
+(``ConsensusError`` subclasses); a bad, stale or duplicated remote message is
+dropped and counted in ``core.dropped`` and never raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+NONE = 0
+"""Node id meaning "nobody" (no vote, no known leader). Real node ids are >= 1."""
+
+
+class EntryType(enum.IntEnum):
+    NORMAL = 0
+    """Client data (``Entry.data`` is an opaque command for the state machine)."""
+    CONF_CHANGE = 1
+    """``Entry.data`` is an encoded ``ConfChange``; apply with ``apply_conf_change``."""
+    NOOP = 2
+    """Written by a new leader (Raft) or to fill a gap (Paxos); carries no data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    term: int
+    """Raft: the leader term that created the entry. Paxos: the ballot that chose it."""
+    index: int
+    """Log position (Raft) or slot (Paxos), starting at 1."""
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        """Approximate encoded size in bytes, used for flow control caps."""
+        return len(self.data) + 24
+
+
+class ConfChangeType(enum.IntEnum):
+    ADD_NODE = 0
+    """Add a voter (or promote a learner to voter)."""
+    REMOVE_NODE = 1
+    ADD_LEARNER = 2
+    """Add a non-voting member that receives the log; promote later with ADD_NODE."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfChange:
+    type: ConfChangeType
+    node_id: int
+
+    def encode(self) -> bytes:
+        return bytes([int(self.type)]) + self.node_id.to_bytes(8, "big")
+
+    @staticmethod
+    def decode(data: bytes) -> ConfChange:
+        if len(data) != 9:
+            raise ValueError(f"conf change must be 9 bytes, got {len(data)}")
+        return ConfChange(type=ConfChangeType(data[0]), node_id=int.from_bytes(data[1:], "big"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfState:
+    """Membership. Invariant: ``voters`` and ``learners`` are disjoint.
+
+    ``voters_outgoing`` is non-empty only while a joint configuration
+    (C_old,new) is in effect; decisions then need a majority of both sets.
+    """
+
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
+    voters_outgoing: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardState:
+    """What a node must persist before it answers anything that depends on it.
+
+    Raft: current term, vote in that term, commit index.
+    Paxos: ``term`` is the promised ballot, ``vote`` unused, ``commit`` the
+    highest slot known chosen contiguously.
+    """
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotMetadata:
+    index: int = 0
+    """Last log index the snapshot covers."""
+    term: int = 0
+    """Term of the entry at ``index``."""
+    conf_state: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    metadata: SnapshotMetadata = field(default_factory=SnapshotMetadata)
+    data: bytes = b""
+    """The state machine image at ``metadata.index`` (opaque to the core)."""
+
+    def is_empty(self) -> bool:
+        return self.metadata.index == 0
+
+
+class MessageType(enum.IntEnum):
+    # Raft (thesis names; etcd-io/raft's MsgApp, MsgVote ...)
+    APPEND = 1
+    APPEND_RESP = 2
+    VOTE = 3
+    VOTE_RESP = 4
+    PRE_VOTE = 5
+    PRE_VOTE_RESP = 6
+    HEARTBEAT = 7
+    HEARTBEAT_RESP = 8
+    SNAPSHOT = 9
+    """InstallSnapshot; ``snapshot`` holds the image."""
+    TIMEOUT_NOW = 10
+    """Leadership transfer: the target campaigns at once."""
+    READ_INDEX = 11
+    """A follower forwarding a read-index request to the leader."""
+    READ_INDEX_RESP = 12
+    # Multi-Paxos ("Paxos Made Moderately Complex" names)
+    PREPARE = 20
+    """Phase 1a for every slot from ``index`` on, with ballot ``term``."""
+    PROMISE = 21
+    """Phase 1b: ``entries`` are the accepted values from ``index`` on."""
+    ACCEPT = 22
+    """Phase 2a: ``entries`` proposed in ballot ``term``."""
+    ACCEPTED = 23
+    """Phase 2b: accepted up to ``index``."""
+    PAXOS_SNAPSHOT = 24
+    PAXOS_HEARTBEAT = 25
+    PAXOS_HEARTBEAT_RESP = 26
+    PAXOS_TIMEOUT_NOW = 27
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One node-to-node message; the field meanings follow etcd-io/raft's raftpb.Message.
+
+    Every message names its consensus ``group`` so one node hosts many groups
+    over one connection per peer.
+    """
+
+    type: MessageType
+    group: int
+    from_: int
+    to: int
+    term: int = 0
+    """Sender's term (Raft) or ballot (Paxos)."""
+    log_term: int = 0
+    """Raft APPEND: term of the entry at ``index`` (prev log term). VOTE: last log term."""
+    index: int = 0
+    """APPEND: prev log index. APPEND_RESP: last matched index (or rejected index)."""
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    """On a rejected APPEND: the follower's hint for fast backtracking."""
+    snapshot: Snapshot | None = None
+    context: bytes = b""
+    """Opaque: read-index request contexts, campaign kind (transfer) ..."""
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+    LEARNER = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SoftState:
+    """Volatile state that need not be persisted; present in Ready when it changed."""
+
+    leader: int = NONE
+    role: Role = Role.FOLLOWER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadState:
+    """A confirmed read: once ``applied >= index`` the read with ``request_ctx`` may be served."""
+
+    index: int
+    request_ctx: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposalId:
+    """Where a proposal landed. It committed iff the entry applied at ``index`` has ``term``."""
+
+    term: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """One batch of effects. The caller must act on the fields in this order."""
+
+    soft_state: SoftState | None = None
+    """Changed leader or role, if any; informational, no ordering constraint."""
+    hard_state: HardState | None = None
+    """Persist durably before sending ``messages`` (None: unchanged)."""
+    entries: tuple[Entry, ...] = ()
+    """Append to the log durably before sending ``messages``. An entry at an
+    index already in the stored log replaces it and everything after it."""
+    snapshot: Snapshot | None = None
+    """Install (state machine image + log reset) durably before sending ``messages``
+    and before applying ``committed``."""
+    messages: tuple[Message, ...] = ()
+    """Send only after ``hard_state``, ``entries`` and ``snapshot`` are durable."""
+    committed: tuple[Entry, ...] = ()
+    """Durable on a quorum: apply in index order. May be applied concurrently with
+    the persist above (they are already durable elsewhere) but never skipped."""
+    read_states: tuple[ReadState, ...] = ()
+    """Confirmed read indexes; serve each once the state machine has applied its index."""
+
+    def is_empty(self) -> bool:
+        return not (
+            self.soft_state
+            or self.hard_state
+            or self.entries
+            or self.snapshot
+            or self.messages
+            or self.committed
+            or self.read_states
+        )
+
+
+class ConsensusError(Exception):
+    """Local misuse of a core (never raised for a bad remote message)."""
+
+
+class NotLeaderError(ConsensusError):
+    """The call needs the leader; ``leader`` is the best known hint (NONE if unknown)."""
+
+    def __init__(self, leader: int) -> None:
+        super().__init__(f"not the leader (leader hint: {leader})")
+        self.leader = leader
+
+
+class ProposalDroppedError(ConsensusError):
+    """The proposal cannot be accepted now (leadership transfer in flight, too many
+    uncommitted bytes, a conf change already pending)."""
+
+
+class LogStorage(Protocol):
+    """The stable log a core reads from (etcd-io/raft's Storage).
+
+    The driver writes to it after persisting each Ready; the core only reads.
+    ``MemoryStorage`` is the in-memory twin; kvstore.storage has the LMDB one.
+    Invariant: entries are contiguous from ``first_index()`` to ``last_index()``.
+    """
+
+    def initial_state(self) -> tuple[HardState, ConfState]: ...
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        """Entries in [lo, hi); at least one if any, then up to ``max_size`` bytes.
+        Raises CompactedError if lo < first_index()."""
+        ...
+
+    def term(self, index: int) -> int:
+        """Term of the entry at ``index``; the snapshot's term for first_index()-1.
+        Raises CompactedError below that, UnavailableError above last_index()."""
+        ...
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+
+class CompactedError(ConsensusError):
+    """The requested index was compacted into a snapshot."""
+
+
+class UnavailableError(ConsensusError):
+    """The requested index is past the end of the log."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Config:
+    """Parameters of a core. ``rng`` is the only source of randomness."""
+
+    id: int
+    group: int = 0
+    election_tick: int = 10
+    """Followers campaign after a random timeout in [election_tick, 2*election_tick) ticks."""
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    """Cap on in-flight APPENDs per follower in the replicate state."""
+    max_inflight_bytes: int = 16 << 20
+    max_uncommitted_bytes: int = 64 << 20
+    applied: int = 0
+    """Index the state machine has applied on restart (entries up to it are not re-emitted)."""
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    id: int
+    group: int
+    role: Role
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    conf_state: ConfState
+
+
+class Core(Protocol):
+    """What the node driver, the simulator and the tests use; Raft and Paxos implement it."""
+
+    dropped: Counter[str]
+    """Remote messages dropped, by reason (e.g. "stale_term", "unknown_group")."""
+
+    def tick(self) -> None: ...
+
+    def step(self, msg: Message) -> None: ...
+
+    def propose(self, data: bytes) -> ProposalId:
+        """Raises NotLeaderError or ProposalDroppedError."""
+        ...
+
+    def propose_conf_change(self, change: ConfChange) -> ProposalId: ...
+
+    def apply_conf_change(self, change: ConfChange) -> ConfState:
+        """Call when a CONF_CHANGE entry is applied; returns the new membership."""
+        ...
+
+    def read_index(self, ctx: bytes) -> None:
+        """Request a linearizable read; a ReadState with ``ctx`` appears in a later Ready.
+        On a follower the request is forwarded to the leader. Raises NotLeaderError when
+        no leader is known."""
+        ...
+
+    def transfer_leadership(self, to: int) -> None: ...
+
+    def campaign(self) -> None:
+        """Start an election now (tests and bootstrap)."""
+        ...
+
+    def has_ready(self) -> bool: ...
+
+    def ready(self) -> Ready: ...
+
+    def advance(self, rd: Ready) -> None: ...
+
+    def status(self) -> Status: ...
