@@ -19,9 +19,12 @@ from kvstore.consensus.types import (
 
 
 class MemoryStorage:
-    def __init__(self) -> None:
+    def __init__(self, voters: frozenset[int] | set[int] = frozenset()) -> None:
+        """``voters``: the bootstrap membership, recorded as a snapshot at index 0."""
         self.hard_state = HardState()
-        self._snapshot = Snapshot()
+        self._snapshot = Snapshot(
+            metadata=SnapshotMetadata(conf_state=ConfState(voters=frozenset(voters)))
+        )
         self._ents: list[Entry] = [Entry(term=0, index=0)]
 
     # -- LogStorage --------------------------------------------------------
