@@ -1,0 +1,171 @@
+"""Client commands and their batch codec; one log entry's data is one encoded batch.
+
+Rule: ``decode_batch(encode_batch(cs)) == cs`` for every valid batch, and any other input
+raises BatchDecodeError (a ValueError) rather than a struct or index error. Performs no I/O.
+
+Layout (little-endian): ``u8 version=1, u32 count``, then per command
+``u8 op, u8 flags, u64 client_id, u64 seq, u32 key_len, key`` followed by
+Put: ``u32 len, value``; Delete: nothing; Cas: in flag order
+``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version]``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_VERSION = 1
+_HEAD = struct.Struct("<BI")
+_CMD = struct.Struct("<BBQQI")
+_LEN = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+_OP_PUT = 1
+_OP_DELETE = 2
+_OP_CAS = 3
+
+_HAS_NEW = 1
+_HAS_EXPECTED_VALUE = 2
+_HAS_EXPECTED_VERSION = 4
+
+
+class BatchDecodeError(ValueError):
+    """The bytes are not a batch this codec produced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+    client_id: int = 0
+    """Session id for exactly-once; 0 = no session (a retry may apply twice)."""
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+    client_id: int = 0
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cas:
+    """Compare-and-swap: if every given expectation holds, write ``new_value``.
+
+    ``expected_version=0`` means "the key is absent"; ``expected_value`` compares the
+    current value (an absent key never matches it). ``new_value=None`` deletes on success.
+    At least one expectation is required (an unconditional write is a Put).
+    """
+
+    key: bytes
+    new_value: bytes | None
+    expected_value: bytes | None = None
+    expected_version: int | None = None
+    client_id: int = 0
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.expected_value is None and self.expected_version is None:
+            raise ValueError("Cas needs expected_value or expected_version (0 = key absent)")
+        if self.expected_version is not None and self.expected_version < 0:
+            raise ValueError(f"expected_version must be >= 0, got {self.expected_version}")
+
+
+Command = Put | Delete | Cas
+
+
+def encode_batch(commands: list[Command] | tuple[Command, ...]) -> bytes:
+    """Encode commands (in order) as one entry's data. Raises ValueError on an
+    id, seq or version outside 0..2**64-1."""
+    parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands))]
+    try:
+        for c in commands:
+            if isinstance(c, Put):
+                parts.append(_CMD.pack(_OP_PUT, 0, c.client_id, c.seq, len(c.key)))
+                parts.append(c.key)
+                parts.append(_LEN.pack(len(c.value)))
+                parts.append(c.value)
+            elif isinstance(c, Delete):
+                parts.append(_CMD.pack(_OP_DELETE, 0, c.client_id, c.seq, len(c.key)))
+                parts.append(c.key)
+            elif isinstance(c, Cas):
+                flags = (
+                    (_HAS_NEW if c.new_value is not None else 0)
+                    | (_HAS_EXPECTED_VALUE if c.expected_value is not None else 0)
+                    | (_HAS_EXPECTED_VERSION if c.expected_version is not None else 0)
+                )
+                parts.append(_CMD.pack(_OP_CAS, flags, c.client_id, c.seq, len(c.key)))
+                parts.append(c.key)
+                if c.new_value is not None:
+                    parts.append(_LEN.pack(len(c.new_value)))
+                    parts.append(c.new_value)
+                if c.expected_value is not None:
+                    parts.append(_LEN.pack(len(c.expected_value)))
+                    parts.append(c.expected_value)
+                if c.expected_version is not None:
+                    parts.append(_U64.pack(c.expected_version))
+            else:
+                raise TypeError(f"not a command: {c!r}")
+    except struct.error as e:
+        raise ValueError(f"command field out of range: {e}") from e
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    """Decode one entry's data. Raises BatchDecodeError on anything malformed."""
+    try:
+        return _decode(memoryview(data))
+    except BatchDecodeError:
+        raise
+    except (struct.error, ValueError) as e:
+        raise BatchDecodeError(f"malformed batch: {e}") from e
+
+
+def _take(mv: memoryview, pos: int) -> tuple[bytes, int]:
+    (n,) = _LEN.unpack_from(mv, pos)
+    pos += 4
+    end = pos + n
+    if end > len(mv):
+        raise BatchDecodeError(f"field of {n} bytes runs past the end at {pos}")
+    return bytes(mv[pos:end]), end
+
+
+def _decode(mv: memoryview) -> list[Command]:
+    version, count = _HEAD.unpack_from(mv, 0)
+    if version != _VERSION:
+        raise BatchDecodeError(f"unknown batch version {version}")
+    # Each command takes at least _CMD.size bytes: reject absurd counts before looping.
+    if count * _CMD.size > len(mv):
+        raise BatchDecodeError(f"count {count} does not fit in {len(mv)} bytes")
+    pos = _HEAD.size
+    out: list[Command] = []
+    for _ in range(count):
+        op, flags, client_id, seq, klen = _CMD.unpack_from(mv, pos)
+        pos += _CMD.size
+        kend = pos + klen
+        if kend > len(mv):
+            raise BatchDecodeError(f"key of {klen} bytes runs past the end at {pos}")
+        key = bytes(mv[pos:kend])
+        pos = kend
+        if op == _OP_PUT and flags == 0:
+            value, pos = _take(mv, pos)
+            out.append(Put(key, value, client_id, seq))
+        elif op == _OP_DELETE and flags == 0:
+            out.append(Delete(key, client_id, seq))
+        elif op == _OP_CAS and flags & ~7 == 0:
+            new_value = expected_value = None
+            expected_version = None
+            if flags & _HAS_NEW:
+                new_value, pos = _take(mv, pos)
+            if flags & _HAS_EXPECTED_VALUE:
+                expected_value, pos = _take(mv, pos)
+            if flags & _HAS_EXPECTED_VERSION:
+                (expected_version,) = _U64.unpack_from(mv, pos)
+                pos += 8
+            out.append(Cas(key, new_value, expected_value, expected_version, client_id, seq))
+        else:
+            raise BatchDecodeError(f"unknown op {op} with flags {flags} at {pos}")
+    if pos != len(mv):
+        raise BatchDecodeError(f"{len(mv) - pos} trailing bytes after {count} commands")
+    return out

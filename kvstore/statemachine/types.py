@@ -1,0 +1,52 @@
+"""Values the state machine hands out: KeyValue (etcd's mvccpb.KeyValue) and ApplyResult.
+
+Invariant: both are immutable; ``revision`` of a write is the log index of the entry
+that carried it (per shard, monotonic), so ``mod_revision <= applied index`` always.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    version: int
+    """Writes since the key was (re)created: 1 after the first put; a delete ends the key."""
+    create_revision: int
+    """Revision (log index) of the put that created the key."""
+    mod_revision: int
+    """Revision (log index) of the last write to the key."""
+
+
+class ApplyError(enum.IntEnum):
+    """Why a command was not evaluated (``ok`` is then False and nothing changed)."""
+
+    NONE = 0
+    SESSION_EXPIRED = 1
+    """The (client_id, seq) is older than the session window: it may have applied once
+    already and its result is forgotten, so it is neither applied nor answered."""
+    KEY_TOO_LARGE = 2
+    """The key is longer than MAX_KEY_SIZE (the node should reject it before proposing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of one command.
+
+    ``prev`` is the key before the command and ``kv`` after it (None = absent), for
+    every command kind: a failed Cas has ``kv == prev``; a Delete has ``kv is None``.
+    """
+
+    index: int
+    """Log index of the entry that carried the command."""
+    revision: int
+    """Store revision the answer reflects; equals ``index`` (one revision per entry)."""
+    ok: bool
+    """Put: always True. Delete: the key existed. Cas: the comparison held."""
+    prev: KeyValue | None
+    kv: KeyValue | None
+    error: ApplyError = ApplyError.NONE

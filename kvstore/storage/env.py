@@ -1,0 +1,142 @@
+"""NodeStorage: one LMDB environment per node, hosting every group's log and state.
+
+Invariant: a write is durable when ``write()`` returns. Each ``with st.write() as w:``
+is ONE LMDB write transaction: committed (and, with ``sync=True``, fsynced by LMDB's
+commit) when the block exits normally, aborted when it raises. Group commit = put every
+group's Ready into one ``write()``.
+
+``sync=False`` (benchmarks only) opens LMDB with MDB_NOSYNC: commits reach the OS page
+cache but are not fsynced, so they survive a process crash (kill -9) but not a machine
+crash or power loss; ``sync()`` flushes on demand and ``close()`` flushes at the end.
+
+Threads: writes may run in one writer thread while reads (GroupLog, KVReader) run in
+another; LMDB readers never block the writer. Do not nest ``write()`` in one thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lmdb
+
+from kvstore.storage import keys
+from kvstore.storage.errors import StorageError, StorageFullError
+from kvstore.storage.log import GroupLog, LogView, load_view
+from kvstore.storage.reader import KVReader
+from kvstore.storage.tables import Dbs
+from kvstore.storage.writer import Writer
+
+_SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions")
+
+
+class NodeStorage:
+    def __init__(self, path: str, *, map_size: int = 1 << 30, sync: bool = True) -> None:
+        """Open (creating if needed) the environment in directory ``path``. ``map_size``
+        caps the data size in bytes; past it writes raise StorageFullError."""
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.sync_writes = sync
+        self.env = lmdb.open(
+            path,
+            map_size=map_size,
+            max_dbs=len(_SUBDBS),
+            sync=sync,
+            metasync=sync,
+            readahead=False,
+            max_readers=512,
+        )
+        if self.env.max_key_size() < 511:
+            raise StorageError(f"LMDB max key size {self.env.max_key_size()} < 511")
+        with self.env.begin(write=True) as txn:
+            dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
+        self.dbs = Dbs(*dbs)
+        self._groups: dict[int, GroupLog] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.undecodable = 0
+        """NORMAL entries whose data was not a batch (applied as nothing), since open."""
+
+    # -- groups ---------------------------------------------------------------
+    def group(self, group: int) -> GroupLog:
+        """The LogStorage of ``group`` (the same object on every call)."""
+        log = self._groups.get(group)
+        if log is not None:
+            return log
+        keys.check_group(group)
+        with self._lock:
+            log = self._groups.get(group)
+            if log is None:
+                with self.env.begin() as txn:
+                    view = load_view(txn, self.dbs, group)
+                log = self._groups[group] = GroupLog(self, group, view)
+        return log
+
+    def groups(self) -> list[int]:
+        """Ids of the groups that have a log base or metadata stored, in order."""
+        found: set[int] = set()
+        with self.env.begin() as txn:
+            for db in (self.dbs.snapshot, self.dbs.meta):
+                for k in txn.cursor(db=db).iternext(values=False):
+                    if not k.startswith(keys.NODE_META_PREFIX):
+                        found.add(int.from_bytes(k[:8], "big"))
+        return sorted(found)
+
+    def kv(self, group: int) -> KVReader:
+        return KVReader(self, keys.check_group(group))
+
+    def _view(self, group: int) -> LogView:
+        return self.group(group).view
+
+    # -- node metadata ----------------------------------------------------------
+    def get_meta(self, key: bytes) -> bytes | None:
+        with self.env.begin(db=self.dbs.meta) as txn:
+            value: bytes | None = txn.get(keys.node_meta_key(key))
+            return value
+
+    # -- writes -------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One write transaction. Commits (durably when ``sync``) on normal exit and then
+        publishes the new group views; aborts on any exception. A full map raises
+        StorageFullError with the transaction aborted."""
+        txn = self.env.begin(write=True)
+        w = Writer(txn, self.dbs, self._view)
+        try:
+            yield w
+            txn.commit()
+        except lmdb.MapFullError as e:
+            txn.abort()
+            raise StorageFullError(f"LMDB map full ({self.env.info()['map_size']} bytes)") from e
+        except BaseException:
+            txn.abort()
+            raise
+        self.undecodable += w.undecodable
+        for g, view in w.publish().items():
+            self.group(g).view = view
+
+    def sync(self) -> None:
+        """Flush committed writes to disk (needed only with ``sync=False``)."""
+        self.env.sync(True)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes in use, map size): for metrics and a warning before the map fills."""
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+
+    def close(self) -> None:
+        """Flush (when ``sync=False``) and close; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.sync_writes:
+            self.env.sync(True)
+        self.env.close()
+
+    def __enter__(self) -> NodeStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

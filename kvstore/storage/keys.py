@@ -1,0 +1,78 @@
+"""Key layout of the LMDB sub-databases. Performs no I/O.
+
+Invariant: every per-group key starts with the group id as 8 big-endian bytes, so one
+environment hosts many groups, a group's keys are one contiguous range, and within it
+big-endian indexes and raw user keys sort in their natural order.
+
+    log       group u64 | index u64              -> checksummed entry (codec.encode_entry)
+    meta      group u64 | tag (1 byte)           -> sealed hard state / conf state / applied
+              0xFF | name                        -> node-level metadata (cluster id, ...)
+    snapshot  group u64                          -> sealed log base (SnapshotMetadata)
+    kv        group u64 | user key               -> KeyValue record
+    sessions  group u64 | client u64 | seq u64   -> ApplyResult record
+
+Group ids are below 2**63 so a group key never starts with the node-level 0xFF byte.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAX_GROUP = (1 << 63) - 1
+_U64 = struct.Struct(">Q")
+_U64x2 = struct.Struct(">QQ")
+_U64x3 = struct.Struct(">QQQ")
+
+TAG_HARD_STATE = b"h"
+TAG_CONF_STATE = b"c"
+TAG_APPLIED = b"a"
+NODE_META_PREFIX = b"\xff"
+
+
+def check_group(group: int) -> int:
+    if not 0 <= group <= MAX_GROUP:
+        raise ValueError(f"group id must be in 0..2**63-1, got {group}")
+    return group
+
+
+def group_prefix(group: int) -> bytes:
+    return _U64.pack(group)
+
+
+def group_end(group: int) -> bytes:
+    """The first key after every key of ``group`` (an exclusive range end)."""
+    return _U64.pack(group + 1)
+
+
+def log_key(group: int, index: int) -> bytes:
+    return _U64x2.pack(group, index)
+
+
+def log_index(key: bytes) -> int:
+    return _U64x2.unpack(key)[1]  # type: ignore[no-any-return]
+
+
+def meta_key(group: int, tag: bytes) -> bytes:
+    return _U64.pack(group) + tag
+
+
+def node_meta_key(name: bytes) -> bytes:
+    return NODE_META_PREFIX + name
+
+
+def kv_key(group: int, key: bytes) -> bytes:
+    return _U64.pack(group) + key
+
+
+def session_prefix(group: int, client_id: int) -> bytes:
+    return _U64x2.pack(group, client_id)
+
+
+def session_key(group: int, client_id: int, seq: int) -> bytes:
+    return _U64x3.pack(group, client_id, seq)
+
+
+def session_parts(key: bytes) -> tuple[int, int]:
+    """(client_id, seq) of a session key."""
+    _, client_id, seq = _U64x3.unpack(key)
+    return client_id, seq

@@ -1,0 +1,242 @@
+"""GroupLog: one group's stable Raft/Paxos log in LMDB (consensus.types.LogStorage).
+
+Invariant: a GroupLog answers from an immutable LogView (bounds, hard and conf state,
+applied index and a cached tail of the log) that is replaced only after the write
+transaction that changed it has committed; older entries are read from LMDB and
+checksum-verified. A read racing a commit sees the state before or after it, and a log
+read that finds entries gone since its view raises CompactedError or UnavailableError.
+
+The log base (snapshot sub-db) is the index and term just before the first stored entry:
+``term(first_index() - 1)`` is always answerable, as in MemoryStorage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kvstore.consensus.types import (
+    CompactedError,
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+    UnavailableError,
+)
+from kvstore.storage import codec, keys
+from kvstore.storage.errors import CorruptionError, StorageError
+from kvstore.storage.snapshot import write_image
+from kvstore.storage.tables import Dbs, GroupTables
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from kvstore.storage.env import NodeStorage
+
+TAIL_ENTRIES = 512
+"""Entries of each group's log tail kept in memory (hot for term() and replication)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogView:
+    """What is committed for one group. ``tail`` ends at ``last_index`` (may be empty)."""
+
+    base: SnapshotMetadata = field(default_factory=SnapshotMetadata)
+    last_index: int = 0
+    last_term: int = 0
+    applied: int = 0
+    hard_state: HardState = field(default_factory=HardState)
+    conf_state: ConfState = field(default_factory=ConfState)
+    tail: tuple[Entry, ...] = ()
+
+    @property
+    def tail_start(self) -> int:
+        return self.last_index - len(self.tail) + 1
+
+
+def read_entry(txn: Any, dbs: Dbs, group: int, index: int) -> Entry | None:
+    record = txn.get(keys.log_key(group, index), db=dbs.log)
+    return None if record is None else codec.decode_entry(group, index, record)
+
+
+def read_entries(
+    txn: Any, dbs: Dbs, group: int, lo: int, hi: int, max_size: int | None
+) -> list[Entry]:
+    """Stored entries from ``lo`` while contiguous, below ``hi``, within ``max_size``
+    (at least one)."""
+    out: list[Entry] = []
+    cur = txn.cursor(db=dbs.log)
+    if not cur.set_range(keys.log_key(group, lo)):
+        return out
+    size = 0
+    end = keys.log_key(group, hi)
+    for k, record in cur:
+        if k >= end:
+            break
+        index = keys.log_index(k)
+        if index != lo + len(out):
+            break
+        e = codec.decode_entry(group, index, record)
+        size += e.size()
+        if out and max_size is not None and size > max_size:
+            break
+        out.append(e)
+    return out
+
+
+def load_view(txn: Any, dbs: Dbs, group: int) -> LogView:
+    """Read a group's committed state (and its log tail) in ``txn``."""
+
+    def sealed(db: Any, key: bytes, what: str) -> bytes | None:
+        record = txn.get(key, db=db)
+        return None if record is None else codec.unseal(group, record, what)
+
+    try:
+        hs = sealed(dbs.meta, keys.meta_key(group, keys.TAG_HARD_STATE), "hard state")
+        cs = sealed(dbs.meta, keys.meta_key(group, keys.TAG_CONF_STATE), "conf state")
+        applied = sealed(dbs.meta, keys.meta_key(group, keys.TAG_APPLIED), "applied index")
+        base_rec = sealed(dbs.snapshot, keys.group_prefix(group), "log base")
+        base = SnapshotMetadata() if base_rec is None else codec.decode_base(base_rec)
+        hard_state = HardState() if hs is None else codec.decode_hard_state(hs)
+        conf_state = base.conf_state if cs is None else codec.decode_conf_state(cs)
+        applied_index = base.index if applied is None else codec.decode_u64(applied)
+    except (ValueError, IndexError) as e:  # struct.error is a ValueError
+        raise CorruptionError(f"undecodable metadata: {e}", group=group) from e
+    last = base.index
+    cur = txn.cursor(db=dbs.log)
+    found = cur.set_range(keys.log_key(group + 1, 0))
+    if (cur.prev() if found else cur.last()) and cur.key().startswith(keys.group_prefix(group)):
+        last = keys.log_index(cur.key())
+    lo = max(base.index + 1, last - TAIL_ENTRIES + 1)
+    tail = read_entries(txn, dbs, group, lo, last + 1, None)
+    if len(tail) != last - lo + 1:
+        raise CorruptionError(f"log has a hole below {last}", group=group, index=lo + len(tail))
+    return LogView(
+        base=base,
+        last_index=last,
+        last_term=tail[-1].term if tail else base.term,
+        applied=applied_index,
+        hard_state=hard_state,
+        conf_state=conf_state,
+        tail=tuple(tail),
+    )
+
+
+class GroupLog:
+    """The LMDB LogStorage of one group. Get it from ``NodeStorage.group(id)``; the
+    driver writes through ``NodeStorage.write()``, the core only reads."""
+
+    def __init__(self, storage: NodeStorage, group: int, view: LogView) -> None:
+        self._st = storage
+        self.group = group
+        self.view = view
+        """Replaced (never mutated) by NodeStorage after each committed write."""
+        self._snap_cache: tuple[int, ConfState, Snapshot] | None = None
+
+    # -- LogStorage ----------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        """Hard state and the membership as of the applied index."""
+        v = self.view
+        return v.hard_state, v.conf_state
+
+    def first_index(self) -> int:
+        return self.view.base.index + 1
+
+    def last_index(self) -> int:
+        return self.view.last_index
+
+    def term(self, index: int) -> int:
+        v = self.view
+        if index < v.base.index:
+            raise CompactedError(f"index {index} compacted (first is {v.base.index + 1})")
+        if index > v.last_index:
+            raise UnavailableError(f"index {index} past last {v.last_index}")
+        if index == v.base.index:
+            return v.base.term
+        start = v.tail_start
+        if index >= start:
+            return v.tail[index - start].term
+        return self._read(index, index + 1, None)[0].term
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        v = self.view
+        if lo <= v.base.index:
+            raise CompactedError(f"index {lo} compacted (first is {v.base.index + 1})")
+        if hi > v.last_index + 1:
+            raise UnavailableError(f"index {hi - 1} past last {v.last_index}")
+        if lo >= hi:
+            return []
+        start = v.tail_start
+        if lo >= start:
+            return _limit(v.tail[lo - start : hi - start], max_size)
+        out = self._read(lo, min(hi, start), max_size)
+        if hi > start and len(out) == start - lo:
+            size = sum(e.size() for e in out)
+            for e in v.tail[: hi - start]:
+                size += e.size()
+                if max_size is not None and size > max_size:
+                    break
+                out.append(e)
+        return out
+
+    def snapshot(self) -> Snapshot:
+        """The state machine image at the applied index, read in one transaction:
+        metadata (applied, term(applied), conf state) and the group's kv + sessions.
+        Built on demand (cost: one pass over the group's data) and cached until the
+        applied index or the membership changes."""
+        v = self.view
+        cached = self._snap_cache
+        if cached is not None and cached[0] == v.applied and cached[1] == v.conf_state:
+            return cached[2]
+        with self._st.env.begin(db=self._st.dbs.log) as txn:
+            now = load_view(txn, self._st.dbs, self.group)
+            if now.applied == now.base.index:
+                term = now.base.term
+            else:
+                e = read_entry(txn, self._st.dbs, self.group, now.applied)
+                if e is None:
+                    raise StorageError(
+                        f"group {self.group}: applied index {now.applied} is not in the log"
+                    )
+                term = e.term
+            tables = GroupTables(txn, self._st.dbs, self.group)
+            data = write_image(now.applied, tables.raw_kv(), tables.raw_sessions())
+        meta = SnapshotMetadata(index=now.applied, term=term, conf_state=now.conf_state)
+        snap = Snapshot(metadata=meta, data=data)
+        self._snap_cache = (now.applied, now.conf_state, snap)
+        return snap
+
+    # -- extras for the driver ------------------------------------------------
+    def applied_index(self) -> int:
+        return self.view.applied
+
+    def bootstrap(self, voters: frozenset[int] | set[int]) -> bool:
+        """Record the first membership (a ConfState at index 0) of a brand-new group.
+        Returns False and changes nothing if the group already has any state (so a
+        restarting node may call it unconditionally). Runs its own write transaction:
+        never call it inside ``NodeStorage.write()``."""
+        with self._st.write() as w:
+            return w.bootstrap(self.group, ConfState(voters=frozenset(voters)))
+
+    def _read(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
+        with self._st.env.begin() as txn:
+            out = read_entries(txn, self._st.dbs, self.group, lo, hi, max_size)
+        if not out:
+            # Gone since our view was taken: a compaction or truncation committed.
+            v = self.view
+            if lo <= v.base.index:
+                raise CompactedError(f"index {lo} compacted (first is {v.base.index + 1})")
+            raise UnavailableError(f"index {lo} past last {v.last_index}")
+        return out
+
+
+def _limit(ents: tuple[Entry, ...], max_size: int | None) -> list[Entry]:
+    if max_size is None or not ents:
+        return list(ents)
+    size = ents[0].size()
+    n = 1
+    while n < len(ents) and size + ents[n].size() <= max_size:
+        size += ents[n].size()
+        n += 1
+    return list(ents[:n])

@@ -1,0 +1,56 @@
+"""KVReader: the read side of one group's key-value state (``NodeStorage.kv(group)``).
+
+Invariant: every call reads one committed LMDB snapshot, so a scan is consistent and the
+``*_with_applied`` variants return the applied index that the answer reflects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvstore.statemachine.types import KeyValue
+from kvstore.storage import codec, keys
+from kvstore.storage.tables import GroupTables
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from kvstore.storage.env import NodeStorage
+
+
+class KVReader:
+    def __init__(self, storage: NodeStorage, group: int) -> None:
+        self._st = storage
+        self.group = group
+
+    def get(self, key: bytes) -> KeyValue | None:
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).get(key)
+
+    def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 0) -> list[KeyValue]:
+        """Keys in [start, end) in key order; ``end=b""`` means to the end of the key
+        space, ``limit <= 0`` means no limit."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).scan(start, end, limit)
+
+    def applied_index(self) -> int:
+        """The applied index as of the last committed write (from memory)."""
+        return self._st.group(self.group).view.applied
+
+    def get_with_applied(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """``get`` plus the applied index it reflects, read in the same transaction."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).get(key), self._applied(txn)
+
+    def scan_with_applied(
+        self, start: bytes = b"", end: bytes = b"", limit: int = 0
+    ) -> tuple[list[KeyValue], int]:
+        with self._st.env.begin() as txn:
+            tables = GroupTables(txn, self._st.dbs, self.group)
+            return tables.scan(start, end, limit), self._applied(txn)
+
+    def _applied(self, txn: Any) -> int:
+        record = txn.get(keys.meta_key(self.group, keys.TAG_APPLIED), db=self._st.dbs.meta)
+        if record is None:
+            return self._st.group(self.group).view.base.index
+        return codec.decode_u64(codec.unseal(self.group, record, "applied index"))

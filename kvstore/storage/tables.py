@@ -1,0 +1,145 @@
+"""The kv and sessions tables of one group, seen through one LMDB transaction.
+
+Rule: this is the only module that reads or writes the kv and sessions sub-databases,
+always under the group's key prefix (keys.py), so groups never see each other's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore.statemachine.apply import SESSION_WINDOW
+from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
+from kvstore.statemachine.types import ApplyResult, KeyValue
+from kvstore.storage import keys
+from kvstore.storage.errors import CorruptionError
+
+
+@dataclass(frozen=True, slots=True)
+class Dbs:
+    """Handles of the named sub-databases of a node's environment."""
+
+    log: Any
+    meta: Any
+    snapshot: Any
+    kv: Any
+    sessions: Any
+
+
+class GroupTables:
+    """kv + sessions of ``group`` in ``txn``; implements statemachine.KVTxn when ``txn``
+    is a write transaction."""
+
+    def __init__(self, txn: Any, dbs: Dbs, group: int) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.group = group
+        self._prefix = keys.group_prefix(group)
+
+    # -- kv -----------------------------------------------------------------
+    def get(self, key: bytes) -> KeyValue | None:
+        record = self.txn.get(self._prefix + key, db=self.dbs.kv)
+        return None if record is None else self._kv(key, record)
+
+    def put(self, kv: KeyValue) -> None:
+        self.txn.put(self._prefix + kv.key, encode_kv(kv), db=self.dbs.kv)
+
+    def delete(self, key: bytes) -> None:
+        self.txn.delete(self._prefix + key, db=self.dbs.kv)
+
+    def scan(self, start: bytes, end: bytes = b"", limit: int = 0) -> list[KeyValue]:
+        """Keys in [start, end) in order; ``end=b""``: to the end; ``limit<=0``: all."""
+        out: list[KeyValue] = []
+        for key, record in self.raw_kv(start, end):
+            out.append(self._kv(key, record))
+            if len(out) == limit:
+                break
+        return out
+
+    def raw_kv(self, start: bytes = b"", end: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(user key, stored record) pairs in [start, end)."""
+        hi = self._prefix + end if end else keys.group_end(self.group)
+        n = len(self._prefix)
+        cur = self.txn.cursor(db=self.dbs.kv)
+        if not cur.set_range(self._prefix + start):
+            return
+        for k, v in cur:
+            if k >= hi:
+                return
+            yield k[n:], v
+
+    def _kv(self, key: bytes, record: bytes) -> KeyValue:
+        try:
+            return decode_kv(key, record)
+        except ValueError as e:
+            raise CorruptionError(f"kv record of {key!r}: {e}", group=self.group) from e
+
+    # -- sessions ------------------------------------------------------------
+    def session_result(self, client_id: int, seq: int) -> ApplyResult | None:
+        record = self.txn.get(keys.session_key(self.group, client_id, seq), db=self.dbs.sessions)
+        if record is None:
+            return None
+        try:
+            return decode_result(record)
+        except ValueError as e:
+            raise CorruptionError(f"session {client_id}/{seq}: {e}", group=self.group) from e
+
+    def session_last_seq(self, client_id: int) -> int:
+        cur = self.txn.cursor(db=self.dbs.sessions)
+        prefix = keys.session_prefix(self.group, client_id)
+        # The last key below the next client's prefix, if it is this client's.
+        positioned = cur.set_range(keys.session_prefix(self.group, client_id + 1))
+        found = cur.prev() if positioned else cur.last()
+        if not found or not cur.key().startswith(prefix):
+            return 0
+        return keys.session_parts(cur.key())[1]
+
+    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
+        db = self.dbs.sessions
+        last = max(seq, self.session_last_seq(client_id))
+        self.txn.put(keys.session_key(self.group, client_id, seq), encode_result(result), db=db)
+        floor = last - SESSION_WINDOW
+        if floor < 0:
+            return
+        cur = self.txn.cursor(db=db)
+        prefix = keys.session_prefix(self.group, client_id)
+        stop = keys.session_key(self.group, client_id, floor + 1)
+        cur.set_range(prefix)
+        while True:
+            k = cur.key()
+            if not k or k >= stop:
+                return
+            cur.delete()
+
+    def raw_sessions(self) -> Iterator[tuple[int, int, bytes]]:
+        prefix = keys.group_prefix(self.group)
+        end = keys.group_end(self.group)
+        cur = self.txn.cursor(db=self.dbs.sessions)
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur:
+            if k >= end:
+                return
+            client, seq = keys.session_parts(k)
+            yield client, seq, v
+
+    # -- whole-group maintenance ---------------------------------------------
+    def clear(self) -> None:
+        """Delete the group's kv and sessions (before a snapshot install)."""
+        for db in (self.dbs.kv, self.dbs.sessions):
+            delete_range(self.txn, db, keys.group_prefix(self.group), keys.group_end(self.group))
+
+
+def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:
+    """Delete keys in [lo, hi); returns how many."""
+    cur = txn.cursor(db=db)
+    cur.set_range(lo)
+    n = 0
+    while True:
+        k = cur.key()
+        if not k or k >= hi:
+            return n
+        cur.delete()
+        n += 1

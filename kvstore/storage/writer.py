@@ -1,0 +1,257 @@
+"""Writer: everything one LMDB write transaction does to a node's groups.
+
+Invariant: a Writer only stages; GroupLog views change when NodeStorage commits the
+transaction (then ``publish()`` hands out the new views) and never if it aborts. Within
+the transaction each group's pending view tracks exactly what the transaction wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kvstore.consensus.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+)
+from kvstore.statemachine.apply import apply_commands
+from kvstore.statemachine.commands import BatchDecodeError, decode_batch
+from kvstore.statemachine.types import ApplyResult
+from kvstore.storage import codec, keys
+from kvstore.storage.errors import CorruptionError
+from kvstore.storage.log import TAIL_ENTRIES, LogView, read_entry
+from kvstore.storage.snapshot import read_image
+from kvstore.storage.tables import Dbs, GroupTables, delete_range
+
+
+@dataclass(slots=True, kw_only=True)
+class _Pending:
+    """A group's view as staged by the current transaction."""
+
+    base: SnapshotMetadata
+    last_index: int
+    last_term: int
+    applied: int
+    hard_state: HardState
+    conf_state: ConfState
+    tail: list[Entry]
+
+    def view(self) -> LogView:
+        return LogView(
+            base=self.base,
+            last_index=self.last_index,
+            last_term=self.last_term,
+            applied=self.applied,
+            hard_state=self.hard_state,
+            conf_state=self.conf_state,
+            tail=tuple(self.tail[-TAIL_ENTRIES:]),
+        )
+
+
+class Writer:
+    """Stages writes in one LMDB write transaction; get one from ``NodeStorage.write()``."""
+
+    def __init__(self, txn: Any, dbs: Dbs, views: Any) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self._views = views
+        """Callable group -> committed LogView (loads the group on first use)."""
+        self._pending: dict[int, _Pending] = {}
+        self.undecodable = 0
+        """NORMAL entries whose data did not decode as a batch (applied as nothing)."""
+
+    def publish(self) -> dict[int, LogView]:
+        return {g: p.view() for g, p in self._pending.items()}
+
+    def _group(self, group: int) -> _Pending:
+        p = self._pending.get(group)
+        if p is None:
+            v: LogView = self._views(keys.check_group(group))
+            p = _Pending(
+                base=v.base,
+                last_index=v.last_index,
+                last_term=v.last_term,
+                applied=v.applied,
+                hard_state=v.hard_state,
+                conf_state=v.conf_state,
+                tail=list(v.tail),
+            )
+            self._pending[group] = p
+        return p
+
+    def _put_sealed(self, db: Any, key: bytes, group: int, payload: bytes) -> None:
+        self._txn.put(key, codec.seal(group, payload), db=db)
+
+    # -- node-level -----------------------------------------------------------
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        """Node-level metadata (cluster id, node id, consensus kind)."""
+        self._txn.put(keys.node_meta_key(key), value, db=self._dbs.meta)
+
+    # -- the Ready persist -----------------------------------------------------
+    def save(
+        self,
+        group: int,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        """Persist one Ready's ``snapshot``, ``entries`` and ``hard_state`` for ``group``
+        (in that order). A snapshot newer than the applied index replaces the group's log,
+        kv and sessions (older ones are ignored, as in MemoryStorage). Entries at or below
+        the log base are dropped; an entry at an index already stored replaces it and
+        everything after it (the Ready rule). Raises ValueError on a gap after the last
+        index, CorruptionError on a snapshot image that does not verify."""
+        p = self._group(group)
+        if snapshot is not None and not snapshot.is_empty():
+            self._install(group, p, snapshot)
+        if entries:
+            self._append(group, p, entries)
+        if hard_state is not None and hard_state != p.hard_state:
+            key = keys.meta_key(group, keys.TAG_HARD_STATE)
+            self._put_sealed(self._dbs.meta, key, group, codec.encode_hard_state(hard_state))
+            p.hard_state = hard_state
+
+    def _append(self, group: int, p: _Pending, entries: Sequence[Entry]) -> None:
+        ents = [e for e in entries if e.index > p.base.index]
+        if not ents:
+            return
+        first = ents[0].index
+        for i, e in enumerate(ents):
+            if e.index != first + i:
+                raise ValueError(f"group {group}: entries not contiguous at {e.index}")
+        if first > p.last_index + 1:
+            raise ValueError(f"group {group}: gap, appending {first} after {p.last_index}")
+        new_last = ents[-1].index
+        if new_last < p.last_index:
+            lo, hi = keys.log_key(group, new_last + 1), keys.log_key(group, p.last_index + 1)
+            delete_range(self._txn, self._dbs.log, lo, hi)
+        put, db = self._txn.put, self._dbs.log
+        for e in ents:
+            put(keys.log_key(group, e.index), codec.encode_entry(group, e), db=db)
+        tail_start = p.last_index - len(p.tail) + 1
+        if first > tail_start:
+            del p.tail[first - tail_start :]
+            p.tail.extend(ents)
+        else:
+            p.tail = ents
+        if len(p.tail) > 2 * TAIL_ENTRIES:  # trim now and then, not on every append
+            del p.tail[:-TAIL_ENTRIES]
+        p.last_index = new_last
+        p.last_term = ents[-1].term
+
+    def _install(self, group: int, p: _Pending, snap: Snapshot) -> None:
+        meta = snap.metadata
+        if meta.index <= p.applied or meta.index <= p.base.index:
+            return
+        image = read_image(group, meta.index, snap.data)
+        lo, hi = keys.group_prefix(group), keys.group_end(group)
+        delete_range(self._txn, self._dbs.log, lo, hi)
+        GroupTables(self._txn, self._dbs, group).clear()
+        put, prefix = self._txn.put, keys.group_prefix(group)
+        for key, record in image.kv:
+            put(prefix + key, record, db=self._dbs.kv)
+        for client, seq, record in image.sessions:
+            put(keys.session_key(group, client, seq), record, db=self._dbs.sessions)
+        self._set_base(group, p, meta)
+        self._set_applied(group, p, meta.index)
+        self._store_conf(group, p, meta.conf_state)
+        p.last_index, p.last_term, p.tail = meta.index, meta.term, []
+
+    def _set_base(self, group: int, p: _Pending, meta: SnapshotMetadata) -> None:
+        key = keys.group_prefix(group)
+        self._put_sealed(self._dbs.snapshot, key, group, codec.encode_base(meta))
+        p.base = meta
+
+    def _set_applied(self, group: int, p: _Pending, index: int) -> None:
+        key = keys.meta_key(group, keys.TAG_APPLIED)
+        self._put_sealed(self._dbs.meta, key, group, codec.encode_u64(index))
+        p.applied = index
+
+    def _store_conf(self, group: int, p: _Pending, cs: ConfState) -> None:
+        key = keys.meta_key(group, keys.TAG_CONF_STATE)
+        self._put_sealed(self._dbs.meta, key, group, codec.encode_conf_state(cs))
+        p.conf_state = cs
+
+    # -- the state machine -------------------------------------------------------
+    def apply(self, group: int, entries: Sequence[Entry]) -> list[ApplyResult]:
+        """Apply committed entries in index order and advance the applied index in this
+        same transaction (so a restart never applies an entry twice).
+
+        Returns ONE FLAT LIST: the results of every command of every NORMAL entry, in
+        log order and, within an entry, in batch order; each result's ``index`` names
+        its entry. NOOP and CONF_CHANGE entries and empty NORMAL entries yield no
+        result (persist a CONF_CHANGE's new membership with ``set_conf_state``). A
+        NORMAL entry whose data does not decode applies as nothing (no result, counted
+        in ``undecodable``): every replica skips it the same way.
+
+        Entries at or below the applied index are skipped; a gap raises ValueError."""
+        p = self._group(group)
+        tables = GroupTables(self._txn, self._dbs, group)
+        out: list[ApplyResult] = []
+        applied = p.applied
+        for e in entries:
+            if e.index <= applied:
+                continue
+            if e.index != applied + 1:
+                raise ValueError(f"group {group}: applying {e.index} after applied {applied}")
+            applied = e.index
+            if e.type != EntryType.NORMAL or not e.data:
+                continue
+            try:
+                commands = decode_batch(e.data)
+            except BatchDecodeError:
+                self.undecodable += 1
+                continue
+            out += apply_commands(tables, e.index, commands)
+        if applied != p.applied:
+            self._set_applied(group, p, applied)
+        return out
+
+    def set_conf_state(self, group: int, conf_state: ConfState) -> None:
+        """Persist the membership in effect (after applying a CONF_CHANGE entry)."""
+        p = self._group(group)
+        if conf_state != p.conf_state:
+            self._store_conf(group, p, conf_state)
+
+    def compact(self, group: int, index: int) -> None:
+        """Drop log entries <= ``index``; the entry at ``index`` becomes the log base.
+        No-op at or below the current base; ValueError past the applied index."""
+        p = self._group(group)
+        if index <= p.base.index:
+            return
+        if index > p.applied or index > p.last_index:
+            raise ValueError(
+                f"group {group}: cannot compact to {index} (applied {p.applied}, "
+                f"last {p.last_index})"
+            )
+        e = read_entry(self._txn, self._dbs, group, index)
+        if e is None:
+            raise CorruptionError("entry missing from the log", group=group, index=index)
+        lo, hi = keys.log_key(group, p.base.index + 1), keys.log_key(group, index + 1)
+        delete_range(self._txn, self._dbs.log, lo, hi)
+        meta = SnapshotMetadata(index=index, term=e.term, conf_state=p.conf_state)
+        self._set_base(group, p, meta)
+        tail_start = p.last_index - len(p.tail) + 1
+        if index >= tail_start:
+            del p.tail[: index - tail_start + 1]
+
+    def bootstrap(self, group: int, conf_state: ConfState) -> bool:
+        """See GroupLog.bootstrap."""
+        p = self._group(group)
+        fresh = LogView()
+        if (
+            p.base != fresh.base
+            or p.last_index
+            or p.applied
+            or p.hard_state != fresh.hard_state
+            or p.conf_state != fresh.conf_state
+        ):
+            return False
+        self._set_base(group, p, replace(fresh.base, conf_state=conf_state))
+        self._store_conf(group, p, conf_state)
+        return True
