@@ -1,0 +1,236 @@
+"""Start and stop the 3-member clusters the comparison drives, on loopback.
+
+Rule this module keeps: every process it starts is stopped (SIGTERM, then SIGKILL) when the
+`with` block ends, even on error or Ctrl-C, and every cluster is reported ready only after
+a real client request has succeeded against it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def ensure_etcd() -> str:
+    """Path of Debian's etcd 3.4 server binary, installing etcd-server with apt if missing."""
+    path = shutil.which("etcd")
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ClusterError("etcd is not installed; install Debian's etcd-server package")
+    print("== installing Debian's etcd-server (apt-get)", file=sys.stderr, flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=600", "etcd-server"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    # Debian's maintainer script may start the system service on its default ports; we do
+    # not use it, and leave it as the package set it up.
+    path = shutil.which("etcd")
+    if not path:
+        raise ClusterError("etcd-server installed but no etcd binary on PATH")
+    return path
+
+
+def etcd_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    first = out.stdout.splitlines()[0] if out.stdout else "unknown"
+    return first.replace("etcd Version:", "").strip()
+
+
+class ProcessGroup:
+    """Processes started together and stopped together."""
+
+    def __init__(self, name: str, log_dir: Path) -> None:
+        self.name = name
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, label: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{label}.log", "wb")  # noqa: SIM115 - closed with the proc
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop them
+        )
+        log.close()
+        self.procs.append(proc)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise ClusterError(
+                    f"{self.name}: process {p.pid} ({p.args!r}) exited with {p.returncode}; "
+                    f"see {self.log_dir}"
+                )
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+def wait_until(ready: Callable[[], bool], group: ProcessGroup, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        group.check_alive()
+        try:
+            if ready():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise ClusterError(f"{group.name} not ready after {timeout_s:.0f}s; see {group.log_dir}")
+
+
+class EtcdCluster:
+    """Three etcd members on 127.0.0.1: clients on base_port+1..3, peers on base_port+101..103.
+
+    Default etcd settings (fsync of the WAL on every commit); data under `data_dir`.
+    """
+
+    def __init__(self, data_dir: Path, base_port: int = 48000, members: int = 3) -> None:
+        self.binary = ensure_etcd()
+        self.data_dir = data_dir
+        self.names = [f"etcd{i}" for i in range(1, members + 1)]
+        self.client_ports = [base_port + i for i in range(1, members + 1)]
+        self.peer_ports = [base_port + 100 + i for i in range(1, members + 1)]
+        self.group = ProcessGroup("etcd", data_dir / "logs")
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.client_ports]
+
+    def __enter__(self) -> EtcdCluster:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        initial = ",".join(
+            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+        )
+        try:
+            for name, cport, pport in zip(
+                self.names, self.client_ports, self.peer_ports, strict=True
+            ):
+                self.group.start(
+                    name,
+                    [
+                        self.binary,
+                        f"--name={name}",
+                        f"--data-dir={self.data_dir / name}",
+                        f"--listen-client-urls=http://127.0.0.1:{cport}",
+                        f"--advertise-client-urls=http://127.0.0.1:{cport}",
+                        f"--listen-peer-urls=http://127.0.0.1:{pport}",
+                        f"--initial-advertise-peer-urls=http://127.0.0.1:{pport}",
+                        f"--initial-cluster={initial}",
+                        "--initial-cluster-state=new",
+                        "--initial-cluster-token=kvstore-bench",
+                        "--logger=zap",
+                        "--log-level=warn",
+                    ],
+                )
+            wait_until(self._ready, self.group, 60.0)
+        except BaseException:
+            self.group.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        from kvstore.bench.etcd_target import probe_etcd
+
+        return probe_etcd(self.endpoints)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.group.stop()
+
+
+class KvstoreCluster:
+    """Three `kvstore serve` processes on 127.0.0.1:base_port+1..3, data under `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        base_port: int = 47000,
+        members: int = 3,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.data_dir = data_dir
+        self.ids = list(range(1, members + 1))
+        self.ports = [base_port + i for i in self.ids]
+        self.metrics_ports = [base_port + 100 + i for i in self.ids]
+        self.extra_args = list(extra_args)
+        self.group = ProcessGroup("kvstore", data_dir / "logs")
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def __enter__(self) -> KvstoreCluster:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in zip(self.ids, self.ports, strict=True))
+        try:
+            for i, port, mport in zip(self.ids, self.ports, self.metrics_ports, strict=True):
+                self.group.start(
+                    f"node{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "kvstore.cli",
+                        "serve",
+                        f"--id={i}",
+                        f"--listen=127.0.0.1:{port}",
+                        f"--peers={peers}",
+                        f"--data-dir={self.data_dir / f'node{i}'}",
+                        f"--metrics-port={mport}",
+                        *self.extra_args,
+                    ],
+                )
+            wait_until(self._ready, self.group, 60.0)
+        except BaseException:
+            self.group.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        from kvstore.bench.kvstore_target import probe_kvstore
+
+        return probe_kvstore(self.endpoints)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.group.stop()

@@ -1,0 +1,88 @@
+"""etcd v3 as a benchmark target: one grpc.aio channel per member, unary Put and Range.
+
+Rule this module keeps: requests go round-robin over the members, as etcd's own clientv3
+balancer does; a strong read is etcd's default linearizable Range and an eventual read is
+a serializable Range. etcd has no causal read mode, so asking for one is an error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from kvstore.bench import etcd_api
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.enable_retries", 0),
+]
+
+
+class EtcdTarget:
+    def __init__(self, channels: list[grpc.aio.Channel], timeout_s: float) -> None:
+        self._channels = channels
+        self._timeout_s = timeout_s
+        self._put: list[Any] = [
+            ch.unary_unary(
+                etcd_api.PUT_METHOD,
+                request_serializer=etcd_api.PutRequest.SerializeToString,
+                response_deserializer=etcd_api.PutResponse.FromString,
+            )
+            for ch in channels
+        ]
+        self._range: list[Any] = [
+            ch.unary_unary(
+                etcd_api.RANGE_METHOD,
+                request_serializer=etcd_api.RangeRequest.SerializeToString,
+                response_deserializer=etcd_api.RangeResponse.FromString,
+            )
+            for ch in channels
+        ]
+        self._next = itertools.cycle(range(len(channels)))
+
+    @classmethod
+    async def connect(cls, endpoints: Sequence[str], timeout_s: float) -> EtcdTarget:
+        channels = [grpc.aio.insecure_channel(ep, options=_CHANNEL_OPTIONS) for ep in endpoints]
+        for ch in channels:
+            await ch.channel_ready()
+        return cls(channels, timeout_s)
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        i = next(self._next)
+        await self._put[i](etcd_api.PutRequest(key=key, value=value), timeout=self._timeout_s)
+
+    async def get(self, key: bytes, read_mode: str) -> bytes | None:
+        if read_mode == "causal":
+            raise ValueError("etcd has no causal read mode (use strong or eventual)")
+        i = next(self._next)
+        req = etcd_api.RangeRequest(key=key, serializable=read_mode == "eventual")
+        resp = await self._range[i](req, timeout=self._timeout_s)
+        return bytes(resp.kvs[0].value) if resp.kvs else None
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close()
+
+
+def probe_etcd(endpoints: Sequence[str], timeout_s: float = 2.0) -> bool:
+    """True when a Put and a linearizable Range succeed on every member (blocking)."""
+    for ep in endpoints:
+        with grpc.insecure_channel(ep) as ch:
+            put = ch.unary_unary(
+                etcd_api.PUT_METHOD,
+                request_serializer=etcd_api.PutRequest.SerializeToString,
+                response_deserializer=etcd_api.PutResponse.FromString,
+            )
+            rng = ch.unary_unary(
+                etcd_api.RANGE_METHOD,
+                request_serializer=etcd_api.RangeRequest.SerializeToString,
+                response_deserializer=etcd_api.RangeResponse.FromString,
+            )
+            put(etcd_api.PutRequest(key=b"bench-probe", value=ep.encode()), timeout=timeout_s)
+            resp = rng(etcd_api.RangeRequest(key=b"bench-probe"), timeout=timeout_s)
+            if not resp.kvs:
+                return False
+    return True
