@@ -1,0 +1,415 @@
+"""`kvstore`: run nodes (serve, cluster) and talk to a cluster (put, get, ... status).
+
+Every flag can also come from an environment variable KVSTORE_<FLAG> (``--data-dir``
+-> KVSTORE_DATA_DIR); a flag on the command line wins. Exit codes: 0 success, 1 the
+key is absent (get) or the compare failed (cas), 2 usage error, 3 the cluster
+answered with an error or could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kvstore.client._async import DEFAULT_ENDPOINTS
+
+EXIT_OK = 0
+EXIT_FALSE = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get("KVSTORE_" + flag.lstrip("-").upper().replace("-", "_"))
+
+
+def _add(p: argparse.ArgumentParser, flag: str, *, required: bool = False, **kw: Any) -> None:
+    """add_argument with the default taken from KVSTORE_<FLAG> when set."""
+    env = _env(flag)
+    if env is not None:
+        if kw.get("action") == "store_true":
+            kw["default"] = env.lower() in ("1", "true", "yes", "on")
+        else:
+            kw["default"] = kw.get("type", str)(env)
+        required = False
+    help_text = kw.pop("help", "")
+    env_name = "KVSTORE_" + flag.lstrip("-").upper().replace("-", "_")
+    kw["help"] = f"{help_text} [env {env_name}]".strip()
+    p.add_argument(flag, required=required, **kw)
+
+
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    _add(p, "--consensus", choices=("raft", "paxos"), default="raft", help="consensus core")
+    _add(p, "--cluster-id", default="kvstore", help="cluster name checked on every peer message")
+    _add(p, "--tick-ms", type=int, default=50, help="consensus tick period in ms")
+    _add(p, "--election-ticks", type=int, default=10, help="election timeout in ticks")
+    _add(p, "--heartbeat-ticks", type=int, default=1, help="heartbeat interval in ticks")
+    _add(
+        p,
+        "--snapshot-entries",
+        type=int,
+        default=10000,
+        help="compact the log every N applied entries (0: never)",
+    )
+    _add(p, "--map-size-mb", type=int, default=1024, help="LMDB map size (storage cap) in MiB")
+    _add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    _add(
+        p,
+        "--endpoints",
+        default=",".join(DEFAULT_ENDPOINTS),
+        help="comma-separated HOST:PORT list of the cluster's nodes",
+    )
+    _add(p, "--timeout", type=float, default=5.0, help="seconds per operation, retries included")
+
+
+# -- serve / cluster -------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kvstore.node import log
+    from kvstore.server.process import ServeOptions, StartupError, parse_peers, run
+
+    log.setup(args.log_level, args.id)
+    try:
+        peers = parse_peers(args.peers or "")
+    except ValueError as e:
+        print(f"kvstore serve: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    unsafe = os.environ.get("KVSTORE_UNSAFE_ACK_BEFORE_COMMIT") == "1"
+    opts = ServeOptions(
+        id=args.id,
+        listen=args.listen,
+        peers=peers,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        consensus=args.consensus,
+        cluster_id=args.cluster_id,
+        tick_ms=args.tick_ms,
+        election_ticks=args.election_ticks,
+        heartbeat_ticks=args.heartbeat_ticks,
+        snapshot_entries=args.snapshot_entries,
+        map_size_mb=args.map_size_mb,
+        unsafe_ack_before_commit=unsafe,
+    )
+    try:
+        run(opts)
+    except StartupError as e:
+        print(f"kvstore serve: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
+    node_dir = os.path.join(args.data_dir, f"node{i}")
+    argv = [
+        sys.executable,
+        "-m",
+        "kvstore.cli",
+        "serve",
+        "--id",
+        str(i),
+        "--listen",
+        f"{args.host}:{args.port + i - 1}",
+        "--peers",
+        peers,
+        "--data-dir",
+        node_dir,
+        "--consensus",
+        args.consensus,
+        "--cluster-id",
+        args.cluster_id,
+        "--tick-ms",
+        str(args.tick_ms),
+        "--election-ticks",
+        str(args.election_ticks),
+        "--heartbeat-ticks",
+        str(args.heartbeat_ticks),
+        "--snapshot-entries",
+        str(args.snapshot_entries),
+        "--map-size-mb",
+        str(args.map_size_mb),
+        "--log-level",
+        args.log_level,
+    ]
+    if args.metrics_port:
+        argv += ["--metrics-port", str(args.metrics_port + i - 1)]
+    return argv
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    n = args.nodes
+    if n < 1:
+        print("kvstore cluster: --nodes must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    peers = ",".join(f"{i}={args.host}:{args.port + i - 1}" for i in range(1, n + 1))
+    os.makedirs(args.data_dir, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    log_dir = os.path.join(args.data_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    for i in range(1, n + 1):
+        logf = open(os.path.join(log_dir, f"node{i}.log"), "ab")  # noqa: SIM115 - child owns it
+        procs.append(
+            subprocess.Popen(
+                _serve_argv(args, i, peers),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        logf.close()
+    endpoints = ",".join(f"{args.host}:{args.port + i - 1}" for i in range(1, n + 1))
+    print(f"kvstore cluster: {n} nodes ({args.consensus}), data in {args.data_dir}")
+    for i in range(1, n + 1):
+        extra = f"  metrics :{args.metrics_port + i - 1}" if args.metrics_port else ""
+        print(f"  node {i}: {args.host}:{args.port + i - 1}{extra}")
+    print(f"endpoints: {endpoints}")
+    print(f"logs: {log_dir}/node*.log; Ctrl-C stops all nodes")
+    sys.stdout.flush()
+    code = EXIT_OK
+    while not stopping:
+        for i, p in enumerate(procs, 1):
+            if p.poll() is not None:
+                print(f"kvstore cluster: node {i} exited with {p.returncode}", file=sys.stderr)
+                stopping = True
+                code = EXIT_ERROR
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    print("kvstore cluster: stopped")
+    return code
+
+
+# -- client commands --------------------------------------------------------------------
+def _with_client(args: argparse.Namespace, fn: Callable[[Any], int]) -> int:
+    from kvstore.client import Client, KVError
+
+    try:
+        with Client(args.endpoints, timeout=args.timeout) as c:
+            return fn(c)
+    except KVError as e:
+        kind = type(e).__name__
+        print(f"kvstore {args.command}: {kind}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as e:
+        print(f"kvstore {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _out(data: bytes) -> None:
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.flush()
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        rev = c.put(args.key, args.value)
+        print(f"OK revision={rev}")
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        value = c.get(args.key, read_mode=args.read_mode)
+        if value is None:
+            print(f"kvstore get: key {args.key!r} not found", file=sys.stderr)
+            return EXIT_FALSE
+        _out(value)
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        deleted = c.delete(args.key)
+        print("deleted" if deleted else "not found")
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+def cmd_cas(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        expected = None if args.expect_absent else args.expected
+        if expected is None and args.expected not in (None, ""):
+            print("kvstore cas: give EXPECTED or --expect-absent, not both", file=sys.stderr)
+            return EXIT_USAGE
+        ok = c.cas(args.key, expected, args.new)
+        print("swapped" if ok else "not swapped: the value did not match")
+        return EXIT_OK if ok else EXIT_FALSE
+
+    return _with_client(args, f)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        for k, v in c.scan(args.start, args.end, args.limit, read_mode=args.read_mode):
+            _out(k + b"\t" + v)
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        nodes = c.status()
+        if args.json:
+            print(json.dumps(nodes, indent=2))
+        else:
+            for n in nodes:
+                if not n["reachable"]:
+                    print(f"{n['endpoint']}  unreachable  ({n['error']})")
+                    continue
+                for g in n["groups"]:
+                    print(
+                        f"{n['endpoint']}  id={n['id']} group={g['group']} role={g['role']} "
+                        f"term={g['term']} leader={g['leader']} commit={g['commit']} "
+                        f"applied={g['applied']}"
+                    )
+        return EXIT_OK if any(n["reachable"] for n in nodes) else EXIT_ERROR
+
+    return _with_client(args, f)
+
+
+def cmd_transfer_leader(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        leader = c.transfer_leader(args.to)
+        print(f"leader is now {leader}")
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+# -- the parser -----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvstore", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run one node")
+    _add(p, "--id", type=int, required=True, help="this node's id (>= 1)")
+    _add(p, "--listen", required=True, help="HOST:PORT for clients and peers")
+    _add(p, "--peers", default="", help="ID=HOST:PORT,... of all nodes (this one may be listed)")
+    _add(p, "--data-dir", required=True, help="directory of this node's LMDB environment")
+    _add(p, "--metrics-port", type=int, default=0, help="Prometheus metrics HTTP port (0: off)")
+    _node_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("cluster", help="run a local N-node cluster until Ctrl-C")
+    _add(p, "--nodes", type=int, default=3, help="number of nodes")
+    _add(p, "--port", type=int, default=7001, help="first port; node i listens on PORT+i-1")
+    _add(p, "--host", default="127.0.0.1", help="address to listen on")
+    _add(p, "--data-dir", default="./kvstore-data", help="data root (node i in DIR/nodeI)")
+    _add(
+        p,
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="first metrics port; node i serves on METRICS_PORT+i-1 (0: off)",
+    )
+    _node_flags(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("put", help="write KEY=VALUE")
+    p.add_argument("key")
+    p.add_argument("value")
+    _client_flags(p)
+    p.set_defaults(func=cmd_put)
+
+    for name, helptext in (("get", "print KEY's value (exit 1 when absent)"),):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("key")
+        _add(
+            p,
+            "--read-mode",
+            choices=("strong", "eventual", "causal"),
+            default="strong",
+            help="consistency of the read",
+        )
+        _client_flags(p)
+        p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("delete", help="delete KEY")
+    p.add_argument("key")
+    _client_flags(p)
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser(
+        "cas", help="set KEY to NEW iff its value is EXPECTED (exit 1 when it is not)"
+    )
+    p.add_argument("key")
+    p.add_argument("expected", nargs="?", default=None)
+    p.add_argument("new")
+    p.add_argument("--expect-absent", action="store_true", help="swap only if KEY is absent")
+    _client_flags(p)
+    p.set_defaults(func=cmd_cas)
+
+    p = sub.add_parser("scan", help="print KEY<TAB>VALUE lines for keys in [START, END)")
+    p.add_argument("start", nargs="?", default="")
+    p.add_argument("end", nargs="?", default="")
+    _add(p, "--limit", type=int, default=0, help="at most this many keys (0: server limit)")
+    _add(
+        p,
+        "--read-mode",
+        choices=("strong", "eventual", "causal"),
+        default="strong",
+        help="consistency of the read",
+    )
+    _client_flags(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("status", help="per node: reachability, role, term, leader, indexes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _client_flags(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("transfer-leader", help="move leadership to node --to ID")
+    _add(p, "--to", type=int, required=True, help="the node id to lead")
+    _client_flags(p)
+    p.set_defaults(func=cmd_transfer_leader)
+
+    for module in ("kvstore.bench.cli", "kvstore.jepsen.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

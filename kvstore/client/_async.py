@@ -1,0 +1,339 @@
+"""AsyncClient: leader discovery and redirect, retries inside a deadline, exactly-once writes.
+
+Rules:
+- Every call has one deadline (``timeout``); retries with jittered backoff happen inside it.
+- A write keeps its (client_id, seq) across retries, so a retry that reaches a state
+  machine which already applied it returns the original answer (exactly-once).
+- An error is ``definite`` only if no attempt may have taken effect.
+- Concurrent calls share one Batch stream per endpoint (see _stream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
+from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
+from kvstore.client.errors import (
+    DeadlineExceeded,
+    KVError,
+    NotLeader,
+    Unavailable,
+    from_code,
+)
+
+DEFAULT_ENDPOINTS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
+_NOT_LEADER = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE.value[0],
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+    grpc.StatusCode.ABORTED.value[0],
+}
+_READ_MODES = {
+    "strong": kv_pb2.READ_MODE_STRONG,
+    "eventual": kv_pb2.READ_MODE_EVENTUAL,
+    "causal": kv_pb2.READ_MODE_CAUSAL,
+}
+
+
+def _b(x: bytes | str) -> bytes:
+    return x.encode() if isinstance(x, str) else bytes(x)
+
+
+def parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",")]
+    out = [e.strip() for e in endpoints if e.strip()]
+    if not out:
+        raise ValueError("no endpoints given")
+    return out
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = DEFAULT_ENDPOINTS,
+        *,
+        timeout: float = 5.0,
+        client_id: int | None = None,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
+        self._seq = itertools.count(1)
+        self._streams: dict[str, BatchStream] = {}
+        self._leader: str | None = None
+        self._next = random.randrange(len(self.endpoints))
+        self.causal_token = 0
+        """The highest log index this client has written or observed (causal reads)."""
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        for s in streams:
+            await s.close()
+
+    # -- routing ----------------------------------------------------------------------
+    def _stream(self, endpoint: str) -> BatchStream:
+        s = self._streams.get(endpoint)
+        if s is None or s.broken is not None:
+            if s is not None:
+                asyncio.get_running_loop().create_task(s.close())
+            s = self._streams[endpoint] = BatchStream(endpoint)
+        return s
+
+    def _rotate(self) -> str:
+        ep = self.endpoints[self._next % len(self.endpoints)]
+        self._next += 1
+        return ep
+
+    async def _execute(
+        self, op: kv_pb2.Op, *, write: bool, anywhere: bool = False
+    ) -> kv_pb2.OpResult:
+        """Run one op with redirects and retries until it succeeds or the deadline passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        maybe_applied = False
+        last: KVError | None = None
+        endpoint = self._rotate() if anywhere else (self._leader or self._rotate())
+        for attempt in itertools.count():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if attempt:
+                await asyncio.sleep(
+                    min(remaining, random.uniform(0.5, 1.0) * min(0.02 * 2**attempt, 0.5))
+                )
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+            op.timeout_ms = max(1, int(remaining * 1000))
+            stream = self._stream(endpoint)
+            fut = stream.submit(op)
+            try:
+                result = await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                stream.forget(op.id)
+                maybe_applied = maybe_applied or write
+                break
+            except StreamBroken as e:
+                maybe_applied = maybe_applied or (write and e.sent)
+                last = Unavailable(str(e), definite=not maybe_applied)
+                if self._leader == endpoint:
+                    self._leader = None
+                endpoint = self._rotate()
+                continue
+            if not result.HasField("error"):
+                if not anywhere:
+                    self._leader = endpoint
+                return result
+            err = result.error
+            maybe_applied = maybe_applied or (write and not err.definite)
+            last = from_code(
+                err.code,
+                err.message,
+                definite=err.definite and not maybe_applied,
+                leader_id=err.leader_id,
+                leader_endpoint=err.leader_endpoint,
+            )
+            if err.code == _NOT_LEADER:
+                if err.leader_endpoint and err.leader_endpoint != endpoint:
+                    endpoint = self._leader = err.leader_endpoint
+                else:
+                    self._leader = None
+                    endpoint = self._rotate()
+                continue
+            if err.code in _RETRYABLE:
+                if err.code != grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
+                    endpoint = self._rotate()
+                continue
+            raise last
+        if last is not None and not isinstance(last, NotLeader | Unavailable):
+            last.definite = last.definite and not maybe_applied
+        raise DeadlineExceeded(
+            f"operation did not complete within {self.timeout}s"
+            + (f" (last error: {last.message})" if last is not None else ""),
+            definite=not maybe_applied,
+        )
+
+    def _observe(self, hdr: kv_pb2.ResponseHeader) -> None:
+        if hdr.index > self.causal_token:
+            self.causal_token = hdr.index
+
+    # -- the KV API -------------------------------------------------------------------
+    async def put(self, key: bytes | str, value: bytes | str) -> int:
+        """Write; returns the revision (the log index of the write)."""
+        op = kv_pb2.Op(
+            put=kv_pb2.PutRequest(
+                key=_b(key), value=_b(value), client_id=self.client_id, seq=next(self._seq)
+            )
+        )
+        r = (await self._execute(op, write=True)).put
+        self._observe(r.header)
+        return r.revision
+
+    async def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None:
+        kv = await self.get_kv(key, read_mode=read_mode)
+        return None if kv is None else kv.value
+
+    async def get_kv(self, key: bytes | str, read_mode: str = "strong") -> kv_pb2.KeyValue | None:
+        """Like get, with the key's metadata (version, create/mod revision)."""
+        mode = _mode(read_mode)
+        op = kv_pb2.Op(
+            get=kv_pb2.GetRequest(key=_b(key), read_mode=mode, causal_token=self.causal_token)
+        )
+        r = (await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)).get
+        self._observe(r.header)
+        return r.kv if r.HasField("kv") else None
+
+    async def delete(self, key: bytes | str) -> bool:
+        op = kv_pb2.Op(
+            delete=kv_pb2.DeleteRequest(key=_b(key), client_id=self.client_id, seq=next(self._seq))
+        )
+        r = (await self._execute(op, write=True)).delete
+        self._observe(r.header)
+        return r.deleted
+
+    async def cas(
+        self, key: bytes | str, expected: bytes | str | None, new: bytes | str | None
+    ) -> bool:
+        """Set ``key`` to ``new`` (None: delete it) iff its value is ``expected``
+        (None: iff it is absent). Returns whether the swap happened."""
+        req = kv_pb2.CasRequest(key=_b(key), client_id=self.client_id, seq=next(self._seq))
+        if expected is None:
+            req.expect_absent = True
+        else:
+            req.expected_value = _b(expected)
+        if new is None:
+            req.delete_key = True
+        else:
+            req.new_value = _b(new)
+        r = (await self._execute(kv_pb2.Op(cas=req), write=True)).cas
+        self._observe(r.header)
+        return r.succeeded
+
+    async def scan(
+        self,
+        start: bytes | str = b"",
+        end: bytes | str = b"",
+        limit: int = 0,
+        read_mode: str = "strong",
+    ) -> list[tuple[bytes, bytes]]:
+        """Keys in [start, end) in order (empty end: to the end), at most ``limit`` (0: the
+        server's limit)."""
+        mode = _mode(read_mode)
+        op = kv_pb2.Op(
+            scan=kv_pb2.ScanRequest(
+                start=_b(start),
+                end=_b(end),
+                limit=limit,
+                read_mode=mode,
+                causal_token=self.causal_token,
+            )
+        )
+        r = (await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)).scan
+        self._observe(r.header)
+        return [(kv.key, kv.value) for kv in r.kvs]
+
+    # -- admin ------------------------------------------------------------------------
+    async def _admin_call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        async with grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as ch:
+            stub = admin_pb2_grpc.AdminStub(ch)
+            return await getattr(stub, method)(request, timeout=timeout)
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Per endpoint: reachability, node id, and per group role, term, leader, commit,
+        applied; unreachable nodes have ``reachable: False`` and ``error``."""
+
+        async def one(ep: str) -> dict[str, Any]:
+            try:
+                st = await self._admin_call(
+                    ep, "Status", admin_pb2.StatusRequest(), min(self.timeout, 3.0)
+                )
+            except grpc.aio.AioRpcError as e:
+                return {
+                    "endpoint": ep,
+                    "reachable": False,
+                    "error": f"{e.code().name}: {e.details()}",
+                }
+            return status_dict(ep, st)
+
+        return list(await asyncio.gather(*(one(ep) for ep in self.endpoints)))
+
+    async def transfer_leader(self, to: int, group: int = 1) -> int:
+        """Move leadership of ``group`` to node ``to``; returns the new leader id."""
+        leader = None
+        for st in await self.status():
+            for g in st.get("groups", []):
+                if g["group"] == group and g["role"] == "leader":
+                    leader = st["endpoint"]
+        if leader is None:
+            raise Unavailable("no leader found to transfer from", definite=True)
+        try:
+            r = await self._admin_call(
+                leader,
+                "TransferLeadership",
+                admin_pb2.TransferLeadershipRequest(group=group, to=to),
+                self.timeout,
+            )
+        except grpc.aio.AioRpcError as e:
+            raise from_code(e.code().value[0], e.details() or "", definite=False) from e
+        return int(r.leader_id)
+
+
+def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:
+    return {
+        "endpoint": endpoint,
+        "reachable": True,
+        "id": st.node_id,
+        "listen": st.endpoint,
+        "cluster_id": st.cluster_id,
+        "consensus": st.consensus,
+        "groups": [
+            {
+                "group": g.group,
+                "role": g.role,
+                "term": g.term,
+                "leader": g.leader_id,
+                "leader_endpoint": g.leader_endpoint,
+                "commit": g.commit,
+                "applied": g.applied,
+                "last_index": g.last_index,
+                "first_index": g.first_index,
+                "voters": list(g.voters),
+                "learners": list(g.learners),
+            }
+            for g in st.groups
+        ],
+        "peers": [
+            {
+                "id": p.id,
+                "endpoint": p.endpoint,
+                "connected": p.connected,
+                "phi": round(p.phi, 2),
+                "state": p.state,
+            }
+            for p in st.peers
+        ],
+    }
+
+
+def _mode(read_mode: str) -> kv_pb2.ReadMode.ValueType:
+    try:
+        return _READ_MODES[read_mode]
+    except KeyError:
+        raise ValueError(
+            f"read_mode must be one of {', '.join(_READ_MODES)}, got {read_mode!r}"
+        ) from None

@@ -1,0 +1,140 @@
+"""One multiplexed Batch stream to one endpoint.
+
+Rule: many concurrent calls share one stream; whatever is queued while a write is
+in flight goes out as the next BatchRequest (so load builds batches by itself).
+When the stream breaks, every op still waiting fails with StreamBroken, which says
+whether the op had been sent (its outcome is then unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+import grpc
+import grpc.aio
+
+from kvstore._pb import kv_pb2, kv_pb2_grpc
+
+MAX_OPS_PER_MESSAGE = 256
+MAX_BYTES_PER_MESSAGE = 2 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class StreamBroken(Exception):
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class BatchStream:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._ids = itertools.count(1)
+        self._queue: list[tuple[kv_pb2.Op, asyncio.Future[kv_pb2.OpResult]]] = []
+        self._pending: dict[int, asyncio.Future[kv_pb2.OpResult]] = {}
+        self._wake = asyncio.Event()
+        self.broken: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _ensure_started(self) -> None:
+        if self._call is None:
+            self._call = kv_pb2_grpc.KVStub(self.channel).Batch()
+            self._tasks = [
+                asyncio.create_task(self._sender()),
+                asyncio.create_task(self._receiver()),
+            ]
+
+    def submit(self, op: kv_pb2.Op) -> asyncio.Future[kv_pb2.OpResult]:
+        fut: asyncio.Future[kv_pb2.OpResult] = asyncio.get_running_loop().create_future()
+        if self.broken is not None:
+            fut.set_exception(StreamBroken(self.broken, sent=False))
+            return fut
+        self._ensure_started()
+        op.id = next(self._ids)
+        self._queue.append((op, fut))
+        self._wake.set()
+        return fut
+
+    def forget(self, op_id: int) -> None:
+        self._pending.pop(op_id, None)
+
+    async def _sender(self) -> None:
+        assert self._call is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    n, size = 0, 0
+                    while n < len(self._queue) and n < MAX_OPS_PER_MESSAGE:
+                        s = self._queue[n][0].ByteSize()
+                        if n and size + s > MAX_BYTES_PER_MESSAGE:
+                            break
+                        size += s
+                        n += 1
+                    chunk, self._queue = self._queue[:n], self._queue[n:]
+                    ops = []
+                    for op, fut in chunk:
+                        if not fut.done():
+                            self._pending[op.id] = fut
+                            ops.append(op)
+                    if ops:
+                        await self._call.write(kv_pb2.BatchRequest(ops=ops))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._break(f"stream to {self.endpoint} failed: {_describe(e)}")
+
+    async def _receiver(self) -> None:
+        assert self._call is not None
+        try:
+            async for resp in self._call:
+                for r in resp.results:
+                    fut = self._pending.pop(r.id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(r)
+            self._break(f"stream to {self.endpoint} ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._break(f"stream to {self.endpoint} failed: {_describe(e)}")
+
+    def _break(self, why: str) -> None:
+        if self.broken is not None:
+            return
+        self.broken = why
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(StreamBroken(why, sent=True))
+        self._pending.clear()
+        for _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(StreamBroken(why, sent=False))
+        self._queue.clear()
+        for t in self._tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        if self._call is not None:
+            self._call.cancel()
+
+    async def close(self) -> None:
+        self._break("client closed")
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.channel.close()
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return repr(e)

@@ -1,0 +1,91 @@
+"""Client: the synchronous face of AsyncClient, running it on a private event-loop thread.
+
+Rule: every method blocks the caller only; the loop thread is the sole owner of
+the gRPC channels, and ``close()`` stops it (context manager or explicit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from kvstore._pb import kv_pb2
+from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
+
+T = TypeVar("T")
+
+
+class Client:
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = DEFAULT_ENDPOINTS,
+        *,
+        timeout: float = 5.0,
+        client_id: int | None = None,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="kvstore-client", daemon=True
+        )
+        self._thread.start()
+        self._timeout = timeout
+        self._async = self._run(self._make(endpoints, timeout, client_id))
+
+    @staticmethod
+    async def _make(
+        endpoints: Sequence[str] | str, timeout: float, client_id: int | None
+    ) -> AsyncClient:
+        return AsyncClient(endpoints, timeout=timeout, client_id=client_id)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    @property
+    def causal_token(self) -> int:
+        return self._async.causal_token
+
+    def put(self, key: bytes | str, value: bytes | str) -> int:
+        return self._run(self._async.put(key, value))
+
+    def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None:
+        return self._run(self._async.get(key, read_mode=read_mode))
+
+    def get_kv(self, key: bytes | str, read_mode: str = "strong") -> kv_pb2.KeyValue | None:
+        return self._run(self._async.get_kv(key, read_mode=read_mode))
+
+    def delete(self, key: bytes | str) -> bool:
+        return self._run(self._async.delete(key))
+
+    def cas(self, key: bytes | str, expected: bytes | str | None, new: bytes | str | None) -> bool:
+        return self._run(self._async.cas(key, expected, new))
+
+    def scan(
+        self,
+        start: bytes | str = b"",
+        end: bytes | str = b"",
+        limit: int = 0,
+        read_mode: str = "strong",
+    ) -> list[tuple[bytes, bytes]]:
+        return self._run(self._async.scan(start, end, limit, read_mode=read_mode))
+
+    def status(self) -> list[dict[str, Any]]:
+        return self._run(self._async.status())
+
+    def transfer_leader(self, to: int, group: int = 1) -> int:
+        return self._run(self._async.transfer_leader(to, group))

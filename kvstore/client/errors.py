@@ -1,0 +1,82 @@
+"""Typed client errors, one table from gRPC status codes to exception classes.
+
+``KVError.definite`` is True when the operation certainly did not take effect
+(rejected input, refused before proposing) and False when the outcome is unknown
+(timeouts, connection lost after sending). Jepsen histories record the former as
+``fail`` and the latter as ``info``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class KVError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, definite: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.definite = definite
+
+
+class NotLeader(KVError):
+    """The node is not the leader; ``leader_id`` / ``leader_endpoint`` hint at who is."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(
+        self, message: str, *, definite: bool = True, leader_id: int = 0, leader_endpoint: str = ""
+    ) -> None:
+        super().__init__(message, definite=definite)
+        self.leader_id = leader_id
+        self.leader_endpoint = leader_endpoint
+
+
+class Unavailable(KVError):
+    """No leader, no quorum, or no endpoint reachable."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(KVError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InvalidArgument(KVError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, definite: bool = True) -> None:
+        super().__init__(message, definite=definite)
+
+
+class ResourceExhausted(KVError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unimplemented(KVError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+    def __init__(self, message: str, *, definite: bool = True) -> None:
+        super().__init__(message, definite=definite)
+
+
+_BY_CODE: dict[int, type[KVError]] = {
+    grpc.StatusCode.FAILED_PRECONDITION.value[0]: NotLeader,
+    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,
+    grpc.StatusCode.INVALID_ARGUMENT.value[0]: InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: ResourceExhausted,
+    grpc.StatusCode.UNIMPLEMENTED.value[0]: Unimplemented,
+}
+
+
+def from_code(
+    code: int, message: str, *, definite: bool, leader_id: int = 0, leader_endpoint: str = ""
+) -> KVError:
+    cls = _BY_CODE.get(code, KVError)
+    if cls is NotLeader:
+        return NotLeader(
+            message, definite=definite, leader_id=leader_id, leader_endpoint=leader_endpoint
+        )
+    return cls(message, definite=definite)

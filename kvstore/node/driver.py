@@ -1,0 +1,633 @@
+"""The node driver: one asyncio task owns every consensus core of the node.
+
+Rules this module keeps:
+- A core is only touched from the driver task, and never between ``ready()`` and
+  ``advance()`` except for ``apply_conf_change`` of that Ready's committed entries.
+- Each loop iteration: feed inputs (messages, ticks, proposals, reads), collect one Ready
+  per group, persist all of them in ONE storage write transaction on the single writer
+  thread (save + apply = one fsync, group commit across groups), then send the messages,
+  then answer clients, then advance.
+- Client commands that arrive while a Ready is being persisted queue up and are proposed
+  as ONE log entry (encode_batch) in the next iteration: batching is the throughput plan.
+- A write is answered when the entry at its ProposalId's index applies with the same
+  term; another term there means the proposal was lost (definite, retryable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvstore.consensus import new_core
+from kvstore.consensus.types import (
+    ConfChange,
+    Config,
+    ConfState,
+    Core,
+    Entry,
+    EntryType,
+    Message,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalId,
+    Ready,
+    Role,
+    Status,
+)
+from kvstore.node import log
+from kvstore.node.errors import (
+    DeadlineOp,
+    ExhaustedOp,
+    NotLeaderOp,
+    OpError,
+    UnavailableOp,
+)
+from kvstore.node.metrics import NodeMetrics
+from kvstore.statemachine import ApplyResult, Command, encode_batch
+from kvstore.storage import NodeStorage, StorageFullError
+
+MAX_ENTRY_BYTES = 4 << 20
+MAX_ENTRY_OPS = 4096
+MAX_TICKS_PER_ITERATION = 2
+"""A stalled loop does not replay all the ticks it missed (as Go's ticker drops ticks):
+an overloaded node would otherwise start elections the moment it wakes up."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverConfig:
+    node_id: int
+    consensus: str = "raft"
+    groups: tuple[int, ...] = (1,)
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 10000
+    """Compact the log after this many applied entries (lagging nodes get a snapshot)."""
+    causal_wait_s: float = 1.0
+    unsafe_ack_before_commit: bool = False
+
+
+@dataclass(slots=True)
+class _Write:
+    cmd: Command
+    fut: asyncio.Future[ApplyResult]
+    deadline: float
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _Inflight:
+    term: int
+    writes: list[_Write]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A read (or conf change) waiting for an index to apply."""
+
+    fut: asyncio.Future[int]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _ConfProposal:
+    change: ConfChange
+    fut: asyncio.Future[int]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Group:
+    id: int
+    core: Core
+    applied: int
+    compacted: int
+    role: Role = Role.FOLLOWER
+    leader: int = 0
+    term: int = 0
+    writes: list[_Write] = field(default_factory=list)
+    inflight: dict[int, _Inflight] = field(default_factory=dict)
+    reads: list[_Waiter] = field(default_factory=list)
+    read_ctx: dict[bytes, list[_Waiter]] = field(default_factory=dict)
+    applied_waiters: list[tuple[int, int, _Waiter]] = field(default_factory=list)
+    confs: list[_ConfProposal] = field(default_factory=list)
+    conf_inflight: dict[int, tuple[int, _ConfProposal]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the writer thread does for one group in one transaction."""
+
+    group: int
+    rd: Ready
+    compact_to: int
+    conf_state: ConfState | None = None
+
+
+class NodeDriver:
+    def __init__(
+        self,
+        config: DriverConfig,
+        storage: NodeStorage,
+        metrics: NodeMetrics,
+        *,
+        endpoints: dict[int, str],
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self.send: Callable[[list[Message]], None] = lambda msgs: None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
+        self._inbox: list[Message] = []
+        self._ticks = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._ctx = itertools.count(1)
+        self._seq = itertools.count()
+        self._stopped = False
+        self.storage_full = False
+        self.groups: dict[int, _Group] = {}
+        seed = int.from_bytes(os.urandom(8), "big")
+        for g in config.groups:
+            glog = storage.group(g)
+            applied = storage.kv(g).applied_index()
+            cfg = Config(
+                id=config.node_id,
+                group=g,
+                election_tick=config.election_ticks,
+                heartbeat_tick=config.heartbeat_ticks,
+                applied=applied,
+                rng=random.Random(seed ^ g),
+            )
+            core = new_core(config.consensus, cfg, glog)
+            self.groups[g] = _Group(
+                id=g, core=core, applied=applied, compacted=glog.first_index() - 1
+            )
+        if config.unsafe_ack_before_commit:
+            log.event(
+                "UNSAFE_ACK_BEFORE_COMMIT",
+                level=40,
+                warning="writes are acknowledged before they commit; test-only, loses data",
+            )
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="driver")
+        self._ticker = asyncio.create_task(self._tick_loop(), name="ticker")
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in (self._ticker, self._task):
+            if t is not None:
+                t.cancel()
+        for t in (self._ticker, self._task):
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._writer.shutdown(wait=True)
+        err = UnavailableOp("node is shutting down", definite=False)
+        for g in self.groups.values():
+            self._fail_all(g, err)
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        period = self.config.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + period
+        while True:
+            await asyncio.sleep(max(next_at - loop.time(), 0))
+            next_at = max(next_at + period, loop.time())
+            self._ticks += 1
+            self._poke()
+
+    # -- inputs (event loop, any task) -------------------------------------------
+    def deliver(self, msgs: list[Message]) -> None:
+        self._inbox.extend(msgs)
+        self._poke()
+
+    def _group(self, group: int) -> _Group:
+        g = self.groups.get(group)
+        if g is None:
+            raise UnavailableOp(f"group {group} is not hosted here", definite=True)
+        return g
+
+    def not_leader(self, g: _Group) -> NotLeaderOp:
+        return NotLeaderOp(
+            f"node {self.config.node_id} is not the leader of group {g.id}"
+            + (f"; leader is {g.leader}" if g.leader else "; no leader known"),
+            definite=True,
+            leader_id=g.leader,
+            leader_endpoint=self.endpoints.get(g.leader, ""),
+        )
+
+    def propose(self, group: int, cmd: Command, timeout: float) -> asyncio.Future[ApplyResult]:
+        """Queue one command; the future resolves with its ApplyResult or an OpError."""
+        g = self._group(group)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ApplyResult] = loop.create_future()
+        if g.role != Role.LEADER:
+            fut.set_exception(self.not_leader(g))
+        elif self.storage_full:
+            fut.set_exception(ExhaustedOp("storage is full", definite=True))
+        else:
+            now = loop.time()
+            g.writes.append(_Write(cmd, fut, now + timeout, now))
+            self._poke()
+        return fut
+
+    def read_barrier(
+        self, group: int, mode: str, token: int, timeout: float
+    ) -> asyncio.Future[int]:
+        """Resolves with the applied index once a read in ``mode`` may be served."""
+        g = self._group(group)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        now = loop.time()
+        if mode == "eventual" or (mode == "causal" and g.applied >= token):
+            fut.set_result(g.applied)
+        elif mode == "causal":
+            w = _Waiter(fut, now + min(timeout, self.config.causal_wait_s))
+            heapq.heappush(g.applied_waiters, (token, next(self._seq), w))
+        else:
+            if g.leader == 0:
+                fut.set_exception(self.not_leader(g))
+            else:
+                g.reads.append(_Waiter(fut, now + timeout))
+                self._poke()
+        return fut
+
+    def propose_conf_change(
+        self, group: int, change: ConfChange, timeout: float
+    ) -> asyncio.Future[int]:
+        g = self._group(group)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        if g.role != Role.LEADER:
+            fut.set_exception(self.not_leader(g))
+        else:
+            g.confs.append(_ConfProposal(change, fut, loop.time() + timeout))
+            self._poke()
+        return fut
+
+    def transfer_leadership(self, group: int, to: int) -> None:
+        g = self._group(group)
+        if g.role != Role.LEADER:
+            raise self.not_leader(g)
+        g.core.transfer_leadership(to)
+        self._poke()
+
+    def status(self, group: int) -> Status:
+        return self._group(group).core.status()
+
+    # -- the loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                busy = await self._iteration()
+            except StorageFullError as e:
+                # The Ready could not be persisted: nothing was acknowledged from it. Stall
+                # (followers elect another leader) and refuse writes until space frees up.
+                self.storage_full = True
+                log.event("storage_full", level=40, error=str(e))
+                for g in self.groups.values():
+                    self._fail_all(g, ExhaustedOp(f"storage is full: {e}", definite=False))
+                await asyncio.sleep(1.0)
+                busy = True
+            if busy:
+                self._wake.set()
+
+    async def _iteration(self) -> bool:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        inbox, self._inbox = self._inbox, []
+        ticks, self._ticks = min(self._ticks, MAX_TICKS_PER_ITERATION), 0
+        for m in inbox:
+            g = self.groups.get(m.group)
+            if g is None:
+                self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
+                continue
+            g.core.step(m)
+        for g in self.groups.values():
+            for _ in range(ticks):
+                g.core.tick()
+            self._propose_writes(g)
+            self._propose_confs(g)
+            self._start_reads(g)
+            if ticks:
+                self._expire(g, now)
+        readies: list[tuple[_Group, Ready]] = []
+        for g in self.groups.values():
+            if g.core.has_ready():
+                readies.append((g, g.core.ready()))
+        if not readies:
+            return False
+        plans = [self._plan(g, rd) for g, rd in readies]
+        if any(_needs_write(p) for p in plans):
+            results = await loop.run_in_executor(self._writer, self._persist, plans)
+        else:
+            results = {}
+        if self.storage_full:
+            self.storage_full = False
+            log.event("storage_writable")
+        out: list[Message] = []
+        for _, rd in readies:
+            out.extend(rd.messages)
+        if out:
+            self.send(out)
+        for g, rd in readies:
+            self._after_persist(g, rd, results.get(g.id, []))
+        for g, rd in readies:
+            g.core.advance(rd)
+        return True
+
+    def _plan(self, g: _Group, rd: Ready) -> _Plan:
+        # Conf changes take effect in the core now, before the persist, so the membership
+        # the storage records in this transaction is the one after these entries.
+        cs: ConfState | None = None
+        for e in rd.committed:
+            if e.type == EntryType.CONF_CHANGE:
+                cs = g.core.apply_conf_change(ConfChange.decode(e.data))
+                log.event(
+                    "conf_change_applied", group=g.id, index=e.index, voters=sorted(cs.voters)
+                )
+        applied = g.applied
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            applied = max(applied, rd.snapshot.metadata.index)
+        if rd.committed:
+            applied = max(applied, rd.committed[-1].index)
+        compact_to = 0
+        n = self.config.snapshot_entries
+        if n > 0 and applied - g.compacted >= n:
+            # Keep a tail so briefly lagging followers still catch up from the log.
+            compact_to = applied - n // 4
+        return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs)
+
+    def _persist(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
+        """Runs on the writer thread: one transaction, one fsync, for all groups."""
+        t0 = time.perf_counter()
+        results: dict[int, list[ApplyResult]] = {}
+        with self.storage.write() as w:
+            for p in plans:
+                rd = p.rd
+                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                    w.save(
+                        p.group, hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot
+                    )
+                if rd.committed:
+                    results[p.group] = w.apply(p.group, rd.committed)
+                if p.conf_state is not None:
+                    w.set_conf_state(p.group, p.conf_state)
+                if p.compact_to > 0:
+                    w.compact(p.group, p.compact_to)
+        self.metrics.fsync_latency.observe(time.perf_counter() - t0)
+        return results
+
+    # -- proposals -------------------------------------------------------------------
+    def _propose_writes(self, g: _Group) -> None:
+        if not g.writes:
+            return
+        writes, g.writes = g.writes, []
+        if g.role != Role.LEADER:
+            refused = self.not_leader(g)
+            for w in writes:
+                _fail(w.fut, refused)
+            return
+        start = 0
+        while start < len(writes):
+            end, size = start, 0
+            while end < len(writes) and end - start < MAX_ENTRY_OPS:
+                s = _cmd_size(writes[end].cmd)
+                if end > start and size + s > MAX_ENTRY_BYTES:
+                    break
+                size += s
+                end += 1
+            chunk = [w for w in writes[start:end] if not w.fut.done()]
+            start = end
+            if not chunk:
+                continue
+            try:
+                pid = g.core.propose(encode_batch([w.cmd for w in chunk]))
+            except (NotLeaderError, ProposalDroppedError) as e:
+                lost: OpError = (
+                    self.not_leader(g)
+                    if isinstance(e, NotLeaderError)
+                    else UnavailableOp(f"proposal dropped: {e}", definite=True)
+                )
+                for w in chunk:
+                    _fail(w.fut, lost)
+                continue
+            self.metrics.batch_ops.observe(len(chunk))
+            deadline = max(w.deadline for w in chunk)
+            g.inflight[pid.index] = _Inflight(pid.term, chunk, deadline)
+            if self.config.unsafe_ack_before_commit:
+                self._unsafe_ack(pid, chunk)
+
+    def _unsafe_ack(self, pid: ProposalId, chunk: list[_Write]) -> None:
+        for w in chunk:
+            if not w.fut.done():
+                w.fut.set_result(ApplyResult(pid.index, pid.index, True, None, None))
+
+    def _propose_confs(self, g: _Group) -> None:
+        confs, g.confs = g.confs, []
+        for c in confs:
+            try:
+                pid = g.core.propose_conf_change(c.change)
+            except NotLeaderError:
+                _fail(c.fut, self.not_leader(g))
+                continue
+            except ProposalDroppedError as e:
+                _fail(c.fut, UnavailableOp(f"conf change dropped: {e}", definite=True))
+                continue
+            g.conf_inflight[pid.index] = (pid.term, c)
+
+    def _start_reads(self, g: _Group) -> None:
+        if not g.reads:
+            return
+        reads, g.reads = g.reads, []
+        ctx = next(self._ctx).to_bytes(8, "big")
+        try:
+            g.core.read_index(ctx)
+        except NotLeaderError:
+            err = self.not_leader(g)
+            for r in reads:
+                _fail(r.fut, err)
+            return
+        g.read_ctx[ctx] = reads
+
+    def _expire(self, g: _Group, now: float) -> None:
+        def late(dl: float) -> bool:
+            return dl <= now
+
+        for idx in [i for i, f in g.inflight.items() if late(f.deadline)]:
+            for w in g.inflight.pop(idx).writes:
+                _fail(w.fut, DeadlineOp("write not committed in time", definite=False))
+        for ctx in [c for c, rs in g.read_ctx.items() if all(late(r.deadline) for r in rs)]:
+            for r in g.read_ctx.pop(ctx):
+                _fail(r.fut, DeadlineOp("read index not confirmed in time", definite=True))
+        if g.applied_waiters and any(late(w.deadline) for _, _, w in g.applied_waiters):
+            keep = []
+            for item in g.applied_waiters:
+                if late(item[2].deadline):
+                    _fail(
+                        item[2].fut,
+                        UnavailableOp(
+                            f"replica applied {g.applied} < requested index {item[0]}",
+                            definite=True,
+                        ),
+                    )
+                else:
+                    keep.append(item)
+            heapq.heapify(keep)
+            g.applied_waiters = keep
+        for idx in [i for i, (_, c) in g.conf_inflight.items() if late(c.deadline)]:
+            _fail(
+                g.conf_inflight.pop(idx)[1].fut, DeadlineOp("conf change timed out", definite=False)
+            )
+
+    # -- after the persist -----------------------------------------------------------
+    def _after_persist(self, g: _Group, rd: Ready, results: list[ApplyResult]) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(g, rd.soft_state.leader, rd.soft_state.role)
+        if rd.hard_state is not None:
+            g.term = rd.hard_state.term
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            snap_index = rd.snapshot.metadata.index
+            g.applied = max(g.applied, snap_index)
+            g.compacted = max(g.compacted, snap_index)
+            for idx in [i for i in g.inflight if i <= snap_index]:
+                for w in g.inflight.pop(idx).writes:
+                    _fail(w.fut, UnavailableOp("replaced by a snapshot", definite=False))
+        if rd.committed:
+            self._resolve_writes(g, rd.committed, results)
+            g.applied = max(g.applied, rd.committed[-1].index)
+        for rs in rd.read_states:
+            for r in g.read_ctx.pop(rs.request_ctx, []):
+                if g.applied >= rs.index:
+                    _ok(r.fut, g.applied)
+                else:
+                    heapq.heappush(g.applied_waiters, (rs.index, next(self._seq), r))
+        while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
+            _ok(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+        st = None
+        if rd.hard_state is not None or rd.committed:
+            st = g.core.status()
+            self.metrics.term.labels(str(g.id)).set(st.term)
+            self.metrics.commit.labels(str(g.id)).set(st.commit)
+            self.metrics.applied.labels(str(g.id)).set(g.applied)
+        if st is not None and g.compacted < st.applied:
+            g.compacted = max(g.compacted, self.storage.group(g.id).first_index() - 1)
+
+    def _on_soft_state(self, g: _Group, leader: int, role: Role) -> None:
+        if leader != g.leader:
+            self.metrics.leader_changes.labels(str(g.id)).inc()
+            log.event("leader_changed", group=g.id, leader=leader, role=role.name.lower())
+        g.leader = leader
+        if role != g.role:
+            log.event("role_changed", group=g.id, role=role.name.lower(), leader=leader)
+        g.role = role
+        self.metrics.is_leader.labels(str(g.id)).set(1 if role == Role.LEADER else 0)
+        if role != Role.LEADER and g.writes:
+            err = self.not_leader(g)
+            for w in g.writes:
+                _fail(w.fut, err)
+            g.writes = []
+
+    def _resolve_writes(
+        self, g: _Group, committed: tuple[Entry, ...], results: list[ApplyResult]
+    ) -> None:
+        by_index: dict[int, list[ApplyResult]] = {}
+        for r in results:
+            by_index.setdefault(r.index, []).append(r)
+        now = asyncio.get_running_loop().time()
+        hist = self.metrics.proposal_latency.labels(str(g.id))
+        for e in committed:
+            conf = g.conf_inflight.pop(e.index, None)
+            if conf is not None:
+                if conf[0] == e.term:
+                    _ok(conf[1].fut, e.index)
+                else:
+                    _fail(conf[1].fut, UnavailableOp("conf change lost", definite=True))
+            inf = g.inflight.pop(e.index, None)
+            if inf is None:
+                continue
+            if inf.term != e.term:
+                err = UnavailableOp(
+                    f"proposal lost: index {e.index} holds term {e.term}, not {inf.term}",
+                    definite=True,
+                )
+                for w in inf.writes:
+                    _fail(w.fut, err)
+                continue
+            rs = by_index.get(e.index, [])
+            for i, w in enumerate(inf.writes):
+                if i < len(rs):
+                    hist.observe(now - w.queued_at)
+                    _ok(w.fut, rs[i])
+                else:
+                    _fail(w.fut, UnavailableOp("no apply result", definite=False))
+
+    def _fail_all(self, g: _Group, err: OpError) -> None:
+        for w in g.writes:
+            _fail(w.fut, err)
+        g.writes = []
+        for inf in g.inflight.values():
+            for w in inf.writes:
+                _fail(w.fut, err)
+        g.inflight.clear()
+        for rs in g.read_ctx.values():
+            for r in rs:
+                _fail(r.fut, err)
+        g.read_ctx.clear()
+        for r in g.reads:
+            _fail(r.fut, err)
+        g.reads = []
+        for _, _, w2 in g.applied_waiters:
+            _fail(w2.fut, err)
+        g.applied_waiters = []
+
+
+def _needs_write(p: _Plan) -> bool:
+    rd = p.rd
+    return bool(
+        rd.hard_state is not None
+        or rd.entries
+        or rd.snapshot is not None
+        or rd.committed
+        or p.compact_to
+        or p.conf_state is not None
+    )
+
+
+def _cmd_size(cmd: Command) -> int:
+    n = 32 + len(cmd.key)
+    value = getattr(cmd, "value", None) or getattr(cmd, "new_value", None)
+    return n + (len(value) if value else 0)
+
+
+def _ok(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future[Any], err: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(err)

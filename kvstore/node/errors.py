@@ -1,0 +1,61 @@
+"""Errors a node answers one client operation with, each with its gRPC status code.
+
+Rule: ``definite`` is True only when the operation certainly did not take
+effect (it was never proposed, or the slot it was proposed at holds another
+entry); timeouts and lost leadership after proposing are indefinite.
+"""
+
+from __future__ import annotations
+
+# grpc.StatusCode values, kept as ints so kvstore.node does not import grpc here.
+INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
+RESOURCE_EXHAUSTED = 8
+FAILED_PRECONDITION = 9
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
+
+
+class OpError(Exception):
+    code: int = UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        definite: bool,
+        leader_id: int = 0,
+        leader_endpoint: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.definite = definite
+        self.leader_id = leader_id
+        self.leader_endpoint = leader_endpoint
+
+
+class NotLeaderOp(OpError):
+    """This node is not the leader; ``leader_id``/``leader_endpoint`` hint at who is."""
+
+    code = FAILED_PRECONDITION
+
+
+class UnavailableOp(OpError):
+    code = UNAVAILABLE
+
+
+class DeadlineOp(OpError):
+    code = DEADLINE_EXCEEDED
+
+
+class InvalidOp(OpError):
+    code = INVALID_ARGUMENT
+
+
+class ExhaustedOp(OpError):
+    code = RESOURCE_EXHAUSTED
+
+
+class UnimplementedOp(OpError):
+    code = UNIMPLEMENTED

@@ -1,0 +1,118 @@
+"""Client protobuf <-> state machine commands and results (the KV servicers' codec).
+
+Rule: everything a client sends is checked against the limits here, before it
+reaches the driver; a violation is an InvalidOp naming the limit.
+"""
+
+from __future__ import annotations
+
+from kvstore._pb import kv_pb2
+from kvstore.node.errors import InvalidOp, OpError
+from kvstore.node.limits import Limits
+from kvstore.statemachine import ApplyError, ApplyResult, Cas, Command, Delete, KeyValue, Put
+
+READ_MODES = {
+    kv_pb2.READ_MODE_STRONG: "strong",
+    kv_pb2.READ_MODE_EVENTUAL: "eventual",
+    kv_pb2.READ_MODE_CAUSAL: "causal",
+}
+
+
+def read_mode(mode: int) -> str:
+    name: str | None = READ_MODES.get(mode)  # type: ignore[call-overload]
+    if name is None:
+        raise InvalidOp(f"unknown read mode {mode}", definite=True)
+    return name
+
+
+def put_command(req: kv_pb2.PutRequest, limits: Limits) -> Put:
+    limits.check_key(req.key)
+    limits.check_value(req.value)
+    return Put(req.key, req.value, req.client_id, req.seq)
+
+
+def delete_command(req: kv_pb2.DeleteRequest, limits: Limits) -> Delete:
+    limits.check_key(req.key)
+    return Delete(req.key, req.client_id, req.seq)
+
+
+def cas_command(req: kv_pb2.CasRequest, limits: Limits) -> Cas:
+    limits.check_key(req.key)
+    limits.check_value(req.new_value)
+    which = req.WhichOneof("compare")
+    new_value = None if req.delete_key else req.new_value
+    if which == "expected_value":
+        return Cas(
+            req.key,
+            new_value,
+            expected_value=req.expected_value,
+            client_id=req.client_id,
+            seq=req.seq,
+        )
+    if which == "expected_version":
+        return Cas(
+            req.key,
+            new_value,
+            expected_version=req.expected_version,
+            client_id=req.client_id,
+            seq=req.seq,
+        )
+    if which == "expect_absent":
+        return Cas(req.key, new_value, expected_version=0, client_id=req.client_id, seq=req.seq)
+    raise InvalidOp("cas needs expected_value, expected_version or expect_absent", definite=True)
+
+
+def check_result(res: ApplyResult) -> None:
+    if res.error == ApplyError.SESSION_EXPIRED:
+        raise OpError(
+            "client session window expired: the request may have applied before",
+            definite=False,
+        )
+    if res.error == ApplyError.KEY_TOO_LARGE:
+        raise InvalidOp("key over the state machine's key limit", definite=True)
+
+
+def kv_to_pb(kv: KeyValue | None) -> kv_pb2.KeyValue | None:
+    return None if kv is None else kv_pb(kv)
+
+
+def kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=kv.key,
+        value=kv.value,
+        version=kv.version,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+    )
+
+
+def header(group: int, node_id: int, term: int, index: int, leader: int) -> kv_pb2.ResponseHeader:
+    return kv_pb2.ResponseHeader(
+        group=group, node_id=node_id, term=term, index=index, leader_id=leader
+    )
+
+
+def error_pb(e: OpError) -> kv_pb2.Error:
+    return kv_pb2.Error(
+        code=e.code,
+        message=e.message,
+        leader_id=e.leader_id,
+        leader_endpoint=e.leader_endpoint,
+        definite=e.definite,
+    )
+
+
+def write_response(
+    cmd: Command, res: ApplyResult, hdr: kv_pb2.ResponseHeader, want_prev: bool
+) -> kv_pb2.PutResponse | kv_pb2.DeleteResponse | kv_pb2.CasResponse:
+    check_result(res)
+    prev = kv_to_pb(res.prev)
+    if isinstance(cmd, Put):
+        return kv_pb2.PutResponse(
+            header=hdr, revision=res.revision, prev_kv=prev if want_prev else None
+        )
+    if isinstance(cmd, Delete):
+        return kv_pb2.DeleteResponse(
+            header=hdr, deleted=res.ok, revision=res.revision, prev_kv=prev
+        )
+    return kv_pb2.CasResponse(header=hdr, succeeded=res.ok, revision=res.revision, prev_kv=prev)

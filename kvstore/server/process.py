@@ -1,0 +1,227 @@
+"""Process assembly: storage, driver, transport, gRPC server, health and metrics for one node.
+
+Rule: a node refuses to start on a data directory of another cluster, node id or
+consensus kind (the identity is stored in the storage meta on first start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from kvstore._pb import admin_pb2_grpc, kv_pb2_grpc, peer_pb2_grpc
+from kvstore.node import log
+from kvstore.node.driver import DriverConfig, NodeDriver
+from kvstore.node.limits import Limits
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.transport import MAX_PEER_MESSAGE, PeerTransport
+from kvstore.server.admin import AdminService
+from kvstore.server.kv import KVService
+from kvstore.server.peer import PeerService
+from kvstore.storage import NodeStorage
+
+
+class StartupError(Exception):
+    """The node cannot start with this configuration (message says why and what to do)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    id: int
+    listen: str
+    peers: dict[int, str]
+    data_dir: str
+    metrics_port: int = 0
+    consensus: str = "raft"
+    cluster_id: str = "kvstore"
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 10000
+    map_size_mb: int = 1024
+    sync: bool = True
+    unsafe_ack_before_commit: bool = False
+
+
+def parse_peers(spec: str) -> dict[int, str]:
+    """``1=h:p,2=h:p`` -> {1: "h:p", 2: "h:p"}."""
+    out: dict[int, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        ident, sep, addr = part.partition("=")
+        if not sep or not ident.strip().isdigit() or ":" not in addr:
+            raise ValueError(f"bad peer {part!r}: expected ID=HOST:PORT")
+        out[int(ident)] = addr.strip()
+    return out
+
+
+def check_identity(storage: NodeStorage, opts: ServeOptions) -> bool:
+    """Record or verify (cluster id, node id, consensus); True when the node is new."""
+    want = {
+        b"cluster_id": opts.cluster_id.encode(),
+        b"node_id": str(opts.id).encode(),
+        b"consensus": opts.consensus.encode(),
+    }
+    have = {k: storage.get_meta(k) for k in want}
+    if all(v is None for v in have.values()):
+        return True
+    for k, v in want.items():
+        h = have[k]
+        if h != v:
+            got = h.decode(errors="replace") if h is not None else "<none>"
+            raise StartupError(
+                f"data dir {opts.data_dir} belongs to {k.decode()}={got}, "
+                f"but this node was started with {k.decode()}={v.decode()}; "
+                "use the matching flags or another --data-dir"
+            )
+    return False
+
+
+class Node:
+    """One running node; ``start()`` then ``stop()`` (or ``run_until_signal``)."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        o = self.opts
+        if o.consensus == "paxos":
+            try:
+                import kvstore.consensus.paxos  # noqa: F401
+            except ImportError as e:
+                raise StartupError(f"consensus 'paxos' is not available: {e}") from e
+        os.makedirs(o.data_dir, exist_ok=True)
+        self.storage = NodeStorage(o.data_dir, map_size=o.map_size_mb << 20, sync=o.sync)
+        try:
+            new = check_identity(self.storage, o)
+        except StartupError:
+            self.storage.close()
+            raise
+        endpoints = dict(o.peers)
+        endpoints[o.id] = o.listen
+        if new:
+            voters = frozenset(endpoints)
+            self.storage.group(1).bootstrap(voters)
+            with self.storage.write() as w:
+                w.set_meta(b"cluster_id", o.cluster_id.encode())
+                w.set_meta(b"node_id", str(o.id).encode())
+                w.set_meta(b"consensus", o.consensus.encode())
+            log.event("bootstrapped", voters=sorted(voters), cluster=o.cluster_id)
+        self.metrics = NodeMetrics()
+        self.driver = NodeDriver(
+            DriverConfig(
+                node_id=o.id,
+                consensus=o.consensus,
+                tick_ms=o.tick_ms,
+                election_ticks=o.election_ticks,
+                heartbeat_ticks=o.heartbeat_ticks,
+                snapshot_entries=o.snapshot_entries,
+                unsafe_ack_before_commit=o.unsafe_ack_before_commit,
+            ),
+            self.storage,
+            self.metrics,
+            endpoints=endpoints,
+        )
+        self.transport = PeerTransport(
+            node_id=o.id,
+            cluster_id=o.cluster_id,
+            peers=endpoints,
+            metrics=self.metrics,
+            deliver=self.driver.deliver,
+            heartbeat_s=max(o.tick_ms * o.heartbeat_ticks / 1000, 0.05),
+        )
+        self.driver.send = self.transport.send
+        limits = Limits()
+        server = self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_PEER_MESSAGE),
+                ("grpc.max_send_message_length", MAX_PEER_MESSAGE),
+            ]
+        )
+        kv_pb2_grpc.add_KVServicer_to_server(
+            KVService(
+                driver=self.driver,
+                storage=self.storage,
+                limits=limits,
+                metrics=self.metrics,
+                node_id=o.id,
+            ),
+            server,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(
+                driver=self.driver,
+                transport=self.transport,
+                node_id=o.id,
+                endpoint=o.listen,
+                cluster_id=o.cluster_id,
+                consensus=o.consensus,
+            ),
+            server,
+        )
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.transport), server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = server.add_insecure_port(o.listen)
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {o.listen}")
+        await server.start()
+        self.driver.start()
+        self.transport.start()
+        if o.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(o.metrics_port, registry=self.metrics.registry)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.event(
+            "node_started",
+            id=o.id,
+            listen=o.listen,
+            consensus=o.consensus,
+            cluster=o.cluster_id,
+            metrics_port=o.metrics_port,
+        )
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace=0.5)
+        await self.transport.stop()
+        await self.driver.stop()
+        self.storage.close()
+        log.event("node_stopped", id=self.opts.id)
+
+
+async def run_until_signal(opts: ServeOptions) -> None:
+    node = Node(opts)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+def run(opts: ServeOptions) -> None:
+    """Blocking entry of `kvstore serve`; uvloop when present."""
+    try:
+        import uvloop
+
+        uvloop.run(run_until_signal(opts))
+    except ImportError:
+        asyncio.run(run_until_signal(opts))
