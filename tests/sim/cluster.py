@@ -1,0 +1,343 @@
+"""A simulated cluster: N cores, each over its own MemoryStorage, driven as types.py says.
+
+Rules this driver keeps (the Ready contract): for each Ready it persists the snapshot,
+entries and hard state to the node's MemoryStorage, then sends the messages, then
+applies the committed entries, then calls advance. MemoryStorage is the disk: a crash
+throws away the core (its volatile state, unsent messages, unapplied work) and a restart
+builds a new core from the storage. The state machine (applied index, a digest of the
+applied history, membership) is durable too, as in the LMDB design where apply shares
+the write transaction; a restart may also rebuild it from the last snapshot instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvstore.consensus.memory import MemoryStorage
+from kvstore.consensus.types import (
+    ConfChange,
+    Config,
+    ConfState,
+    ConsensusError,
+    Core,
+    Entry,
+    EntryType,
+    LogStorage,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalId,
+    Role,
+    Snapshot,
+    Status,
+)
+
+from .checkers import (
+    GENESIS_DIGEST,
+    PAXOS_TRAITS,
+    RAFT_TRAITS,
+    Checker,
+    Traits,
+    chain,
+    decode_image,
+    encode_image,
+)
+from .network import Network
+
+CoreFactory = Callable[[Config, LogStorage], Core]
+
+CORE_MODULES = {
+    "raft": ("kvstore.consensus.raft", "RawNode", RAFT_TRAITS),
+    "paxos": ("kvstore.consensus.paxos", "PaxosNode", PAXOS_TRAITS),
+}
+EXTRA_FACTORIES: dict[str, tuple[CoreFactory, Traits]] = {}
+"""Test-only cores (fakes, deliberately broken wrappers) registered by name."""
+
+
+def load_core(kind: str) -> tuple[CoreFactory, Traits] | None:
+    """The factory for ``kind``, or None when its package does not import yet."""
+    if kind in EXTRA_FACTORIES:
+        return EXTRA_FACTORIES[kind]
+    module, name, traits = CORE_MODULES[kind]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    factory: CoreFactory = cls
+    return factory, traits
+
+
+@dataclass(slots=True)
+class StateMachine:
+    """The applied state: index, digest of the applied history, membership."""
+
+    index: int = 0
+    digest: bytes = GENESIS_DIGEST
+    conf_state: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreParams:
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+
+
+@dataclass(slots=True)
+class SimNode:
+    id: int
+    storage: MemoryStorage
+    sm: StateMachine
+    core: Core | None = None
+    boots: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+class Cluster:
+    """Holds the nodes, the network and the checker; one ``step`` is one unit of time."""
+
+    def __init__(
+        self,
+        *,
+        factory: CoreFactory,
+        checker: Checker,
+        n: int,
+        rng: random.Random,
+        net: Network,
+        params: CoreParams,
+    ) -> None:
+        self.factory = factory
+        self.checker = checker
+        self.rng = rng
+        self.net = net
+        self.params = params
+        self.now = 0
+        self.stats: Counter[str] = Counter()
+        self.trace: deque[str] = deque(maxlen=60)
+        self.genesis = frozenset(range(1, n + 1))
+        self.nodes: dict[int, SimNode] = {}
+        for i in sorted(self.genesis):
+            self.add_node(i)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def add_node(self, node_id: int) -> SimNode:
+        """A brand-new node: its storage holds the genesis membership at index 0 (a node
+        that joins later replays the log, or a snapshot, from there)."""
+        st = MemoryStorage(voters=self.genesis)
+        node = SimNode(node_id, st, StateMachine(conf_state=st.snapshot().metadata.conf_state))
+        self.nodes[node_id] = node
+        self._boot(node)
+        return node
+
+    def _boot(self, node: SimNode) -> None:
+        p = self.params
+        cfg = Config(
+            id=node.id,
+            election_tick=p.election_tick,
+            heartbeat_tick=p.heartbeat_tick,
+            pre_vote=p.pre_vote,
+            check_quorum=p.check_quorum,
+            max_size_per_msg=p.max_size_per_msg,
+            max_inflight_msgs=p.max_inflight_msgs,
+            applied=node.sm.index,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+        node.core = self.factory(cfg, node.storage)
+        node.boots += 1
+
+    def crash(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.core is None:
+            return
+        node.core = None
+        self.stats["crashes"] += 1
+        self.note(f"crash {node_id}")
+
+    def restart(self, node_id: int, *, keep_state_machine: bool = True) -> None:
+        """Boot a down node from its storage; optionally rebuild its state machine from the
+        storage's snapshot (so the core must re-emit entries after it)."""
+        node = self.nodes[node_id]
+        if node.core is not None:
+            return
+        if not keep_state_machine:
+            snap = node.storage.snapshot()
+            index, digest = decode_image(snap.data)
+            node.sm = StateMachine(index, digest, snap.metadata.conf_state)
+        self._boot(node)
+        self.stats["restarts"] += 1
+        self.note(f"restart {node_id} applied={node.sm.index}")
+
+    def snapshot_and_compact(self, node_id: int, keep: int) -> None:
+        """Record a state machine image at the applied index, then drop log entries up to
+        ``keep`` before it (the InstallSnapshot path needs compacted leaders)."""
+        node = self.nodes[node_id]
+        st = node.storage
+        index = node.sm.index
+        if index <= st.snapshot().metadata.index or index > st.last_index():
+            return
+        st.create_snapshot(index, node.sm.conf_state, encode_image(index, node.sm.digest))
+        st.compact(max(index - keep, st.first_index() - 1))
+        self.stats["snapshots"] += 1
+        self.note(f"snapshot {node_id} at {index}")
+
+    # -- time -----------------------------------------------------------------------
+    def up_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def tick(self, node: SimNode) -> None:
+        assert node.core is not None
+        node.core.tick()
+
+    def deliver_due(self, ready_prob: float) -> None:
+        for msg in self.net.due(self.now):
+            node = self.nodes.get(msg.to)
+            if node is None or node.core is None:
+                self.net.stats["to_down_node"] += 1
+                continue
+            node.core.step(msg)
+            self.stats["delivered"] += 1
+            if ready_prob and self.rng.random() < ready_prob:
+                self.handle_ready(node)
+
+    def handle_ready(self, node: SimNode, *, crash_after_persist: bool = False) -> None:
+        """Drive one node's Ready loop until it is quiet (persist, send, apply, advance)."""
+        for _ in range(50):
+            core = node.core
+            if core is None or not core.has_ready():
+                return
+            rd = core.ready()
+            st = node.storage
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                self._install(node, rd.snapshot)
+            if rd.entries:
+                st.append(rd.entries)
+                self.checker.on_append(node.id, st, rd.entries)
+            if rd.hard_state is not None:
+                st.set_hard_state(rd.hard_state)
+                self.checker.on_hard_state(node.id, rd.hard_state)
+            if crash_after_persist:
+                self.note(f"crash {node.id} after persist, before send/apply")
+                self.crash(node.id)
+                return
+            for m in rd.messages:
+                self.net.send(m, self.now)
+            durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
+            for e in rd.committed:
+                self._apply(node, core, e, durable_commit)
+            if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
+                s = core.status()
+                self.checker.on_leader(node.id, s.term, st)
+            core.advance(rd)
+        raise AssertionError(f"node {node.id} still has a Ready after 50 rounds (livelock?)")
+
+    def _install(self, node: SimNode, snap: Snapshot) -> None:
+        self.checker.on_install(node.id, snap, node.sm.index)
+        node.storage.apply_snapshot(snap)
+        index, digest = decode_image(snap.data)
+        node.sm = StateMachine(index, digest, snap.metadata.conf_state)
+        self.stats["installs"] += 1
+        self.note(f"install {node.id} snapshot at {index}")
+
+    def _apply(self, node: SimNode, core: Core, e: Entry, durable_commit: int) -> None:
+        digest = chain(node.sm.digest, e)
+        self.checker.on_apply(node.id, e, node.sm.index, digest, durable_commit)
+        node.sm.index = e.index
+        node.sm.digest = digest
+        if e.type == EntryType.CONF_CHANGE:
+            node.sm.conf_state = core.apply_conf_change(ConfChange.decode(e.data))
+            self.stats["conf_changes_applied"] += 1
+        self.stats["applied"] += 1
+
+    def check_step(self) -> None:
+        """Per-step checks that read every live node's status."""
+        for node in self.up_nodes():
+            assert node.core is not None
+            s = node.core.status()
+            if s.role == Role.LEADER:
+                self.checker.on_leader(node.id, s.term, node.storage)
+
+    def statuses(self) -> dict[int, Status]:
+        return {n.id: n.core.status() for n in self.nodes.values() if n.core is not None}
+
+    def leader(self) -> int:
+        """The live leader of the highest term, or 0."""
+        best = (0, 0)
+        for nid, s in self.statuses().items():
+            if s.role == Role.LEADER and s.term > best[0]:
+                best = (s.term, nid)
+        return best[1]
+
+    def members(self) -> frozenset[int]:
+        """Voters and learners as the most advanced state machine sees them."""
+        top = max(self.nodes.values(), key=lambda n: n.sm.index)
+        cs = top.sm.conf_state
+        return cs.voters | cs.learners | cs.voters_outgoing
+
+    def note(self, what: str) -> None:
+        self.trace.append(f"[{self.now}] {what}")
+
+
+@dataclass(slots=True)
+class Attempt:
+    value: bytes
+    node: int
+    pid: ProposalId
+
+
+class Client:
+    """Proposes unique values to whoever it believes leads, following NotLeader hints."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random, prefix: bytes) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.prefix = prefix
+        self.hint = 0
+        self.counter = 0
+        self.stats: Counter[str] = Counter()
+
+    def propose(self) -> Attempt | None:
+        """One proposal of a fresh value; None when it was refused."""
+        c = self.cluster
+        node = c.nodes.get(self.hint)
+        if node is None or node.core is None:
+            up = c.up_nodes()
+            if not up:
+                return None
+            node = self.rng.choice(up)
+        assert node.core is not None
+        self.counter += 1
+        value = self.prefix + b"-%d" % self.counter
+        try:
+            pid = node.core.propose(value)
+        except NotLeaderError as e:
+            self.hint = e.leader
+            self.stats["not_leader"] += 1
+            return None
+        except ProposalDroppedError:
+            self.stats["dropped"] += 1
+            return None
+        self.hint = node.id
+        self.stats["accepted"] += 1
+        c.note(f"propose {value!r} at {node.id} -> {pid}")
+        return Attempt(value, node.id, pid)
+
+    def change(self, change: ConfChange) -> bool:
+        node = self.cluster.nodes.get(self.hint)
+        if node is None or node.core is None:
+            return False
+        try:
+            pid = node.core.propose_conf_change(change)
+        except ConsensusError:
+            return False
+        self.cluster.note(f"conf change {change} at {node.id} -> {pid}")
+        self.stats["conf_changes"] += 1
+        return True

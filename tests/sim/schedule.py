@@ -1,0 +1,414 @@
+"""Fault schedules and the run loop: one schedule = options + a plan of faults + a seed.
+
+Invariant: ``run_schedule(kind, seed, ...)`` is a pure function of its arguments (every
+random choice is drawn from ``random.Random(seed)``), so a printed seed replays a failure
+exactly. Plans are explicit lists of faults so hypothesis can generate and shrink them.
+
+Liveness (checked after the faults): the network is made perfect (no loss, one-step
+delay), every member is restarted and every node ticks once a step. Then, with E the
+election timeout in ticks, a leader must be elected within LEADER_BOUND_E * E ticks, every
+client operation issued after healing must be applied within OP_BOUND_E * E ticks of its
+issue (re-proposed if its leader lost office), and all members must converge on one
+applied state holding every acknowledged value within CONVERGE_BOUND_E * E ticks of healing.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from kvstore.consensus.types import ConfChange, ConfChangeType, Role
+
+from .checkers import Checker, SafetyViolation
+from .cluster import Attempt, Client, Cluster, CoreParams, load_core
+from .network import PERFECT, NetConfig, Network
+
+LEADER_BOUND_E = 10
+OP_BOUND_E = 12
+CONVERGE_BOUND_E = 20
+MAX_NODES = 7
+
+
+class FaultKind(enum.Enum):
+    PARTITION = "partition"
+    """Cut ``side`` off from the rest (a random half, or one node)."""
+    ISOLATE_LEADER = "isolate-leader"
+    HEAL = "heal"
+    CRASH = "crash"
+    CRASH_LEADER = "crash-leader"
+    CRASH_MID_READY = "crash-mid-ready"
+    """Crash ``node`` in its next Ready, after the persist and before send/apply."""
+    RESTART = "restart"
+    RESTART_FRESH = "restart-fresh"
+    """Restart rebuilding the state machine from the last snapshot."""
+    SNAPSHOT = "snapshot"
+    NET = "net"
+    """Switch the network to ``net``."""
+    ADD_LEARNER = "add-learner"
+    PROMOTE = "promote"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    at: int
+    kind: FaultKind
+    node: int = 0
+    side: frozenset[int] = frozenset()
+    net: NetConfig | None = None
+    keep: int = 0
+    """SNAPSHOT: log entries kept before the snapshot index when compacting."""
+
+    def __str__(self) -> str:
+        extra = ""
+        if self.node:
+            extra = f" node={self.node}"
+        if self.side:
+            extra += f" side={sorted(self.side)}"
+        if self.net is not None:
+            extra += f" {self.net}"
+        return f"@{self.at} {self.kind.value}{extra}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimOptions:
+    nodes: int = 3
+    steps: int = 200
+    net: NetConfig = field(default_factory=lambda: NetConfig(drop=0.02, max_delay=3))
+    params: CoreParams = field(default_factory=CoreParams)
+    propose_prob: float = 0.3
+    tick_prob: float = 0.9
+    ready_prob: float = 0.3
+    """After each delivered message, handle that node's Ready at once with this chance."""
+    membership: bool = False
+    liveness_ops: int = 4
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    steps: int
+    heal_ticks: int
+    checks: int
+    stats: Counter[str]
+
+
+class SimFailure(AssertionError):
+    def __init__(self, kind: str, seed: int, reason: str, trace: list[str], plan: str) -> None:
+        self.kind, self.seed, self.reason = kind, seed, reason
+        lines = [
+            f"{kind} simulation seed {seed} failed: {reason}",
+            f"replay: pytest tests/sim -k 'random_schedules and {kind}' --sim-seed {seed}",
+            f"plan: {plan}",
+            "last events:",
+            *trace,
+        ]
+        super().__init__("\n".join(lines))
+
+
+# -- random schedules ---------------------------------------------------------------
+def random_options(rng: random.Random, *, steps: int, membership: bool) -> SimOptions:
+    net = NetConfig(
+        drop=rng.choice((0.0, 0.02, 0.1)),
+        duplicate=rng.choice((0.0, 0.0, 0.05)),
+        max_delay=rng.choice((1, 2, 3, 5)),
+    )
+    params = CoreParams(
+        election_tick=rng.choice((5, 10)),
+        pre_vote=rng.random() < 0.75,
+        check_quorum=rng.random() < 0.75,
+        max_size_per_msg=rng.choice((64, 256, 1 << 20)),
+        max_inflight_msgs=rng.choice((1, 4, 256)),
+    )
+    return SimOptions(
+        nodes=rng.choice((3, 3, 5)),
+        steps=steps,
+        net=net,
+        params=params,
+        propose_prob=rng.choice((0.1, 0.3, 0.6)),
+        membership=membership and rng.random() < 0.5,
+    )
+
+
+def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
+    n, steps = opts.nodes, opts.steps
+    ids = list(range(1, n + 1))
+    plan: list[Fault] = []
+    kinds = [
+        FaultKind.PARTITION,
+        FaultKind.ISOLATE_LEADER,
+        FaultKind.CRASH,
+        FaultKind.CRASH_LEADER,
+        FaultKind.CRASH_MID_READY,
+        FaultKind.SNAPSHOT,
+        FaultKind.NET,
+        FaultKind.ADD_LEARNER,
+        FaultKind.PROMOTE,
+        FaultKind.REMOVE,
+    ]
+    weights = [4, 2, 3, 2, 2, 5, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
+    t = 0
+    while True:
+        t += rng.randint(2, 20)
+        if t >= steps:
+            return sorted(plan, key=lambda f: f.at)
+        kind = rng.choices(kinds, weights)[0]
+        node = rng.choice(ids)
+        if kind in (FaultKind.PARTITION, FaultKind.ISOLATE_LEADER):
+            side = frozenset(rng.sample(ids, rng.randint(1, n // 2)))
+            plan.append(Fault(at=t, kind=kind, side=side))
+            plan.append(Fault(at=t + rng.randint(5, 60), kind=FaultKind.HEAL))
+        elif kind in (FaultKind.CRASH, FaultKind.CRASH_LEADER, FaultKind.CRASH_MID_READY):
+            plan.append(Fault(at=t, kind=kind, node=node))
+            back = FaultKind.RESTART if rng.random() < 0.7 else FaultKind.RESTART_FRESH
+            # RESTART of CRASH_LEADER restarts every down node (the leader is known only then).
+            plan.append(Fault(at=t + rng.randint(1, 40), kind=back, node=node))
+        elif kind == FaultKind.SNAPSHOT:
+            plan.append(Fault(at=t, kind=kind, node=node, keep=rng.choice((0, 0, 2, 5))))
+        elif kind == FaultKind.NET:
+            net = NetConfig(
+                drop=rng.choice((0.0, 0.05, 0.3)),
+                duplicate=rng.choice((0.0, 0.1)),
+                max_delay=rng.choice((1, 3, 8)),
+            )
+            plan.append(Fault(at=t, kind=kind, net=net))
+            plan.append(Fault(at=t + rng.randint(5, 40), kind=kind, net=opts.net))
+        else:
+            plan.append(Fault(at=t, kind=kind, node=node))
+
+
+# -- running -------------------------------------------------------------------------
+class Run:
+    def __init__(self, kind: str, seed: int, opts: SimOptions, plan: list[Fault]) -> None:
+        loaded = load_core(kind)
+        if loaded is None:
+            raise LookupError(f"consensus core {kind!r} does not import")
+        factory, traits = loaded
+        self.kind, self.seed, self.opts, self.plan = kind, seed, opts, plan
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.checker = Checker(traits)
+        self.net = Network(random.Random(self.rng.getrandbits(64)), opts.net)
+        self.cluster = Cluster(
+            factory=factory,
+            checker=self.checker,
+            n=opts.nodes,
+            rng=random.Random(self.rng.getrandbits(64)),
+            net=self.net,
+            params=opts.params,
+        )
+        self.client = Client(self.cluster, random.Random(self.rng.getrandbits(64)), b"v")
+        self.mid_ready_crash: set[int] = set()
+        self.membership_supported = True
+
+    def run(self) -> SimResult:
+        try:
+            return self._run()
+        except SafetyViolation as e:
+            raise self._failure(str(e)) from e
+        except SimFailure:
+            raise
+        except Exception as e:
+            raise self._failure(f"exception {type(e).__name__}: {e}") from e
+
+    def _failure(self, reason: str) -> SimFailure:
+        plan = "; ".join(str(f) for f in self.plan) or "(none)"
+        return SimFailure(self.kind, self.seed, reason, list(self.cluster.trace), plan)
+
+    def _run(self) -> SimResult:
+        by_step: defaultdict[int, list[Fault]] = defaultdict(list)
+        for f in self.plan:
+            by_step[f.at].append(f)
+        c, opts = self.cluster, self.opts
+        for step in range(opts.steps):
+            c.now = step
+            for f in by_step.get(step, ()):
+                self.apply_fault(f)
+            self.step(opts.tick_prob)
+            if self.rng.random() < opts.propose_prob:
+                self.client.propose()
+            self.settle()
+            if step % 25 == 24:
+                self.checker.full_log_matching({n.id: n.storage for n in c.nodes.values()})
+        heal_ticks = self.heal_and_check_liveness()
+        self.checker.full_log_matching({n.id: n.storage for n in c.nodes.values()})
+        stats = c.stats + self.net.stats + self.client.stats
+        return SimResult(self.seed, c.now + 1, heal_ticks, self.checker.checks, stats)
+
+    def step(self, tick_prob: float) -> None:
+        c = self.cluster
+        for node in c.up_nodes():
+            if tick_prob >= 1 or self.rng.random() < tick_prob:
+                c.tick(node)
+        c.deliver_due(self.opts.ready_prob)
+
+    def settle(self) -> None:
+        c = self.cluster
+        nodes = c.up_nodes()
+        self.rng.shuffle(nodes)
+        for node in nodes:
+            crash = node.id in self.mid_ready_crash and node.core is not None
+            if crash and node.core is not None and node.core.has_ready():
+                self.mid_ready_crash.discard(node.id)
+                c.handle_ready(node, crash_after_persist=True)
+            else:
+                c.handle_ready(node)
+        c.check_step()
+
+    def apply_fault(self, f: Fault) -> None:
+        c = self.cluster
+        c.note(f"fault {f}")
+        k = f.kind
+        ids = sorted(c.nodes)
+        if k == FaultKind.PARTITION:
+            self.net.partition(f.side, ids)
+        elif k == FaultKind.ISOLATE_LEADER:
+            leader = c.leader()
+            self.net.partition({leader} if leader else f.side, ids)
+        elif k == FaultKind.HEAL:
+            self.net.heal()
+        elif k == FaultKind.CRASH:
+            c.crash(f.node)
+        elif k == FaultKind.CRASH_LEADER:
+            c.crash(c.leader() or f.node)
+        elif k == FaultKind.CRASH_MID_READY:
+            self.mid_ready_crash.add(f.node)
+        elif k in (FaultKind.RESTART, FaultKind.RESTART_FRESH):
+            self.mid_ready_crash.discard(f.node)
+            for node in list(c.nodes.values()):
+                if not node.up:
+                    c.restart(node.id, keep_state_machine=k == FaultKind.RESTART)
+        elif k == FaultKind.SNAPSHOT:
+            if f.node in c.nodes:
+                c.snapshot_and_compact(f.node, f.keep)
+        elif k == FaultKind.NET:
+            assert f.net is not None
+            self.net.config = f.net
+        elif self.membership_supported:
+            self.change_membership(k)
+
+    def change_membership(self, k: FaultKind) -> None:
+        c = self.cluster
+        leader = c.leader()
+        if not leader:
+            return
+        core = c.nodes[leader].core
+        assert core is not None
+        cs = core.status().conf_state
+        self.client.hint = leader
+        change: ConfChange | None = None
+        if k == FaultKind.ADD_LEARNER and len(c.nodes) < MAX_NODES:
+            new_id = max(c.nodes) + 1
+            c.add_node(new_id)
+            change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=new_id)
+        elif k == FaultKind.PROMOTE and cs.learners:
+            change = ConfChange(type=ConfChangeType.ADD_NODE, node_id=min(cs.learners))
+        elif k == FaultKind.REMOVE and len(cs.voters) > 3:
+            victim = self.rng.choice(sorted(cs.voters))
+            change = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=victim)
+        if change is None:
+            return
+        try:
+            self.client.change(change)
+        except NotImplementedError:
+            self.membership_supported = False
+
+    # -- liveness ----------------------------------------------------------------------
+    def heal_and_check_liveness(self) -> int:
+        c, checker = self.cluster, self.checker
+        e_ticks = self.opts.params.election_tick
+        self.net.heal()
+        self.net.config = PERFECT
+        self.mid_ready_crash.clear()
+        members = c.members()
+        for nid in sorted(members):
+            if nid in c.nodes and not c.nodes[nid].up:
+                c.restart(nid)
+        c.note("healed: perfect network, all members up")
+        start = c.now
+        leader_at = -1
+        ops: list[tuple[int, Attempt | None]] = []  # (issued at, current attempt)
+        done = issued_ops = 0
+        while True:
+            c.now += 1
+            t = c.now - start
+            self.step(1.0)
+            if issued_ops < self.opts.liveness_ops and t % 2 == 0:
+                issued_ops += 1
+                ops.append((c.now, None))
+            still: list[tuple[int, Attempt | None]] = []
+            for issued, attempt in ops:
+                if attempt is not None and attempt.value in checker.value_index:
+                    done += 1
+                    continue
+                if attempt is None or self._stale(attempt):
+                    leader = c.leader()
+                    if leader:
+                        self.client.hint = leader
+                    attempt = self.client.propose()
+                still.append((issued, attempt))
+            ops = still
+            self.settle()
+            if leader_at < 0 and c.leader():
+                leader_at = t
+            if leader_at < 0 and t > LEADER_BOUND_E * e_ticks:
+                raise self._failure(
+                    f"liveness: no leader {t} ticks after healing "
+                    f"(bound {LEADER_BOUND_E}*election_tick={LEADER_BOUND_E * e_ticks})"
+                )
+            for issued, _ in ops:
+                if c.now - issued > OP_BOUND_E * e_ticks:
+                    raise self._failure(
+                        f"liveness: a proposal issued {c.now - issued} ticks ago, after "
+                        f"healing, has not committed (bound {OP_BOUND_E}*election_tick)"
+                    )
+            if done == self.opts.liveness_ops and self._converged():
+                return t
+            if t > CONVERGE_BOUND_E * e_ticks:
+                states = {n.id: n.sm.index for n in c.nodes.values()}
+                raise self._failure(
+                    f"liveness: members {sorted(c.members())} did not converge within "
+                    f"{CONVERGE_BOUND_E}*election_tick ticks of healing (applied: {states})"
+                )
+
+    def _stale(self, a: Attempt) -> bool:
+        node = self.cluster.nodes[a.node]
+        if node.core is None:
+            return True
+        s = node.core.status()
+        return s.role != Role.LEADER or s.term != a.pid.term
+
+    def _converged(self) -> bool:
+        c = self.cluster
+        members = [c.nodes[i] for i in sorted(c.members()) if i in c.nodes]
+        if any(not n.up for n in members):
+            return False
+        leader = c.leader()
+        if not leader:
+            return False
+        lcore = c.nodes[leader].core
+        assert lcore is not None
+        commit = lcore.status().commit
+        if any(n.sm.index != commit for n in members):
+            return False
+        self.checker.check_converged({n.id: (n.sm.index, n.sm.digest) for n in members})
+        return True
+
+
+def run_schedule(
+    kind: str,
+    seed: int,
+    *,
+    steps: int = 200,
+    membership: bool = True,
+    opts: SimOptions | None = None,
+    plan: list[Fault] | None = None,
+) -> SimResult:
+    """Run one schedule; raises SimFailure (with the seed and a replay command)."""
+    rng = random.Random(seed)
+    if opts is None:
+        opts = random_options(rng, steps=steps, membership=membership)
+    if plan is None:
+        plan = random_plan(rng, opts)
+    return Run(kind, seed, opts, plan).run()
