@@ -24,7 +24,7 @@ import lmdb
 
 from kvstore.storage import keys
 from kvstore.storage.errors import StorageError, StorageFullError
-from kvstore.storage.log import GroupLog, LogView, load_view
+from kvstore.storage.log import TAIL_ENTRIES, GroupLog, LogView, load_view
 from kvstore.storage.reader import KVReader
 from kvstore.storage.tables import Dbs
 from kvstore.storage.writer import Writer
@@ -33,12 +33,21 @@ _SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions")
 
 
 class NodeStorage:
-    def __init__(self, path: str, *, map_size: int = 1 << 30, sync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 1 << 30,
+        sync: bool = True,
+        cache_entries: int = TAIL_ENTRIES,
+    ) -> None:
         """Open (creating if needed) the environment in directory ``path``. ``map_size``
-        caps the data size in bytes; past it writes raise StorageFullError."""
+        caps the data size in bytes; past it writes raise StorageFullError.
+        ``cache_entries``: log entries per group kept in memory (the tail)."""
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.sync_writes = sync
+        self.cache_entries = cache_entries
         self.env = lmdb.open(
             path,
             map_size=map_size,
@@ -70,7 +79,7 @@ class NodeStorage:
             log = self._groups.get(group)
             if log is None:
                 with self.env.begin() as txn:
-                    view = load_view(txn, self.dbs, group)
+                    view = load_view(txn, self.dbs, group, self.cache_entries)
                 log = self._groups[group] = GroupLog(self, group, view)
         return log
 
@@ -103,7 +112,7 @@ class NodeStorage:
         publishes the new group views; aborts on any exception. A full map raises
         StorageFullError with the transaction aborted."""
         txn = self.env.begin(write=True)
-        w = Writer(txn, self.dbs, self._view)
+        w = Writer(txn, self.dbs, self._view, self.cache_entries)
         try:
             yield w
             txn.commit()

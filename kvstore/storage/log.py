@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from kvstore.storage.env import NodeStorage
 
 TAIL_ENTRIES = 512
-"""Entries of each group's log tail kept in memory (hot for term() and replication)."""
+"""Default entries of each group's log tail kept in memory (hot for term() and
+replication); NodeStorage(cache_entries=...) changes it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,8 +86,8 @@ def read_entries(
     return out
 
 
-def load_view(txn: Any, dbs: Dbs, group: int) -> LogView:
-    """Read a group's committed state (and its log tail) in ``txn``."""
+def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES) -> LogView:
+    """Read a group's committed state (and its last ``cache_entries`` entries) in ``txn``."""
 
     def sealed(db: Any, key: bytes, what: str) -> bytes | None:
         record = txn.get(key, db=db)
@@ -108,7 +109,7 @@ def load_view(txn: Any, dbs: Dbs, group: int) -> LogView:
     found = cur.set_range(keys.log_key(group + 1, 0))
     if (cur.prev() if found else cur.last()) and cur.key().startswith(keys.group_prefix(group)):
         last = keys.log_index(cur.key())
-    lo = max(base.index + 1, last - TAIL_ENTRIES + 1)
+    lo = max(base.index + 1, last - cache_entries + 1)
     tail = read_entries(txn, dbs, group, lo, last + 1, None)
     if len(tail) != last - lo + 1:
         raise CorruptionError(f"log has a hole below {last}", group=group, index=lo + len(tail))

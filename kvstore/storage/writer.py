@@ -24,7 +24,7 @@ from kvstore.statemachine.commands import BatchDecodeError, decode_batch
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
-from kvstore.storage.log import TAIL_ENTRIES, LogView, read_entry
+from kvstore.storage.log import LogView, read_entry
 from kvstore.storage.snapshot import read_image
 from kvstore.storage.tables import Dbs, GroupTables, delete_range
 
@@ -40,6 +40,7 @@ class _Pending:
     hard_state: HardState
     conf_state: ConfState
     tail: list[Entry]
+    cache_entries: int
 
     def view(self) -> LogView:
         return LogView(
@@ -49,15 +50,16 @@ class _Pending:
             applied=self.applied,
             hard_state=self.hard_state,
             conf_state=self.conf_state,
-            tail=tuple(self.tail[-TAIL_ENTRIES:]),
+            tail=tuple(self.tail[-self.cache_entries :]) if self.cache_entries else (),
         )
 
 
 class Writer:
     """Stages writes in one LMDB write transaction; get one from ``NodeStorage.write()``."""
 
-    def __init__(self, txn: Any, dbs: Dbs, views: Any) -> None:
+    def __init__(self, txn: Any, dbs: Dbs, views: Any, cache_entries: int) -> None:
         self._txn = txn
+        self._cache_entries = cache_entries
         self._dbs = dbs
         self._views = views
         """Callable group -> committed LogView (loads the group on first use)."""
@@ -80,6 +82,7 @@ class Writer:
                 hard_state=v.hard_state,
                 conf_state=v.conf_state,
                 tail=list(v.tail),
+                cache_entries=self._cache_entries,
             )
             self._pending[group] = p
         return p
@@ -138,9 +141,9 @@ class Writer:
             del p.tail[first - tail_start :]
             p.tail.extend(ents)
         else:
-            p.tail = ents
-        if len(p.tail) > 2 * TAIL_ENTRIES:  # trim now and then, not on every append
-            del p.tail[:-TAIL_ENTRIES]
+            p.tail = list(ents)
+        if len(p.tail) > 2 * p.cache_entries:  # trim now and then, not on every append
+            del p.tail[: -p.cache_entries or None]
         p.last_index = new_last
         p.last_term = ents[-1].term
 

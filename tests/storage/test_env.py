@@ -1,32 +1,306 @@
-"""NodeStorage end to end: save, apply, read back, reopen."""
+"""NodeStorage end to end: transactions, reopen, isolation, compaction, snapshots, metadata."""
 
 from __future__ import annotations
 
-from kvstore.consensus.types import Entry, EntryType, HardState
-from kvstore.statemachine import KeyValue, Put, encode_batch
+import threading
+
+import pytest
+
+from kvstore.consensus.types import (
+    CompactedError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+    UnavailableError,
+)
+from kvstore.statemachine import ApplyResult, Cas, Delete, KeyValue, Put, encode_batch
+from kvstore.statemachine.commands import Command
 from kvstore.storage import NodeStorage
 
+VOTERS = ConfState(voters=frozenset({1, 2, 3}))
 
-def put_entry(index: int, key: bytes, value: bytes, term: int = 1) -> Entry:
-    return Entry(term=term, index=index, data=encode_batch([Put(key, value)]))
+
+def batch(index: int, *cmds: Command, term: int = 1) -> Entry:
+    return Entry(term=term, index=index, data=encode_batch(list(cmds)))
+
+
+def commit(st: NodeStorage, group: int, *ents: Entry) -> list[ApplyResult]:
+    with st.write() as w:
+        w.save(group, entries=ents)
+        return w.apply(group, ents)
 
 
 def test_save_apply_and_reopen(st: NodeStorage, store_path: str) -> None:
     assert st.group(1).bootstrap({1, 2, 3})
-    ents = [Entry(term=1, index=1, type=EntryType.NOOP), put_entry(2, b"k", b"v")]
+    ents = [Entry(term=1, index=1, type=EntryType.NOOP), batch(2, Put(b"k", b"v"))]
     with st.write() as w:
         w.save(1, hard_state=HardState(term=1, vote=1, commit=2), entries=ents)
         results = w.apply(1, ents)
     assert [r.index for r in results] == [2]
     assert st.kv(1).get(b"k") == KeyValue(b"k", b"v", 1, 2, 2)
     st.close()
-    again = NodeStorage(store_path, map_size=64 << 20)
-    try:
+    with NodeStorage(store_path) as again:
         log = again.group(1)
-        assert log.initial_state()[0] == HardState(term=1, vote=1, commit=2)
-        assert log.initial_state()[1].voters == {1, 2, 3}
+        assert log.initial_state() == (HardState(term=1, vote=1, commit=2), VOTERS)
         assert log.entries(1, 3) == ents
         assert again.kv(1).applied_index() == 2
         assert again.kv(1).get(b"k") == KeyValue(b"k", b"v", 1, 2, 2)
-    finally:
-        again.close()
+
+
+def test_new_group_looks_like_an_empty_memory_storage(st: NodeStorage) -> None:
+    log = st.group(4)
+    assert (log.first_index(), log.last_index(), log.term(0)) == (1, 0, 0)
+    assert log.initial_state() == (HardState(), ConfState())
+    assert log.entries(1, 1) == []
+    with pytest.raises(UnavailableError):
+        log.term(1)
+    with pytest.raises(CompactedError):
+        log.entries(0, 1)
+    assert log.snapshot().metadata == SnapshotMetadata()
+
+
+def test_bootstrap_only_on_a_brand_new_group(st: NodeStorage) -> None:
+    log = st.group(1)
+    assert log.bootstrap({1, 2, 3})
+    assert not log.bootstrap({4}), "a second bootstrap must not change membership"
+    assert log.initial_state()[1] == VOTERS
+    assert log.snapshot().metadata == SnapshotMetadata(conf_state=VOTERS)
+    other = st.group(2)
+    with st.write() as w:
+        w.save(2, hard_state=HardState(term=3))
+    assert not other.bootstrap({1})
+
+
+def test_a_raising_block_aborts_everything(st: NodeStorage) -> None:
+    commit(st, 1, batch(1, Put(b"a", b"1")))
+    with pytest.raises(KeyError), st.write() as w:
+        w.save(1, hard_state=HardState(term=5), entries=[batch(2, Put(b"a", b"2"))])
+        w.apply(1, [batch(2, Put(b"a", b"2"))])
+        w.set_meta(b"cluster_id", b"x")
+        raise KeyError("boom")
+    assert st.group(1).last_index() == 1
+    assert st.group(1).initial_state()[0] == HardState()
+    assert st.kv(1).get(b"a") == KeyValue(b"a", b"1", 1, 1, 1)
+    assert st.get_meta(b"cluster_id") is None
+
+
+def test_gaps_are_refused(st: NodeStorage) -> None:
+    commit(st, 1, batch(1, Put(b"a", b"1")))
+    with pytest.raises(ValueError, match="gap"), st.write() as w:
+        w.save(1, entries=[batch(3)])
+    with pytest.raises(ValueError, match="not contiguous"), st.write() as w:
+        w.save(1, entries=[batch(2), batch(4)])
+    with pytest.raises(ValueError, match="applying 3 after applied 1"), st.write() as w:
+        w.apply(1, [batch(3)])
+    assert st.group(1).last_index() == 1
+
+
+def test_apply_skips_applied_entries_and_advances_on_every_kind(st: NodeStorage) -> None:
+    first = batch(1, Put(b"a", b"1"))
+    ents = [
+        first,
+        Entry(term=1, index=2, type=EntryType.NOOP),
+        Entry(term=1, index=3, type=EntryType.CONF_CHANGE, data=b"\x00" * 9),
+        Entry(term=1, index=4, data=b""),
+        Entry(term=1, index=5, data=b"not a batch"),
+        batch(6, Put(b"a", b"2"), Delete(b"a")),
+    ]
+    assert len(commit(st, 1, first)) == 1
+    with st.write() as w:
+        w.save(1, entries=ents)
+        results = w.apply(1, ents)
+        w.set_conf_state(1, ConfState(voters=frozenset({1, 2})))
+    assert [(r.index, r.ok) for r in results] == [(6, True), (6, True)]
+    assert st.kv(1).applied_index() == 6
+    assert st.kv(1).get(b"a") is None
+    assert st.undecodable == 1
+    assert st.group(1).initial_state()[1] == ConfState(voters=frozenset({1, 2}))
+
+
+def test_ready_rule_truncates_the_suffix(st: NodeStorage, store_path: str) -> None:
+    with st.write() as w:
+        w.save(1, entries=[batch(i) for i in range(1, 6)])
+    with st.write() as w:
+        w.save(1, entries=[batch(3, term=2)])
+    log = st.group(1)
+    assert (log.last_index(), log.term(3), log.term(2)) == (3, 2, 1)
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert again.group(1).last_index() == 3
+        assert again.group(1).entries(1, 4) == [batch(1), batch(2), batch(3, term=2)]
+
+
+def test_groups_are_isolated(st: NodeStorage) -> None:
+    top = 2**63 - 1
+    for g in (0, 1, 2, top):
+        commit(st, g, batch(1, Put(b"k", str(g).encode()), Put(bytes([g % 256]), b"x")))
+    assert [st.kv(g).get(b"k").value for g in (0, 1, 2, top)] == [
+        b"0",
+        b"1",
+        b"2",
+        str(top).encode(),
+    ]  # type: ignore[union-attr]
+    assert [kv.key for kv in st.kv(1).scan()] == [b"\x01", b"k"]
+    with st.write() as w:
+        w.save(1, entries=[batch(2, Delete(b"k"))])
+        w.apply(1, [batch(2, Delete(b"k"))])
+        w.compact(1, 2)
+    assert st.kv(2).get(b"k") is not None and st.group(2).entries(1, 2) == [
+        batch(1, Put(b"k", b"2"), Put(b"\x02", b"x"))
+    ]
+    assert st.groups() == [0, 1, 2, top]
+    with pytest.raises(ValueError, match="group id"):
+        st.group(2**63)
+
+
+def test_scan_ranges(st: NodeStorage) -> None:
+    commit(st, 1, batch(1, *(Put(k, b"v") for k in (b"", b"a", b"ab", b"b", b"\xff\xff"))))
+    reader = st.kv(1)
+
+    def keys(start: bytes, end: bytes = b"", limit: int = 0) -> list[bytes]:
+        return [kv.key for kv in reader.scan(start, end, limit)]
+
+    assert keys(b"") == [b"", b"a", b"ab", b"b", b"\xff\xff"]
+    assert keys(b"a", b"b") == [b"a", b"ab"]
+    assert keys(b"a", b"b", 1) == [b"a"]
+    assert keys(b"b", b"a") == []
+    assert keys(b"\xff") == [b"\xff\xff"]
+    kvs, applied = reader.scan_with_applied(b"a", b"ab")
+    assert ([kv.key for kv in kvs], applied) == ([b"a"], 1)
+    assert reader.get_with_applied(b"zz") == (None, 1)
+
+
+def test_compaction(st: NodeStorage, store_path: str) -> None:
+    ents = [batch(i, Put(b"k", str(i).encode()), term=i) for i in range(1, 8)]
+    commit(st, 1, *ents[:5])
+    with st.write() as w:
+        w.save(1, entries=ents[5:])
+    with pytest.raises(ValueError, match="cannot compact to 6"), st.write() as w:
+        w.compact(1, 6)
+    with st.write() as w:
+        w.compact(1, 4)
+        w.compact(1, 2)  # below the base: nothing to do
+    log = st.group(1)
+    assert (log.first_index(), log.last_index(), log.term(4)) == (5, 7, 4)
+    with pytest.raises(CompactedError):
+        log.entries(4, 6)
+    with pytest.raises(CompactedError):
+        log.term(3)
+    st.close()
+    with NodeStorage(store_path, cache_entries=0) as again:
+        log = again.group(1)
+        assert (log.first_index(), log.term(4)) == (5, 4)
+        assert log.entries(5, 8) == ents[4:]
+        assert log.entries(5, 8, max_size=0) == ents[4:5]
+
+
+def test_snapshot_is_the_applied_image_and_restores_elsewhere(
+    st: NodeStorage, tmp_path: object
+) -> None:
+    st.group(1).bootstrap({1, 2, 3})
+    first = commit(
+        st,
+        1,
+        batch(1, Put(b"a", b"1", client_id=7, seq=1), Put(b"b", b"2")),
+        batch(2, Delete(b"b")),
+    )
+    with st.write() as w:
+        w.save(1, entries=[batch(3, Put(b"c", b"3"), term=2)])  # stored, not applied
+    snap = st.group(1).snapshot()
+    assert snap.metadata == SnapshotMetadata(index=2, term=1, conf_state=VOTERS)
+    assert st.group(1).snapshot() is snap, "cached while applied and membership stand"
+
+    with NodeStorage(f"{tmp_path}/b") as b:
+        commit(b, 1, batch(1, Put(b"zzz", b"old")))
+        with b.write() as w:
+            w.save(1, snapshot=snap, entries=[batch(3, Put(b"c", b"3"), term=2)])
+        log = b.group(1)
+        assert (log.first_index(), log.last_index(), log.term(2)) == (3, 3, 1)
+        assert log.initial_state()[1] == VOTERS
+        assert b.kv(1).scan() == st.kv(1).scan() == [KeyValue(b"a", b"1", 1, 1, 1)]
+        assert b.kv(1).applied_index() == 2
+        with b.write() as w:
+            retried = w.apply(1, [batch(3, Put(b"a", b"1", client_id=7, seq=1), term=2)])
+        assert retried == first[:1], "sessions travel with the snapshot"
+        with b.write() as w:
+            w.save(1, snapshot=snap)  # not newer than applied: ignored
+        assert b.kv(1).applied_index() == 3
+        assert b.group(1).snapshot().metadata.index == 3
+
+
+def test_snapshot_cache_follows_membership(st: NodeStorage) -> None:
+    commit(st, 1, batch(1))
+    s1 = st.group(1).snapshot()
+    with st.write() as w:
+        w.set_conf_state(1, ConfState(voters=frozenset({9})))
+    assert st.group(1).snapshot().metadata.conf_state.voters == {9}
+    assert st.group(1).snapshot() is not s1
+
+
+def test_bad_snapshot_image_aborts_the_write(st: NodeStorage) -> None:
+    from kvstore.storage import CorruptionError
+
+    commit(st, 1, batch(1, Put(b"a", b"1")))
+    bad = Snapshot(metadata=SnapshotMetadata(index=5, term=1), data=b"\x00" * 40)
+    with pytest.raises(CorruptionError, match="group 1 index 5"), st.write() as w:
+        w.save(1, snapshot=bad)
+    assert st.kv(1).get(b"a") is not None and st.group(1).last_index() == 1
+
+
+def test_node_meta(st: NodeStorage, store_path: str) -> None:
+    assert st.get_meta(b"cluster_id") is None
+    with st.write() as w:
+        w.set_meta(b"cluster_id", b"c1")
+        w.set_meta(b"node_id", b"3")
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert (again.get_meta(b"cluster_id"), again.get_meta(b"node_id")) == (b"c1", b"3")
+        assert again.groups() == []
+
+
+def test_unsynced_storage_flushes_on_close(store_path: str) -> None:
+    with NodeStorage(store_path, sync=False) as st:
+        commit(st, 1, batch(1, Put(b"a", b"1")))
+        st.sync()
+        commit(st, 1, batch(2, Put(b"a", b"2")))
+    with NodeStorage(store_path) as again:
+        assert again.kv(1).get(b"a") == KeyValue(b"a", b"2", 2, 1, 2)
+
+
+def test_reads_while_a_writer_thread_commits(st: NodeStorage) -> None:
+    log = st.group(1)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(1, 201):
+                commit(st, 1, batch(i, Put(b"k", str(i).encode()), term=1 + i // 50))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while t.is_alive() or log.last_index() < 200:
+        last = log.last_index()
+        if last:
+            assert log.term(last) == 1 + last // 50
+            assert len(log.entries(max(1, last - 5), last + 1)) == min(last, 6)
+            kv, applied = st.kv(1).get_with_applied(b"k")
+            assert kv is not None and kv.mod_revision == applied
+    t.join()
+    assert not errors
+
+
+def test_usage_reports_the_map(st: NodeStorage) -> None:
+    used, size = st.usage()
+    assert 0 < used <= size == 64 << 20
+
+
+def test_cas_through_lmdb(st: NodeStorage) -> None:
+    [r1, r2] = commit(
+        st, 1, batch(1, Cas(b"a", b"1", expected_version=0), Cas(b"a", b"2", expected_value=b"1"))
+    )
+    assert r1.ok and r2.ok and r2.kv == KeyValue(b"a", b"2", 2, 1, 1)

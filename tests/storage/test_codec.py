@@ -1,0 +1,133 @@
+"""Key layout and stored encodings: roundtrips, ordering, and checksums that catch flips."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, SnapshotMetadata
+from kvstore.storage import CorruptionError, codec, keys
+from kvstore.storage.snapshot import read_image, write_image
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+GROUP = st.integers(min_value=0, max_value=keys.MAX_GROUP)
+ids = st.frozensets(st.integers(min_value=1, max_value=2**64 - 1), max_size=5)
+entries = st.builds(
+    Entry, term=U64, index=U64, type=st.sampled_from(EntryType), data=st.binary(max_size=40)
+)
+
+
+@given(GROUP, GROUP, st.binary(max_size=20), st.binary(max_size=20))
+def test_kv_keys_keep_groups_apart_and_keys_sorted(g1: int, g2: int, k1: bytes, k2: bytes) -> None:
+    a, b = keys.kv_key(g1, k1), keys.kv_key(g2, k2)
+    assert (a < b) == ((g1, k1) < (g2, k2))
+    assert keys.group_prefix(g1) <= a < keys.group_end(g1)
+
+
+@given(GROUP, U64, GROUP, U64)
+def test_log_keys_sort_by_group_then_index(g1: int, i1: int, g2: int, i2: int) -> None:
+    assert (keys.log_key(g1, i1) < keys.log_key(g2, i2)) == ((g1, i1) < (g2, i2))
+    assert keys.log_index(keys.log_key(g1, i1)) == i1
+
+
+@given(GROUP, U64, U64)
+def test_session_keys_roundtrip(g: int, client: int, seq: int) -> None:
+    k = keys.session_key(g, client, seq)
+    assert k.startswith(keys.session_prefix(g, client))
+    assert keys.session_parts(k) == (client, seq)
+
+
+@given(GROUP, st.binary(max_size=10))
+def test_node_meta_keys_never_collide_with_group_keys(g: int, name: bytes) -> None:
+    assert keys.node_meta_key(name)[:1] == b"\xff" != keys.meta_key(g, b"h")[:1]
+
+
+def test_group_ids_are_checked() -> None:
+    with pytest.raises(ValueError, match="group id"):
+        keys.check_group(-1)
+    with pytest.raises(ValueError, match="group id"):
+        keys.check_group(2**63)
+
+
+@given(GROUP, entries)
+def test_entry_roundtrip(g: int, e: Entry) -> None:
+    assert codec.decode_entry(g, e.index, codec.encode_entry(g, e)) == e
+
+
+@given(GROUP, entries, st.data())
+def test_any_flipped_entry_byte_is_detected(g: int, e: Entry, data: st.DataObject) -> None:
+    raw = bytearray(codec.encode_entry(g, e))
+    at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[at] ^= data.draw(st.integers(min_value=1, max_value=255))
+    with pytest.raises(CorruptionError) as err:
+        codec.decode_entry(g, e.index, bytes(raw))
+    assert err.value.group == g and err.value.index == e.index
+    assert f"group {g} index {e.index}" in str(err.value)
+
+
+@given(GROUP, entries)
+def test_entry_under_the_wrong_index_or_group_is_detected(g: int, e: Entry) -> None:
+    raw = codec.encode_entry(g, e)
+    with pytest.raises(CorruptionError):
+        codec.decode_entry(g, e.index ^ 1, raw)
+    with pytest.raises(CorruptionError):
+        codec.decode_entry(g ^ 1, e.index, raw)
+
+
+def test_short_entry_is_corruption() -> None:
+    with pytest.raises(CorruptionError, match="12 bytes"):
+        codec.decode_entry(1, 2, b"\x00" * 12)
+
+
+@given(GROUP, st.binary(max_size=30), st.data())
+def test_sealed_records_catch_flips(g: int, payload: bytes, data: st.DataObject) -> None:
+    raw = bytearray(codec.seal(g, payload))
+    assert codec.unseal(g, bytes(raw), "x") == payload
+    at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[at] ^= 0x40
+    with pytest.raises(CorruptionError, match="x checksum"):
+        codec.unseal(g, bytes(raw), "x")
+
+
+@given(st.builds(HardState, term=U64, vote=U64, commit=U64))
+def test_hard_state_roundtrip(hs: HardState) -> None:
+    assert codec.decode_hard_state(codec.encode_hard_state(hs)) == hs
+
+
+@given(st.builds(ConfState, voters=ids, learners=ids, voters_outgoing=ids), U64, U64)
+def test_conf_state_and_base_roundtrip(cs: ConfState, index: int, term: int) -> None:
+    assert codec.decode_conf_state(codec.encode_conf_state(cs)) == cs
+    meta = SnapshotMetadata(index=index, term=term, conf_state=cs)
+    assert codec.decode_base(codec.encode_base(meta)) == meta
+
+
+kv_pairs = st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=30)), max_size=5)
+session_rows = st.lists(st.tuples(U64, U64, st.binary(max_size=30)), max_size=5)
+
+
+@given(U64, kv_pairs, session_rows)
+def test_image_roundtrip(index: int, kv: list[tuple[bytes, bytes]], s: list) -> None:  # type: ignore[type-arg]
+    image = read_image(3, index, write_image(index, kv, s))
+    assert (image.index, image.kv, image.sessions) == (index, kv, s)
+
+
+@given(U64, kv_pairs, session_rows, st.data())
+def test_damaged_image_is_corruption(
+    index: int,
+    kv: list[tuple[bytes, bytes]],
+    s: list,
+    data: st.DataObject,  # type: ignore[type-arg]
+) -> None:
+    raw = bytearray(write_image(index, kv, s))
+    at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[at] ^= 0x01
+    with pytest.raises(CorruptionError, match=f"group 3 index {index}"):
+        read_image(3, index, bytes(raw))
+    with pytest.raises(CorruptionError):
+        read_image(3, index, bytes(raw[:at]))
+
+
+def test_image_for_another_index_is_rejected() -> None:
+    with pytest.raises(CorruptionError, match="header"):
+        read_image(1, 8, write_image(7, [], []))

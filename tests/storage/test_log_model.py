@@ -1,0 +1,221 @@
+"""GroupLog + the LMDB state machine held to MemoryStorage + MemoryKV (the reference twins)
+by a hypothesis stateful test: random appends (with Ready-rule truncation), hard states,
+applies, compactions, snapshot installs, aborted writes, other groups' writes and reopens
+must leave both sides giving the same answers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvstore.consensus.memory import MemoryStorage
+from kvstore.consensus.types import (
+    CompactedError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+    UnavailableError,
+)
+from kvstore.statemachine import Delete, MemoryKV, Put, decode_batch, encode_batch
+from kvstore.statemachine.records import decode_result, encode_kv, encode_result
+from kvstore.storage import NodeStorage
+from kvstore.storage.snapshot import write_image
+from kvstore.storage.tables import GroupTables
+
+G = 7
+KEYS = st.sampled_from([b"a", b"b", b"c", b"dd"])
+command = st.one_of(
+    st.builds(Put, KEYS, st.binary(max_size=6), st.sampled_from([0, 1, 2]), st.integers(1, 4)),
+    st.builds(Delete, KEYS, st.sampled_from([0, 1]), st.integers(1, 4)),
+)
+entry_body = st.one_of(
+    st.tuples(st.just(EntryType.NOOP), st.just(b"")),
+    st.tuples(st.just(EntryType.NORMAL), st.lists(command, max_size=3).map(encode_batch)),
+    st.tuples(st.just(EntryType.NORMAL), st.just(b"")),
+    st.tuples(st.just(EntryType.NORMAL), st.just(b"junk")),
+)
+voters = st.frozensets(st.integers(1, 5), min_size=1, max_size=3)
+
+
+class LogModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="kvlog")
+        # A tiny tail cache so both the cached and the LMDB read paths are exercised.
+        self.open()
+        assert self.log.bootstrap({1, 2, 3})
+        self.model = MemoryStorage(voters={1, 2, 3})
+        self.kv = MemoryKV()
+        self.conf = ConfState(voters=frozenset({1, 2, 3}))
+        self.undecodable = 0
+
+    def open(self) -> None:
+        self.st = NodeStorage(self.dir, map_size=32 << 20, sync=False, cache_entries=3)
+        self.log = self.st.group(G)
+
+    def teardown(self) -> None:
+        self.st.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(
+        data=st.data(),
+        bodies=st.lists(st.tuples(st.integers(1, 3), entry_body), min_size=1, max_size=5),
+    )
+    def append(
+        self, data: st.DataObject, bodies: list[tuple[int, tuple[EntryType, bytes]]]
+    ) -> None:
+        lo = max(self.kv.applied + 1, self.model.first_index())
+        start = data.draw(st.integers(lo, self.model.last_index() + 1), label="start")
+        ents = [
+            Entry(term=term, index=start + i, type=t, data=d)
+            for i, (term, (t, d)) in enumerate(bodies)
+        ]
+        self.model.append(ents)
+        with self.st.write() as w:
+            w.save(G, entries=ents)
+
+    @rule(term=st.integers(0, 9), vote=st.integers(0, 3), commit=st.integers(0, 30))
+    def hard_state(self, term: int, vote: int, commit: int) -> None:
+        hs = HardState(term=term, vote=vote, commit=commit)
+        self.model.set_hard_state(hs)
+        with self.st.write() as w:
+            w.save(G, hard_state=hs)
+
+    @precondition(lambda self: self.model.last_index() > self.kv.applied)
+    @rule(data=st.data())
+    def apply(self, data: st.DataObject) -> None:
+        upto = data.draw(st.integers(self.kv.applied + 1, self.model.last_index()), label="upto")
+        ents = self.model.entries(self.kv.applied + 1, upto + 1)
+        want = []
+        for e in ents:
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    want += self.kv.apply(e.index, decode_batch(e.data))
+                except ValueError:
+                    self.undecodable += 1
+        self.kv.applied = upto
+        with self.st.write() as w:
+            got = w.apply(G, ents)
+        assert got == want
+
+    @rule(data=st.data())
+    def compact(self, data: st.DataObject) -> None:
+        index = data.draw(st.integers(self.model.first_index() - 1, self.kv.applied))
+        self.model.compact(index)
+        with self.st.write() as w:
+            w.compact(G, index)
+
+    @rule(data=st.data(), cmds=st.lists(command, max_size=4), conf=voters)
+    def install_snapshot(
+        self, data: st.DataObject, cmds: list[Put | Delete], conf: frozenset[int]
+    ) -> None:
+        index = data.draw(st.integers(self.kv.applied + 1, self.model.last_index() + 3))
+        term = data.draw(st.integers(1, 9))
+        other = MemoryKV()
+        other.apply(index, cmds)
+        image = write_image(
+            index,
+            ((k, encode_kv(other.data[k])) for k in sorted(other.data)),
+            (
+                (c, s, encode_result(r))
+                for c in sorted(other.sessions)
+                for s, r in sorted(other.sessions[c].items())
+            ),
+        )
+        meta = SnapshotMetadata(index=index, term=term, conf_state=ConfState(voters=conf))
+        snap = Snapshot(metadata=meta, data=image)
+        self.model.apply_snapshot(snap)
+        self.kv = other
+        self.conf = meta.conf_state
+        with self.st.write() as w:
+            w.save(G, snapshot=snap)
+
+    @rule(conf=voters)
+    def set_conf_state(self, conf: frozenset[int]) -> None:
+        self.conf = ConfState(voters=conf)
+        with self.st.write() as w:
+            w.set_conf_state(G, self.conf)
+
+    @rule(term=st.integers(1, 3))
+    def aborted_write(self, term: int) -> None:
+        """Anything staged in a transaction that raises leaves no trace."""
+        ents = [Entry(term=term, index=self.model.last_index() + 1, data=b"x")]
+        with pytest.raises(RuntimeError), self.st.write() as w:
+            w.save(G, hard_state=HardState(term=99), entries=ents)
+            w.apply(G, self.model.entries(self.kv.applied + 1, self.model.last_index() + 1))
+            w.set_conf_state(G, ConfState(voters=frozenset({42})))
+            raise RuntimeError("boom")
+
+    @rule(other=st.sampled_from([G - 1, G + 1]), cmds=st.lists(command, min_size=1, max_size=3))
+    def other_group_writes(self, other: int, cmds: list[Put | Delete]) -> None:
+        log = self.st.group(other)
+        e = Entry(term=1, index=log.last_index() + 1, data=encode_batch(cmds))
+        with self.st.write() as w:
+            w.save(other, entries=[e])
+            w.apply(other, [e])
+            w.compact(other, max(0, e.index - 2))
+
+    @rule()
+    def reopen(self) -> None:
+        self.st.close()
+        self.open()
+
+    @rule(data=st.data())
+    def ranged_entries(self, data: st.DataObject) -> None:
+        first, last = self.model.first_index(), self.model.last_index()
+        lo = data.draw(st.integers(max(0, first - 2), last + 1), label="lo")
+        hi = data.draw(st.integers(lo, last + 2), label="hi")
+        max_size = data.draw(st.none() | st.integers(0, 120), label="max_size")
+        try:
+            want: list[Entry] | type[Exception] = self.model.entries(lo, hi, max_size)
+        except (CompactedError, UnavailableError) as e:
+            want = type(e)
+        try:
+            got: list[Entry] | type[Exception] = self.log.entries(lo, hi, max_size)
+        except (CompactedError, UnavailableError) as e:
+            got = type(e)
+        assert got == want
+
+    @invariant()
+    def same_log(self) -> None:
+        m, log = self.model, self.log
+        assert (log.first_index(), log.last_index()) == (m.first_index(), m.last_index())
+        for i in range(m.first_index() - 1, m.last_index() + 1):
+            assert log.term(i) == m.term(i), i
+        if m.first_index() >= 2:
+            with pytest.raises(CompactedError):
+                log.term(m.first_index() - 2)
+        with pytest.raises(UnavailableError):
+            log.term(m.last_index() + 1)
+        assert log.entries(m.first_index(), m.last_index() + 1) == m.entries(
+            m.first_index(), m.last_index() + 1
+        )
+
+    @invariant()
+    def same_state(self) -> None:
+        assert self.log.initial_state() == (self.model.hard_state, self.conf)
+        assert self.st.kv(G).applied_index() == self.kv.applied == self.log.applied_index()
+        assert self.st.kv(G).scan() == self.kv.scan(b"")
+        with self.st.env.begin() as txn:
+            rows = list(GroupTables(txn, self.st.dbs, G).raw_sessions())
+        got = {(c, s): decode_result(r) for c, s, r in rows}
+        want = {(c, s): r for c, rs in self.kv.sessions.items() for s, r in rs.items()}
+        assert got == want
+
+
+LogModel.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_group_log_matches_memory_storage = LogModel.TestCase

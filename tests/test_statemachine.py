@@ -1,0 +1,247 @@
+"""The state machine: batch codec, records, put/delete/cas semantics and sessions.
+
+All against MemoryKV (the reference twin); tests/storage/test_tables.py holds the LMDB
+tables to the same answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvstore.statemachine import (
+    MAX_KEY_SIZE,
+    SESSION_WINDOW,
+    ApplyError,
+    ApplyResult,
+    BatchDecodeError,
+    Cas,
+    Command,
+    Delete,
+    KeyValue,
+    MemoryKV,
+    Put,
+    decode_batch,
+    encode_batch,
+)
+from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+small_bytes = st.binary(max_size=12)
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> Command:
+    key = draw(small_bytes)
+    cid, seq = draw(U64), draw(U64)
+    kind = draw(st.sampled_from(["put", "delete", "cas"]))
+    if kind == "put":
+        return Put(key, draw(small_bytes), cid, seq)
+    if kind == "delete":
+        return Delete(key, cid, seq)
+    ev = draw(st.none() | small_bytes)
+    ever = draw(st.none() | U64) if ev is not None else draw(U64)
+    return Cas(key, draw(st.none() | small_bytes), ev, ever, cid, seq)
+
+
+key_values = st.builds(KeyValue, small_bytes, small_bytes, U64, U64, U64)
+results = st.builds(
+    ApplyResult,
+    U64,
+    U64,
+    st.booleans(),
+    st.none() | key_values,
+    st.none() | key_values,
+    st.sampled_from(ApplyError),
+)
+
+
+# -- codec ------------------------------------------------------------------------
+@given(st.lists(commands(), max_size=8))
+def test_batch_roundtrip(batch: list[Command]) -> None:
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+@given(st.binary(max_size=64))
+def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
+    try:
+        batch = decode_batch(junk)
+    except BatchDecodeError:
+        return
+    assert encode_batch(batch) == junk, "whatever decodes is in canonical form"
+
+
+@given(st.lists(commands(), min_size=1, max_size=4), st.data())
+def test_truncated_or_extended_batch_is_rejected(batch: list[Command], data: st.DataObject) -> None:
+    raw = encode_batch(batch)
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    with pytest.raises(BatchDecodeError):
+        decode_batch(raw[:cut])
+    with pytest.raises(BatchDecodeError, match="trailing"):
+        decode_batch(raw + b"\x00")
+
+
+def test_huge_count_is_rejected_before_looping() -> None:
+    with pytest.raises(BatchDecodeError, match="does not fit"):
+        decode_batch(b"\x01\xff\xff\xff\xff")
+
+
+def test_unknown_version_is_rejected() -> None:
+    with pytest.raises(BatchDecodeError, match="version"):
+        decode_batch(b"\x02" + encode_batch([])[1:])
+
+
+def test_out_of_range_fields_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        encode_batch([Put(b"k", b"v", client_id=-1)])
+    with pytest.raises(ValueError, match="out of range"):
+        encode_batch([Delete(b"k", seq=2**64)])
+
+
+def test_cas_needs_an_expectation() -> None:
+    with pytest.raises(ValueError, match="expected_value or expected_version"):
+        Cas(b"k", b"v")
+    with pytest.raises(ValueError, match=">= 0"):
+        Cas(b"k", b"v", expected_version=-1)
+
+
+@given(key_values)
+def test_kv_record_roundtrip(kv: KeyValue) -> None:
+    assert decode_kv(kv.key, encode_kv(kv)) == kv
+
+
+@given(results)
+def test_result_record_roundtrip(r: ApplyResult) -> None:
+    assert decode_result(encode_result(r)) == r
+
+
+@given(results, st.data())
+def test_truncated_result_record_raises_value_error(r: ApplyResult, data: st.DataObject) -> None:
+    raw = encode_result(r)
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    with pytest.raises(ValueError):
+        decode_result(raw[:cut])
+
+
+# -- semantics ----------------------------------------------------------------------
+def test_put_versions_and_revisions() -> None:
+    m = MemoryKV()
+    [r1] = m.apply(3, [Put(b"a", b"1")])
+    assert r1 == ApplyResult(3, 3, True, None, KeyValue(b"a", b"1", 1, 3, 3))
+    [r2] = m.apply(5, [Put(b"a", b"2")])
+    assert r2.prev == r1.kv
+    assert r2.kv == KeyValue(b"a", b"2", 2, 3, 5)
+    assert m.applied == 5
+
+
+def test_same_key_twice_in_one_entry() -> None:
+    m = MemoryKV()
+    r = m.apply(7, [Put(b"a", b"1"), Put(b"a", b"2")])
+    assert [x.kv for x in r] == [KeyValue(b"a", b"1", 1, 7, 7), KeyValue(b"a", b"2", 2, 7, 7)]
+
+
+def test_delete_then_recreate_resets_version() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(b"a", b"1"), Put(b"a", b"2")])
+    [d] = m.apply(2, [Delete(b"a")])
+    assert d.ok and d.kv is None and d.prev == KeyValue(b"a", b"2", 2, 1, 1)
+    [again] = m.apply(3, [Delete(b"a")])
+    assert not again.ok and again.prev is None
+    [p] = m.apply(4, [Put(b"a", b"3")])
+    assert p.kv == KeyValue(b"a", b"3", 1, 4, 4)
+
+
+def test_cas_on_version() -> None:
+    m = MemoryKV()
+    [absent] = m.apply(1, [Cas(b"a", b"1", expected_version=0)])
+    assert absent.ok and absent.kv == KeyValue(b"a", b"1", 1, 1, 1)
+    [again] = m.apply(2, [Cas(b"a", b"x", expected_version=0)])
+    assert not again.ok and again.kv == again.prev == KeyValue(b"a", b"1", 1, 1, 1)
+    [v1] = m.apply(3, [Cas(b"a", b"2", expected_version=1)])
+    assert v1.ok and v1.kv == KeyValue(b"a", b"2", 2, 1, 3)
+
+
+def test_cas_on_value_and_delete_on_success() -> None:
+    m = MemoryKV()
+    [miss] = m.apply(1, [Cas(b"a", b"1", expected_value=b"")])
+    assert not miss.ok and miss.kv is None, "an absent key never matches a value"
+    m.apply(2, [Put(b"a", b"old")])
+    [wrong] = m.apply(3, [Cas(b"a", b"new", expected_value=b"other")])
+    assert not wrong.ok and m.get(b"a") == KeyValue(b"a", b"old", 1, 2, 2)
+    [both] = m.apply(4, [Cas(b"a", b"new", expected_value=b"old", expected_version=2)])
+    assert not both.ok, "every given expectation must hold"
+    [gone] = m.apply(5, [Cas(b"a", None, expected_value=b"old", expected_version=1)])
+    assert gone.ok and gone.kv is None and m.get(b"a") is None
+
+
+def test_key_too_large_is_refused_without_change() -> None:
+    m = MemoryKV()
+    [r] = m.apply(1, [Put(b"k" * (MAX_KEY_SIZE + 1), b"v")])
+    assert r == ApplyResult(1, 1, False, None, None, ApplyError.KEY_TOO_LARGE)
+    assert m.data == {}
+    [ok] = m.apply(2, [Put(b"k" * MAX_KEY_SIZE, b"v")])
+    assert ok.ok
+
+
+def test_scan_range_and_limit() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(k, k) for k in (b"a", b"b", b"c", b"d")])
+    assert [kv.key for kv in m.scan(b"b", b"d")] == [b"b", b"c"]
+    assert [kv.key for kv in m.scan(b"b")] == [b"b", b"c", b"d"]
+    assert [kv.key for kv in m.scan(b"", b"", 2)] == [b"a", b"b"]
+
+
+# -- sessions -------------------------------------------------------------------------
+def test_retried_seq_returns_the_original_result_and_does_not_apply() -> None:
+    m = MemoryKV()
+    [first] = m.apply(1, [Put(b"a", b"1", client_id=9, seq=1)])
+    m.apply(2, [Put(b"a", b"2")])
+    [retry] = m.apply(3, [Put(b"a", b"1", client_id=9, seq=1)])
+    assert retry == first
+    assert m.get(b"a") == KeyValue(b"a", b"2", 2, 1, 2)
+
+
+def test_sessions_are_per_client() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(b"a", b"1", client_id=1, seq=1)])
+    [other] = m.apply(2, [Put(b"a", b"2", client_id=2, seq=1)])
+    assert other.ok and other.kv == KeyValue(b"a", b"2", 2, 1, 2)
+
+
+def test_client_zero_has_no_session() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(b"a", b"1")])
+    [r] = m.apply(2, [Put(b"a", b"1")])
+    assert r.kv is not None and r.kv.version == 2
+    assert m.sessions == {}
+
+
+def test_out_of_order_seqs_inside_the_window_apply_once_each() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(b"a", b"5", client_id=4, seq=5)])
+    [late] = m.apply(2, [Put(b"b", b"4", client_id=4, seq=4)])
+    assert late.ok and m.get(b"b") is not None
+    [dup] = m.apply(3, [Put(b"b", b"4", client_id=4, seq=4)])
+    assert dup == late
+
+
+def test_seq_below_the_window_is_refused_as_expired() -> None:
+    m = MemoryKV()
+    m.apply(1, [Put(b"a", b"x", client_id=4, seq=1)])
+    m.apply(2, [Put(b"a", b"y", client_id=4, seq=1 + SESSION_WINDOW)])
+    assert 1 not in m.sessions[4], "the window forgets seqs <= last - SESSION_WINDOW"
+    [old] = m.apply(3, [Put(b"a", b"x", client_id=4, seq=1)])
+    assert old == ApplyResult(3, 3, False, None, None, ApplyError.SESSION_EXPIRED)
+    [never] = m.apply(4, [Put(b"z", b"x", client_id=4, seq=0)])
+    assert never.error == ApplyError.SESSION_EXPIRED and m.get(b"z") is None
+    [inside] = m.apply(5, [Put(b"z", b"x", client_id=4, seq=2)])
+    assert inside.ok
+
+
+def test_failed_cas_result_is_also_remembered() -> None:
+    m = MemoryKV()
+    [fail] = m.apply(1, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1)])
+    m.apply(2, [Put(b"a", b"0")])
+    [retry] = m.apply(3, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1)])
+    assert retry == fail and not retry.ok
