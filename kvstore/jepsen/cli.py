@@ -1,0 +1,136 @@
+"""The ``kvstore jepsen`` command: ``run`` a fault test, ``check`` a history, ``clean`` up.
+
+Exit codes: ``check``: 0 linearizable, 1 not, 2 unreadable input (or a search that ran past
+``--timeout``, which decides nothing). ``run``: 0 valid, 1 anomaly found, 2 harness failure.
+``kvstore.cli`` calls :func:`register`; ``python -m kvstore.jepsen.cli`` works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvstore.jepsen.formats import FORMATS
+
+
+def _check(args: argparse.Namespace) -> int:
+    from kvstore.jepsen.checker.linearizable import check
+    from kvstore.jepsen.formats import load
+    from kvstore.jepsen.history import HistoryError, pair
+
+    path = Path(args.history)
+    try:
+        loaded = load(path, args.format)
+        ops = pair(loaded.events)
+    except HistoryError as e:
+        print(f"kvstore jepsen check: unreadable history: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kvstore jepsen check: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    result = check(ops, loaded.model, timeout=args.timeout)
+    print(
+        f"{path}: {result.verdict} ({loaded.format}, model {loaded.model.name}, "
+        f"{result.ops} operations, {result.keys} keys, {result.seconds:.3f}s)"
+    )
+    for failure in result.failures:
+        key = "" if failure.key is None else f"key {failure.key!r}: "
+        print(f"  {key}these {len(failure.window)} operations cannot be ordered:")
+        for op in failure.window:
+            print(f"    {op.describe()}")
+        print(f"  longest linearizable prefix found: {len(failure.longest)} operations")
+    if result.timed_out_keys:
+        print(f"  search timed out on keys: {', '.join(map(str, result.timed_out_keys))}")
+    if result.verdict == "linearizable":
+        return 0
+    return 1 if result.failures else 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kvstore.jepsen.runner import RunConfig, run_cli
+
+    config = RunConfig(
+        nodes=args.nodes,
+        consensus=args.consensus,
+        workload=args.workload,
+        nemesis=args.nemesis,
+        time_limit=args.time_limit,
+        concurrency=args.concurrency,
+        read_mode=args.read_mode,
+        seed=args.seed,
+        out=Path(args.out) if args.out else None,
+        keys=args.keys,
+        interval=args.nemesis_interval,
+        unsafe_ack=args.unsafe_ack_before_commit,
+        server_cmd=args.server_cmd,
+    )
+    return run_cli(config)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from kvstore.jepsen.hosts import clean_leftovers
+
+    for line in clean_leftovers():
+        print(line)
+    return 0
+
+
+def _add_commands(sub: Any) -> None:
+    chk = sub.add_parser("check", help="check a history for linearizability")
+    chk.add_argument("history", help="history file")
+    chk.add_argument("--format", choices=FORMATS, default="auto")
+    chk.add_argument("--timeout", type=float, default=None, help="seconds per key")
+    chk.set_defaults(func=_check)
+
+    run = sub.add_parser("run", help="run a cluster under faults and check what clients saw")
+    run.add_argument("--nodes", type=int, default=5)
+    run.add_argument("--consensus", choices=("raft", "paxos"), default="raft")
+    run.add_argument("--workload", choices=("register", "append", "session"), default="register")
+    run.add_argument(
+        "--nemesis",
+        choices=("none", "partition", "kill", "pause", "clock", "loss", "all"),
+        default="none",
+    )
+    run.add_argument("--time-limit", type=float, default=60.0, help="seconds of workload")
+    run.add_argument("--concurrency", type=int, default=10, help="client processes")
+    run.add_argument("--read-mode", choices=("strong", "eventual", "causal"), default=None)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--out", default=None, help="report directory (default: a new one)")
+    run.add_argument("--keys", type=int, default=None, help="keys the workload spreads over")
+    run.add_argument(
+        "--nemesis-interval", type=float, default=5.0, help="mean seconds between faults"
+    )
+    run.add_argument(
+        "--unsafe-ack-before-commit",
+        action="store_true",
+        help="start nodes with KVSTORE_UNSAFE_ACK_BEFORE_COMMIT=1 (proof of detection)",
+    )
+    run.add_argument(
+        "--server-cmd",
+        default=None,
+        help="command that runs one node (default: this python -m kvstore.cli serve)",
+    )
+    run.set_defaults(func=_run)
+
+    clean = sub.add_parser("clean", help="remove namespaces, bridge, rules and processes left over")
+    clean.set_defaults(func=_clean)
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``jepsen`` to ``kvstore``'s subcommands."""
+    p = subparsers.add_parser("jepsen", help="Jepsen-style fault tests and history checking")
+    _add_commands(p.add_subparsers(dest="jepsen_command", required=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kvstore jepsen", description=__doc__)
+    _add_commands(parser.add_subparsers(dest="jepsen_command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

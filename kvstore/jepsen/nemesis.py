@@ -1,0 +1,197 @@
+"""Nemeses: a seeded schedule of faults, and the code that starts and heals each one.
+
+The schedule is pure (:func:`schedule`, from a ``random.Random``): fault windows that never
+overlap, each healed before the time limit, with quiet gaps between them so the cluster can
+recover. Which nodes a fault hits is chosen when it starts (isolating the leader needs the
+leader of that moment), from the same seeded generator.
+
+Faults (each with a start and a heal):
+- ``partition-halves``: two random halves; ``partition-leader``: the leader alone;
+  ``partition-ring``: every node hears a majority, no two the same majority;
+  ``partition-one``: one random node cut off. All by iptables DROP inside the namespaces.
+- ``kill``: kill -9 a minority (the leader half of the time); heal restarts them.
+- ``pause``: SIGSTOP a minority (the leader half of the time); heal sends SIGCONT.
+- ``clock``: jump the clocks of a minority by -3..+8 s through libfaketime (wall and
+  monotonic clocks; our nodes time everything from the event loop's monotonic clock, so a
+  forward jump fires every pending timer at once (election and heartbeat storms) and a
+  backward jump freezes the node's timers while it keeps answering RPCs); heal jumps back.
+- ``loss``: drop 10-40 % of the packets some nodes receive (iptables statistic match).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvstore.jepsen.hosts import Host, Network
+
+PARTITIONS = ("partition-halves", "partition-leader", "partition-ring", "partition-one")
+KINDS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "partition": PARTITIONS,
+    "kill": ("kill",),
+    "pause": ("pause",),
+    "clock": ("clock",),
+    "loss": ("loss",),
+    "all": (*PARTITIONS, "kill", "pause", "clock", "loss"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """One planned fault: ``kind`` from ``start`` to ``end`` (seconds into the workload)."""
+
+    kind: str
+    start: float
+    end: float
+
+
+def schedule(nemesis: str, time_limit: float, interval: float, rng: random.Random) -> list[Window]:
+    """Fault windows for a run. ``interval``: mean seconds a fault lasts (and between faults)."""
+    kinds = KINDS[nemesis]
+    if not kinds or interval <= 0:
+        return []
+    out: list[Window] = []
+    t = rng.uniform(0.3, 0.7) * interval
+    while True:
+        length = rng.uniform(0.6, 1.4) * interval
+        if t + length > time_limit - 0.5 * interval:
+            break
+        out.append(Window(kind=rng.choice(kinds), start=t, end=t + length))
+        t += length + rng.uniform(0.5, 1.0) * interval
+    return out
+
+
+def halves(hosts: Sequence[Host], rng: random.Random) -> list[list[Host]]:
+    shuffled = list(hosts)
+    rng.shuffle(shuffled)
+    cut = len(shuffled) // 2
+    return [shuffled[:cut], shuffled[cut:]]
+
+
+def ring_views(hosts: Sequence[Host], rng: random.Random) -> dict[Host, list[Host]]:
+    """For each host, the majority it still hears: itself and the next hosts on a ring."""
+    order = list(hosts)
+    rng.shuffle(order)
+    n = len(order)
+    majority = n // 2 + 1
+    return {order[i]: [order[(i + k) % n] for k in range(majority)] for i in range(n)}
+
+
+def minority(hosts: Sequence[Host], leader: Host | None, rng: random.Random) -> list[Host]:
+    """A random non-empty minority, holding the leader half of the time when known."""
+    size = rng.randint(1, max(1, (len(hosts) - 1) // 2))
+    pool = list(hosts)
+    chosen: list[Host] = []
+    if leader is not None and rng.random() < 0.5:
+        chosen.append(leader)
+        pool.remove(leader)
+    rng.shuffle(pool)
+    chosen += pool[: size - len(chosen)]
+    return sorted(chosen, key=lambda h: h.index)
+
+
+class Processes(Protocol):
+    """What the nemesis needs from the cluster of node processes."""
+
+    def kill(self, host: Host) -> None: ...
+
+    def restart(self, host: Host) -> None: ...
+
+    def pause(self, host: Host) -> None: ...
+
+    def resume(self, host: Host) -> None: ...
+
+    def set_clock_offset(self, host: Host, seconds: float) -> None: ...
+
+
+def _names(hosts: Sequence[Host]) -> str:
+    return "{" + ",".join(f"n{h.index}" for h in sorted(hosts, key=lambda h: h.index)) + "}"
+
+
+class Nemesis:
+    """Starts and heals faults on a live cluster; one fault at a time."""
+
+    def __init__(self, net: Network, procs: Processes, rng: random.Random) -> None:
+        self.net = net
+        self.procs = procs
+        self.rng = rng
+        self._heal: list[tuple[str, Host, float]] = []
+
+    def start(self, kind: str, leader: Host | None = None) -> str:
+        """Starts a fault; returns what it did, for the history and the report.
+
+        ``leader``: the current leader if known (the caller asks the cluster).
+        """
+        hosts, rng = self.net.hosts, self.rng
+        if kind == "partition-halves":
+            comps = halves(hosts, rng)
+            self.net.partition(comps)
+            self._heal.append(("net", hosts[0], 0.0))
+            return " | ".join(_names(c) for c in comps)
+        if kind == "partition-leader":
+            alone = leader or rng.choice(hosts)
+            self.net.partition([[alone], [h for h in hosts if h != alone]])
+            self._heal.append(("net", hosts[0], 0.0))
+            return f"isolated {'leader' if leader else 'node'} n{alone.index}"
+        if kind == "partition-ring":
+            views = ring_views(hosts, rng)
+            for h, sees in views.items():
+                self.net.cut(h, [o for o in hosts if o not in sees])
+            self._heal.append(("net", hosts[0], 0.0))
+            return "ring " + " ".join(f"n{h.index}<-{_names(v)}" for h, v in views.items())
+        if kind == "partition-one":
+            one = rng.choice(hosts)
+            self.net.partition([[one], [h for h in hosts if h != one]])
+            self._heal.append(("net", hosts[0], 0.0))
+            return f"cut off n{one.index}"
+        if kind == "loss":
+            targets = [h for h in hosts if rng.random() < 0.5] or [rng.choice(hosts)]
+            p = rng.uniform(0.1, 0.4)
+            for h in targets:
+                self.net.lose(h, p)
+            self._heal.append(("net", hosts[0], 0.0))
+            return f"drop {p:.0%} of packets into {_names(targets)}"
+        targets = minority(hosts, leader, rng)
+        if kind == "kill":
+            for h in targets:
+                self.procs.kill(h)
+                self._heal.append(("restart", h, 0.0))
+            return f"kill -9 {_names(targets)}"
+        if kind == "pause":
+            for h in targets:
+                self.procs.pause(h)
+                self._heal.append(("resume", h, 0.0))
+            return f"SIGSTOP {_names(targets)}"
+        if kind == "clock":
+            parts = []
+            for h in targets:
+                offset = rng.choice((-1, 1)) * rng.uniform(0.5, 3.0)
+                if offset > 0:
+                    offset *= 8 / 3
+                self.procs.set_clock_offset(h, offset)
+                self._heal.append(("clock", h, 0.0))
+                parts.append(f"n{h.index}{offset:+.1f}s")
+            return "clock " + " ".join(parts)
+        raise ValueError(f"unknown fault {kind!r}")
+
+    def heal(self) -> str:
+        """Undoes whatever is in force (safe to call when nothing is)."""
+        done = []
+        for what, host, value in self._heal:
+            if what == "net":
+                self.net.heal()
+                done.append("network healed")
+            elif what == "restart":
+                self.procs.restart(host)
+                done.append(f"restarted n{host.index}")
+            elif what == "resume":
+                self.procs.resume(host)
+                done.append(f"SIGCONT n{host.index}")
+            elif what == "clock":
+                self.procs.set_clock_offset(host, value)
+                done.append(f"clock n{host.index} reset")
+        self._heal.clear()
+        return ", ".join(dict.fromkeys(done)) or "nothing to heal"

@@ -1,0 +1,387 @@
+"""One Jepsen run: hosts, nodes, clients, faults, final reads, checks, report.
+
+Sequence: clean leftovers and take the run lock; create the hosts; start a node in each;
+wait until the cluster takes a write; run the workers and the nemesis schedule for the time
+limit; heal everything (network, paused, killed, clocks); read every key with a strong read
+(retrying while the cluster recovers); tear down; check; write the report.
+
+Invariant: the hosts, rules and node processes are removed on every exit path (the context
+managers of :mod:`hosts` and :mod:`cluster`), and the next run removes any leftovers of a
+run that was killed outright. Exit codes of :func:`run_cli`: 0 valid, 1 anomaly, 2 harness
+failure (including a run that completed no operation, which proves nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvstore.jepsen.checker.linearizable import check as check_linearizable
+from kvstore.jepsen.checker.lostwrite import check_appends
+from kvstore.jepsen.checker.models import RegisterModel
+from kvstore.jepsen.checker.session import check_sessions
+from kvstore.jepsen.cluster import Cluster, NodeSpec
+from kvstore.jepsen.history import NEMESIS, Event, Value, pair, write_jsonl
+from kvstore.jepsen.hosts import HarnessError, Host, Network, require_root, run_lock
+from kvstore.jepsen.nemesis import KINDS, Nemesis, Window, schedule
+from kvstore.jepsen.report import write_report
+from kvstore.jepsen.workloads import Recorder, Store, Workload, final_reads, make, run_worker
+
+FINAL_PROCESS = 1_000_000
+"""The process number of the final reads (after every worker's possible renumbering)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    nodes: int = 5
+    consensus: str = "raft"
+    workload: str = "register"
+    nemesis: str = "none"
+    time_limit: float = 60.0
+    concurrency: int = 10
+    read_mode: str | None = None
+    seed: int | None = None
+    out: Path | None = None
+    keys: int | None = None
+    interval: float = 5.0
+    unsafe_ack: bool = False
+    server_cmd: str | None = None
+    op_timeout: float = 2.0
+    recovery: float = 60.0
+    check_timeout: float = 60.0
+
+    def effective_read_mode(self) -> str:
+        if self.read_mode:
+            return self.read_mode
+        return "causal" if self.workload == "session" else "strong"
+
+
+@dataclass(slots=True, kw_only=True)
+class RunResult:
+    verdict: str  # valid | invalid | unknown
+    out: Path
+    anomalies: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+Progress = Callable[[str], None]
+
+
+def _leader_host(statuses: Sequence[dict[str, Any]], hosts: Sequence[Host]) -> Host | None:
+    by_id = {h.index: h for h in hosts}
+    for st in statuses:
+        for g in st.get("groups", []):
+            if g.get("role") == "leader":
+                return by_id.get(int(st.get("id", 0)))
+    return None
+
+
+async def _find_leader(client: Any, hosts: Sequence[Host]) -> Host | None:
+    try:
+        statuses = await asyncio.wait_for(client.status(), 3.0)
+    except Exception:
+        return None
+    return _leader_host(statuses, hosts)
+
+
+async def _await_ready(store: Store, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(store.put("jepsen-ready", "1"), 5.0)
+            return
+        except Exception as e:
+            last = e
+            await asyncio.sleep(0.3)
+    raise HarnessError(f"the cluster took no write within {timeout:.0f}s (last error: {last})")
+
+
+async def _sleep_until(recorder: Recorder, t: float) -> None:
+    delay = t - recorder.now()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _run_nemesis(
+    plan: Sequence[Window],
+    nemesis: Nemesis,
+    recorder: Recorder,
+    client: Any,
+    hosts: Sequence[Host],
+    progress: Progress,
+) -> None:
+    for w in plan:
+        await _sleep_until(recorder, w.start)
+        leader = await _find_leader(client, hosts)
+        began = recorder.now()
+        desc = await asyncio.to_thread(nemesis.start, w.kind, leader)
+        recorder.insert(Event(type="invoke", process=NEMESIS, f=w.kind, value=desc, time=began))
+        progress(f"[{recorder.now():6.1f}s] fault {w.kind}: {desc}")
+        await _sleep_until(recorder, w.end)
+        healed = await asyncio.to_thread(nemesis.heal)
+        recorder.record("ok", NEMESIS, w.kind, None, healed)
+        progress(f"[{recorder.now():6.1f}s] healed: {healed}")
+
+
+async def _report_progress(recorder: Recorder, progress: Progress, every: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        c = Counter(ev.type for ev in recorder.events if ev.process != NEMESIS)
+        progress(
+            f"[{recorder.now():6.1f}s] {c['ok']} ok, {c['fail']} fail, {c['info']} info, "
+            f"{c['invoke'] - c['ok'] - c['fail'] - c['info']} in flight"
+        )
+
+
+async def drive(
+    cfg: RunConfig,
+    *,
+    net: Network,
+    cluster: Cluster,
+    workload: Workload,
+    seed: int,
+    progress: Progress,
+) -> tuple[Recorder, dict[str, Value]]:
+    """Runs the workload and the nemesis against a started cluster; returns the history."""
+    from kvstore.client import AsyncClient
+
+    rng = random.Random(seed)
+    plan = schedule(cfg.nemesis, cfg.time_limit, cfg.interval, random.Random(rng.random()))
+    nemesis = Nemesis(net, cluster, random.Random(rng.random()))
+    clients = [
+        AsyncClient(cluster.endpoints, timeout=cfg.op_timeout) for _ in range(cfg.concurrency)
+    ]
+    admin = AsyncClient(cluster.endpoints, timeout=cfg.op_timeout)
+    recorder = Recorder()
+    final: dict[str, Value] = {}
+    try:
+        progress(f"waiting for the cluster at {', '.join(cluster.endpoints)}")
+        await _await_ready(admin, 60.0)
+        recorder = Recorder()
+        progress(
+            f"running {cfg.workload} for {cfg.time_limit:.0f}s with {cfg.concurrency} workers, "
+            f"read mode {cfg.effective_read_mode()}, {len(plan)} faults planned"
+        )
+        ticker = asyncio.create_task(_report_progress(recorder, progress))
+        nem = asyncio.create_task(_run_nemesis(plan, nemesis, recorder, admin, net.hosts, progress))
+        try:
+            await asyncio.gather(
+                *(
+                    run_worker(
+                        worker=w,
+                        concurrency=cfg.concurrency,
+                        workload=workload,
+                        store=clients[w],
+                        recorder=recorder,
+                        read_mode=cfg.effective_read_mode(),
+                        until=cfg.time_limit,
+                        op_timeout=cfg.op_timeout + 1.0,
+                        rng=random.Random(rng.random()),
+                    )
+                    for w in range(cfg.concurrency)
+                )
+            )
+            await nem
+        finally:
+            nem.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await nem
+            healed = await asyncio.to_thread(_heal_everything, nemesis, cluster, net)
+            if any(ev.process == NEMESIS for ev in recorder.events) and (
+                recorder.events and _open_fault(recorder.events)
+            ):
+                recorder.record("ok", NEMESIS, "heal", None, healed)
+            ticker.cancel()
+        progress(f"[{recorder.now():6.1f}s] healed everything; final strong reads")
+        final = await final_reads(
+            keys=workload.keys,
+            workload=workload,
+            store=admin,
+            recorder=recorder,
+            process=FINAL_PROCESS,
+            deadline=recorder.now() + cfg.recovery,
+            op_timeout=cfg.op_timeout + 1.0,
+        )
+    finally:
+        for c in [*clients, admin]:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.close(), 2.0)
+    return recorder, final
+
+
+def _open_fault(events: Sequence[Event]) -> bool:
+    state = False
+    for ev in events:
+        if ev.process == NEMESIS:
+            state = ev.type == "invoke"
+    return state
+
+
+def _heal_everything(nemesis: Nemesis, cluster: Cluster, net: Network) -> str:
+    done = nemesis.heal()
+    net.heal()
+    cluster.heal_all()
+    return done
+
+
+def check_history(
+    cfg: RunConfig, events: Sequence[Event], final: dict[str, Value], workload: Workload
+) -> tuple[str, list[str], dict[str, float]]:
+    """Runs the checkers that apply; returns (verdict, anomaly texts, seconds per checker)."""
+    ops = pair(events)
+    anomalies: list[str] = []
+    seconds: dict[str, float] = {}
+    undecided = False
+    model = workload.model
+    if workload.name == "session" and cfg.effective_read_mode() == "strong":
+        model = RegisterModel()
+    if model is not None:
+        t0 = time.monotonic()
+        result = check_linearizable(ops, model, timeout=cfg.check_timeout)
+        seconds["linearizability"] = time.monotonic() - t0
+        for f in result.failures:
+            lines = [
+                f"not linearizable on key {f.key!r}: these {len(f.window)} operations "
+                "cannot be ordered:"
+            ]
+            lines += [f"    {op.describe()}" for op in f.window]
+            anomalies.append("\n".join(lines))
+        if result.timed_out_keys:
+            undecided = True
+            anomalies.append(f"linearizability search timed out on keys {result.timed_out_keys}")
+    if workload.name == "append":
+        t0 = time.monotonic()
+        anomalies += [a.describe() for a in check_appends(events, final, workload.keys)]
+        seconds["lost-writes"] = time.monotonic() - t0
+    if workload.name == "session":
+        t0 = time.monotonic()
+        found = check_sessions(ops, cfg.concurrency, final)
+        anomalies += [a.describe() for a in found]
+        seconds["sessions"] = time.monotonic() - t0
+    if anomalies and not (undecided and len(anomalies) == 1):
+        return "invalid", anomalies, seconds
+    return ("unknown" if undecided else "valid"), anomalies, seconds
+
+
+def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
+    if cfg.nemesis not in KINDS:
+        raise HarnessError(f"unknown nemesis {cfg.nemesis!r}")
+    require_root()
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1 << 31)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = cfg.out or Path("jepsen-runs") / f"{stamp}-{cfg.workload}-{cfg.nemesis}-{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    progress(f"kvstore jepsen run: seed {seed}, report in {out}")
+    workload = make(
+        cfg.workload, keys=cfg.keys or max(2, cfg.concurrency // 2), concurrency=cfg.concurrency
+    )
+    env = {"KVSTORE_UNSAFE_ACK_BEFORE_COMMIT": "1"} if cfg.unsafe_ack else {}
+    spec = NodeSpec(
+        consensus=cfg.consensus,
+        server_cmd=cfg.server_cmd,
+        env=env,
+        clock="clock" in KINDS[cfg.nemesis],
+    )
+    t_start = time.monotonic()
+    with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:
+        progress(f"hosts up: {', '.join(f'n{h.index}={h.ip}' for h in net.hosts)}")
+        cluster.start_all()
+        cluster.wait_listening()
+        recorder, final = asyncio.run(
+            drive(cfg, net=net, cluster=cluster, workload=workload, seed=seed, progress=progress)
+        )
+        died = cluster.exited()
+    for h in net.hosts:
+        shutil.rmtree(out / "nodes" / f"n{h.index}" / "data", ignore_errors=True)
+    events = recorder.events
+    with (out / "history.jsonl").open("w", encoding="utf-8") as fh:
+        write_jsonl(events, fh)
+    progress(f"checking {len(events)} events")
+    verdict, anomalies, seconds = check_history(cfg, events, final, workload)
+    counts = Counter(ev.type for ev in events if ev.process not in (NEMESIS, FINAL_PROCESS))
+    if counts["ok"] == 0:
+        verdict = "unknown"
+        anomalies.append("no operation completed: the run tested nothing")
+    for h, code in died:
+        anomalies.append(f"node n{h.index} exited on its own with code {code}")
+    seconds["run"] = time.monotonic() - t_start
+    result = RunResult(
+        verdict=verdict,
+        out=out,
+        anomalies=anomalies,
+        counts={k: counts[k] for k in ("invoke", "ok", "fail", "info")},
+        seconds=seconds,
+    )
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "verdict": verdict,
+                "seed": seed,
+                "config": config,
+                "counts": result.counts,
+                "seconds": seconds,
+                "anomalies": anomalies,
+                "final": {k: v for k, v in final.items()},
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    summary = [
+        (
+            "workload",
+            f"{cfg.workload} ({cfg.effective_read_mode()} reads, {len(workload.keys)} keys)",
+        ),
+        ("nemesis", cfg.nemesis),
+        (
+            "cluster",
+            f"{cfg.nodes} nodes, {cfg.consensus}" + (", UNSAFE ack" if cfg.unsafe_ack else ""),
+        ),
+        ("time limit", f"{cfg.time_limit:.0f}s, {cfg.concurrency} workers, seed {seed}"),
+        ("operations", ", ".join(f"{k} {v}" for k, v in result.counts.items())),
+        ("checker time", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items())),
+    ]
+    write_report(
+        out,
+        title=f"kvstore jepsen {cfg.workload} / {cfg.nemesis}",
+        verdict=verdict,
+        summary=summary,
+        anomalies=anomalies,
+        events=events,
+        concurrency=cfg.concurrency,
+    )
+    return result
+
+
+def run_cli(cfg: RunConfig) -> int:
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        result = run(cfg, progress=lambda s: print(s, flush=True))
+    except HarnessError as e:
+        print(f"kvstore jepsen run: harness failure: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kvstore jepsen run: interrupted (cleaned up)", file=sys.stderr)
+        return 2
+    for a in result.anomalies:
+        print(a)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    print(f"verdict: {result.verdict} ({counts}); report: {result.out / 'report.html'}")
+    return {"valid": 0, "invalid": 1}.get(result.verdict, 2)

@@ -1,0 +1,294 @@
+"""Workloads: what the client processes do, and how each operation is recorded.
+
+- ``register``: read / write / cas on a few keys, each key an independent register of small
+  integers (values collide on purpose: it makes cas succeed and stale reads matter).
+- ``append``: append unique integers to a few keys, each append a strong read then a cas
+  of the list (retried while the compare fails); reads return the whole list. The final
+  lists must hold every acknowledged append, each once, in an order that respects real time.
+- ``session``: each client writes an increasing counter to a key only it writes, and reads
+  its own key and the others' in the session's read mode (causal): reads must never go
+  backwards (monotonic reads) nor miss the client's own acknowledged write
+  (read-your-writes).
+
+A worker is one logical client process with at most one operation in flight, recorded as
+invoke then ok / fail (certainly not applied: the client said ``definite``) / info
+(unknown). After an info the worker continues as a new process (process + concurrency), as
+Jepsen does; ``process % concurrency`` names the worker (and its client session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvstore.jepsen.checker.models import ListAppendModel, Model, RegisterModel
+from kvstore.jepsen.history import Event, EventType, Value
+
+
+class Store(Protocol):
+    """The slice of kvstore.client.AsyncClient the workloads use."""
+
+    async def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None: ...
+
+    async def put(self, key: bytes | str, value: bytes | str) -> object: ...
+
+    async def cas(
+        self, key: bytes | str, expected: bytes | str | None, new: bytes | str | None
+    ) -> bool: ...
+
+
+class DefiniteFailure(Exception):
+    """The operation certainly did not take effect (e.g. an append whose cas kept failing)."""
+
+    definite = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invocation:
+    f: str
+    key: str
+    value: Value = None
+
+
+class Recorder:
+    """Collects events with times in seconds since its creation (monotonic)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.t0 = clock()
+        self.events: list[Event] = []
+
+    def now(self) -> float:
+        return self.clock() - self.t0
+
+    def record(
+        self,
+        type: EventType,
+        process: int,
+        f: str,
+        key: str | None,
+        value: Value,
+        error: str | None = None,
+    ) -> None:
+        self.events.append(
+            Event(
+                type=type, process=process, f=f, key=key, value=value, time=self.now(), error=error
+            )
+        )
+
+    def insert(self, event: Event) -> None:
+        """Adds an event stamped earlier (a fault that took a while to start), in time order."""
+        bisect.insort(self.events, event, key=lambda e: e.time)
+
+
+def _int(b: bytes | None) -> int | None:
+    return None if b is None else int(b)
+
+
+def _list(b: bytes | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in b.split(b",")) if b else ()
+
+
+class Workload(Protocol):
+    name: str
+    model: Model | None
+    keys: list[str]
+
+    def generate(self, worker: int, process: int, rng: random.Random) -> Invocation: ...
+
+    async def execute(self, store: Store, inv: Invocation, read_mode: str) -> Value: ...
+
+    def on_new_process(self, worker: int, process: int) -> None: ...
+
+
+@dataclass(slots=True)
+class RegisterWorkload:
+    keys: list[str]
+    values: int = 5
+    name: str = "register"
+    model: Model | None = field(default_factory=RegisterModel)
+
+    def generate(self, worker: int, process: int, rng: random.Random) -> Invocation:
+        key = rng.choice(self.keys)
+        roll = rng.random()
+        if roll < 0.5:
+            return Invocation(f="read", key=key)
+        if roll < 0.75:
+            return Invocation(f="write", key=key, value=rng.randrange(self.values))
+        return Invocation(
+            f="cas", key=key, value=(rng.randrange(self.values), rng.randrange(self.values))
+        )
+
+    async def execute(self, store: Store, inv: Invocation, read_mode: str) -> Value:
+        if inv.f == "read":
+            return _int(await store.get(inv.key, read_mode))
+        if inv.f == "write":
+            await store.put(inv.key, str(inv.value))
+            return inv.value
+        expected, new = inv.value
+        return await store.cas(inv.key, str(expected), str(new))
+
+    def on_new_process(self, worker: int, process: int) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class AppendWorkload:
+    keys: list[str]
+    attempts: int = 8
+    name: str = "append"
+    model: Model | None = field(default_factory=ListAppendModel)
+    _next: int = 0
+
+    def generate(self, worker: int, process: int, rng: random.Random) -> Invocation:
+        key = rng.choice(self.keys)
+        if rng.random() < 0.3:
+            return Invocation(f="read", key=key)
+        self._next += 1
+        return Invocation(f="append", key=key, value=self._next)
+
+    async def execute(self, store: Store, inv: Invocation, read_mode: str) -> Value:
+        if inv.f == "read":
+            return _list(await store.get(inv.key, read_mode))
+        for _ in range(self.attempts):
+            try:
+                cur = await store.get(inv.key, "strong")
+            except Exception as e:
+                raise DefiniteFailure(f"append not applied: {e}") from e
+            new = b",".join(str(x).encode() for x in (*_list(cur), inv.value))
+            try:
+                swapped = await store.cas(inv.key, cur, new)
+            except Exception as e:
+                if is_definite(e):
+                    raise DefiniteFailure(f"append not applied: {e}") from e
+                raise  # the cas may have landed: unknown
+            if swapped:
+                return None
+        raise DefiniteFailure(f"compare failed {self.attempts} times")
+
+    def on_new_process(self, worker: int, process: int) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class SessionWorkload:
+    """Per worker, a key only it writes; the key changes when the worker's process does."""
+
+    concurrency: int
+    name: str = "session"
+    model: Model | None = None
+    keys: list[str] = field(default_factory=list)
+    owned: dict[int, str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for w in range(self.concurrency):
+            self.on_new_process(w, w)
+
+    def generate(self, worker: int, process: int, rng: random.Random) -> Invocation:
+        mine = self.owned[worker]
+        roll = rng.random()
+        if roll < 0.35:
+            self.counters[mine] += 1
+            return Invocation(f="write", key=mine, value=self.counters[mine])
+        if roll < 0.6:
+            return Invocation(f="read", key=mine)
+        return Invocation(f="read", key=rng.choice(self.keys))
+
+    async def execute(self, store: Store, inv: Invocation, read_mode: str) -> Value:
+        if inv.f == "read":
+            return _int(await store.get(inv.key, read_mode))
+        await store.put(inv.key, str(inv.value))
+        return inv.value
+
+    def on_new_process(self, worker: int, process: int) -> None:
+        # after an unknown write the key's version order is no longer known to the writer
+        key = f"s{process}"
+        self.owned[worker] = key
+        self.counters[key] = 0
+        self.keys.append(key)
+
+
+def make(name: str, *, keys: int, concurrency: int) -> Workload:
+    names = [f"{name[0]}{i}" for i in range(keys)]
+    if name == "register":
+        return RegisterWorkload(keys=names)
+    if name == "append":
+        return AppendWorkload(keys=names)
+    if name == "session":
+        return SessionWorkload(concurrency=concurrency)
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def is_definite(e: BaseException) -> bool:
+    return getattr(e, "definite", False) is True
+
+
+async def run_worker(
+    *,
+    worker: int,
+    concurrency: int,
+    workload: Workload,
+    store: Store,
+    recorder: Recorder,
+    read_mode: str,
+    until: float,
+    op_timeout: float,
+    rng: random.Random,
+    pace: float = 0.05,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """One logical client until ``until`` (recorder time); ``pace``: mean pause between ops."""
+    process = worker
+    while recorder.now() < until and not (stop is not None and stop.is_set()):
+        inv = workload.generate(worker, process, rng)
+        recorder.record("invoke", process, inv.f, inv.key, inv.value)
+        try:
+            out = await asyncio.wait_for(workload.execute(store, inv, read_mode), op_timeout)
+        except Exception as e:
+            definite = is_definite(e)
+            if inv.f == "read":
+                definite = True  # a read that did not answer changed nothing
+            err = f"{type(e).__name__}: {e}"[:200]
+            recorder.record("fail" if definite else "info", process, inv.f, inv.key, inv.value, err)
+            if not definite:
+                process += concurrency
+                workload.on_new_process(worker, process)
+        else:
+            value = out if inv.f in ("read", "cas") else inv.value
+            recorder.record("ok", process, inv.f, inv.key, value)
+        if pace > 0:
+            await asyncio.sleep(rng.uniform(0, 2 * pace))
+
+
+async def final_reads(
+    *,
+    keys: Sequence[str],
+    workload: Workload,
+    store: Store,
+    recorder: Recorder,
+    process: int,
+    deadline: float,
+    op_timeout: float,
+) -> dict[str, Value]:
+    """A strong read of every key, retried until it answers or ``deadline`` (recorder time)."""
+    found: dict[str, Value] = {}
+    for key in keys:
+        while recorder.now() < deadline:
+            inv = Invocation(f="read", key=key)
+            recorder.record("invoke", process, "read", key, None)
+            try:
+                out = await asyncio.wait_for(workload.execute(store, inv, "strong"), op_timeout)
+            except Exception as e:
+                recorder.record("fail", process, "read", key, None, f"{type(e).__name__}: {e}")
+                await asyncio.sleep(0.2)
+                continue
+            recorder.record("ok", process, "read", key, out)
+            found[key] = out
+            break
+    return found
