@@ -52,6 +52,13 @@ def step_leader(r: Raft, m: Message) -> None:
 
 def handle_append_resp(r: Raft, m: Message, pr: Progress) -> None:
     if m.reject:
+        if m.index == 0:
+            # Every configured node holds the empty prefix; only a node that joined
+            # with no membership at all rejects it: it needs a snapshot for the base
+            # configuration, compacted or not.
+            if pr.state is not ProgressState.SNAPSHOT:
+                send_snapshot(r, m.from_, pr)
+            return
         hint = m.reject_hint
         if m.log_term > 0:
             hint, _ = r.log.find_conflict_by_term(m.reject_hint, m.log_term)
@@ -59,12 +66,18 @@ def handle_append_resp(r: Raft, m: Message, pr: Progress) -> None:
             send_append(r, m.from_)
         return
     was_paused = pr.is_paused()
-    if not pr.ack(m.index):
+    advanced = pr.ack(m.index)
+    if (
+        pr.state is ProgressState.SNAPSHOT
+        and m.index >= pr.pending_snapshot
+        and pr.match + 1 >= r.log.first_index()
+    ):
+        pr.snapshot_done()  # the follower restored it; our log continues from there
+        advanced = True
+    if not advanced:
         if was_paused and not pr.is_paused():
             send_append(r, m.from_)
         return
-    if pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= r.log.first_index():
-        pr.snapshot_done()
     if maybe_commit(r):
         bcast_append(r)
     elif was_paused:

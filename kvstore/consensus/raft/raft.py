@@ -364,7 +364,7 @@ class Raft:
                 if e.index != expect or e.term < prev_term or e.term > m.term:
                     return "malformed"
                 prev_term, expect = e.term, expect + 1
-        if m.type is MT.SNAPSHOT and (m.snapshot is None or m.snapshot.metadata.index <= 0):
+        if m.type is MT.SNAPSHOT and m.snapshot is None:
             return "malformed"
         return ""
 
@@ -425,6 +425,11 @@ class Raft:
 
     # -- follower handlers -------------------------------------------------------------
     def _handle_append(self, m: Message) -> None:
+        if not self.tracker.members():
+            # We joined with no membership: entries replayed onto an empty base
+            # config would give us a wrong one. Ask for a snapshot (see leader.py).
+            self._send(MT.APPEND_RESP, m.from_, index=0, reject=True)
+            return
         if m.index < self.log.committed:
             self._send(MT.APPEND_RESP, m.from_, index=self.log.committed)
             return
@@ -464,9 +469,11 @@ class Raft:
 
     def restore(self, snap: Snapshot) -> bool:
         meta = snap.metadata
-        if meta.index <= self.log.committed:
+        if not self.tracker.members():
+            pass  # joining: adopt the snapshot and its membership, even at index 0
+        elif meta.index <= self.log.committed:
             return False
-        if self.log.match_term(meta.index, meta.term):
+        elif self.log.match_term(meta.index, meta.term):
             # We have the snapshot's last entry: just commit up to it, keep the log.
             self.log.commit_to(meta.index)
             return False
@@ -500,7 +507,7 @@ class Raft:
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:
         cs = confchange.apply(self.tracker.conf_state(), change)
-        self.tracker.set_conf(cs, self.log.last_index() + 1)
+        added = self.tracker.set_conf(cs, self.log.last_index() + 1)
         if self.role is not Role.LEADER:
             return cs
         if not self.tracker.is_voter(self.id):
@@ -515,7 +522,8 @@ class Raft:
         else:
             for node in self.tracker.progress:
                 if node != self.id:
-                    leader.send_append(self, node, send_if_empty=False)
+                    # Probe new members at once; others only need entries, if any.
+                    leader.send_append(self, node, send_if_empty=node in added)
         return cs
 
     def read_index(self, ctx: bytes) -> None:
