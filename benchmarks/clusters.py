@@ -100,15 +100,18 @@ class ProcessGroup:
 
 def wait_until(ready: Callable[[], bool], group: ProcessGroup, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    last = "not ready"
     while time.monotonic() < deadline:
         group.check_alive()
         try:
             if ready():
                 return
-        except Exception:
-            pass
+        except Exception as e:  # any failure means "not ready yet"; the last one is shown
+            last = f"{type(e).__name__}: {e}"
         time.sleep(0.2)
-    raise ClusterError(f"{group.name} not ready after {timeout_s:.0f}s; see {group.log_dir}")
+    raise ClusterError(
+        f"{group.name} not ready after {timeout_s:.0f}s ({last[:500]}); see {group.log_dir}"
+    )
 
 
 class EtcdCluster:
