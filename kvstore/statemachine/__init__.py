@@ -7,10 +7,13 @@ command (see apply.py for the exactly-once session rule). Performs no I/O: stora
 
 from kvstore.statemachine.apply import (
     MAX_KEY_SIZE,
+    SESSION_IDLE_ENTRIES,
+    SESSION_SWEEP_EVERY,
     SESSION_WINDOW,
     KVTxn,
     MemoryKV,
     apply_commands,
+    end_entry,
 )
 from kvstore.statemachine.commands import (
     BatchDecodeError,
@@ -25,6 +28,8 @@ from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
 __all__ = [
     "MAX_KEY_SIZE",
+    "SESSION_IDLE_ENTRIES",
+    "SESSION_SWEEP_EVERY",
     "SESSION_WINDOW",
     "ApplyError",
     "ApplyResult",
@@ -39,4 +44,5 @@ __all__ = [
     "apply_commands",
     "decode_batch",
     "encode_batch",
+    "end_entry",
 ]

@@ -12,6 +12,7 @@ Put: ``u32 len, value``; Delete: nothing; Cas: in flag order
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _VERSION = 1
@@ -75,7 +76,7 @@ class Cas:
 Command = Put | Delete | Cas
 
 
-def encode_batch(commands: list[Command] | tuple[Command, ...]) -> bytes:
+def encode_batch(commands: Sequence[Command]) -> bytes:
     """Encode commands (in order) as one entry's data. Raises ValueError on an
     id, seq or version outside 0..2**64-1."""
     parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands))]

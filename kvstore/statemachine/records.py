@@ -56,6 +56,12 @@ def encode_result(r: ApplyResult) -> bytes:
     return b"".join(parts)
 
 
+def result_index(buf: bytes) -> int:
+    """The entry index of a stored result, without decoding the rest."""
+    index: int = _RESULT.unpack_from(buf, 0)[0]
+    return index
+
+
 def decode_result(buf: bytes) -> ApplyResult:
     try:
         index, revision, ok, error, bits = _RESULT.unpack_from(buf, 0)

@@ -68,6 +68,13 @@ def session_prefix(group: int, client_id: int) -> bytes:
     return _U64x2.pack(group, client_id)
 
 
+def session_end(group: int, client_id: int) -> bytes:
+    """The first key after every session key of ``client_id`` (an exclusive range end)."""
+    if client_id == (1 << 64) - 1:
+        return group_end(group)
+    return _U64x2.pack(group, client_id + 1)
+
+
 def session_key(group: int, client_id: int, seq: int) -> bytes:
     return _U64x3.pack(group, client_id, seq)
 

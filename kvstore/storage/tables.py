@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvstore.statemachine.apply import SESSION_WINDOW
-from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
+from kvstore.statemachine.records import (
+    decode_kv,
+    decode_result,
+    encode_kv,
+    encode_result,
+    result_index,
+)
 from kvstore.statemachine.types import ApplyResult, KeyValue
 from kvstore.storage import keys
 from kvstore.storage.errors import CorruptionError
@@ -87,14 +93,42 @@ class GroupTables:
             raise CorruptionError(f"session {client_id}/{seq}: {e}", group=self.group) from e
 
     def session_last_seq(self, client_id: int) -> int:
+        record = self._last_session(client_id)
+        return 0 if record is None else record[0]
+
+    def _last_session(self, client_id: int) -> tuple[int, bytes] | None:
+        """(seq, result record) of the client's highest recorded seq."""
         cur = self.txn.cursor(db=self.dbs.sessions)
-        prefix = keys.session_prefix(self.group, client_id)
-        # The last key below the next client's prefix, if it is this client's.
-        positioned = cur.set_range(keys.session_prefix(self.group, client_id + 1))
+        # The last key below the next client's range, if it is this client's.
+        positioned = cur.set_range(keys.session_end(self.group, client_id))
         found = cur.prev() if positioned else cur.last()
-        if not found or not cur.key().startswith(prefix):
-            return 0
-        return keys.session_parts(cur.key())[1]
+        if not found or not cur.key().startswith(keys.session_prefix(self.group, client_id)):
+            return None
+        return keys.session_parts(cur.key())[1], cur.value()
+
+    def expire_sessions(self, idle_before: int) -> int:
+        """Forget every client whose newest recorded result is from an entry at or below
+        ``idle_before``; returns how many clients were forgotten."""
+        db, n = self.dbs.sessions, 0
+        cur = self.txn.cursor(db=db)
+        end = keys.group_end(self.group)
+        cur.set_range(keys.group_prefix(self.group))
+        while True:
+            k = cur.key()
+            if not k or k >= end:
+                return n
+            client = keys.session_parts(k)[0]
+            last = self._last_session(client)
+            assert last is not None
+            if result_index(last[1]) <= idle_before:
+                delete_range(
+                    self.txn,
+                    db,
+                    keys.session_prefix(self.group, client),
+                    keys.session_end(self.group, client),
+                )
+                n += 1
+            cur.set_range(keys.session_end(self.group, client))
 
     def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
         db = self.dbs.sessions

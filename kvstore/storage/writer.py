@@ -19,7 +19,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
 )
-from kvstore.statemachine.apply import apply_commands
+from kvstore.statemachine.apply import apply_commands, end_entry
 from kvstore.statemachine.commands import BatchDecodeError, decode_batch
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
@@ -203,14 +203,14 @@ class Writer:
             if e.index != applied + 1:
                 raise ValueError(f"group {group}: applying {e.index} after applied {applied}")
             applied = e.index
-            if e.type != EntryType.NORMAL or not e.data:
-                continue
-            try:
-                commands = decode_batch(e.data)
-            except BatchDecodeError:
-                self.undecodable += 1
-                continue
-            out += apply_commands(tables, e.index, commands)
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    commands = decode_batch(e.data)
+                except BatchDecodeError:
+                    self.undecodable += 1
+                else:
+                    out += apply_commands(tables, e.index, commands)
+            end_entry(tables, e.index)
         if applied != p.applied:
             self._set_applied(group, p, applied)
         return out

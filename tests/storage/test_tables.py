@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kvstore.statemachine.apply as apply_mod
 from kvstore.consensus.types import Entry
 from kvstore.statemachine import (
     SESSION_WINDOW,
@@ -17,10 +20,11 @@ from kvstore.statemachine import (
     encode_batch,
 )
 from kvstore.storage import NodeStorage
+from kvstore.storage.tables import GroupTables
 
 KEYS = st.sampled_from([b"", b"a", b"b", b"\xff"])
 SEQ = st.integers(1, 3 * SESSION_WINDOW)
-CID = st.sampled_from([0, 1, 2])
+CID = st.sampled_from([0, 1, 2, 2**64 - 1])
 command = st.one_of(
     st.builds(Put, KEYS, st.binary(max_size=4), CID, SEQ),
     st.builds(Delete, KEYS, CID, SEQ),
@@ -38,7 +42,12 @@ def test_lmdb_tables_match_memory_kv(
 ) -> None:
     path = tmp_path_factory.mktemp("tables")  # type: ignore[attr-defined]
     model = MemoryKV()
-    with NodeStorage(str(path), map_size=16 << 20, sync=False) as st_:
+    # Sweep for idle sessions every 4 entries so expiry is exercised too.
+    with (
+        NodeStorage(str(path), map_size=16 << 20, sync=False) as st_,
+        patch.object(apply_mod, "SESSION_SWEEP_EVERY", 4),
+        patch.object(apply_mod, "SESSION_IDLE_ENTRIES", 5),
+    ):
         for i, cmds in enumerate(batches, start=1):
             e = Entry(term=1, index=i, data=encode_batch(cmds))
             with st_.write() as w:
@@ -46,6 +55,11 @@ def test_lmdb_tables_match_memory_kv(
                 got = w.apply(3, [e])
             assert got == model.apply(i, cmds)
         assert st_.kv(3).scan() == model.scan(b"")
+        with st_.env.begin() as txn:
+            rows = list(GroupTables(txn, st_.dbs, 3).raw_sessions())
+        assert [(c, s) for c, s, _ in rows] == sorted(
+            (c, s) for c, seqs in model.sessions.items() for s in seqs
+        )
 
 
 def test_session_window_in_lmdb(tmp_path: object) -> None:
@@ -67,3 +81,36 @@ def test_session_window_in_lmdb(tmp_path: object) -> None:
         [neighbour] = run(6, Put(b"c", b"1", client_id=4, seq=10))
         [other_group_client] = run(7, Put(b"c", b"1", client_id=6, seq=10))
         assert neighbour.ok and other_group_client.ok and first.ok
+
+
+def test_idle_sessions_expire_at_fixed_log_positions(tmp_path: object) -> None:
+    model = MemoryKV()
+    with (
+        NodeStorage(f"{tmp_path}/n", sync=False) as st_,
+        patch.object(apply_mod, "SESSION_SWEEP_EVERY", 8),
+        patch.object(apply_mod, "SESSION_IDLE_ENTRIES", 5),
+    ):
+        writes = {1: Put(b"a", b"1", client_id=1, seq=1), 4: Put(b"b", b"1", client_id=2, seq=1)}
+        ents = [
+            Entry(term=1, index=i, data=encode_batch([writes[i]]) if i in writes else b"")
+            for i in range(1, 10)
+        ]
+        with st_.write() as w:
+            w.save(1, entries=ents)
+            w.apply(1, ents[:7])
+        for i in range(1, 8):
+            model.apply(i, [writes[i]] if i in writes else [])
+        assert set(model.sessions) == {1, 2}
+        with st_.write() as w:
+            w.apply(1, ents[7:8])
+        model.apply(8, [])
+        assert set(model.sessions) == {2}, "client 1 idle since entry 1 <= 8 - 5"
+        with st_.env.begin() as txn:
+            assert [c for c, _, _ in GroupTables(txn, st_.dbs, 1).raw_sessions()] == [2]
+        with st_.write() as w:
+            [again] = w.apply(
+                1, [*ents[8:9], Entry(term=1, index=10, data=encode_batch([writes[1]]))]
+            )
+        assert again.ok and again.kv is not None and again.kv.version == 2, (
+            "an expired client's retry applies again: the documented price of expiry"
+        )
