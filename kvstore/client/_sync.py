@@ -17,6 +17,15 @@ from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
 T = TypeVar("T")
 
 
+async def _drain() -> None:
+    """Let gRPC's own bookkeeping tasks finish before the loop closes."""
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    for t in rest:
+        t.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+
+
 class Client:
     def __init__(
         self,
@@ -52,6 +61,7 @@ class Client:
         if self._loop.is_closed():
             return
         self._run(self._async.close())
+        self._run(_drain())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

@@ -1,0 +1,132 @@
+"""CLI smoke tests against real processes: `kvstore cluster` runs until SIGINT and reuses its
+data on restart; put/get/delete/cas/scan/status/transfer-leader talk to it; a node refuses a
+data dir of another cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .harness import free_port_block, free_ports, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def kv(*args: str, endpoints: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvstore.cli", *args, "--endpoints", endpoints, "--timeout", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def start_cluster(data: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kvstore.cli",
+            "cluster",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_cluster(p: subprocess.Popen[str]) -> str:
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=30)
+    return out
+
+
+def test_cluster_command_and_client_commands(tmp_path: Path) -> None:
+    base = free_port_block(3)
+    eps = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+    p = start_cluster(tmp_path, base)
+    try:
+
+        def has_leader() -> bool:
+            r = kv("status", "--json", endpoints=eps)
+            return r.returncode == 0 and any(
+                g["role"] == "leader"
+                for n in json.loads(r.stdout)
+                if n["reachable"]
+                for g in n["groups"]
+            )
+
+        wait_for(has_leader, 30, "a leader", interval=0.3)
+        assert kv("put", "greeting", "hello", endpoints=eps).returncode == 0
+        r = kv("get", "greeting", endpoints=eps)
+        assert (r.returncode, r.stdout) == (0, "hello\n")
+        r = kv("get", "nothing", endpoints=eps)
+        assert r.returncode == 1 and "not found" in r.stderr
+        assert kv("cas", "greeting", "hello", "hi", endpoints=eps).returncode == 0
+        assert kv("cas", "greeting", "hello", "hey", endpoints=eps).returncode == 1
+        assert kv("cas", "fresh", "v", "--expect-absent", endpoints=eps).returncode == 0
+        r = kv("scan", endpoints=eps)
+        assert r.stdout.splitlines() == ["fresh\tv", "greeting\thi"]
+        r = kv("delete", "fresh", endpoints=eps)
+        assert (r.returncode, r.stdout.strip()) == (0, "deleted")
+        r = kv("status", endpoints=eps)
+        assert r.returncode == 0 and r.stdout.count("role=leader") == 1
+        leader = next(
+            n["id"]
+            for n in json.loads(kv("status", "--json", endpoints=eps).stdout)
+            for g in n["groups"]
+            if g["role"] == "leader"
+        )
+        target = 1 if leader != 1 else 2
+        r = kv("transfer-leader", "--to", str(target), endpoints=eps)
+        assert r.returncode == 0, r.stderr
+        assert f"leader is now {target}" in r.stdout
+    finally:
+        out = stop_cluster(p)
+    assert p.returncode == 0, out
+    assert "endpoints: " + eps in out and "stopped" in out
+
+    # Restart on the same data: the value is still there.
+    p = start_cluster(tmp_path, base)
+    try:
+        wait_for(lambda: kv("get", "greeting", endpoints=eps).stdout == "hi\n", 30, "data reused")
+    finally:
+        stop_cluster(p)
+
+
+def test_node_refuses_a_data_dir_of_another_cluster(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    argv = [
+        sys.executable, "-m", "kvstore.cli", "serve", "--id", "1",
+        "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+    ]  # fmt: skip
+    p = subprocess.Popen([*argv, "--cluster-id", "first"], stderr=subprocess.PIPE, text=True)
+    try:
+        from kvstore.client import Client
+
+        with Client([f"127.0.0.1:{port}"], timeout=2) as c:
+            wait_for(lambda: c.status()[0]["reachable"], 20, "node up")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    r = subprocess.run(
+        [*argv, "--cluster-id", "second"], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 3
+    assert "cluster_id=first" in r.stderr and "cluster_id=second" in r.stderr
+    r = subprocess.run(
+        [*argv, "--cluster-id", "first", "--consensus", "paxos"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 3 and "consensus" in r.stderr

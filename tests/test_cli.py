@@ -1,0 +1,85 @@
+"""The CLI's parser: flags, KVSTORE_* environment defaults, plug-in subcommands."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvstore.cli import build_parser, main
+
+
+def test_serve_flags_parse() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--id", "2", "--listen", "127.0.0.1:7002", "--data-dir", "/d", "--tick-ms", "20"]
+    )
+    assert (args.id, args.listen, args.data_dir, args.tick_ms) == (2, "127.0.0.1:7002", "/d", 20)
+    assert args.consensus == "raft" and args.election_ticks == 10
+
+
+def test_every_flag_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVSTORE_ID", "3")
+    monkeypatch.setenv("KVSTORE_LISTEN", "0.0.0.0:7003")
+    monkeypatch.setenv("KVSTORE_PEERS", "1=a:1,2=b:2,3=c:3")
+    monkeypatch.setenv("KVSTORE_DATA_DIR", "/data")
+    monkeypatch.setenv("KVSTORE_METRICS_PORT", "9100")
+    monkeypatch.setenv("KVSTORE_TICK_MS", "100")
+    monkeypatch.setenv("KVSTORE_CONSENSUS", "paxos")
+    args = build_parser().parse_args(["serve"])
+    assert args.id == 3 and args.listen == "0.0.0.0:7003" and args.peers == "1=a:1,2=b:2,3=c:3"
+    assert args.data_dir == "/data" and args.metrics_port == 9100 and args.tick_ms == 100
+    assert args.consensus == "paxos"
+    # The command line wins over the environment.
+    assert build_parser().parse_args(["serve", "--id", "5"]).id == 5
+
+
+def test_client_commands_default_to_the_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["get", "k"])
+    assert args.endpoints == "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    assert args.read_mode == "strong"
+    monkeypatch.setenv("KVSTORE_ENDPOINTS", "h:1")
+    assert build_parser().parse_args(["put", "k", "v"]).endpoints == "h:1"
+
+
+def test_cas_arguments() -> None:
+    a = build_parser().parse_args(["cas", "k", "old", "new"])
+    assert (a.key, a.expected, a.new, a.expect_absent) == ("k", "old", "new", False)
+    a = build_parser().parse_args(["cas", "k", "new", "--expect-absent"])
+    assert (a.key, a.expected, a.new, a.expect_absent) == ("k", None, "new", True)
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["serve"])  # --id, --listen, --data-dir missing
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["get", "k", "--read-mode", "sloppy"])
+    assert e.value.code == 2
+
+
+def test_bad_peers_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["serve", "--id", "1", "--listen", "127.0.0.1:0", "--data-dir", "/x", "--peers", "oops"]
+    )
+    assert code == 2
+    assert "ID=HOST:PORT" in capsys.readouterr().err
+
+
+def test_unreachable_cluster_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["get", "k", "--endpoints", "127.0.0.1:1", "--timeout", "0.5"])
+    assert code == 3
+    assert "DeadlineExceeded" in capsys.readouterr().err
+
+
+def test_plugin_subcommands_register() -> None:
+    help_text = build_parser().format_help()
+    for cmd in (
+        "serve",
+        "cluster",
+        "put",
+        "get",
+        "delete",
+        "cas",
+        "scan",
+        "status",
+        "transfer-leader",
+    ):
+        assert cmd in help_text
