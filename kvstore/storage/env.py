@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import lmdb
 
@@ -116,11 +116,12 @@ class NodeStorage:
         try:
             yield w
             txn.commit()
-        except lmdb.MapFullError as e:
-            txn.abort()
-            raise StorageFullError(f"LMDB map full ({self.env.info()['map_size']} bytes)") from e
+        except (lmdb.MapFullError, lmdb.TxnFullError) as e:
+            _abort(txn)
+            used, size = self.usage()
+            raise StorageFullError(f"LMDB map full ({used} of {size} bytes used): {e}") from e
         except BaseException:
-            txn.abort()
+            _abort(txn)
             raise
         self.undecodable += w.undecodable
         for g, view in w.publish().items():
@@ -149,3 +150,10 @@ class NodeStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _abort(txn: lmdb.Transaction) -> None:
+    # After a failed commit LMDB has already released the transaction; aborting again
+    # must not hide the error that got us here.
+    with suppress(lmdb.Error):
+        txn.abort()

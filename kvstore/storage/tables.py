@@ -43,6 +43,10 @@ class GroupTables:
         self.dbs = dbs
         self.group = group
         self._prefix = keys.group_prefix(group)
+        self._last_seq: dict[int, int] = {}
+        """Each client's highest recorded seq, as of this transaction (a read-through
+        cache: session lookups dominate applying a batch)."""
+        self._scur: Any = None
 
     # -- kv -----------------------------------------------------------------
     def get(self, key: bytes) -> KeyValue | None:
@@ -92,13 +96,21 @@ class GroupTables:
         except ValueError as e:
             raise CorruptionError(f"session {client_id}/{seq}: {e}", group=self.group) from e
 
+    def _session_cursor(self) -> Any:
+        if self._scur is None:
+            self._scur = self.txn.cursor(db=self.dbs.sessions)
+        return self._scur
+
     def session_last_seq(self, client_id: int) -> int:
-        record = self._last_session(client_id)
-        return 0 if record is None else record[0]
+        last = self._last_seq.get(client_id)
+        if last is None:
+            found = self._last_session(client_id)
+            last = self._last_seq[client_id] = 0 if found is None else found[0]
+        return last
 
     def _last_session(self, client_id: int) -> tuple[int, bytes] | None:
         """(seq, result record) of the client's highest recorded seq."""
-        cur = self.txn.cursor(db=self.dbs.sessions)
+        cur = self._session_cursor()
         # The last key below the next client's range, if it is this client's.
         positioned = cur.set_range(keys.session_end(self.group, client_id))
         found = cur.prev() if positioned else cur.last()
@@ -106,9 +118,33 @@ class GroupTables:
             return None
         return keys.session_parts(cur.key())[1], cur.value()
 
+    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
+        last = self.session_last_seq(client_id)
+        self.txn.put(
+            keys.session_key(self.group, client_id, seq),
+            encode_result(result),
+            db=self.dbs.sessions,
+        )
+        if seq <= last:
+            # Not a new maximum: seqs <= last - SESSION_WINDOW are already forgotten, and
+            # this one is above that (an older one would have been refused as expired).
+            return
+        self._last_seq[client_id] = seq
+        floor = seq - SESSION_WINDOW
+        if floor >= 0:
+            cur = self._session_cursor()
+            stop = keys.session_key(self.group, client_id, floor + 1)
+            cur.set_range(keys.session_prefix(self.group, client_id))
+            while True:
+                k = cur.key()
+                if not k or k >= stop:
+                    return
+                cur.delete()
+
     def expire_sessions(self, idle_before: int) -> int:
         """Forget every client whose newest recorded result is from an entry at or below
         ``idle_before``; returns how many clients were forgotten."""
+        self._last_seq.clear()
         db, n = self.dbs.sessions, 0
         cur = self.txn.cursor(db=db)
         end = keys.group_end(self.group)
@@ -129,23 +165,6 @@ class GroupTables:
                 )
                 n += 1
             cur.set_range(keys.session_end(self.group, client))
-
-    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
-        db = self.dbs.sessions
-        last = max(seq, self.session_last_seq(client_id))
-        self.txn.put(keys.session_key(self.group, client_id, seq), encode_result(result), db=db)
-        floor = last - SESSION_WINDOW
-        if floor < 0:
-            return
-        cur = self.txn.cursor(db=db)
-        prefix = keys.session_prefix(self.group, client_id)
-        stop = keys.session_key(self.group, client_id, floor + 1)
-        cur.set_range(prefix)
-        while True:
-            k = cur.key()
-            if not k or k >= stop:
-                return
-            cur.delete()
 
     def raw_sessions(self) -> Iterator[tuple[int, int, bytes]]:
         prefix = keys.group_prefix(self.group)
