@@ -119,9 +119,10 @@ def send_append(r: Raft, to: int, *, send_if_empty: bool = True) -> bool:
     if pr.is_paused():
         return False
     prev = pr.next - 1
+    last = r.log.last_index()
     try:
         prev_term = r.log.term(prev)
-        ents = r.log.entries(pr.next, r.log.last_index() + 1, r.max_size_per_msg)
+        ents = r.log.entries(pr.next, last + 1, r.max_size_per_msg) if prev < last else []
     except CompactedError:
         return send_snapshot(r, to, pr)
     if not ents and not send_if_empty:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 
 class ProgressState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; the table lookup is on the hot path
+
     PROBE = "probe"
     """Unsure where the follower's log ends: one append per heartbeat until it answers."""
     REPLICATE = "replicate"
@@ -24,6 +26,8 @@ class ProgressState(enum.Enum):
 
 
 class ProgressEvent(enum.Enum):
+    __hash__ = object.__hash__
+
     SENT_ENTRIES = "sent_entries"
     """An append left for the follower."""
     ACK = "ack"

@@ -73,6 +73,9 @@ RESPONSES = frozenset({MT.APPEND_RESP, MT.HEARTBEAT_RESP, MT.READ_INDEX})
 """Messages only a member can meaningfully send; from anyone else they are dropped.
 Requests (APPEND, VOTE ...) are accepted from unknown senders: a member that has not
 yet applied a conf change must still follow a leader the change added."""
+# The same two sets as lists indexed by type value: Enum hashing is slow in the hot path.
+_IS_RAFT = [any(t.value == i for t in RAFT_TYPES) for i in range(max(MT) + 1)]
+_IS_RESPONSE = [any(t.value == i for t in RESPONSES) for i in range(max(MT) + 1)]
 
 
 class Raft:
@@ -348,7 +351,7 @@ class Raft:
     def _malformed(self, m: Message) -> str:
         if m.group != self.group:
             return "wrong_group"
-        if m.type not in RAFT_TYPES:
+        if not _IS_RAFT[m.type]:
             return "unknown_type"
         if m.to != self.id:
             return "misrouted"
@@ -356,7 +359,7 @@ class Raft:
             return "bad_sender"
         if min(m.term, m.index, m.log_term, m.commit, m.reject_hint) < 0:
             return "malformed"
-        if m.type in RESPONSES and m.from_ not in self.tracker.progress:
+        if _IS_RESPONSE[m.type] and m.from_ not in self.tracker.progress:
             return "unknown_node"
         if m.entries:
             prev_term, expect = m.log_term, m.index + 1

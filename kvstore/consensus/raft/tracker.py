@@ -18,6 +18,7 @@ class ProgressTracker:
         self.voters: frozenset[int] = frozenset()
         self.outgoing: frozenset[int] = frozenset()
         self.learners: frozenset[int] = frozenset()
+        self.all_members: frozenset[int] = frozenset()
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
 
@@ -26,7 +27,7 @@ class ProgressTracker:
         return ConfState(voters=self.voters, learners=self.learners, voters_outgoing=self.outgoing)
 
     def members(self) -> frozenset[int]:
-        return self.voters | self.outgoing | self.learners
+        return self.all_members
 
     def is_voter(self, node: int) -> bool:
         return node in self.voters or node in self.outgoing
@@ -39,7 +40,7 @@ class ProgressTracker:
         self.voters = frozenset(cs.voters)
         self.outgoing = frozenset(cs.voters_outgoing)
         self.learners = frozenset(cs.learners) - self.voters - self.outgoing
-        members = self.members()
+        self.all_members = members = self.voters | self.outgoing | self.learners
         for gone in [n for n in self.progress if n not in members]:
             del self.progress[gone]
         added = []
