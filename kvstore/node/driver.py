@@ -301,18 +301,7 @@ class NodeDriver:
         while not self._stopped:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                busy = await self._iteration()
-            except StorageFullError as e:
-                # The Ready could not be persisted: nothing was acknowledged from it. Stall
-                # (followers elect another leader) and refuse writes until space frees up.
-                self.storage_full = True
-                log.event("storage_full", level=40, error=str(e))
-                for g in self.groups.values():
-                    self._fail_all(g, ExhaustedOp(f"storage is full: {e}", definite=False))
-                await asyncio.sleep(1.0)
-                busy = True
-            if busy:
+            if await self._iteration():
                 self._wake.set()
 
     async def _iteration(self) -> bool:
@@ -341,13 +330,9 @@ class NodeDriver:
         if not readies:
             return False
         plans = [self._plan(g, rd) for g, rd in readies]
+        results: dict[int, list[ApplyResult]] = {}
         if any(_needs_write(p) for p in plans):
-            results = await loop.run_in_executor(self._writer, self._persist, plans)
-        else:
-            results = {}
-        if self.storage_full:
-            self.storage_full = False
-            log.event("storage_writable")
+            results = await self._persist_until_done(plans)
         out: list[Message] = []
         for _, rd in readies:
             out.extend(rd.messages)
@@ -380,6 +365,36 @@ class NodeDriver:
             # Keep a tail so briefly lagging followers still catch up from the log.
             compact_to = applied - n // 4
         return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs)
+
+    async def _persist_until_done(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
+        """Persist, retrying the same Ready while the storage is full: the core already
+        handed it out, so it must land before anything else. Meanwhile writes are refused
+        with RESOURCE_EXHAUSTED and, with no heartbeats leaving, a leader loses its role."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                results = await loop.run_in_executor(self._writer, self._persist, plans)
+            except StorageFullError as e:
+                if not self.storage_full:
+                    self.storage_full = True
+                    log.event("storage_full", level=40, error=str(e))
+                    for g in self.groups.values():
+                        self._fail_writes(g, f"storage is full: {e}")
+                await asyncio.sleep(1.0)
+                continue
+            if self.storage_full:
+                self.storage_full = False
+                log.event("storage_writable")
+            return results
+
+    def _fail_writes(self, g: _Group, why: str) -> None:
+        for w in g.writes:
+            _fail(w.fut, ExhaustedOp(why, definite=True))
+        g.writes = []
+        for inf in g.inflight.values():
+            for w in inf.writes:
+                _fail(w.fut, ExhaustedOp(why, definite=False))
+        g.inflight.clear()
 
     def _persist(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
         """Runs on the writer thread: one transaction, one fsync, for all groups."""

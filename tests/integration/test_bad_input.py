@@ -13,7 +13,7 @@ import pytest
 
 from kvstore._pb import peer_pb2, peer_pb2_grpc
 
-from .harness import LocalCluster, wait_for
+from .harness import LocalCluster, running_cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -125,3 +125,21 @@ def test_metrics_and_health(mcluster: LocalCluster) -> None:
     with grpc.insecure_channel(mcluster.endpoint(leader)) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_full_storage_is_resource_exhausted_not_a_crash(tmp_path: Path) -> None:
+    from kvstore.client import KVError, ResourceExhausted
+
+    with running_cluster(tmp_path, extra=["--map-size-mb", "1"]) as c:
+        c.wait_leader()
+        errors: list[KVError] = []
+        with c.client(timeout=5) as kv:
+            for i in range(30):
+                try:
+                    kv.put(f"k{i}", b"x" * 60000)
+                except KVError as e:
+                    errors.append(e)
+            assert errors and all(isinstance(e, ResourceExhausted) for e in errors), errors
+            assert "storage is full" in errors[-1].message
+            assert kv.get("k0", read_mode="eventual") == b"x" * 60000
+        assert all(c.alive(i) for i in (1, 2, 3))
