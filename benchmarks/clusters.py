@@ -187,8 +187,14 @@ class KvstoreCluster:
         base_port: int = 47000,
         members: int = 3,
         extra_args: Sequence[str] = (),
+        launcher: Sequence[str] = ("-m", "kvstore.cli"),
+        env_for: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
+        """`launcher`: what follows the Python interpreter to reach the CLI's `serve`;
+        `env_for(node id)`: extra environment of that node."""
         self.data_dir = data_dir
+        self.launcher = list(launcher)
+        self.env_for = env_for
         self.ids = list(range(1, members + 1))
         self.ports = [base_port + i for i in self.ids]
         self.metrics_ports = [base_port + 100 + i for i in self.ids]
@@ -208,8 +214,7 @@ class KvstoreCluster:
                     f"node{i}",
                     [
                         sys.executable,
-                        "-m",
-                        "kvstore.cli",
+                        *self.launcher,
                         "serve",
                         f"--id={i}",
                         f"--listen=127.0.0.1:{port}",
@@ -218,6 +223,7 @@ class KvstoreCluster:
                         f"--metrics-port={mport}",
                         *self.extra_args,
                     ],
+                    env=dict(os.environ, **self.env_for(i)) if self.env_for else None,
                 )
             wait_until(self._ready, self.group, 60.0)
         except BaseException:
