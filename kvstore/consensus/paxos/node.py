@@ -1,0 +1,737 @@
+"""PaxosNode: Multi-Paxos behind the shared ``Core`` contract. Performs no I/O.
+
+One node is acceptor, learner and (when it leads) the distinguished proposer of
+one consensus group. Inputs are ``tick``/``step``/``propose``/...; effects come
+out of ``ready()`` (persist ``hard_state``/``snapshot``/``entries`` first, then
+send ``messages``), acknowledged by ``advance``. See the package docstring for
+the message flow and the rules; validation of remote messages is in
+``checks.py``, the acceptor's rules in ``acceptor.py``.
+
+Invariant of the Ready rule: every message that answers a PREPARE, ACCEPT or
+snapshot is built after the promise and accepted values it depends on were put
+into the pending hard state / unstable log, so it leaves in the same Ready,
+after they are durable. Committed entries handed out never exceed the commit
+index persisted in the same Ready.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kvstore.consensus.paxos import ballot as ballots
+from kvstore.consensus.paxos import checks, membership, quorum, value
+from kvstore.consensus.paxos.acceptor import Acceptor, Outcome
+from kvstore.consensus.paxos.log import SlotLog
+from kvstore.consensus.paxos.progress import Event, Progress, State
+from kvstore.consensus.paxos.proposer import Candidate, Leader
+from kvstore.consensus.paxos.recovery import recover
+from kvstore.consensus.types import (
+    NONE,
+    CompactedError,
+    ConfChange,
+    Config,
+    ConfState,
+    ConsensusError,
+    Entry,
+    EntryType,
+    HardState,
+    LogStorage,
+    Message,
+    MessageType,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalId,
+    ReadState,
+    Ready,
+    Role,
+    Snapshot,
+    SoftState,
+    Status,
+)
+
+TRANSFER = b"transfer"
+"""PREPARE context of a leadership transfer: acceptors skip the leader-lease check."""
+
+COMMIT_ONLY = b"commit"
+"""ACCEPT context of a bare commit notice: the acceptor learns the commit and does
+not answer (an answer would carry nothing new), unless it finds a gap."""
+
+MT = MessageType
+
+
+class PaxosNode:
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        ballots.make(0, config.id)  # rejects ids a ballot cannot encode
+        self.id = config.id
+        self.group = config.group
+        self.cfg = config
+        self.rng = config.rng
+        self.dropped: Counter[str] = Counter()
+        hs, cs = storage.initial_state()
+        self.storage = storage
+        self.log = SlotLog(storage)
+        self.acceptor = Acceptor(self.log, hs.term, hs.commit)
+        self.conf: ConfState = cs
+        self.applied = min(max(config.applied, self.log.snapshot_index()), self.acceptor.commit)
+        self.emitted = self.applied
+        """Committed entries handed out in a Ready through this slot."""
+        self.pending_conf: dict[int, ConfChange] = {}
+        self._note_written(self.log.slice(self.applied + 1, self.log.last_index() + 1))
+        self.max_seen = hs.term
+        self.leader = NONE
+        self.candidate: Candidate | None = None
+        self.lead: Leader | None = None
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.prev_hs = hs
+        self.prev_soft = SoftState(leader=NONE, role=self._follower_role())
+        self._dirty = False
+
+    # -- Core: inputs ---------------------------------------------------------
+    def tick(self) -> None:
+        if self.lead is not None:
+            self._tick_leader(self.lead)
+            return
+        self.elapsed += 1
+        if self.elapsed >= self.timeout and self._is_voter():
+            self._campaign(transfer=False)
+
+    def step(self, msg: Message) -> None:
+        reason = checks.envelope(msg, self.group, self.id)
+        if reason is None:
+            handler = self._handlers.get(msg.type)
+            if handler is None:
+                reason = "unexpected_type"
+            else:
+                reason = checks.body(msg, self.id)
+                if reason is None:
+                    reason = handler(self, msg)
+        if reason is not None:
+            self.dropped[reason] += 1
+
+    def propose(self, data: bytes) -> ProposalId:
+        return self._propose(data, EntryType.NORMAL)
+
+    def propose_conf_change(self, change: ConfChange) -> ProposalId:
+        lead = self._require_leader()
+        if any(i > self.applied for i in self.pending_conf):
+            raise ProposalDroppedError("a conf change is already pending")
+        after = membership.apply_change(self._latest_conf(), change)
+        if not after.voters:
+            raise ProposalDroppedError("the change would leave no voters")
+        pid = self._propose(change.encode(), EntryType.CONF_CHANGE)
+        self.pending_conf[pid.index] = change
+        for n in after.voters | after.learners:
+            if n != self.id and n not in lead.progress:
+                lead.progress[n] = Progress(match=0, next=self.acceptor.commit + 1)
+        return pid
+
+    def apply_conf_change(self, change: ConfChange) -> ConfState:
+        self.conf = membership.apply_change(self.conf, change)
+        self._sync_members()
+        if self.lead is not None and self.id not in self._all_voters():
+            self._become_follower()
+        elif self.lead is not None:
+            self._maybe_commit(self.lead)
+        return self.conf
+
+    def read_index(self, ctx: bytes) -> None:
+        if self.lead is not None:
+            self._read(self.lead, ctx, self.id)
+        elif self.leader != NONE and self.candidate is None:
+            self._send(MT.READ_INDEX, self.leader, context=ctx)
+        else:
+            raise NotLeaderError(self.leader)
+
+    def transfer_leadership(self, to: int) -> None:
+        lead = self._require_leader()
+        if to == self.id:
+            lead.transfer_to = 0
+            return
+        if to not in self._all_voters():
+            raise ConsensusError(f"cannot transfer leadership to {to}: not a voter")
+        lead.transfer_to = to
+        lead.transfer_elapsed = 0
+        lead.transfer_sent = False
+        self._maybe_timeout_now(lead)
+        self._replicate(lead, to)
+
+    def campaign(self) -> None:
+        if not self._is_voter():
+            raise ConsensusError(f"node {self.id} is not a voter")
+        self._campaign(transfer=False)
+
+    # -- Core: outputs ----------------------------------------------------------
+    def has_ready(self) -> bool:
+        self._flush()
+        return bool(
+            self.msgs
+            or self.read_states
+            or self.log.unstable
+            or self.log.pending_snapshot is not None
+            or self._hard_state() != self.prev_hs
+            or self._soft_state() != self.prev_soft
+            or self.acceptor.commit > self.emitted
+        )
+
+    def ready(self) -> Ready:
+        self._flush()
+        hs = self._hard_state()
+        soft = self._soft_state()
+        committed = self._committed()
+        rd = Ready(
+            soft_state=soft if soft != self.prev_soft else None,
+            hard_state=hs if hs != self.prev_hs else None,
+            entries=tuple(self.log.unstable),
+            snapshot=self.log.pending_snapshot,
+            messages=tuple(self.msgs),
+            committed=committed,
+            read_states=tuple(self.read_states),
+        )
+        self.prev_hs, self.prev_soft = hs, soft
+        self.msgs, self.read_states = [], []
+        if committed:
+            self.emitted = committed[-1].index
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.log.snapshot_stable(rd.snapshot)
+            self.applied = max(self.applied, rd.snapshot.metadata.index)
+        if self.log.pending_snapshot is None:
+            self.log.stable_to(rd.entries)
+        if rd.committed:
+            self.applied = max(self.applied, rd.committed[-1].index)
+        for i in [i for i in self.pending_conf if i <= self.applied]:
+            del self.pending_conf[i]
+        if self.lead is not None:
+            self.lead.self_match = self.log.stable_last()
+            self._maybe_commit(self.lead)
+
+    def status(self) -> Status:
+        return Status(
+            id=self.id,
+            group=self.group,
+            role=self._role(),
+            term=self.acceptor.promised,
+            leader=self.leader,
+            commit=self.acceptor.commit,
+            applied=self.applied,
+            last_index=self.log.last_index(),
+            conf_state=self.conf,
+        )
+
+    # -- roles ------------------------------------------------------------------
+    def _role(self) -> Role:
+        if self.lead is not None:
+            return Role.LEADER
+        if self.candidate is not None:
+            return Role.CANDIDATE
+        return self._follower_role()
+
+    def _follower_role(self) -> Role:
+        return Role.LEARNER if self.id in self.conf.learners else Role.FOLLOWER
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(leader=self.leader, role=self._role())
+
+    def _hard_state(self) -> HardState:
+        return HardState(term=self.acceptor.promised, vote=NONE, commit=self.acceptor.commit)
+
+    def _random_timeout(self) -> int:
+        n = self.cfg.election_tick
+        return n + self.rng.randrange(n)
+
+    def _become_follower(self, leader: int = NONE) -> None:
+        self.lead = None
+        self.candidate = None
+        self.leader = leader
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+
+    def _observe(self, b: int, sender_leads: bool) -> None:
+        """We promised ``b`` (>= any ballot we ran): follow its owner if it leads."""
+        self.max_seen = max(self.max_seen, b)
+        mine = self.lead.ballot if self.lead else self.candidate.ballot if self.candidate else 0
+        if mine and b > mine:
+            self._become_follower()
+        if sender_leads and self.lead is None:
+            self.leader = ballots.node_of(b)
+            self.candidate = None
+            self.elapsed = 0
+
+    def _preempted(self, b: int) -> None:
+        """An acceptor answered with a higher promise than our ballot."""
+        self.max_seen = max(self.max_seen, b)
+        self._become_follower()
+
+    def _require_leader(self) -> Leader:
+        if self.lead is None:
+            raise NotLeaderError(self.leader)
+        return self.lead
+
+    # -- membership -------------------------------------------------------------
+    def _pending_changes(self, before: int | None = None) -> list[ConfChange]:
+        return [
+            cc
+            for i, cc in sorted(self.pending_conf.items())
+            if i > self.applied and (before is None or i < before)
+        ]
+
+    def _configs(self) -> list[frozenset[int]]:
+        return membership.chain(self.conf, self._pending_changes())
+
+    def _all_voters(self) -> frozenset[int]:
+        return frozenset().union(*self._configs())
+
+    def _latest_conf(self) -> ConfState:
+        cs = self.conf
+        for cc in self._pending_changes():
+            cs = membership.apply_change(cs, cc)
+        return cs
+
+    def _is_voter(self) -> bool:
+        return self.id in self._all_voters()
+
+    def _note_written(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        for e in entries:
+            self.pending_conf.pop(e.index, None)
+            cc = membership.decode(e)
+            if cc is not None:
+                self.pending_conf[e.index] = cc
+
+    def _sync_members(self) -> None:
+        lead = self.lead
+        if lead is None:
+            return
+        want = membership.members(self.conf, self._pending_changes()) - {self.id}
+        for n in want - lead.progress.keys():
+            lead.progress[n] = Progress(match=0, next=self.acceptor.commit + 1)
+        for n in lead.progress.keys() - want:
+            del lead.progress[n]
+
+    # -- phase 1 ----------------------------------------------------------------
+    def _campaign(self, *, transfer: bool) -> None:
+        b = ballots.next_after(max(self.max_seen, self.acceptor.promised), self.id)
+        self.max_seen = b
+        self.acceptor.promise(b)
+        self.lead = None
+        self.leader = NONE
+        start = self.acceptor.commit + 1
+        self.candidate = Candidate(ballot=b, start=start, transfer=transfer)
+        self.candidate.promises[self.id] = self.acceptor.report(start)
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        for n in sorted(self._all_voters() - {self.id}):
+            self._send(MT.PREPARE, n, term=b, index=start, context=TRANSFER if transfer else b"")
+        self._try_win(self.candidate)
+
+    def _try_win(self, cand: Candidate) -> None:
+        rec = recover(cand.start, cand.ballot, cand.promises.values())
+        if rec.incomplete:
+            return
+        changes = self._pending_changes(before=cand.start)
+        for e in rec.entries:
+            cc = membership.decode(e)
+            if cc is not None and e.index > self.applied:
+                changes.append(cc)
+        if not quorum.has_quorum(membership.chain(self.conf, changes), cand.promises.keys()):
+            return
+        self.candidate = None
+        self.log.write(list(rec.entries))
+        self._note_written(rec.entries)
+        last = self.log.last_index()
+        self.acceptor.commit = max(self.acceptor.commit, rec.commit)
+        self.acceptor.accepted_through = last
+        lead = Leader(ballot=cand.ballot, takeover_last=last, self_match=self.log.stable_last())
+        self.lead = lead
+        self.leader = self.id
+        self.elapsed = 0
+        self._sync_members()
+        for n, pr in lead.progress.items():
+            p = cand.promises.get(n)
+            if p is not None:
+                pr.match, pr.next, pr.state = p.commit, p.commit + 1, State.REPLICATE
+        self._dirty = True
+        self._maybe_commit(lead)
+
+    def _on_prepare(self, m: Message) -> str | None:
+        if m.from_ not in self._all_voters():
+            return "not_voter"
+        if (
+            self.cfg.check_quorum
+            and m.context != TRANSFER
+            and self.leader not in (NONE, m.from_)
+            and (self.lead is not None or self.elapsed < self.cfg.election_tick)
+        ):
+            return "leader_lease"
+        before = self.acceptor.promised
+        if not self.acceptor.promise(m.term):
+            self._send(MT.PROMISE, m.from_, term=self.acceptor.promised, index=m.index, reject=True)
+            return None
+        self._observe(m.term, sender_leads=False)
+        if m.term > before:
+            self.leader = NONE
+        self.elapsed = 0
+        if self.log.first_index() > m.index and self.acceptor.commit >= m.index:
+            snap = self._snapshot()
+            self._send(MT.PAXOS_SNAPSHOT, m.from_, term=m.term, snapshot=snap)
+        p = self.acceptor.report(m.index)
+        self._send(
+            MT.PROMISE, m.from_, term=m.term, index=m.index, entries=p.entries, commit=p.commit
+        )
+        return None
+
+    def _on_promise(self, m: Message) -> str | None:
+        cand = self.candidate
+        if m.reject:
+            mine = cand.ballot if cand else self.lead.ballot if self.lead else 0
+            if mine and m.term > mine:
+                self._preempted(m.term)
+                return None
+            return "stale_ballot"
+        if cand is None or m.term != cand.ballot:
+            return "stale_ballot"
+        if m.index != cand.start:
+            return "stale_promise"
+        if m.from_ not in self._all_voters():
+            return "not_voter"
+        cand.promises[m.from_] = checks.promise_of(m)
+        self._try_win(cand)
+        return None
+
+    # -- phase 2 (acceptor side) ------------------------------------------------
+    def _on_accept(self, m: Message) -> str | None:
+        outcome = self.acceptor.accept(m.term, m.index, m.entries)
+        if outcome is Outcome.STALE_BALLOT:
+            promised = self.acceptor.promised
+            self._send(MT.ACCEPTED, m.from_, term=promised, index=m.index, reject=True)
+            return None
+        self._observe(m.term, sender_leads=True)
+        if outcome is Outcome.GAP:
+            self._send(
+                MT.ACCEPTED,
+                m.from_,
+                term=m.term,
+                index=m.index,
+                reject=True,
+                reject_hint=self.acceptor.accepted_through,
+            )
+            return None
+        self._note_written([e for e in m.entries if e.index > self.acceptor.commit])
+        self.acceptor.learn(m.commit)
+        if m.context != COMMIT_ONLY or m.entries:
+            self._send(MT.ACCEPTED, m.from_, term=m.term, index=self.acceptor.accepted_through)
+        return None
+
+    def _on_heartbeat(self, m: Message) -> str | None:
+        if not self.acceptor.promise(m.term):
+            self._send(MT.PAXOS_HEARTBEAT_RESP, m.from_, term=self.acceptor.promised, reject=True)
+            return None
+        self._observe(m.term, sender_leads=True)
+        self.acceptor.learn(m.commit)
+        self._send(
+            MT.PAXOS_HEARTBEAT_RESP,
+            m.from_,
+            term=m.term,
+            index=self.acceptor.accepted_through,
+            context=m.context,
+        )
+        return None
+
+    def _on_snapshot(self, m: Message) -> str | None:
+        snap = m.snapshot
+        assert snap is not None  # checks.body guarantees it
+        cand = self.candidate
+        if cand is not None and m.term == cand.ballot:
+            # A promiser's chosen prefix we lack: install it and ask again from there.
+            if self._install(snap):
+                self._campaign_again(cand)
+            return None
+        if not self.acceptor.promise(m.term):
+            self._send(MT.ACCEPTED, m.from_, term=self.acceptor.promised, index=0, reject=True)
+            return None
+        self._observe(m.term, sender_leads=True)
+        self._install(snap)
+        self._send(MT.ACCEPTED, m.from_, term=m.term, index=self.acceptor.accepted_through)
+        return None
+
+    def _install(self, snap: Snapshot) -> bool:
+        if not self.acceptor.install(snap):
+            return False
+        s = snap.metadata.index
+        self.conf = snap.metadata.conf_state
+        for i in [i for i in self.pending_conf if i <= s]:
+            del self.pending_conf[i]
+        self.emitted = max(self.emitted, s)
+        return True
+
+    def _campaign_again(self, cand: Candidate) -> None:
+        start = self.acceptor.commit + 1
+        self.candidate = Candidate(ballot=cand.ballot, start=start, transfer=cand.transfer)
+        self.candidate.promises[self.id] = self.acceptor.report(start)
+        ctx = TRANSFER if cand.transfer else b""
+        for n in sorted(self._all_voters() - {self.id}):
+            self._send(MT.PREPARE, n, term=cand.ballot, index=start, context=ctx)
+        self._try_win(self.candidate)
+
+    def _on_timeout_now(self, m: Message) -> str | None:
+        if m.term != self.acceptor.promised or not self._is_voter() or self.lead is not None:
+            return "stale_ballot"
+        self._campaign(transfer=True)
+        return None
+
+    # -- phase 2 (leader side) -----------------------------------------------------
+    def _propose(self, data: bytes, type_: EntryType) -> ProposalId:
+        lead = self._require_leader()
+        if lead.transfer_to:
+            raise ProposalDroppedError("leadership transfer in progress")
+        e = value.new_value(lead.ballot, self.log.last_index() + 1, data, type_)
+        if lead.uncommitted_bytes and lead.uncommitted_bytes + e.size() > (
+            self.cfg.max_uncommitted_bytes
+        ):
+            raise ProposalDroppedError("too many uncommitted bytes")
+        self.log.write([e])
+        self.acceptor.accepted_through = e.index
+        lead.track(e.index, e.size())
+        self._dirty = True
+        return ProposalId(term=lead.ballot, index=e.index)
+
+    def _replicate(self, lead: Leader, to: int) -> None:
+        """Send ``to`` what it lacks, as far as its flow control allows."""
+        pr = lead.progress[to]
+        last = self.log.last_index()
+        while not pr.paused(self.cfg.max_inflight_msgs):
+            if pr.next < self.log.first_index():
+                snap = self._snapshot()
+                self._send(MT.PAXOS_SNAPSHOT, to, term=lead.ballot, snapshot=snap)
+                pr.on(Event.NEED_SNAPSHOT)
+                pr.pending_snapshot = snap.metadata.index
+                return
+            if pr.next > last and (pr.state is State.REPLICATE or pr.match >= last):
+                return
+            try:
+                ents = self.log.slice(pr.next, last + 1, self.cfg.max_size_per_msg)
+            except CompactedError:
+                pr.next = 0  # the driver compacted under us: snapshot on the next loop
+                continue
+            prev = pr.next - 1
+            self._send(
+                MT.ACCEPT,
+                to,
+                term=lead.ballot,
+                index=prev,
+                entries=tuple(ents),
+                commit=self.acceptor.commit,
+            )
+            lead.commit_sent[to] = self.acceptor.commit
+            pr.sent(prev + len(ents))
+
+    def _flush(self) -> None:
+        lead = self.lead
+        if lead is None:
+            return
+        if self._dirty:
+            self._dirty = False
+            for n in sorted(lead.progress):
+                self._replicate(lead, n)
+        commit = self.acceptor.commit
+        for n, pr in sorted(lead.progress.items()):
+            if pr.state is State.REPLICATE and lead.commit_sent.get(n, 0) < min(commit, pr.match):
+                lead.commit_sent[n] = commit
+                self._send(
+                    MT.ACCEPT,
+                    n,
+                    term=lead.ballot,
+                    index=pr.match,
+                    commit=commit,
+                    context=COMMIT_ONLY,
+                )
+        if lead.read_round_due:
+            lead.read_round_due = False
+            self._broadcast_heartbeat(lead)
+
+    def _on_accepted(self, m: Message) -> str | None:
+        lead = self.lead
+        if lead is None or m.term != lead.ballot:
+            mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
+            if m.reject and mine and m.term > mine:
+                self._preempted(m.term)
+                return None
+            return "stale_ballot"
+        pr = lead.progress.get(m.from_)
+        if pr is None:
+            return "unknown_peer"
+        pr.recent_active = True
+        if m.reject:
+            if m.index < pr.match or (pr.state is State.PROBE and m.index != pr.next - 1):
+                return "stale_ack"
+            pr.on(Event.GAP)
+            # Not clamped by match: after a restart the acceptor only vouches for
+            # its commit, though the values it accepted are still durable.
+            pr.next = m.reject_hint + 1
+            self._replicate(lead, m.from_)
+            return None
+        grew = pr.acked(m.index)
+        if pr.state is State.PROBE:
+            pr.on(Event.ACKED)
+        elif pr.state is State.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.on(Event.SNAPSHOT_DONE)
+        if grew:
+            self._maybe_commit(lead)
+        self._maybe_timeout_now(lead)
+        self._replicate(lead, m.from_)
+        return None
+
+    def _maybe_commit(self, lead: Leader) -> None:
+        match = {n: pr.match for n, pr in lead.progress.items()}
+        match[self.id] = lead.self_match
+        idx = quorum.quorum_index(self._configs(), match)
+        if idx <= self.acceptor.commit:
+            return
+        self.acceptor.commit = idx
+        lead.chosen_through(idx)
+        if idx >= lead.takeover_last and lead.deferred_reads:
+            reads, lead.deferred_reads = lead.deferred_reads, []
+            for ctx, requester in reads:
+                self._read(lead, ctx, requester)
+
+    def _maybe_timeout_now(self, lead: Leader) -> None:
+        to = lead.transfer_to
+        if lead.transfer_sent or not to or to not in lead.progress:
+            return
+        if lead.progress[to].match >= self.log.last_index():
+            self._send(MT.PAXOS_TIMEOUT_NOW, to, term=lead.ballot)
+            lead.transfer_sent = True
+
+    # -- heartbeats, liveness, reads --------------------------------------------
+    def _tick_leader(self, lead: Leader) -> None:
+        lead.heartbeat_elapsed += 1
+        if lead.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self._broadcast_heartbeat(lead)
+        if lead.transfer_to:
+            lead.transfer_elapsed += 1
+            if lead.transfer_elapsed >= self.cfg.election_tick:
+                lead.transfer_to = 0
+                lead.transfer_sent = False
+        self.elapsed += 1
+        if self.elapsed < self.cfg.election_tick:
+            return
+        self.elapsed = 0
+        if self.cfg.check_quorum:
+            live = {n for n, pr in lead.progress.items() if pr.recent_active} | {self.id}
+            if not quorum.has_quorum(self._configs(), live):
+                self._become_follower()
+                return
+        for pr in lead.progress.values():
+            pr.recent_active = False
+
+    def _broadcast_heartbeat(self, lead: Leader) -> None:
+        lead.heartbeat_elapsed = 0
+        ctx = lead.read_seq.to_bytes(8, "big") if lead.reads else b""
+        for n in sorted(lead.progress):
+            commit = min(self.acceptor.commit, lead.progress[n].match)
+            self._send(MT.PAXOS_HEARTBEAT, n, term=lead.ballot, commit=commit, context=ctx)
+
+    def _on_heartbeat_resp(self, m: Message) -> str | None:
+        lead = self.lead
+        if m.reject:
+            mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
+            if mine and m.term > mine:
+                self._preempted(m.term)
+                return None
+            return "stale_ballot"
+        if lead is None or m.term != lead.ballot:
+            return "stale_ballot"
+        pr = lead.progress.get(m.from_)
+        if pr is None:
+            return "unknown_peer"
+        pr.recent_active = True
+        if len(m.context) == 8:
+            pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "big"))
+            self._release_reads(lead)
+        if m.index > pr.match and pr.acked(m.index):
+            # It answers in our ballot: it holds our values through m.index.
+            self._maybe_commit(lead)
+        if pr.state is State.SNAPSHOT:
+            if pr.match >= pr.pending_snapshot:
+                pr.on(Event.SNAPSHOT_DONE)
+            else:
+                pr.snapshot_wait += 1
+                if pr.snapshot_wait >= self.cfg.election_tick:
+                    pr.on(Event.SNAPSHOT_LOST)  # it was lost: send it again
+        elif (
+            pr.state is State.REPLICATE
+            and m.index < pr.next - 1
+            and ((m.index < pr.match and not pr.inflight) or pr.paused(self.cfg.max_inflight_msgs))
+        ):
+            # It forgot which of our values it holds (restart), or our ACCEPTs were lost
+            # and the window is full: go back to probing from what it has.
+            pr.on(Event.RESTARTED)
+            pr.next = m.index + 1
+        elif pr.state is State.PROBE:
+            pr.probe_sent = False
+            pr.next = min(pr.next, m.index + 1)
+        self._replicate(lead, m.from_)
+        return None
+
+    def _read(self, lead: Leader, ctx: bytes, requester: int) -> None:
+        if self.acceptor.commit < lead.takeover_last:
+            lead.deferred_reads.append((ctx, requester))
+            return
+        lead.add_read(self.acceptor.commit, ctx, requester)
+        self._release_reads(lead)
+
+    def _release_reads(self, lead: Leader) -> None:
+        if not lead.reads:
+            return
+        acks = {n: pr.read_ack for n, pr in lead.progress.items()}
+        acks[self.id] = lead.read_seq
+        for r in lead.pop_confirmed(quorum.quorum_index(self._configs(), acks)):
+            if r.requester == self.id:
+                self.read_states.append(ReadState(index=r.index, request_ctx=r.ctx))
+            else:
+                self._send(MT.READ_INDEX_RESP, r.requester, index=r.index, context=r.ctx)
+
+    def _on_read_index(self, m: Message) -> str | None:
+        if self.lead is None:
+            return "not_leader"
+        self._read(self.lead, m.context, m.from_)
+        return None
+
+    def _on_read_index_resp(self, m: Message) -> str | None:
+        if m.from_ != self.leader:
+            return "not_leader"
+        self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
+        return None
+
+    # -- helpers --------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        return self.log.pending_snapshot or self.storage.snapshot()
+
+    def _committed(self) -> tuple[Entry, ...]:
+        hi = self.acceptor.commit
+        if hi <= self.emitted:
+            return ()
+        ents = self.log.slice(self.emitted + 1, hi + 1, self.cfg.max_size_per_msg)
+        return tuple(value.chosen(e) for e in ents)
+
+    def _send(self, type_: MessageType, to: int, **fields: object) -> None:
+        self.msgs.append(
+            Message(type=type_, group=self.group, from_=self.id, to=to, **fields)  # type: ignore[arg-type]
+        )
+
+    _handlers = {
+        MT.PREPARE: _on_prepare,
+        MT.PROMISE: _on_promise,
+        MT.ACCEPT: _on_accept,
+        MT.ACCEPTED: _on_accepted,
+        MT.PAXOS_HEARTBEAT: _on_heartbeat,
+        MT.PAXOS_HEARTBEAT_RESP: _on_heartbeat_resp,
+        MT.PAXOS_SNAPSHOT: _on_snapshot,
+        MT.PAXOS_TIMEOUT_NOW: _on_timeout_now,
+        MT.READ_INDEX: _on_read_index,
+        MT.READ_INDEX_RESP: _on_read_index_resp,
+    }

@@ -1,0 +1,105 @@
+"""The leader's view of one acceptor's phase 2 progress (performs no I/O).
+
+``match``: the acceptor holds the leader's value in every slot <= match (the
+chosen prefix, then values accepted in the leader's ballot); it counts towards
+choosing those slots. ``next``: the next slot to send.
+
+States and their transitions (one table, ``TRANSITIONS``):
+- PROBE: one ACCEPT in flight at a time; used after a gap or a restart.
+- REPLICATE: ACCEPTs pipelined optimistically, at most ``max_inflight`` in flight.
+- SNAPSHOT: the acceptor needs slots the leader compacted; a PAXOS_SNAPSHOT is
+  in flight and nothing else is sent until it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class State(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+class Event(enum.Enum):
+    ACKED = "acked"
+    """An ACCEPTED that advanced ``match``."""
+    GAP = "gap"
+    """The acceptor lacks slots before what we sent (it restarted or missed some)."""
+    NEED_SNAPSHOT = "need_snapshot"
+    SNAPSHOT_DONE = "snapshot_done"
+    RESTARTED = "restarted"
+    """A heartbeat answer shows less accepted than ``match``."""
+    SNAPSHOT_LOST = "snapshot_lost"
+    """No acknowledgement after ``election_tick`` heartbeat answers."""
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.PROBE, Event.ACKED): State.REPLICATE,
+    (State.PROBE, Event.GAP): State.PROBE,
+    (State.PROBE, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.PROBE, Event.RESTARTED): State.PROBE,
+    (State.REPLICATE, Event.ACKED): State.REPLICATE,
+    (State.REPLICATE, Event.GAP): State.PROBE,
+    (State.REPLICATE, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.REPLICATE, Event.RESTARTED): State.PROBE,
+    (State.SNAPSHOT, Event.ACKED): State.SNAPSHOT,
+    (State.SNAPSHOT, Event.SNAPSHOT_DONE): State.PROBE,
+    (State.SNAPSHOT, Event.GAP): State.SNAPSHOT,
+    (State.SNAPSHOT, Event.RESTARTED): State.SNAPSHOT,
+    (State.SNAPSHOT, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.SNAPSHOT, Event.SNAPSHOT_LOST): State.PROBE,
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class Progress:
+    match: int = 0
+    next: int = 1
+    state: State = State.PROBE
+    probe_sent: bool = False
+    """PROBE: an ACCEPT is in flight; wait for its answer or a heartbeat answer."""
+    inflight: deque[int] = field(default_factory=deque)
+    """REPLICATE: last slot of each ACCEPT in flight, ascending."""
+    pending_snapshot: int = 0
+    snapshot_wait: int = 0
+    recent_active: bool = True
+    """Heard from since the last quorum check."""
+    read_ack: int = 0
+    """Highest read round this acceptor confirmed."""
+
+    def on(self, event: Event) -> None:
+        self.state = TRANSITIONS[(self.state, event)]
+        self.probe_sent = False
+        self.snapshot_wait = 0
+        if self.state is not State.REPLICATE:
+            self.inflight.clear()
+
+    def paused(self, max_inflight: int) -> bool:
+        if self.state is State.PROBE:
+            return self.probe_sent
+        if self.state is State.REPLICATE:
+            return len(self.inflight) >= max_inflight
+        return True
+
+    def sent(self, last: int) -> None:
+        """An ACCEPT ending at ``last`` was sent."""
+        if self.state is State.REPLICATE:
+            self.inflight.append(last)
+            self.next = last + 1
+        else:
+            self.probe_sent = True
+
+    def acked(self, index: int) -> bool:
+        """The acceptor holds our values through ``index``; True if ``match`` grew."""
+        grew = index > self.match
+        if grew:
+            self.match = index
+        if self.next <= index:
+            self.next = index + 1
+        while self.inflight and self.inflight[0] <= index:
+            self.inflight.popleft()
+        return grew
