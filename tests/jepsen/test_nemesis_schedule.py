@@ -1,0 +1,72 @@
+"""The seeded fault schedule and the host choices of the nemeses (pure, no root needed)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvstore.jepsen.hosts import Host
+from kvstore.jepsen.nemesis import KINDS, halves, minority, ring_views, schedule
+
+HOSTS = [Host(index=i) for i in range(1, 6)]
+
+
+@settings(max_examples=200)
+@given(
+    nemesis=st.sampled_from(sorted(KINDS)),
+    limit=st.floats(1, 600),
+    interval=st.floats(0.5, 30),
+    seed=st.integers(0, 2**32),
+)
+def test_windows_are_ordered_apart_and_healed_before_the_limit(
+    nemesis: str, limit: float, interval: float, seed: int
+) -> None:
+    plan = schedule(nemesis, limit, interval, random.Random(seed))
+    for w in plan:
+        assert 0 < w.start < w.end <= limit
+        assert w.kind in KINDS[nemesis]
+    for a, b in itertools.pairwise(plan):
+        assert a.end < b.start, "one fault at a time, with a quiet gap"
+
+
+def test_schedule_is_a_function_of_the_seed() -> None:
+    a = schedule("all", 120, 5, random.Random(9))
+    b = schedule("all", 120, 5, random.Random(9))
+    assert a == b and len(a) >= 8
+    assert len({w.kind for w in a}) >= 4, "all mixes kinds"
+    assert schedule("none", 120, 5, random.Random(9)) == []
+
+
+def test_halves_split_everyone_into_two_sides() -> None:
+    a, b = halves(HOSTS, random.Random(1))
+    assert sorted([len(a), len(b)]) == [2, 3]
+    assert set(a) | set(b) == set(HOSTS) and not set(a) & set(b)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 7])
+def test_ring_every_host_hears_a_distinct_majority(n: int) -> None:
+    hosts = [Host(index=i) for i in range(1, n + 1)]
+    views = ring_views(hosts, random.Random(n))
+    assert set(views) == set(hosts)
+    for h, sees in views.items():
+        assert h in sees and len(set(sees)) == n // 2 + 1
+    assert len({frozenset(v) for v in views.values()}) == n
+
+
+@settings(max_examples=100)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 9), with_leader=st.booleans())
+def test_minority_is_never_a_majority(seed: int, n: int, with_leader: bool) -> None:
+    hosts = [Host(index=i) for i in range(1, n + 1)]
+    leader = hosts[0] if with_leader else None
+    chosen = minority(hosts, leader, random.Random(seed))
+    assert 1 <= len(chosen) <= max(1, (n - 1) // 2)
+    assert len(set(chosen)) == len(chosen)
+
+
+def test_host_addresses_stay_in_the_private_subnet() -> None:
+    assert [h.ip for h in HOSTS] == [f"10.77.0.{10 + i}" for i in range(1, 6)]
+    assert {h.ns for h in HOSTS} == {f"kvj{i}" for i in range(1, 6)}

@@ -1,0 +1,83 @@
+"""Short Jepsen runs against the real store (needs root, --jepsen; about 45 s each).
+
+The proofs of detection come first: eventual reads under partitions must be caught, and a
+build that acknowledges writes before they commit must lose writes under kill. Then each
+nemesis on Raft must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.jepsen,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("iptables") is None, reason="needs root and iptables"
+    ),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+SECONDS = os.environ.get("KVSTORE_JEPSEN_SECONDS", "25")
+
+
+def _run(out: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "kvstore.jepsen.cli", "run", "--out", str(out), "--time-limit", SECONDS),
+            *("--nodes", "5", "--concurrency", "8", "--nemesis-interval", "4", "--seed", "7"),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    results = out / "results.json"
+    assert results.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "report.html").exists() and (out / "latency.png").exists()
+    return done.returncode, json.loads(results.read_text())
+
+
+def test_eventual_reads_under_partitions_are_caught(tmp_path: Path) -> None:
+    code, res = _run(
+        tmp_path, "--workload", "register", "--nemesis", "partition", "--read-mode", "eventual"
+    )
+    assert code == 1, res
+    assert any("not linearizable" in a for a in res["anomalies"])
+
+
+def test_ack_before_commit_loses_writes_under_kill(tmp_path: Path) -> None:
+    code, res = _run(
+        tmp_path, "--workload", "append", "--nemesis", "kill", "--unsafe-ack-before-commit"
+    )
+    assert code == 1, res
+    assert any(a.startswith("lost-write") for a in res["anomalies"])
+
+
+@pytest.mark.parametrize(
+    ("workload", "nemesis"),
+    [
+        ("register", "partition"),
+        ("append", "kill"),
+        ("register", "pause"),
+        ("register", "clock"),
+        ("register", "loss"),
+        ("session", "partition"),
+        ("append", "all"),
+    ],
+)
+def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
+    code, res = _run(tmp_path, "--workload", workload, "--nemesis", nemesis)
+    assert code == 0, res
+    assert res["verdict"] == "valid"
+    assert res["counts"]["ok"] > 100
