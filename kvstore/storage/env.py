@@ -125,7 +125,10 @@ class NodeStorage:
             raise
         self.undecodable += w.undecodable
         for g, view in w.publish().items():
-            self.group(g).view = view
+            log = self.group(g)
+            log.view = view
+            if g in w.dropped:
+                log.forget_snapshot()
 
     def sync(self) -> None:
         """Flush committed writes to disk (needed only with ``sync=False``)."""

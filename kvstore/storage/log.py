@@ -220,6 +220,10 @@ class GroupLog:
         with self._st.write() as w:
             return w.bootstrap(self.group, ConfState(voters=frozenset(voters)))
 
+    def forget_snapshot(self) -> None:
+        """Drop the cached snapshot (its group's data was replaced wholesale)."""
+        self._snap_cache = None
+
     def _read(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
         with self._st.env.begin() as txn:
             out = read_entries(txn, self._st.dbs, self.group, lo, hi, max_size)

@@ -64,6 +64,8 @@ class Writer:
         self._views = views
         """Callable group -> committed LogView (loads the group on first use)."""
         self._pending: dict[int, _Pending] = {}
+        self.dropped: set[int] = set()
+        """Groups dropped in this transaction (their cached snapshots must go too)."""
         self.undecodable = 0
         """NORMAL entries whose data did not decode as a batch (applied as nothing)."""
 
@@ -242,6 +244,19 @@ class Writer:
         tail_start = p.last_index - len(p.tail) + 1
         if index >= tail_start:
             del p.tail[: index - tail_start + 1]
+
+    def drop_group(self, group: int) -> None:
+        """Delete everything of ``group`` (a replica moved away): log, metadata, log base,
+        kv and sessions. The group then looks brand new (and may be bootstrapped again)."""
+        p = self._group(group)
+        self.dropped.add(group)
+        lo, hi = keys.group_prefix(group), keys.group_end(group)
+        for db in (self._dbs.log, self._dbs.meta, self._dbs.kv, self._dbs.sessions):
+            delete_range(self._txn, db, lo, hi)
+        self._txn.delete(lo, db=self._dbs.snapshot)
+        fresh = LogView()
+        p.base, p.last_index, p.last_term, p.applied = fresh.base, 0, 0, 0
+        p.hard_state, p.conf_state, p.tail = fresh.hard_state, fresh.conf_state, []
 
     def bootstrap(self, group: int, conf_state: ConfState) -> bool:
         """See GroupLog.bootstrap."""

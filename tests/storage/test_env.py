@@ -304,3 +304,25 @@ def test_cas_through_lmdb(st: NodeStorage) -> None:
         st, 1, batch(1, Cas(b"a", b"1", expected_version=0), Cas(b"a", b"2", expected_value=b"1"))
     )
     assert r1.ok and r2.ok and r2.kv == KeyValue(b"a", b"2", 2, 1, 1)
+
+
+def test_drop_group_forgets_one_group_only(st: NodeStorage, store_path: str) -> None:
+    for g in (3, 4):
+        st.group(g).bootstrap({1})
+        commit(st, g, batch(1, Put(b"k", b"v", client_id=1, seq=1)))
+        with st.write() as w:
+            w.save(g, hard_state=HardState(term=2, vote=1, commit=1))
+            w.compact(g, 1)
+    with st.write() as w:
+        w.drop_group(3)
+    log = st.group(3)
+    assert (log.first_index(), log.last_index(), log.applied_index()) == (1, 0, 0)
+    assert log.initial_state() == (HardState(), ConfState())
+    assert st.kv(3).scan() == [] and st.kv(4).get(b"k") is not None
+    assert st.groups() == [4]
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert again.groups() == [4]
+        assert again.group(3).initial_state() == (HardState(), ConfState())
+        assert again.group(3).bootstrap({1, 2})
+        assert again.group(4).first_index() == 2

@@ -26,9 +26,9 @@ from kvstore.consensus.types import (
     UnavailableError,
 )
 from kvstore.statemachine import Delete, MemoryKV, Put, decode_batch, encode_batch
-from kvstore.statemachine.records import decode_result, encode_kv, encode_result
+from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
 from kvstore.storage import NodeStorage
-from kvstore.storage.snapshot import write_image
+from kvstore.storage.snapshot import read_image, write_image
 from kvstore.storage.tables import GroupTables
 
 G = 7
@@ -163,6 +163,20 @@ class LogModel(RuleBasedStateMachine):
             w.save(other, entries=[e])
             w.apply(other, [e])
             w.compact(other, max(0, e.index - 2))
+
+    @rule()
+    def snapshot_is_the_applied_image(self) -> None:
+        snap = self.log.snapshot()
+        applied = self.kv.applied
+        want_meta = SnapshotMetadata(
+            index=applied, term=self.model.term(applied), conf_state=self.conf
+        )
+        assert snap.metadata == want_meta
+        image = read_image(G, applied, snap.data)
+        assert [decode_kv(k, r) for k, r in image.kv] == self.kv.scan(b"")
+        assert {(c, s): decode_result(r) for c, s, r in image.sessions} == {
+            (c, s): r for c, rs in self.kv.sessions.items() for s, r in rs.items()
+        }
 
     @rule()
     def reopen(self) -> None:
