@@ -14,6 +14,8 @@ import shutil
 import tempfile
 import time
 
+import lmdb
+
 from kvstore.consensus.types import Entry, HardState
 from kvstore.statemachine import Put, encode_batch
 from kvstore.storage.env import NodeStorage
@@ -43,6 +45,20 @@ def run(
         return txns / (time.perf_counter() - start)
 
 
+def raw_commits(path: str, seconds: float) -> float:
+    """Synced LMDB commits/s of one small put each: the fsync floor under everything else."""
+    env = lmdb.open(path, map_size=1 << 28, sync=True)
+    try:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            with env.begin(write=True) as txn:
+                txn.put(b"k%d" % n, b"v")
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        env.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -51,6 +67,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--value-size", type=int, default=256)
     args = ap.parse_args()
+    path = tempfile.mkdtemp(prefix="kvbench", dir=args.dir)
+    try:
+        print(f"raw LMDB synced commits: {raw_commits(path, args.seconds):7.0f} txn/s")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
     for sync in (True, False):
         for per_txn, per_entry in ((1, 1), (64, 1), (1, 64)):
             path = tempfile.mkdtemp(prefix="kvbench", dir=args.dir)
