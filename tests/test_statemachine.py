@@ -7,7 +7,7 @@ tables to the same answers.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore.statemachine import (
@@ -58,11 +58,13 @@ results = st.builds(
 
 
 # -- codec ------------------------------------------------------------------------
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.lists(commands(), max_size=8))
 def test_batch_roundtrip(batch: list[Command]) -> None:
     assert decode_batch(encode_batch(batch)) == batch
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.binary(max_size=64))
 def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
     try:
@@ -72,6 +74,7 @@ def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
     assert encode_batch(batch) == junk, "whatever decodes is in canonical form"
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.lists(commands(), min_size=1, max_size=4), st.data())
 def test_truncated_or_extended_batch_is_rejected(batch: list[Command], data: st.DataObject) -> None:
     raw = encode_batch(batch)
@@ -106,16 +109,19 @@ def test_cas_needs_an_expectation() -> None:
         Cas(b"k", b"v", expected_version=-1)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(key_values)
 def test_kv_record_roundtrip(kv: KeyValue) -> None:
     assert decode_kv(kv.key, encode_kv(kv)) == kv
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(results)
 def test_result_record_roundtrip(r: ApplyResult) -> None:
     assert decode_result(encode_result(r)) == r
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(results, st.data())
 def test_truncated_result_record_raises_value_error(r: ApplyResult, data: st.DataObject) -> None:
     raw = encode_result(r)

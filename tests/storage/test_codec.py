@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, SnapshotMetadata
@@ -18,6 +18,7 @@ entries = st.builds(
 )
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, GROUP, st.binary(max_size=20), st.binary(max_size=20))
 def test_kv_keys_keep_groups_apart_and_keys_sorted(g1: int, g2: int, k1: bytes, k2: bytes) -> None:
     a, b = keys.kv_key(g1, k1), keys.kv_key(g2, k2)
@@ -25,12 +26,14 @@ def test_kv_keys_keep_groups_apart_and_keys_sorted(g1: int, g2: int, k1: bytes, 
     assert keys.group_prefix(g1) <= a < keys.group_end(g1)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, U64, GROUP, U64)
 def test_log_keys_sort_by_group_then_index(g1: int, i1: int, g2: int, i2: int) -> None:
     assert (keys.log_key(g1, i1) < keys.log_key(g2, i2)) == ((g1, i1) < (g2, i2))
     assert keys.log_index(keys.log_key(g1, i1)) == i1
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, U64, U64)
 def test_session_keys_roundtrip(g: int, client: int, seq: int) -> None:
     k = keys.session_key(g, client, seq)
@@ -38,6 +41,7 @@ def test_session_keys_roundtrip(g: int, client: int, seq: int) -> None:
     assert keys.session_parts(k) == (client, seq)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, st.binary(max_size=10))
 def test_node_meta_keys_never_collide_with_group_keys(g: int, name: bytes) -> None:
     assert keys.node_meta_key(name)[:1] == b"\xff" != keys.meta_key(g, b"h")[:1]
@@ -50,11 +54,13 @@ def test_group_ids_are_checked() -> None:
         keys.check_group(2**63)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, entries)
 def test_entry_roundtrip(g: int, e: Entry) -> None:
     assert codec.decode_entry(g, e.index, codec.encode_entry(g, e)) == e
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, entries, st.data())
 def test_any_flipped_entry_byte_is_detected(g: int, e: Entry, data: st.DataObject) -> None:
     raw = bytearray(codec.encode_entry(g, e))
@@ -66,6 +72,7 @@ def test_any_flipped_entry_byte_is_detected(g: int, e: Entry, data: st.DataObjec
     assert f"group {g} index {e.index}" in str(err.value)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, entries)
 def test_entry_under_the_wrong_index_or_group_is_detected(g: int, e: Entry) -> None:
     raw = codec.encode_entry(g, e)
@@ -80,6 +87,7 @@ def test_short_entry_is_corruption() -> None:
         codec.decode_entry(1, 2, b"\x00" * 12)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(GROUP, st.binary(max_size=30), st.data())
 def test_sealed_records_catch_flips(g: int, payload: bytes, data: st.DataObject) -> None:
     raw = bytearray(codec.seal(g, payload))
@@ -90,11 +98,13 @@ def test_sealed_records_catch_flips(g: int, payload: bytes, data: st.DataObject)
         codec.unseal(g, bytes(raw), "x")
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.builds(HardState, term=U64, vote=U64, commit=U64))
 def test_hard_state_roundtrip(hs: HardState) -> None:
     assert codec.decode_hard_state(codec.encode_hard_state(hs)) == hs
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.builds(ConfState, voters=ids, learners=ids, voters_outgoing=ids), U64, U64)
 def test_conf_state_and_base_roundtrip(cs: ConfState, index: int, term: int) -> None:
     assert codec.decode_conf_state(codec.encode_conf_state(cs)) == cs
@@ -106,12 +116,14 @@ kv_pairs = st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=30)), ma
 session_rows = st.lists(st.tuples(U64, U64, st.binary(max_size=30)), max_size=5)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(U64, kv_pairs, session_rows)
 def test_image_roundtrip(index: int, kv: list[tuple[bytes, bytes]], s: list) -> None:  # type: ignore[type-arg]
     image = read_image(3, index, write_image(index, kv, s))
     assert (image.index, image.kv, image.sessions) == (index, kv, s)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(U64, kv_pairs, session_rows, st.data())
 def test_damaged_image_is_corruption(
     index: int,
