@@ -182,7 +182,7 @@ def is_linearizable(
     """One key's history. Raises TimeoutError when the search runs past ``timeout``."""
     deadline = math.inf if timeout is None else time.monotonic() + timeout
     try:
-        return _search(ops, model, deadline).linearizable
+        return _search(model.prune(ops), model, deadline).linearizable
     except _Timeout:
         raise TimeoutError("linearizability search timed out") from None
 
@@ -211,7 +211,7 @@ def shrink(ops: Sequence[Operation], model: Model, *, budget: float = 2.0) -> tu
 
     def fails(sub: Sequence[Operation]) -> bool:
         try:
-            return not _search(sub, model, deadline).linearizable
+            return not _search(model.prune(sub), model, deadline).linearizable
         except _Timeout:
             return False
 
@@ -254,7 +254,8 @@ def check(
     timed_out: list[str | None] = []
     per_key: dict[str | None, float] = {}
     keys = 0
-    for key, key_ops in by_key(ops):
+    for key, all_key_ops in by_key(ops):
+        key_ops = model.prune(all_key_ops)
         keys += 1
         k0 = time.monotonic()
         deadline = math.inf if timeout is None else k0 + timeout

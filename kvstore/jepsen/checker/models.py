@@ -34,6 +34,10 @@ class Model(Protocol):
         """True when the operation never changes the state (it may be dropped freely)."""
         ...
 
+    def prune(self, ops: Sequence[Operation]) -> list[Operation]:
+        """Drops operations that cannot change the verdict (a search-space cut)."""
+        ...
+
     def removable(self, op: Operation, rest: Sequence[Operation]) -> bool:
         """True when dropping ``op`` leaves no remaining result unexplained.
 
@@ -62,6 +66,10 @@ class RegisterModel:
                 return True, (new if matches else state)
             return (bool(op.output) == matches), (new if matches else state)
         raise ValueError(f"register model: unknown operation {f!r}")
+
+    def prune(self, ops: Sequence[Operation]) -> list[Operation]:
+        # a read whose answer never came constrains nothing
+        return [op for op in ops if not (op.unknown and self.is_read(op))]
 
     def is_read(self, op: Operation) -> bool:
         return op.f == "read" or (op.f == "cas" and op.output is False)
@@ -118,6 +126,9 @@ class StringKVModel:
             return True, state + str(op.input)
         raise ValueError(f"string-kv model: unknown operation {f!r}")
 
+    def prune(self, ops: Sequence[Operation]) -> list[Operation]:
+        return [op for op in ops if not (op.unknown and self.is_read(op))]
+
     def is_read(self, op: Operation) -> bool:
         return op.f == "get"
 
@@ -129,21 +140,54 @@ class StringKVModel:
 
 
 class ListAppendModel:
-    """A list per key: ``append`` adds its input at the end; ``read`` returns the list."""
+    """A list per key: ``append`` adds its input at the end; ``read`` returns the list.
+
+    The state is (length, digest of the elements in order) rather than the list itself, so
+    that each step and each memo lookup costs O(1) however long the lists grow; a read's
+    output is digested once. Two different lists collide only if their 64-bit digest chains
+    do, which a checker run may ignore.
+    """
 
     name = "list-append"
 
+    def __init__(self) -> None:
+        self._digests: dict[int, tuple[Operation, tuple[int, int]]] = {}
+
     def init(self) -> Hashable:
-        return ()
+        return (0, 0)
+
+    @staticmethod
+    def digest(values: Sequence[Value]) -> tuple[int, int]:
+        h = 0
+        for v in values:
+            h = hash((h, v))
+        return (len(values), h)
+
+    def _read_digest(self, op: Operation) -> tuple[int, int]:
+        hit = self._digests.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = (op, self.digest(tuple(op.output or ())))
+            self._digests[id(op)] = hit
+        return hit[1]
 
     def step(self, state: Hashable, op: Operation) -> tuple[bool, Hashable]:
         f = op.f
-        assert isinstance(state, tuple)
         if f == "read":
-            return (op.unknown or tuple(op.output or ()) == state), state
+            return (op.unknown or self._read_digest(op) == state), state
         if f == "append":
-            return True, (*state, op.input)
+            assert isinstance(state, tuple)
+            length, h = state
+            return True, (length + 1, hash((h, op.input)))
         raise ValueError(f"list-append model: unknown operation {f!r}")
+
+    def prune(self, ops: Sequence[Operation]) -> list[Operation]:
+        """Also drops unknown appends that no read saw: had one taken effect, every read
+        ordered after it would hold it, so it may as well come last, i.e. never."""
+        seen: set[Value] = set()
+        for op in ops:
+            if op.f == "read" and not op.unknown:
+                seen.update(op.output or ())
+        return [op for op in ops if not (op.unknown and (self.is_read(op) or op.input not in seen))]
 
     def is_read(self, op: Operation) -> bool:
         return op.f == "read"
