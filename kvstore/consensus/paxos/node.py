@@ -56,6 +56,9 @@ COMMIT_ONLY = b"commit"
 """ACCEPT context of a bare commit notice: the acceptor learns the commit and does
 not answer (an answer would carry nothing new), unless it finds a gap."""
 
+LOST_AFTER_BEATS = 3
+"""Heartbeat answers behind our ACCEPTs, in a row, after which we take them as lost."""
+
 MT = MessageType
 
 
@@ -662,15 +665,17 @@ class PaxosNode:
                 pr.snapshot_wait += 1
                 if pr.snapshot_wait >= self.cfg.election_tick:
                     pr.on(Event.SNAPSHOT_LOST)  # it was lost: send it again
-        elif (
-            pr.state is State.REPLICATE
-            and m.index < pr.next - 1
-            and ((m.index < pr.match and not pr.inflight) or pr.paused(self.cfg.max_inflight_msgs))
-        ):
-            # It forgot which of our values it holds (restart), or our ACCEPTs were lost
-            # and the window is full: go back to probing from what it has.
-            pr.on(Event.RESTARTED)
-            pr.next = m.index + 1
+        elif pr.state is State.REPLICATE and m.index < pr.next - 1:
+            # Behind what we sent: in flight, lost, or it restarted and only vouches for
+            # its commit. Probe from what it has once that is the likely story.
+            pr.behind_beats += 1
+            if (
+                m.index < pr.match
+                or pr.paused(self.cfg.max_inflight_msgs)
+                or pr.behind_beats >= LOST_AFTER_BEATS
+            ):
+                pr.on(Event.RESTARTED)
+                pr.next = m.index + 1
         elif pr.state is State.PROBE:
             pr.probe_sent = False
             pr.next = min(pr.next, m.index + 1)

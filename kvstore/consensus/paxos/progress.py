@@ -66,6 +66,8 @@ class Progress:
     """REPLICATE: last slot of each ACCEPT in flight, ascending."""
     pending_snapshot: int = 0
     snapshot_wait: int = 0
+    behind_beats: int = 0
+    """Heartbeat answers in a row showing less than we sent (lost ACCEPTs)."""
     recent_active: bool = True
     """Heard from since the last quorum check."""
     read_ack: int = 0
@@ -75,6 +77,7 @@ class Progress:
         self.state = TRANSITIONS[(self.state, event)]
         self.probe_sent = False
         self.snapshot_wait = 0
+        self.behind_beats = 0
         if self.state is not State.REPLICATE:
             self.inflight.clear()
 
@@ -98,6 +101,7 @@ class Progress:
         grew = index > self.match
         if grew:
             self.match = index
+            self.behind_beats = 0
         if self.next <= index:
             self.next = index + 1
         while self.inflight and self.inflight[0] <= index:
