@@ -10,7 +10,8 @@ cache but are not fsynced, so they survive a process crash (kill -9) but not a m
 crash or power loss; ``sync()`` flushes on demand and ``close()`` flushes at the end.
 
 Threads: writes may run in one writer thread while reads (GroupLog, KVReader) run in
-another; LMDB readers never block the writer. Do not nest ``write()`` in one thread.
+another; LMDB readers never block the writer. Writes from several threads are serialized.
+Do not nest ``write()`` in one thread (it would deadlock).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class NodeStorage:
             readahead=False,
             max_readers=512,
         )
+        # Reader slots left by a killed process pin old pages (the file would only grow):
+        # clear them at start.
+        self.env.reader_check()
         if self.env.max_key_size() < 511:
             raise StorageError(f"LMDB max key size {self.env.max_key_size()} < 511")
         with self.env.begin(write=True) as txn:
@@ -64,6 +68,7 @@ class NodeStorage:
         self.dbs = Dbs(*dbs)
         self._groups: dict[int, GroupLog] = {}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._closed = False
         self.undecodable = 0
         """NORMAL entries whose data was not a batch (applied as nothing), since open."""
@@ -111,24 +116,27 @@ class NodeStorage:
         """One write transaction. Commits (durably when ``sync``) on normal exit and then
         publishes the new group views; aborts on any exception. A full map raises
         StorageFullError with the transaction aborted."""
-        txn = self.env.begin(write=True)
-        w = Writer(txn, self.dbs, self._view, self.cache_entries)
-        try:
-            yield w
-            txn.commit()
-        except (lmdb.MapFullError, lmdb.TxnFullError) as e:
-            _abort(txn)
-            used, size = self.usage()
-            raise StorageFullError(f"LMDB map full ({used} of {size} bytes used): {e}") from e
-        except BaseException:
-            _abort(txn)
-            raise
-        self.undecodable += w.undecodable
-        for g, view in w.publish().items():
-            log = self.group(g)
-            log.view = view
-            if g in w.dropped:
-                log.forget_snapshot()
+        # Held from begin to publish: a second writer must not start from views that
+        # the first has committed but not yet published.
+        with self._write_lock:
+            txn = self.env.begin(write=True)
+            w = Writer(txn, self.dbs, self._view, self.cache_entries)
+            try:
+                yield w
+                txn.commit()
+            except (lmdb.MapFullError, lmdb.TxnFullError) as e:
+                _abort(txn)
+                used, size = self.usage()
+                raise StorageFullError(f"LMDB map full ({used} of {size} bytes used): {e}") from e
+            except BaseException:
+                _abort(txn)
+                raise
+            self.undecodable += w.undecodable
+            for g, view in w.publish().items():
+                log = self.group(g)
+                log.view = view
+                if g in w.dropped:
+                    log.forget_snapshot()
 
     def sync(self) -> None:
         """Flush committed writes to disk (needed only with ``sync=False``)."""

@@ -326,3 +326,24 @@ def test_drop_group_forgets_one_group_only(st: NodeStorage, store_path: str) -> 
         assert again.group(3).initial_state() == (HardState(), ConfState())
         assert again.group(3).bootstrap({1, 2})
         assert again.group(4).first_index() == 2
+
+
+def test_writers_in_two_threads_keep_views_and_disk_in_step(
+    st: NodeStorage, store_path: str
+) -> None:
+    def append(group: int) -> None:
+        for _ in range(100):
+            with st.write() as w:
+                log = st.group(group)
+                w.save(group, entries=[batch(log.last_index() + 1, Put(b"k", b"v"))])
+                w.save(3, entries=[batch(st.group(3).last_index() + 1)])
+
+    threads = [threading.Thread(target=append, args=(g,)) for g in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [st.group(g).last_index() for g in (1, 2, 3)] == [100, 100, 200]
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert [again.group(g).last_index() for g in (1, 2, 3)] == [100, 100, 200]
