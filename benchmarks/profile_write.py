@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -85,14 +86,28 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
 
 
+def _read_trace(path: Path) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {"entries": [], "iterations": [], "inbox_waits": []}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # the node may have been stopped mid-line
+        if "entry" in rec:
+            out["entries"].append(rec)
+        out["iterations"] += rec.get("iterations", [])
+        out["inbox_waits"] += rec.get("inbox_waits", [])
+    return out
+
+
 def trace_tables(leader: Path, follower: Path, t0: float, t1: float) -> list[str]:
     """Per-write phase times inside the leader, and driver-loop occupancy, in the window."""
     if not leader.exists():
         return ["", "(no trace from the leader)"]
-    data = json.loads(leader.read_text())
+    data = _read_trace(leader)
     recs = [
         r
-        for r in data["entries"].values()
+        for r in data["entries"]
         if all(k in r for k in ("queued", "proposed", "appended", "commit_seen", "applied"))
         and "answered" in r
         and t0 <= r["answered"] <= t1
@@ -108,7 +123,7 @@ def trace_tables(leader: Path, follower: Path, t0: float, t1: float) -> list[str
     for role, path in (("leader", leader), ("follower", follower)):
         if not path.exists():
             continue
-        d = json.loads(path.read_text())
+        d = _read_trace(path)
         its = [(a, b, p) for a, b, p in d["iterations"] if t0 <= a <= t1]
         waits = [w for a, w in d["inbox_waits"] if t0 <= a <= t1]
         span = t1 - t0
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--rate",
                     str(args.rate),
                     "--threads",
+                    "--full-filenames",
                     # Only samples that hold the GIL: Python code running, not waiting.
                     "--gil",
                     "--format",

@@ -3,15 +3,18 @@
 
     python benchmarks/traced_node.py serve --id 1 ... (the `kvstore` CLI's arguments)
 
-Rule this module keeps: it changes no behaviour of the node; it wraps a few NodeDriver
+Rule this module keeps: it changes no behaviour of the node (every probe swallows its own
+errors, so a driver that changed shape loses stamps, never requests); it wraps a few NodeDriver
 methods from the outside to stamp each proposed log entry as it moves through the node
 (queued -> proposed -> appended on disk -> seen committed -> applied -> answered) and
-each loop iteration (busy, persist), and rewrites the stamps as JSON to $KVSTORE_TRACE_OUT
-once a second. Times are time.monotonic() seconds.
+each loop iteration (busy, persist), and appends what is complete to $KVSTORE_TRACE_OUT
+(JSON lines) once a second, so the cost of tracing stays flat. Times are time.monotonic()
+seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -48,26 +51,34 @@ def _stamp(index: int, key: str, t: float) -> None:
 
 
 def _dump() -> None:
+    """Append answered entries and finished iterations, then forget them."""
     if not OUT:
         return
     with lock:
-        payload: dict[str, Any] = {
-            "entries": {str(k): v for k, v in entries.items()},
-            "iterations": iterations[-MAX_RECORDS:],
-            "inbox_waits": inbox_waits[-MAX_RECORDS:],
-        }
-    tmp = OUT + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, OUT)
+        done = [(k, v) for k, v in entries.items() if "answered" in v]
+        for k, _ in done:
+            del entries[k]
+        its, iterations[:] = list(iterations), []
+        waits, inbox_waits[:] = list(inbox_waits), []
+        entries_persist[:] = []
+        # Entries that never complete (lost proposals) must not pile up.
+        if len(entries) > 10_000:
+            entries.clear()
+    with open(OUT, "a") as f:
+        for k, v in done:
+            f.write(json.dumps({"entry": k, **v}) + "\n")
+        if its:
+            f.write(json.dumps({"iterations": its}) + "\n")
+        if waits:
+            f.write(json.dumps({"inbox_waits": waits}) + "\n")
 
 
 _propose = D.propose
 
 
-def propose(self: Any, group: int, cmd: Any, timeout: float) -> Any:
+def propose(self: Any, *args: Any, **kwargs: Any) -> Any:
     t = now()
-    fut = _propose(self, group, cmd, timeout)
+    fut = _propose(self, *args, **kwargs)  # returns the write's completion (future/callback)
     enqueued[id(fut)] = t
     return fut
 
@@ -78,42 +89,51 @@ _propose_writes = D._propose_writes
 def propose_writes(self: Any, g: Any) -> None:
     before = set(g.inflight)
     _propose_writes(self, g)
-    t = now()
-    for idx in set(g.inflight) - before:
-        inf = g.inflight[idx]
-        qs = [enqueued.pop(id(w.fut), t) for w in inf.writes]
-        _stamp(idx, "queued", sum(qs) / len(qs))
-        _stamp(idx, "proposed", t)
-        entries[idx]["ops"] = len(inf.writes) if idx in entries else 0
+    try:
+        t = now()
+        for idx in set(g.inflight) - before:
+            inf = g.inflight[idx]
+            qs = [enqueued.pop(id(w.fut), getattr(w, "queued_at", t)) for w in inf.writes]
+            _stamp(idx, "queued", sum(qs) / len(qs) if qs else t)
+            _stamp(idx, "proposed", t)
+            if idx in entries:
+                entries[idx]["ops"] = len(inf.writes)
+        if len(enqueued) > 100_000:
+            enqueued.clear()
+    except Exception:  # tracing must never break the node
+        pass
 
 
 _plan = D._plan
 
 
-def plan(self: Any, g: Any, rd: Any) -> Any:
+def plan(self: Any, g: Any, rd: Any, *args: Any, **kwargs: Any) -> Any:
     t = now()
-    for e in rd.committed:
+    for e in getattr(rd, "committed", ()):
         if e.index in entries:
             _stamp(e.index, "commit_seen", t)
-    return _plan(self, g, rd)
+    return _plan(self, g, rd, *args, **kwargs)
 
 
 _persist = D._persist
 
 
-def persist(self: Any, plans: list[Any]) -> Any:
+def persist(self: Any, plans: list[Any], *args: Any, **kwargs: Any) -> Any:
     t0 = now()
-    out = _persist(self, plans)
+    out = _persist(self, plans, *args, **kwargs)
     t1 = now()
-    with lock:
-        for p in plans:
-            for e in p.rd.entries:
-                if e.index in entries:
-                    _stamp(e.index, "appended", t1)
-            for e in p.rd.committed:
-                if e.index in entries:
-                    _stamp(e.index, "applied", t1)
-        entries_persist.append((t0, t1))
+    try:
+        with lock:
+            for p in plans:
+                for e in p.rd.entries:
+                    if e.index in entries:
+                        _stamp(e.index, "appended", t1)
+                for e in p.rd.committed:
+                    if e.index in entries:
+                        _stamp(e.index, "applied", t1)
+            entries_persist.append((t0, t1))
+    except Exception:  # tracing must never break the node
+        pass
     return out
 
 
@@ -122,21 +142,22 @@ entries_persist: list[tuple[float, float]] = []
 _resolve = D._resolve_writes
 
 
-def resolve(self: Any, g: Any, committed: Any, results: Any) -> None:
-    _resolve(self, g, committed, results)
+def resolve(self: Any, g: Any, committed: Any, *args: Any, **kwargs: Any) -> Any:
+    out = _resolve(self, g, committed, *args, **kwargs)
     t = now()
     for e in committed:
         if e.index in entries:
             _stamp(e.index, "answered", t)
+    return out
 
 
 _deliver = D.deliver
 
 
-def deliver(self: Any, msgs: Any) -> None:
-    if not self._inbox:
+def deliver(self: Any, msgs: Any, *args: Any, **kwargs: Any) -> Any:
+    if not getattr(self, "_inbox", True):
         delivered_at.append(now())
-    _deliver(self, msgs)
+    return _deliver(self, msgs, *args, **kwargs)
 
 
 _iteration = D._iteration
@@ -144,17 +165,18 @@ _iteration = D._iteration
 
 async def iteration(self: Any) -> bool:
     t0 = now()
-    if self._inbox and delivered_at:
+    if getattr(self, "_inbox", None) and delivered_at:
         inbox_waits.append((t0, t0 - delivered_at[-1]))
     delivered_at.clear()
     n0 = len(entries_persist)
     busy: bool = await _iteration(self)
     t1 = now()
-    persist_s = sum(b - a for a, b in entries_persist[n0:])
+    persist_s = sum(b - a for a, b in entries_persist[n0:]) if n0 <= len(entries_persist) else 0
     iterations.append((t0, t1, persist_s))
     if t1 - last_dump[0] > 1.0:
         last_dump[0] = t1
-        _dump()
+        with contextlib.suppress(Exception):  # tracing must never break the node
+            _dump()
     return busy
 
 

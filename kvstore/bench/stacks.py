@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("peer transport", ("kvstore/node/transport", "kvstore/node/wire", "kvstore/server/peer")),
     ("client RPC service", ("kvstore/server/kv", "kvstore/server/convert")),
     ("node driver", ("kvstore/node/", "kvstore/server/")),
+    ("profiling harness", ("traced_node.py",)),
     ("protobuf", ("google/protobuf",)),
     ("metrics", ("prometheus_client",)),
     ("logging", ("logging/",)),
@@ -61,7 +62,11 @@ def short(frame: str) -> str:
 
 
 def summarize(lines: Iterable[str], *, has_thread_frame: bool = True) -> StackSummary:
-    """Summarize collapsed stacks: 'root;...;leaf COUNT' per line, root first."""
+    """Summarize collapsed stacks: 'root;...;leaf COUNT' per line, root first.
+
+    File names must be full paths (py-spy --full-filenames), or the layer patterns
+    cannot tell kvstore/node/log.py from kvstore/consensus/raft/log.py.
+    """
     self_layer: Counter[str] = Counter()
     incl_layer: Counter[str] = Counter()
     self_fn: Counter[str] = Counter()
