@@ -56,6 +56,10 @@ COMMIT_ONLY = b"commit"
 """ACCEPT context of a bare commit notice: the acceptor learns the commit and does
 not answer (an answer would carry nothing new), unless it finds a gap."""
 
+READ_ROUND = b"read:"
+"""PAXOS_HEARTBEAT context of a read round: ``read:<seq>``, echoed by acceptors; an
+answer confirms every read queued up to ``seq``."""
+
 LOST_AFTER_BEATS = 3
 """Heartbeat answers behind our ACCEPTs, in a row, after which we take them as lost."""
 
@@ -343,8 +347,12 @@ class PaxosNode:
         if not quorum.has_quorum(membership.chain(self.conf, changes), cand.promises.keys()):
             return
         self.candidate = None
-        self.log.write(list(rec.entries))
-        self._note_written(rec.entries)
+        ents = list(rec.entries)
+        last = self.log.last_index()
+        while ents and ents[0].index <= last and ents[0] == self.log.get(ents[0].index):
+            ents.pop(0)  # already ours: no need to write it again
+        self.log.write(ents)
+        self._note_written(ents)
         last = self.log.last_index()
         self.acceptor.commit = max(self.acceptor.commit, rec.commit)
         self.acceptor.accepted_through = last
@@ -633,7 +641,7 @@ class PaxosNode:
 
     def _broadcast_heartbeat(self, lead: Leader) -> None:
         lead.heartbeat_elapsed = 0
-        ctx = lead.read_seq.to_bytes(8, "big") if lead.reads else b""
+        ctx = b"%s%d" % (READ_ROUND, lead.read_seq) if lead.reads else b""
         for n in sorted(lead.progress):
             commit = min(self.acceptor.commit, lead.progress[n].match)
             self._send(MT.PAXOS_HEARTBEAT, n, term=lead.ballot, commit=commit, context=ctx)
@@ -652,8 +660,9 @@ class PaxosNode:
         if pr is None:
             return "unknown_peer"
         pr.recent_active = True
-        if len(m.context) == 8:
-            pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "big"))
+        seq = m.context.removeprefix(READ_ROUND)
+        if m.context.startswith(READ_ROUND) and seq.isdigit():
+            pr.read_ack = max(pr.read_ack, int(seq))
             self._release_reads(lead)
         if m.index > pr.match and pr.acked(m.index):
             # It answers in our ballot: it holds our values through m.index.
