@@ -142,7 +142,12 @@ def send_append(r: Raft, to: int, *, send_if_empty: bool = True) -> bool:
 def send_empty_append(r: Raft, to: int, pr: Progress) -> None:
     try:
         prev_term = r.log.term(pr.next - 1)
-    except (CompactedError, UnavailableError):
+    except CompactedError:
+        # match < next - 1 < first index: whatever was in flight, the follower now
+        # needs entries we compacted (tests/sim FINDINGS F1).
+        send_snapshot(r, to, pr)
+        return
+    except UnavailableError:
         return
     r._send(MT.APPEND, to, index=pr.next - 1, log_term=prev_term, commit=r.log.committed)
 
