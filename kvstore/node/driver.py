@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from kvstore.consensus import new_core
 from kvstore.consensus.types import (
@@ -36,6 +36,7 @@ from kvstore.consensus.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     NotLeaderError,
     ProposalDroppedError,
     ProposalId,
@@ -55,6 +56,9 @@ from kvstore.node.metrics import NodeMetrics
 from kvstore.statemachine import ApplyResult, Command, encode_batch
 from kvstore.storage import NodeStorage, StorageFullError
 
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+_LEADER_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 MAX_ENTRY_BYTES = 4 << 20
 MAX_ENTRY_OPS = 4096
 MAX_TICKS_PER_ITERATION = 2
@@ -76,10 +80,53 @@ class DriverConfig:
     unsafe_ack_before_commit: bool = False
 
 
+class Completion(Protocol[T_contra]):
+    """What the driver completes: an asyncio.Future, or a Callback (cheaper per op)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: T_contra, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class Callback(Generic[T]):
+    """A one-shot completion that calls ``fn(result, error)`` synchronously, at once.
+
+    The batch stream answers thousands of ops a second; an asyncio.Future per op would
+    cost an event-loop callback each. ``fn`` must not raise (it is logged if it does)."""
+
+    __slots__ = ("_done", "_fn")
+
+    def __init__(self, fn: Callable[[T | None, OpError | None], None]) -> None:
+        self._fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: T, /) -> None:
+        self._fire(result, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if not isinstance(exception, OpError):
+            exception = OpError(f"internal error: {exception!r}", definite=False)
+        self._fire(None, exception)
+
+    def _fire(self, result: T | None, error: OpError | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._fn(result, error)
+        except Exception as e:  # a broken reply path must not stop the driver
+            log.event("reply_callback_failed", level=40, error=repr(e))
+
+
 @dataclass(slots=True)
 class _Write:
     cmd: Command
-    fut: asyncio.Future[ApplyResult]
+    fut: Completion[ApplyResult]
     deadline: float
     queued_at: float
 
@@ -93,9 +140,9 @@ class _Inflight:
 
 @dataclass(slots=True)
 class _Waiter:
-    """A read (or conf change) waiting for an index to apply."""
+    """A read waiting for a read index confirmation or for an index to apply."""
 
-    fut: asyncio.Future[int]
+    fut: Completion[int]
     deadline: float
 
 
@@ -115,6 +162,8 @@ class _Group:
     role: Role = Role.FOLLOWER
     leader: int = 0
     term: int = 0
+    persisted_term: int = 0
+    persisted_vote: int = 0
     writes: list[_Write] = field(default_factory=list)
     inflight: dict[int, _Inflight] = field(default_factory=dict)
     reads: list[_Waiter] = field(default_factory=list)
@@ -152,6 +201,7 @@ class NodeDriver:
         self._inbox: list[Message] = []
         self._ticks = 0
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._ctx = itertools.count(1)
@@ -172,8 +222,15 @@ class NodeDriver:
                 rng=random.Random(seed ^ g),
             )
             core = new_core(config.consensus, cfg, glog)
+            hs, _ = glog.initial_state()
             self.groups[g] = _Group(
-                id=g, core=core, applied=applied, compacted=glog.first_index() - 1
+                id=g,
+                core=core,
+                applied=applied,
+                compacted=glog.first_index() - 1,
+                term=hs.term,
+                persisted_term=hs.term,
+                persisted_vote=hs.vote,
             )
         if config.unsafe_ack_before_commit:
             log.event(
@@ -185,6 +242,7 @@ class NodeDriver:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="driver")
         self._ticker = asyncio.create_task(self._tick_loop(), name="ticker")
 
@@ -236,11 +294,19 @@ class NodeDriver:
             leader_endpoint=self.endpoints.get(g.leader, ""),
         )
 
-    def propose(self, group: int, cmd: Command, timeout: float) -> asyncio.Future[ApplyResult]:
-        """Queue one command; the future resolves with its ApplyResult or an OpError."""
+    def propose(
+        self,
+        group: int,
+        cmd: Command,
+        timeout: float,
+        fut: Completion[ApplyResult] | None = None,
+    ) -> Completion[ApplyResult]:
+        """Queue one command; ``fut`` (a new asyncio.Future if None) completes with its
+        ApplyResult or an OpError."""
         g = self._group(group)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ApplyResult] = loop.create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        if fut is None:
+            fut = loop.create_future()
         if g.role != Role.LEADER:
             fut.set_exception(self.not_leader(g))
         elif self.storage_full:
@@ -252,12 +318,18 @@ class NodeDriver:
         return fut
 
     def read_barrier(
-        self, group: int, mode: str, token: int, timeout: float
-    ) -> asyncio.Future[int]:
-        """Resolves with the applied index once a read in ``mode`` may be served."""
+        self,
+        group: int,
+        mode: str,
+        token: int,
+        timeout: float,
+        fut: Completion[int] | None = None,
+    ) -> Completion[int]:
+        """Completes with the applied index once a read in ``mode`` may be served."""
         g = self._group(group)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        if fut is None:
+            fut = loop.create_future()
         now = loop.time()
         if mode == "eventual" or (mode == "causal" and g.applied >= token):
             fut.set_result(g.applied)
@@ -330,12 +402,18 @@ class NodeDriver:
         if not readies:
             return False
         plans = [self._plan(g, rd) for g, rd in readies]
+        early: list[Message] = []
+        out: list[Message] = []
+        for g, rd in readies:
+            if self._may_send_before_persist(g, rd):
+                early.extend(rd.messages)
+            else:
+                out.extend(rd.messages)
+        if early:
+            self.send(early)
         results: dict[int, list[ApplyResult]] = {}
         if any(_needs_write(p) for p in plans):
             results = await self._persist_until_done(plans)
-        out: list[Message] = []
-        for _, rd in readies:
-            out.extend(rd.messages)
         if out:
             self.send(out)
         for g, rd in readies:
@@ -343,6 +421,20 @@ class NodeDriver:
         for g, rd in readies:
             g.core.advance(rd)
         return True
+
+    def _may_send_before_persist(self, g: _Group, rd: Ready) -> bool:
+        """A Raft leader replicates in parallel with its own disk write (Raft thesis
+        10.2.1): its APPENDs and heartbeats depend on no state this Ready persists (term
+        and vote are already durable; the commit index counts the leader only once its
+        own entries are durable, in ``advance``). Anything else waits for the persist."""
+        if self.config.consensus != "raft" or g.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        if rd.soft_state is not None and rd.soft_state.role != Role.LEADER:
+            return False
+        hs = rd.hard_state
+        if hs is not None and (hs.term, hs.vote) != (g.persisted_term, g.persisted_vote):
+            return False
+        return all(m.type in _LEADER_EARLY for m in rd.messages)
 
     def _plan(self, g: _Group, rd: Ready) -> _Plan:
         # Conf changes take effect in the core now, before the persist, so the membership
@@ -523,7 +615,8 @@ class NodeDriver:
         if rd.soft_state is not None:
             self._on_soft_state(g, rd.soft_state.leader, rd.soft_state.role)
         if rd.hard_state is not None:
-            g.term = rd.hard_state.term
+            g.term = g.persisted_term = rd.hard_state.term
+            g.persisted_vote = rd.hard_state.vote
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             snap_index = rd.snapshot.metadata.index
             g.applied = max(g.applied, snap_index)
@@ -638,11 +731,11 @@ def _cmd_size(cmd: Command) -> int:
     return n + (len(value) if value else 0)
 
 
-def _ok(fut: asyncio.Future[Any], value: Any) -> None:
+def _ok(fut: Completion[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future[Any], err: Exception) -> None:
+def _fail(fut: Completion[Any], err: Exception) -> None:
     if not fut.done():
         fut.set_exception(err)

@@ -15,8 +15,8 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import kv_pb2, kv_pb2_grpc
-from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import INTERNAL, InvalidOp, OpError
+from kvstore.node.driver import Callback, NodeDriver
+from kvstore.node.errors import InvalidOp, OpError
 from kvstore.node.limits import Limits
 from kvstore.node.metrics import NodeMetrics
 from kvstore.server import convert
@@ -51,6 +51,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits = limits
         self.metrics = metrics
         self.node_id = node_id
+        self._counters: dict[tuple[str, int], Any] = {}
 
     # -- dispatch -------------------------------------------------------------------
     def _header(self, group: int, index: int) -> kv_pb2.ResponseHeader:
@@ -98,70 +99,67 @@ class KVService(kv_pb2_grpc.KVServicer):
             emit(kv_pb2.OpResult(id=op.id, error=convert.error_pb(e)))
 
     def _count(self, op: str, code: int) -> None:
-        self.metrics.client_ops.labels(op, str(code)).inc()
+        child = self._counters.get((op, code))
+        if child is None:
+            child = self._counters[(op, code)] = self.metrics.client_ops.labels(op, str(code))
+        child.inc()
+
+    def _fail(self, op_id: int, kind: str, e: OpError, emit: Emit) -> None:
+        self._count(kind, e.code)
+        emit(kv_pb2.OpResult(id=op_id, error=convert.error_pb(e)))
 
     def _write(
         self, op_id: int, kind: str, cmd: Command, want_prev: bool, timeout: float, emit: Emit
     ) -> None:
         group = group_of(cmd.key)
-        fut = self.driver.propose(group, cmd, timeout)
 
-        def done(f: asyncio.Future[ApplyResult]) -> None:
+        def done(res: ApplyResult | None, error: OpError | None) -> None:
+            if error is not None or res is None:
+                self._fail(op_id, kind, error or OpError("no result", definite=False), emit)
+                return
             try:
-                res = f.result()
                 resp = convert.write_response(cmd, res, self._header(group, res.index), want_prev)
             except OpError as e:
-                self._count(kind, e.code)
-                emit(kv_pb2.OpResult(id=op_id, error=convert.error_pb(e)))
-                return
-            except Exception as e:  # a bug must answer the op, not hang it
-                self._count(kind, INTERNAL)
-                err = OpError(f"internal error: {e!r}", definite=False)
-                err.code = INTERNAL
-                emit(kv_pb2.OpResult(id=op_id, error=convert.error_pb(err)))
+                self._fail(op_id, kind, e, emit)
                 return
             self._count(kind, 0)
             result = kv_pb2.OpResult(id=op_id)
             getattr(result, kind).CopyFrom(resp)
             emit(result)
 
-        fut.add_done_callback(done)
+        self.driver.propose(group, cmd, timeout, Callback(done))
 
     def _read(self, op_id: int, kind: str, req: Any, timeout: float, emit: Emit) -> None:
         mode = convert.read_mode(req.read_mode)
         group = group_of(req.key if kind == "get" else req.start)
-        fut = self.driver.read_barrier(group, mode, req.causal_token, timeout)
 
-        def done(f: asyncio.Future[int]) -> None:
-            try:
-                f.result()
-                reader = self.storage.kv(group)
-                if kind == "get":
-                    kv, applied = reader.get_with_applied(req.key)
-                    hdr = self._header(group, applied)
-                    result = kv_pb2.OpResult(
-                        id=op_id, get=kv_pb2.GetResponse(header=hdr, kv=convert.kv_to_pb(kv))
-                    )
-                else:
-                    limit = self.limits.scan_limit(req.limit)
-                    kvs, applied = reader.scan_with_applied(req.start, req.end, limit + 1)
-                    hdr = self._header(group, applied)
-                    result = kv_pb2.OpResult(
-                        id=op_id,
-                        scan=kv_pb2.ScanResponse(
-                            header=hdr,
-                            kvs=[convert.kv_pb(kv) for kv in kvs[:limit]],
-                            more=len(kvs) > limit,
-                        ),
-                    )
-            except OpError as e:
-                self._count(kind, e.code)
-                emit(kv_pb2.OpResult(id=op_id, error=convert.error_pb(e)))
+        def done(_: int | None, error: OpError | None) -> None:
+            if error is not None:
+                self._fail(op_id, kind, error, emit)
                 return
+            reader = self.storage.kv(group)
+            if kind == "get":
+                kv, applied = reader.get_with_applied(req.key)
+                hdr = self._header(group, applied)
+                result = kv_pb2.OpResult(
+                    id=op_id, get=kv_pb2.GetResponse(header=hdr, kv=convert.kv_to_pb(kv))
+                )
+            else:
+                limit = self.limits.scan_limit(req.limit)
+                kvs, applied = reader.scan_with_applied(req.start, req.end, limit + 1)
+                hdr = self._header(group, applied)
+                result = kv_pb2.OpResult(
+                    id=op_id,
+                    scan=kv_pb2.ScanResponse(
+                        header=hdr,
+                        kvs=[convert.kv_pb(kv) for kv in kvs[:limit]],
+                        more=len(kvs) > limit,
+                    ),
+                )
             self._count(kind, 0)
             emit(result)
 
-        fut.add_done_callback(done)
+        self.driver.read_barrier(group, mode, req.causal_token, timeout, Callback(done))
 
     # -- unary ----------------------------------------------------------------------
     async def _unary(

@@ -147,6 +147,8 @@ class Node:
             options=[
                 ("grpc.max_receive_message_length", MAX_PEER_MESSAGE),
                 ("grpc.max_send_message_length", MAX_PEER_MESSAGE),
+                # Two nodes on one port would silently split the traffic: fail instead.
+                ("grpc.so_reuseport", 0),
             ]
         )
         kv_pb2_grpc.add_KVServicer_to_server(
@@ -173,16 +175,22 @@ class Node:
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.transport), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_insecure_port(o.listen)
+        try:
+            self.port = server.add_insecure_port(o.listen)
+        except RuntimeError as e:
+            raise StartupError(f"cannot listen on {o.listen}: {e}") from e
         if self.port == 0:
             raise StartupError(f"cannot listen on {o.listen}")
-        await server.start()
-        self.driver.start()
-        self.transport.start()
         if o.metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(o.metrics_port, registry=self.metrics.registry)
+            try:
+                start_http_server(o.metrics_port, registry=self.metrics.registry)
+            except OSError as e:
+                raise StartupError(f"cannot serve metrics on port {o.metrics_port}: {e}") from e
+        await server.start()
+        self.driver.start()
+        self.transport.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.event(
             "node_started",
@@ -221,7 +229,7 @@ def run(opts: ServeOptions) -> None:
     """Blocking entry of `kvstore serve`; uvloop when present."""
     try:
         import uvloop
-
-        uvloop.run(run_until_signal(opts))
     except ImportError:
         asyncio.run(run_until_signal(opts))
+        return
+    uvloop.run(run_until_signal(opts))
