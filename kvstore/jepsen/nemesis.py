@@ -16,6 +16,8 @@ Faults (each with a start and a heal):
   forward jump fires every pending timer at once (election and heartbeat storms) and a
   backward jump freezes the node's timers while it keeps answering RPCs); heal jumps back.
 - ``loss``: drop 10-40 % of the packets some nodes receive (iptables statistic match).
+- ``all``: any of the above, and three times in ten a network fault and a process fault
+  together.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Window:
-    """One planned fault: ``kind`` from ``start`` to ``end`` (seconds into the workload)."""
+    """One planned fault: ``kind`` from ``start`` to ``end`` (seconds into the workload).
+
+    A combination is written ``net+proc`` (e.g. ``partition-leader+kill``).
+    """
 
     kind: str
     start: float
@@ -59,7 +64,13 @@ def schedule(nemesis: str, time_limit: float, interval: float, rng: random.Rando
         length = rng.uniform(0.6, 1.4) * interval
         if t + length > time_limit - 0.5 * interval:
             break
-        out.append(Window(kind=rng.choice(kinds), start=t, end=t + length))
+        kind = rng.choice(kinds)
+        if nemesis == "all" and rng.random() < 0.3:
+            # a combination: a network fault and a process fault at once
+            net = rng.choice((*PARTITIONS, "loss"))
+            proc = rng.choice(("kill", "pause", "clock"))
+            kind = f"{net}+{proc}"
+        out.append(Window(kind=kind, start=t, end=t + length))
         t += length + rng.uniform(0.5, 1.0) * interval
     return out
 
@@ -121,10 +132,13 @@ class Nemesis:
         self._heal: list[tuple[str, Host, float]] = []
 
     def start(self, kind: str, leader: Host | None = None) -> str:
-        """Starts a fault; returns what it did, for the history and the report.
+        """Starts a fault (or a ``+`` combination); returns what it did, for the history.
 
         ``leader``: the current leader if known (the caller asks the cluster).
         """
+        return "; ".join(self._start_one(k, leader) for k in kind.split("+"))
+
+    def _start_one(self, kind: str, leader: Host | None) -> str:
         hosts, rng = self.net.hosts, self.rng
         if kind == "partition-halves":
             comps = halves(hosts, rng)
