@@ -150,20 +150,32 @@ def run_all(
     return rows
 
 
+def verdict(etcd: dict[str, Any] | None, ours: dict[str, Any] | None) -> str:
+    """Issue 4's bar: throughput >= etcd's and p99 no worse ("goal" at 3x throughput)."""
+    if not etcd or not ours or etcd["throughput"] <= 0:
+        return "-"
+    ratio = ours["throughput"] / etcd["throughput"]
+    if ratio >= 1.0 and ours["p99_ms"] <= etcd["p99_ms"]:
+        return "goal" if ratio >= 3.0 else "yes"
+    return "no"
+
+
 def table(rows: list[dict[str, Any]], workloads: list[Workload], clients: list[int]) -> str:
+    """A Markdown table: both systems per point, the throughput and p99 ratios, the bar."""
     by = {(r["system"], r["workload"], r["clients"]): r for r in rows}
     head = (
         "| workload | clients | etcd ops/s | etcd p50 ms | etcd p99 ms "
-        "| kvstore ops/s | kvstore p50 ms | kvstore p99 ms | throughput ratio | p99 ratio |"
+        "| kvstore ops/s | kvstore p50 ms | kvstore p99 ms | throughput ratio | p99 ratio "
+        "| bar met |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
+
+    def cell(r: dict[str, Any] | None, f: str, fmt: str) -> str:
+        return format(r[f], fmt) if r else "-"
+
     for wl in workloads:
         for n in clients:
             e, k = by.get(("etcd", wl.name, n)), by.get(("kvstore", wl.name, n))
-
-            def cell(r: dict[str, Any] | None, f: str, fmt: str) -> str:
-                return format(r[f], fmt) if r else "-"
-
             ratio = (
                 f"{k['throughput'] / e['throughput']:.2f}x"
                 if e and k and e["throughput"] > 0
@@ -173,7 +185,8 @@ def table(rows: list[dict[str, Any]], workloads: list[Workload], clients: list[i
             lines.append(
                 f"| {wl.name} | {n} | {cell(e, 'throughput', ',.0f')} | {cell(e, 'p50_ms', '.2f')}"
                 f" | {cell(e, 'p99_ms', '.2f')} | {cell(k, 'throughput', ',.0f')}"
-                f" | {cell(k, 'p50_ms', '.2f')} | {cell(k, 'p99_ms', '.2f')} | {ratio} | {p99} |"
+                f" | {cell(k, 'p50_ms', '.2f')} | {cell(k, 'p99_ms', '.2f')} | {ratio} | {p99}"
+                f" | {verdict(e, k)} |"
             )
     return "\n".join(lines)
 
