@@ -1,9 +1,12 @@
 """`kvstore`: run nodes (serve, cluster) and talk to a cluster (put, get, ... status).
 
 Every flag can also come from an environment variable KVSTORE_<FLAG> (``--data-dir``
--> KVSTORE_DATA_DIR); a flag on the command line wins. Exit codes: 0 success, 1 the
-key is absent (get) or the compare failed (cas), 2 usage error, 3 the cluster
-answered with an error or could not be reached.
+-> KVSTORE_DATA_DIR) or from a TOML file given with ``--config FILE`` (KVSTORE_CONFIG),
+whose keys are the flag names (``data-dir = "/var/lib/kvstore"`` or ``data_dir``).
+Precedence: command line, then environment, then the file, then the default.
+
+Exit codes: 0 success, 1 the key is absent (get) or the compare failed (cas),
+2 usage error, 3 the cluster answered with an error or could not be reached.
 """
 
 from __future__ import annotations
@@ -26,18 +29,38 @@ EXIT_USAGE = 2
 EXIT_ERROR = 3
 
 
+_CONFIG: dict[str, Any] = {}
+"""Values from the --config TOML file, keyed by flag name with underscores."""
+
+
 def _env(flag: str) -> str | None:
     return os.environ.get("KVSTORE_" + flag.lstrip("-").upper().replace("-", "_"))
+
+
+def load_config(path: str) -> dict[str, Any]:
+    import tomllib
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def _add(p: argparse.ArgumentParser, flag: str, *, required: bool = False, **kw: Any) -> None:
     """add_argument with the default taken from KVSTORE_<FLAG> when set."""
     env = _env(flag)
+    from_file = _CONFIG.get(flag.lstrip("-").replace("-", "_"))
     if env is not None:
         if kw.get("action") == "store_true":
             kw["default"] = env.lower() in ("1", "true", "yes", "on")
         else:
             kw["default"] = kw.get("type", str)(env)
+        required = False
+    elif from_file is not None:
+        if isinstance(from_file, dict):
+            from_file = ",".join(f"{k}={v}" for k, v in from_file.items())
+        kw["default"] = (
+            from_file if kw.get("action") == "store_true" else kw.get("type", str)(from_file)
+        )
         required = False
     help_text = kw.pop("help", "")
     env_name = "KVSTORE_" + flag.lstrip("-").upper().replace("-", "_")
@@ -312,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run one node")
+    p.add_argument("--config", help="TOML file of flag values [env KVSTORE_CONFIG]")
     _add(p, "--id", type=int, required=True, help="this node's id (>= 1)")
     _add(p, "--listen", required=True, help="HOST:PORT for clients and peers")
     _add(p, "--peers", default="", help="ID=HOST:PORT,... of all nodes (this one may be listed)")
@@ -404,7 +428,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_path(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return os.environ.get("KVSTORE_CONFIG")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _CONFIG.clear()
+    path = _config_path(argv)
+    if path:
+        try:
+            _CONFIG.update(load_config(path))
+        except (OSError, ValueError) as e:
+            print(f"kvstore: cannot read config {path}: {e}", file=sys.stderr)
+            return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     code: int = args.func(args)

@@ -83,3 +83,23 @@ def test_plugin_subcommands_register() -> None:
         "transfer-leader",
     ):
         assert cmd in help_text
+
+
+def test_toml_config_file(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kvstore.cli as cli
+
+    cfg = tmp_path / "node.toml"  # type: ignore[operator]
+    cfg.write_text(
+        'id = 4\nlisten = "127.0.0.1:7004"\ndata-dir = "/var/lib/kv"\ntick_ms = 25\n'
+        '[peers]\n1 = "a:1"\n4 = "127.0.0.1:7004"\n'
+    )
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_serve", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setenv("KVSTORE_TICK_MS", "30")
+    assert cli.main(["serve", "--config", str(cfg), "--listen", "127.0.0.1:9"]) == 0
+    assert seen["id"] == 4 and seen["data_dir"] == "/var/lib/kv"
+    assert seen["peers"] == "1=a:1,4=127.0.0.1:7004"
+    assert seen["tick_ms"] == 30  # the environment beats the file
+    assert seen["listen"] == "127.0.0.1:9"  # the command line beats both

@@ -130,3 +130,27 @@ def test_node_refuses_a_data_dir_of_another_cluster(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 3 and "consensus" in r.stderr
+
+
+def test_single_node_and_the_unsafe_ack_switch_is_loud(tmp_path: Path) -> None:
+    import os
+
+    port = free_ports(1)[0]
+    argv = [
+        sys.executable, "-m", "kvstore.cli", "serve", "--id", "1",
+        "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "KVSTORE_UNSAFE_ACK_BEFORE_COMMIT": "1"}
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        r = None
+        for _ in range(100):
+            r = kv("put", "k", "v", endpoints=f"127.0.0.1:{port}")
+            if r.returncode == 0:
+                break
+        assert r is not None and r.returncode == 0, r.stderr if r else ""
+        assert kv("get", "k", endpoints=f"127.0.0.1:{port}").stdout == "v\n"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    assert "UNSAFE_ACK_BEFORE_COMMIT" in err and "level=ERROR" in err
