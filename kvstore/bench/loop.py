@@ -98,9 +98,11 @@ async def run_loop(
                     await target.put(key, value)
             except Exception as e:
                 interval_errors += 1
-                if record_from <= clock() < stop_at:
+                t1 = clock()
+                if record_from <= t1 < stop_at:
                     name = type(e).__name__
                     stats.errors[name] = stats.errors.get(name, 0) + 1
+                    stats.error_hist.record((t1 - t0) // 1000)
                 # A failing store answers at once; do not spin a core on it.
                 await asyncio.sleep(0.01)
                 continue

@@ -18,15 +18,18 @@ from kvstore.bench.workload import WorkloadSpec
 
 @dataclass(slots=True, kw_only=True)
 class OpStats:
-    """Successful operations of one kind and their latencies, plus failures by error name."""
+    """Successful operations of one kind and their latencies, plus failures by error name
+    and how long the failures took (a fast refusal and a timeout mean different things)."""
 
     ops: int = 0
     hist: Histogram = field(default_factory=Histogram)
     errors: dict[str, int] = field(default_factory=dict)
+    error_hist: Histogram = field(default_factory=Histogram)
 
     def merge(self, other: OpStats) -> None:
         self.ops += other.ops
         self.hist.merge(other.hist)
+        self.error_hist.merge(other.error_hist)
         for name, n in other.errors.items():
             self.errors[name] = self.errors.get(name, 0) + n
 
@@ -35,7 +38,12 @@ class OpStats:
         return sum(self.errors.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ops": self.ops, "errors": dict(self.errors), "histogram": self.hist.to_dict()}
+        return {
+            "ops": self.ops,
+            "errors": dict(self.errors),
+            "histogram": self.hist.to_dict(),
+            "error_histogram": self.error_hist.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpStats:
@@ -43,6 +51,7 @@ class OpStats:
             ops=int(d["ops"]),
             errors={str(k): int(v) for k, v in d.get("errors", {}).items()},
             hist=Histogram.from_dict(d["histogram"]),
+            error_hist=Histogram.from_dict(d.get("error_histogram", {})),
         )
 
 
@@ -135,10 +144,14 @@ class BenchResult:
                     f"{ms(part.hist.percentile_us(50)):.2f} ms   p99 "
                     f"{ms(part.hist.percentile_us(99)):.2f} ms"
                 )
-        errors = self.all_ops.errors
-        if errors:
+        every = self.all_ops
+        if every.errors:
+            eh = every.error_hist
             lines.append(
-                "  errors      " + ", ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+                "  errors      "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(every.errors.items()))
+                + f"  (failed after p50 {ms(eh.percentile_us(50)):.2f} ms, "
+                f"max {ms(eh.max_us):.2f} ms)"
             )
         lines.append(
             f"  generator   {s['load_cores']:.2f} cores busy while measuring "

@@ -70,6 +70,8 @@ def test_failures_are_counted_by_name_and_the_loop_goes_on() -> None:
     spec = WorkloadSpec(clients=2, duration_s=0.3, warmup_s=0.0, keys=5)
     res = asyncio.run(run_loop(target, spec, clients=2, seed=3))
     assert res.writes.errors.get("TimeoutError", 0) > 0
+    assert res.writes.error_hist.count == res.writes.errors["TimeoutError"]
+    assert res.writes.error_hist.min_us >= 1000  # the injected failure came after a 1 ms sleep
     assert res.writes.ops > res.writes.errors["TimeoutError"]
 
 
