@@ -25,7 +25,7 @@ from kvstore.consensus.types import (
     SnapshotMetadata,
     UnavailableError,
 )
-from kvstore.statemachine import Delete, MemoryKV, Put, decode_batch, encode_batch
+from kvstore.statemachine import ApplyResult, Delete, MemoryKV, Put, decode_batch, encode_batch
 from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
 from kvstore.storage import NodeStorage
 from kvstore.storage.snapshot import read_image, write_image
@@ -83,6 +83,41 @@ class LogModel(RuleBasedStateMachine):
         with self.st.write() as w:
             w.save(G, entries=ents)
 
+    @rule(data=st.data(), bodies=st.lists(st.tuples(st.integers(1, 3), entry_body), max_size=4))
+    def one_ready(
+        self, data: st.DataObject, bodies: list[tuple[int, tuple[EntryType, bytes]]]
+    ) -> None:
+        """Append, hard state, apply and compact in ONE transaction, as the driver does."""
+        lo = max(self.kv.applied + 1, self.model.first_index())
+        start = data.draw(st.integers(lo, self.model.last_index() + 1), label="start")
+        ents = [
+            Entry(term=term, index=start + i, type=t, data=d)
+            for i, (term, (t, d)) in enumerate(bodies)
+        ]
+        self.model.append(ents)
+        upto = data.draw(st.integers(self.kv.applied, self.model.last_index()), label="upto")
+        committed = self.model.entries(self.kv.applied + 1, upto + 1)
+        hs = HardState(term=3, vote=1, commit=upto)
+        self.model.set_hard_state(hs)
+        want = self.model_apply(committed, upto)
+        compact_to = data.draw(st.integers(self.model.first_index() - 1, upto), label="compact")
+        self.model.compact(compact_to)
+        with self.st.write() as w:
+            w.save(G, hard_state=hs, entries=ents)
+            assert w.apply(G, committed) == want
+            w.compact(G, compact_to)
+
+    def model_apply(self, ents: list[Entry], upto: int) -> list[ApplyResult]:
+        want: list[ApplyResult] = []
+        for e in ents:
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    want += self.kv.apply(e.index, decode_batch(e.data))
+                except ValueError:
+                    self.undecodable += 1
+        self.kv.applied = upto
+        return want
+
     @rule(term=st.integers(0, 9), vote=st.integers(0, 3), commit=st.integers(0, 30))
     def hard_state(self, term: int, vote: int, commit: int) -> None:
         hs = HardState(term=term, vote=vote, commit=commit)
@@ -95,14 +130,7 @@ class LogModel(RuleBasedStateMachine):
     def apply(self, data: st.DataObject) -> None:
         upto = data.draw(st.integers(self.kv.applied + 1, self.model.last_index()), label="upto")
         ents = self.model.entries(self.kv.applied + 1, upto + 1)
-        want = []
-        for e in ents:
-            if e.type == EntryType.NORMAL and e.data:
-                try:
-                    want += self.kv.apply(e.index, decode_batch(e.data))
-                except ValueError:
-                    self.undecodable += 1
-        self.kv.applied = upto
+        want = self.model_apply(ents, upto)
         with self.st.write() as w:
             got = w.apply(G, ents)
         assert got == want
