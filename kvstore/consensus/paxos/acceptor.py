@@ -56,16 +56,22 @@ class Acceptor:
             entries=tuple(self.log.slice(lo, self.log.last_index() + 1)),
         )
 
-    def accept(self, ballot: int, prev: int, entries: tuple[Entry, ...]) -> Outcome:
+    def accept(self, ballot: int, prev: int, entries: tuple[Entry, ...] | list[Entry]) -> Outcome:
         """Phase 2b for slots prev+1 .. prev+len(entries), contiguous."""
-        if not self.promise(ballot):
+        if ballot != self.promised and not self.promise(ballot):
             return Outcome.STALE_BALLOT
         if prev > self.accepted_through:
             return Outcome.GAP
-        fresh = [e for e in entries if e.index > self.commit]
-        if fresh:
-            self.log.write(fresh)
-        self.accepted_through = max(self.accepted_through, prev + len(entries))
+        if entries:
+            if entries[0].index > self.commit:
+                self.log.write(entries)
+            else:
+                fresh = [e for e in entries if e.index > self.commit]
+                if fresh:
+                    self.log.write(fresh)
+            end = prev + len(entries)
+            if end > self.accepted_through:
+                self.accepted_through = end
         return Outcome.OK
 
     def learn(self, commit: int) -> bool:

@@ -85,18 +85,24 @@ class SlotLog:
         return out[:n]
 
     # -- writes ------------------------------------------------------------
-    def write(self, entries: list[Entry]) -> None:
+    def write(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         """Set the slots of ``entries`` (contiguous, first <= last_index()+1), keeping
         every slot after them. Slots already covered by the snapshot are skipped."""
-        first_ok = self.first_index()
-        entries = [e for e in entries if e.index >= first_ok]
         if not entries:
             return
+        first_ok = self.first_index()
+        if entries[0].index < first_ok:
+            entries = [e for e in entries if e.index >= first_ok]
+            if not entries:
+                return
         lo, hi = entries[0].index, entries[-1].index
         last = self.last_index()
         if lo > last + 1:
             raise UnavailableError(f"gap: writing slot {lo} after last {last}")
         tail = self.slice(hi + 1, last + 1) if hi < last else []
+        if lo == last + 1 and lo >= self.offset:
+            self.unstable.extend(entries)  # the common case: appending
+            return
         if lo >= self.offset:
             del self.unstable[lo - self.offset :]
         else:

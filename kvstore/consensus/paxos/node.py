@@ -269,9 +269,19 @@ class PaxosNode:
             self.candidate = None
             self.elapsed = 0
 
-    def _preempted(self, b: int) -> None:
-        """An acceptor answered with a higher promise than our ballot."""
+    def _preempted(self, b: int, by: int) -> None:
+        """Acceptor ``by`` answered with a higher promise ``b`` than our ballot.
+
+        A candidate backs off. A leader under leases (check_quorum) runs phase 1 again
+        above ``b`` at once: acceptors that follow it still answer it, so a node that
+        campaigned alone behind a partition rejoins without costing an election
+        timeout; if a rival really holds a quorum, the leases keep this from
+        succeeding and check_quorum retires us. During a transfer to ``by`` we yield."""
         self.max_seen = max(self.max_seen, b)
+        lead = self.lead
+        if lead is not None and self.cfg.check_quorum and lead.transfer_to != by:
+            self._campaign(transfer=False)
+            return
         self._become_follower()
 
     def _require_leader(self) -> Leader:
@@ -303,11 +313,15 @@ class PaxosNode:
         return self.id in self._all_voters()
 
     def _note_written(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        pending = self.pending_conf
         for e in entries:
-            self.pending_conf.pop(e.index, None)
-            cc = membership.decode(e)
-            if cc is not None:
-                self.pending_conf[e.index] = cc
+            if e.type is EntryType.CONF_CHANGE:
+                cc = membership.decode(e)
+                if cc is not None:
+                    pending[e.index] = cc
+                    continue
+            if pending:
+                pending.pop(e.index, None)
 
     def _sync_members(self) -> None:
         lead = self.lead
@@ -400,7 +414,7 @@ class PaxosNode:
         if m.reject:
             mine = cand.ballot if cand else self.lead.ballot if self.lead else 0
             if mine and m.term > mine:
-                self._preempted(m.term)
+                self._preempted(m.term, m.from_)
                 return None
             return "stale_ballot"
         if cand is None or m.term != cand.ballot:
@@ -431,7 +445,7 @@ class PaxosNode:
                 reject_hint=self.acceptor.accepted_through,
             )
             return None
-        self._note_written([e for e in m.entries if e.index > self.acceptor.commit])
+        self._note_written(m.entries)
         self.acceptor.learn(m.commit)
         if m.context != COMMIT_ONLY or m.entries:
             self._send(MT.ACCEPTED, m.from_, term=m.term, index=self.acceptor.accepted_through)
@@ -569,7 +583,7 @@ class PaxosNode:
         if lead is None or m.term != lead.ballot:
             mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
             if m.reject and mine and m.term > mine:
-                self._preempted(m.term)
+                self._preempted(m.term, m.from_)
                 return None
             return "stale_ballot"
         pr = lead.progress.get(m.from_)
@@ -651,7 +665,7 @@ class PaxosNode:
         if m.reject:
             mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
             if mine and m.term > mine:
-                self._preempted(m.term)
+                self._preempted(m.term, m.from_)
                 return None
             return "stale_ballot"
         if lead is None or m.term != lead.ballot:
@@ -688,7 +702,8 @@ class PaxosNode:
         elif pr.state is State.PROBE:
             pr.probe_sent = False
             pr.next = min(pr.next, m.index + 1)
-        self._replicate(lead, m.from_)
+        if pr.state is not State.REPLICATE or pr.next <= self.log.last_index():
+            self._replicate(lead, m.from_)
         return None
 
     def _read(self, lead: Leader, ctx: bytes, requester: int) -> None:
