@@ -1,4 +1,8 @@
-"""Runs tests/consensus/transcripts/raft/*.txt against the Raft core (``--rewrite`` regenerates)."""
+"""Runs tests/consensus/transcripts/raft/*.txt against the Raft core (``--rewrite`` regenerates).
+
+The generic commands come from ``transcript.py`` (shared with Multi-Paxos); the
+Raft-only ones, which read RawNode internals, are in ``RAFT_COMMANDS`` below.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,32 @@ import pathlib
 
 import pytest
 
-from consensus.transcript import RAFT_COMMANDS, run_file
+from consensus.transcript import Command, Harness, run_file
 from kvstore.consensus.raft import RawNode
+from kvstore.consensus.raft.progress import ProgressState
 
 DIR = pathlib.Path(__file__).parent / "transcripts" / "raft"
 FILES = sorted(DIR.glob("*.txt"))
+
+
+def cmd_progress(h: Harness, args: list[str], out: list[str]) -> None:
+    """progress ID: the Raft leader's view of each member."""
+    core = h.core(int(args[0]))
+    assert isinstance(core, RawNode)
+    for node, pr in sorted(core.raft.tracker.progress.items()):
+        line = f"{node}: {pr.state.name} match={pr.match} next={pr.next}"
+        if pr.state is ProgressState.REPLICATE:
+            line += f" inflight={pr.inflights.count()}"
+        if pr.state is ProgressState.PROBE and pr.probe_sent:
+            line += " paused"
+        if pr.state is ProgressState.SNAPSHOT:
+            line += f" pending={pr.pending_snapshot}"
+        if pr.is_learner:
+            line += " learner"
+        out.append(line)
+
+
+RAFT_COMMANDS: dict[str, Command] = {"progress": cmd_progress}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

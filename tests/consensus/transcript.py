@@ -11,7 +11,8 @@ The line(s) before ``----`` are one command; the lines after it are its expected
 output (never blank: an empty output prints ``ok``). ``pytest --rewrite`` rewrites
 the outputs. The runner is generic over a core factory (``Cls(config, storage)``),
 so Raft and Multi-Paxos share ``COMMANDS``; core-specific commands live in a table
-the caller passes (``RAFT_COMMANDS`` below).
+the caller passes (``RAFT_COMMANDS`` in test_raft_transcripts.py, ``PAXOS_COMMANDS``
+in test_paxos_transcripts.py).
 
 Network model: ``process-ready`` persists a node's Ready to its MemoryStorage, applies
 committed entries (CONF_CHANGE ones via ``apply_conf_change``) and queues the messages;
@@ -23,6 +24,7 @@ did not hand out in a Ready; ``restart`` builds a new one on the same storage.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 import random
 from collections.abc import Callable, Iterable
@@ -41,6 +43,7 @@ from kvstore.consensus.types import (
     HardState,
     LogStorage,
     Message,
+    MessageType,
     Ready,
     Snapshot,
 )
@@ -150,6 +153,12 @@ def kwargs(args: list[str]) -> tuple[list[str], dict[str, str]]:
     return pos, kw
 
 
+def filters(args: list[str]) -> tuple[list[int] | None, list[int] | None, dict[str, str]]:
+    _, kw = kwargs(args)
+    to = parse_ids(kw["to"]) if "to" in kw else None
+    return to, parse_ids(kw["from"]) if "from" in kw else None, kw
+
+
 class Harness:
     def __init__(self, factory: CoreFactory, group: int = 1) -> None:
         self.factory = factory
@@ -241,9 +250,6 @@ class Harness:
         self.queue = keep
         return n
 
-    def new_core(self, st: NodeState) -> Core:
-        return self.factory(st.config, st.storage)
-
     # -- running a transcript ------------------------------------------------------------
     def run(self, command: str, table: dict[str, Command]) -> str:
         words = command.split()
@@ -285,7 +291,7 @@ def cmd_add_nodes(h: Harness, args: list[str], out: list[str]) -> None:
             rng=random.Random(node),
         )
         st = NodeState(id=node, config=cfg, storage=HarnessStorage(voters, learners), core=None)
-        st.core = h.new_core(st)
+        st.core = h.factory(st.config, st.storage)
         h.nodes[node] = st
     out.append(f"added {fmt_ids(range(start, start + count))}")
 
@@ -315,17 +321,13 @@ def cmd_process_ready(h: Harness, args: list[str], out: list[str]) -> None:
 
 def cmd_deliver_msgs(h: Harness, args: list[str], out: list[str]) -> None:
     """deliver-msgs [to=(2,3)] [from=(1)]"""
-    _, kw = kwargs(args)
-    to = parse_ids(kw["to"]) if "to" in kw else None
-    frm = parse_ids(kw["from"]) if "from" in kw else None
+    to, frm, _ = filters(args)
     h.deliver(to, frm, out, echo=True)
 
 
 def cmd_drop_msgs(h: Harness, args: list[str], out: list[str]) -> None:
     """drop-msgs [to=(2,3)] [from=(1)] [type=APPEND] [context=ctx]"""
-    _, kw = kwargs(args)
-    to = parse_ids(kw["to"]) if "to" in kw else None
-    frm = parse_ids(kw["from"]) if "from" in kw else None
+    to, frm, kw = filters(args)
     typ = kw.get("type")
     ctx = kw["context"].encode() if "context" in kw else None
     keep = []
@@ -404,7 +406,7 @@ def cmd_restart(h: Harness, args: list[str], out: list[str]) -> None:
     st = h.nodes[int(args[0])]
     st.config.applied = st.storage.applied
     st.config.rng = random.Random(st.id * 1000 + len(st.applied))
-    st.core = h.new_core(st)
+    st.core = h.factory(st.config, st.storage)
     out.append(f"restarted {st.id}: {fmt_status(st.core)}")
 
 
@@ -489,8 +491,6 @@ def cmd_dropped(h: Harness, args: list[str], out: list[str]) -> None:
 
 def cmd_step(h: Harness, args: list[str], out: list[str]) -> None:
     """step TO TYPE from=F [term=T] [index=I] ...: inject a hand-made message."""
-    from kvstore.consensus.types import MessageType
-
     pos, kw = kwargs(args)
     to = int(pos[0])
     fields: dict[str, object] = {}
@@ -537,26 +537,6 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-# -- Raft-only commands (read RawNode internals) -----------------------------------------
-def cmd_progress(h: Harness, args: list[str], out: list[str]) -> None:
-    """progress ID: the leader's view of each follower."""
-    raft = h.core(int(args[0])).raft  # type: ignore[attr-defined]
-    for node, pr in sorted(raft.tracker.progress.items()):
-        line = f"{node}: {pr.state.name} match={pr.match} next={pr.next}"
-        if pr.state.name == "REPLICATE":
-            line += f" inflight={pr.inflights.count()}"
-        if pr.state.name == "PROBE" and pr.probe_sent:
-            line += " paused"
-        if pr.state.name == "SNAPSHOT":
-            line += f" pending={pr.pending_snapshot}"
-        if pr.is_learner:
-            line += " learner"
-        out.append(line)
-
-
-RAFT_COMMANDS: dict[str, Command] = {"progress": cmd_progress}
-
-
 # -- file format -------------------------------------------------------------------------
 @dataclass(slots=True)
 class Block:
@@ -567,30 +547,17 @@ class Block:
 
 def parse(text: str) -> list[Block]:
     blocks: list[Block] = []
-    lines = text.splitlines()
-    i = 0
     comments: list[str] = []
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            if comments and comments[-1] != "":
-                comments.append("")
-            i += 1
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("#") or not line.strip():
+            if line.strip() or (comments and comments[-1]):
+                comments.append(line.rstrip())  # keeps one blank between comment paragraphs
             continue
-        if line.startswith("#"):
-            comments.append(line)
-            i += 1
-            continue
-        command = line.strip()
-        i += 1
-        if i >= len(lines) or lines[i].strip() != "----":
-            raise ValueError(f"line {i}: expected '----' after {command!r}")
-        i += 1
-        out = []
-        while i < len(lines) and lines[i].strip():
-            out.append(lines[i])
-            i += 1
-        blocks.append(Block(comments=comments, command=command, expected="\n".join(out)))
+        if next(lines, "").strip() != "----":
+            raise ValueError(f"expected '----' after {line!r}")
+        out = list(itertools.takewhile(str.strip, lines))  # also eats the blank separator
+        blocks.append(Block(comments=comments, command=line.strip(), expected="\n".join(out)))
         comments = []
     return blocks
 
@@ -624,4 +591,4 @@ def run_file(
     ]
 
 
-__all__ = ["COMMANDS", "RAFT_COMMANDS", "Harness", "HarnessStorage", "run_file"]
+__all__ = ["COMMANDS", "Command", "Harness", "HarnessStorage", "run_file"]
