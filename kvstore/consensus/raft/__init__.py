@@ -1,8 +1,21 @@
 """The Raft core (etcd-io/raft's design in small modules); performs no I/O.
 
-RawNode(config, storage)   the Core contract (rawnode.py)
-Raft                       the state machine behind it (raft.py)
-quorum / progress / tracker / log / read_only / confchange: one concept each.
+    RawNode(config, storage)   the Core contract; Ready handling is documented there
+    Raft                       roles, terms, elections, message handling (raft.py)
+    leader                     what a leader sends and how it reads the answers
+    quorum / progress / tracker / log / read_only / confchange: one concept each
+
+Choices worth knowing when driving it:
+- ``Ready.committed`` holds only entries durable locally or in the same
+  ``Ready.entries`` (persist those in the same transaction before applying).
+- Membership changes one server at a time; a change takes effect on a node when the
+  driver applies its CONF_CHANGE entry and calls ``apply_conf_change``. A leader
+  proposes one only after its own term's no-op is applied, and one at a time.
+- ``storage.initial_state()`` must return the ConfState in effect at
+  ``config.applied`` (entries up to it are not handed out again).
+- A node that starts with no membership at all (empty ConfState) accepts no entries
+  until the leader sends it a snapshot, which carries the membership.
+- Remote junk is dropped and counted in ``dropped`` by reason, never raised.
 """
 
 from __future__ import annotations
