@@ -191,7 +191,7 @@ class GroupLog:
         if cached is not None and cached[0] == v.applied and cached[1] == v.conf_state:
             return cached[2]
         with self._st.env.begin(db=self._st.dbs.log) as txn:
-            now = load_view(txn, self._st.dbs, self.group)
+            now = load_view(txn, self._st.dbs, self.group, cache_entries=0)
             if now.applied == now.base.index:
                 term = now.base.term
             else:

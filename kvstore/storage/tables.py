@@ -6,7 +6,7 @@ always under the group's key prefix (keys.py), so groups never see each other's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,10 +179,18 @@ class GroupTables:
             yield client, seq, v
 
     # -- whole-group maintenance ---------------------------------------------
-    def clear(self) -> None:
-        """Delete the group's kv and sessions (before a snapshot install)."""
+    def replace(
+        self, kv: Iterable[tuple[bytes, bytes]], sessions: Iterable[tuple[int, int, bytes]]
+    ) -> None:
+        """Replace the group's kv and sessions by stored records (a snapshot image's)."""
         for db in (self.dbs.kv, self.dbs.sessions):
             delete_range(self.txn, db, keys.group_prefix(self.group), keys.group_end(self.group))
+        self._last_seq.clear()
+        put = self.txn.put
+        for key, record in kv:
+            put(self._prefix + key, record, db=self.dbs.kv)
+        for client, seq, record in sessions:
+            put(keys.session_key(self.group, client, seq), record, db=self.dbs.sessions)
 
 
 def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:

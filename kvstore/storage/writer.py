@@ -156,12 +156,7 @@ class Writer:
         image = read_image(group, meta.index, snap.data)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
         delete_range(self._txn, self._dbs.log, lo, hi)
-        GroupTables(self._txn, self._dbs, group).clear()
-        put, prefix = self._txn.put, keys.group_prefix(group)
-        for key, record in image.kv:
-            put(prefix + key, record, db=self._dbs.kv)
-        for client, seq, record in image.sessions:
-            put(keys.session_key(group, client, seq), record, db=self._dbs.sessions)
+        GroupTables(self._txn, self._dbs, group).replace(image.kv, image.sessions)
         self._set_base(group, p, meta)
         self._set_applied(group, p, meta.index)
         self._store_conf(group, p, meta.conf_state)
@@ -251,8 +246,9 @@ class Writer:
         p = self._group(group)
         self.dropped.add(group)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
-        for db in (self._dbs.log, self._dbs.meta, self._dbs.kv, self._dbs.sessions):
+        for db in (self._dbs.log, self._dbs.meta):
             delete_range(self._txn, db, lo, hi)
+        GroupTables(self._txn, self._dbs, group).replace([], [])
         self._txn.delete(lo, db=self._dbs.snapshot)
         fresh = LogView()
         p.base, p.last_index, p.last_term, p.applied = fresh.base, 0, 0, 0
