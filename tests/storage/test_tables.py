@@ -36,9 +36,17 @@ command = st.one_of(
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(command, min_size=1, max_size=6), min_size=1, max_size=12))
+@given(
+    st.lists(st.lists(command, min_size=1, max_size=6), min_size=1, max_size=12),
+    st.lists(
+        st.tuples(KEYS | st.binary(max_size=2), KEYS | st.binary(max_size=2), st.integers(-1, 3)),
+        max_size=5,
+    ),
+)
 def test_lmdb_tables_match_memory_kv(
-    tmp_path_factory: object, batches: list[list[Command]]
+    tmp_path_factory: object,
+    batches: list[list[Command]],
+    scans: list[tuple[bytes, bytes, int]],
 ) -> None:
     path = tmp_path_factory.mktemp("tables")  # type: ignore[attr-defined]
     model = MemoryKV()
@@ -55,6 +63,8 @@ def test_lmdb_tables_match_memory_kv(
                 got = w.apply(3, [e])
             assert got == model.apply(i, cmds)
         assert st_.kv(3).scan() == model.scan(b"")
+        for start, end, limit in scans:
+            assert st_.kv(3).scan(start, end, limit) == model.scan(start, end, limit)
         with st_.env.begin() as txn:
             rows = list(GroupTables(txn, st_.dbs, 3).raw_sessions())
         assert [(c, s) for c, s, _ in rows] == sorted(
