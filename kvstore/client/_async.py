@@ -71,6 +71,9 @@ class AsyncClient:
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
         self._next = random.randrange(len(self.endpoints))
+        self._replica: str = self.endpoints[self._next]
+        """Where non-strong reads go: one replica per client (random, so clients spread),
+        kept until it fails, so its ops share one stream and pack into big batches."""
         self.causal_token = 0
         """The highest log index this client has written or observed (causal reads)."""
 
@@ -107,7 +110,7 @@ class AsyncClient:
         deadline = loop.time() + self.timeout
         maybe_applied = False
         last: KVError | None = None
-        endpoint = self._rotate() if anywhere else (self._leader or self._rotate())
+        endpoint = self._replica if anywhere else (self._leader or self._rotate())
         for attempt in itertools.count():
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -134,6 +137,8 @@ class AsyncClient:
                 if self._leader == endpoint:
                     self._leader = None
                 endpoint = self._rotate()
+                if anywhere:
+                    self._replica = endpoint
                 continue
             if not result.HasField("error"):
                 if not anywhere:
@@ -158,6 +163,8 @@ class AsyncClient:
             if err.code in _RETRYABLE:
                 if err.code != grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
                     endpoint = self._rotate()
+                    if anywhere:
+                        self._replica = endpoint
                 continue
             raise last
         if last is not None and not isinstance(last, NotLeader | Unavailable):

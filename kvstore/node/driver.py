@@ -381,12 +381,7 @@ class NodeDriver:
         now = loop.time()
         inbox, self._inbox = self._inbox, []
         ticks, self._ticks = min(self._ticks, MAX_TICKS_PER_ITERATION), 0
-        for m in inbox:
-            g = self.groups.get(m.group)
-            if g is None:
-                self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
-                continue
-            g.core.step(m)
+        self._step_inbox(inbox)
         for g in self.groups.values():
             for _ in range(ticks):
                 g.core.tick()
@@ -465,7 +460,10 @@ class NodeDriver:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                results = await loop.run_in_executor(self._writer, self._persist, plans)
+                fut = loop.run_in_executor(self._writer, self._persist, plans)
+                if self.config.consensus == "raft":
+                    await self._step_while(fut)
+                results = await fut
             except StorageFullError as e:
                 if not self.storage_full:
                     self.storage_full = True
@@ -478,6 +476,30 @@ class NodeDriver:
                 self.storage_full = False
                 log.event("storage_writable")
             return results
+
+    async def _step_while(self, fut: asyncio.Future[Any]) -> None:
+        """While the writer thread persists, step arriving peer messages into the cores
+        (etcd-io/raft allows Step between Ready and Advance), so follower acks and
+        heartbeats are not left waiting for the fsync. Proposals keep queueing: they go
+        out as one entry in the next iteration (batching)."""
+        assert self._wake is not None
+        wake = self._wake
+        fut.add_done_callback(lambda _: wake.set())
+        while not fut.done():
+            await wake.wait()
+            wake.clear()
+            if self._inbox:
+                inbox, self._inbox = self._inbox, []
+                self._step_inbox(inbox)
+        wake.set()  # ticks, proposals and reads that arrived meanwhile
+
+    def _step_inbox(self, inbox: list[Message]) -> None:
+        for m in inbox:
+            g = self.groups.get(m.group)
+            if g is None:
+                self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
+                continue
+            g.core.step(m)
 
     def _fail_writes(self, g: _Group, why: str) -> None:
         for w in g.writes:

@@ -42,6 +42,13 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def _by_group(msgs: list[Message]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for m in msgs:
+        out[m.group] = out.get(m.group, 0) + 1
+    return out
+
+
 def _approx_size(m: Message) -> int:
     n = 64 + sum(e.size() for e in m.entries) + len(m.context)
     if m.snapshot is not None:
@@ -227,12 +234,12 @@ class PeerTransport:
                 link.enqueue(batch)
 
     def count_sent(self, msgs: list[Message]) -> None:
-        for m in msgs:
-            self.metrics.sent.labels(str(m.group)).inc()
+        for group, n in _by_group(msgs).items():
+            self.metrics.sent.labels(str(group)).inc(n)
 
     def count_drop(self, msgs: list[Message], reason: str) -> None:
-        for m in msgs:
-            self.metrics.dropped.labels(str(m.group), reason).inc()
+        for group, n in _by_group(msgs).items():
+            self.metrics.dropped.labels(str(group), reason).inc(n)
 
     # -- inbound ---------------------------------------------------------------
     def receive(self, batch: peer_pb2.PeerBatch) -> str | None:
@@ -259,9 +266,10 @@ class PeerTransport:
             if m.from_ != sender or m.to != self.node_id:
                 self.metrics.dropped.labels(str(m.group), "bad_address").inc()
                 continue
-            self.metrics.received.labels(str(m.group)).inc()
             msgs.append(m)
         if msgs:
+            for group, n in _by_group(msgs).items():
+                self.metrics.received.labels(str(group)).inc(n)
             self._deliver(msgs)
         return None
 

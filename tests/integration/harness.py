@@ -163,7 +163,7 @@ class LocalCluster:
         for n in self.status():
             if not n["reachable"]:
                 continue
-            for g in n["groups"]:
+            for g in n.get("groups", []):
                 if g["role"] == "leader" and (best is None or g["term"] > best[0]):
                     best = (g["term"], n["id"])
         return None if best is None else best[1]

@@ -18,7 +18,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def test_elects_one_leader_and_serves_reads_and_writes(cluster: LocalCluster) -> None:
-    leaders = [n["id"] for n in cluster.status() for g in n["groups"] if g["role"] == "leader"]
+    nodes = wait_for(
+        lambda: (st := cluster.status(timeout=5)) and all(n["reachable"] for n in st) and st,
+        30,
+        "every node to answer status",
+    )
+    leaders = [n["id"] for n in nodes for g in n["groups"] if g["role"] == "leader"]
     assert len(leaders) == 1
     with cluster.client() as c:
         rev1 = c.put("alpha", "1")
