@@ -16,10 +16,12 @@ Do not nest ``write()`` in one thread (it would deadlock).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import IO
 
 import lmdb
 
@@ -46,18 +48,23 @@ class NodeStorage:
         caps the data size in bytes; past it writes raise StorageFullError.
         ``cache_entries``: log entries per group kept in memory (the tail)."""
         os.makedirs(path, exist_ok=True)
+        self._lockfile = _lock_dir(path)
         self.path = path
         self.sync_writes = sync
         self.cache_entries = cache_entries
-        self.env = lmdb.open(
-            path,
-            map_size=map_size,
-            max_dbs=len(_SUBDBS),
-            sync=sync,
-            metasync=sync,
-            readahead=False,
-            max_readers=512,
-        )
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size,
+                max_dbs=len(_SUBDBS),
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_readers=512,
+            )
+        except lmdb.Error as e:
+            self._lockfile.close()
+            raise StorageError(f"cannot open LMDB environment in {path}: {e}") from e
         # Reader slots left by a killed process pin old pages (the file would only grow):
         # clear them at start.
         self.env.reader_check()
@@ -152,15 +159,30 @@ class NodeStorage:
         if self._closed:
             return
         self._closed = True
-        if not self.sync_writes:
-            self.env.sync(True)
-        self.env.close()
+        try:
+            if not self.sync_writes:
+                self.env.sync(True)
+            self.env.close()
+        finally:
+            self._lockfile.close()  # releases the flock
 
     def __enter__(self) -> NodeStorage:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_dir(path: str) -> IO[bytes]:
+    """Take an exclusive lock on the data directory for this NodeStorage's lifetime: two
+    nodes (or two opens in one process, which LMDB forbids) must not share one environment."""
+    f = open(os.path.join(path, "kvstore.lock"), "ab")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        raise StorageError(f"data directory {path} is in use by another NodeStorage") from e
+    return f
 
 
 def _abort(txn: lmdb.Transaction) -> None:

@@ -347,3 +347,13 @@ def test_writers_in_two_threads_keep_views_and_disk_in_step(
     st.close()
     with NodeStorage(store_path) as again:
         assert [again.group(g).last_index() for g in (1, 2, 3)] == [100, 100, 200]
+
+
+def test_one_data_directory_one_node_storage(st: NodeStorage, store_path: str) -> None:
+    from kvstore.storage import StorageError
+
+    with pytest.raises(StorageError, match="in use by another NodeStorage"):
+        NodeStorage(store_path)
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert again.group(1).last_index() == 0
