@@ -32,6 +32,7 @@ from kvstore.storage.tables import Dbs, GroupTables
 if TYPE_CHECKING:
     from typing import Any
 
+    from kvstore.consensus.types import LogStorage
     from kvstore.storage.env import NodeStorage
 
 TAIL_ENTRIES = 512
@@ -245,3 +246,9 @@ def _limit(ents: tuple[Entry, ...], max_size: int | None) -> list[Entry]:
         size += ents[n].size()
         n += 1
     return list(ents[:n])
+
+
+if TYPE_CHECKING:
+
+    def _is_log_storage(log: GroupLog) -> LogStorage:
+        return log  # mypy proves GroupLog satisfies the consensus contract
