@@ -18,11 +18,13 @@
 #   --memory MB           guest memory (default 512)
 #   --cpus N              guest vCPUs (default 1)
 #   --tick-ms MS          node tick (default 100; guests run 25-30x slower than the host
-#   --election-ticks N    election timeout in ticks (default 30)       under emulation)
-#   --heartbeat-ticks N   heartbeat interval in ticks (default 3)
+#   --election-ticks N    election timeout in ticks (default 50)       under emulation)
+#   --heartbeat-ticks N   heartbeat interval in ticks (default 5)
 #   --host-peers LIST     ID=HOST:PORT,... nodes outside the VMs that are members too; VM
 #                         node ids then start after the largest of them
 #   --accel auto|kvm|qemu domain type (default auto: kvm only with vmx/svm and /dev/kvm)
+#   --guest-init minimal|systemd   the guest's PID 1 (default minimal: a shell script that
+#                         boots in seconds under emulation; systemd works too, slower)
 #   --image TAG           container image (default kvstore:latest)
 #   --no-build            use the image and guest disk as they are
 #   --timeout S           seconds to wait for a leader (default 900); --no-wait skips it
@@ -76,8 +78,8 @@ prereqs() {
 }
 
 cmd_up() {
-  local vms=3 memory=512 cpus=1 tick_ms=100 election=30 heartbeat=3 host_peers="" accel=auto
-  local image=${KVSTORE_IMAGE:-kvstore:latest} build=1 wait=1 timeout=900
+  local vms=3 memory=512 cpus=1 tick_ms=100 election=50 heartbeat=5 host_peers="" accel=auto
+  local image=${KVSTORE_IMAGE:-kvstore:latest} build=1 wait=1 timeout=900 guest_init=systemd
   while [ $# -gt 0 ]; do
     case "$1" in
       --vms) vms=$2; shift ;;
@@ -88,6 +90,7 @@ cmd_up() {
       --heartbeat-ticks) heartbeat=$2; shift ;;
       --host-peers) host_peers=$2; shift ;;
       --accel) accel=$2; shift ;;
+      --guest-init) guest_init=$2; shift ;;
       --image) image=$2; shift ;;
       --no-build) build=0 ;;
       --no-wait) wait=0 ;;
@@ -123,6 +126,12 @@ cmd_up() {
     if [ -r /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; else accel=qemu; fi
   fi
   case "$accel" in kvm|qemu) ;; *) die "up: --accel must be auto, kvm or qemu" ;; esac
+  local init_arg
+  case "$guest_init" in
+    minimal) init_arg=" init=/usr/local/sbin/kvstore-init" ;;
+    systemd) init_arg="" ;;
+    *) die "up: --guest-init must be minimal or systemd" ;;
+  esac
 
   # Isolated network: a bridge with the host at .1, no NAT, no DHCP or DNS (static guest IPs).
   if ! $V net-info "$NET" >/dev/null 2>&1; then
@@ -179,7 +188,7 @@ EOF
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$GUEST/vmlinuz</kernel>
     <initrd>$GUEST/initrd.img</initrd>
-    <cmdline>console=ttyS0 root=/dev/vda rw panic=-1 quiet systemd.show_status=false kvstore.name=$name kvstore.ip=$ip/24 kvstore.id=$((first_id + i - 1)) kvstore.listen=$ip:$PORT kvstore.peers=$peers kvstore.cluster_id=$cluster_id kvstore.metrics_port=$METRICS_PORT kvstore.tick_ms=$tick_ms kvstore.election_ticks=$election kvstore.heartbeat_ticks=$heartbeat</cmdline>
+    <cmdline>console=ttyS0 root=/dev/vda rw panic=-1 quiet systemd.show_status=false$init_arg kvstore.name=$name kvstore.ip=$ip/24 kvstore.id=$((first_id + i - 1)) kvstore.listen=$ip:$PORT kvstore.peers=$peers kvstore.cluster_id=$cluster_id kvstore.metrics_port=$METRICS_PORT kvstore.tick_ms=$tick_ms kvstore.election_ticks=$election kvstore.heartbeat_ticks=$heartbeat</cmdline>
   </os>
   <features>$features</features>
   $cpu_xml

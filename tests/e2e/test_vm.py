@@ -1,0 +1,244 @@
+"""The libvirt deployment end to end (deploy/vm.sh): podman containers in emulated guests.
+
+- test_vm_joins_host_cluster (--e2e, in CI): one VM whose node is the third member of a
+  cluster with two host processes; it boots, joins and catches up, and then stands in the
+  quorum when a host node is killed.
+- test_three_vms_survive_leader_destroy (--e2e --vm-full): `vm.sh up` with 3 VMs, the
+  client from the host against the VMs' addresses, `virsh destroy` of the leader's VM,
+  writes resume, the VM starts again and its node catches up, `vm.sh down`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvstore.client import Client
+
+from .infra import (
+    DEPLOY,
+    REPO,
+    SLOW_ELECTION_TICKS,
+    SLOW_HEARTBEAT_TICKS,
+    SLOW_TICK_MS,
+    caught_up,
+    free_ports,
+    leader_of,
+    put_until_ok,
+    run,
+    timed,
+    wait_for,
+    write_and_read,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
+
+E2E_CACHE = DEPLOY / ".cache" / "e2e"
+SLOW = [
+    "--tick-ms",
+    str(SLOW_TICK_MS),
+    "--election-ticks",
+    str(SLOW_ELECTION_TICKS),
+    "--heartbeat-ticks",
+    str(SLOW_HEARTBEAT_TICKS),
+]
+# Guests boot in ~30 s on an idle machine; the node then starts under emulation.
+BOOT_TIMEOUT = 900
+VM_SH = str(DEPLOY / "vm.sh")
+
+
+def deployment_env(name: str, subnet: str, image: str) -> dict[str, str]:
+    return {
+        "KVSTORE_DEPLOY_CACHE": str(E2E_CACHE),
+        "KVSTORE_VM_PREFIX": name,
+        "KVSTORE_VM_NET": name,
+        "KVSTORE_VM_BRIDGE": f"virbr-{name[-8:]}",
+        "KVSTORE_VM_SUBNET": subnet,
+        "KVSTORE_CLUSTER_ID": name,
+        "KVSTORE_IMAGE": image,
+        "PYTHON": sys.executable,
+    }
+
+
+@pytest.fixture(scope="session")
+def guest_disk(kvstore_image: str, libvirt: None) -> str:
+    """The guest disk with the image loaded, built once per run (cached under
+    deploy/.cache/e2e, apart from a user's deployment)."""
+    env = {"KVSTORE_DEPLOY_CACHE": str(E2E_CACHE)}
+    with timed("guest disk build (debootstrap if not cached + image load + mkfs)"):
+        p = run(
+            ["bash", str(DEPLOY / "build-guest-image.sh"), "--image", kvstore_image],
+            env=env,
+            timeout=1500,
+        )
+    print(p.stderr)
+    return kvstore_image
+
+
+@pytest.fixture
+def vm_sh(request: pytest.FixtureRequest) -> Iterator[list[tuple[str, dict[str, str]]]]:
+    """Deployments the test brings up; each is brought down afterwards, logs shown on failure."""
+    made: list[tuple[str, dict[str, str]]] = []
+    yield made
+    for name, env in made:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            for log in sorted((E2E_CACHE / "vm" / name).glob("*.serial.log")):
+                tail = log.read_bytes()[-3000:].decode(errors="replace").replace("\r", "")
+                print(f"--- {log.name}\n{tail}")
+        with timed(f"vm.sh down ({name})"):
+            run([VM_SH, "down"], env=env, check=False, timeout=300)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+
+
+class HostNodes:
+    """kvstore serve processes on the host, members of a cluster with VM nodes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, node_id: int, listen: str, peers: str, cluster_id: str) -> None:
+        log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 (the child owns it)
+        argv = [
+            sys.executable,
+            "-m",
+            "kvstore.cli",
+            "serve",
+            "--id",
+            str(node_id),
+            "--listen",
+            listen,
+            "--peers",
+            peers,
+            "--data-dir",
+            str(self.root / f"node{node_id}"),
+            "--cluster-id",
+            cluster_id,
+            *SLOW,
+        ]
+        self.procs[node_id] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ}
+        )
+        log.close()
+
+    def kill(self, node_id: int) -> None:
+        p = self.procs[node_id]
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+
+    def close(self) -> None:
+        for node_id in list(self.procs):
+            self.kill(node_id)
+
+    def logs(self) -> str:
+        out = []
+        for node_id in self.procs:
+            text = (self.root / f"node{node_id}.log").read_text(errors="replace")
+            out.append(f"--- host node{node_id}\n{text[-2000:]}")
+        return "\n".join(out)
+
+
+def test_vm_joins_host_cluster(guest_disk: str, vm_sh: list, tmp_path: Path) -> None:
+    name, subnet = "kvse2e-join", "10.37.1"
+    env = deployment_env(name, subnet, guest_disk)
+    host_ip = f"{subnet}.1"
+    p1, p2 = free_ports(2)
+    host_peers = f"1={host_ip}:{p1},2={host_ip}:{p2}"
+    vm_endpoint = f"{subnet}.11:7001"
+    host_endpoints = [f"{host_ip}:{p1}", f"{host_ip}:{p2}"]
+    vm_sh.append((name, env))
+    with timed("vm join: vm.sh up (network + 1 domain defined and started)"):
+        run(
+            [
+                VM_SH,
+                "up",
+                "--vms",
+                "1",
+                "--no-build",
+                "--no-wait",
+                "--host-peers",
+                host_peers,
+                *SLOW,
+            ],
+            env=env,
+            timeout=300,
+        )
+    nodes = HostNodes(tmp_path)
+    try:
+        peers = f"{host_peers},3={vm_endpoint}"
+        nodes.start(1, host_endpoints[0], peers, name)
+        nodes.start(2, host_endpoints[1], peers, name)
+        with Client([*host_endpoints, vm_endpoint], timeout=10.0) as c:
+            leader = wait_for("a leader among the host nodes", lambda: leader_of(c.status()), 120)
+            data = write_and_read(c, "before-vm", 20)
+            with timed("vm join: guest boots, its node joins and catches up"):
+                wait_for(
+                    "the VM's node to catch up",
+                    lambda: caught_up(vm_endpoint, host_endpoints[leader - 1], data),
+                    BOOT_TIMEOUT,
+                    every=3.0,
+                )
+            # The VM's vote is now needed: with a host node gone, quorum is {host, VM}.
+            nodes.kill(leader)
+            with timed("vm join: writes resume with the VM node in the quorum"):
+                put_until_ok(c, "after-kill", "x", timeout=300)
+            data |= {"after-kill": "x"} | write_and_read(c, "after-kill", 10)
+            for k, v in data.items():
+                assert c.get(k, read_mode="strong") == v.encode(), k
+    except BaseException:
+        print(nodes.logs())
+        raise
+    finally:
+        nodes.close()
+
+
+def test_three_vms_survive_leader_destroy(
+    request: pytest.FixtureRequest, guest_disk: str, vm_sh: list
+) -> None:
+    if not request.config.getoption("vm_full"):
+        pytest.skip("the full 3-VM test runs with --vm-full")
+    name, subnet = "kvse2e-full", "10.37.2"
+    env = deployment_env(name, subnet, guest_disk)
+    endpoints = [f"{subnet}.{10 + i}:7001" for i in (1, 2, 3)]
+    virsh = ["virsh", "-q", "-c", "qemu:///system"]
+    vm_sh.append((name, env))
+    with timed("vm full: vm.sh up --vms 3 until a leader"):
+        run(
+            [VM_SH, "up", "--vms", "3", "--no-build", "--timeout", str(BOOT_TIMEOUT), *SLOW],
+            env=env,
+            timeout=BOOT_TIMEOUT + 300,
+        )
+    with Client(endpoints, timeout=10.0) as c:
+        leader = wait_for("a leader", lambda: leader_of(c.status()), 120)
+        data = write_and_read(c, "before", 20)
+        run([*virsh, "destroy", f"{name}{leader}"])
+        with timed("vm full: writes resume after virsh destroy of the leader's VM"):
+            put_until_ok(c, "after-destroy", "x", timeout=300)
+        data |= {"after-destroy": "x"} | write_and_read(c, "after", 20)
+        new_leader = wait_for("a new leader", lambda: leader_of(c.status()), 120)
+        assert new_leader != leader
+        with timed("vm full: destroyed VM boots again and its node catches up"):
+            run([*virsh, "start", f"{name}{leader}"])
+            wait_for(
+                f"{name}{leader} to catch up",
+                lambda: caught_up(endpoints[leader - 1], endpoints[new_leader - 1], data),
+                BOOT_TIMEOUT,
+                every=3.0,
+            )
+        for k, v in data.items():
+            assert c.get(k, read_mode="strong") == v.encode(), k
