@@ -48,8 +48,15 @@ def log(msg: str) -> None:
 
 def scrape(port: int) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} (labels as printed)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    for attempt in range(50):  # the metrics server may come up after the gRPC port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            break
+        except OSError:
+            if attempt == 49:
+                raise
+            time.sleep(0.2)
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = _SAMPLE.match(line)
@@ -148,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", default=str(ROOT / "bench-out" / "profile"))
     p.add_argument("--kvstore-args", default="", help="extra `kvstore serve` flags, quoted")
+    p.add_argument(
+        "--tree",
+        default="",
+        help="run the nodes from another checkout (e.g. `git archive OLD | tar -x -C DIR`), "
+        "to measure before/after a change in the same minutes",
+    )
     args = p.parse_args(argv)
     spy = shutil.which("py-spy")
     if spy is None:
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         base_port=47200,
         extra_args=args.kvstore_args.split(),
         launcher=[str(Path(__file__).resolve().parent / "traced_node.py")],
-        env_for=lambda i: {"KVSTORE_TRACE_OUT": str(traces[i])},
+        env_for=lambda i: {"KVSTORE_TRACE_OUT": str(traces[i]), "KVSTORE_TREE": args.tree},
     ) as kv:
         pids = dict(zip(kv.ids, kv.group.pids(), strict=True))
         mports = dict(zip(kv.ids, kv.metrics_ports, strict=True))

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# KVSTORE_TREE: run another checkout's kvstore (profile_write.py --tree, for before/after).
+sys.path.insert(0, os.environ.get("KVSTORE_TREE") or str(Path(__file__).resolve().parent.parent))
 
 from kvstore.node import driver as driver_mod
 
