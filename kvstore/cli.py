@@ -121,13 +121,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         snapshot_entries=args.snapshot_entries,
         map_size_mb=args.map_size_mb,
         unsafe_ack_before_commit=unsafe,
+        join=args.join,
     )
     try:
-        run(opts)
+        ok = run(opts)
     except StartupError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_OK
+    return EXIT_OK if ok else EXIT_ERROR
 
 
 def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
@@ -329,6 +330,24 @@ def cmd_transfer_leader(args: argparse.Namespace) -> int:
     return _with_client(args, f)
 
 
+def cmd_member(args: argparse.Namespace) -> int:
+    def f(c: Any) -> int:
+        action = args.member_command
+        if action == "list":
+            out = c.members()
+        elif action == "add-learner":
+            out = c.add_learner(args.id, args.endpoint)
+        elif action == "promote":
+            out = c.promote(args.id)
+        else:
+            out = c.remove_member(args.id)
+        voters = ",".join(map(str, out["voters"]))
+        print(f"voters={voters} learners={','.join(map(str, out['learners']))}")
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
 # -- the parser -----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description=__doc__.split("\n\n")[0])
@@ -341,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--peers", default="", help="ID=HOST:PORT,... of all nodes (this one may be listed)")
     _add(p, "--data-dir", required=True, help="directory of this node's LMDB environment")
     _add(p, "--metrics-port", type=int, default=0, help="Prometheus metrics HTTP port (0: off)")
+    _add(
+        p,
+        "--join",
+        action="store_true",
+        help="new node joining a running cluster: no bootstrap, wait for `member add-learner`",
+    )
     _node_flags(p)
     p.set_defaults(func=cmd_serve)
 
@@ -416,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--to", type=int, required=True, help="the node id to lead")
     _client_flags(p)
     p.set_defaults(func=cmd_transfer_leader)
+
+    p = sub.add_parser("member", help="membership: list, add-learner, promote, remove")
+    msub = p.add_subparsers(dest="member_command", required=True, metavar="ACTION")
+    q = msub.add_parser("list", help="voters and learners of each group")
+    _client_flags(q)
+    q.set_defaults(func=cmd_member)
+    q = msub.add_parser("add-learner", help="add node ID at HOST:PORT as a non-voting learner")
+    q.add_argument("id", type=int)
+    q.add_argument("endpoint", help="HOST:PORT of the new node (started with serve --join)")
+    _client_flags(q)
+    q.set_defaults(func=cmd_member)
+    for name, text in (("promote", "make learner ID a voter"), ("remove", "remove node ID")):
+        q = msub.add_parser(name, help=text)
+        q.add_argument("id", type=int)
+        _client_flags(q)
+        q.set_defaults(func=cmd_member)
 
     for module in ("kvstore.bench.cli", "kvstore.jepsen.cli"):
         try:

@@ -299,6 +299,45 @@ class AsyncClient:
             raise from_code(e.code().value[0], e.details() or "", definite=False) from e
         return int(r.leader_id)
 
+    async def _member_change(self, method: str, node_id: int, endpoint: str = "") -> dict[str, Any]:
+        """Send the change to every node: each learns the endpoint (``endpoint`` given);
+        the leader also proposes the change and answers with the new membership."""
+        req = admin_pb2.MemberRequest(group=1, node_id=node_id, endpoint=endpoint)
+
+        async def one(ep: str) -> Any:
+            try:
+                return await self._admin_call(ep, method, req, self.timeout)
+            except grpc.aio.AioRpcError as e:
+                return e
+
+        answers = await asyncio.gather(*(one(ep) for ep in self.endpoints))
+        for a in answers:
+            if isinstance(a, admin_pb2.MemberResponse):
+                return {"voters": list(a.voters), "learners": list(a.learners), "index": a.index}
+        errors = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        not_leader = grpc.StatusCode.FAILED_PRECONDITION
+        real = [e for e in errors if e.code() != not_leader] or errors
+        e = real[0]
+        raise from_code(e.code().value[0], e.details() or "", definite=False)
+
+    async def add_learner(self, node_id: int, endpoint: str) -> dict[str, Any]:
+        """Add node ``node_id`` (started with ``serve --join``) as a learner."""
+        return await self._member_change("AddLearner", node_id, endpoint)
+
+    async def promote(self, node_id: int) -> dict[str, Any]:
+        """Make learner ``node_id`` a voter."""
+        return await self._member_change("PromoteLearner", node_id)
+
+    async def remove_member(self, node_id: int) -> dict[str, Any]:
+        return await self._member_change("RemoveMember", node_id)
+
+    async def members(self) -> dict[str, Any]:
+        for st in await self.status():
+            for g in st.get("groups", []):
+                if g["role"] == "leader":
+                    return {"voters": g["voters"], "learners": g["learners"]}
+        raise Unavailable("no leader found", definite=True)
+
 
 def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:
     return {

@@ -99,3 +99,15 @@ class Client:
 
     def transfer_leader(self, to: int, group: int = 1) -> int:
         return self._run(self._async.transfer_leader(to, group))
+
+    def add_learner(self, node_id: int, endpoint: str) -> dict[str, Any]:
+        return self._run(self._async.add_learner(node_id, endpoint))
+
+    def promote(self, node_id: int) -> dict[str, Any]:
+        return self._run(self._async.promote(node_id))
+
+    def remove_member(self, node_id: int) -> dict[str, Any]:
+        return self._run(self._async.remove_member(node_id))
+
+    def members(self) -> dict[str, Any]:
+        return self._run(self._async.members())

@@ -197,6 +197,7 @@ class NodeDriver:
         self.metrics = metrics
         self.endpoints = endpoints
         self.send: Callable[[list[Message]], None] = lambda msgs: None
+        self.on_fatal: Callable[[BaseException], None] = lambda e: None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
         self._inbox: list[Message] = []
         self._ticks = 0
@@ -370,11 +371,27 @@ class NodeDriver:
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:
         assert self._wake is not None
-        while not self._stopped:
-            await self._wake.wait()
-            self._wake.clear()
-            if await self._iteration():
-                self._wake.set()
+        try:
+            while not self._stopped:
+                await self._wake.wait()
+                self._wake.clear()
+                if await self._iteration():
+                    self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            # A bug: the cores' state can no longer be trusted. Say so and let the
+            # process end (a supervisor restarts it from its durable state).
+            import traceback
+
+            log.event(
+                "driver_crashed",
+                level=50,
+                error=repr(e),
+                traceback=traceback.format_exc().replace("\n", " | "),
+            )
+            self.on_fatal(e)
+            raise
 
     async def _iteration(self) -> bool:
         loop = asyncio.get_running_loop()

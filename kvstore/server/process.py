@@ -48,6 +48,8 @@ class ServeOptions:
     map_size_mb: int = 1024
     sync: bool = True
     unsafe_ack_before_commit: bool = False
+    join: bool = False
+    """Start with no membership and wait to be added (``kvstore member add-learner``)."""
 
 
 def parse_peers(spec: str) -> dict[int, str]:
@@ -93,6 +95,8 @@ class Node:
         self.opts = opts
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.failed = asyncio.Event()
+        """Set when the driver crashed: the process should stop and exit non-zero."""
 
     async def start(self) -> None:
         o = self.opts
@@ -111,8 +115,9 @@ class Node:
         endpoints = dict(o.peers)
         endpoints[o.id] = o.listen
         if new:
-            voters = frozenset(endpoints)
-            self.storage.group(1).bootstrap(voters)
+            voters = frozenset() if o.join else frozenset(endpoints)
+            if voters:
+                self.storage.group(1).bootstrap(voters)
             with self.storage.write() as w:
                 w.set_meta(b"cluster_id", o.cluster_id.encode())
                 w.set_meta(b"node_id", str(o.id).encode())
@@ -142,6 +147,7 @@ class Node:
             heartbeat_s=max(o.tick_ms * o.heartbeat_ticks / 1000, 0.05),
         )
         self.driver.send = self.transport.send
+        self.driver.on_fatal = lambda e: self.failed.set()
         limits = Limits()
         server = self.server = grpc.aio.server(
             options=[
@@ -212,24 +218,29 @@ class Node:
         log.event("node_stopped", id=self.opts.id)
 
 
-async def run_until_signal(opts: ServeOptions) -> None:
+async def run_until_signal(opts: ServeOptions) -> bool:
+    """Run until SIGINT/SIGTERM (True) or until the node fails (False)."""
     node = Node(opts)
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(node.failed.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopped.cancel()
+        failed.cancel()
         await node.stop()
+    return not node.failed.is_set()
 
 
-def run(opts: ServeOptions) -> None:
-    """Blocking entry of `kvstore serve`; uvloop when present."""
+def run(opts: ServeOptions) -> bool:
+    """Blocking entry of `kvstore serve`; uvloop when present. False: the node failed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run_until_signal(opts))
-        return
-    uvloop.run(run_until_signal(opts))
+        return asyncio.run(run_until_signal(opts))
+    return uvloop.run(run_until_signal(opts))
