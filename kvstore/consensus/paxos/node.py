@@ -56,6 +56,9 @@ COMMIT_ONLY = b"commit"
 """ACCEPT context of a bare commit notice: the acceptor learns the commit and does
 not answer (an answer would carry nothing new), unless it finds a gap."""
 
+MAX_COMMITTED_BYTES = 16 << 20
+"""Committed entries handed out per Ready (at least one)."""
+
 READ_ROUND = b"read:"
 """PAXOS_HEARTBEAT context of a read round: ``read:<seq>``, echoed by acceptors; an
 answer confirms every read queued up to ``seq``."""
@@ -744,7 +747,9 @@ class PaxosNode:
         hi = self.acceptor.commit
         if hi <= self.emitted:
             return ()
-        ents = self.log.slice(self.emitted + 1, hi + 1, self.cfg.max_size_per_msg)
+        ents = self.log.slice(
+            self.emitted + 1, hi + 1, max(self.cfg.max_size_per_msg, MAX_COMMITTED_BYTES)
+        )
         return tuple(value.chosen(e) for e in ents)
 
     def _send(self, type_: MessageType, to: int, **fields: object) -> None:
