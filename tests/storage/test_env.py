@@ -357,3 +357,13 @@ def test_one_data_directory_one_node_storage(st: NodeStorage, store_path: str) -
     st.close()
     with NodeStorage(store_path) as again:
         assert again.group(1).last_index() == 0
+
+
+def test_longest_key_fits_lmdb_and_longer_is_refused(st: NodeStorage) -> None:
+    from kvstore.statemachine import MAX_KEY_SIZE, ApplyError
+
+    longest, too_long = b"k" * MAX_KEY_SIZE, b"k" * (MAX_KEY_SIZE + 1)
+    ok, refused = commit(st, 1, batch(1, Put(longest, b"v"), Put(too_long, b"v")))
+    assert ok.ok and st.kv(1).get(longest) is not None
+    assert refused.error == ApplyError.KEY_TOO_LARGE and st.kv(1).get(too_long) is None
+    assert [kv.key for kv in st.kv(1).scan()] == [longest]
