@@ -65,13 +65,18 @@ class NodeStorage:
         except lmdb.Error as e:
             self._lockfile.close()
             raise StorageError(f"cannot open LMDB environment in {path}: {e}") from e
-        # Reader slots left by a killed process pin old pages (the file would only grow):
-        # clear them at start.
-        self.env.reader_check()
-        if self.env.max_key_size() < 511:
-            raise StorageError(f"LMDB max key size {self.env.max_key_size()} < 511")
-        with self.env.begin(write=True) as txn:
-            dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
+        try:
+            # Reader slots left by a killed process pin old pages (the file would only
+            # grow): clear them at start.
+            self.env.reader_check()
+            if self.env.max_key_size() < 511:
+                raise StorageError(f"LMDB max key size {self.env.max_key_size()} < 511")
+            with self.env.begin(write=True) as txn:
+                dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
+        except BaseException:
+            self.env.close()
+            self._lockfile.close()
+            raise
         self.dbs = Dbs(*dbs)
         self._groups: dict[int, GroupLog] = {}
         self._lock = threading.Lock()
