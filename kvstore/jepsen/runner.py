@@ -250,7 +250,7 @@ def check_history(
         model = RegisterModel()
     if model is not None:
         t0 = time.monotonic()
-        result = check_linearizable(ops, model, timeout=cfg.check_timeout)
+        result = check_linearizable(ops, model, timeout=cfg.check_timeout, shrink_budget=30.0)
         seconds["linearizability"] = time.monotonic() - t0
         for f in result.failures:
             lines = [

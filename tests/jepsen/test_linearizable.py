@@ -93,7 +93,7 @@ def test_read_of_a_never_written_value_is_caught(
         ops[i] = replace(ops[i], output=999)
     else:
         ops.append(_op(len(ops), "read", None, 999, t, t + 1))
-    result = check(ops, RegisterModel())
+    result = check(ops, RegisterModel(), shrink_budget=60.0)
     assert result.verdict == "not-linearizable"
     (failure,) = result.failures
     assert any(op.output == 999 for op in failure.window)
@@ -129,7 +129,7 @@ def test_stale_read_after_a_completed_write_is_caught(seed: int, n: int, width: 
             ret=t + 5,
         ),
     ]
-    result = check(ops, RegisterModel())
+    result = check(ops, RegisterModel(), shrink_budget=60.0)
     assert not result.ok
     window = result.failures[0].window
     assert any(op.f == "read" and op.output == 1001 for op in window)
@@ -148,6 +148,6 @@ def test_shrink_keeps_a_failing_window() -> None:
     ops = register_history(random.Random(3), 200, keys=1, width=2.0, unknown_rate=0.0)
     t = after_all(ops)
     ops.append(_op(len(ops), "read", None, 999, t, t + 1))
-    window = shrink(ops, RegisterModel())
+    window = shrink(ops, RegisterModel(), budget=60.0)
     assert 1 <= len(window) <= 3
     assert not is_linearizable(window, RegisterModel())

@@ -225,19 +225,42 @@ def shrink(ops: Sequence[Operation], model: Model, *, budget: float = 2.0) -> tu
             lo = mid + 1
     window = _prefix(ops, model, hi)
     last = max((op for op in window if not op.unknown), key=lambda o: o.ret, default=None)
-    changed = True
-    while changed and time.monotonic() < deadline:
-        # repeat passes: dropping a reader can make the write it read droppable
-        changed = False
-        i = 0
-        while i < len(window) and time.monotonic() < deadline:
-            op = window[i]
-            rest = window[:i] + window[i + 1 :]
-            if op is not last and model.removable(op, rest) and fails(rest):
-                window = rest
-                changed = True
-            else:
-                i += 1
+
+    def drop(chunk: Sequence[Operation]) -> bool:
+        nonlocal window
+        cut = list(chunk)
+        while True:  # what stays may observe what would go: shrink the cut to a fixpoint
+            gone = {id(o) for o in cut}
+            rest = [o for o in window if id(o) not in gone]
+            keep = [o for o in model.removable(cut, rest) if o is not last]
+            if len(keep) == len(cut):
+                break
+            cut = keep
+        if not cut:
+            return False
+        cut_ids = {id(o) for o in cut}
+        smaller = [o for o in window if id(o) not in cut_ids]
+        if fails(smaller):
+            window = smaller
+            return True
+        return False
+
+    # delta debugging: drop big chunks first, then ever smaller ones
+    parts = 2
+    while len(window) > 1 and time.monotonic() < deadline:
+        size = max(1, len(window) // parts)
+        chunks = [window[i : i + size] for i in range(0, len(window), size)]
+        progress = False
+        for chunk in chunks:
+            if time.monotonic() >= deadline:
+                break
+            progress = drop(chunk) or progress
+        if progress:
+            parts = max(2, parts - 1)
+        elif size == 1:
+            break
+        else:
+            parts = min(parts * 2, len(window))
     return tuple(sorted(window, key=lambda o: (o.call, o.id)))
 
 

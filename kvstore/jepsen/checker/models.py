@@ -15,6 +15,7 @@ Models:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable, Sequence
 from typing import Protocol
 
@@ -38,8 +39,9 @@ class Model(Protocol):
         """Drops operations that cannot change the verdict (a search-space cut)."""
         ...
 
-    def removable(self, op: Operation, rest: Sequence[Operation]) -> bool:
-        """True when dropping ``op`` leaves no remaining result unexplained.
+    def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
+        """Those of ``ops`` that can be dropped while ``rest`` stays, leaving no remaining
+        result unexplained.
 
         Used only to shrink a counterexample: dropping a write whose value someone read
         would turn "this read is stale" into "this read saw a value never written".
@@ -74,26 +76,41 @@ class RegisterModel:
     def is_read(self, op: Operation) -> bool:
         return op.f == "read" or (op.f == "cas" and op.output is False)
 
-    def removable(self, op: Operation, rest: Sequence[Operation]) -> bool:
-        if self.is_read(op):
-            return True
-        produced = _produces_register(op)
-        others = [o for o in rest if o is not op]
-        if not any(_observes_register(o) == produced for o in others):
-            return True
-        # another source of the same value keeps its readers explained; a cas (v, v) is no
-        # source of v, it needs v already there
-        return any(
-            _produces_register(o) == produced and _observes_register(o) != produced for o in others
-        )
-
-
-def _produces_register(op: Operation) -> Value:
-    if op.f == "write":
-        return op.input
-    if op.f == "cas" and op.output is not False:
-        return op.input[1]
-    return _NOTHING
+    def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
+        # a write may go if no remaining op that could have observed it (one returning after
+        # the write's call) observes its value, or if a later write of the same value could
+        # still come before all of those (keeping the latest source makes the window show
+        # the writes that overtook it); a cas (v, v) is no source of v, it needs v there
+        seen_at: dict[Value, list[float]] = {}
+        made_at: dict[Value, list[float]] = {}
+        for o in rest:
+            seen = _observes_register(o)
+            if seen is not _NOTHING:
+                seen_at.setdefault(seen, []).append(o.ret)
+            made = _produces_register(o)
+            if made is not _NOTHING and seen != made:
+                made_at.setdefault(made, []).append(o.call)
+        for times in (*seen_at.values(), *made_at.values()):
+            times.sort()
+        out = []
+        for op in ops:
+            if self.is_read(op):
+                out.append(op)
+                continue
+            made = _produces_register(op)
+            if made == _observes_register(op):
+                out.append(op)  # a cas (v, v) only observes
+                continue
+            rets = seen_at.get(made, [])
+            k = bisect.bisect_right(rets, op.call)
+            if k == len(rets):
+                out.append(op)  # nobody after it observes its value
+                continue
+            calls = made_at.get(made, [])
+            m = bisect.bisect_right(calls, op.call)
+            if m < len(calls) and calls[m] < rets[k]:
+                out.append(op)  # a later source serves the same observers
+        return out
 
 
 def _observes_register(op: Operation) -> Value:
@@ -101,6 +118,14 @@ def _observes_register(op: Operation) -> Value:
         return op.output
     if op.f == "cas" and op.output is not False:
         return op.input[0]  # an unknown cas that took effect needed its expected value
+    return _NOTHING
+
+
+def _produces_register(op: Operation) -> Value:
+    if op.f == "write":
+        return op.input
+    if op.f == "cas" and op.output is not False:
+        return op.input[1]
     return _NOTHING
 
 
@@ -132,11 +157,9 @@ class StringKVModel:
     def is_read(self, op: Operation) -> bool:
         return op.f == "get"
 
-    def removable(self, op: Operation, rest: Sequence[Operation]) -> bool:
-        if self.is_read(op):
-            return True
-        v = str(op.input)
-        return not any(o.f == "get" and not o.unknown and v in str(o.output) for o in rest)
+    def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
+        seen = [str(o.output) for o in rest if o.f == "get" and not o.unknown]
+        return [op for op in ops if self.is_read(op) or not any(str(op.input) in v for v in seen)]
 
 
 class ListAppendModel:
@@ -192,10 +215,12 @@ class ListAppendModel:
     def is_read(self, op: Operation) -> bool:
         return op.f == "read"
 
-    def removable(self, op: Operation, rest: Sequence[Operation]) -> bool:
-        if self.is_read(op):
-            return True
-        return not any(o.f == "read" and op.input in (o.output or ()) for o in rest)
+    def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
+        seen: set[Value] = set()
+        for o in rest:
+            if o.f == "read" and not o.unknown:
+                seen.update(o.output or ())
+        return [op for op in ops if self.is_read(op) or op.input not in seen]
 
 
 MODELS: dict[str, type[RegisterModel] | type[StringKVModel] | type[ListAppendModel]] = {
