@@ -208,3 +208,13 @@ def test_every_message_carries_the_group() -> None:
     n.propose(b"x")
     n.tick()
     assert {m.group for m in n.ready().messages} == {7}
+
+
+def test_bogus_ack_past_the_log_is_dropped() -> None:
+    n, st = leader_of_three()
+    persist(n, st)
+    n.step(msg(MT.APPEND_RESP, 2, 1, term=1, index=10**9))
+    assert n.dropped["ack_past_log"] == 1
+    n.tick()
+    n.propose(b"x")
+    assert all(m.type in (MT.APPEND, MT.HEARTBEAT) for m in n.ready().messages)

@@ -51,6 +51,9 @@ def step_leader(r: Raft, m: Message) -> None:
 
 
 def handle_append_resp(r: Raft, m: Message, pr: Progress) -> None:
+    if m.index > r.log.last_index():
+        r.drop("ack_past_log")  # our log never shrinks within our term: a bogus answer
+        return
     if m.reject:
         if m.index == 0:
             # Every configured node holds the empty prefix; only a node that joined
@@ -125,6 +128,9 @@ def send_append(r: Raft, to: int, *, send_if_empty: bool = True) -> bool:
         ents = r.log.entries(pr.next, last + 1, r.max_size_per_msg) if prev < last else []
     except CompactedError:
         return send_snapshot(r, to, pr)
+    except UnavailableError:
+        r.drop("progress_past_log")  # cannot happen with the ack check above; never raise
+        return False
     if not ents and not send_if_empty:
         return False
     r._send(
