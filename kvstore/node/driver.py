@@ -171,6 +171,7 @@ class _Group:
     applied_waiters: list[tuple[int, int, _Waiter]] = field(default_factory=list)
     confs: list[_ConfProposal] = field(default_factory=list)
     conf_inflight: dict[int, tuple[int, _ConfProposal]] = field(default_factory=dict)
+    drops_seen: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -198,6 +199,9 @@ class NodeDriver:
         self.endpoints = endpoints
         self.send: Callable[[list[Message]], None] = lambda msgs: None
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
+        self._replies: list[tuple[Completion[Any], Any]] = []
+        """Answers of the last Ready, sent once the next persist is under way (so the
+        per-op reply work overlaps the next fsync instead of delaying it)."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
         self._inbox: list[Message] = []
         self._ticks = 0
@@ -257,6 +261,7 @@ class NodeDriver:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         self._writer.shutdown(wait=True)
+        self._flush_replies()
         err = UnavailableOp("node is shutting down", definite=False)
         for g in self.groups.values():
             self._fail_all(g, err)
@@ -407,11 +412,13 @@ class NodeDriver:
             self._start_reads(g)
             if ticks:
                 self._expire(g, now)
+                self._export_core_drops(g)
         readies: list[tuple[_Group, Ready]] = []
         for g in self.groups.values():
             if g.core.has_ready():
                 readies.append((g, g.core.ready()))
         if not readies:
+            self._flush_replies()
             return False
         plans = [self._plan(g, rd) for g, rd in readies]
         early: list[Message] = []
@@ -426,6 +433,8 @@ class NodeDriver:
         results: dict[int, list[ApplyResult]] = {}
         if any(_needs_write(p) for p in plans):
             results = await self._persist_until_done(plans)
+        else:
+            self._flush_replies()
         if out:
             self.send(out)
         for g, rd in readies:
@@ -478,6 +487,7 @@ class NodeDriver:
         while True:
             try:
                 fut = loop.run_in_executor(self._writer, self._persist, plans)
+                self._flush_replies()
                 if self.config.consensus == "raft":
                     await self._step_while(fut)
                 results = await fut
@@ -509,6 +519,18 @@ class NodeDriver:
                 inbox, self._inbox = self._inbox, []
                 self._step_inbox(inbox)
         wake.set()  # ticks, proposals and reads that arrived meanwhile
+
+    def _defer(self, fut: Completion[Any], value: Any) -> None:
+        """Complete ``fut`` with ``value`` (an OpError fails it) at the next flush."""
+        self._replies.append((fut, value))
+
+    def _flush_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        for fut, value in replies:
+            if isinstance(value, Exception):
+                _fail(fut, value)
+            else:
+                _ok(fut, value)
 
     def _step_inbox(self, inbox: list[Message]) -> None:
         for m in inbox:
@@ -619,6 +641,14 @@ class NodeDriver:
             return
         g.read_ctx[ctx] = reads
 
+    def _export_core_drops(self, g: _Group) -> None:
+        """Mirror the core's drop counters (stale term, unknown sender ...) into metrics."""
+        for reason, n in g.core.dropped.items():
+            seen = g.drops_seen.get(reason, 0)
+            if n > seen:
+                self.metrics.dropped.labels(str(g.id), reason).inc(n - seen)
+                g.drops_seen[reason] = n
+
     def _expire(self, g: _Group, now: float) -> None:
         def late(dl: float) -> bool:
             return dl <= now
@@ -669,11 +699,11 @@ class NodeDriver:
         for rs in rd.read_states:
             for r in g.read_ctx.pop(rs.request_ctx, []):
                 if g.applied >= rs.index:
-                    _ok(r.fut, g.applied)
+                    self._defer(r.fut, g.applied)
                 else:
                     heapq.heappush(g.applied_waiters, (rs.index, next(self._seq), r))
         while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
-            _ok(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+            self._defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
         st = None
         if rd.hard_state is not None or rd.committed:
             st = g.core.status()
@@ -728,7 +758,7 @@ class NodeDriver:
             for i, w in enumerate(inf.writes):
                 if i < len(rs):
                     hist.observe(now - w.queued_at)
-                    _ok(w.fut, rs[i])
+                    self._defer(w.fut, rs[i])
                 else:
                     _fail(w.fut, UnavailableOp("no apply result", definite=False))
 
