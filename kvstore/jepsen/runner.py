@@ -331,6 +331,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
             {
                 "verdict": verdict,
                 "seed": seed,
+                "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(recorder.wall0)),
                 "config": config,
                 "counts": result.counts,
                 "seconds": seconds,
@@ -352,6 +353,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
             f"{cfg.nodes} nodes, {cfg.consensus}" + (", UNSAFE ack" if cfg.unsafe_ack else ""),
         ),
         ("time limit", f"{cfg.time_limit:.0f}s, {cfg.concurrency} workers, seed {seed}"),
+        ("time 0", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(recorder.wall0))),
         ("operations", ", ".join(f"{k} {v}" for k, v in result.counts.items())),
         ("checker time", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items())),
     ]

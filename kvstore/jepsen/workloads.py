@@ -61,6 +61,7 @@ class Recorder:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.t0 = clock()
+        self.wall0 = time.time()  # to line the history up with the nodes' logs
         self.events: list[Event] = []
 
     def now(self) -> float:
