@@ -4,8 +4,10 @@ One node is acceptor, learner and (when it leads) the distinguished proposer of
 one consensus group. Inputs are ``tick``/``step``/``propose``/...; effects come
 out of ``ready()`` (persist ``hard_state``/``snapshot``/``entries`` first, then
 send ``messages``), acknowledged by ``advance``. See the package docstring for
-the message flow and the rules; validation of remote messages is in
-``checks.py``, the acceptor's rules in ``acceptor.py``.
+the message flow and the rules. This module holds the acceptor side, phase 1
+and the Ready loop; the leader's phase 2, heartbeats and reads are in
+``leading.py``, validation of remote messages in ``checks.py``, the acceptor's
+rules in ``acceptor.py``.
 
 Invariant of the Ready rule: every message that answers a PREPARE, ACCEPT or
 snapshot is built after the promise and accepted values it depends on were put
@@ -19,15 +21,15 @@ from __future__ import annotations
 from collections import Counter
 
 from kvstore.consensus.paxos import ballot as ballots
-from kvstore.consensus.paxos import checks, membership, quorum, value
+from kvstore.consensus.paxos import checks, leading, membership, quorum, value
 from kvstore.consensus.paxos.acceptor import Acceptor, Outcome
+from kvstore.consensus.paxos.leading import COMMIT_ONLY
 from kvstore.consensus.paxos.log import SlotLog
-from kvstore.consensus.paxos.progress import Event, Progress, State
+from kvstore.consensus.paxos.progress import Progress, State
 from kvstore.consensus.paxos.proposer import Candidate, Leader
 from kvstore.consensus.paxos.recovery import recover
 from kvstore.consensus.types import (
     NONE,
-    CompactedError,
     ConfChange,
     Config,
     ConfState,
@@ -52,19 +54,8 @@ from kvstore.consensus.types import (
 TRANSFER = b"transfer"
 """PREPARE context of a leadership transfer: acceptors skip the leader-lease check."""
 
-COMMIT_ONLY = b"commit"
-"""ACCEPT context of a bare commit notice: the acceptor learns the commit and does
-not answer (an answer would carry nothing new), unless it finds a gap."""
-
 MAX_COMMITTED_BYTES = 16 << 20
 """Committed entries handed out per Ready (at least one)."""
-
-READ_ROUND = b"read:"
-"""PAXOS_HEARTBEAT context of a read round: ``read:<seq>``, echoed by acceptors; an
-answer confirms every read queued up to ``seq``."""
-
-LOST_AFTER_BEATS = 3
-"""Heartbeat answers behind our ACCEPTs, in a row, after which we take them as lost."""
 
 MT = MessageType
 
@@ -82,7 +73,10 @@ class PaxosNode:
         self.log = SlotLog(storage)
         self.acceptor = Acceptor(self.log, hs.term, hs.commit)
         self.conf: ConfState = cs
-        self.applied = min(max(config.applied, self.log.snapshot_index()), self.acceptor.commit)
+        self.applied = max(config.applied, self.log.snapshot_index())
+        if self.applied > self.acceptor.commit:
+            # Applied slots were chosen; never hand them out again.
+            self.acceptor.commit = self.acceptor.accepted_through = self.applied
         self.emitted = self.applied
         """Committed entries handed out in a Ready through this slot."""
         self.pending_conf: dict[int, ConfChange] = {}
@@ -102,7 +96,7 @@ class PaxosNode:
     # -- Core: inputs ---------------------------------------------------------
     def tick(self) -> None:
         if self.lead is not None:
-            self._tick_leader(self.lead)
+            leading.tick_leader(self, self.lead)
             return
         self.elapsed += 1
         if self.elapsed >= self.timeout and self._is_voter():
@@ -122,7 +116,7 @@ class PaxosNode:
             self.dropped[reason] += 1
 
     def propose(self, data: bytes) -> ProposalId:
-        return self._propose(data, EntryType.NORMAL)
+        return leading.propose(self, data, EntryType.NORMAL)
 
     def propose_conf_change(self, change: ConfChange) -> ProposalId:
         lead = self._require_leader()
@@ -131,7 +125,7 @@ class PaxosNode:
         after = membership.apply_change(self._latest_conf(), change)
         if not after.voters:
             raise ProposalDroppedError("the change would leave no voters")
-        pid = self._propose(change.encode(), EntryType.CONF_CHANGE)
+        pid = leading.propose(self, change.encode(), EntryType.CONF_CHANGE)
         self.pending_conf[pid.index] = change
         for n in after.voters | after.learners:
             if n != self.id and n not in lead.progress:
@@ -144,12 +138,12 @@ class PaxosNode:
         if self.lead is not None and self.id not in self._all_voters():
             self._become_follower()
         elif self.lead is not None:
-            self._maybe_commit(self.lead)
+            leading.maybe_commit(self, self.lead)
         return self.conf
 
     def read_index(self, ctx: bytes) -> None:
         if self.lead is not None:
-            self._read(self.lead, ctx, self.id)
+            leading.read(self, self.lead, ctx, self.id)
         elif self.leader != NONE and self.candidate is None:
             self._send(MT.READ_INDEX, self.leader, context=ctx)
         else:
@@ -165,8 +159,8 @@ class PaxosNode:
         lead.transfer_to = to
         lead.transfer_elapsed = 0
         lead.transfer_sent = False
-        self._maybe_timeout_now(lead)
-        self._replicate(lead, to)
+        leading.maybe_timeout_now(self, lead)
+        leading.replicate(self, lead, to)
 
     def campaign(self) -> None:
         if not self._is_voter():
@@ -175,7 +169,9 @@ class PaxosNode:
 
     # -- Core: outputs ----------------------------------------------------------
     def has_ready(self) -> bool:
-        self._flush()
+        leading.flush(
+            self,
+        )
         return bool(
             self.msgs
             or self.read_states
@@ -187,7 +183,9 @@ class PaxosNode:
         )
 
     def ready(self) -> Ready:
-        self._flush()
+        leading.flush(
+            self,
+        )
         hs = self._hard_state()
         soft = self._soft_state()
         committed = self._committed()
@@ -218,7 +216,7 @@ class PaxosNode:
             del self.pending_conf[i]
         if self.lead is not None:
             self.lead.self_match = self.log.stable_last()
-            self._maybe_commit(self.lead)
+            leading.maybe_commit(self, self.lead)
 
     def status(self) -> Status:
         return Status(
@@ -383,7 +381,7 @@ class PaxosNode:
             if p is not None:
                 pr.match, pr.next, pr.state = p.commit, p.commit + 1, State.REPLICATE
         self._dirty = True
-        self._maybe_commit(lead)
+        leading.maybe_commit(self, lead)
 
     def _on_prepare(self, m: Message) -> str | None:
         if m.from_ not in self._all_voters():
@@ -511,234 +509,6 @@ class PaxosNode:
         self._campaign(transfer=True)
         return None
 
-    # -- phase 2 (leader side) -----------------------------------------------------
-    def _propose(self, data: bytes, type_: EntryType) -> ProposalId:
-        lead = self._require_leader()
-        if lead.transfer_to:
-            raise ProposalDroppedError("leadership transfer in progress")
-        e = value.new_value(lead.ballot, self.log.last_index() + 1, data, type_)
-        if lead.uncommitted_bytes and lead.uncommitted_bytes + e.size() > (
-            self.cfg.max_uncommitted_bytes
-        ):
-            raise ProposalDroppedError("too many uncommitted bytes")
-        self.log.write([e])
-        self.acceptor.accepted_through = e.index
-        lead.track(e.index, e.size())
-        self._dirty = True
-        return ProposalId(term=lead.ballot, index=e.index)
-
-    def _replicate(self, lead: Leader, to: int) -> None:
-        """Send ``to`` what it lacks, as far as its flow control allows."""
-        pr = lead.progress[to]
-        last = self.log.last_index()
-        while not pr.paused(self.cfg.max_inflight_msgs):
-            if pr.next < self.log.first_index():
-                snap = self._snapshot()
-                self._send(MT.PAXOS_SNAPSHOT, to, term=lead.ballot, snapshot=snap)
-                pr.on(Event.NEED_SNAPSHOT)
-                pr.pending_snapshot = snap.metadata.index
-                return
-            if pr.next > last and (pr.state is State.REPLICATE or pr.match >= last):
-                return
-            try:
-                ents = self.log.slice(pr.next, last + 1, self.cfg.max_size_per_msg)
-            except CompactedError:
-                pr.next = 0  # the driver compacted under us: snapshot on the next loop
-                continue
-            prev = pr.next - 1
-            self._send(
-                MT.ACCEPT,
-                to,
-                term=lead.ballot,
-                index=prev,
-                entries=tuple(ents),
-                commit=self.acceptor.commit,
-            )
-            lead.commit_sent[to] = self.acceptor.commit
-            pr.sent(prev + len(ents))
-
-    def _flush(self) -> None:
-        lead = self.lead
-        if lead is None:
-            return
-        if self._dirty:
-            self._dirty = False
-            for n in sorted(lead.progress):
-                self._replicate(lead, n)
-        commit = self.acceptor.commit
-        for n, pr in sorted(lead.progress.items()):
-            if pr.state is State.REPLICATE and lead.commit_sent.get(n, 0) < min(commit, pr.match):
-                lead.commit_sent[n] = commit
-                self._send(
-                    MT.ACCEPT,
-                    n,
-                    term=lead.ballot,
-                    index=pr.match,
-                    commit=commit,
-                    context=COMMIT_ONLY,
-                )
-        if lead.read_round_due:
-            lead.read_round_due = False
-            self._broadcast_heartbeat(lead)
-
-    def _on_accepted(self, m: Message) -> str | None:
-        lead = self.lead
-        if lead is None or m.term != lead.ballot:
-            mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
-            if m.reject and mine and m.term > mine:
-                self._preempted(m.term, m.from_)
-                return None
-            return "stale_ballot"
-        pr = lead.progress.get(m.from_)
-        if pr is None:
-            return "unknown_peer"
-        pr.recent_active = True
-        if m.reject:
-            if m.index < pr.match or (pr.state is State.PROBE and m.index != pr.next - 1):
-                return "stale_ack"
-            pr.on(Event.GAP)
-            # Not clamped by match: after a restart the acceptor only vouches for
-            # its commit, though the values it accepted are still durable.
-            pr.next = m.reject_hint + 1
-            self._replicate(lead, m.from_)
-            return None
-        grew = pr.acked(m.index)
-        if pr.state is State.PROBE:
-            pr.on(Event.ACKED)
-        elif pr.state is State.SNAPSHOT and pr.match >= pr.pending_snapshot:
-            pr.on(Event.SNAPSHOT_DONE)
-        if grew:
-            self._maybe_commit(lead)
-        self._maybe_timeout_now(lead)
-        self._replicate(lead, m.from_)
-        return None
-
-    def _maybe_commit(self, lead: Leader) -> None:
-        match = {n: pr.match for n, pr in lead.progress.items()}
-        match[self.id] = lead.self_match
-        idx = quorum.quorum_index(self._configs(), match)
-        if idx <= self.acceptor.commit:
-            return
-        self.acceptor.commit = idx
-        lead.chosen_through(idx)
-        if idx >= lead.takeover_last and lead.deferred_reads:
-            reads, lead.deferred_reads = lead.deferred_reads, []
-            for ctx, requester in reads:
-                self._read(lead, ctx, requester)
-
-    def _maybe_timeout_now(self, lead: Leader) -> None:
-        to = lead.transfer_to
-        if lead.transfer_sent or not to or to not in lead.progress:
-            return
-        if lead.progress[to].match >= self.log.last_index():
-            self._send(MT.PAXOS_TIMEOUT_NOW, to, term=lead.ballot)
-            lead.transfer_sent = True
-
-    # -- heartbeats, liveness, reads --------------------------------------------
-    def _tick_leader(self, lead: Leader) -> None:
-        lead.heartbeat_elapsed += 1
-        if lead.heartbeat_elapsed >= self.cfg.heartbeat_tick:
-            self._broadcast_heartbeat(lead)
-        if lead.transfer_to:
-            lead.transfer_elapsed += 1
-            if lead.transfer_elapsed >= self.cfg.election_tick:
-                lead.transfer_to = 0
-                lead.transfer_sent = False
-        self.elapsed += 1
-        if self.elapsed < self.cfg.election_tick:
-            return
-        self.elapsed = 0
-        if self.cfg.check_quorum:
-            live = {n for n, pr in lead.progress.items() if pr.recent_active} | {self.id}
-            if not quorum.has_quorum(self._configs(), live):
-                self._become_follower()
-                return
-        for pr in lead.progress.values():
-            pr.recent_active = False
-
-    def _broadcast_heartbeat(self, lead: Leader) -> None:
-        lead.heartbeat_elapsed = 0
-        ctx = b"%s%d" % (READ_ROUND, lead.read_seq) if lead.reads else b""
-        for n in sorted(lead.progress):
-            commit = min(self.acceptor.commit, lead.progress[n].match)
-            self._send(MT.PAXOS_HEARTBEAT, n, term=lead.ballot, commit=commit, context=ctx)
-
-    def _on_heartbeat_resp(self, m: Message) -> str | None:
-        lead = self.lead
-        if m.reject:
-            mine = lead.ballot if lead else self.candidate.ballot if self.candidate else 0
-            if mine and m.term > mine:
-                self._preempted(m.term, m.from_)
-                return None
-            return "stale_ballot"
-        if lead is None or m.term != lead.ballot:
-            return "stale_ballot"
-        pr = lead.progress.get(m.from_)
-        if pr is None:
-            return "unknown_peer"
-        pr.recent_active = True
-        seq = m.context.removeprefix(READ_ROUND)
-        if m.context.startswith(READ_ROUND) and seq.isdigit():
-            pr.read_ack = max(pr.read_ack, int(seq))
-            self._release_reads(lead)
-        if m.index > pr.match and pr.acked(m.index):
-            # It answers in our ballot: it holds our values through m.index.
-            self._maybe_commit(lead)
-        if pr.state is State.SNAPSHOT:
-            if pr.match >= pr.pending_snapshot:
-                pr.on(Event.SNAPSHOT_DONE)
-            else:
-                pr.snapshot_wait += 1
-                if pr.snapshot_wait >= self.cfg.election_tick:
-                    pr.on(Event.SNAPSHOT_LOST)  # it was lost: send it again
-        elif pr.state is State.REPLICATE and m.index < pr.next - 1:
-            # Behind what we sent: in flight, lost, or it restarted and only vouches for
-            # its commit. Probe from what it has once that is the likely story.
-            pr.behind_beats += 1
-            if (
-                m.index < pr.match
-                or pr.paused(self.cfg.max_inflight_msgs)
-                or pr.behind_beats >= LOST_AFTER_BEATS
-            ):
-                pr.on(Event.RESTARTED)
-                pr.next = m.index + 1
-        elif pr.state is State.PROBE:
-            pr.probe_sent = False
-            pr.next = min(pr.next, m.index + 1)
-        if pr.state is not State.REPLICATE or pr.next <= self.log.last_index():
-            self._replicate(lead, m.from_)
-        return None
-
-    def _read(self, lead: Leader, ctx: bytes, requester: int) -> None:
-        if self.acceptor.commit < lead.takeover_last:
-            lead.deferred_reads.append((ctx, requester))
-            return
-        lead.add_read(self.acceptor.commit, ctx, requester)
-        self._release_reads(lead)
-
-    def _release_reads(self, lead: Leader) -> None:
-        if not lead.reads:
-            return
-        acks = {n: pr.read_ack for n, pr in lead.progress.items()}
-        acks[self.id] = lead.read_seq
-        for r in lead.pop_confirmed(quorum.quorum_index(self._configs(), acks)):
-            if r.requester == self.id:
-                self.read_states.append(ReadState(index=r.index, request_ctx=r.ctx))
-            else:
-                self._send(MT.READ_INDEX_RESP, r.requester, index=r.index, context=r.ctx)
-
-    def _on_read_index(self, m: Message) -> str | None:
-        if self.lead is None:
-            return "not_leader"
-        self._read(self.lead, m.context, m.from_)
-        return None
-
-    def _on_read_index_resp(self, m: Message) -> str | None:
-        if m.from_ != self.leader:
-            return "not_leader"
-        self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
-        return None
-
     # -- helpers --------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
         return self.log.pending_snapshot or self.storage.snapshot()
@@ -761,11 +531,11 @@ class PaxosNode:
         MT.PREPARE: _on_prepare,
         MT.PROMISE: _on_promise,
         MT.ACCEPT: _on_accept,
-        MT.ACCEPTED: _on_accepted,
+        MT.ACCEPTED: leading.on_accepted,
         MT.PAXOS_HEARTBEAT: _on_heartbeat,
-        MT.PAXOS_HEARTBEAT_RESP: _on_heartbeat_resp,
+        MT.PAXOS_HEARTBEAT_RESP: leading.on_heartbeat_resp,
         MT.PAXOS_SNAPSHOT: _on_snapshot,
         MT.PAXOS_TIMEOUT_NOW: _on_timeout_now,
-        MT.READ_INDEX: _on_read_index,
-        MT.READ_INDEX_RESP: _on_read_index_resp,
+        MT.READ_INDEX: leading.on_read_index,
+        MT.READ_INDEX_RESP: leading.on_read_index_resp,
     }
