@@ -22,6 +22,7 @@ Faults (each with a start and a heal):
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +119,15 @@ class Processes(Protocol):
     def set_clock_offset(self, host: Host, seconds: float) -> None: ...
 
 
+class Undo(enum.Enum):
+    """What healing a started fault takes."""
+
+    NETWORK = "network healed"  # flush the rules of every host
+    RESTART = "restarted"
+    RESUME = "SIGCONT"
+    CLOCK = "clock reset"
+
+
 def _names(hosts: Sequence[Host]) -> str:
     return "{" + ",".join(f"n{h.index}" for h in sorted(hosts, key=lambda h: h.index)) + "}"
 
@@ -129,7 +139,7 @@ class Nemesis:
         self.net = net
         self.procs = procs
         self.rng = rng
-        self._heal: list[tuple[str, Host, float]] = []
+        self._heal: list[tuple[Undo, Host]] = []
 
     def start(self, kind: str, leader: Host | None = None) -> str:
         """Starts a fault (or a ``+`` combination); returns what it did, for the history.
@@ -143,41 +153,41 @@ class Nemesis:
         if kind == "partition-halves":
             comps = halves(hosts, rng)
             self.net.partition(comps)
-            self._heal.append(("net", hosts[0], 0.0))
+            self._heal.append((Undo.NETWORK, hosts[0]))
             return " | ".join(_names(c) for c in comps)
         if kind == "partition-leader":
             alone = leader or rng.choice(hosts)
             self.net.partition([[alone], [h for h in hosts if h != alone]])
-            self._heal.append(("net", hosts[0], 0.0))
+            self._heal.append((Undo.NETWORK, hosts[0]))
             return f"isolated {'leader' if leader else 'node'} n{alone.index}"
         if kind == "partition-ring":
             views = ring_views(hosts, rng)
             for h, sees in views.items():
                 self.net.cut(h, [o for o in hosts if o not in sees])
-            self._heal.append(("net", hosts[0], 0.0))
+            self._heal.append((Undo.NETWORK, hosts[0]))
             return "ring " + " ".join(f"n{h.index}<-{_names(v)}" for h, v in views.items())
         if kind == "partition-one":
             one = rng.choice(hosts)
             self.net.partition([[one], [h for h in hosts if h != one]])
-            self._heal.append(("net", hosts[0], 0.0))
+            self._heal.append((Undo.NETWORK, hosts[0]))
             return f"cut off n{one.index}"
         if kind == "loss":
             targets = [h for h in hosts if rng.random() < 0.5] or [rng.choice(hosts)]
             p = rng.uniform(0.1, 0.4)
             for h in targets:
                 self.net.lose(h, p)
-            self._heal.append(("net", hosts[0], 0.0))
+            self._heal.append((Undo.NETWORK, hosts[0]))
             return f"drop {p:.0%} of packets into {_names(targets)}"
         targets = minority(hosts, leader, rng)
         if kind == "kill":
             for h in targets:
                 self.procs.kill(h)
-                self._heal.append(("restart", h, 0.0))
+                self._heal.append((Undo.RESTART, h))
             return f"kill -9 {_names(targets)}"
         if kind == "pause":
             for h in targets:
                 self.procs.pause(h)
-                self._heal.append(("resume", h, 0.0))
+                self._heal.append((Undo.RESUME, h))
             return f"SIGSTOP {_names(targets)}"
         if kind == "clock":
             parts = []
@@ -186,7 +196,7 @@ class Nemesis:
                 if offset > 0:
                     offset *= 8 / 3
                 self.procs.set_clock_offset(h, offset)
-                self._heal.append(("clock", h, 0.0))
+                self._heal.append((Undo.CLOCK, h))
                 parts.append(f"n{h.index}{offset:+.1f}s")
             return "clock " + " ".join(parts)
         raise ValueError(f"unknown fault {kind!r}")
@@ -194,18 +204,17 @@ class Nemesis:
     def heal(self) -> str:
         """Undoes whatever is in force (safe to call when nothing is)."""
         done = []
-        for what, host, value in self._heal:
-            if what == "net":
+        for undo, host in self._heal:
+            if undo is Undo.NETWORK:
                 self.net.heal()
-                done.append("network healed")
-            elif what == "restart":
+                done.append(undo.value)
+                continue
+            if undo is Undo.RESTART:
                 self.procs.restart(host)
-                done.append(f"restarted n{host.index}")
-            elif what == "resume":
+            elif undo is Undo.RESUME:
                 self.procs.resume(host)
-                done.append(f"SIGCONT n{host.index}")
-            elif what == "clock":
-                self.procs.set_clock_offset(host, value)
-                done.append(f"clock n{host.index} reset")
+            else:
+                self.procs.set_clock_offset(host, 0.0)
+            done.append(f"{undo.value} n{host.index}")
         self._heal.clear()
         return ", ".join(dict.fromkeys(done)) or "nothing to heal"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore.jepsen.hosts import Host
-from kvstore.jepsen.nemesis import KINDS, halves, minority, ring_views, schedule
+from kvstore.jepsen.nemesis import KINDS, Nemesis, halves, minority, ring_views, schedule
 
 HOSTS = [Host(index=i) for i in range(1, 6)]
 
@@ -71,3 +71,64 @@ def test_minority_is_never_a_majority(seed: int, n: int, with_leader: bool) -> N
 def test_host_addresses_stay_in_the_private_subnet() -> None:
     assert [h.ip for h in HOSTS] == [f"10.77.0.{10 + i}" for i in range(1, 6)]
     assert {h.ns for h in HOSTS} == {f"kvj{i}" for i in range(1, 6)}
+
+
+class FakeNet:
+    def __init__(self, hosts: list[Host]) -> None:
+        self.hosts = hosts
+        self.cuts: list[tuple[Host, tuple[Host, ...]]] = []
+        self.losses: list[tuple[Host, float]] = []
+        self.heals = 0
+
+    def cut(self, host: Host, others: list[Host]) -> None:
+        self.cuts.append((host, tuple(others)))
+
+    def partition(self, comps: list[list[Host]]) -> None:
+        for comp in comps:
+            for h in comp:
+                self.cut(h, [o for o in self.hosts if o not in comp])
+
+    def lose(self, host: Host, p: float) -> None:
+        self.losses.append((host, p))
+
+    def heal(self) -> None:
+        self.heals += 1
+        self.cuts.clear()
+        self.losses.clear()
+
+
+class FakeProcs:
+    def __init__(self) -> None:
+        self.down: set[int] = set()
+        self.paused: set[int] = set()
+        self.clock: dict[int, float] = {}
+
+    def kill(self, h: Host) -> None:
+        self.down.add(h.index)
+
+    def restart(self, h: Host) -> None:
+        self.down.discard(h.index)
+
+    def pause(self, h: Host) -> None:
+        self.paused.add(h.index)
+
+    def resume(self, h: Host) -> None:
+        self.paused.discard(h.index)
+
+    def set_clock_offset(self, h: Host, s: float) -> None:
+        self.clock[h.index] = s
+
+
+@pytest.mark.parametrize("kind", [*KINDS["all"], "partition-leader+kill", "loss+clock"])
+def test_every_fault_starts_and_heals(kind: str) -> None:
+    net, procs = FakeNet(HOSTS), FakeProcs()
+    nem = Nemesis(net, procs, random.Random(3))  # type: ignore[arg-type]
+    what = nem.start(kind, leader=HOSTS[2])
+    assert what
+    assert net.cuts or net.losses or procs.down or procs.paused or any(procs.clock.values())
+    if kind == "partition-leader":
+        assert "n3" in what and all(h == HOSTS[2] or HOSTS[2] in o for h, o in net.cuts)
+    nem.heal()
+    assert not net.cuts and not net.losses and not procs.down and not procs.paused
+    assert not any(procs.clock.values())
+    assert nem.heal() == "nothing to heal"

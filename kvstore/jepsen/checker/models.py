@@ -221,10 +221,3 @@ class ListAppendModel:
             if o.f == "read" and not o.unknown:
                 seen.update(o.output or ())
         return [op for op in ops if self.is_read(op) or op.input not in seen]
-
-
-MODELS: dict[str, type[RegisterModel] | type[StringKVModel] | type[ListAppendModel]] = {
-    "register": RegisterModel,
-    "string-kv": StringKVModel,
-    "list-append": ListAppendModel,
-}
