@@ -125,13 +125,16 @@ class AsyncClient:
             op.timeout_ms = max(1, int(remaining * 1000))
             stream = self._stream(endpoint)
             fut = stream.submit(op)
+            # A timer on the future itself: cheaper per op than asyncio.wait_for.
+            timer = loop.call_later(remaining, _expire, fut)
             try:
-                result = await asyncio.wait_for(fut, remaining)
+                result = await fut
             except TimeoutError:
                 stream.forget(op.id)
                 maybe_applied = maybe_applied or write
                 break
             except StreamBroken as e:
+                timer.cancel()
                 maybe_applied = maybe_applied or (write and e.sent)
                 last = Unavailable(str(e), definite=not maybe_applied)
                 if self._leader == endpoint:
@@ -140,6 +143,7 @@ class AsyncClient:
                 if anywhere:
                     self._replica = endpoint
                 continue
+            timer.cancel()
             if not result.HasField("error"):
                 if not anywhere:
                     self._leader = endpoint
@@ -337,6 +341,11 @@ class AsyncClient:
                 if g["role"] == "leader":
                     return {"voters": g["voters"], "learners": g["learners"]}
         raise Unavailable("no leader found", definite=True)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:

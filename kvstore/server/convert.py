@@ -86,6 +86,14 @@ def kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
     )
 
 
+def set_kv(dst: kv_pb2.KeyValue, kv: KeyValue) -> None:
+    dst.key = kv.key
+    dst.value = kv.value
+    dst.version = kv.version
+    dst.create_revision = kv.create_revision
+    dst.mod_revision = kv.mod_revision
+
+
 def header(group: int, node_id: int, term: int, index: int, leader: int) -> kv_pb2.ResponseHeader:
     return kv_pb2.ResponseHeader(
         group=group, node_id=node_id, term=term, index=index, leader_id=leader
@@ -102,17 +110,30 @@ def error_pb(e: OpError) -> kv_pb2.Error:
     )
 
 
-def write_response(
-    cmd: Command, res: ApplyResult, hdr: kv_pb2.ResponseHeader, want_prev: bool
-) -> kv_pb2.PutResponse | kv_pb2.DeleteResponse | kv_pb2.CasResponse:
+def fill_write_result(
+    result: kv_pb2.OpResult,
+    cmd: Command,
+    res: ApplyResult,
+    hdr: kv_pb2.ResponseHeader,
+    want_prev: bool,
+) -> None:
+    """Fill ``result``'s put/delete/cas answer in place (no intermediate messages: building
+    a response and copying it in costs several times more per op)."""
     check_result(res)
-    prev = kv_to_pb(res.prev)
+    sub: kv_pb2.PutResponse | kv_pb2.DeleteResponse | kv_pb2.CasResponse
     if isinstance(cmd, Put):
-        return kv_pb2.PutResponse(
-            header=hdr, revision=res.revision, prev_kv=prev if want_prev else None
-        )
-    if isinstance(cmd, Delete):
-        return kv_pb2.DeleteResponse(
-            header=hdr, deleted=res.ok, revision=res.revision, prev_kv=prev
-        )
-    return kv_pb2.CasResponse(header=hdr, succeeded=res.ok, revision=res.revision, prev_kv=prev)
+        sub = result.put
+        if not want_prev:
+            sub.revision = res.revision
+            sub.header.CopyFrom(hdr)
+            return
+    elif isinstance(cmd, Delete):
+        sub = result.delete
+        sub.deleted = res.ok
+    else:
+        sub = result.cas
+        sub.succeeded = res.ok
+    sub.revision = res.revision
+    sub.header.CopyFrom(hdr)
+    if res.prev is not None:
+        set_kv(sub.prev_kv, res.prev)

@@ -52,13 +52,20 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.metrics = metrics
         self.node_id = node_id
         self._counters: dict[tuple[str, int], Any] = {}
+        self._last_header_key: tuple[int, int, int, int] | None = None
+        self._last_header = kv_pb2.ResponseHeader()
 
     # -- dispatch -------------------------------------------------------------------
     def _header(self, group: int, index: int) -> kv_pb2.ResponseHeader:
+        """The header for answers at ``index``; the ops of one entry share one."""
         g = self.driver.groups.get(group)
         term = g.term if g is not None else 0
         leader = g.leader if g is not None else 0
-        return convert.header(group, self.node_id, term, index, leader)
+        key = (group, index, term, leader)
+        if key != self._last_header_key:
+            self._last_header = convert.header(group, self.node_id, term, index, leader)
+            self._last_header_key = key
+        return self._last_header
 
     def dispatch(self, op: kv_pb2.Op, emit: Emit) -> None:
         """Start one op; ``emit`` is called exactly once with its OpResult."""
@@ -117,14 +124,15 @@ class KVService(kv_pb2_grpc.KVServicer):
             if error is not None or res is None:
                 self._fail(op_id, kind, error or OpError("no result", definite=False), emit)
                 return
+            result = kv_pb2.OpResult(id=op_id)
             try:
-                resp = convert.write_response(cmd, res, self._header(group, res.index), want_prev)
+                convert.fill_write_result(
+                    result, cmd, res, self._header(group, res.index), want_prev
+                )
             except OpError as e:
                 self._fail(op_id, kind, e, emit)
                 return
             self._count(kind, 0)
-            result = kv_pb2.OpResult(id=op_id)
-            getattr(result, kind).CopyFrom(resp)
             emit(result)
 
         self.driver.propose(group, cmd, timeout, Callback(done))
@@ -140,10 +148,11 @@ class KVService(kv_pb2_grpc.KVServicer):
             reader = self.storage.kv(group)
             if kind == "get":
                 kv, applied = reader.get_with_applied(req.key)
-                hdr = self._header(group, applied)
-                result = kv_pb2.OpResult(
-                    id=op_id, get=kv_pb2.GetResponse(header=hdr, kv=convert.kv_to_pb(kv))
-                )
+                result = kv_pb2.OpResult(id=op_id)
+                got = result.get
+                got.header.CopyFrom(self._header(group, applied))
+                if kv is not None:
+                    convert.set_kv(got.kv, kv)
             else:
                 limit = self.limits.scan_limit(req.limit)
                 kvs, applied = reader.scan_with_applied(req.start, req.end, limit + 1)
