@@ -19,15 +19,21 @@ Protocol ("Paxos Made Simple"; "Paxos Made Moderately Complex"):
   chosen, else the highest-ballot value, else a NOOP (``recovery.py``).
 - Phase 2, per slot, pipelined: ACCEPT(ballot, prev slot, entries, commit) under
   per-acceptor flow control (``progress.py``: probe / replicate / snapshot,
-  ``max_inflight_msgs``); ACCEPTED(index) acknowledges the acceptor's prefix of
-  the leader's values. A slot is chosen when a quorum holds it; learners hear the
-  commit index in ACCEPT and PAXOS_HEARTBEAT.
+  ``max_inflight_msgs`` and ``max_inflight_bytes``, ``max_size_per_msg``);
+  ACCEPTED(index) acknowledges the acceptor's prefix of the leader's values.
+  Acceptor logs stay contiguous (the shared LogStorage needs it): an ACCEPT past
+  an acceptor's prefix is refused with a hint and the leader probes back. A slot
+  is chosen when a quorum holds it; learners hear the commit index in ACCEPT and
+  PAXOS_HEARTBEAT.
 - Liveness: the leader heartbeats every ``heartbeat_tick``; with
   ``check_quorum`` it steps down without a live quorum each ``election_tick``,
   and acceptors that heard from a leader within ``election_tick`` ignore other
   proposers' PREPAREs (a leader lease, so a rejoining node cannot depose a
   healthy leader); duelling proposers back off on a higher ballot and retry after
-  a random timeout from ``config.rng``.
+  a random timeout from ``config.rng``. A leader refused by one acceptor that
+  holds a higher promise runs phase 1 again above it (under leases), so a node
+  that campaigned alone behind a partition rejoins without an election timeout;
+  this takes the place of Raft's PreVote (``Config.pre_vote`` is not used).
 - Snapshots: an acceptor behind the leader's compacted log gets PAXOS_SNAPSHOT
   (a chosen prefix); it keeps its accepted slots after the snapshot index. A
   driver must install ``Ready.snapshot`` before appending ``Ready.entries``.

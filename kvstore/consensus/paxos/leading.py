@@ -65,7 +65,7 @@ def replicate(n: PaxosNode, lead: Leader, to: int) -> None:
     """Send ``to`` what it lacks, as far as its flow control allows."""
     pr = lead.progress[to]
     last = n.log.last_index()
-    while not pr.paused(n.cfg.max_inflight_msgs):
+    while not pr.paused(n.cfg.max_inflight_msgs, n.cfg.max_inflight_bytes):
         if pr.next < n.log.first_index():
             snap = n._snapshot()
             n._send(MT.PAXOS_SNAPSHOT, to, term=lead.ballot, snapshot=snap)
@@ -89,7 +89,7 @@ def replicate(n: PaxosNode, lead: Leader, to: int) -> None:
             commit=n.acceptor.commit,
         )
         lead.commit_sent[to] = n.acceptor.commit
-        pr.sent(prev + len(ents))
+        pr.sent(prev + len(ents), sum(e.size() for e in ents))
 
 
 def flush(n: PaxosNode) -> None:
@@ -222,7 +222,7 @@ def on_heartbeat_resp(n: PaxosNode, m: Message) -> str | None:
     if m.context.startswith(READ_ROUND) and seq.isdigit():
         pr.read_ack = max(pr.read_ack, int(seq))
         release_reads(n, lead)
-    if m.index > pr.match and pr.acked(m.index):
+    if pr.acked(m.index):  # also frees in-flight ACCEPTs it answered (FINDINGS F2)
         # It answers in our ballot: it holds our values through m.index.
         maybe_commit(n, lead)
     if pr.state is State.SNAPSHOT:
@@ -238,7 +238,7 @@ def on_heartbeat_resp(n: PaxosNode, m: Message) -> str | None:
         pr.behind_beats += 1
         if (
             m.index < pr.match
-            or pr.paused(n.cfg.max_inflight_msgs)
+            or pr.paused(n.cfg.max_inflight_msgs, n.cfg.max_inflight_bytes)
             or pr.behind_beats >= LOST_AFTER_BEATS
         ):
             pr.on(Event.RESTARTED)

@@ -6,7 +6,8 @@ choosing those slots. ``next``: the next slot to send.
 
 States and their transitions (one table, ``TRANSITIONS``):
 - PROBE: one ACCEPT in flight at a time; used after a gap or a restart.
-- REPLICATE: ACCEPTs pipelined optimistically, at most ``max_inflight`` in flight.
+- REPLICATE: ACCEPTs pipelined optimistically, at most ``max_msgs`` messages and
+  ``max_bytes`` of values in flight.
 - SNAPSHOT: the acceptor needs slots the leader compacted; a PAXOS_SNAPSHOT is
   in flight and nothing else is sent until it is acknowledged.
 """
@@ -62,8 +63,9 @@ class Progress:
     state: State = State.PROBE
     probe_sent: bool = False
     """PROBE: an ACCEPT is in flight; wait for its answer or a heartbeat answer."""
-    inflight: deque[int] = field(default_factory=deque)
-    """REPLICATE: last slot of each ACCEPT in flight, ascending."""
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)
+    """REPLICATE: (last slot, bytes) of each ACCEPT in flight, ascending."""
+    inflight_bytes: int = 0
     pending_snapshot: int = 0
     snapshot_wait: int = 0
     behind_beats: int = 0
@@ -80,18 +82,20 @@ class Progress:
         self.behind_beats = 0
         if self.state is not State.REPLICATE:
             self.inflight.clear()
+            self.inflight_bytes = 0
 
-    def paused(self, max_inflight: int) -> bool:
+    def paused(self, max_msgs: int, max_bytes: int) -> bool:
         if self.state is State.PROBE:
             return self.probe_sent
         if self.state is State.REPLICATE:
-            return len(self.inflight) >= max_inflight
+            return len(self.inflight) >= max_msgs or self.inflight_bytes >= max_bytes
         return True
 
-    def sent(self, last: int) -> None:
-        """An ACCEPT ending at ``last`` was sent."""
+    def sent(self, last: int, size: int) -> None:
+        """An ACCEPT ending at ``last`` carrying ``size`` bytes of values was sent."""
         if self.state is State.REPLICATE:
-            self.inflight.append(last)
+            self.inflight.append((last, size))
+            self.inflight_bytes += size
             self.next = last + 1
         else:
             self.probe_sent = True
@@ -104,6 +108,6 @@ class Progress:
             self.behind_beats = 0
         if self.next <= index:
             self.next = index + 1
-        while self.inflight and self.inflight[0] <= index:
-            self.inflight.popleft()
+        while self.inflight and self.inflight[0][0] <= index:
+            self.inflight_bytes -= self.inflight.popleft()[1]
         return grew
