@@ -79,7 +79,7 @@ prereqs() {
 
 cmd_up() {
   local vms=3 memory=512 cpus=1 tick_ms=100 election=50 heartbeat=5 host_peers="" accel=auto
-  local image=${KVSTORE_IMAGE:-kvstore:latest} build=1 wait=1 timeout=900 guest_init=systemd
+  local image=${KVSTORE_IMAGE:-kvstore:latest} build=1 wait=1 timeout=900 guest_init=minimal
   while [ $# -gt 0 ]; do
     case "$1" in
       --vms) vms=$2; shift ;;
