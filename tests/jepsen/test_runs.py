@@ -64,6 +64,14 @@ def test_ack_before_commit_loses_writes_under_kill(tmp_path: Path) -> None:
     assert any(a.startswith("lost-write") for a in res["anomalies"])
 
 
+def test_eventual_reads_break_session_guarantees(tmp_path: Path) -> None:
+    code, res = _run(
+        tmp_path, "--workload", "session", "--nemesis", "partition", "--read-mode", "eventual"
+    )
+    assert code == 1, res
+    assert any(a.startswith(("read-your-writes", "monotonic-reads")) for a in res["anomalies"])
+
+
 @pytest.mark.parametrize(
     ("workload", "nemesis"),
     [
