@@ -76,6 +76,10 @@ def test_concurrent_writes_are_batched_and_all_answered(tmp_path: Path) -> None:
             assert e.value.definite
             assert e.value.leader_id == hint
             assert e.value.leader_endpoint == peers.get(hint, "")
+            # A strong read on a follower goes through the leader's ReadIndex.
+            if hint:
+                index = await follower.driver.read_barrier(1, "strong", 0, 5.0)
+                assert index >= max(revs)
         finally:
             for n in nodes:
                 await n.stop()
