@@ -113,7 +113,8 @@ class Node:
             self.storage.close()
             raise
         endpoints = dict(o.peers)
-        endpoints[o.id] = o.listen
+        # How others reach this node: its --peers entry (an advertised address) if any.
+        endpoints.setdefault(o.id, o.listen)
         if new:
             voters = frozenset() if o.join else frozenset(endpoints)
             if voters:
@@ -172,7 +173,7 @@ class Node:
                 driver=self.driver,
                 transport=self.transport,
                 node_id=o.id,
-                endpoint=o.listen,
+                endpoint=endpoints[o.id],
                 cluster_id=o.cluster_id,
                 consensus=o.consensus,
             ),
