@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvstore.consensus.memory import MemoryStorage
@@ -46,9 +46,14 @@ def test_ballot_rejects_unencodable_node_ids() -> None:
 
 
 # -- stored values --------------------------------------------------------------------
-@given(st.integers(min_value=1, max_value=1 << 63), st.binary(max_size=40))
+@given(
+    st.integers(min_value=1, max_value=1 << 63),
+    st.binary(max_size=40) | st.binary(max_size=8).map(lambda b: b"~" + b),
+)
+@example(origin=3, data=b"~12:x")
 def test_value_keeps_origin_across_reaccepts(origin: int, data: bytes) -> None:
     e = value.new_value(origin, 7, data, EntryType.NORMAL)
+    assert value.chosen(e) == Entry(term=origin, index=7, data=data)
     again = value.reaccept(value.reaccept(e, origin + 5), origin + 9)
     assert again.term == origin + 9
     assert value.chosen(again) == Entry(term=origin, index=7, data=data)
