@@ -12,6 +12,8 @@ Invariants checked (Raft paper figure 3; for Multi-Paxos, term = ballot, index =
   while the highest persisted term was below T;
 - state machine safety: every node applies the same entry at an index, contiguously,
   never beyond its durable commit; state machine images (snapshots) agree by digest;
+- linearizable reads: a ReadState answering a read_index request is at or above every
+  index applied anywhere before the request was made;
 - no lost acknowledgement: a client value is chosen at exactly one index, and at the
   end every member's state machine holds every acknowledged value (``check_converged``).
 """
@@ -28,6 +30,7 @@ from kvstore.consensus.types import (
     Entry,
     EntryType,
     HardState,
+    ReadState,
     Snapshot,
     UnavailableError,
 )
@@ -92,6 +95,9 @@ class Checker:
     value_index: dict[bytes, int] = field(default_factory=dict)
     """client value -> index it was chosen at (an acknowledged proposal)."""
     max_term: int = 0
+    max_applied: int = 0
+    read_floor: dict[bytes, int] = field(default_factory=dict)
+    """read request context -> the highest index applied anywhere when it was made."""
     completeness_checked: set[tuple[int, int]] = field(default_factory=set)
     checks: int = 0
 
@@ -238,6 +244,18 @@ class Checker:
             if at != e.index:
                 raise SafetyViolation(f"value {e.data!r} chosen at index {at} and at {e.index}")
         self._agree(node, e.index, digest)
+
+    def on_read_request(self, ctx: bytes) -> None:
+        self.read_floor[ctx] = self.max_applied
+
+    def on_read_state(self, node: int, rs: ReadState) -> None:
+        self.checks += 1
+        floor = self.read_floor.get(rs.request_ctx)
+        if floor is not None and rs.index < floor:
+            raise SafetyViolation(
+                f"stale read: node {node} got read index {rs.index} for {rs.request_ctx!r}, "
+                f"but index {floor} was applied before the read was requested"
+            )
 
     def _identity(self, e: Entry) -> tuple[int, EntryType, bytes]:
         return (e.term if self.traits.raft_log else 0, e.type, e.data)

@@ -54,6 +54,10 @@ CORE_MODULES = {
     "raft": ("kvstore.consensus.raft", "RawNode", RAFT_TRAITS),
     "paxos": ("kvstore.consensus.paxos", "PaxosNode", PAXOS_TRAITS),
 }
+READY_ROUNDS = 5000
+"""Ready rounds one node may need in a row before the driver calls it a livelock (a
+restarted node re-applying its log in small pages needs one round per page)."""
+
 EXTRA_FACTORIES: dict[str, tuple[CoreFactory, Traits]] = {}
 """Test-only cores (fakes, deliberately broken wrappers) registered by name."""
 
@@ -230,7 +234,7 @@ class Cluster:
 
     def handle_ready(self, node: SimNode, *, crash_after_persist: bool = False) -> None:
         """Drive one node's Ready loop until it is quiet (persist, send, apply, advance)."""
-        for _ in range(50):
+        for _ in range(READY_ROUNDS):
             core = node.core
             if core is None or not core.has_ready():
                 return
@@ -253,11 +257,16 @@ class Cluster:
             durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
             for e in rd.committed:
                 self._apply(node, core, e, durable_commit)
+            for rs in rd.read_states:
+                self.checker.on_read_state(node.id, rs)
+                self.stats["reads"] += 1
             if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
                 s = core.status()
                 self.checker.on_leader(node.id, s.term, st)
             core.advance(rd)
-        raise AssertionError(f"node {node.id} still has a Ready after 50 rounds (livelock?)")
+        raise AssertionError(
+            f"node {node.id} still has a Ready after {READY_ROUNDS} rounds (livelock?)"
+        )
 
     def _install(self, node: SimNode, snap: Snapshot) -> None:
         self.checker.on_install(node.id, snap, node.sm.index)
@@ -349,6 +358,22 @@ class Client:
         self.stats["accepted"] += 1
         c.note(f"propose {value!r} at {node.id} -> {pid}")
         return Attempt(value, node.id, pid)
+
+    def read(self) -> None:
+        """A linearizable read request (read_index) at a random live node."""
+        c = self.cluster
+        up = c.up_nodes()
+        if not up:
+            return
+        node = self.rng.choice(up)
+        assert node.core is not None
+        self.counter += 1
+        ctx = b"r-%d" % self.counter
+        c.checker.on_read_request(ctx)
+        try:
+            node.core.read_index(ctx)
+        except (ConsensusError, NotImplementedError):
+            self.stats["read_refused"] += 1
 
     def change(self, change: ConfChange) -> bool:
         node = self.cluster.nodes.get(self.hint)

@@ -17,6 +17,7 @@ from kvstore.consensus.types import (
     ConfChange,
     Config,
     ConfState,
+    ConsensusError,
     Core,
     Entry,
     EntryType,
@@ -26,6 +27,7 @@ from kvstore.consensus.types import (
     MessageType,
     NotLeaderError,
     ProposalId,
+    ReadState,
     Ready,
     Role,
     Snapshot,
@@ -66,6 +68,7 @@ class FixedLeaderCore:
         self.pending_snapshot: Snapshot | None = None
         self.match: dict[int, int] = {}
         self.next: dict[int, int] = {}
+        self.read_states: list[ReadState] = []
 
     # -- log view ---------------------------------------------------------------------
     def last_index(self) -> int:
@@ -182,10 +185,13 @@ class FixedLeaderCore:
         return self.conf
 
     def read_index(self, ctx: bytes) -> None:
-        raise NotImplementedError
+        # The only leader there will ever be: its commit index is linearizable as is.
+        if not self.leading:
+            raise NotLeaderError(self.leaders[0])
+        self.read_states.append(ReadState(index=self.commit, request_ctx=ctx))
 
     def transfer_leadership(self, to: int) -> None:
-        raise NotImplementedError
+        raise ConsensusError("the fake core's leader is fixed")
 
     def campaign(self) -> None:
         pass
@@ -202,6 +208,7 @@ class FixedLeaderCore:
             or self.unstable_from <= self.last_index()
             or self._hard_state() != self.saved
             or self.applied < self.commit
+            or bool(self.read_states)
         )
 
     def ready(self) -> Ready:
@@ -216,6 +223,7 @@ class FixedLeaderCore:
             snapshot=self.pending_snapshot,
             messages=tuple(self.msgs),
             committed=tuple(committed),
+            read_states=tuple(self.read_states),
         )
 
     def advance(self, rd: Ready) -> None:
@@ -225,6 +233,7 @@ class FixedLeaderCore:
             self.unstable_from = rd.entries[-1].index + 1
         self.pending_snapshot = None
         del self.msgs[: len(rd.messages)]
+        del self.read_states[: len(rd.read_states)]
         if rd.committed:
             self.applied = rd.committed[-1].index
 

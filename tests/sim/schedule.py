@@ -19,7 +19,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from kvstore.consensus.types import ConfChange, ConfChangeType, Role
+from kvstore.consensus.types import ConfChange, ConfChangeType, ConsensusError, Role
 
 from .checkers import Checker, SafetyViolation
 from .cluster import Attempt, Client, Cluster, CoreParams, load_core
@@ -44,6 +44,8 @@ class FaultKind(enum.Enum):
     RESTART_FRESH = "restart-fresh"
     """Restart rebuilding the state machine from the last snapshot."""
     SNAPSHOT = "snapshot"
+    TRANSFER = "transfer"
+    """The leader hands leadership to another voter (TimeoutNow)."""
     NET = "net"
     """Switch the network to ``net``."""
     ADD_LEARNER = "add-learner"
@@ -79,6 +81,7 @@ class SimOptions:
     net: NetConfig = field(default_factory=lambda: NetConfig(drop=0.02, max_delay=3))
     params: CoreParams = field(default_factory=CoreParams)
     propose_prob: float = 0.3
+    read_prob: float = 0.1
     tick_prob: float = 0.9
     ready_prob: float = 0.3
     """After each delivered message, handle that node's Ready at once with this chance."""
@@ -148,11 +151,12 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         FaultKind.CRASH_MID_READY,
         FaultKind.SNAPSHOT,
         FaultKind.NET,
+        FaultKind.TRANSFER,
         FaultKind.ADD_LEARNER,
         FaultKind.PROMOTE,
         FaultKind.REMOVE,
     ]
-    weights = [4, 2, 3, 2, 2, 5, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
+    weights = [4, 2, 3, 2, 2, 5, 1, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
     t = 0
     while True:
         t += rng.randint(2, 20)
@@ -232,6 +236,8 @@ class Run:
             self.step(opts.tick_prob)
             if self.rng.random() < opts.propose_prob:
                 self.client.propose()
+            if self.rng.random() < opts.read_prob:
+                self.client.read()
             self.settle()
             if step % 25 == 24:
                 self.checker.full_log_matching({n.id: n.storage for n in c.nodes.values()})
@@ -295,8 +301,28 @@ class Run:
         elif k == FaultKind.NET:
             assert f.net is not None
             self.net.config = f.net
+        elif k == FaultKind.TRANSFER:
+            self.transfer()
         elif self.membership_supported:
             self.change_membership(k)
+
+    def transfer(self) -> None:
+        c = self.cluster
+        leader = c.leader()
+        core = c.nodes[leader].core if leader else None
+        if core is None:
+            return
+        others = sorted(core.status().conf_state.voters - {leader})
+        if not others:
+            return
+        to = self.rng.choice(others)
+        c.note(f"transfer leadership {leader} -> {to}")
+        try:
+            core.transfer_leadership(to)
+        except (ConsensusError, NotImplementedError):
+            self.cluster.stats["transfer_refused"] += 1
+            return
+        self.cluster.stats["transfers"] += 1
 
     def change_membership(self, k: FaultKind) -> None:
         c = self.cluster

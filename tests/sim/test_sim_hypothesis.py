@@ -59,6 +59,7 @@ faults = st.one_of(
                 FaultKind.ISOLATE_LEADER,
                 FaultKind.CRASH_LEADER,
                 FaultKind.HEAL,
+                FaultKind.TRANSFER,
                 FaultKind.ADD_LEARNER,
                 FaultKind.PROMOTE,
                 FaultKind.REMOVE,
@@ -82,6 +83,7 @@ options = st.builds(
         max_inflight_msgs=st.sampled_from((1, 256)),
     ),
     propose_prob=st.sampled_from((0.1, 0.5)),
+    read_prob=st.sampled_from((0.0, 0.2)),
     tick_prob=st.sampled_from((0.6, 1.0)),
     membership=st.booleans(),
 )
