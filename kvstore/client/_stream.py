@@ -70,6 +70,9 @@ class BatchStream:
     async def _sender(self) -> None:
         assert self._call is not None
         try:
+            # Until the stream is up nothing has been sent: a refused connection fails the
+            # queued ops as certainly not applied (definite), not as unknown.
+            await self._call.wait_for_connection()
             while True:
                 await self._wake.wait()
                 self._wake.clear()

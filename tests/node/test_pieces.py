@@ -105,3 +105,17 @@ def test_error_table(code: int, cls: type[KVError], definite: bool) -> None:
     assert type(e) is cls and e.definite is definite and e.message == "m"
     if isinstance(e, NotLeader):
         assert (e.leader_id, e.leader_endpoint) == (2, "h:2")
+
+
+def test_a_refused_connection_fails_writes_as_definite() -> None:
+    import asyncio
+
+    from kvstore.client import AsyncClient, DeadlineExceeded
+
+    async def main() -> None:
+        async with AsyncClient(["127.0.0.1:1"], timeout=0.5) as c:
+            with pytest.raises(DeadlineExceeded) as e:
+                await c.put("k", "v")
+            assert e.value.definite, "nothing reached a server: the write certainly failed"
+
+    asyncio.run(main())
