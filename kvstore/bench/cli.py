@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target",
         choices=TARGETS,
         default="kvstore",
-        help="store to drive: kvstore, or an etcd v3 cluster for comparison",
+        help="store to drive: kvstore, an etcd v3 cluster for comparison, or null (answers "
+        "at once in memory: the generator's own ceiling)",
     )
     p.add_argument("--clients", type=int, default=64, help="concurrent requests (default 64)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")

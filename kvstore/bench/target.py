@@ -7,6 +7,7 @@ client libraries), not in the generator.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,8 +21,8 @@ class Target(Protocol):
 
 
 async def open_target(kind: str, endpoints: Sequence[str], timeout_s: float) -> Target:
-    """Connect to `kind` ("kvstore" or "etcd") at `endpoints` ("host:port" strings)."""
-    if not endpoints:
+    """Connect to `kind` ("kvstore", "etcd" or "null") at `endpoints` ("host:port")."""
+    if not endpoints and kind != "null":
         raise ValueError("--endpoints must name at least one host:port")
     if kind == "kvstore":
         from kvstore.bench.kvstore_target import KvstoreTarget
@@ -31,4 +32,24 @@ async def open_target(kind: str, endpoints: Sequence[str], timeout_s: float) -> 
         from kvstore.bench.etcd_target import EtcdTarget
 
         return await EtcdTarget.connect(endpoints, timeout_s)
-    raise ValueError(f"unknown target {kind!r}: expected 'kvstore' or 'etcd'")
+    if kind == "null":
+        return NullTarget()
+    raise ValueError(f"unknown target {kind!r}: expected 'kvstore', 'etcd' or 'null'")
+
+
+class NullTarget:
+    """Answers at once, in memory: measures the generator's own ceiling (and tests it)."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        await asyncio.sleep(0)
+        self._data[key] = value
+
+    async def get(self, key: bytes, read_mode: str) -> bytes | None:
+        await asyncio.sleep(0)
+        return self._data.get(key)
+
+    async def close(self) -> None:
+        self._data.clear()

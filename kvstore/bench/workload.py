@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 READ_MODES = ("strong", "eventual", "causal")
-TARGETS = ("kvstore", "etcd")
+TARGETS = ("kvstore", "etcd", "null")
 KEY_PREFIX = b"bench/"
 
 
