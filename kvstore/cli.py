@@ -82,6 +82,12 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         help="compact the log every N applied entries (0: never)",
     )
     _add(p, "--map-size-mb", type=int, default=1024, help="LMDB map size (storage cap) in MiB")
+    _add(
+        p,
+        "--inline-persist",
+        action="store_true",
+        help="write to storage on the event loop thread (fewer thread hops; blocks the loop)",
+    )
     _add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -122,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         map_size_mb=args.map_size_mb,
         unsafe_ack_before_commit=unsafe,
         join=args.join,
+        inline_persist=args.inline_persist,
     )
     try:
         ok = run(opts)
@@ -163,6 +170,8 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
         "--log-level",
         args.log_level,
     ]
+    if args.inline_persist:
+        argv.append("--inline-persist")
     if args.metrics_port:
         argv += ["--metrics-port", str(args.metrics_port + i - 1)]
     return argv

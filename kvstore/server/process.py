@@ -49,6 +49,7 @@ class ServeOptions:
     sync: bool = True
     unsafe_ack_before_commit: bool = False
     join: bool = False
+    inline_persist: bool = False
     """Start with no membership and wait to be added (``kvstore member add-learner``)."""
 
 
@@ -134,6 +135,7 @@ class Node:
                 heartbeat_ticks=o.heartbeat_ticks,
                 snapshot_entries=o.snapshot_entries,
                 unsafe_ack_before_commit=o.unsafe_ack_before_commit,
+                inline_persist=o.inline_persist,
             ),
             self.storage,
             self.metrics,
