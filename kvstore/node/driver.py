@@ -59,6 +59,7 @@ from kvstore.storage import NodeStorage, StorageFullError
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
 _LEADER_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
+MAX_INBOX = 100_000
 MAX_ENTRY_BYTES = 4 << 20
 MAX_ENTRY_OPS = 4096
 MAX_TICKS_PER_ITERATION = 2
@@ -286,6 +287,12 @@ class NodeDriver:
 
     # -- inputs (event loop, any task) -------------------------------------------
     def deliver(self, msgs: list[Message]) -> None:
+        if len(self._inbox) + len(msgs) > MAX_INBOX:
+            # A stalled loop (storage full) must not buffer without bound; consensus
+            # tolerates the loss (the senders retry).
+            for m in msgs:
+                self.metrics.dropped.labels(str(m.group), "inbox_full").inc()
+            return
         self._inbox.extend(msgs)
         self._poke()
 
