@@ -29,6 +29,8 @@ from kvstore.client.errors import (
     from_code,
 )
 
+MIN_ATTEMPT_S = 0.5
+MAX_ATTEMPT_S = 2.0
 DEFAULT_ENDPOINTS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
 _NOT_LEADER = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 _RETRYABLE = {
@@ -122,17 +124,26 @@ class AsyncClient:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-            op.timeout_ms = max(1, int(remaining * 1000))
+            # One attempt gets part of the deadline: a paused or partitioned node that
+            # still holds the connection open must not swallow the whole budget.
+            budget = min(remaining, max(MIN_ATTEMPT_S, min(self.timeout / 3, MAX_ATTEMPT_S)))
+            op.timeout_ms = max(1, int(budget * 1000))
             stream = self._stream(endpoint)
             fut = stream.submit(op)
             # A timer on the future itself: cheaper per op than asyncio.wait_for.
-            timer = loop.call_later(remaining, _expire, fut)
+            timer = loop.call_later(budget, _expire, fut)
             try:
                 result = await fut
             except TimeoutError:
                 stream.forget(op.id)
                 maybe_applied = maybe_applied or write
-                break
+                last = DeadlineExceeded(f"no answer from {endpoint}", definite=not maybe_applied)
+                if self._leader == endpoint:
+                    self._leader = None
+                endpoint = self._rotate()
+                if anywhere:
+                    self._replica = endpoint
+                continue
             except StreamBroken as e:
                 timer.cancel()
                 maybe_applied = maybe_applied or (write and e.sent)

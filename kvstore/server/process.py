@@ -158,6 +158,10 @@ class Node:
                 ("grpc.max_send_message_length", MAX_PEER_MESSAGE),
                 # Two nodes on one port would silently split the traffic: fail instead.
                 ("grpc.so_reuseport", 0),
+                # Accept the clients' and peers' keepalive pings (5-10 s).
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 4000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         kv_pb2_grpc.add_KVServicer_to_server(

@@ -167,3 +167,22 @@ def test_kill_all_nodes_under_load_keeps_every_acknowledged_write(
             f" missing {len(missing)}"
         )
         assert not missing, f"lost acknowledged writes: {missing[:10]}"
+
+
+def test_paused_leader_does_not_hold_clients(tmp_path: Path) -> None:
+    import signal
+
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.wait_leader()
+        with cluster.client(timeout=15) as c:
+            c.put("before", "pause")  # the client now knows the leader
+            cluster.procs[leader].send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                c.put("during", "pause")
+                took = time.monotonic() - t0
+            finally:
+                cluster.procs[leader].send_signal(signal.SIGCONT)
+            print(f"\nwrite with the old leader paused took {took:.2f}s")
+            assert took < 10.0
+            assert c.get("during") == b"pause"
