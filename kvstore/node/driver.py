@@ -204,6 +204,7 @@ class NodeDriver:
         self.endpoints = endpoints
         self.send: Callable[[list[Message]], None] = lambda msgs: None
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
+        self._next_usage = 0.0
         self._replies: list[tuple[Completion[Any], Any]] = []
         """Answers of the last Ready, sent once the next persist is under way (so the
         per-op reply work overlaps the next fsync instead of delaying it)."""
@@ -424,6 +425,11 @@ class NodeDriver:
             if ticks:
                 self._expire(g, now)
                 self._export_core_drops(g)
+        if ticks and now >= self._next_usage:
+            self._next_usage = now + 1.0
+            used, cap = self.storage.usage()
+            self.metrics.storage_used.set(used)
+            self.metrics.storage_cap.set(cap)
         readies: list[tuple[_Group, Ready]] = []
         for g in self.groups.values():
             if g.core.has_ready():

@@ -74,6 +74,12 @@ class NodeMetrics:
         self.client_ops = Counter(
             "kvstore_client_ops", "Client operations answered", ["op", "code"], registry=r
         )
+        self.storage_used = Gauge(
+            "kvstore_storage_used_bytes", "LMDB pages in use, in bytes", registry=r
+        )
+        self.storage_cap = Gauge(
+            "kvstore_storage_map_bytes", "LMDB map size: writes fail past it", registry=r
+        )
         self.peer_phi = Gauge(
             "kvstore_peer_phi", "Phi-accrual suspicion of a peer", ["peer"], registry=r
         )

@@ -122,6 +122,7 @@ def test_metrics_and_health(mcluster: LocalCluster) -> None:
     assert _metric(text, "kvstore_term", group="1") >= 1
     assert "kvstore_persist_seconds_bucket" in text
     assert "kvstore_proposal_seconds_bucket" in text
+    assert _metric(text, "kvstore_storage_map_bytes") == 1 << 30
     with grpc.insecure_channel(mcluster.endpoint(leader)) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
