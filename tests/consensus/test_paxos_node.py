@@ -186,3 +186,21 @@ def test_remote_junk_never_raises(msgs: list[Message], lead: bool) -> None:
             persist(n, s)
         n.tick()
     assert n.status().term >= 0
+
+
+def test_phase1_counts_conf_changes_its_promises_reveal() -> None:
+    """A promise reporting an accepted ADD_NODE 4 makes the quorum a majority of
+    {1,2,3} AND {1,2,3,4}: two promises are not enough, three are."""
+    n, s = node(1)
+    n.campaign()
+    persist(n, s)
+    b = n.status().term
+    cc = ConfChange(type=ConfChangeType.ADD_NODE, node_id=4).encode()
+    reported = (Entry(term=ballots.make(0, 3), index=1, type=EntryType.CONF_CHANGE, data=cc),)
+    n.step(Message(type=MT.PROMISE, group=0, from_=2, to=1, term=b, index=1, entries=reported))
+    assert n.status().role is Role.CANDIDATE
+    n.step(Message(type=MT.PROMISE, group=0, from_=3, to=1, term=b, index=1))
+    assert n.status().role is Role.LEADER
+    rd = persist(n, s)
+    assert [(e.index, e.type, e.term) for e in rd.entries] == [(1, EntryType.CONF_CHANGE, b)]
+    assert {m.to for m in rd.messages if m.type is MT.ACCEPT} == {2, 3, 4}

@@ -476,6 +476,8 @@ class PaxosNode:
             if self._install(snap):
                 self._campaign_again(cand)
             return None
+        if ballots.node_of(m.term) != m.from_:
+            return "stale_ballot"  # a promiser's catch-up for a phase 1 we gave up
         if not self.acceptor.promise(m.term):
             self._send(MT.ACCEPTED, m.from_, term=self.acceptor.promised, index=0, reject=True)
             return None
