@@ -1,6 +1,7 @@
 """Request limits (documented in the README); breaking one is INVALID_ARGUMENT naming it.
 
-Defaults: key 4 KiB, value 1 MiB, 1000 ops per client batch message, scan limit
+Defaults: key 503 bytes (LMDB's 511-byte key limit minus the group prefix; the state
+machine's MAX_KEY_SIZE), value 1 MiB, 1000 ops per client batch message, scan limit
 10000 rows, client gRPC messages 4 MiB. The server's gRPC receive limit is larger
 (64 MiB) because InstallSnapshot travels on the same port; client messages are
 checked against ``max_request_bytes`` here.
@@ -11,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvstore.node.errors import InvalidOp
+from kvstore.statemachine import MAX_KEY_SIZE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    max_key_bytes: int = 4096
+    max_key_bytes: int = MAX_KEY_SIZE
     max_value_bytes: int = 1 << 20
     max_batch_ops: int = 1000
     max_scan_limit: int = 10000
