@@ -17,6 +17,16 @@ from .infra import DEPLOY, missing_commands, run, start_daemon, stop_daemons, ti
 E2E_IMAGE = "kvstore:e2e"
 
 
+def forward_policy() -> str | None:
+    if missing_commands("iptables"):
+        return None
+    p = run(["iptables", "-S", "FORWARD"], check=False)
+    for line in p.stdout.splitlines():
+        if line.startswith("-P FORWARD "):
+            return line.split()[2]
+    return None
+
+
 def _need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("end-to-end tests need root (docker, libvirt, debootstrap)")
@@ -28,12 +38,17 @@ def docker_engine() -> Iterator[None]:
     missing = missing_commands("dockerd", "docker", "debootstrap")
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)} (apt-get install docker.io debootstrap)")
+    policy = forward_policy()
     try:
         pids = start_daemon("docker")
     except RuntimeError as e:
         pytest.skip(f"no docker engine on this machine: {e}")
     yield
     stop_daemons(pids)
+    if pids and policy == "ACCEPT":
+        # dockerd sets the host's FORWARD policy to DROP; later runs on this machine
+        # (netns bridges of other suites) should find it as it was.
+        run(["iptables", "-P", "FORWARD", "ACCEPT"], check=False)
 
 
 @pytest.fixture(scope="session")
