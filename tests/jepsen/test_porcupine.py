@@ -1,7 +1,7 @@
 """The checker agrees with Porcupine on every shared Jepsen history (verdicts.tsv).
 
-The histories are referenced, not copied: ../shared/testdata/porcupine next to the repo, or
-the folder named by KVSTORE_PORCUPINE_DATA.
+The histories are Porcupine's test data (MIT, see tests/jepsen/porcupine/LICENSE.md), kept in
+the repo so CI checks them on every run; KVSTORE_PORCUPINE_DATA names another folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _data_dir() -> Path:
     env = os.environ.get("KVSTORE_PORCUPINE_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "porcupine"
+    return Path(__file__).resolve().parent / "porcupine"
 
 
 DATA = _data_dir()
