@@ -2,5 +2,15 @@
 
 N cores over MemoryStorage, a seeded network that delays, drops, duplicates,
 reorders and partitions messages, crashes and restarts; safety checkers run
-after every step. Everything is a pure function of the seed.
+after every step, liveness is checked after the faults heal. Everything is a pure
+function of the seed.
+
+    pytest tests/sim                                    default run (raft, paxos, fakes)
+    pytest tests/sim -k 'random_schedules and raft' --sim-seed N    replay one seed
+    pytest tests/sim --sim-schedules 200                fewer (or more) schedules per test
+    pytest tests/sim -k soak --soak                     long soak, fresh random seeds
+
+Modules: network.py (the seeded network), cluster.py (nodes, Ready driver, client),
+checkers.py (the invariants), schedule.py (fault plans, the run loop, liveness),
+fakecore.py (a safe fake core and deliberately broken ones). Findings: FINDINGS.md.
 """

@@ -24,11 +24,7 @@ STEPS = 150
 SOAK_SCHEDULES = 5000
 SOAK_STEPS = 1500
 
-KNOWN: dict[str, dict[int, tuple[str, str]]] = {
-    "paxos": {
-        313: ("F2", "did not converge"),
-    },
-}
+KNOWN: dict[str, dict[int, tuple[str, str]]] = {}
 """Seeds of open findings (tests/sim/FINDINGS.md) and the failure each must show. They
 are excused from test_random_schedules (which then reports xfail, naming them) only while
 they fail in that way; any other failure, of any seed, fails the test."""
