@@ -95,10 +95,49 @@ def _list(b: bytes | None) -> tuple[int, ...]:
     return tuple(int(x) for x in b.split(b",")) if b else ()
 
 
+@dataclass(slots=True)
+class KeyRing:
+    """``slots`` keys in use at a time; a key retires after ``per_key`` operations and a
+    fresh one takes its slot (as Jepsen's independent keys do). Short per-key histories
+    keep the linearizability search small however long the run: the operations of unknown
+    outcome, which the search may place anywhere, stay few per key."""
+
+    prefix: str
+    slots: int
+    per_key: int = 250
+    keys: list[str] = field(default_factory=list)
+    _live: list[str] = field(default_factory=list)
+    _used: dict[str, int] = field(default_factory=dict)
+    _made: int = 0
+
+    def __post_init__(self) -> None:
+        for _ in range(self.slots):
+            self._live.append(self._fresh())
+
+    def _fresh(self) -> str:
+        key = f"{self.prefix}{self._made}"
+        self._made += 1
+        self.keys.append(key)
+        self._used[key] = 0
+        return key
+
+    def pick(self, rng: random.Random) -> str:
+        i = rng.randrange(self.slots)
+        key = self._live[i]
+        self._used[key] += 1
+        if self._used[key] >= self.per_key:
+            self._live[i] = self._fresh()
+        return key
+
+
 class Workload(Protocol):
     name: str
     model: Model | None
-    keys: list[str]
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key the workload has used (the final reads read them all)."""
+        ...
 
     def generate(self, worker: int, process: int, rng: random.Random) -> Invocation: ...
 
@@ -109,13 +148,17 @@ class Workload(Protocol):
 
 @dataclass(slots=True)
 class RegisterWorkload:
-    keys: list[str]
+    ring: KeyRing
     values: int = 5
     name: str = "register"
     model: Model | None = field(default_factory=RegisterModel)
 
+    @property
+    def keys(self) -> list[str]:
+        return self.ring.keys
+
     def generate(self, worker: int, process: int, rng: random.Random) -> Invocation:
-        key = rng.choice(self.keys)
+        key = self.ring.pick(rng)
         roll = rng.random()
         if roll < 0.5:
             return Invocation(f="read", key=key)
@@ -140,14 +183,18 @@ class RegisterWorkload:
 
 @dataclass(slots=True)
 class AppendWorkload:
-    keys: list[str]
+    ring: KeyRing
     attempts: int = 8
     name: str = "append"
     model: Model | None = field(default_factory=ListAppendModel)
     _next: int = 0
 
+    @property
+    def keys(self) -> list[str]:
+        return self.ring.keys
+
     def generate(self, worker: int, process: int, rng: random.Random) -> Invocation:
-        key = rng.choice(self.keys)
+        key = self.ring.pick(rng)
         if rng.random() < 0.3:
             return Invocation(f="read", key=key)
         self._next += 1
@@ -215,12 +262,12 @@ class SessionWorkload:
         self.keys.append(key)
 
 
-def make(name: str, *, keys: int, concurrency: int) -> Workload:
-    names = [f"{name[0]}{i}" for i in range(keys)]
+def make(name: str, *, keys: int, concurrency: int, per_key: int = 250) -> Workload:
+    """``keys``: keys in use at a time; each serves ``per_key`` operations, then retires."""
     if name == "register":
-        return RegisterWorkload(keys=names)
+        return RegisterWorkload(ring=KeyRing(prefix="r", slots=keys, per_key=per_key))
     if name == "append":
-        return AppendWorkload(keys=names)
+        return AppendWorkload(ring=KeyRing(prefix="a", slots=keys, per_key=per_key))
     if name == "session":
         return SessionWorkload(concurrency=concurrency)
     raise ValueError(f"unknown workload {name!r}")

@@ -134,7 +134,8 @@ def test_stale_read_after_a_completed_write_is_caught(seed: int, n: int, width: 
     window = result.failures[0].window
     assert any(op.f == "read" and op.output == 1001 for op in window)
     assert not is_linearizable(window, RegisterModel())
-    assert len(window) <= 6, [op.describe() for op in window]
+    # best effort: ops of unknown outcome may keep a chain of writes explainable
+    assert len(window) <= 6 + 2 * sum(op.unknown for op in ops), [op.describe() for op in window]
 
 
 def test_thousands_of_operations_check_in_seconds() -> None:

@@ -13,7 +13,7 @@ from kvstore.jepsen.checker.lostwrite import check_appends
 from kvstore.jepsen.checker.session import check_sessions
 from kvstore.jepsen.history import Event, Operation, pair
 from kvstore.jepsen.runner import FINAL_PROCESS, RunConfig, check_history
-from kvstore.jepsen.workloads import Recorder, Workload, final_reads, make, run_worker
+from kvstore.jepsen.workloads import KeyRing, Recorder, Workload, final_reads, make, run_worker
 
 from .fakestore import FakeStore
 
@@ -55,9 +55,10 @@ def _run(
 
 
 def test_register_on_a_linearizable_store_is_valid() -> None:
-    wl = make("register", keys=3, concurrency=4)
+    wl = make("register", keys=3, concurrency=4, per_key=10)
     events, final = _run(wl, FakeStore(seed=1), "strong")
-    assert len(events) > 100 and set(final) == set(wl.keys)
+    assert len(events) > 60 and set(final) == set(wl.keys)
+    assert len(wl.keys) > 3, "keys retire and fresh ones take their slots"
     verdict, anomalies, _ = check_history(RunConfig(workload="register"), events, final, wl)
     assert verdict == "valid", anomalies
 
@@ -72,7 +73,7 @@ def test_register_with_stale_reads_is_caught() -> None:
 
 
 def test_append_on_a_linearizable_store_is_valid() -> None:
-    wl = make("append", keys=2, concurrency=4)
+    wl = make("append", keys=2, concurrency=4, per_key=30)
     events, final = _run(wl, FakeStore(seed=3), "strong")
     assert any(ev.f == "append" and ev.type == "ok" for ev in events)
     verdict, anomalies, _ = check_history(RunConfig(workload="append"), events, final, wl)
@@ -114,6 +115,15 @@ def _op(
         ret=ret,
         unknown=math.isinf(ret),
     )
+
+
+def test_key_ring_retires_keys_after_their_budget() -> None:
+    ring = KeyRing(prefix="r", slots=2, per_key=3)
+    rng = random.Random(1)
+    picks = [ring.pick(rng) for _ in range(30)]
+    assert all(picks.count(k) <= 3 for k in set(picks))
+    assert ring.keys[:2] == ["r0", "r1"] and len(ring.keys) >= 10
+    assert set(picks) <= set(ring.keys)
 
 
 def test_session_checker_monotonic_reads_and_phantoms() -> None:
