@@ -188,6 +188,13 @@ def table(rows: list[dict[str, Any]], workloads: list[Workload], clients: list[i
                 f" | {cell(k, 'p50_ms', '.2f')} | {cell(k, 'p99_ms', '.2f')} | {ratio} | {p99}"
                 f" | {verdict(e, k)} |"
             )
+    failed = [
+        f"{r['system']} {r['workload']} @{r['clients']}: {r['errors']:,}"
+        for r in rows
+        if r.get("errors")
+    ]
+    if failed:
+        lines += ["", "Failed requests (not in the latencies above): " + "; ".join(failed)]
     return "\n".join(lines)
 
 

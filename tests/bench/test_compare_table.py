@@ -54,3 +54,9 @@ def test_table_has_both_systems_the_ratios_and_gaps() -> None:
         in lines
     )
     assert lines[3].endswith("| - | - | - |")
+
+
+def test_table_lists_failed_requests() -> None:
+    m = compare()
+    rows = [{**row("kvstore", "writes", 64, 10, 1), "errors": 7}]
+    assert "kvstore writes @64: 7" in m.table(rows, [m.WORKLOADS["writes"]], [64])
