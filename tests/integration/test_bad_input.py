@@ -46,14 +46,15 @@ def _still_serves(c: LocalCluster) -> None:
 
 
 def test_random_bytes_on_the_port_are_survived(mcluster: LocalCluster) -> None:
-    for i in (1, 2, 3):
+    ports = [*mcluster.ports.values(), *mcluster.metrics_ports.values()]
+    for port in ports:
         for payload in (
             os.urandom(4096),
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(2048),
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"\x00" * 100000,
         ):
-            with socket.create_connection(("127.0.0.1", mcluster.ports[i]), timeout=5) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 try:
                     s.sendall(payload)
                     s.settimeout(1)
@@ -61,6 +62,7 @@ def test_random_bytes_on_the_port_are_survived(mcluster: LocalCluster) -> None:
                 except OSError:
                     pass  # the server may close on us: that is the point
     _still_serves(mcluster)
+    assert "kvstore_term" in mcluster.metrics(1)
 
 
 def test_undecodable_request_is_an_error_not_a_crash(mcluster: LocalCluster) -> None:
