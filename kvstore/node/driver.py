@@ -216,6 +216,7 @@ class NodeDriver:
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._ctx = itertools.count(1)
+        self._ctx_prefix = config.node_id.to_bytes(8, "big") + os.urandom(8)
         self._seq = itertools.count()
         self._stopped = False
         self.storage_full = False
@@ -652,7 +653,10 @@ class NodeDriver:
         if not g.reads:
             return
         reads, g.reads = g.reads, []
-        ctx = next(self._ctx).to_bytes(8, "big")
+        # Read contexts must be unique cluster-wide and across restarts: the leader keys
+        # pending reads by ctx, and a duplicate would be answered with the read index of
+        # an earlier request (a stale read). Node id + per-process nonce + counter.
+        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
         try:
             g.core.read_index(ctx)
         except NotLeaderError:
