@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the nodes from another checkout (e.g. `git archive OLD | tar -x -C DIR`), "
         "to measure before/after a change in the same minutes",
     )
+    p.add_argument(
+        "--readindex-retry",
+        action="store_true",
+        help="experiment: periodic heartbeats carry the newest pending ReadIndex context",
+    )
     args = p.parse_args(argv)
     spy = shutil.which("py-spy")
     if spy is None:
@@ -176,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         base_port=47200,
         extra_args=args.kvstore_args.split(),
         launcher=[str(Path(__file__).resolve().parent / "traced_node.py")],
-        env_for=lambda i: {"KVSTORE_TRACE_OUT": str(traces[i]), "KVSTORE_TREE": args.tree},
+        env_for=lambda i: {
+            "KVSTORE_TRACE_OUT": str(traces[i]),
+            "KVSTORE_TREE": args.tree,
+            "KVSTORE_TRACE_READINDEX_RETRY": "1" if args.readindex_retry else "",
+        },
     ) as kv:
         pids = dict(zip(kv.ids, kv.group.pids(), strict=True))
         mports = dict(zip(kv.ids, kv.metrics_ports, strict=True))

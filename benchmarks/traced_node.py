@@ -189,6 +189,20 @@ D._resolve_writes = resolve  # type: ignore[method-assign]
 D.deliver = deliver  # type: ignore[method-assign]
 D._iteration = iteration  # type: ignore[method-assign]
 
+if os.environ.get("KVSTORE_TRACE_READINDEX_RETRY") == "1":
+    # Experiment (measurement only): let every periodic heartbeat carry the newest pending
+    # ReadIndex context, as etcd-raft does, so a lost round is retried.
+    from kvstore.consensus.raft import leader as raft_leader
+
+    _bcast = raft_leader.bcast_heartbeat
+
+    def bcast_heartbeat(r: Any, ctx: bytes) -> None:
+        if not ctx and r.read_only.queue:
+            ctx = r.read_only.queue[-1]
+        _bcast(r, ctx)
+
+    raft_leader.bcast_heartbeat = bcast_heartbeat
+
 if __name__ == "__main__":
     import atexit
 
