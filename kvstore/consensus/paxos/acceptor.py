@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 
+from kvstore.consensus.paxos import value
 from kvstore.consensus.paxos.log import SlotLog
 from kvstore.consensus.paxos.recovery import Promise
 from kvstore.consensus.types import Entry, Snapshot
@@ -72,6 +73,25 @@ class Acceptor:
             end = prev + len(entries)
             if end > self.accepted_through:
                 self.accepted_through = end
+        return Outcome.OK
+
+    def reaccept(self, ballot: int, prev: int, hi: int) -> Outcome:
+        """Phase 2b for slots prev+1 .. hi with the values we already hold (REACCEPT).
+
+        Only under the very promise the leader checked our values against: a higher
+        ballot means we never promised it, so we refuse with a gap and get values."""
+        if ballot < self.promised:
+            return Outcome.STALE_BALLOT
+        if ballot > self.promised:
+            self.promise(ballot)
+            return Outcome.GAP
+        if prev > self.accepted_through or hi > self.log.last_index():
+            return Outcome.GAP
+        lo = max(prev + 1, self.commit + 1)
+        if lo <= hi:
+            self.log.write([value.reaccept(e, ballot) for e in self.log.slice(lo, hi + 1)])
+        if hi > self.accepted_through:
+            self.accepted_through = hi
         return Outcome.OK
 
     def learn(self, commit: int) -> bool:

@@ -12,6 +12,7 @@ from kvstore.consensus.paxos.recovery import Promise
 from kvstore.consensus.types import Entry, Message, MessageType
 
 MT = MessageType
+REACCEPT = b"reaccept"  # leading.REACCEPT (kept here to avoid an import cycle)
 
 _LED_BY_SENDER = {MT.PREPARE, MT.ACCEPT, MT.PAXOS_HEARTBEAT, MT.PAXOS_TIMEOUT_NOW}
 """Messages a proposer sends in its own ballot: the ballot's owner is the sender."""
@@ -49,6 +50,8 @@ def body(m: Message, me: int) -> str | None:
     if m.type in _LED_BY_SENDER and ballots.node_of(m.term) != m.from_:
         return "malformed"
     if m.type is MT.ACCEPT and not _contiguous(m.entries, m.index + 1, m.term):
+        return "malformed"
+    if m.type is MT.ACCEPT and m.context == REACCEPT and (m.entries or m.log_term <= m.index):
         return "malformed"
     if m.type is MT.PROMISE and not m.reject:
         if ballots.node_of(m.term) != me or m.index < 1:

@@ -38,11 +38,17 @@ COMMIT_ONLY = b"commit"
 """ACCEPT context of a bare commit notice: the acceptor learns the commit and does
 not answer (an answer would carry nothing new), unless it finds a gap."""
 
+REACCEPT = b"reaccept"
+"""ACCEPT context after phase 1: "accept again, in this ballot, the values you hold
+in slots index+1 .. log_term" (no entries). Sent only to a promiser whose promise
+reported, for each of those slots, the value this leader proposes there; the
+acceptor re-accepts only if it still holds exactly that promise."""
+
 READ_ROUND = b"read:"
 """PAXOS_HEARTBEAT context of a read round: ``read:<seq>``, echoed by acceptors; an
 answer confirms every read queued up to ``seq``."""
 
-LOST_AFTER_BEATS = 3
+LOST_AFTER_BEATS = 4
 """Heartbeat answers behind our ACCEPTs, in a row, after which we take them as lost."""
 
 
@@ -74,8 +80,27 @@ def replicate(n: PaxosNode, lead: Leader, to: int) -> None:
             return
         if pr.next > last and (pr.state is State.REPLICATE or pr.match >= last):
             return
+        hi = last
+        if pr.reaccept_to >= pr.next and pr.state is State.REPLICATE:
+            if pr.next > lead.recovered_commit:
+                # It holds our recovered values already (its promise said so): one
+                # REACCEPT moves them all to our ballot, no values on the wire.
+                upto, pr.reaccept_to = pr.reaccept_to, 0
+                n._send(
+                    MT.ACCEPT,
+                    to,
+                    term=lead.ballot,
+                    index=pr.next - 1,
+                    log_term=upto,
+                    commit=n.acceptor.commit,
+                    context=REACCEPT,
+                )
+                lead.commit_sent[to] = n.acceptor.commit
+                pr.sent(upto, 0)
+                continue
+            hi = lead.recovered_commit  # send the chosen slots it lacks first
         try:
-            ents = n.log.slice(pr.next, last + 1, n.cfg.max_size_per_msg)
+            ents = n.log.slice(pr.next, hi + 1, n.cfg.max_size_per_msg)
         except CompactedError:
             pr.next = 0  # the driver compacted under us: snapshot on the next loop
             continue
@@ -235,12 +260,10 @@ def on_heartbeat_resp(n: PaxosNode, m: Message) -> str | None:
     elif pr.state is State.REPLICATE and m.index < pr.next - 1:
         # Behind what we sent: in flight, lost, or it restarted and only vouches for
         # its commit. Probe from what it has once that is the likely story.
+        # (Not at once when the window is full: with slow links that resends every
+        # slot twice and halves the pace; answered slots were freed above.)
         pr.behind_beats += 1
-        if (
-            m.index < pr.match
-            or pr.paused(n.cfg.max_inflight_msgs, n.cfg.max_inflight_bytes)
-            or pr.behind_beats >= LOST_AFTER_BEATS
-        ):
+        if pr.behind_beats >= LOST_AFTER_BEATS:
             pr.on(Event.RESTARTED)
             pr.next = m.index + 1
     elif pr.state is State.PROBE:

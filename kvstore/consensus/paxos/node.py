@@ -23,11 +23,11 @@ from collections import Counter
 from kvstore.consensus.paxos import ballot as ballots
 from kvstore.consensus.paxos import checks, leading, membership, quorum, value
 from kvstore.consensus.paxos.acceptor import Acceptor, Outcome
-from kvstore.consensus.paxos.leading import COMMIT_ONLY
+from kvstore.consensus.paxos.leading import COMMIT_ONLY, REACCEPT
 from kvstore.consensus.paxos.log import SlotLog
 from kvstore.consensus.paxos.progress import Progress, State
 from kvstore.consensus.paxos.proposer import Candidate, Leader
-from kvstore.consensus.paxos.recovery import recover
+from kvstore.consensus.paxos.recovery import Promise, Recovery, recover
 from kvstore.consensus.types import (
     NONE,
     ConfChange,
@@ -376,10 +376,12 @@ class PaxosNode:
         self.leader = self.id
         self.elapsed = 0
         self._sync_members()
+        lead.recovered_commit = rec.commit
         for n, pr in lead.progress.items():
             p = cand.promises.get(n)
             if p is not None:
                 pr.match, pr.next, pr.state = p.commit, p.commit + 1, State.REPLICATE
+                pr.reaccept_to = _held_through(p, rec, cand.start, cand.ballot)
         self._dirty = True
         leading.maybe_commit(self, lead)
 
@@ -430,7 +432,10 @@ class PaxosNode:
 
     # -- phase 2 (acceptor side) ------------------------------------------------
     def _on_accept(self, m: Message) -> str | None:
-        outcome = self.acceptor.accept(m.term, m.index, m.entries)
+        if m.context == REACCEPT:
+            outcome = self.acceptor.reaccept(m.term, m.index, m.log_term)
+        else:
+            outcome = self.acceptor.accept(m.term, m.index, m.entries)
         if outcome is Outcome.STALE_BALLOT:
             promised = self.acceptor.promised
             self._send(MT.ACCEPTED, m.from_, term=promised, index=m.index, reject=True)
@@ -541,3 +546,15 @@ class PaxosNode:
         MT.READ_INDEX: leading.on_read_index,
         MT.READ_INDEX_RESP: leading.on_read_index_resp,
     }
+
+
+def _held_through(p: Promise, rec: Recovery, start: int, b: int) -> int:
+    """The last slot through which promiser ``p`` reported, slot by slot from the
+    recovered commit on, the very value the new leader proposes there (0: none)."""
+    held = 0
+    for s in range(rec.commit + 1, start + len(rec.entries)):
+        mine, theirs = rec.entries[s - start], p.at(s)
+        if theirs is None or value.reaccept(theirs, b) != mine:
+            break
+        held = s
+    return held

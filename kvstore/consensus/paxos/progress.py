@@ -67,6 +67,9 @@ class Progress:
     """REPLICATE: (last slot, bytes) of each ACCEPT in flight, ascending."""
     inflight_bytes: int = 0
     pending_snapshot: int = 0
+    reaccept_to: int = 0
+    """After phase 1: its promise reported our values in every slot from the
+    recovered commit + 1 through this one (a REACCEPT can cover them)."""
     snapshot_wait: int = 0
     behind_beats: int = 0
     """Heartbeat answers in a row showing less than we sent (lost ACCEPTs)."""

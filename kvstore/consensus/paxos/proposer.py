@@ -46,6 +46,8 @@ class Leader:
     """Every other member (voters and learners of every config in the chain)."""
     self_match: int = 0
     """Our own log is durable through this slot."""
+    recovered_commit: int = 0
+    """Commit right after phase 1: slots above it were proposed again in our ballot."""
     takeover_last: int = 0
     """Last slot recovered in phase 1: reads wait until it is chosen, so a read
     index covers every value a previous leader may have had chosen."""
