@@ -91,6 +91,7 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("prepare"), st.integers(1, 12)),
         st.tuples(st.just("accept"), st.integers(1, 12), st.integers(0, 8), st.integers(0, 4)),
+        st.tuples(st.just("reaccept"), st.integers(1, 12), st.integers(0, 8), st.integers(0, 10)),
         st.tuples(st.just("learn"), st.integers(0, 12)),
         st.tuples(st.just("persist")),
         st.tuples(st.just("snapshot"), st.integers(1, 10)),
@@ -132,6 +133,19 @@ def test_acceptor_rules(script: list[tuple[int | str, ...]]) -> None:
                 for e in ents:
                     if e.index > acc.commit:
                         model[e.index] = e
+        elif op[0] == "reaccept":
+            b, prev, hi = int(op[1]), int(op[2]), int(op[3])
+            through, commit = acc.accepted_through, acc.commit
+            got = acc.reaccept(b, prev, hi)
+            if b < before:
+                assert got is Outcome.STALE_BALLOT
+            elif b > before or prev > through or hi > log.last_index():
+                assert got is Outcome.GAP
+            else:
+                assert got is Outcome.OK
+                for i in range(max(prev + 1, commit + 1), hi + 1):
+                    model[i] = value.reaccept(model[i], b) if i in model else log.get(i)
+                    assert value.payload(log.get(i)) == value.payload(model[i])
         elif op[0] == "learn":
             old = acc.commit
             acc.learn(int(op[1]))
