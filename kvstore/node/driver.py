@@ -706,8 +706,9 @@ class NodeDriver:
 
     # -- after the persist -----------------------------------------------------------
     def _after_persist(self, g: _Group, rd: Ready, results: list[ApplyResult]) -> None:
-        if rd.soft_state is not None:
-            self._on_soft_state(g, rd.soft_state.leader, rd.soft_state.role)
+        leadership_changed = rd.soft_state is not None and self._on_soft_state(
+            g, rd.soft_state.leader, rd.soft_state.role
+        )
         if rd.hard_state is not None:
             g.term = g.persisted_term = rd.hard_state.term
             g.persisted_vote = rd.hard_state.vote
@@ -729,6 +730,8 @@ class NodeDriver:
                     heapq.heappush(g.applied_waiters, (rs.index, next(self._seq), r))
         while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
             self._defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+        if leadership_changed:
+            self._fail_unconfirmed_reads(g)
         st = None
         if rd.hard_state is not None or rd.committed:
             st = g.core.status()
@@ -738,7 +741,9 @@ class NodeDriver:
         if st is not None and g.compacted < st.applied:
             g.compacted = max(g.compacted, self.storage.group(g.id).first_index() - 1)
 
-    def _on_soft_state(self, g: _Group, leader: int, role: Role) -> None:
+    def _on_soft_state(self, g: _Group, leader: int, role: Role) -> bool:
+        """Record the new leader/role; True when either changed."""
+        changed = leader != g.leader or role != g.role
         if leader != g.leader:
             self.metrics.leader_changes.labels(str(g.id)).inc()
             log.event("leader_changed", group=g.id, leader=leader, role=role.name.lower())
@@ -752,6 +757,19 @@ class NodeDriver:
             for w in g.writes:
                 _fail(w.fut, err)
             g.writes = []
+        return changed
+
+    def _fail_unconfirmed_reads(self, g: _Group) -> None:
+        """After a leader change, read-index requests not yet confirmed will never be:
+        the old leader's pending reads died with its term. Redirect them now instead of
+        letting them wait for their deadline (reads have no effect: definite)."""
+        if not g.read_ctx:
+            return
+        err = self.not_leader(g)
+        for rs in g.read_ctx.values():
+            for r in rs:
+                _fail(r.fut, err)
+        g.read_ctx.clear()
 
     def _resolve_writes(
         self, g: _Group, committed: tuple[Entry, ...], results: list[ApplyResult]
