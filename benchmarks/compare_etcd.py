@@ -5,11 +5,14 @@
     python benchmarks/compare_etcd.py --quick    # 64 and 256 clients; 3 s per point
 
 Starts a 3-node kvstore cluster (ports 47001-47003) and a 3-member etcd cluster (Debian's
-etcd-server, installed with apt if missing; ports 48001-48003, peers 48101-48103), one at a
-time, each on loopback with its data on disk and fsync on (etcd's defaults). The same
-closed-loop generator (kvstore.bench.runner, async Python gRPC clients in --processes load
-processes) drives three workloads against each: writes, strong reads (etcd: linearizable
-Range) and eventual reads (etcd: serializable Range), 256-byte values over 1,000 keys.
+etcd-server, installed with apt if missing; ports 48001-48003, peers 48101-48103), both on
+loopback with their data on disk and fsync on (etcd's defaults), both up for the whole
+run. The same closed-loop generator (kvstore.bench.runner, async Python gRPC clients in
+--processes load processes) drives three workloads against each: writes, strong reads
+(etcd: linearizable Range) and eventual reads (etcd: serializable Range), 256-byte values
+over 1,000 keys. The systems alternate point by point (--repeat N: N runs a point, order
+swapped each time, the median kept), so background load on a shared machine falls on
+both alike.
 Writes bench-out/compare/{results.json, table.md, compare.png}.
 """
 
