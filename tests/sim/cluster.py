@@ -11,6 +11,7 @@ the write transaction; a restart may also rebuild it from the last snapshot inst
 
 from __future__ import annotations
 
+import enum
 import importlib
 import random
 from collections import Counter, deque
@@ -91,6 +92,15 @@ class SimStorage(MemoryStorage):
     def initial_state(self) -> tuple[HardState, ConfState]:
         hs, cs = super().initial_state()
         return hs, self.boot_conf if self.boot_conf is not None else cs
+
+
+class CrashPoint(enum.Enum):
+    """Where inside a Ready a node may crash (between Readies is the plain case)."""
+
+    AFTER_PERSIST = "after-persist"
+    """Persisted, but nothing sent or applied."""
+    BEFORE_ADVANCE = "before-advance"
+    """Persisted, sent and applied; the core never heard of it (Config.applied tells it)."""
 
 
 @dataclass(slots=True)
@@ -232,8 +242,9 @@ class Cluster:
             if ready_prob and self.rng.random() < ready_prob:
                 self.handle_ready(node)
 
-    def handle_ready(self, node: SimNode, *, crash_after_persist: bool = False) -> None:
-        """Drive one node's Ready loop until it is quiet (persist, send, apply, advance)."""
+    def handle_ready(self, node: SimNode, *, crash_at: CrashPoint | None = None) -> None:
+        """Drive one node's Ready loop until it is quiet (persist, send, apply, advance).
+        ``crash_at``: crash the node inside its first Ready at that point."""
         for _ in range(READY_ROUNDS):
             core = node.core
             if core is None or not core.has_ready():
@@ -248,8 +259,8 @@ class Cluster:
             if rd.hard_state is not None:
                 st.set_hard_state(rd.hard_state)
                 self.checker.on_hard_state(node.id, rd.hard_state)
-            if crash_after_persist:
-                self.note(f"crash {node.id} after persist, before send/apply")
+            if crash_at is CrashPoint.AFTER_PERSIST:
+                self.note(f"crash {node.id} after persist, before send and apply")
                 self.crash(node.id)
                 return
             for m in rd.messages:
@@ -263,6 +274,10 @@ class Cluster:
             if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
                 s = core.status()
                 self.checker.on_leader(node.id, s.term, st)
+            if crash_at is CrashPoint.BEFORE_ADVANCE:
+                self.note(f"crash {node.id} after apply, before advance")
+                self.crash(node.id)
+                return
             core.advance(rd)
         raise AssertionError(
             f"node {node.id} still has a Ready after {READY_ROUNDS} rounds (livelock?)"

@@ -5,11 +5,16 @@ random choice is drawn from ``random.Random(seed)``), so a printed seed replays 
 exactly. Plans are explicit lists of faults so hypothesis can generate and shrink them.
 
 Liveness (checked after the faults): the network is made perfect (no loss, one-step
-delay), every member is restarted and every node ticks once a step. Then, with E the
-election timeout in ticks, a leader must be elected within LEADER_BOUND_E * E ticks, every
-client operation issued after healing must be applied within OP_BOUND_E * E ticks of its
-issue (re-proposed if its leader lost office), and all members must converge on one
-applied state holding every acknowledged value within CONVERGE_BOUND_E * E ticks of healing.
+delay), every member is restarted and every node ticks once a step. Let E be the election
+timeout in ticks and B the backlog at healing (highest last index minus lowest applied
+index among the members: entries some member may still have to receive, or a new Paxos
+leader to re-accept, one message each when the window is one entry). Then:
+- a leader is elected within LEADER_BOUND_E * E ticks;
+- every client operation issued after healing is applied within
+  OP_BOUND_E * E + BACKLOG_TICKS * B ticks of its issue (re-proposed if its leader lost
+  office before it committed);
+- all members converge on one applied state holding every acknowledged value within
+  CONVERGE_BOUND_E * E + BACKLOG_TICKS * B ticks of healing.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from dataclasses import dataclass, field
 from kvstore.consensus.types import ConfChange, ConfChangeType, ConsensusError, Role
 
 from .checkers import Checker, SafetyViolation
-from .cluster import Attempt, Client, Cluster, CoreParams, load_core
+from .cluster import Attempt, Client, Cluster, CoreParams, CrashPoint, load_core
 from .network import PERFECT, NetConfig, Network
 
-LEADER_BOUND_E = 15
-OP_BOUND_E = 30
-CONVERGE_BOUND_E = 60
+LEADER_BOUND_E = 30
+OP_BOUND_E = 45
+CONVERGE_BOUND_E = 80
+BACKLOG_TICKS = 4
+"""Ticks allowed per backlog entry: two round trips of one-step messages."""
 MAX_NODES = 7
 
 
@@ -39,7 +46,9 @@ class FaultKind(enum.Enum):
     CRASH = "crash"
     CRASH_LEADER = "crash-leader"
     CRASH_MID_READY = "crash-mid-ready"
-    """Crash ``node`` in its next Ready, after the persist and before send/apply."""
+    """Crash ``node`` inside its next Ready, after the persist and before send/apply."""
+    CRASH_BEFORE_ADVANCE = "crash-before-advance"
+    """Crash ``node`` inside its next Ready, after it applied and before advance."""
     RESTART = "restart"
     RESTART_FRESH = "restart-fresh"
     """Restart rebuilding the state machine from the last snapshot."""
@@ -51,6 +60,14 @@ class FaultKind(enum.Enum):
     ADD_LEARNER = "add-learner"
     PROMOTE = "promote"
     REMOVE = "remove"
+
+
+CRASHES = (
+    FaultKind.CRASH,
+    FaultKind.CRASH_LEADER,
+    FaultKind.CRASH_MID_READY,
+    FaultKind.CRASH_BEFORE_ADVANCE,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +166,7 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         FaultKind.CRASH,
         FaultKind.CRASH_LEADER,
         FaultKind.CRASH_MID_READY,
+        FaultKind.CRASH_BEFORE_ADVANCE,
         FaultKind.SNAPSHOT,
         FaultKind.NET,
         FaultKind.TRANSFER,
@@ -156,7 +174,7 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         FaultKind.PROMOTE,
         FaultKind.REMOVE,
     ]
-    weights = [4, 2, 3, 2, 2, 5, 1, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
+    weights = [4, 2, 3, 2, 2, 1, 5, 1, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
     t = 0
     while True:
         t += rng.randint(2, 20)
@@ -168,7 +186,7 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
             side = frozenset(rng.sample(ids, rng.randint(1, n // 2)))
             plan.append(Fault(at=t, kind=kind, side=side))
             plan.append(Fault(at=t + rng.randint(5, 60), kind=FaultKind.HEAL))
-        elif kind in (FaultKind.CRASH, FaultKind.CRASH_LEADER, FaultKind.CRASH_MID_READY):
+        elif kind in CRASHES:
             plan.append(Fault(at=t, kind=kind, node=node))
             back = FaultKind.RESTART if rng.random() < 0.7 else FaultKind.RESTART_FRESH
             # RESTART of CRASH_LEADER restarts every down node (the leader is known only then).
@@ -207,7 +225,7 @@ class Run:
             params=opts.params,
         )
         self.client = Client(self.cluster, random.Random(self.rng.getrandbits(64)), b"v")
-        self.mid_ready_crash: set[int] = set()
+        self.mid_ready_crash: dict[int, CrashPoint] = {}
         self.membership_supported = True
 
     def run(self) -> SimResult:
@@ -231,9 +249,17 @@ class Run:
         c, opts = self.cluster, self.opts
         for step in range(opts.steps):
             c.now = step
+            late: list[Fault] = []
             for f in by_step.get(step, ()):
-                self.apply_fault(f)
+                # Half the crashes strike after this step's deliveries and before their
+                # Readies: the cores then lose state they changed but never handed out.
+                if f.kind in CRASHES and self.rng.random() < 0.5:
+                    late.append(f)
+                else:
+                    self.apply_fault(f)
             self.step(opts.tick_prob)
+            for f in late:
+                self.apply_fault(f)
             if self.rng.random() < opts.propose_prob:
                 self.client.propose()
             if self.rng.random() < opts.read_prob:
@@ -260,10 +286,10 @@ class Run:
         nodes = c.up_nodes()
         self.rng.shuffle(nodes)
         for node in nodes:
-            crash = node.id in self.mid_ready_crash and node.core is not None
-            if crash and node.core is not None and node.core.has_ready():
-                self.mid_ready_crash.discard(node.id)
-                c.handle_ready(node, crash_after_persist=True)
+            point = self.mid_ready_crash.get(node.id)
+            if point is not None and node.core is not None and node.core.has_ready():
+                del self.mid_ready_crash[node.id]
+                c.handle_ready(node, crash_at=point)
             else:
                 c.handle_ready(node)
         c.check_step()
@@ -289,9 +315,11 @@ class Run:
             if victim:
                 c.crash(victim)
         elif k == FaultKind.CRASH_MID_READY:
-            self.mid_ready_crash.add(f.node)
+            self.mid_ready_crash[f.node] = CrashPoint.AFTER_PERSIST
+        elif k == FaultKind.CRASH_BEFORE_ADVANCE:
+            self.mid_ready_crash[f.node] = CrashPoint.BEFORE_ADVANCE
         elif k in (FaultKind.RESTART, FaultKind.RESTART_FRESH):
-            self.mid_ready_crash.discard(f.node)
+            self.mid_ready_crash.pop(f.node, None)
             for node in list(c.nodes.values()):
                 if not node.up:
                     c.restart(node.id, keep_state_machine=k == FaultKind.RESTART)
@@ -361,7 +389,11 @@ class Run:
         for nid in sorted(members):
             if nid in c.nodes and not c.nodes[nid].up:
                 c.restart(nid)
-        c.note("healed: perfect network, all members up")
+        up = [c.nodes[i] for i in sorted(members) if i in c.nodes]
+        backlog = max(n.storage.last_index() for n in up) - min(n.sm.index for n in up)
+        op_bound = OP_BOUND_E * e_ticks + BACKLOG_TICKS * backlog
+        converge_bound = CONVERGE_BOUND_E * e_ticks + BACKLOG_TICKS * backlog
+        c.note(f"healed: perfect network, all members up, backlog {backlog}")
         start = c.now
         leader_at = -1
         ops: list[tuple[int, Attempt | None]] = []  # (issued at, current attempt)
@@ -395,18 +427,20 @@ class Run:
                     f"(bound {LEADER_BOUND_E}*election_tick={LEADER_BOUND_E * e_ticks})"
                 )
             for issued, _ in ops:
-                if c.now - issued > OP_BOUND_E * e_ticks:
+                if c.now - issued > op_bound:
                     raise self._failure(
                         f"liveness: a proposal issued {c.now - issued} ticks ago, after "
-                        f"healing, has not committed (bound {OP_BOUND_E}*election_tick)"
+                        f"healing, has not committed (bound {OP_BOUND_E}*election_tick + "
+                        f"{BACKLOG_TICKS}*backlog {backlog} = {op_bound})"
                     )
             if done == self.opts.liveness_ops and self._converged():
                 return t, leader_at, slowest
-            if t > CONVERGE_BOUND_E * e_ticks:
+            if t > converge_bound:
                 states = {n.id: n.sm.index for n in c.nodes.values()}
                 raise self._failure(
                     f"liveness: members {sorted(c.members())} did not converge within "
-                    f"{CONVERGE_BOUND_E}*election_tick ticks of healing (applied: {states})"
+                    f"{CONVERGE_BOUND_E}*election_tick + {BACKLOG_TICKS}*backlog {backlog} = "
+                    f"{converge_bound} ticks of healing (applied: {states})"
                 )
 
     def _stale(self, a: Attempt) -> bool:

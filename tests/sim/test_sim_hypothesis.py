@@ -43,6 +43,7 @@ faults = st.one_of(
             (
                 FaultKind.CRASH,
                 FaultKind.CRASH_MID_READY,
+                FaultKind.CRASH_BEFORE_ADVANCE,
                 FaultKind.RESTART,
                 FaultKind.RESTART_FRESH,
                 FaultKind.SNAPSHOT,
