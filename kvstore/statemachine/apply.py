@@ -20,6 +20,7 @@ client's retry deadline (at 10,000 entries/s it is still 10 s).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -71,7 +72,10 @@ def apply_commands(txn: KVTxn, index: int, commands: Sequence[Command]) -> list[
         if cid:
             seen = txn.session_result(cid, cmd.seq)
             if seen is not None:
-                out.append(seen)
+                # The stored answer, stamped with the entry that carries the retry: callers
+                # match results to commands by entry index and position, so an answer
+                # still naming the original entry would shift every later command's result.
+                out.append(dataclasses.replace(seen, index=index))
                 continue
             if cmd.seq <= txn.session_last_seq(cid) - SESSION_WINDOW:
                 out.append(ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED))

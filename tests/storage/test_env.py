@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -224,7 +225,9 @@ def test_snapshot_is_the_applied_image_and_restores_elsewhere(
         assert b.kv(1).applied_index() == 2
         with b.write() as w:
             retried = w.apply(1, [batch(3, Put(b"a", b"1", client_id=7, seq=1), term=2)])
-        assert retried == first[:1], "sessions travel with the snapshot"
+        assert retried == [dataclasses.replace(first[0], index=3)], (
+            "sessions travel with the snapshot"
+        )
         with b.write() as w:
             w.save(1, snapshot=snap)  # not newer than applied: ignored
         assert b.kv(1).applied_index() == 3
