@@ -162,13 +162,25 @@ def put_until_ok(c: Client, key: str, value: str, timeout: float) -> float:
     return time.monotonic() - t0
 
 
-def write_and_read(c: Client, prefix: str, n: int) -> dict[str, str]:
-    """n writes, then a strong read of each; returns what was written."""
+def write_and_read(c: Client, prefix: str, n: int, op_timeout: float = 0.0) -> dict[str, str]:
+    """n writes, then a strong read of each; returns what was written. With op_timeout, an
+    operation that fails for lack of time is retried until op_timeout (emulated guests on
+    a busy host can take longer than the client's deadline for one write)."""
     data = {f"{prefix}-{i:03d}": f"value-{prefix}-{i}" for i in range(n)}
     for k, v in data.items():
-        c.put(k, v)
+        if op_timeout:
+            put_until_ok(c, k, v, op_timeout)
+        else:
+            c.put(k, v)
     for k, v in data.items():
-        assert c.get(k, read_mode="strong") == v.encode(), k
+        got = (
+            wait_for(f"strong read of {k}", lambda k=k: [c.get(k, read_mode="strong")], op_timeout)[
+                0
+            ]
+            if op_timeout
+            else c.get(k, read_mode="strong")
+        )
+        assert got == v.encode(), k
     return data
 
 
