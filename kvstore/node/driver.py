@@ -21,22 +21,20 @@ import heapq
 import itertools
 import os
 import random
-import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 from kvstore.consensus import new_core
 from kvstore.consensus.types import (
     ConfChange,
     Config,
     ConfState,
-    Core,
     Entry,
     EntryType,
     Message,
-    MessageType,
     NotLeaderError,
     ProposalDroppedError,
     ProposalId,
@@ -46,19 +44,25 @@ from kvstore.consensus.types import (
 )
 from kvstore.node import log
 from kvstore.node.errors import (
-    DeadlineOp,
     ExhaustedOp,
     NotLeaderOp,
     OpError,
     UnavailableOp,
 )
 from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import Completion, Replies, pack_entries
+from kvstore.node.pending import ConfProposal as _ConfProposal
+from kvstore.node.pending import GroupState as _Group
+from kvstore.node.pending import Inflight as _Inflight
+from kvstore.node.pending import Waiter as _Waiter
+from kvstore.node.pending import Write as _Write
+from kvstore.node.pending import fail as _fail
+from kvstore.node.pending import ok as _ok
+from kvstore.node.persist import Plan as _Plan
+from kvstore.node.persist import may_send_before_persist, needs_write, persist_plans
 from kvstore.statemachine import ApplyResult, Command, encode_batch
 from kvstore.storage import NodeStorage, StorageFullError
 
-T = TypeVar("T")
-T_contra = TypeVar("T_contra", contravariant=True)
-_LEADER_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
 MAX_INBOX = 100_000
 MAX_ENTRY_BYTES = 4 << 20
 MAX_ENTRY_OPS = 4096
@@ -85,110 +89,6 @@ class DriverConfig:
     for the fsync. Off by default."""
 
 
-class Completion(Protocol[T_contra]):
-    """What the driver completes: an asyncio.Future, or a Callback (cheaper per op)."""
-
-    def done(self) -> bool: ...
-
-    def set_result(self, result: T_contra, /) -> None: ...
-
-    def set_exception(self, exception: BaseException, /) -> None: ...
-
-
-class Callback(Generic[T]):
-    """A one-shot completion that calls ``fn(result, error)`` synchronously, at once.
-
-    The batch stream answers thousands of ops a second; an asyncio.Future per op would
-    cost an event-loop callback each. ``fn`` must not raise (it is logged if it does)."""
-
-    __slots__ = ("_done", "_fn")
-
-    def __init__(self, fn: Callable[[T | None, OpError | None], None]) -> None:
-        self._fn = fn
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: T, /) -> None:
-        self._fire(result, None)
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        if not isinstance(exception, OpError):
-            exception = OpError(f"internal error: {exception!r}", definite=False)
-        self._fire(None, exception)
-
-    def _fire(self, result: T | None, error: OpError | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._fn(result, error)
-        except Exception as e:  # a broken reply path must not stop the driver
-            log.event("reply_callback_failed", level=40, error=repr(e))
-
-
-@dataclass(slots=True)
-class _Write:
-    cmd: Command
-    fut: Completion[ApplyResult]
-    deadline: float
-    queued_at: float
-
-
-@dataclass(slots=True)
-class _Inflight:
-    term: int
-    writes: list[_Write]
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Waiter:
-    """A read waiting for a read index confirmation or for an index to apply."""
-
-    fut: Completion[int]
-    deadline: float
-
-
-@dataclass(slots=True)
-class _ConfProposal:
-    change: ConfChange
-    fut: asyncio.Future[int]
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Group:
-    id: int
-    core: Core
-    applied: int
-    compacted: int
-    role: Role = Role.FOLLOWER
-    leader: int = 0
-    term: int = 0
-    persisted_term: int = 0
-    persisted_vote: int = 0
-    writes: list[_Write] = field(default_factory=list)
-    inflight: dict[int, _Inflight] = field(default_factory=dict)
-    reads: list[_Waiter] = field(default_factory=list)
-    read_ctx: dict[bytes, list[_Waiter]] = field(default_factory=dict)
-    applied_waiters: list[tuple[int, int, _Waiter]] = field(default_factory=list)
-    confs: list[_ConfProposal] = field(default_factory=list)
-    conf_inflight: dict[int, tuple[int, _ConfProposal]] = field(default_factory=dict)
-    drops_seen: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What the writer thread does for one group in one transaction."""
-
-    group: int
-    rd: Ready
-    compact_to: int
-    conf_state: ConfState | None = None
-
-
 class NodeDriver:
     def __init__(
         self,
@@ -205,7 +105,7 @@ class NodeDriver:
         self.send: Callable[[list[Message]], None] = lambda msgs: None
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
         self._next_usage = 0.0
-        self._replies: list[tuple[Completion[Any], Any]] = []
+        self._replies = Replies()
         """Answers of the last Ready, sent once the next persist is under way (so the
         per-op reply work overlaps the next fsync instead of delaying it)."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
@@ -268,10 +168,10 @@ class NodeDriver:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         self._writer.shutdown(wait=True)
-        self._flush_replies()
+        self._replies.flush()
         err = UnavailableOp("node is shutting down", definite=False)
         for g in self.groups.values():
-            self._fail_all(g, err)
+            g.fail_all(err)
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -400,8 +300,6 @@ class NodeDriver:
         except BaseException as e:
             # A bug: the cores' state can no longer be trusted. Say so and let the
             # process end (a supervisor restarts it from its durable state).
-            import traceback
-
             log.event(
                 "driver_crashed",
                 level=50,
@@ -424,8 +322,8 @@ class NodeDriver:
             self._propose_confs(g)
             self._start_reads(g)
             if ticks:
-                self._expire(g, now)
-                self._export_core_drops(g)
+                g.expire(now)
+                g.export_drops(self.metrics)
         if ticks and now >= self._next_usage:
             self._next_usage = now + 1.0
             used, cap = self.storage.usage()
@@ -436,23 +334,25 @@ class NodeDriver:
             if g.core.has_ready():
                 readies.append((g, g.core.ready()))
         if not readies:
-            self._flush_replies()
+            self._replies.flush()
             return False
         plans = [self._plan(g, rd) for g, rd in readies]
         early: list[Message] = []
         out: list[Message] = []
         for g, rd in readies:
-            if self._may_send_before_persist(g, rd):
+            if self.config.consensus == "raft" and may_send_before_persist(
+                g.role, g.persisted_term, g.persisted_vote, rd
+            ):
                 early.extend(rd.messages)
             else:
                 out.extend(rd.messages)
         if early:
             self.send(early)
         results: dict[int, list[ApplyResult]] = {}
-        if any(_needs_write(p) for p in plans):
+        if any(needs_write(p) for p in plans):
             results = await self._persist_until_done(plans)
         else:
-            self._flush_replies()
+            self._replies.flush()
         if out:
             self.send(out)
         for g, rd in readies:
@@ -460,20 +360,6 @@ class NodeDriver:
         for g, rd in readies:
             g.core.advance(rd)
         return True
-
-    def _may_send_before_persist(self, g: _Group, rd: Ready) -> bool:
-        """A Raft leader replicates in parallel with its own disk write (Raft thesis
-        10.2.1): its APPENDs and heartbeats depend on no state this Ready persists (term
-        and vote are already durable; the commit index counts the leader only once its
-        own entries are durable, in ``advance``). Anything else waits for the persist."""
-        if self.config.consensus != "raft" or g.role != Role.LEADER or rd.snapshot is not None:
-            return False
-        if rd.soft_state is not None and rd.soft_state.role != Role.LEADER:
-            return False
-        hs = rd.hard_state
-        if hs is not None and (hs.term, hs.vote) != (g.persisted_term, g.persisted_vote):
-            return False
-        return all(m.type in _LEADER_EARLY for m in rd.messages)
 
     def _plan(self, g: _Group, rd: Ready) -> _Plan:
         # Conf changes take effect in the core now, before the persist, so the membership
@@ -505,11 +391,13 @@ class NodeDriver:
         while True:
             try:
                 if self.config.inline_persist:
-                    results = self._persist(plans)
-                    self._flush_replies()
+                    results = persist_plans(self.storage, self.metrics, plans)
+                    self._replies.flush()
                 else:
-                    fut = loop.run_in_executor(self._writer, self._persist, plans)
-                    self._flush_replies()
+                    fut = loop.run_in_executor(
+                        self._writer, persist_plans, self.storage, self.metrics, plans
+                    )
+                    self._replies.flush()
                     if self.config.consensus == "raft":
                         await self._step_while(fut)
                     results = await fut
@@ -518,7 +406,7 @@ class NodeDriver:
                     self.storage_full = True
                     log.event("storage_full", level=40, error=str(e))
                     for g in self.groups.values():
-                        self._fail_writes(g, f"storage is full: {e}")
+                        g.fail_writes(f"storage is full: {e}")
                 await asyncio.sleep(1.0)
                 continue
             if self.storage_full:
@@ -542,18 +430,6 @@ class NodeDriver:
                 self._step_inbox(inbox)
         wake.set()  # ticks, proposals and reads that arrived meanwhile
 
-    def _defer(self, fut: Completion[Any], value: Any) -> None:
-        """Complete ``fut`` with ``value`` (an OpError fails it) at the next flush."""
-        self._replies.append((fut, value))
-
-    def _flush_replies(self) -> None:
-        replies, self._replies = self._replies, []
-        for fut, value in replies:
-            if isinstance(value, Exception):
-                _fail(fut, value)
-            else:
-                _ok(fut, value)
-
     def _step_inbox(self, inbox: list[Message]) -> None:
         for m in inbox:
             g = self.groups.get(m.group)
@@ -561,35 +437,6 @@ class NodeDriver:
                 self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
                 continue
             g.core.step(m)
-
-    def _fail_writes(self, g: _Group, why: str) -> None:
-        for w in g.writes:
-            _fail(w.fut, ExhaustedOp(why, definite=True))
-        g.writes = []
-        for inf in g.inflight.values():
-            for w in inf.writes:
-                _fail(w.fut, ExhaustedOp(why, definite=False))
-        g.inflight.clear()
-
-    def _persist(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
-        """Runs on the writer thread: one transaction, one fsync, for all groups."""
-        t0 = time.perf_counter()
-        results: dict[int, list[ApplyResult]] = {}
-        with self.storage.write() as w:
-            for p in plans:
-                rd = p.rd
-                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    w.save(
-                        p.group, hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot
-                    )
-                if rd.committed:
-                    results[p.group] = w.apply(p.group, rd.committed)
-                if p.conf_state is not None:
-                    w.set_conf_state(p.group, p.conf_state)
-                if p.compact_to > 0:
-                    w.compact(p.group, p.compact_to)
-        self.metrics.fsync_latency.observe(time.perf_counter() - t0)
-        return results
 
     # -- proposals -------------------------------------------------------------------
     def _propose_writes(self, g: _Group) -> None:
@@ -601,19 +448,7 @@ class NodeDriver:
             for w in writes:
                 _fail(w.fut, refused)
             return
-        start = 0
-        while start < len(writes):
-            end, size = start, 0
-            while end < len(writes) and end - start < MAX_ENTRY_OPS:
-                s = _cmd_size(writes[end].cmd)
-                if end > start and size + s > MAX_ENTRY_BYTES:
-                    break
-                size += s
-                end += 1
-            chunk = [w for w in writes[start:end] if not w.fut.done()]
-            start = end
-            if not chunk:
-                continue
+        for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
             try:
                 pid = g.core.propose(encode_batch([w.cmd for w in chunk]))
             except (NotLeaderError, ProposalDroppedError) as e:
@@ -627,6 +462,12 @@ class NodeDriver:
                 continue
             self.metrics.batch_ops.observe(len(chunk))
             deadline = max(w.deadline for w in chunk)
+            older = g.inflight.get(pid.index)
+            if older is not None:
+                # Our own earlier entry at this index was truncated away: it never commits.
+                lost_old = UnavailableOp("proposal lost: its log entry was replaced", definite=True)
+                for w in older.writes:
+                    _fail(w.fut, lost_old)
             g.inflight[pid.index] = _Inflight(pid.term, chunk, deadline)
             if self.config.unsafe_ack_before_commit:
                 self._unsafe_ack(pid, chunk)
@@ -666,44 +507,6 @@ class NodeDriver:
             return
         g.read_ctx[ctx] = reads
 
-    def _export_core_drops(self, g: _Group) -> None:
-        """Mirror the core's drop counters (stale term, unknown sender ...) into metrics."""
-        for reason, n in g.core.dropped.items():
-            seen = g.drops_seen.get(reason, 0)
-            if n > seen:
-                self.metrics.dropped.labels(str(g.id), reason).inc(n - seen)
-                g.drops_seen[reason] = n
-
-    def _expire(self, g: _Group, now: float) -> None:
-        def late(dl: float) -> bool:
-            return dl <= now
-
-        for idx in [i for i, f in g.inflight.items() if late(f.deadline)]:
-            for w in g.inflight.pop(idx).writes:
-                _fail(w.fut, DeadlineOp("write not committed in time", definite=False))
-        for ctx in [c for c, rs in g.read_ctx.items() if all(late(r.deadline) for r in rs)]:
-            for r in g.read_ctx.pop(ctx):
-                _fail(r.fut, DeadlineOp("read index not confirmed in time", definite=True))
-        if g.applied_waiters and any(late(w.deadline) for _, _, w in g.applied_waiters):
-            keep = []
-            for item in g.applied_waiters:
-                if late(item[2].deadline):
-                    _fail(
-                        item[2].fut,
-                        UnavailableOp(
-                            f"replica applied {g.applied} < requested index {item[0]}",
-                            definite=True,
-                        ),
-                    )
-                else:
-                    keep.append(item)
-            heapq.heapify(keep)
-            g.applied_waiters = keep
-        for idx in [i for i, (_, c) in g.conf_inflight.items() if late(c.deadline)]:
-            _fail(
-                g.conf_inflight.pop(idx)[1].fut, DeadlineOp("conf change timed out", definite=False)
-            )
-
     # -- after the persist -----------------------------------------------------------
     def _after_persist(self, g: _Group, rd: Ready, results: list[ApplyResult]) -> None:
         leadership_changed = rd.soft_state is not None and self._on_soft_state(
@@ -725,13 +528,13 @@ class NodeDriver:
         for rs in rd.read_states:
             for r in g.read_ctx.pop(rs.request_ctx, []):
                 if g.applied >= rs.index:
-                    self._defer(r.fut, g.applied)
+                    self._replies.defer(r.fut, g.applied)
                 else:
                     heapq.heappush(g.applied_waiters, (rs.index, next(self._seq), r))
         while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
-            self._defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+            self._replies.defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
         if leadership_changed:
-            self._fail_unconfirmed_reads(g)
+            g.fail_unconfirmed_reads(self.not_leader(g))
         st = None
         if rd.hard_state is not None or rd.committed:
             st = g.core.status()
@@ -758,18 +561,6 @@ class NodeDriver:
                 _fail(w.fut, err)
             g.writes = []
         return changed
-
-    def _fail_unconfirmed_reads(self, g: _Group) -> None:
-        """After a leader change, read-index requests not yet confirmed will never be:
-        the old leader's pending reads died with its term. Redirect them now instead of
-        letting them wait for their deadline (reads have no effect: definite)."""
-        if not g.read_ctx:
-            return
-        err = self.not_leader(g)
-        for rs in g.read_ctx.values():
-            for r in rs:
-                _fail(r.fut, err)
-        g.read_ctx.clear()
 
     def _resolve_writes(
         self, g: _Group, committed: tuple[Entry, ...], results: list[ApplyResult]
@@ -801,53 +592,6 @@ class NodeDriver:
             for i, w in enumerate(inf.writes):
                 if i < len(rs):
                     hist.observe(now - w.queued_at)
-                    self._defer(w.fut, rs[i])
+                    self._replies.defer(w.fut, rs[i])
                 else:
                     _fail(w.fut, UnavailableOp("no apply result", definite=False))
-
-    def _fail_all(self, g: _Group, err: OpError) -> None:
-        for w in g.writes:
-            _fail(w.fut, err)
-        g.writes = []
-        for inf in g.inflight.values():
-            for w in inf.writes:
-                _fail(w.fut, err)
-        g.inflight.clear()
-        for rs in g.read_ctx.values():
-            for r in rs:
-                _fail(r.fut, err)
-        g.read_ctx.clear()
-        for r in g.reads:
-            _fail(r.fut, err)
-        g.reads = []
-        for _, _, w2 in g.applied_waiters:
-            _fail(w2.fut, err)
-        g.applied_waiters = []
-
-
-def _needs_write(p: _Plan) -> bool:
-    rd = p.rd
-    return bool(
-        rd.hard_state is not None
-        or rd.entries
-        or rd.snapshot is not None
-        or rd.committed
-        or p.compact_to
-        or p.conf_state is not None
-    )
-
-
-def _cmd_size(cmd: Command) -> int:
-    n = 32 + len(cmd.key)
-    value = getattr(cmd, "value", None) or getattr(cmd, "new_value", None)
-    return n + (len(value) if value else 0)
-
-
-def _ok(fut: Completion[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: Completion[Any], err: Exception) -> None:
-    if not fut.done():
-        fut.set_exception(err)

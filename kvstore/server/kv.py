@@ -15,10 +15,11 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import kv_pb2, kv_pb2_grpc
-from kvstore.node.driver import Callback, NodeDriver
+from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import InvalidOp, OpError
 from kvstore.node.limits import Limits
 from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import Callback
 from kvstore.server import convert
 from kvstore.statemachine import ApplyResult, Command
 from kvstore.storage import NodeStorage
