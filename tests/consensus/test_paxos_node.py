@@ -166,7 +166,7 @@ message = st.builds(
         Snapshot,
         metadata=st.builds(SnapshotMetadata, index=st.integers(-1, 6), term=st.integers(0, 3)),
     ),
-    context=st.sampled_from((b"", b"transfer", b"commit", b"read:1", b"read:x")),
+    context=st.sampled_from((b"", b"transfer", b"commit", b"reaccept", b"read:1", b"read:x")),
 )
 
 
