@@ -116,13 +116,7 @@ def plan(self: Any, g: Any, rd: Any, *args: Any, **kwargs: Any) -> Any:
     return _plan(self, g, rd, *args, **kwargs)
 
 
-_persist = D._persist
-
-
-def persist(self: Any, plans: list[Any], *args: Any, **kwargs: Any) -> Any:
-    t0 = now()
-    out = _persist(self, plans, *args, **kwargs)
-    t1 = now()
+def _stamp_persisted(plans: list[Any], t0: float, t1: float) -> None:
     try:
         with lock:
             for p in plans:
@@ -135,7 +129,31 @@ def persist(self: Any, plans: list[Any], *args: Any, **kwargs: Any) -> Any:
             entries_persist.append((t0, t1))
     except Exception:  # tracing must never break the node
         pass
-    return out
+
+
+DA: Any = D  # the shape differs between driver versions
+MOD: Any = driver_mod
+
+if hasattr(D, "_persist"):  # older drivers: a method on the driver
+    _persist = DA._persist
+
+    def persist(self: Any, plans: list[Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = now()
+        out = _persist(self, plans, *args, **kwargs)
+        _stamp_persisted(plans, t0, now())
+        return out
+
+    DA._persist = persist
+else:  # newer drivers: kvstore.node.persist.persist_plans(storage, metrics, plans)
+    _persist_plans = MOD.persist_plans
+
+    def persist_plans(storage: Any, metrics: Any, plans: list[Any]) -> Any:
+        t0 = now()
+        out = _persist_plans(storage, metrics, plans)
+        _stamp_persisted(plans, t0, now())
+        return out
+
+    MOD.persist_plans = persist_plans
 
 
 entries_persist: list[tuple[float, float]] = []
@@ -184,7 +202,6 @@ async def iteration(self: Any) -> bool:
 D.propose = propose  # type: ignore[method-assign]
 D._propose_writes = propose_writes  # type: ignore[method-assign]
 D._plan = plan  # type: ignore[method-assign]
-D._persist = persist  # type: ignore[method-assign]
 D._resolve_writes = resolve  # type: ignore[method-assign]
 D.deliver = deliver  # type: ignore[method-assign]
 D._iteration = iteration  # type: ignore[method-assign]
