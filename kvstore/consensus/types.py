@@ -44,7 +44,9 @@ class EntryType(enum.IntEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     term: int
-    """Raft: the leader term that created the entry. Paxos: the ballot that chose it."""
+    """Raft: the leader term that created the entry. Paxos: in the log, the ballot that
+    accepted the value; in ``Ready.committed``, the ballot that first proposed it (so a
+    ProposalId still matches after a new leader re-proposes the value)."""
     index: int
     """Log position (Raft) or slot (Paxos), starting at 1."""
     type: EntryType = EntryType.NORMAL
@@ -228,8 +230,8 @@ class Ready:
     """Append to the log durably before sending ``messages``. An entry at an
     index already in the stored log replaces it and everything after it."""
     snapshot: Snapshot | None = None
-    """Install (state machine image + log reset) durably before sending ``messages``
-    and before applying ``committed``."""
+    """Install (state machine image + log reset) durably before sending ``messages``,
+    before appending ``entries`` (which follow it) and before applying ``committed``."""
     messages: tuple[Message, ...] = ()
     """Send only after ``hard_state``, ``entries`` and ``snapshot`` are durable."""
     committed: tuple[Entry, ...] = ()
