@@ -12,7 +12,7 @@ for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
     --tag=*) TAG=${a#--tag=} ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "build-base-image.sh: unknown argument: $a" >&2; exit 2 ;;
   esac
 done

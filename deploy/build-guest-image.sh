@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --image) IMAGE=$2; shift ;;
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "build-guest-image.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift

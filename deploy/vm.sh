@@ -23,8 +23,8 @@
 #   --host-peers LIST     ID=HOST:PORT,... nodes outside the VMs that are members too; VM
 #                         node ids then start after the largest of them
 #   --accel auto|kvm|qemu domain type (default auto: kvm only with vmx/svm and /dev/kvm)
-#   --guest-init minimal|systemd   the guest's PID 1 (default minimal: a shell script that
-#                         boots in seconds under emulation; systemd works too, slower)
+#   --guest-init minimal|systemd   the guest's PID 1 (default minimal: a shell script,
+#                         no systemd or udev to start under emulation; systemd works too)
 #   --image TAG           container image (default kvstore:latest)
 #   --no-build            use the image and guest disk as they are
 #   --timeout S           seconds to wait for a leader (default 900); --no-wait skips it
@@ -46,6 +46,7 @@ METRICS_PORT=9100
 V="virsh -q -c qemu:///system"
 
 die() { echo "vm.sh: $*" >&2; exit 1; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 log() { echo "== $*" >&2; }
 need() {
   local c=$1; shift
@@ -278,6 +279,6 @@ case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   status) shift; cmd_status "$@" ;;
   down) shift; cmd_down "$@" ;;
-  -h|--help|help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  -h|--help|help) usage ;;
+  *) usage >&2; exit 2 ;;
 esac
