@@ -45,8 +45,8 @@ class Traits:
     """What a core promises beyond the shared apply-order rules."""
 
     raft_log: bool
-    """Raft's log rules: log matching, leader completeness, one vote per term, and the
-    entry's term is part of its identity. Multi-Paxos keeps only the shared checks."""
+    """Raft's log rules: log matching, leader completeness, one vote per term.
+    Multi-Paxos keeps only the shared checks."""
 
 
 RAFT_TRAITS = Traits(raft_log=True)
@@ -56,8 +56,8 @@ GENESIS_DIGEST = b"\0" * 16
 
 
 def chain(digest: bytes, e: Entry) -> bytes:
-    """The state machine's digest after applying ``e`` (its history, not its term:
-    Paxos may stamp one chosen value with different ballots on different nodes)."""
+    """The state machine's digest after applying ``e``: its history of values (terms are
+    compared entry by entry in ``on_apply``; a snapshot image carries no terms)."""
     h = hashlib.blake2b(digest, digest_size=16)
     h.update(e.index.to_bytes(8, "big"))
     h.update(bytes([int(e.type)]))
@@ -257,8 +257,10 @@ class Checker:
                 f"but index {floor} was applied before the read was requested"
             )
 
-    def _identity(self, e: Entry) -> tuple[int, EntryType, bytes]:
-        return (e.term if self.traits.raft_log else 0, e.type, e.data)
+    @staticmethod
+    def _identity(e: Entry) -> tuple[int, EntryType, bytes]:
+        # Paxos too: a committed entry carries the ballot that first proposed it (types.py).
+        return (e.term, e.type, e.data)
 
     def _agree(self, node: int, index: int, digest: bytes) -> None:
         seen = self.digest_at.setdefault(index, digest)

@@ -19,7 +19,7 @@ from .conftest import SimArgs
 from .schedule import SimFailure, run_schedule
 
 KINDS = ("raft", "paxos")
-DEFAULT_SCHEDULES = {"raft": 3000, "paxos": 2000}
+DEFAULT_SCHEDULES = {"raft": 4000, "paxos": 2500}
 STEPS = 150
 SOAK_SCHEDULES = 5000
 SOAK_STEPS = 1500
