@@ -52,6 +52,7 @@ from .cluster import CoreParams, SimStorage, StateMachine
 from .network import PERFECT, NetConfig, Network
 
 MAX_TICKS_PER_ITERATION = 2
+SLOW_COMMIT_PROB = 0.01
 MAX_NODES = 7
 HEAL_BOUND_E = 400
 """Healing (perfect network, all up, no new writes) must converge within this many
@@ -67,6 +68,7 @@ class InFlight:
     out: list[Message]
     committed: bool = False
     """The writer's transaction landed."""
+    replaced: bool = False
     prior_conf: ConfState = field(default_factory=ConfState)
 
 
@@ -107,6 +109,9 @@ class DriverOptions:
     commit_prob: float = 0.5
     """Chance per action slot that a pending transaction lands (slow disks: low)."""
     finish_prob: float = 0.7
+    slow_disk: int = 0
+    """This node's transactions land with SLOW_COMMIT_PROB per action slot: peers' messages
+    (a new leader's conflicting appends) pile into its core while a Ready is in flight."""
     unsafe_send_all_early: bool = False
     """Sabotage, for the test that proves the checks can fail: send every Ready's
     messages before its persist (votes and append answers included)."""
@@ -134,8 +139,9 @@ def random_options(rng: random.Random, steps: int) -> DriverOptions:
         snapshot_prob=rng.choice((0.0, 0.05, 0.2)),
         membership_prob=rng.choice((0.0, 0.0, 0.03)),
         transfer_prob=rng.choice((0.0, 0.02)),
-        commit_prob=rng.choice((0.15, 0.5, 0.9)),
+        commit_prob=rng.choice((0.03, 0.15, 0.5, 0.9)),
         finish_prob=rng.choice((0.3, 0.7, 1.0)),
+        slow_disk=rng.choice((0, 0, 1, 2)),
     )
 
 
@@ -200,7 +206,7 @@ class DriverSim:
         self.stats["crashes"] += 1
         if lost:
             self.stats["crash_lost_txn"] += 1
-        self.down_until[node.id] = self.now + self.rng.randint(1, 40)
+        self.down_until[node.id] = self.now + self.rng.randint(1, self.rng.choice((5, 40)))
 
     def restart(self, node: DNode) -> None:
         self.down_until.pop(node.id, None)
@@ -240,8 +246,14 @@ class DriverSim:
             # A leader's appends wait for the fsync because of a message riding along.
             self.stats["leader_sends_held"] += 1
         if early:
+            reached: set[int] | None = None
+            if node.crash_in == "early":
+                # kill -9 while the transport writes: some peers got the appends, some not.
+                peers = sorted({m.to for m in rd.messages})
+                reached = set(self.rng.sample(peers, self.rng.randint(0, len(peers))))
             for m in rd.messages:
-                self.net.send(m, self.now)
+                if reached is None or m.to in reached:
+                    self.net.send(m, self.now)
             self.stats["early_sends"] += len(rd.messages)
         else:
             out = list(rd.messages)
@@ -432,8 +444,16 @@ class DriverSim:
         if rng.random() < o.partition_prob:
             ids = sorted(self.nodes)
             side = set(rng.sample(ids, rng.randint(1, len(ids) // 2)))
+            ld = self._leader()
+            if ld is not None and rng.random() < 0.5:
+                # The leader and a minority of followers: the minority keeps taking the
+                # old leader's entries that the majority's new leader will replace.
+                others = [i for i in ids if i != ld.id]
+                side = {ld.id, *rng.sample(others, (len(ids) - 1) // 2 - 1)}
+                if o.slow_disk in others and len(side) > 1:
+                    side = {ld.id, o.slow_disk}  # its Ready in flight when the new leader calls
             self.net.partition(side, ids)
-            self.heal_at = self.now + rng.randint(5, 60)
+            self.heal_at = self.now + rng.randint(3, rng.choice((10, 60)))
             self.note(f"partition {sorted(side)}")
             self.stats["partitions"] += 1
         if self.heal_at == self.now:
@@ -506,6 +526,7 @@ class DriverSim:
                 # _step_while: stepped between ready() and advance()
                 to.core.step(m)
                 self.stats["stepped_in_flight"] += 1
+                self._count_replaced(to)
             else:
                 to.inbox.append(m)
         if faults and rng.random() < self.opts.propose_prob:
@@ -522,6 +543,19 @@ class DriverSim:
                 s = node.core.status()
                 self.checker.on_leader(node.id, s.term, node.storage)
 
+    def _count_replaced(self, node: DNode) -> None:
+        """Stats: did that step replace entries of the Ready in flight (the case where
+        advance() must not mark the replacements durable)?"""
+        f, core = node.flight, node.core
+        if f is None or core is None or not f.rd.entries or f.replaced:
+            return
+        last = f.rd.entries[-1]
+        if not core.raft.log.match_term(last.index, last.term):
+            f.replaced = True
+            self.stats["in_flight_entries_replaced"] += 1
+            if core.raft.log.last_index() >= last.index:
+                self.stats["in_flight_entries_replaced_same_length"] += 1
+
     def _act(self, node: DNode) -> None:
         if node.core is None:
             return
@@ -529,7 +563,8 @@ class DriverSim:
         if f is None:
             self.iterate(node)
         elif not f.committed:
-            if self.rng.random() < self.commit_prob:
+            slow = node.id == self.opts.slow_disk and self.commit_prob < 1
+            if self.rng.random() < (SLOW_COMMIT_PROB if slow else self.commit_prob):
                 self.commit(node)
         elif self.rng.random() < self.finish_prob:
             self.finish(node)

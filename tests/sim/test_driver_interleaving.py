@@ -14,11 +14,15 @@ from collections import Counter
 
 import pytest
 
+from kvstore.consensus.memory import MemoryStorage
+from kvstore.consensus.raft import RawNode
+from kvstore.consensus.types import Config, Entry, Message, MessageType
+
 from .checkers import SafetyViolation
 from .conftest import SimArgs
 from .driver_model import run_driver_schedule
 
-DEFAULT_SCHEDULES = 1500
+DEFAULT_SCHEDULES = 2500
 STEPS = 200
 SOAK_SCHEDULES = 3000
 SOAK_STEPS = 1000
@@ -47,7 +51,8 @@ def test_driver_interleaving_schedules(sim_args: SimArgs) -> None:
         f"messages ({totals['stepped_in_flight']} stepped between ready and advance), "
         f"{totals['early_sends']} early sends, {totals['crashes']} crashes "
         f"({totals['crash_lost_txn']} lost an in-flight transaction), {totals['acked']} "
-        f"writes acknowledged, {time.process_time() - t0:.1f}s CPU"
+        f"writes acknowledged, {totals['in_flight_entries_replaced']} in-flight Readies whose "
+        f"entries a step replaced, {time.process_time() - t0:.1f}s CPU"
     )
     if n >= 200:
         # The schedules must exercise what they claim to (a vacuous pass is a failure).
@@ -84,3 +89,33 @@ def test_checks_catch_an_unsafe_driver() -> None:
         except SafetyViolation:
             caught += 1
     assert caught > 0
+
+
+def test_entries_replaced_during_the_persist_are_not_marked_durable() -> None:
+    """The driver steps messages between ready() and advance(): a step that replaces the
+    in-flight Ready's entries must leave the replacements unstable (to be persisted and
+    only then acknowledged), and advance() must not mark them durable."""
+    mt = MessageType
+    st = MemoryStorage(voters={1, 2, 3})
+    n = RawNode(Config(id=2, rng=random.Random(2)), st)
+    old = tuple(Entry(term=2, index=i, data=b"old%d" % i) for i in (1, 2, 3))
+    n.step(Message(type=mt.APPEND, group=0, from_=1, to=2, term=2, entries=old))
+    rd1 = n.ready()
+    assert [e.index for e in rd1.entries] == [1, 2, 3]
+    # While the writer persists rd1, leader 3 of term 3 replaces indexes 2.. .
+    new = (Entry(term=3, index=2, data=b"new2"), Entry(term=3, index=3, data=b"new3"))
+    n.step(
+        Message(type=mt.APPEND, group=0, from_=3, to=2, term=3, index=1, log_term=2, entries=new)
+    )
+    st.append(rd1.entries)  # the writer's transaction lands (stale 2@2, 3@2 included)
+    st.set_hard_state(rd1.hard_state or st.hard_state)
+    n.advance(rd1)
+    assert n.raft.log.stable_last() <= 1  # 2@3 is not durable
+    assert n.raft.log.term(3) == 3 and n.raft.log.last_index() == 3  # never the stale 3@2
+    rd2 = n.ready()
+    assert rd2.entries == new
+    acks = [m for m in rd2.messages if m.type is mt.APPEND_RESP and m.to == 3]
+    assert acks and acks[-1].index == 3 and not acks[-1].reject  # sent after rd2's persist
+    st.append(rd2.entries)
+    n.advance(rd2)
+    assert n.raft.log.stable_last() == 3 and st.last_index() == 3 and st.term(3) == 3
