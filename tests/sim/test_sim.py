@@ -3,6 +3,8 @@
 The default run checks DEFAULT_SCHEDULES[kind] schedules of STEPS steps each (plus the
 healing phase); every step runs all safety checkers, every schedule ends with the
 liveness check. A failure names its seed and the pytest command that replays it.
+Measured on the shared 2-core machine (2c5ced6): raft 4000 schedules, 660k steps, ~90 s
+CPU; paxos 2500 schedules, 409k steps, ~46 s CPU.
 """
 
 from __future__ import annotations
