@@ -251,6 +251,10 @@ class DriverSim:
                 # kill -9 while the transport writes: some peers got the appends, some not.
                 peers = sorted({m.to for m in rd.messages})
                 reached = set(self.rng.sample(peers, self.rng.randint(0, len(peers))))
+                if self.opts.slow_disk in peers and self.rng.random() < 0.5:
+                    # only the slow follower: it is still persisting that tail when a
+                    # leader elected without it sends its conflicting entries
+                    reached = {self.opts.slow_disk}
             for m in rd.messages:
                 if reached is None or m.to in reached:
                     self.net.send(m, self.now)
@@ -435,7 +439,7 @@ class DriverSim:
         if up and rng.random() < o.crash_prob:
             leaders = [n for n in up if n.role == Role.LEADER]
             victim = rng.choice(leaders if leaders and rng.random() < 0.5 else up)
-            how = rng.choice(("now", "early", "early", "committed"))
+            how = rng.choice(("now", "early", "early", "early", "committed"))
             if how == "now":
                 self.crash(victim, "kill -9")
             else:
@@ -453,6 +457,16 @@ class DriverSim:
                 if o.slow_disk in others and len(side) > 1:
                     side = {ld.id, o.slow_disk}  # its Ready in flight when the new leader calls
             self.net.partition(side, ids)
+            if ld is not None and len(side) == 2 and rng.random() < 0.5:
+                # Asymmetric: the old leader still reaches its follower, nothing reaches
+                # the old leader; the follower hears both leaders (old entries in flight
+                # when the new leader's conflicting appends arrive).
+                buddy = min(side - {ld.id})
+                self.net._cut = {(x, ld.id) for x in ids if x != ld.id} | {
+                    (ld.id, x) for x in ids if x not in side
+                }
+                self.net._cut -= {(x, buddy) for x in ids}
+                self.stats["asymmetric_partitions"] += 1
             self.heal_at = self.now + rng.randint(3, rng.choice((10, 60)))
             self.note(f"partition {sorted(side)}")
             self.stats["partitions"] += 1
