@@ -3,8 +3,9 @@
 The default run checks DEFAULT_SCHEDULES[kind] schedules of STEPS steps each (plus the
 healing phase); every step runs all safety checkers, every schedule ends with the
 liveness check. A failure names its seed and the pytest command that replays it.
-Measured on the shared 2-core machine (2c5ced6): raft 4000 schedules, 660k steps, ~90 s
-CPU; paxos 2500 schedules, 409k steps, ~46 s CPU.
+Measured on the shared 2-core machine (2c5ced6): raft 3000 schedules, ~495k steps, ~55-70 s
+CPU; paxos 2000 schedules, ~328k steps, ~35-45 s CPU (the driver-interleaving simulation
+in this folder adds its own ~41 s).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .conftest import SimArgs
 from .schedule import SimFailure, run_schedule
 
 KINDS = ("raft", "paxos")
-DEFAULT_SCHEDULES = {"raft": 4000, "paxos": 2500}
+DEFAULT_SCHEDULES = {"raft": 3000, "paxos": 2000}
 STEPS = 150
 SOAK_SCHEDULES = 5000
 SOAK_STEPS = 1500
