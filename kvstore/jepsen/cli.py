@@ -70,10 +70,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from kvstore.jepsen.hosts import clean_leftovers
+    from kvstore.jepsen.hosts import HarnessError, clean_leftovers, run_lock
 
-    for line in clean_leftovers():
-        print(line)
+    # Under the run lock: cleaning while a run is starting would pull its hosts away.
+    try:
+        with run_lock():
+            for line in clean_leftovers():
+                print(line)
+    except HarnessError as e:
+        print(f"kvstore jepsen clean: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
