@@ -293,8 +293,17 @@ def cmd_cas(args: argparse.Namespace) -> int:
         if expected is None and args.expected not in (None, ""):
             print("kvstore cas: give EXPECTED or --expect-absent, not both", file=sys.stderr)
             return EXIT_USAGE
+        if expected is None and not args.expect_absent:
+            # Without this, `cas KEY NEW` would silently mean "swap only if KEY is absent".
+            print("kvstore cas: give EXPECTED or --expect-absent", file=sys.stderr)
+            return EXIT_USAGE
         ok = c.cas(args.key, expected, args.new)
-        print("swapped" if ok else "not swapped: the value did not match")
+        if ok:
+            print("swapped")
+        elif args.expect_absent:
+            print("not swapped: the key exists")
+        else:
+            print("not swapped: the value did not match")
         return EXIT_OK if ok else EXIT_FALSE
 
     return _with_client(args, f)
