@@ -121,3 +121,28 @@ def _check(kind: str, sim_args: SimArgs) -> None:
 @pytest.mark.parametrize("kind", ["raft", "paxos", "fake"])
 def test_hypothesis_schedules(kind: str, sim_args: SimArgs) -> None:
     _check(kind, sim_args)
+
+
+def test_hypothesis_shrinks_a_broken_core_to_a_minimal_schedule() -> None:
+    """A core that corrupts what it applies fails whatever the faults; hypothesis must
+    find that and shrink the fault plan away entirely."""
+    failing: list[list[Fault]] = []
+
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(seed=st.integers(0, 1 << 32), opts=options, plan=plans)
+    def schedule(seed: int, opts: SimOptions, plan: list[Fault]) -> None:
+        try:
+            run_schedule("fake-corrupt-apply", seed, opts=opts, plan=plan)
+        except SimFailure:
+            failing.append(plan)
+            raise
+
+    with pytest.raises(SimFailure, match="state machine safety"):
+        schedule()
+    assert failing[-1] == []
