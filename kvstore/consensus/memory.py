@@ -3,6 +3,9 @@
 Used by transcripts, the simulator and unit tests in place of the LMDB log.
 Invariant: ``self._ents[0]`` is a dummy entry at the snapshot's index and term,
 so ``term(first_index() - 1)`` is always answerable and entries are contiguous.
+``conf_state`` is the membership as of the applied index (the driver records it with
+``set_conf_state`` when it applies a conf change), which is what a restarted core must
+start from; the snapshot's may be older.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ class MemoryStorage:
             metadata=SnapshotMetadata(conf_state=ConfState(voters=frozenset(voters)))
         )
         self._ents: list[Entry] = [Entry(term=0, index=0)]
+        self.conf_state = self._snapshot.metadata.conf_state
 
     # -- LogStorage --------------------------------------------------------
     def initial_state(self) -> tuple[HardState, ConfState]:
-        return self.hard_state, self._snapshot.metadata.conf_state
+        return self.hard_state, self.conf_state
 
     def first_index(self) -> int:
         return self._ents[0].index + 1
@@ -68,6 +72,10 @@ class MemoryStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self.hard_state = hs
 
+    def set_conf_state(self, cs: ConfState) -> None:
+        """Record the membership after applying a conf change."""
+        self.conf_state = cs
+
     def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
         """Append, truncating any conflicting suffix first (Ready.entries rule)."""
         if not entries:
@@ -90,6 +98,7 @@ class MemoryStorage:
         if snap.metadata.index <= self._snapshot.metadata.index:
             return
         self._snapshot = snap
+        self.conf_state = snap.metadata.conf_state
         self._ents = [Entry(term=snap.metadata.term, index=snap.metadata.index)]
 
     def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
