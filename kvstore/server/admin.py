@@ -8,12 +8,39 @@ from typing import Any
 import grpc
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc
-from kvstore.consensus.types import ConfChange, ConfChangeType
+from kvstore.consensus.types import ConfChange, ConfChangeType, ConfState, ConsensusError
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import OpError
+from kvstore.node.errors import InvalidOp, OpError
 from kvstore.node.transport import PeerTransport
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def check_change(
+    kind: ConfChangeType, node_id: int, endpoint: str, cs: ConfState, *, known: bool
+) -> None:
+    """Refuse membership changes that would silently weaken the cluster (a promoted node
+    that never caught up, a voter with no address) with INVALID_ARGUMENT."""
+    if node_id < 1:
+        raise InvalidOp(f"node id must be >= 1, got {node_id}", definite=True)
+    if endpoint:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidOp(f"endpoint must be HOST:PORT, got {endpoint!r}", definite=True)
+    if kind == ConfChangeType.ADD_LEARNER:
+        if node_id in cs.voters:
+            raise InvalidOp(f"node {node_id} is already a voter", definite=True)
+        if not endpoint and not known:
+            raise InvalidOp(f"node {node_id} is new: give its HOST:PORT", definite=True)
+    elif kind == ConfChangeType.ADD_NODE:
+        if node_id not in cs.learners and node_id not in cs.voters:
+            raise InvalidOp(
+                f"node {node_id} is not a learner: add it with add-learner and let it "
+                "catch up before promoting it",
+                definite=True,
+            )
+    elif node_id not in cs.voters and node_id not in cs.learners:
+        raise InvalidOp(f"node {node_id} is not a member", definite=True)
 
 
 async def abort(context: Any, e: OpError) -> None:
@@ -94,7 +121,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.TransferLeadershipResponse:
         group = request.group or 1
         try:
+            if request.to not in self.driver.status(group).conf_state.voters:
+                raise InvalidOp(f"node {request.to} is not a voter of group {group}", definite=True)
             self.driver.transfer_leadership(group, request.to)
+        except ConsensusError as e:
+            await abort(context, InvalidOp(str(e), definite=True))
         except OpError as e:
             await abort(context, e)
         remaining = context.time_remaining()
@@ -115,6 +146,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.MemberRequest, kind: ConfChangeType, context: Any
     ) -> admin_pb2.MemberResponse:
         group = request.group or 1
+        try:
+            check_change(
+                kind,
+                request.node_id,
+                request.endpoint,
+                self.driver.status(group).conf_state,
+                known=request.node_id in self.driver.endpoints,
+            )
+        except OpError as e:
+            await abort(context, e)
         if request.endpoint:
             self.transport.add_peer(request.node_id, request.endpoint)
             self.driver.endpoints[request.node_id] = request.endpoint

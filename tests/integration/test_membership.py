@@ -46,6 +46,8 @@ def test_add_learner_promote_and_remove(tmp_path: Path) -> None:
                 return one.get("m49", read_mode="eventual") == b"49"
 
         wait_for(caught_up, 30, "the learner to catch up")
+        r = member("promote", "9", endpoints=eps)
+        assert r.returncode != 0 and "not a learner" in r.stderr, (r.stdout, r.stderr)
         r = member("promote", "4", endpoints=eps)
         assert r.returncode == 0, r.stderr
         assert "voters=1,2,3,4" in r.stdout
