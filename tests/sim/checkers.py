@@ -230,6 +230,8 @@ class Checker:
             raise SafetyViolation(
                 f"node {node} applied index {e.index} beyond its durable commit {durable_commit}"
             )
+        # The floor a later read-index must reach (linearizable reads see every applied entry).
+        self.max_applied = max(self.max_applied, e.index)
         first = self.chosen.get(e.index)
         if first is None:
             self.chosen[e.index] = e

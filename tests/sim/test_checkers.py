@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kvstore.consensus.memory import MemoryStorage
-from kvstore.consensus.types import Core, Entry, HardState, MessageType, Role
+from kvstore.consensus.types import Core, Entry, HardState, MessageType, ReadState, Role
 
 from .checkers import RAFT_TRAITS, Checker, SafetyViolation, chain, encode_image
 from .cluster import Cluster, CoreParams, load_core
@@ -103,6 +103,16 @@ def test_checker_lost_acknowledged_value() -> None:
     with pytest.raises(SafetyViolation, match="lost"):
         c.check_converged({1: (0, b"\0" * 16), 2: (0, b"\0" * 16)})
     c.check_converged({1: (1, d), 2: (1, d)})
+
+
+def test_checker_stale_read_index() -> None:
+    c = Checker(RAFT_TRAITS)
+    e = Entry(term=1, index=1, data=b"v")
+    c.on_apply(1, e, 0, chain(b"\0" * 16, e), durable_commit=1)
+    c.on_read_request(b"r1")
+    c.on_read_state(2, ReadState(index=1, request_ctx=b"r1"))
+    with pytest.raises(SafetyViolation, match="stale read"):
+        c.on_read_state(3, ReadState(index=0, request_ctx=b"r1"))
 
 
 @pytest.mark.parametrize("kind", ["raft", "paxos"])
