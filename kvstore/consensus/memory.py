@@ -18,6 +18,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
     UnavailableError,
+    limit_size,
 )
 
 
@@ -55,15 +56,7 @@ class MemoryStorage:
             raise CompactedError(f"index {lo} compacted (first is {offset + 1})")
         if hi > self.last_index() + 1:
             raise UnavailableError(f"index {hi - 1} past last {self.last_index()}")
-        out = self._ents[lo - offset : hi - offset]
-        if max_size is None or not out:
-            return list(out)
-        size = out[0].size()
-        n = 1
-        while n < len(out) and size + out[n].size() <= max_size:
-            size += out[n].size()
-            n += 1
-        return list(out[:n])
+        return limit_size(self._ents[lo - offset : hi - offset], max_size)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot

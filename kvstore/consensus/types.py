@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +56,19 @@ class Entry:
     def size(self) -> int:
         """Approximate encoded size in bytes, used for flow control caps."""
         return len(self.data) + 24
+
+
+def limit_size(entries: Sequence[Entry], max_size: int | None) -> list[Entry]:
+    """The LogStorage.entries size rule: the first entry always, then as many more as fit
+    in ``max_size`` bytes (None: no limit)."""
+    if max_size is None or not entries:
+        return list(entries)
+    size = entries[0].size()
+    n = 1
+    while n < len(entries) and size + entries[n].size() <= max_size:
+        size += entries[n].size()
+        n += 1
+    return list(entries[:n])
 
 
 class ConfChangeType(enum.IntEnum):

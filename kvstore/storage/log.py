@@ -23,6 +23,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
     UnavailableError,
+    limit_size,
 )
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError, StorageError
@@ -171,7 +172,7 @@ class GroupLog:
             return []
         start = v.tail_start
         if lo >= start:
-            return _limit(v.tail[lo - start : hi - start], max_size)
+            return limit_size(v.tail[lo - start : hi - start], max_size)
         out = self._read(lo, min(hi, start), max_size)
         if hi > start and len(out) == start - lo:
             size = sum(e.size() for e in out)
