@@ -144,7 +144,9 @@ async def run_loop(
     mark = asyncio.create_task(cpu_mark())
     await asyncio.gather(*(client(random.Random(rng.random())) for _ in range(clients)))
     cpu_end = cpu_seconds_self()
-    rep.cancel()
+    # Not cancelled: the last second's report falls due at stop_at, which has passed, and a
+    # busy loop may not have run it yet (the progress display lost its final second).
+    await rep
     mark.cancel()
     cpu_s = (cpu_marks[1] if len(cpu_marks) > 1 else cpu_end) - cpu_marks[0] if cpu_marks else 0.0
     return LoopResult(reads=reads, writes=writes, measured_s=spec.duration_s, cpu_s=cpu_s)
