@@ -65,17 +65,24 @@ class AsyncClient:
         *,
         timeout: float = 5.0,
         client_id: int | None = None,
+        replica: int | None = None,
     ) -> None:
+        """``replica``: index in ``endpoints`` of the node that serves this client's
+        eventual and causal reads (default: one at random, so clients spread)."""
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
         self._seq = itertools.count(1)
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
-        self._next = random.randrange(len(self.endpoints))
+        self._next = (
+            replica % len(self.endpoints)
+            if replica is not None
+            else random.randrange(len(self.endpoints))
+        )
         self._replica: str = self.endpoints[self._next]
-        """Where non-strong reads go: one replica per client (random, so clients spread),
-        kept until it fails, so its ops share one stream and pack into big batches."""
+        """Where non-strong reads go: one replica per client, kept until it fails, so its
+        ops share one stream and pack into big batches."""
         self.causal_token = 0
         """The highest log index this client has written or observed (causal reads)."""
 

@@ -161,8 +161,11 @@ async def drive(
     rng = random.Random(seed)
     plan = schedule(cfg.nemesis, cfg.time_limit, cfg.interval, random.Random(rng.random()))
     nemesis = Nemesis(net, cluster, random.Random(rng.random()))
+    # Each client process reads from its own node, as Jepsen binds clients to nodes: which
+    # replica a process's eventual/causal reads hit is part of the seeded run.
     clients = [
-        AsyncClient(cluster.endpoints, timeout=cfg.op_timeout) for _ in range(cfg.concurrency)
+        AsyncClient(cluster.endpoints, timeout=cfg.op_timeout, replica=i)
+        for i in range(cfg.concurrency)
     ]
     admin = AsyncClient(cluster.endpoints, timeout=cfg.op_timeout)
     recorder = Recorder()
