@@ -19,14 +19,15 @@ from collections.abc import Callable
 
 from kvstore.consensus.memory import MemoryStorage
 from kvstore.consensus.raft import RawNode
-from kvstore.consensus.types import Config, Entry, Message, MessageType
+from kvstore.consensus.types import Config, Core, Entry, Message, MessageType
 
 MT = MessageType
 DATA = b"x" * 256
 DRAIN_EVERY = 64
 
 
-def drain(n: RawNode, st: MemoryStorage) -> None:
+def drain(n: Core, st: MemoryStorage) -> None:
+    """Persist and acknowledge one Ready, untimed (shared by benchmarks/paxos_step.py)."""
     if n.has_ready():
         rd = n.ready()
         st.append(rd.entries)
@@ -35,7 +36,7 @@ def drain(n: RawNode, st: MemoryStorage) -> None:
         n.advance(rd)
 
 
-def timed(msgs: list[Message], n: RawNode, st: MemoryStorage) -> float:
+def timed(msgs: list[Message], n: Core, st: MemoryStorage) -> float:
     step = n.step
     total = 0.0
     for i in range(0, len(msgs), DRAIN_EVERY):
@@ -114,17 +115,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="messages per case")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case; the best is shown")
     args = ap.parse_args()
-    cases: list[tuple[str, Callable[[], tuple[float, int]], int]] = [
+    cases: list[Case] = [
         ("follower APPEND (1 entry)", lambda: follower_append(args.n, 1), 1),
         ("follower APPEND (64 entries)", lambda: follower_append(args.n // 16, 64), 64),
         ("leader APPEND_RESP", lambda: leader_append_resp(args.n // 2), 0),
         ("leader HEARTBEAT_RESP", lambda: leader_heartbeat_resp(args.n), 0),
     ]
+    report(cases, args.repeat, "entries")
+
+
+Case = tuple[str, Callable[[], tuple[float, int]], int]
+
+
+def report(cases: list[Case], repeat: int, unit: str) -> None:
+    """Best of ``repeat`` runs per case, as messages/s (and ``unit``/s when batched)."""
     for name, fn, per_msg in cases:
-        secs, msgs = min(fn() for _ in range(args.repeat))
+        secs, msgs = min(fn() for _ in range(repeat))
         line = f"{name:32s} {msgs / secs:>10,.0f} msgs/s"
         if per_msg > 1:
-            line += f"  ({msgs * per_msg / secs:,.0f} entries/s)"
+            line += f"  ({msgs * per_msg / secs:,.0f} {unit}/s)"
         print(line)
 
 

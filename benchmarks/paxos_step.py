@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
-from collections.abc import Callable
+
+# Same directory: the drain/time/report loop is shared with the Raft benchmark.
+from core_step import Case, drain, report, timed
 
 from kvstore.consensus.memory import MemoryStorage
 from kvstore.consensus.paxos import PaxosNode, value
@@ -25,30 +26,7 @@ from kvstore.consensus.types import Config, EntryType, Message, MessageType
 
 MT = MessageType
 DATA = b"x" * 256
-DRAIN_EVERY = 64
 B1 = ballots.make(1, 1)
-
-
-def drain(n: PaxosNode, st: MemoryStorage) -> None:
-    if n.has_ready():
-        rd = n.ready()
-        if rd.hard_state:
-            st.set_hard_state(rd.hard_state)
-        st.append(rd.entries)
-        n.advance(rd)
-
-
-def timed(msgs: list[Message], n: PaxosNode, st: MemoryStorage) -> float:
-    step = n.step
-    total = 0.0
-    for i in range(0, len(msgs), DRAIN_EVERY):
-        batch = msgs[i : i + DRAIN_EVERY]
-        t0 = time.perf_counter()
-        for m in batch:
-            step(m)
-        total += time.perf_counter() - t0
-        drain(n, st)
-    return total
 
 
 def acceptor_accept(count: int, per_msg: int) -> tuple[float, int]:
@@ -109,18 +87,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="messages per case")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case; the best is shown")
     args = ap.parse_args()
-    cases: list[tuple[str, Callable[[], tuple[float, int]], int]] = [
+    cases: list[Case] = [
         ("acceptor ACCEPT (1 value)", lambda: acceptor_accept(args.n, 1), 1),
         ("acceptor ACCEPT (64 values)", lambda: acceptor_accept(args.n // 16, 64), 64),
         ("leader ACCEPTED", lambda: leader_accepted(args.n // 2), 0),
         ("leader PAXOS_HEARTBEAT_RESP", lambda: leader_heartbeat_resp(args.n), 0),
     ]
-    for name, fn, per_msg in cases:
-        secs, msgs = min(fn() for _ in range(args.repeat))
-        line = f"{name:32s} {msgs / secs:>10,.0f} msgs/s"
-        if per_msg > 1:
-            line += f"  ({msgs * per_msg / secs:,.0f} values/s)"
-        print(line)
+    report(cases, args.repeat, "values")
 
 
 if __name__ == "__main__":
