@@ -261,7 +261,8 @@ class Raft:
                         leader.send_append(self, node)
         if self.heartbeat_elapsed >= self.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            leader.bcast_heartbeat(self, b"")
+            # Retry the newest pending read's round: its own round may have been lost.
+            leader.bcast_heartbeat(self, self.read_only.last_pending_ctx())
 
     # -- elections -----------------------------------------------------------------------
     def hup(self, *, transfer: bool) -> None:

@@ -2,7 +2,9 @@
 
 Invariant: requests are confirmed in arrival order. A heartbeat round that a quorum
 acknowledges for request R also proves leadership for every request queued before R,
-so confirming R releases R and all older ones.
+so confirming R releases R and all older ones. That is also why every regular heartbeat
+carries the newest pending context (``last_pending_ctx``, as etcd does): a round lost to
+the network is retried by the next heartbeat instead of waiting for another read.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class ReadOnly:
         self.pending[ctx] = ReadRequest(index=index, ctx=ctx, from_=from_, acks={self_id})
         self.queue.append(ctx)
         return True
+
+    def last_pending_ctx(self) -> bytes:
+        """The newest pending request's context (b"" when none is pending)."""
+        return self.queue[-1] if self.queue else b""
 
     def ack(self, from_: int, ctx: bytes) -> set[int] | None:
         req = self.pending.get(ctx)
