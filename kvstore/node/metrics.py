@@ -83,6 +83,12 @@ class NodeMetrics:
         self.peer_phi = Gauge(
             "kvstore_peer_phi", "Phi-accrual suspicion of a peer", ["peer"], registry=r
         )
+        self.snapshots_rejected = Counter(
+            "kvstore_snapshots_rejected",
+            "Snapshots from peers refused before install (bad checksum or image)",
+            ["group", "reason"],
+            registry=r,
+        )
         self.peer_connected = Gauge(
             "kvstore_peer_connected", "1 when the stream to the peer is up", ["peer"], registry=r
         )

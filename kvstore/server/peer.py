@@ -6,6 +6,7 @@ stream ends; a malformed stream only ends that stream, never the node.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self, request_iterator: AsyncIterator[peer_pb2.PeerBatch], context: Any
     ) -> AsyncIterator[peer_pb2.PeerReply]:
         async for batch in request_iterator:
+            if any(pb.HasField("snapshot") for pb in batch.messages):
+                await asyncio.to_thread(self.transport.screen_snapshots, batch)
             error = self.transport.receive(batch)
             if error is not None:
                 yield peer_pb2.PeerReply(error=error)
