@@ -59,3 +59,10 @@ class ExhaustedOp(OpError):
 
 class UnimplementedOp(OpError):
     code = UNIMPLEMENTED
+
+
+class InternalOp(OpError):
+    """Building the answer failed on this node (a bug or a damaged record): the client
+    gets this instead of waiting for an answer that will never come."""
+
+    code = INTERNAL

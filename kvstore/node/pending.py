@@ -8,6 +8,7 @@ nothing here talks to a core, the storage or the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from kvstore.consensus.types import ConfChange, Core, Role
 from kvstore.node import log
-from kvstore.node.errors import DeadlineOp, ExhaustedOp, OpError, UnavailableOp
+from kvstore.node.errors import DeadlineOp, ExhaustedOp, InternalOp, OpError, UnavailableOp
 from kvstore.node.metrics import NodeMetrics
 from kvstore.statemachine import ApplyResult, Command
 
@@ -37,7 +38,8 @@ class Callback(Generic[T]):
     """A one-shot completion that calls ``fn(result, error)`` synchronously, at once.
 
     The batch stream answers thousands of ops a second; an asyncio.Future per op would
-    cost an event-loop callback each. ``fn`` must not raise (it is logged if it does)."""
+    cost an event-loop callback each. ``fn`` should not raise; if it does with a result,
+    it is called once more with an InternalOp so that the request still gets an answer."""
 
     __slots__ = ("_done", "_fn")
 
@@ -53,7 +55,7 @@ class Callback(Generic[T]):
 
     def set_exception(self, exception: BaseException, /) -> None:
         if not isinstance(exception, OpError):
-            exception = OpError(f"internal error: {exception!r}", definite=False)
+            exception = InternalOp(f"internal error: {exception!r}", definite=False)
         self._fire(None, exception)
 
     def _fire(self, result: T | None, error: OpError | None) -> None:
@@ -64,6 +66,9 @@ class Callback(Generic[T]):
             self._fn(result, error)
         except Exception as e:  # a broken reply path must not stop the driver
             log.event("reply_callback_failed", level=40, error=repr(e))
+            if error is None:
+                with contextlib.suppress(Exception):
+                    self._fn(None, InternalOp(f"internal error: {e!r}", definite=False))
 
 
 @dataclass(slots=True)

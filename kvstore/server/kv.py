@@ -15,8 +15,9 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import kv_pb2, kv_pb2_grpc
+from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InvalidOp, OpError
+from kvstore.node.errors import InternalOp, InvalidOp, OpError
 from kvstore.node.limits import Limits
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Callback
@@ -103,8 +104,9 @@ class KVService(kv_pb2_grpc.KVServicer):
             else:
                 raise InvalidOp("empty op: set one of put, get, delete, scan, cas", definite=True)
         except OpError as e:
-            self._count(kind or "none", e.code)
-            emit(kv_pb2.OpResult(id=op.id, error=convert.error_pb(e)))
+            self._fail(op.id, kind or "none", e, emit)
+        except Exception as e:  # a bug before the op reached the driver: still answer
+            self._internal(op.id, kind or "none", e, emit, definite=True)
 
     def _count(self, op: str, code: int) -> None:
         child = self._counters.get((op, code))
@@ -115,6 +117,13 @@ class KVService(kv_pb2_grpc.KVServicer):
     def _fail(self, op_id: int, kind: str, e: OpError, emit: Emit) -> None:
         self._count(kind, e.code)
         emit(kv_pb2.OpResult(id=op_id, error=convert.error_pb(e)))
+
+    def _internal(self, op_id: int, kind: str, e: Exception, emit: Emit, *, definite: bool) -> None:
+        """Answer INTERNAL when building an answer failed (a damaged record, a bug): the
+        caller must not wait for ever. Reads are definite; a write may have applied."""
+        log.event("reply_failed", level=40, op=kind, error=repr(e))
+        err = InternalOp(f"internal error answering {kind}: {e}", definite=definite)
+        self._fail(op_id, kind, err, emit)
 
     def _write(
         self, op_id: int, kind: str, cmd: Command, want_prev: bool, timeout: float, emit: Emit
@@ -133,10 +142,17 @@ class KVService(kv_pb2_grpc.KVServicer):
             except OpError as e:
                 self._fail(op_id, kind, e, emit)
                 return
+            except Exception as e:
+                self._internal(op_id, kind, e, emit, definite=False)
+                return
             self._count(kind, 0)
             emit(result)
 
-        self.driver.propose(group, cmd, timeout, Callback(done))
+        cb: Callback[ApplyResult] = Callback(done)
+        try:
+            self.driver.propose(group, cmd, timeout, cb)
+        except Exception as e:  # one-shot: harmless if the driver already answered
+            cb.set_exception(e)
 
     def _read(self, op_id: int, kind: str, req: Any, timeout: float, emit: Emit) -> None:
         mode = convert.read_mode(req.read_mode)
@@ -146,6 +162,18 @@ class KVService(kv_pb2_grpc.KVServicer):
             if error is not None:
                 self._fail(op_id, kind, error, emit)
                 return
+            try:
+                result = build()
+            except OpError as e:
+                self._fail(op_id, kind, e, emit)
+                return
+            except Exception as e:  # e.g. CorruptionError: a damaged record
+                self._internal(op_id, kind, e, emit, definite=True)
+                return
+            self._count(kind, 0)
+            emit(result)
+
+        def build() -> kv_pb2.OpResult:
             reader = self.storage.kv(group)
             if kind == "get":
                 kv, applied = reader.get_with_applied(req.key)
@@ -166,10 +194,13 @@ class KVService(kv_pb2_grpc.KVServicer):
                         more=len(kvs) > limit,
                     ),
                 )
-            self._count(kind, 0)
-            emit(result)
+            return result
 
-        self.driver.read_barrier(group, mode, req.causal_token, timeout, Callback(done))
+        cb: Callback[int] = Callback(done)
+        try:
+            self.driver.read_barrier(group, mode, req.causal_token, timeout, cb)
+        except Exception as e:
+            cb.set_exception(e)
 
     # -- unary ----------------------------------------------------------------------
     async def _unary(
@@ -230,17 +261,19 @@ class KVService(kv_pb2_grpc.KVServicer):
 
         async def reader() -> None:
             nonlocal pending
-            async for req in request_iterator:
-                pending += len(req.ops)
-                try:
-                    self.limits.check_batch(len(req.ops), req.ByteSize())
-                except OpError as e:
+            try:
+                async for req in request_iterator:
+                    pending += len(req.ops)
+                    try:
+                        self.limits.check_batch(len(req.ops), req.ByteSize())
+                    except OpError as e:
+                        for op in req.ops:
+                            emit(kv_pb2.OpResult(id=op.id, error=convert.error_pb(e)))
+                        continue
                     for op in req.ops:
-                        emit(kv_pb2.OpResult(id=op.id, error=convert.error_pb(e)))
-                    continue
-                for op in req.ops:
-                    self.dispatch(op, emit)
-            wake.set()
+                        self.dispatch(op, emit)
+            finally:
+                wake.set()  # the stream's end (or the reader's failure) ends the loop
 
         task = asyncio.create_task(reader())
         try:

@@ -6,7 +6,7 @@ import random
 
 from kvstore.consensus.memory import MemoryStorage
 from kvstore.consensus.types import Config
-from kvstore.node.errors import DeadlineOp, NotLeaderOp, OpError
+from kvstore.node.errors import DeadlineOp, InternalOp, NotLeaderOp, OpError
 from kvstore.node.pending import (
     Callback,
     GroupState,
@@ -48,7 +48,20 @@ def test_callback_fires_once_and_wraps_foreign_errors() -> None:
     cb.set_result(1)
     assert len(seen.calls) == 1
     _, err = seen.calls[0]
-    assert isinstance(err, OpError) and not err.definite
+    assert isinstance(err, InternalOp) and not err.definite
+
+
+def test_callback_whose_reply_fails_is_called_again_with_an_internal_error() -> None:
+    calls: list[tuple[object, OpError | None]] = []
+
+    def fn(r: object, e: OpError | None) -> None:
+        calls.append((r, e))
+        if e is None:
+            raise ValueError("damaged record")
+
+    Callback(fn).set_result(1)
+    assert len(calls) == 2 and calls[0] == (1, None)
+    assert isinstance(calls[1][1], InternalOp) and "damaged record" in calls[1][1].message
 
 
 def test_replies_are_held_until_flushed() -> None:
