@@ -1,0 +1,145 @@
+"""Shard admin commands: log entries that change ranges or the shard map. No I/O.
+
+Rule: an admin entry's data starts with ADMIN_MAGIC (a client batch starts with its
+version byte 1, so the two never mix); ``decode(encode(c)) == c`` and anything malformed
+raises ValueError. Applying one (``apply_meta`` here, the split in the storage writer)
+depends only on the group's state and the command, so every replica changes at the same
+index in the same way.
+
+    Split(new_id, at, epoch)   data group: keep [start, at), create new_id for [at, end)
+    AllocIds(n)                meta group: reserve n shard ids; result: the first
+    Report(descriptors)        meta group: merge into the shard map (ShardMap.report)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kvstore.shard import descriptor as desc
+from kvstore.shard.descriptor import Descriptor, Epoch
+from kvstore.shard.shardmap import ShardMap
+
+ADMIN_MAGIC = 0xA5
+_HEAD = struct.Struct("<BB")
+_SPLIT = struct.Struct("<QQQI")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_KIND_SPLIT = 1
+_KIND_ALLOC = 2
+_KIND_REPORT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    new_id: int
+    at: bytes
+    epoch: Epoch
+    """The epoch the split was decided with; a replica with another applies nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocIds:
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    shards: tuple[Descriptor, ...]
+
+
+AdminCommand = Split | AllocIds | Report
+
+
+def is_admin(data: bytes) -> bool:
+    return bool(data) and data[0] == ADMIN_MAGIC
+
+
+def encode(cmd: AdminCommand) -> bytes:
+    if isinstance(cmd, Split):
+        return (
+            _HEAD.pack(ADMIN_MAGIC, _KIND_SPLIT)
+            + _SPLIT.pack(cmd.new_id, cmd.epoch.version, cmd.epoch.conf_ver, len(cmd.at))
+            + cmd.at
+        )
+    if isinstance(cmd, AllocIds):
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_ALLOC) + _U64.pack(cmd.n)
+    parts = [_HEAD.pack(ADMIN_MAGIC, _KIND_REPORT), _U32.pack(len(cmd.shards))]
+    parts += [desc.encode(d) for d in cmd.shards]
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> AdminCommand:
+    try:
+        magic, kind = _HEAD.unpack_from(data, 0)
+        if magic != ADMIN_MAGIC:
+            raise ValueError("not an admin command")
+        pos = _HEAD.size
+        if kind == _KIND_SPLIT:
+            new_id, version, conf_ver, n = _SPLIT.unpack_from(data, pos)
+            pos += _SPLIT.size
+            at = bytes(data[pos : pos + n])
+            if len(at) != n or pos + n != len(data):
+                raise ValueError("split key length does not match")
+            return Split(new_id, at, Epoch(version, conf_ver))
+        if kind == _KIND_ALLOC:
+            if len(data) != pos + _U64.size:
+                raise ValueError("alloc command length")
+            return AllocIds(_U64.unpack_from(data, pos)[0])
+        if kind == _KIND_REPORT:
+            (n,) = _U32.unpack_from(data, pos)
+            pos += _U32.size
+            shards = []
+            for _ in range(n):
+                d, pos = desc.decode_from(data, pos)
+                shards.append(d)
+            if pos != len(data):
+                raise ValueError("trailing bytes after a report")
+            return Report(tuple(shards))
+    except struct.error as e:
+        raise ValueError(f"malformed admin command: {e}") from e
+    raise ValueError(f"unknown admin command kind {kind}")
+
+
+@dataclass(slots=True)
+class MetaState:
+    """The meta group's state machine: the shard map and the next free shard id."""
+
+    shards: ShardMap
+    next_id: int
+
+    def encode(self) -> bytes:
+        parts = [_U64.pack(self.next_id), _U32.pack(len(self.shards))]
+        parts += [desc.encode(d) for d in self.shards]
+        return b"".join(parts)
+
+    @staticmethod
+    def decode(data: bytes) -> MetaState:
+        try:
+            (next_id,) = _U64.unpack_from(data, 0)
+            (n,) = _U32.unpack_from(data, 8)
+        except struct.error as e:
+            raise ValueError(f"malformed meta state: {e}") from e
+        pos = 12
+        shards = []
+        for _ in range(n):
+            d, pos = desc.decode_from(data, pos)
+            shards.append(d)
+        if pos != len(data):
+            raise ValueError("trailing bytes after the meta state")
+        return MetaState(ShardMap(shards), next_id)
+
+    def apply(self, cmd: AdminCommand) -> int:
+        """Apply a meta command; returns its result (AllocIds: the first id; Report: how
+        many descriptors were accepted; others: 0 and nothing changes)."""
+        if isinstance(cmd, AllocIds):
+            first = self.next_id
+            self.next_id += max(cmd.n, 0)
+            return first
+        if isinstance(cmd, Report):
+            return len(self.shards.report(cmd.shards))
+        return 0
+
+
+def initial_meta(shards: ShardMap) -> MetaState:
+    return MetaState(shards, max((d.id for d in shards), default=0) + 1)
