@@ -1,6 +1,6 @@
 """Request limits (documented in the README); breaking one is INVALID_ARGUMENT naming it.
 
-Defaults: key 503 bytes (LMDB's 511-byte key limit minus the group prefix; the state
+Defaults: key 510 bytes (LMDB's 511-byte key limit minus the 1-byte data prefix; the state
 machine's MAX_KEY_SIZE), value 1 MiB, 1000 ops per client batch message, scan limit
 10000 rows, client gRPC messages 4 MiB. The server's gRPC receive limit is larger
 (64 MiB) because InstallSnapshot travels on the same port; client messages are

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from kvstore.statemachine.commands import Cas, Command, Delete, Put
@@ -36,8 +36,9 @@ SESSION_SWEEP_EVERY = 4096
 SESSION_IDLE_ENTRIES = 100_000
 """A client with no command applied in this many entries is forgotten at the next sweep."""
 
-MAX_KEY_SIZE = 503
-"""Longest key in bytes: LMDB's 511-byte key limit minus the 8-byte group prefix."""
+MAX_KEY_SIZE = 510
+"""Longest key in bytes: LMDB's 511-byte key limit minus the 1-byte data prefix (user keys
+are stored under their own bytes, not under a group: see kvstore.storage.keys)."""
 
 
 class KVTxn(Protocol):
@@ -64,8 +65,15 @@ class KVTxn(Protocol):
         ...
 
 
-def apply_commands(txn: KVTxn, index: int, commands: Sequence[Command]) -> list[ApplyResult]:
-    """Apply one entry's commands in order; one result per command."""
+def apply_commands(
+    txn: KVTxn,
+    index: int,
+    commands: Sequence[Command],
+    owns: Callable[[bytes], bool] | None = None,
+) -> list[ApplyResult]:
+    """Apply one entry's commands in order; one result per command. ``owns``: the
+    group's key range at this index (None: every key); a command on another key applies
+    as nothing (WRONG_SHARD), unless its session already holds its answer."""
     out: list[ApplyResult] = []
     for cmd in commands:
         cid = cmd.client_id
@@ -80,6 +88,9 @@ def apply_commands(txn: KVTxn, index: int, commands: Sequence[Command]) -> list[
             if cmd.seq <= txn.session_last_seq(cid) - SESSION_WINDOW:
                 out.append(ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED))
                 continue
+        if owns is not None and not owns(cmd.key):
+            out.append(ApplyResult(index, index, False, None, None, ApplyError.WRONG_SHARD))
+            continue
         result = _apply_one(txn, index, cmd)
         if cid:
             txn.session_record(cid, cmd.seq, result)

@@ -31,6 +31,10 @@ class ApplyError(enum.IntEnum):
     already and its result is forgotten, so it is neither applied nor answered."""
     KEY_TOO_LARGE = 2
     """The key is longer than MAX_KEY_SIZE (the node should reject it before proposing)."""
+    WRONG_SHARD = 3
+    """The key is outside the group's range at apply time (a split or merge committed
+    between routing and apply): nothing applied and no session record, so the client's
+    retry to the right shard applies it exactly once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class NodeStorage:
                 raise StorageError(f"LMDB max key size {self.env.max_key_size()} < 511")
             with self.env.begin(write=True) as txn:
                 dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
+                _migrate_kv_layout(txn, Dbs(*dbs))
         except BaseException:
             self.env.close()
             self._lockfile.close()
@@ -111,6 +112,7 @@ class NodeStorage:
         return sorted(found)
 
     def kv(self, group: int) -> KVReader:
+        """Reads of ``group``'s user data (within the range it owns)."""
         return KVReader(self, keys.check_group(group))
 
     def _view(self, group: int) -> LogView:
@@ -176,6 +178,21 @@ class NodeStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _migrate_kv_layout(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    """Move user data written under ``group u64 | key`` (before sharding) to
+    ``DATA_PREFIX | key`` in the opening transaction: all or nothing, never lost."""
+    marker = keys.node_meta_key(keys.LAYOUT)
+    if txn.get(marker, db=dbs.meta) == keys.LAYOUT_V2:
+        return
+    old = list(txn.cursor(db=dbs.kv))
+    for k, _ in old:
+        txn.delete(k, db=dbs.kv)
+    for k, v in old:
+        if len(k) >= 8:
+            txn.put(keys.kv_key(bytes(k[8:])), v, db=dbs.kv)
+    txn.put(marker, keys.LAYOUT_V2, db=dbs.meta)
 
 
 def _lock_dir(path: str) -> IO[bytes]:

@@ -2,16 +2,21 @@
 
 Invariant: every per-group key starts with the group id as 8 big-endian bytes, so one
 environment hosts many groups, a group's keys are one contiguous range, and within it
-big-endian indexes and raw user keys sort in their natural order.
+big-endian indexes sort in their natural order. User data is NOT per group: one key space
+per node (TiKV's layout), each user key under DATA_PREFIX + its own bytes, and a group
+owns the range its shard descriptor says, so a split moves no data.
 
     log       group u64 | index u64              -> checksummed entry (codec.encode_entry)
     meta      group u64 | tag (1 byte)           -> sealed hard state / conf state / applied
+                                                    / shard descriptor / meta group state
               0xFF | name                        -> node-level metadata (cluster id, ...)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
-    kv        group u64 | user key               -> KeyValue record
+    kv        DATA_PREFIX | user key             -> KeyValue record
     sessions  group u64 | client u64 | seq u64   -> ApplyResult record
 
-Group ids are below 2**63 so a group key never starts with the node-level 0xFF byte.
+Group ids are below 2**63 so a group key never starts with the node-level 0xFF byte. The
+one-byte data prefix keeps the empty key storable (LMDB refuses empty keys) and leaves
+510 bytes for the user key.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ _U64x3 = struct.Struct(">QQQ")
 TAG_HARD_STATE = b"h"
 TAG_CONF_STATE = b"c"
 TAG_APPLIED = b"a"
+TAG_SHARD = b"s"
+TAG_META_STATE = b"m"
 NODE_META_PREFIX = b"\xff"
+DATA_PREFIX = b"d"
+DATA_END = b"e"
+"""The first kv-table key after every user key."""
+LAYOUT = b"kv_layout"
+LAYOUT_V2 = b"2"
+"""Node meta: the kv table holds DATA_PREFIX | user key (v1 held group u64 | user key)."""
 
 
 def check_group(group: int) -> int:
@@ -60,8 +73,13 @@ def node_meta_key(name: bytes) -> bytes:
     return NODE_META_PREFIX + name
 
 
-def kv_key(group: int, key: bytes) -> bytes:
-    return _U64.pack(group) + key
+def kv_key(key: bytes) -> bytes:
+    return DATA_PREFIX + key
+
+
+def kv_end(end: bytes) -> bytes:
+    """The kv-table key bounding a user range that ends at ``end`` (b"": unbounded)."""
+    return DATA_PREFIX + end if end else DATA_END
 
 
 def session_prefix(group: int, client_id: int) -> bytes:

@@ -25,10 +25,12 @@ from kvstore.consensus.types import (
     UnavailableError,
     limit_size,
 )
+from kvstore.shard import descriptor as desc
+from kvstore.shard.descriptor import Descriptor
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError, StorageError
 from kvstore.storage.snapshot import write_image
-from kvstore.storage.tables import Dbs, GroupTables
+from kvstore.storage.tables import Dbs, GroupTables, owned_range
 
 if TYPE_CHECKING:
     from typing import Any
@@ -52,6 +54,8 @@ class LogView:
     hard_state: HardState = field(default_factory=HardState)
     conf_state: ConfState = field(default_factory=ConfState)
     tail: tuple[Entry, ...] = ()
+    shard: Descriptor | None = None
+    """The group's shard descriptor as of ``applied`` (None: unsharded, or the meta group)."""
 
     @property
     def tail_start(self) -> int:
@@ -104,6 +108,8 @@ def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES)
         hard_state = HardState() if hs is None else codec.decode_hard_state(hs)
         conf_state = base.conf_state if cs is None else codec.decode_conf_state(cs)
         applied_index = base.index if applied is None else codec.decode_u64(applied)
+        shard_rec = sealed(dbs.meta, keys.meta_key(group, keys.TAG_SHARD), "shard descriptor")
+        shard = None if shard_rec is None else desc.decode(shard_rec)
     except (ValueError, IndexError) as e:  # struct.error is a ValueError
         raise CorruptionError(f"undecodable metadata: {e}", group=group) from e
     last = base.index
@@ -123,6 +129,7 @@ def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES)
         hard_state=hard_state,
         conf_state=conf_state,
         tail=tuple(tail),
+        shard=shard,
     )
 
 
@@ -203,8 +210,19 @@ class GroupLog:
                         f"group {self.group}: applied index {now.applied} is not in the log"
                     )
                 term = e.term
-            tables = GroupTables(txn, self._st.dbs, self.group)
-            data = write_image(now.applied, tables.raw_kv(), tables.raw_sessions())
+            tables = GroupTables(txn, self._st.dbs, self.group, owned_range(self.group, now.shard))
+            meta_state = txn.get(
+                keys.meta_key(self.group, keys.TAG_META_STATE), db=self._st.dbs.meta
+            )
+            data = write_image(
+                now.applied,
+                tables.raw_kv(),
+                tables.raw_sessions(),
+                shard=b"" if now.shard is None else desc.encode(now.shard),
+                meta_state=b""
+                if meta_state is None
+                else codec.unseal(self.group, meta_state, "meta group state"),
+            )
         meta = SnapshotMetadata(index=now.applied, term=term, conf_state=now.conf_state)
         snap = Snapshot(metadata=meta, data=data)
         self._snap_cache = (now.applied, now.conf_state, snap)
@@ -214,13 +232,19 @@ class GroupLog:
     def applied_index(self) -> int:
         return self.view.applied
 
-    def bootstrap(self, voters: frozenset[int] | set[int]) -> bool:
-        """Record the first membership (a ConfState at index 0) of a brand-new group.
-        Returns False and changes nothing if the group already has any state (so a
-        restarting node may call it unconditionally). Runs its own write transaction:
-        never call it inside ``NodeStorage.write()``."""
+    def bootstrap(
+        self,
+        voters: frozenset[int] | set[int],
+        shard: Descriptor | None = None,
+        meta_state: bytes | None = None,
+    ) -> bool:
+        """Record the first membership (a ConfState at index 0) of a brand-new group, and
+        its shard descriptor / meta group state when given. Returns False and changes
+        nothing if the group already has any state (so a restarting node may call it
+        unconditionally). Runs its own write transaction: never call it inside
+        ``NodeStorage.write()``."""
         with self._st.write() as w:
-            return w.bootstrap(self.group, ConfState(voters=frozenset(voters)))
+            return w.bootstrap(self.group, ConfState(voters=frozenset(voters)), shard, meta_state)
 
     def forget_snapshot(self) -> None:
         """Drop the cached snapshot (its group's data was replaced wholesale)."""

@@ -1,20 +1,20 @@
 """KVReader: the read side of one group's key-value state (``NodeStorage.kv(group)``).
 
 Invariant: every call reads one committed LMDB snapshot, so a scan is consistent and the
-``*_with_applied`` variants return the applied index that the answer reflects.
+``*_with_applied`` variants return the applied index that the answer reflects. Scans stay
+inside the range the group owns (its shard descriptor as of the last committed write);
+``get`` reads the key as asked (the server checks the range before reading).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvstore.statemachine.types import KeyValue
 from kvstore.storage import codec, keys
-from kvstore.storage.tables import GroupTables
+from kvstore.storage.tables import GroupTables, owned_range
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from kvstore.storage.env import NodeStorage
 
 
@@ -23,15 +23,19 @@ class KVReader:
         self._st = storage
         self.group = group
 
+    def _tables(self, txn: Any) -> GroupTables:
+        shard = self._st.group(self.group).view.shard
+        return GroupTables(txn, self._st.dbs, self.group, owned_range(self.group, shard))
+
     def get(self, key: bytes) -> KeyValue | None:
         with self._st.env.begin() as txn:
-            return GroupTables(txn, self._st.dbs, self.group).get(key)
+            return self._tables(txn).get(key)
 
     def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 0) -> list[KeyValue]:
         """Keys in [start, end) in key order; ``end=b""`` means to the end of the key
         space, ``limit <= 0`` means no limit."""
         with self._st.env.begin() as txn:
-            return GroupTables(txn, self._st.dbs, self.group).scan(start, end, limit)
+            return self._tables(txn).scan(start, end, limit)
 
     def applied_index(self) -> int:
         """The applied index as of the last committed write (from memory)."""
@@ -40,13 +44,13 @@ class KVReader:
     def get_with_applied(self, key: bytes) -> tuple[KeyValue | None, int]:
         """``get`` plus the applied index it reflects, read in the same transaction."""
         with self._st.env.begin() as txn:
-            return GroupTables(txn, self._st.dbs, self.group).get(key), self._applied(txn)
+            return self._tables(txn).get(key), self._applied(txn)
 
     def scan_with_applied(
         self, start: bytes = b"", end: bytes = b"", limit: int = 0
     ) -> tuple[list[KeyValue], int]:
         with self._st.env.begin() as txn:
-            tables = GroupTables(txn, self._st.dbs, self.group)
+            tables = self._tables(txn)
             return tables.scan(start, end, limit), self._applied(txn)
 
     def _applied(self, txn: Any) -> int:

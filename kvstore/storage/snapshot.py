@@ -1,12 +1,15 @@
 """The state machine image carried in Snapshot.data: a group's kv and session tables.
 
-Invariant: an image holds exactly the records of one group at one applied index, and
+Invariant: an image holds exactly the records of one group at one applied index (for a
+shard: the user keys of its range only, a range snapshot), and
 ``read_image(write_image(...))`` gives them back or raises CorruptionError (its CRC32
 covers the whole image). Records are copied as stored, without re-encoding.
 
-    magic "KVS1" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
+    magic "KVS2" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
                  | u32 n_sessions | n_sessions x (u64 client, u64 seq, u32 rlen, result record)
+                 | u32 len, shard descriptor (0: none) | u32 len, meta group state (0: none)
                  | u32 crc
+"KVS1" images (no descriptor and meta sections) are still read.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 from kvstore.storage.errors import CorruptionError
 
-MAGIC = b"KVS1"
+MAGIC = b"KVS2"
+MAGIC_V1 = b"KVS1"
 _HEAD = struct.Struct("<4sQ")
 _U32 = struct.Struct("<I")
 _SESSION = struct.Struct("<QQI")
@@ -31,10 +35,18 @@ class Image:
     """(user key, kv record) in key order."""
     sessions: list[tuple[int, int, bytes]]
     """(client id, seq, result record) in (client, seq) order."""
+    shard: bytes = b""
+    """The group's encoded shard descriptor at ``index`` (b"": an unsharded group)."""
+    meta_state: bytes = b""
+    """The meta group's encoded state (b"" for other groups)."""
 
 
 def write_image(
-    index: int, kv: Iterable[tuple[bytes, bytes]], sessions: Iterable[tuple[int, int, bytes]]
+    index: int,
+    kv: Iterable[tuple[bytes, bytes]],
+    sessions: Iterable[tuple[int, int, bytes]],
+    shard: bytes = b"",
+    meta_state: bytes = b"",
 ) -> bytes:
     parts: list[bytes] = [_HEAD.pack(MAGIC, index)]
     n_at = len(parts)
@@ -51,6 +63,7 @@ def write_image(
         parts += (_SESSION.pack(client, seq, len(record)), record)
         n += 1
     parts[s_at] = _U32.pack(n)
+    parts += (_U32.pack(len(shard)), shard, _U32.pack(len(meta_state)), meta_state)
     body = b"".join(parts)
     return body + _U32.pack(zlib.crc32(body))
 
@@ -64,7 +77,7 @@ def read_image(group: int, index: int, data: bytes) -> Image:
         raise CorruptionError("snapshot image checksum mismatch", group=group, index=index)
     try:
         magic, at = _HEAD.unpack_from(body, 0)
-        if magic != MAGIC or at != index:
+        if magic not in (MAGIC, MAGIC_V1) or at != index:
             raise ValueError(f"image header {magic!r} at {at}")
         pos = _HEAD.size
         (n,) = _U32.unpack_from(body, pos)
@@ -82,11 +95,15 @@ def read_image(group: int, index: int, data: bytes) -> Image:
             pos += _SESSION.size
             record, pos = bytes(body[pos : pos + rlen]), pos + rlen
             sessions.append((client, seq, record))
+        shard = meta_state = b""
+        if magic == MAGIC:
+            shard, pos = _take(body, pos)
+            meta_state, pos = _take(body, pos)
         if pos != len(body):
             raise ValueError(f"{len(body) - pos} trailing bytes")
     except (struct.error, ValueError) as e:
         raise CorruptionError(f"malformed snapshot image: {e}", group=group, index=index) from e
-    return Image(index=index, kv=kv, sessions=sessions)
+    return Image(index=index, kv=kv, sessions=sessions, shard=shard, meta_state=meta_state)
 
 
 def _take(body: memoryview, pos: int) -> tuple[bytes, int]:

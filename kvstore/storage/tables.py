@@ -1,7 +1,10 @@
 """The kv and sessions tables of one group, seen through one LMDB transaction.
 
-Rule: this is the only module that reads or writes the kv and sessions sub-databases,
-always under the group's key prefix (keys.py), so groups never see each other's data.
+Rule: this is the only module that reads or writes the kv and sessions sub-databases.
+Sessions live under the group's key prefix; user data is one key space per node and a
+group reads, scans, snapshots and replaces only the range it owns (``owned``: its shard
+descriptor's [start, end), the whole key space for an unsharded group, nothing for the
+meta group), so groups never see each other's data.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kvstore.shard.descriptor import META_GROUP, Descriptor
 from kvstore.statemachine.apply import SESSION_WINDOW
 from kvstore.statemachine.records import (
     decode_kv,
@@ -34,15 +38,33 @@ class Dbs:
     sessions: Any
 
 
+Owned = tuple[bytes, bytes] | None
+"""A group's user key range [start, end) (end b"": unbounded); None: no user keys."""
+WHOLE: Owned = (b"", b"")
+
+
+def owned_range(group: int, shard: Descriptor | None) -> Owned:
+    """What a group owns: its descriptor's range; without one, the meta group nothing and
+    any other group (an unsharded node's group 1) the whole key space."""
+    if shard is not None:
+        return (shard.start, shard.end)
+    return None if group == META_GROUP else WHOLE
+
+
+def owns(owned: Owned, key: bytes) -> bool:
+    return owned is not None and owned[0] <= key and (not owned[1] or key < owned[1])
+
+
 class GroupTables:
     """kv + sessions of ``group`` in ``txn``; implements statemachine.KVTxn when ``txn``
     is a write transaction."""
 
-    def __init__(self, txn: Any, dbs: Dbs, group: int) -> None:
+    def __init__(self, txn: Any, dbs: Dbs, group: int, owned: Owned = WHOLE) -> None:
         self.txn = txn
         self.dbs = dbs
         self.group = group
-        self._prefix = keys.group_prefix(group)
+        self.owned = owned
+        self._prefix = keys.DATA_PREFIX
         self._last_seq: dict[int, int] = {}
         """Each client's highest recorded seq, as of this transaction (a read-through
         cache: session lookups dominate applying a batch)."""
@@ -69,8 +91,16 @@ class GroupTables:
         return out
 
     def raw_kv(self, start: bytes = b"", end: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(user key, stored record) pairs in [start, end)."""
-        hi = self._prefix + end if end else keys.group_end(self.group)
+        """(user key, stored record) pairs in [start, end), within the owned range."""
+        if self.owned is None:
+            return
+        lo_own, hi_own = self.owned
+        start = max(start, lo_own)
+        if hi_own and (not end or end > hi_own):
+            end = hi_own
+        if end and start >= end:
+            return
+        hi = keys.kv_end(end)
         n = len(self._prefix)
         cur = self.txn.cursor(db=self.dbs.kv)
         if not cur.set_range(self._prefix + start):
@@ -182,15 +212,32 @@ class GroupTables:
     def replace(
         self, kv: Iterable[tuple[bytes, bytes]], sessions: Iterable[tuple[int, int, bytes]]
     ) -> None:
-        """Replace the group's kv and sessions by stored records (a snapshot image's)."""
-        for db in (self.dbs.kv, self.dbs.sessions):
-            delete_range(self.txn, db, keys.group_prefix(self.group), keys.group_end(self.group))
+        """Replace the group's kv (its owned range) and sessions by stored records (a
+        snapshot image's; records outside the owned range are not written)."""
+        self.delete_owned()
+        delete_range(
+            self.txn, self.dbs.sessions, keys.group_prefix(self.group), keys.group_end(self.group)
+        )
         self._last_seq.clear()
         put = self.txn.put
         for key, record in kv:
-            put(self._prefix + key, record, db=self.dbs.kv)
+            if owns(self.owned, key):
+                put(self._prefix + key, record, db=self.dbs.kv)
         for client, seq, record in sessions:
             put(keys.session_key(self.group, client, seq), record, db=self.dbs.sessions)
+
+    def delete_owned(self) -> int:
+        """Delete every user key of the owned range; returns how many."""
+        if self.owned is None:
+            return 0
+        lo, hi = self.owned
+        return delete_range(self.txn, self.dbs.kv, keys.kv_key(lo), keys.kv_end(hi))
+
+    def copy_sessions_to(self, group: int) -> None:
+        """Copy this group's session records to ``group`` (a split's new shard)."""
+        put = self.txn.put
+        for client, seq, record in list(self.raw_sessions()):
+            put(keys.session_key(group, client, seq), record, db=self.dbs.sessions)
 
 
 def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -19,6 +22,11 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from kvstore.shard import commands as shard_cmds
+from kvstore.shard import descriptor as desc
+from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
+from kvstore.shard.split import SplitError
+from kvstore.shard.split import split as split_shard
 from kvstore.statemachine.apply import apply_commands, end_entry
 from kvstore.statemachine.commands import BatchDecodeError, decode_batch
 from kvstore.statemachine.types import ApplyResult
@@ -26,7 +34,7 @@ from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
 from kvstore.storage.log import LogView, read_entry
 from kvstore.storage.snapshot import read_image
-from kvstore.storage.tables import Dbs, GroupTables, delete_range
+from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
 
 
 @dataclass(slots=True, kw_only=True)
@@ -41,6 +49,7 @@ class _Pending:
     conf_state: ConfState
     tail: list[Entry]
     cache_entries: int
+    shard: Descriptor | None = None
 
     def view(self) -> LogView:
         return LogView(
@@ -51,6 +60,7 @@ class _Pending:
             hard_state=self.hard_state,
             conf_state=self.conf_state,
             tail=tuple(self.tail[-self.cache_entries :]) if self.cache_entries else (),
+            shard=self.shard,
         )
 
 
@@ -68,6 +78,11 @@ class Writer:
         """Groups dropped in this transaction (their cached snapshots must go too)."""
         self.undecodable = 0
         """NORMAL entries whose data did not decode as a batch (applied as nothing)."""
+        self.created: list[int] = []
+        """Groups a split created on this node in this transaction (the driver starts them)."""
+        self.admin_results: dict[int, dict[int, int]] = {}
+        """group -> entry index -> result of the admin command there (see shard.commands;
+        a refused split: 0)."""
 
     def publish(self) -> dict[int, LogView]:
         return {g: p.view() for g, p in self._pending.items()}
@@ -85,6 +100,7 @@ class Writer:
                 conf_state=v.conf_state,
                 tail=list(v.tail),
                 cache_entries=self._cache_entries,
+                shard=v.shard,
             )
             self._pending[group] = p
         return p
@@ -154,13 +170,30 @@ class Writer:
         if meta.index <= p.applied or meta.index <= p.base.index:
             return
         image = read_image(group, meta.index, snap.data)
+        try:
+            shard = desc.decode(image.shard) if image.shard else None
+        except ValueError as e:
+            raise CorruptionError(f"snapshot shard descriptor: {e}", group=group) from e
         lo, hi = keys.group_prefix(group), keys.group_end(group)
         delete_range(self._txn, self._dbs.log, lo, hi)
-        GroupTables(self._txn, self._dbs, group).replace(image.kv, image.sessions)
+        if shard is not None:
+            self._set_shard(group, p, shard)
+        GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace(
+            image.kv, image.sessions
+        )
+        if image.meta_state:
+            self._put_sealed(
+                self._dbs.meta, keys.meta_key(group, keys.TAG_META_STATE), group, image.meta_state
+            )
         self._set_base(group, p, meta)
         self._set_applied(group, p, meta.index)
         self._store_conf(group, p, meta.conf_state)
         p.last_index, p.last_term, p.tail = meta.index, meta.term, []
+
+    def _set_shard(self, group: int, p: _Pending, shard: Descriptor) -> None:
+        key = keys.meta_key(group, keys.TAG_SHARD)
+        self._put_sealed(self._dbs.meta, key, group, desc.encode(shard))
+        p.shard = shard
 
     def _set_base(self, group: int, p: _Pending, meta: SnapshotMetadata) -> None:
         key = keys.group_prefix(group)
@@ -191,7 +224,7 @@ class Writer:
 
         Entries at or below the applied index are skipped; a gap raises ValueError."""
         p = self._group(group)
-        tables = GroupTables(self._txn, self._dbs, group)
+        tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
         out: list[ApplyResult] = []
         applied = p.applied
         for e in entries:
@@ -200,17 +233,101 @@ class Writer:
             if e.index != applied + 1:
                 raise ValueError(f"group {group}: applying {e.index} after applied {applied}")
             applied = e.index
-            if e.type == EntryType.NORMAL and e.data:
+            if e.type == EntryType.NORMAL and shard_cmds.is_admin(e.data):
+                self._apply_admin(group, p, e)
+                tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
+            elif e.type == EntryType.NORMAL and e.data:
                 try:
                     commands = decode_batch(e.data)
                 except BatchDecodeError:
                     self.undecodable += 1
                 else:
-                    out += apply_commands(tables, e.index, commands)
+                    owned = tables.owned
+                    check = None if owned == WHOLE else partial(owns, owned)
+                    out += apply_commands(tables, e.index, commands, check)
+            elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
+                self._bump_conf_ver(group, p, e.data)
             end_entry(tables, e.index)
         if applied != p.applied:
             self._set_applied(group, p, applied)
         return out
+
+    # -- shard admin commands ------------------------------------------------------
+    def _apply_admin(self, group: int, p: _Pending, e: Entry) -> None:
+        """Apply one admin entry (shard.commands); a malformed or refused one applies as
+        nothing (result 0), the same way on every replica."""
+        try:
+            cmd = shard_cmds.decode(e.data)
+        except ValueError:
+            self.undecodable += 1
+            return
+        result = 0
+        if isinstance(cmd, shard_cmds.Split):
+            result = self._apply_split(group, p, e, cmd)
+        elif group == META_GROUP:
+            key = keys.meta_key(group, keys.TAG_META_STATE)
+            record = self._txn.get(key, db=self._dbs.meta)
+            if record is not None:
+                state = shard_cmds.MetaState.decode(codec.unseal(group, record, "meta state"))
+                result = state.apply(cmd)
+                self._put_sealed(self._dbs.meta, key, group, state.encode())
+        self.admin_results.setdefault(group, {})[e.index] = result
+
+    def _apply_split(self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.Split) -> int:
+        """Split this group at ``cmd.at`` (docs/sharding.md): the left half stays, the
+        right half becomes group ``cmd.new_id`` starting at this entry, sharing the data
+        (no copy) and a copy of the sessions. Returns the new id, or 0 when refused (the
+        epoch moved on or the key is not inside the range)."""
+        d = p.shard
+        if d is None or d.epoch != cmd.epoch:
+            return 0
+        try:
+            left, right = split_shard(d, cmd.at, cmd.new_id)
+        except SplitError:
+            return 0
+        self._set_shard(group, p, left)
+        c = self._group(keys.check_group(cmd.new_id))
+        fresh = LogView()
+        if c.shard is not None or c.last_index or c.applied or c.base != fresh.base:
+            # A replica of the new shard already exists here (a snapshot from its leader
+            # reached this node before this replica applied the split): keep it.
+            return cmd.new_id
+        base = SnapshotMetadata(index=e.index, term=e.term, conf_state=p.conf_state)
+        self._set_base(cmd.new_id, c, base)
+        self._set_applied(cmd.new_id, c, e.index)
+        self._store_conf(cmd.new_id, c, p.conf_state)
+        c.last_index, c.last_term, c.tail = e.index, e.term, []
+        hs = HardState(term=e.term, commit=e.index)
+        key = keys.meta_key(cmd.new_id, keys.TAG_HARD_STATE)
+        self._put_sealed(self._dbs.meta, key, cmd.new_id, codec.encode_hard_state(hs))
+        c.hard_state = hs
+        self._set_shard(cmd.new_id, c, right)
+        GroupTables(self._txn, self._dbs, group).copy_sessions_to(cmd.new_id)
+        self.created.append(cmd.new_id)
+        return cmd.new_id
+
+    def _bump_conf_ver(self, group: int, p: _Pending, data: bytes) -> None:
+        """A membership change raises the descriptor's conf_ver, entry by entry."""
+        assert p.shard is not None
+        try:
+            cc = ConfChange.decode(data)
+        except ValueError:
+            return
+        voters, learners = set(p.shard.voters), set(p.shard.learners)
+        if cc.type == ConfChangeType.ADD_LEARNER:
+            learners.add(cc.node_id)
+            voters.discard(cc.node_id)
+        elif cc.type == ConfChangeType.ADD_NODE:
+            voters.add(cc.node_id)
+            learners.discard(cc.node_id)
+        else:
+            voters.discard(cc.node_id)
+            learners.discard(cc.node_id)
+        epoch = Epoch(p.shard.epoch.version, p.shard.epoch.conf_ver + 1)
+        shard = replace(
+            p.shard, epoch=epoch, voters=tuple(sorted(voters)), learners=tuple(sorted(learners))
+        )
+        self._set_shard(group, p, shard)
 
     def set_conf_state(self, group: int, conf_state: ConfState) -> None:
         """Persist the membership in effect (after applying a CONF_CHANGE entry)."""
@@ -246,15 +363,22 @@ class Writer:
         p = self._group(group)
         self.dropped.add(group)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
+        GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace([], [])
         for db in (self._dbs.log, self._dbs.meta):
             delete_range(self._txn, db, lo, hi)
-        GroupTables(self._txn, self._dbs, group).replace([], [])
         self._txn.delete(lo, db=self._dbs.snapshot)
         fresh = LogView()
         p.base, p.last_index, p.last_term, p.applied = fresh.base, 0, 0, 0
         p.hard_state, p.conf_state, p.tail = fresh.hard_state, fresh.conf_state, []
+        p.shard = None
 
-    def bootstrap(self, group: int, conf_state: ConfState) -> bool:
+    def bootstrap(
+        self,
+        group: int,
+        conf_state: ConfState,
+        shard: Descriptor | None = None,
+        meta_state: bytes | None = None,
+    ) -> bool:
         """See GroupLog.bootstrap."""
         p = self._group(group)
         fresh = LogView()
@@ -268,4 +392,9 @@ class Writer:
             return False
         self._set_base(group, p, replace(fresh.base, conf_state=conf_state))
         self._store_conf(group, p, conf_state)
+        if shard is not None:
+            self._set_shard(group, p, shard)
+        if meta_state is not None:
+            key = keys.meta_key(group, keys.TAG_META_STATE)
+            self._put_sealed(self._dbs.meta, key, group, meta_state)
         return True

@@ -37,7 +37,7 @@ def damaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         try:
             with st.env.begin(write=True) as txn:
                 # Shorter than the record header: decoding it raises CorruptionError.
-                txn.put(storage_keys.kv_key(1, b"bad"), b"\x01\x02", db=st.dbs.kv)
+                txn.put(storage_keys.kv_key(b"bad"), b"\x01\x02", db=st.dbs.kv)
         finally:
             st.close()
         c.start(1)

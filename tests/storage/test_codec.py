@@ -19,11 +19,14 @@ entries = st.builds(
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
-@given(GROUP, GROUP, st.binary(max_size=20), st.binary(max_size=20))
-def test_kv_keys_keep_groups_apart_and_keys_sorted(g1: int, g2: int, k1: bytes, k2: bytes) -> None:
-    a, b = keys.kv_key(g1, k1), keys.kv_key(g2, k2)
-    assert (a < b) == ((g1, k1) < (g2, k2))
-    assert keys.group_prefix(g1) <= a < keys.group_end(g1)
+@given(st.binary(max_size=20), st.binary(max_size=20))
+def test_kv_keys_sort_as_user_keys_and_stay_in_the_data_range(k1: bytes, k2: bytes) -> None:
+    """User data is one key space per node (no group prefix): stored keys sort like the
+    user keys, and range bounds (kv_end) bracket them."""
+    a, b = keys.kv_key(k1), keys.kv_key(k2)
+    assert (a < b) == (k1 < k2)
+    assert keys.kv_key(b"") <= a < keys.kv_end(b"")
+    assert (a < keys.kv_end(k2)) == (k1 < k2 or not k2)
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example

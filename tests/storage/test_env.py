@@ -17,7 +17,8 @@ from kvstore.consensus.types import (
     SnapshotMetadata,
     UnavailableError,
 )
-from kvstore.statemachine import ApplyResult, Cas, Delete, KeyValue, Put, encode_batch
+from kvstore.shard import Descriptor
+from kvstore.statemachine import ApplyError, ApplyResult, Cas, Delete, KeyValue, Put, encode_batch
 from kvstore.statemachine.commands import Command
 from kvstore.storage import NodeStorage
 
@@ -135,22 +136,29 @@ def test_ready_rule_truncates_the_suffix(st: NodeStorage, store_path: str) -> No
 
 
 def test_groups_are_isolated(st: NodeStorage) -> None:
+    """Logs and sessions are per group; user data is one key space and each group sees
+    and writes only the range its shard descriptor owns (the meta group 0 owns none)."""
     top = 2**63 - 1
+    ranges = {1: (b"", b"g"), 2: (b"g", b"t"), top: (b"t", b"")}
+    for g, (lo, hi) in ranges.items():
+        st.group(g).bootstrap({1}, Descriptor(id=g, start=lo, end=hi, voters=(1,)))
+    st.group(0).bootstrap({1})
+    written = {1: b"apple", 2: b"kiwi", top: b"zest"}
     for g in (0, 1, 2, top):
-        commit(st, g, batch(1, Put(b"k", str(g).encode()), Put(bytes([g % 256]), b"x")))
-    assert [st.kv(g).get(b"k").value for g in (0, 1, 2, top)] == [
-        b"0",
-        b"1",
-        b"2",
-        str(top).encode(),
-    ]  # type: ignore[union-attr]
-    assert [kv.key for kv in st.kv(1).scan()] == [b"\x01", b"k"]
+        res = commit(st, g, batch(1, Put(written.get(g, b"a"), str(g).encode()), Put(b"h", b"x")))
+        assert next(r.error for r in res) == (ApplyError.WRONG_SHARD if g == 0 else ApplyError.NONE)
+        assert res[1].error == (ApplyError.NONE if g == 2 else ApplyError.WRONG_SHARD)
+    assert [kv.key for kv in st.kv(1).scan()] == [b"apple"]
+    assert [kv.key for kv in st.kv(2).scan()] == [b"h", b"kiwi"]
+    assert [kv.key for kv in st.kv(2).scan(b"a", b"i")] == [b"h"]
+    assert [kv.key for kv in st.kv(top).scan()] == [b"zest"]
+    assert st.kv(0).scan() == []
     with st.write() as w:
-        w.save(1, entries=[batch(2, Delete(b"k"))])
-        w.apply(1, [batch(2, Delete(b"k"))])
+        w.save(1, entries=[batch(2, Delete(b"apple"))])
+        w.apply(1, [batch(2, Delete(b"apple"))])
         w.compact(1, 2)
-    assert st.kv(2).get(b"k") is not None and st.group(2).entries(1, 2) == [
-        batch(1, Put(b"k", b"2"), Put(b"\x02", b"x"))
+    assert st.kv(2).get(b"kiwi") is not None and st.group(2).entries(1, 2) == [
+        batch(1, Put(b"kiwi", b"2"), Put(b"h", b"x"))
     ]
     assert st.groups() == [0, 1, 2, top]
     with pytest.raises(ValueError, match="group id"):
@@ -310,9 +318,9 @@ def test_cas_through_lmdb(st: NodeStorage) -> None:
 
 
 def test_drop_group_forgets_one_group_only(st: NodeStorage, store_path: str) -> None:
-    for g in (3, 4):
-        st.group(g).bootstrap({1})
-        commit(st, g, batch(1, Put(b"k", b"v", client_id=1, seq=1)))
+    for g, (lo, hi) in ((3, (b"", b"m")), (4, (b"m", b""))):
+        st.group(g).bootstrap({1}, Descriptor(id=g, start=lo, end=hi, voters=(1,)))
+        commit(st, g, batch(1, Put(b"k" if g == 3 else b"s", b"v", client_id=1, seq=1)))
         with st.write() as w:
             w.save(g, hard_state=HardState(term=2, vote=1, commit=1))
             w.compact(g, 1)
@@ -321,7 +329,7 @@ def test_drop_group_forgets_one_group_only(st: NodeStorage, store_path: str) -> 
     log = st.group(3)
     assert (log.first_index(), log.last_index(), log.applied_index()) == (1, 0, 0)
     assert log.initial_state() == (HardState(), ConfState())
-    assert st.kv(3).scan() == [] and st.kv(4).get(b"k") is not None
+    assert st.kv(3).get(b"k") is None and st.kv(4).get(b"s") is not None
     assert st.groups() == [4]
     st.close()
     with NodeStorage(store_path) as again:

@@ -25,6 +25,7 @@ from kvstore.consensus.types import (
     SnapshotMetadata,
     UnavailableError,
 )
+from kvstore.shard import Descriptor
 from kvstore.statemachine import ApplyResult, Delete, MemoryKV, Put, decode_batch, encode_batch
 from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
 from kvstore.storage import NodeStorage
@@ -185,7 +186,10 @@ class LogModel(RuleBasedStateMachine):
 
     @rule(other=st.sampled_from([G - 1, G + 1]), cmds=st.lists(command, min_size=1, max_size=3))
     def other_group_writes(self, other: int, cmds: list[Put | Delete]) -> None:
+        """Another group on the node, owning a range none of KEYS is in: its log is its
+        own, and its commands on our keys apply as nothing (WRONG_SHARD)."""
         log = self.st.group(other)
+        log.bootstrap({1}, Descriptor(id=other, start=b"x", end=b"y", voters=(1,)))
         e = Entry(term=1, index=log.last_index() + 1, data=encode_batch(cmds))
         with self.st.write() as w:
             w.save(other, entries=[e])
