@@ -6,14 +6,14 @@ tables to the same answers.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore.statemachine import (
     MAX_KEY_SIZE,
+    SESSION_IDLE_ENTRIES,
+    SESSION_IDLE_MS,
     SESSION_WINDOW,
     ApplyError,
     ApplyResult,
@@ -25,8 +25,10 @@ from kvstore.statemachine import (
     MemoryKV,
     Put,
     decode_batch,
+    decode_entry,
     encode_batch,
 )
+from kvstore.statemachine.commands import Batch
 from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -36,34 +38,45 @@ small_bytes = st.binary(max_size=12)
 @st.composite
 def commands(draw: st.DrawFn) -> Command:
     key = draw(small_bytes)
-    cid, seq = draw(U64), draw(U64)
+    cid, seq, inc = draw(U64), draw(U64), draw(U64)
     kind = draw(st.sampled_from(["put", "delete", "cas"]))
     if kind == "put":
-        return Put(key, draw(small_bytes), cid, seq)
+        return Put(key, draw(small_bytes), cid, seq, inc)
     if kind == "delete":
-        return Delete(key, cid, seq)
+        return Delete(key, cid, seq, inc)
     ev = draw(st.none() | small_bytes)
     ever = draw(st.none() | U64) if ev is not None else draw(U64)
-    return Cas(key, draw(st.none() | small_bytes), ev, ever, cid, seq)
+    return Cas(key, draw(st.none() | small_bytes), ev, ever, cid, seq, inc)
 
 
 key_values = st.builds(KeyValue, small_bytes, small_bytes, U64, U64, U64)
-results = st.builds(
-    ApplyResult,
-    U64,
+stored_results = st.builds(
+    lambda rev, ok, err: ApplyResult(rev, rev, ok, None, None, err),
     U64,
     st.booleans(),
-    st.none() | key_values,
-    st.none() | key_values,
     st.sampled_from(ApplyError),
 )
 
 
 # -- codec ------------------------------------------------------------------------
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
-@given(st.lists(commands(), max_size=8))
-def test_batch_roundtrip(batch: list[Command]) -> None:
+@given(st.lists(commands(), max_size=8), U64)
+def test_batch_roundtrip(batch: list[Command], time_ms: int) -> None:
+    assert decode_entry(encode_batch(batch, time_ms)) == Batch(batch, time_ms)
     assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_version_1_batches_still_decode() -> None:
+    # Logs written before incarnations and time stamps: u8 1, u32 count, then per
+    # command u8 op, u8 flags, u64 client, u64 seq, u32 key length, key, ...
+    v1 = (
+        b"\x01" + (2).to_bytes(4, "little")
+        + b"\x01\x00" + (7).to_bytes(8, "little") + (3).to_bytes(8, "little")
+        + (1).to_bytes(4, "little") + b"k" + (1).to_bytes(4, "little") + b"v"
+        + b"\x02\x00" + (0).to_bytes(8, "little") + (0).to_bytes(8, "little")
+        + (1).to_bytes(4, "little") + b"d"
+    )  # fmt: skip
+    assert decode_entry(v1) == Batch([Put(b"k", b"v", 7, 3), Delete(b"d")], 0)
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
@@ -73,7 +86,8 @@ def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
         batch = decode_batch(junk)
     except BatchDecodeError:
         return
-    assert encode_batch(batch) == junk, "whatever decodes is in canonical form"
+    if junk[0] == 2:
+        assert encode_batch(batch, decode_entry(junk).time_ms) == junk, "canonical form"
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
@@ -89,12 +103,14 @@ def test_truncated_or_extended_batch_is_rejected(batch: list[Command], data: st.
 
 def test_huge_count_is_rejected_before_looping() -> None:
     with pytest.raises(BatchDecodeError, match="does not fit"):
-        decode_batch(b"\x01\xff\xff\xff\xff")
+        decode_batch(b"\x02\xff\xff\xff\xff" + bytes(8))
 
 
 def test_unknown_version_is_rejected() -> None:
     with pytest.raises(BatchDecodeError, match="version"):
-        decode_batch(b"\x02" + encode_batch([])[1:])
+        decode_batch(b"\x03" + encode_batch([])[1:])
+    with pytest.raises(BatchDecodeError, match="version"):
+        decode_batch(b"")
 
 
 def test_out_of_range_fields_raise_value_error() -> None:
@@ -118,18 +134,26 @@ def test_kv_record_roundtrip(kv: KeyValue) -> None:
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
-@given(results)
+@given(stored_results)
 def test_result_record_roundtrip(r: ApplyResult) -> None:
     assert decode_result(encode_result(r)) == r
 
 
+def test_result_record_keeps_no_values() -> None:
+    big = KeyValue(b"k", b"x" * (256 << 10), 3, 1, 9)
+    raw = encode_result(ApplyResult(9, 9, True, big, big))
+    assert len(raw) < 16 and decode_result(raw) == ApplyResult(9, 9, True, None, None)
+
+
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
-@given(results, st.data())
+@given(stored_results, st.data())
 def test_truncated_result_record_raises_value_error(r: ApplyResult, data: st.DataObject) -> None:
     raw = encode_result(r)
     cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     with pytest.raises(ValueError):
         decode_result(raw[:cut])
+    with pytest.raises(ValueError):
+        decode_result(raw + b"\x00")
 
 
 # -- semantics ----------------------------------------------------------------------
@@ -203,24 +227,37 @@ def test_scan_range_and_limit() -> None:
 # -- sessions -------------------------------------------------------------------------
 def test_retried_seq_returns_the_original_result_and_does_not_apply() -> None:
     m = MemoryKV()
-    [first] = m.apply(1, [Put(b"a", b"1", client_id=9, seq=1)])
+    [first] = m.apply(1, [Put(b"a", b"1", client_id=9, seq=1, incarnation=1)])
     m.apply(2, [Put(b"a", b"2")])
-    [retry] = m.apply(3, [Put(b"a", b"1", client_id=9, seq=1)])
-    assert retry == dataclasses.replace(first, index=3)
-    assert retry.revision == first.revision
+    [retry] = m.apply(3, [Put(b"a", b"1", client_id=9, seq=1, incarnation=1)])
+    assert retry == ApplyResult(3, first.revision, True, None, None), "outcome, no values"
     assert m.get(b"a") == KeyValue(b"a", b"2", 2, 1, 2)
+
+
+def test_a_new_incarnation_is_a_new_session() -> None:
+    # Issue 11.1: a client restarted with the same client_id starts again at seq 1; it
+    # must not get the earlier process's answers (and must really write).
+    m = MemoryKV()
+    m.apply(1, [Put(b"k", b"v1", client_id=5, seq=1, incarnation=111)])
+    m.apply(2, [Cas(b"c", b"x", expected_version=0, client_id=5, seq=2, incarnation=111)])
+    [put] = m.apply(3, [Put(b"k", b"v2", client_id=5, seq=1, incarnation=222)])
+    [cas] = m.apply(4, [Cas(b"c", b"y", expected_value=b"x", client_id=5, seq=2, incarnation=222)])
+    assert put.revision == 3 and m.get(b"k") == KeyValue(b"k", b"v2", 2, 1, 3)
+    assert cas.ok and m.get(b"c") == KeyValue(b"c", b"y", 2, 2, 4)
+    [old_retry] = m.apply(5, [Put(b"k", b"v1", client_id=5, seq=1, incarnation=111)])
+    assert old_retry.revision == 1, "the first process's retries still get its answers"
 
 
 def test_retry_in_a_batch_keeps_every_result_at_its_command() -> None:
     # Jepsen found a cas answered True with a put's result: a replayed answer named the
     # original entry, and the driver matches answers to commands by entry index.
     m = MemoryKV()
-    m.apply(1, [Put(b"a", b"1", client_id=9, seq=1)])
+    m.apply(1, [Put(b"a", b"1", client_id=9, seq=1, incarnation=1)])
     results = m.apply(
         2,
         [
-            Put(b"a", b"1", client_id=9, seq=1),
-            Cas(b"a", b"3", expected_value=b"2", client_id=9, seq=2),
+            Put(b"a", b"1", client_id=9, seq=1, incarnation=1),
+            Cas(b"a", b"3", expected_value=b"2", client_id=9, seq=2, incarnation=1),
         ],
     )
     assert [r.index for r in results] == [2, 2]
@@ -229,8 +266,8 @@ def test_retry_in_a_batch_keeps_every_result_at_its_command() -> None:
 
 def test_sessions_are_per_client() -> None:
     m = MemoryKV()
-    m.apply(1, [Put(b"a", b"1", client_id=1, seq=1)])
-    [other] = m.apply(2, [Put(b"a", b"2", client_id=2, seq=1)])
+    m.apply(1, [Put(b"a", b"1", client_id=1, seq=1, incarnation=1)])
+    [other] = m.apply(2, [Put(b"a", b"2", client_id=2, seq=1, incarnation=1)])
     assert other.ok and other.kv == KeyValue(b"a", b"2", 2, 1, 2)
 
 
@@ -244,29 +281,52 @@ def test_client_zero_has_no_session() -> None:
 
 def test_out_of_order_seqs_inside_the_window_apply_once_each() -> None:
     m = MemoryKV()
-    m.apply(1, [Put(b"a", b"5", client_id=4, seq=5)])
-    [late] = m.apply(2, [Put(b"b", b"4", client_id=4, seq=4)])
+    m.apply(1, [Put(b"a", b"5", client_id=4, seq=5, incarnation=1)])
+    [late] = m.apply(2, [Put(b"b", b"4", client_id=4, seq=4, incarnation=1)])
     assert late.ok and m.get(b"b") is not None
-    [dup] = m.apply(3, [Put(b"b", b"4", client_id=4, seq=4)])
-    assert dup == dataclasses.replace(late, index=dup.index)
+    [dup] = m.apply(3, [Put(b"b", b"4", client_id=4, seq=4, incarnation=1)])
+    assert dup == ApplyResult(3, late.revision, True, None, None)
 
 
 def test_seq_below_the_window_is_refused_as_expired() -> None:
     m = MemoryKV()
-    m.apply(1, [Put(b"a", b"x", client_id=4, seq=1)])
-    m.apply(2, [Put(b"a", b"y", client_id=4, seq=1 + SESSION_WINDOW)])
-    assert 1 not in m.sessions[4], "the window forgets seqs <= last - SESSION_WINDOW"
-    [old] = m.apply(3, [Put(b"a", b"x", client_id=4, seq=1)])
+    m.apply(1, [Put(b"a", b"x", client_id=4, seq=1, incarnation=1)])
+    m.apply(2, [Put(b"a", b"y", client_id=4, seq=1 + SESSION_WINDOW, incarnation=1)])
+    assert 1 not in m.sessions[4, 1].results, "the window forgets seqs <= last - WINDOW"
+    [old] = m.apply(3, [Put(b"a", b"x", client_id=4, seq=1, incarnation=1)])
     assert old == ApplyResult(3, 3, False, None, None, ApplyError.SESSION_EXPIRED)
-    [never] = m.apply(4, [Put(b"z", b"x", client_id=4, seq=0)])
+    [never] = m.apply(4, [Put(b"z", b"x", client_id=4, seq=0, incarnation=1)])
     assert never.error == ApplyError.SESSION_EXPIRED and m.get(b"z") is None
-    [inside] = m.apply(5, [Put(b"z", b"x", client_id=4, seq=2)])
+    [inside] = m.apply(5, [Put(b"z", b"x", client_id=4, seq=2, incarnation=1)])
     assert inside.ok
 
 
 def test_failed_cas_result_is_also_remembered() -> None:
     m = MemoryKV()
-    [fail] = m.apply(1, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1)])
+    [fail] = m.apply(1, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1, incarnation=1)])
     m.apply(2, [Put(b"a", b"0")])
-    [retry] = m.apply(3, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1)])
-    assert retry == dataclasses.replace(fail, index=retry.index) and not retry.ok
+    [retry] = m.apply(3, [Cas(b"a", b"1", expected_value=b"0", client_id=3, seq=1, incarnation=1)])
+    assert retry == ApplyResult(3, fail.revision, False, None, None)
+
+
+def test_sessions_expire_by_entries_and_by_log_time() -> None:
+    m = MemoryKV()
+    t0 = 1_700_000_000_000
+    m.apply(1, [Put(b"a", b"1", client_id=1, seq=1, incarnation=1)], time_ms=t0)
+    m.apply(2, [Put(b"b", b"1", client_id=2, seq=1, incarnation=1)], time_ms=t0 + 1000)
+    m.apply(3, [], time_ms=t0 - 60_000)  # a leader with a slow clock: log time holds
+    assert m.now_ms == t0 + 1000
+    m.apply(4, [Put(b"c", b"1")], time_ms=t0 + SESSION_IDLE_MS)
+    assert set(m.sessions) == {(1, 1), (2, 1)}, "idle exactly SESSION_IDLE_MS: kept"
+    m.apply(5, [Put(b"c", b"2")], time_ms=t0 + SESSION_IDLE_MS + 1)
+    assert set(m.sessions) == {(2, 1)}, "client 1 idle longer than SESSION_IDLE_MS"
+    m.apply(2 + SESSION_IDLE_ENTRIES, [])
+    assert set(m.sessions) == {(2, 1)}
+    m.apply(3 + SESSION_IDLE_ENTRIES, [])
+    assert m.sessions == {}, "idle for more than SESSION_IDLE_ENTRIES entries"
+    [again] = m.apply(
+        4 + SESSION_IDLE_ENTRIES, [Put(b"b", b"1", client_id=2, seq=1, incarnation=1)]
+    )
+    assert again.kv is not None and again.kv.version == 2, (
+        "an expired client's retry applies again: the documented price of expiry"
+    )

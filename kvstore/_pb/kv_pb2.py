@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"`\n\x0eResponseHeader\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x04\"Y\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07prev_kv\x18\x05 \x01(\x08\"r\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12%\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\tread_mode\x18\x02 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x03 \x01(\x04\"[\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"<\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x86\x01\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"w\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\'\n\tread_mode\x18\x04 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x05 \x01(\x04\"k\n\x0cScanResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\xba\x01\n\nCasRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x18\n\x0e\x65xpected_value\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65xpected_version\x18\x03 \x01(\x04H\x00\x12\x17\n\rexpect_absent\x18\x04 \x01(\x08H\x00\x12\x11\n\tnew_value\x18\x05 \x01(\x0c\x12\x12\n\ndelete_key\x18\x06 \x01(\x08\x12\x11\n\tclient_id\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x42\t\n\x07\x63ompare\"\x85\x01\n\x0b\x43\x61sResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x66inite\x18\x05 \x01(\x08\"\xfa\x01\n\x02Op\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12%\n\x03put\x18\n \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x0b \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\'\n\x04scan\x18\r \x01(\x0b\x32\x17.kvstore.v1.ScanRequestH\x00\x12%\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x16.kvstore.v1.CasRequestH\x00\x42\t\n\x07request\"\x94\x02\n\x08OpResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.kvstore.v1.Error\x12&\n\x03put\x18\n \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x0b \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12(\n\x04scan\x18\r \x01(\x0b\x32\x18.kvstore.v1.ScanResponseH\x00\x12&\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x17.kvstore.v1.CasResponseH\x00\x42\n\n\x08response\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult*N\n\x08ReadMode\x12\x14\n\x10READ_MODE_STRONG\x10\x00\x12\x16\n\x12READ_MODE_EVENTUAL\x10\x01\x12\x14\n\x10READ_MODE_CAUSAL\x10\x02\x32\xf5\x02\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse\x12\x41\n\x0e\x43ompareAndSwap\x12\x16.kvstore.v1.CasRequest\x1a\x17.kvstore.v1.CasResponse\x12@\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"`\n\x0eResponseHeader\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x04\"n\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07prev_kv\x18\x05 \x01(\x08\x12\x13\n\x0bincarnation\x18\x06 \x01(\x04\"r\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12%\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\tread_mode\x18\x02 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x03 \x01(\x04\"[\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"Q\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\"\x86\x01\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"w\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\'\n\tread_mode\x18\x04 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x05 \x01(\x04\"k\n\x0cScanResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\xcf\x01\n\nCasRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x18\n\x0e\x65xpected_value\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65xpected_version\x18\x03 \x01(\x04H\x00\x12\x17\n\rexpect_absent\x18\x04 \x01(\x08H\x00\x12\x11\n\tnew_value\x18\x05 \x01(\x0c\x12\x12\n\ndelete_key\x18\x06 \x01(\x08\x12\x11\n\tclient_id\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x12\x13\n\x0bincarnation\x18\t \x01(\x04\x42\t\n\x07\x63ompare\"\x85\x01\n\x0b\x43\x61sResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x66inite\x18\x05 \x01(\x08\"\xfa\x01\n\x02Op\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12%\n\x03put\x18\n \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x0b \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\'\n\x04scan\x18\r \x01(\x0b\x32\x17.kvstore.v1.ScanRequestH\x00\x12%\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x16.kvstore.v1.CasRequestH\x00\x42\t\n\x07request\"\x94\x02\n\x08OpResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.kvstore.v1.Error\x12&\n\x03put\x18\n \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x0b \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12(\n\x04scan\x18\r \x01(\x0b\x32\x18.kvstore.v1.ScanResponseH\x00\x12&\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x17.kvstore.v1.CasResponseH\x00\x42\n\n\x08response\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult*N\n\x08ReadMode\x12\x14\n\x10READ_MODE_STRONG\x10\x00\x12\x16\n\x12READ_MODE_EVENTUAL\x10\x01\x12\x14\n\x10READ_MODE_CAUSAL\x10\x02\x32\xf5\x02\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse\x12\x41\n\x0e\x43ompareAndSwap\x12\x16.kvstore.v1.CasRequest\x1a\x17.kvstore.v1.CasResponse\x12@\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READMODE']._serialized_start=2116
-  _globals['_READMODE']._serialized_end=2194
+  _globals['_READMODE']._serialized_start=2179
+  _globals['_READMODE']._serialized_end=2257
   _globals['_KEYVALUE']._serialized_start=35
   _globals['_KEYVALUE']._serialized_end=137
   _globals['_RESPONSEHEADER']._serialized_start=139
   _globals['_RESPONSEHEADER']._serialized_end=235
   _globals['_PUTREQUEST']._serialized_start=237
-  _globals['_PUTREQUEST']._serialized_end=326
-  _globals['_PUTRESPONSE']._serialized_start=328
-  _globals['_PUTRESPONSE']._serialized_end=442
-  _globals['_GETREQUEST']._serialized_start=444
-  _globals['_GETREQUEST']._serialized_end=532
-  _globals['_GETRESPONSE']._serialized_start=534
-  _globals['_GETRESPONSE']._serialized_end=625
-  _globals['_DELETEREQUEST']._serialized_start=627
-  _globals['_DELETEREQUEST']._serialized_end=687
-  _globals['_DELETERESPONSE']._serialized_start=690
-  _globals['_DELETERESPONSE']._serialized_end=824
-  _globals['_SCANREQUEST']._serialized_start=826
-  _globals['_SCANREQUEST']._serialized_end=945
-  _globals['_SCANRESPONSE']._serialized_start=947
-  _globals['_SCANRESPONSE']._serialized_end=1054
-  _globals['_CASREQUEST']._serialized_start=1057
-  _globals['_CASREQUEST']._serialized_end=1243
-  _globals['_CASRESPONSE']._serialized_start=1246
-  _globals['_CASRESPONSE']._serialized_end=1379
-  _globals['_ERROR']._serialized_start=1381
-  _globals['_ERROR']._serialized_end=1481
-  _globals['_OP']._serialized_start=1484
-  _globals['_OP']._serialized_end=1734
-  _globals['_OPRESULT']._serialized_start=1737
-  _globals['_OPRESULT']._serialized_end=2013
-  _globals['_BATCHREQUEST']._serialized_start=2015
-  _globals['_BATCHREQUEST']._serialized_end=2058
-  _globals['_BATCHRESPONSE']._serialized_start=2060
-  _globals['_BATCHRESPONSE']._serialized_end=2114
-  _globals['_KV']._serialized_start=2197
-  _globals['_KV']._serialized_end=2570
+  _globals['_PUTREQUEST']._serialized_end=347
+  _globals['_PUTRESPONSE']._serialized_start=349
+  _globals['_PUTRESPONSE']._serialized_end=463
+  _globals['_GETREQUEST']._serialized_start=465
+  _globals['_GETREQUEST']._serialized_end=553
+  _globals['_GETRESPONSE']._serialized_start=555
+  _globals['_GETRESPONSE']._serialized_end=646
+  _globals['_DELETEREQUEST']._serialized_start=648
+  _globals['_DELETEREQUEST']._serialized_end=729
+  _globals['_DELETERESPONSE']._serialized_start=732
+  _globals['_DELETERESPONSE']._serialized_end=866
+  _globals['_SCANREQUEST']._serialized_start=868
+  _globals['_SCANREQUEST']._serialized_end=987
+  _globals['_SCANRESPONSE']._serialized_start=989
+  _globals['_SCANRESPONSE']._serialized_end=1096
+  _globals['_CASREQUEST']._serialized_start=1099
+  _globals['_CASREQUEST']._serialized_end=1306
+  _globals['_CASRESPONSE']._serialized_start=1309
+  _globals['_CASRESPONSE']._serialized_end=1442
+  _globals['_ERROR']._serialized_start=1444
+  _globals['_ERROR']._serialized_end=1544
+  _globals['_OP']._serialized_start=1547
+  _globals['_OP']._serialized_end=1797
+  _globals['_OPRESULT']._serialized_start=1800
+  _globals['_OPRESULT']._serialized_end=2076
+  _globals['_BATCHREQUEST']._serialized_start=2078
+  _globals['_BATCHREQUEST']._serialized_end=2121
+  _globals['_BATCHRESPONSE']._serialized_start=2123
+  _globals['_BATCHRESPONSE']._serialized_end=2177
+  _globals['_KV']._serialized_start=2260
+  _globals['_KV']._serialized_end=2633
 # @@protoc_insertion_point(module_scope)

@@ -124,12 +124,22 @@ class PutRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     PREV_KV_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
     client_id: _builtins.int
-    """Exactly-once session: client_id != 0 and a sequence number per write."""
+    """Exactly-once session: client_id != 0, an incarnation and a sequence number per
+    write. The session is (client_id, incarnation): a client picks a fresh random
+    incarnation (nonzero) each time it starts, so a restarted client with the same
+    client_id never gets an earlier process's stored answers. client_id != 0 with
+    incarnation 0 is refused (INVALID_ARGUMENT).
+    """
     seq: _builtins.int
     prev_kv: _builtins.bool
+    """Ask for prev_kv. The answer to a retry of a write that had already applied carries
+    the stored outcome (revision, success) but no prev_kv: sessions keep no values.
+    """
+    incarnation: _builtins.int
     def __init__(
         self,
         *,
@@ -138,10 +148,11 @@ class PutRequest(_message.Message):
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
         prev_kv: _builtins.bool = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "prev_kv", b"prev_kv", "seq", b"seq", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "incarnation", b"incarnation", "key", b"key", "prev_kv", b"prev_kv", "seq", b"seq", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -232,19 +243,23 @@ class DeleteRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     client_id: _builtins.int
+    """Exactly-once session, as in PutRequest."""
     seq: _builtins.int
+    incarnation: _builtins.int
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "incarnation", b"incarnation", "key", b"key", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,7 +278,9 @@ class DeleteResponse(_message.Message):
     @_builtins.property
     def header(self) -> Global___ResponseHeader: ...
     @_builtins.property
-    def prev_kv(self) -> Global___KeyValue: ...
+    def prev_kv(self) -> Global___KeyValue:
+        """The deleted key (absent on the answer to a retry of a request that had already applied)."""
+
     def __init__(
         self,
         *,
@@ -353,6 +370,7 @@ class CasRequest(_message.Message):
     DELETE_KEY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     expected_value: _builtins.bytes
     expected_version: _builtins.int
@@ -361,7 +379,9 @@ class CasRequest(_message.Message):
     """Swap: set new_value, or delete the key when delete_key is true."""
     delete_key: _builtins.bool
     client_id: _builtins.int
+    """Exactly-once session, as in PutRequest."""
     seq: _builtins.int
+    incarnation: _builtins.int
     def __init__(
         self,
         *,
@@ -373,10 +393,11 @@ class CasRequest(_message.Message):
         delete_key: _builtins.bool = ...,
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compare", b"compare", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "compare", b"compare", "delete_key", b"delete_key", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version", "key", b"key", "new_value", b"new_value", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "compare", b"compare", "delete_key", b"delete_key", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version", "incarnation", b"incarnation", "key", b"key", "new_value", b"new_value", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_compare: _TypeAlias = _typing.Literal["expected_value", "expected_version", "expect_absent"]  # noqa: Y015
     _WhichOneofArgType_compare: _TypeAlias = _typing.Literal["compare", b"compare"]  # noqa: Y015
@@ -398,7 +419,9 @@ class CasResponse(_message.Message):
     def header(self) -> Global___ResponseHeader: ...
     @_builtins.property
     def prev_kv(self) -> Global___KeyValue:
-        """The key before the operation (present when it existed)."""
+        """The key before the operation (present when it existed; absent on the answer to a
+        retry of a request that had already applied).
+        """
 
     def __init__(
         self,

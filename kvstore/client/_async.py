@@ -2,8 +2,10 @@
 
 Rules:
 - Every call has one deadline (``timeout``); retries with jittered backoff happen inside it.
-- A write keeps its (client_id, seq) across retries, so a retry that reaches a state
-  machine which already applied it returns the original answer (exactly-once).
+- A write keeps its (client_id, incarnation, seq) across retries, so a retry that reaches
+  a state machine which already applied it returns the original answer (exactly-once).
+  The incarnation is drawn afresh for every client object: a restarted process that
+  reuses its client_id starts a new session and never gets an old process's answers.
 - An error is ``definite`` only if no attempt may have taken effect.
 - Concurrent calls share one Batch stream per endpoint (see _stream.py).
 """
@@ -72,6 +74,7 @@ class AsyncClient:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
+        self.incarnation = random.SystemRandom().randrange(1, 1 << 64)
         self._seq = itertools.count(1)
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
@@ -206,7 +209,11 @@ class AsyncClient:
         """Write; returns the revision (the log index of the write)."""
         op = kv_pb2.Op(
             put=kv_pb2.PutRequest(
-                key=_b(key), value=_b(value), client_id=self.client_id, seq=next(self._seq)
+                key=_b(key),
+                value=_b(value),
+                client_id=self.client_id,
+                incarnation=self.incarnation,
+                seq=next(self._seq),
             )
         )
         r = (await self._execute(op, write=True)).put
@@ -229,7 +236,12 @@ class AsyncClient:
 
     async def delete(self, key: bytes | str) -> bool:
         op = kv_pb2.Op(
-            delete=kv_pb2.DeleteRequest(key=_b(key), client_id=self.client_id, seq=next(self._seq))
+            delete=kv_pb2.DeleteRequest(
+                key=_b(key),
+                client_id=self.client_id,
+                incarnation=self.incarnation,
+                seq=next(self._seq),
+            )
         )
         r = (await self._execute(op, write=True)).delete
         self._observe(r.header)
@@ -240,7 +252,9 @@ class AsyncClient:
     ) -> bool:
         """Set ``key`` to ``new`` (None: delete it) iff its value is ``expected``
         (None: iff it is absent). Returns whether the swap happened."""
-        req = kv_pb2.CasRequest(key=_b(key), client_id=self.client_id, seq=next(self._seq))
+        req = kv_pb2.CasRequest(
+            key=_b(key), client_id=self.client_id, incarnation=self.incarnation, seq=next(self._seq)
+        )
         if expected is None:
             req.expect_absent = True
         else:

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import os
 import random
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -448,9 +449,12 @@ class NodeDriver:
             for w in writes:
                 _fail(w.fut, refused)
             return
+        # The wall clock stamped into the entry is the state machine's only time (session
+        # expiry); replicas take it from the log, never from their own clocks.
+        now_ms = time.time_ns() // 1_000_000
         for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
             try:
-                pid = g.core.propose(encode_batch([w.cmd for w in chunk]))
+                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms))
             except (NotLeaderError, ProposalDroppedError) as e:
                 lost: OpError = (
                     self.not_leader(g)

@@ -25,40 +25,43 @@ def read_mode(mode: int) -> str:
     return name
 
 
+def check_session(client_id: int, incarnation: int) -> None:
+    """A session is (client_id, incarnation): a client_id alone would hand a restarted
+    client the answers its earlier process stored (and not apply its writes)."""
+    if client_id and not incarnation:
+        raise InvalidOp(
+            "client_id needs a nonzero incarnation (a fresh random number each time the "
+            "client starts)",
+            definite=True,
+        )
+
+
 def put_command(req: kv_pb2.PutRequest, limits: Limits) -> Put:
     limits.check_key(req.key)
     limits.check_value(req.value)
-    return Put(req.key, req.value, req.client_id, req.seq)
+    check_session(req.client_id, req.incarnation)
+    return Put(req.key, req.value, req.client_id, req.seq, req.incarnation)
 
 
 def delete_command(req: kv_pb2.DeleteRequest, limits: Limits) -> Delete:
     limits.check_key(req.key)
-    return Delete(req.key, req.client_id, req.seq)
+    check_session(req.client_id, req.incarnation)
+    return Delete(req.key, req.client_id, req.seq, req.incarnation)
 
 
 def cas_command(req: kv_pb2.CasRequest, limits: Limits) -> Cas:
     limits.check_key(req.key)
     limits.check_value(req.new_value)
+    check_session(req.client_id, req.incarnation)
     which = req.WhichOneof("compare")
     new_value = None if req.delete_key else req.new_value
+    cid, seq, inc = req.client_id, req.seq, req.incarnation
     if which == "expected_value":
-        return Cas(
-            req.key,
-            new_value,
-            expected_value=req.expected_value,
-            client_id=req.client_id,
-            seq=req.seq,
-        )
+        return Cas(req.key, new_value, req.expected_value, None, cid, seq, inc)
     if which == "expected_version":
-        return Cas(
-            req.key,
-            new_value,
-            expected_version=req.expected_version,
-            client_id=req.client_id,
-            seq=req.seq,
-        )
+        return Cas(req.key, new_value, None, req.expected_version, cid, seq, inc)
     if which == "expect_absent":
-        return Cas(req.key, new_value, expected_version=0, client_id=req.client_id, seq=req.seq)
+        return Cas(req.key, new_value, None, 0, cid, seq, inc)
     raise InvalidOp("cas needs expected_value, expected_version or expect_absent", definite=True)
 
 

@@ -8,20 +8,23 @@ command (see apply.py for the exactly-once session rule). Performs no I/O: stora
 from kvstore.statemachine.apply import (
     MAX_KEY_SIZE,
     SESSION_IDLE_ENTRIES,
-    SESSION_SWEEP_EVERY,
+    SESSION_IDLE_MS,
     SESSION_WINDOW,
     KVTxn,
     MemoryKV,
+    SessionId,
+    SessionState,
     apply_commands,
-    end_entry,
 )
 from kvstore.statemachine.commands import (
+    Batch,
     BatchDecodeError,
     Cas,
     Command,
     Delete,
     Put,
     decode_batch,
+    decode_entry,
     encode_batch,
 )
 from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
@@ -29,10 +32,11 @@ from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 __all__ = [
     "MAX_KEY_SIZE",
     "SESSION_IDLE_ENTRIES",
-    "SESSION_SWEEP_EVERY",
+    "SESSION_IDLE_MS",
     "SESSION_WINDOW",
     "ApplyError",
     "ApplyResult",
+    "Batch",
     "BatchDecodeError",
     "Cas",
     "Command",
@@ -41,8 +45,10 @@ __all__ = [
     "KeyValue",
     "MemoryKV",
     "Put",
+    "SessionId",
+    "SessionState",
     "apply_commands",
     "decode_batch",
+    "decode_entry",
     "encode_batch",
-    "end_entry",
 ]

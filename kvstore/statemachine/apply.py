@@ -1,20 +1,28 @@
 """Applies commands to a key-value store with exactly-once client sessions.
 
-Rule: the outcome depends only on the store's contents, the entry index and the
-commands, so every replica that applies the same log reaches the same state and answers.
+Rule: the outcome depends only on the store's contents, the entry index, the entry's
+time stamp and the commands, so every replica that applies the same log reaches the same
+state and answers.
 
-Sessions (Raft thesis 6.3): a command with ``client_id != 0`` records its result under
-(client_id, seq). A retried seq gets the recorded result back and does not apply again.
-Each client keeps the last SESSION_WINDOW seqs; a seq at or below ``last - SESSION_WINDOW``
-with no record may have applied before, so it is refused (ApplyError.SESSION_EXPIRED).
-Seqs inside the window may arrive out of order (pipelined clients); each applies once.
+Sessions (Raft thesis 6.3): a command with ``client_id != 0`` belongs to the session
+(client_id, incarnation). A client picks a fresh incarnation each time it starts, so a
+restarted client reusing its client_id is a new session and never gets the answers its
+earlier process stored. A retried seq gets the stored outcome back and does not apply
+again. Each session keeps the outcomes of its last SESSION_WINDOW seqs; a seq at or below
+``last - SESSION_WINDOW`` with no record may have applied before, so it is refused
+(ApplyError.SESSION_EXPIRED). Seqs inside the window may arrive out of order (pipelined
+clients); each applies once. A stored outcome is the revision, the success flag and the
+error: no values (a replayed answer has ``prev`` and ``kv`` None), so a session costs
+tens of bytes per remembered seq whatever the values written.
 
-Idle clients expire so sessions do not grow forever: at every entry whose index is a
-multiple of SESSION_SWEEP_EVERY, clients whose newest result is more than
-SESSION_IDLE_ENTRIES entries old are forgotten (``end_entry``). The sweep points are log
-positions, so every replica forgets the same clients at the same index. A retry that
-arrives after its client expired would apply again: the idle bound is kept far above any
-client's retry deadline (at 10,000 entries/s it is still 10 s).
+Expiry: a session is expired at an entry when no command of it applied in the last
+SESSION_IDLE_ENTRIES entries or the last SESSION_IDLE_MS of log time. Log time is the
+highest time stamp of any applied entry (leaders stamp their batches; see ``clock``), so
+it is the same on every replica and never goes back. An expired session is treated as
+absent wherever it is met, so WHEN a replica physically deletes it (storage sweeps them
+incrementally, MemoryKV at once) changes no answer. A retry that arrives after its
+session expired applies again: the idle bounds are kept far above any client's retry
+deadline (seconds) and any clock jump a replica may see.
 """
 
 from __future__ import annotations
@@ -22,23 +30,43 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from kvstore.statemachine.commands import Cas, Command, Delete, Put
 from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
 SESSION_WINDOW = 1024
-"""Seqs per client whose results are kept: must exceed a client's requests in flight."""
-
-SESSION_SWEEP_EVERY = 4096
-"""Entries between two sweeps for idle sessions."""
+"""Seqs per session whose outcomes are kept: must exceed a client's requests in flight."""
 
 SESSION_IDLE_ENTRIES = 100_000
-"""A client with no command applied in this many entries is forgotten at the next sweep."""
+"""A session with no command applied in this many entries is expired."""
+
+SESSION_IDLE_MS = 300_000
+"""A session with no command applied in this much log time (5 min) is expired."""
 
 MAX_KEY_SIZE = 510
 """Longest key in bytes: LMDB's 511-byte key limit minus the 1-byte data prefix (user keys
 are stored under their own bytes, not under a group: see kvstore.storage.keys)."""
+
+SessionId = tuple[int, int]
+"""(client_id, incarnation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    last_seq: int
+    """Highest seq recorded."""
+    last_index: int
+    """Entry of the session's latest applied command."""
+    last_time_ms: int
+    """Log time of that entry."""
+
+    def expired(self, index: int, now_ms: int) -> bool:
+        return (
+            index - self.last_index > SESSION_IDLE_ENTRIES
+            or now_ms - self.last_time_ms > SESSION_IDLE_MS
+        )
 
 
 class KVTxn(Protocol):
@@ -50,18 +78,27 @@ class KVTxn(Protocol):
 
     def delete(self, key: bytes) -> None: ...
 
-    def session_result(self, client_id: int, seq: int) -> ApplyResult | None: ...
-
-    def session_last_seq(self, client_id: int) -> int:
-        """Highest recorded seq of the client (0 if none)."""
+    def clock(self) -> int:
+        """Log time in ms: the highest entry time stamp applied (0 before any)."""
         ...
 
-    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
-        """Record the result and forget seqs <= max(last, seq) - SESSION_WINDOW."""
+    def set_clock(self, now_ms: int) -> None: ...
+
+    def session(self, sid: SessionId) -> SessionState | None:
+        """The stored session (perhaps expired and not yet swept), or None."""
         ...
 
-    def expire_sessions(self, idle_before: int) -> int:
-        """Forget clients whose highest-seq result is from an entry <= ``idle_before``."""
+    def session_result(self, sid: SessionId, seq: int) -> ApplyResult | None:
+        """The stored outcome of ``seq`` (``prev``/``kv`` None), or None."""
+        ...
+
+    def session_record(self, sid: SessionId, seq: int, result: ApplyResult, now_ms: int) -> None:
+        """Store the outcome, make the session's last entry ``result.index`` at log time
+        ``now_ms``, and forget seqs <= max(last, seq) - SESSION_WINDOW."""
+        ...
+
+    def session_drop(self, sid: SessionId) -> None:
+        """Forget the session and all its outcomes."""
         ...
 
 
@@ -70,39 +107,59 @@ def apply_commands(
     index: int,
     commands: Sequence[Command],
     owns: Callable[[bytes], bool] | None = None,
+    time_ms: int = 0,
 ) -> list[ApplyResult]:
     """Apply one entry's commands in order; one result per command. ``owns``: the
     group's key range at this index (None: every key); a command on another key applies
-    as nothing (WRONG_SHARD), unless its session already holds its answer."""
+    as nothing (WRONG_SHARD), unless its session already holds its answer. ``time_ms``:
+    the entry's time stamp (0 = none)."""
+    now = advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
     for cmd in commands:
         cid = cmd.client_id
         if cid:
-            seen = txn.session_result(cid, cmd.seq)
-            if seen is not None:
-                # The stored answer, stamped with the entry that carries the retry: callers
-                # match results to commands by entry index and position, so an answer
-                # still naming the original entry would shift every later command's result.
-                out.append(dataclasses.replace(seen, index=index))
-                continue
-            if cmd.seq <= txn.session_last_seq(cid) - SESSION_WINDOW:
-                out.append(ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED))
-                continue
+            sid = (cid, cmd.incarnation)
+            s = txn.session(sid)
+            if s is not None and s.expired(index, now):
+                txn.session_drop(sid)
+                s = None
+            if s is not None:
+                seen = txn.session_result(sid, cmd.seq)
+                if seen is not None:
+                    # The stored answer, stamped with the entry that carries the retry:
+                    # callers match results to commands by entry index and position, so an
+                    # answer still naming the original entry would shift every later
+                    # command's result.
+                    out.append(dataclasses.replace(seen, index=index))
+                    continue
+                if cmd.seq <= s.last_seq - SESSION_WINDOW:
+                    out.append(
+                        ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED)
+                    )
+                    continue
         if owns is not None and not owns(cmd.key):
             out.append(ApplyResult(index, index, False, None, None, ApplyError.WRONG_SHARD))
             continue
         result = _apply_one(txn, index, cmd)
         if cid:
-            txn.session_record(cid, cmd.seq, result)
+            txn.session_record((cid, cmd.incarnation), cmd.seq, result, now)
         out.append(result)
     return out
 
 
-def end_entry(txn: KVTxn, index: int) -> None:
-    """Call after applying the entry at ``index``, whatever its type (NOOPs included):
-    runs the idle-session sweep at its fixed log positions."""
-    if index % SESSION_SWEEP_EVERY == 0 and index > SESSION_IDLE_ENTRIES:
-        txn.expire_sessions(index - SESSION_IDLE_ENTRIES)
+def advance_clock(txn: KVTxn, time_ms: int) -> int:
+    """Move log time to ``time_ms`` if that is later; returns log time. Call for every
+    entry that carries a stamp."""
+    now = txn.clock()
+    if time_ms > now:
+        txn.set_clock(time_ms)
+        return time_ms
+    return now
+
+
+def stored(result: ApplyResult) -> ApplyResult:
+    """What a session keeps of an answer: everything but the values."""
+    return ApplyResult(result.index, result.revision, result.ok, None, None, result.error)
 
 
 def _apply_one(txn: KVTxn, index: int, cmd: Command) -> ApplyResult:
@@ -145,18 +202,27 @@ def _compare(cmd: Cas, cur: KeyValue | None) -> bool:
     return True
 
 
+@dataclass(slots=True)
+class _MemSession:
+    state: SessionState
+    results: dict[int, ApplyResult]
+
+
 class MemoryKV:
-    """The in-memory twin of the LMDB state machine tables (reference model in tests)."""
+    """The in-memory twin of the LMDB state machine tables (reference model in tests).
+    Drops expired sessions after every entry (storage does it a bit at a time)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, KeyValue] = {}
-        self.sessions: dict[int, dict[int, ApplyResult]] = {}
+        self.sessions: dict[SessionId, _MemSession] = {}
         self.applied = 0
+        self.now_ms = 0
 
-    def apply(self, index: int, commands: Sequence[Command]) -> list[ApplyResult]:
+    def apply(self, index: int, commands: Sequence[Command], time_ms: int = 0) -> list[ApplyResult]:
         """Apply one entry's commands (use ``apply(index, [])`` for NOOP entries)."""
-        results = apply_commands(self, index, commands)
-        end_entry(self, index)
+        results = apply_commands(self, index, commands, time_ms=time_ms)
+        for sid in [s for s, m in self.sessions.items() if m.state.expired(index, self.now_ms)]:
+            del self.sessions[sid]
         self.applied = index
         return results
 
@@ -177,21 +243,31 @@ class MemoryKV:
     def delete(self, key: bytes) -> None:
         self.data.pop(key, None)
 
-    def session_result(self, client_id: int, seq: int) -> ApplyResult | None:
-        return self.sessions.get(client_id, {}).get(seq)
+    def clock(self) -> int:
+        return self.now_ms
 
-    def session_last_seq(self, client_id: int) -> int:
-        return max(self.sessions.get(client_id, ()), default=0)
+    def set_clock(self, now_ms: int) -> None:
+        self.now_ms = now_ms
 
-    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
-        s = self.sessions.setdefault(client_id, {})
-        s[seq] = result
-        floor = max(s) - SESSION_WINDOW
-        for old in [q for q in s if q <= floor]:
-            del s[old]
+    def session(self, sid: SessionId) -> SessionState | None:
+        m = self.sessions.get(sid)
+        return None if m is None else m.state
 
-    def expire_sessions(self, idle_before: int) -> int:
-        idle = [c for c, s in self.sessions.items() if s[max(s)].index <= idle_before]
-        for c in idle:
-            del self.sessions[c]
-        return len(idle)
+    def session_result(self, sid: SessionId, seq: int) -> ApplyResult | None:
+        m = self.sessions.get(sid)
+        return None if m is None else m.results.get(seq)
+
+    def session_record(self, sid: SessionId, seq: int, result: ApplyResult, now_ms: int) -> None:
+        m = self.sessions.get(sid)
+        last = max(seq, m.state.last_seq) if m is not None else seq
+        state = SessionState(last, result.index, now_ms)
+        if m is None:
+            m = self.sessions[sid] = _MemSession(state, {})
+        m.state = state
+        m.results[seq] = stored(result)
+        floor = last - SESSION_WINDOW
+        for old in [q for q in m.results if q <= floor]:
+            del m.results[old]
+
+    def session_drop(self, sid: SessionId) -> None:
+        self.sessions.pop(sid, None)

@@ -3,10 +3,13 @@
 Rule: ``decode_batch(encode_batch(cs)) == cs`` for every valid batch, and any other input
 raises BatchDecodeError (a ValueError) rather than a struct or index error. Performs no I/O.
 
-Layout (little-endian): ``u8 version=1, u32 count``, then per command
-``u8 op, u8 flags, u64 client_id, u64 seq, u32 key_len, key`` followed by
+Layout (little-endian): ``u8 version=2, u32 count, u64 time_ms``, then per command
+``u8 op, u8 flags, u64 client_id, u64 incarnation, u64 seq, u32 key_len, key`` followed by
 Put: ``u32 len, value``; Delete: nothing; Cas: in flag order
 ``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version]``.
+``time_ms`` is the proposing leader's wall clock (0 = none): the state machine's only
+notion of time, the same on every replica because it travels in the log.
+Version 1 (no time, no incarnation) is still decoded: logs written before it exist.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_VERSION = 1
-_HEAD = struct.Struct("<BI")
-_CMD = struct.Struct("<BBQQI")
+_VERSION = 2
+_HEAD_V1 = struct.Struct("<BI")
+_CMD_V1 = struct.Struct("<BBQQI")
+_HEAD = struct.Struct("<BIQ")
+_CMD = struct.Struct("<BBQQQI")
 _LEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -39,8 +44,11 @@ class Put:
     key: bytes
     value: bytes
     client_id: int = 0
-    """Session id for exactly-once; 0 = no session (a retry may apply twice)."""
+    """With ``incarnation``, the session for exactly-once; 0 = no session (a retry may
+    apply twice)."""
     seq: int = 0
+    incarnation: int = 0
+    """Picked afresh by each client process, so a restarted client is a new session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,7 @@ class Delete:
     key: bytes
     client_id: int = 0
     seq: int = 0
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,7 @@ class Cas:
     expected_version: int | None = None
     client_id: int = 0
     seq: int = 0
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         if self.expected_value is None and self.expected_version is None:
@@ -76,19 +86,30 @@ class Cas:
 Command = Put | Delete | Cas
 
 
-def encode_batch(commands: Sequence[Command]) -> bytes:
-    """Encode commands (in order) as one entry's data. Raises ValueError on an
-    id, seq or version outside 0..2**64-1."""
-    parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands))]
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One entry's decoded data."""
+
+    commands: list[Command]
+    time_ms: int = 0
+    """The proposer's wall clock in ms since the epoch; 0 = not stamped."""
+
+
+def encode_batch(commands: Sequence[Command], time_ms: int = 0) -> bytes:
+    """Encode commands (in order) as one entry's data, stamped with ``time_ms``. Raises
+    ValueError on an id, seq, version or time outside 0..2**64-1."""
     try:
+        parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands), time_ms)]
         for c in commands:
             if isinstance(c, Put):
-                parts.append(_CMD.pack(_OP_PUT, 0, c.client_id, c.seq, len(c.key)))
+                parts.append(_CMD.pack(_OP_PUT, 0, c.client_id, c.incarnation, c.seq, len(c.key)))
                 parts.append(c.key)
                 parts.append(_LEN.pack(len(c.value)))
                 parts.append(c.value)
             elif isinstance(c, Delete):
-                parts.append(_CMD.pack(_OP_DELETE, 0, c.client_id, c.seq, len(c.key)))
+                parts.append(
+                    _CMD.pack(_OP_DELETE, 0, c.client_id, c.incarnation, c.seq, len(c.key))
+                )
                 parts.append(c.key)
             elif isinstance(c, Cas):
                 flags = (
@@ -96,7 +117,9 @@ def encode_batch(commands: Sequence[Command]) -> bytes:
                     | (_HAS_EXPECTED_VALUE if c.expected_value is not None else 0)
                     | (_HAS_EXPECTED_VERSION if c.expected_version is not None else 0)
                 )
-                parts.append(_CMD.pack(_OP_CAS, flags, c.client_id, c.seq, len(c.key)))
+                parts.append(
+                    _CMD.pack(_OP_CAS, flags, c.client_id, c.incarnation, c.seq, len(c.key))
+                )
                 parts.append(c.key)
                 if c.new_value is not None:
                     parts.append(_LEN.pack(len(c.new_value)))
@@ -114,6 +137,11 @@ def encode_batch(commands: Sequence[Command]) -> bytes:
 
 
 def decode_batch(data: bytes) -> list[Command]:
+    """Decode one entry's commands. Raises BatchDecodeError on anything malformed."""
+    return decode_entry(data).commands
+
+
+def decode_entry(data: bytes) -> Batch:
     """Decode one entry's data. Raises BatchDecodeError on anything malformed."""
     try:
         return _decode(memoryview(data))
@@ -132,18 +160,27 @@ def _take(mv: memoryview, pos: int) -> tuple[bytes, int]:
     return bytes(mv[pos:end]), end
 
 
-def _decode(mv: memoryview) -> list[Command]:
-    version, count = _HEAD.unpack_from(mv, 0)
-    if version != _VERSION:
+def _decode(mv: memoryview) -> Batch:
+    version = mv[0] if len(mv) else 0
+    if version == _VERSION:
+        _, count, time_ms = _HEAD.unpack_from(mv, 0)
+        pos, cmd_size = _HEAD.size, _CMD.size
+    elif version == 1:
+        _, count = _HEAD_V1.unpack_from(mv, 0)
+        time_ms, pos, cmd_size = 0, _HEAD_V1.size, _CMD_V1.size
+    else:
         raise BatchDecodeError(f"unknown batch version {version}")
-    # Each command takes at least _CMD.size bytes: reject absurd counts before looping.
-    if count * _CMD.size > len(mv):
+    # Each command takes at least cmd_size bytes: reject absurd counts before looping.
+    if count * cmd_size > len(mv):
         raise BatchDecodeError(f"count {count} does not fit in {len(mv)} bytes")
-    pos = _HEAD.size
     out: list[Command] = []
+    incarnation = 0
     for _ in range(count):
-        op, flags, client_id, seq, klen = _CMD.unpack_from(mv, pos)
-        pos += _CMD.size
+        if version == _VERSION:
+            op, flags, client_id, incarnation, seq, klen = _CMD.unpack_from(mv, pos)
+        else:
+            op, flags, client_id, seq, klen = _CMD_V1.unpack_from(mv, pos)
+        pos += cmd_size
         kend = pos + klen
         if kend > len(mv):
             raise BatchDecodeError(f"key of {klen} bytes runs past the end at {pos}")
@@ -151,9 +188,9 @@ def _decode(mv: memoryview) -> list[Command]:
         pos = kend
         if op == _OP_PUT and flags == 0:
             value, pos = _take(mv, pos)
-            out.append(Put(key, value, client_id, seq))
+            out.append(Put(key, value, client_id, seq, incarnation))
         elif op == _OP_DELETE and flags == 0:
-            out.append(Delete(key, client_id, seq))
+            out.append(Delete(key, client_id, seq, incarnation))
         elif op == _OP_CAS and flags & ~7 == 0:
             new_value = expected_value = None
             expected_version = None
@@ -164,9 +201,11 @@ def _decode(mv: memoryview) -> list[Command]:
             if flags & _HAS_EXPECTED_VERSION:
                 (expected_version,) = _U64.unpack_from(mv, pos)
                 pos += 8
-            out.append(Cas(key, new_value, expected_value, expected_version, client_id, seq))
+            out.append(
+                Cas(key, new_value, expected_value, expected_version, client_id, seq, incarnation)
+            )
         else:
             raise BatchDecodeError(f"unknown op {op} with flags {flags} at {pos}")
     if pos != len(mv):
         raise BatchDecodeError(f"{len(mv) - pos} trailing bytes after {count} commands")
-    return out
+    return Batch(out, time_ms)

@@ -29,7 +29,7 @@ from kvstore.storage import keys
 from kvstore.storage.errors import StorageError, StorageFullError
 from kvstore.storage.log import TAIL_ENTRIES, GroupLog, LogView, load_view
 from kvstore.storage.reader import KVReader
-from kvstore.storage.tables import Dbs
+from kvstore.storage.tables import Dbs, delete_range
 from kvstore.storage.writer import Writer
 
 _SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions")
@@ -74,6 +74,7 @@ class NodeStorage:
             with self.env.begin(write=True) as txn:
                 dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
                 _migrate_kv_layout(txn, Dbs(*dbs))
+                _upgrade_sessions(txn, Dbs(*dbs))
         except BaseException:
             self.env.close()
             self._lockfile.close()
@@ -83,6 +84,7 @@ class NodeStorage:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._sweep_from: dict[int, bytes] = {}
         self.undecodable = 0
         """NORMAL entries whose data was not a batch (applied as nothing), since open."""
 
@@ -134,7 +136,7 @@ class NodeStorage:
         # the first has committed but not yet published.
         with self._write_lock:
             txn = self.env.begin(write=True)
-            w = Writer(txn, self.dbs, self._view, self.cache_entries)
+            w = Writer(txn, self.dbs, self._view, self.cache_entries, self._sweep_from)
             try:
                 yield w
                 txn.commit()
@@ -193,6 +195,20 @@ def _migrate_kv_layout(txn: lmdb.Transaction, dbs: Dbs) -> None:
         if len(k) >= 8:
             txn.put(keys.kv_key(bytes(k[8:])), v, db=dbs.kv)
     txn.put(marker, keys.LAYOUT_V2, db=dbs.meta)
+
+
+_SESSIONS_FORMAT = b"sessions_format"
+
+
+def _upgrade_sessions(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    """Session tables written before sessions had incarnations (format 1) are emptied:
+    they answer only client_id-without-incarnation requests, which nodes now refuse, so
+    no answer can depend on them."""
+    key = keys.node_meta_key(_SESSIONS_FORMAT)
+    if txn.get(key, db=dbs.meta) == b"2":
+        return
+    delete_range(txn, dbs.sessions, b"", b"\xff" * 64)
+    txn.put(key, b"2", db=dbs.meta)
 
 
 def _lock_dir(path: str) -> IO[bytes]:

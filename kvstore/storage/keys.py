@@ -12,7 +12,9 @@ owns the range its shard descriptor says, so a split moves no data.
               0xFF | name                        -> node-level metadata (cluster id, ...)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
     kv        DATA_PREFIX | user key             -> KeyValue record
-    sessions  group u64 | client u64 | seq u64   -> ApplyResult record
+    sessions  group u64                          -> log clock (records.encode_u64)
+              group u64 | client u64 | incarnation u64            -> session state
+              group u64 | client u64 | incarnation u64 | seq u64  -> stored outcome
 
 Group ids are below 2**63 so a group key never starts with the node-level 0xFF byte. The
 one-byte data prefix keeps the empty key storable (LMDB refuses empty keys) and leaves
@@ -82,22 +84,32 @@ def kv_end(end: bytes) -> bytes:
     return DATA_PREFIX + end if end else DATA_END
 
 
-def session_prefix(group: int, client_id: int) -> bytes:
-    return _U64x2.pack(group, client_id)
+_U64x4 = struct.Struct(">QQQQ")
+_SESSION_IDS = 1 << 128
 
 
-def session_end(group: int, client_id: int) -> bytes:
-    """The first key after every session key of ``client_id`` (an exclusive range end)."""
-    if client_id == (1 << 64) - 1:
+def session_clock_key(group: int) -> bytes:
+    return _U64.pack(group)
+
+
+def session_key(group: int, client_id: int, incarnation: int) -> bytes:
+    """The session's state; its outcomes' keys extend it, so they sort right after it."""
+    return _U64x3.pack(group, client_id, incarnation)
+
+
+def session_end(group: int, client_id: int, incarnation: int) -> bytes:
+    """The first key after every key of the session (an exclusive range end)."""
+    nxt = (client_id << 64 | incarnation) + 1
+    if nxt == _SESSION_IDS:
         return group_end(group)
-    return _U64x2.pack(group, client_id + 1)
+    return _U64x3.pack(group, nxt >> 64, nxt & ((1 << 64) - 1))
 
 
-def session_key(group: int, client_id: int, seq: int) -> bytes:
-    return _U64x3.pack(group, client_id, seq)
+def outcome_key(group: int, client_id: int, incarnation: int, seq: int) -> bytes:
+    return _U64x4.pack(group, client_id, incarnation, seq)
 
 
-def session_parts(key: bytes) -> tuple[int, int]:
-    """(client_id, seq) of a session key."""
-    _, client_id, seq = _U64x3.unpack(key)
-    return client_id, seq
+def session_id(key: bytes) -> tuple[int, int]:
+    """(client_id, incarnation) of a session or outcome key."""
+    _, client_id, incarnation = _U64x3.unpack_from(key)
+    return client_id, incarnation

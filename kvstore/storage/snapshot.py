@@ -5,11 +5,14 @@ shard: the user keys of its range only, a range snapshot), and
 ``read_image(write_image(...))`` gives them back or raises CorruptionError (its CRC32
 covers the whole image). Records are copied as stored, without re-encoding.
 
-    magic "KVS2" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
-                 | u32 n_sessions | n_sessions x (u64 client, u64 seq, u32 rlen, result record)
+    magic "KVS3" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
+                 | u32 n_sessions | n_sessions x (u32 klen, key, u32 rlen, session record)
                  | u32 len, shard descriptor (0: none) | u32 len, meta group state (0: none)
                  | u32 crc
-"KVS1" images (no descriptor and meta sections) are still read.
+
+Session keys are the sessions table's keys without the group prefix (tables.py).
+"KVS1" (no descriptor and meta sections) and "KVS2" images are still read; their
+sessions, of the layout before incarnations, are dropped (see env._upgrade_sessions).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from dataclasses import dataclass
 
 from kvstore.storage.errors import CorruptionError
 
-MAGIC = b"KVS2"
-MAGIC_V1 = b"KVS1"
+MAGIC = b"KVS3"
+_OLD = (b"KVS1", b"KVS2")
 _HEAD = struct.Struct("<4sQ")
 _U32 = struct.Struct("<I")
-_SESSION = struct.Struct("<QQI")
+_OLD_SESSION = struct.Struct("<QQI")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,8 +36,8 @@ class Image:
     index: int
     kv: list[tuple[bytes, bytes]]
     """(user key, kv record) in key order."""
-    sessions: list[tuple[int, int, bytes]]
-    """(client id, seq, result record) in (client, seq) order."""
+    sessions: list[tuple[bytes, bytes]]
+    """(session key, record) in key order."""
     shard: bytes = b""
     """The group's encoded shard descriptor at ``index`` (b"": an unsharded group)."""
     meta_state: bytes = b""
@@ -44,25 +47,19 @@ class Image:
 def write_image(
     index: int,
     kv: Iterable[tuple[bytes, bytes]],
-    sessions: Iterable[tuple[int, int, bytes]],
+    sessions: Iterable[tuple[bytes, bytes]],
     shard: bytes = b"",
     meta_state: bytes = b"",
 ) -> bytes:
     parts: list[bytes] = [_HEAD.pack(MAGIC, index)]
-    n_at = len(parts)
-    parts.append(b"")
-    n = 0
-    for key, record in kv:
-        parts += (_U32.pack(len(key)), key, _U32.pack(len(record)), record)
-        n += 1
-    parts[n_at] = _U32.pack(n)
-    s_at = len(parts)
-    parts.append(b"")
-    n = 0
-    for client, seq, record in sessions:
-        parts += (_SESSION.pack(client, seq, len(record)), record)
-        n += 1
-    parts[s_at] = _U32.pack(n)
+    for pairs in (kv, sessions):
+        n_at = len(parts)
+        parts.append(b"")
+        n = 0
+        for key, record in pairs:
+            parts += (_U32.pack(len(key)), key, _U32.pack(len(record)), record)
+            n += 1
+        parts[n_at] = _U32.pack(n)
     parts += (_U32.pack(len(shard)), shard, _U32.pack(len(meta_state)), meta_state)
     body = b"".join(parts)
     return body + _U32.pack(zlib.crc32(body))
@@ -77,26 +74,16 @@ def read_image(group: int, index: int, data: bytes) -> Image:
         raise CorruptionError("snapshot image checksum mismatch", group=group, index=index)
     try:
         magic, at = _HEAD.unpack_from(body, 0)
-        if magic not in (MAGIC, MAGIC_V1) or at != index:
+        if (magic != MAGIC and magic not in _OLD) or at != index:
             raise ValueError(f"image header {magic!r} at {at}")
         pos = _HEAD.size
-        (n,) = _U32.unpack_from(body, pos)
-        pos += 4
-        kv: list[tuple[bytes, bytes]] = []
-        for _ in range(n):
-            key, pos = _take(body, pos)
-            record, pos = _take(body, pos)
-            kv.append((key, record))
-        (n,) = _U32.unpack_from(body, pos)
-        pos += 4
-        sessions: list[tuple[int, int, bytes]] = []
-        for _ in range(n):
-            client, seq, rlen = _SESSION.unpack_from(body, pos)
-            pos += _SESSION.size
-            record, pos = bytes(body[pos : pos + rlen]), pos + rlen
-            sessions.append((client, seq, record))
-        shard = meta_state = b""
+        kv, pos = _pairs(body, pos)
         if magic == MAGIC:
+            sessions, pos = _pairs(body, pos)
+        else:
+            sessions, pos = [], _skip_old_sessions(body, pos)
+        shard = meta_state = b""
+        if magic != b"KVS1":
             shard, pos = _take(body, pos)
             meta_state, pos = _take(body, pos)
         if pos != len(body):
@@ -104,6 +91,28 @@ def read_image(group: int, index: int, data: bytes) -> Image:
     except (struct.error, ValueError) as e:
         raise CorruptionError(f"malformed snapshot image: {e}", group=group, index=index) from e
     return Image(index=index, kv=kv, sessions=sessions, shard=shard, meta_state=meta_state)
+
+
+def _pairs(body: memoryview, pos: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    (n,) = _U32.unpack_from(body, pos)
+    pos += 4
+    out: list[tuple[bytes, bytes]] = []
+    for _ in range(n):
+        key, pos = _take(body, pos)
+        record, pos = _take(body, pos)
+        out.append((key, record))
+    return out, pos
+
+
+def _skip_old_sessions(body: memoryview, pos: int) -> int:
+    (n,) = _U32.unpack_from(body, pos)
+    pos += 4
+    for _ in range(n):
+        rlen = _OLD_SESSION.unpack_from(body, pos)[2]
+        pos += _OLD_SESSION.size + rlen
+        if pos > len(body):
+            raise ValueError("session record runs past the end")
+    return pos
 
 
 def _take(body: memoryview, pos: int) -> tuple[bytes, int]:

@@ -9,22 +9,27 @@ meta group), so groups never see each other's data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kvstore.shard.descriptor import META_GROUP, Descriptor
-from kvstore.statemachine.apply import SESSION_WINDOW
+from kvstore.statemachine.apply import SESSION_WINDOW, SessionId, SessionState
 from kvstore.statemachine.records import (
     decode_kv,
     decode_result,
+    decode_session,
+    decode_u64,
     encode_kv,
     encode_result,
-    result_index,
+    encode_session,
+    encode_u64,
 )
 from kvstore.statemachine.types import ApplyResult, KeyValue
 from kvstore.storage import keys
 from kvstore.storage.errors import CorruptionError
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,7 @@ def owns(owned: Owned, key: bytes) -> bool:
 
 class GroupTables:
     """kv + sessions of ``group`` in ``txn``; implements statemachine.KVTxn when ``txn``
-    is a write transaction."""
+    is a write transaction (then call ``flush()`` before the transaction commits)."""
 
     def __init__(self, txn: Any, dbs: Dbs, group: int, owned: Owned = WHOLE) -> None:
         self.txn = txn
@@ -65,9 +70,11 @@ class GroupTables:
         self.group = group
         self.owned = owned
         self._prefix = keys.DATA_PREFIX
-        self._last_seq: dict[int, int] = {}
-        """Each client's highest recorded seq, as of this transaction (a read-through
-        cache: session lookups dominate applying a batch)."""
+        self._states: dict[SessionId, SessionState | None] = {}
+        """Sessions as of this transaction (read-through, write-back: see flush)."""
+        self._dirty: set[SessionId] = set()
+        self._clock: int | None = None
+        self._clock_dirty = False
         self._scur: Any = None
 
     # -- kv -----------------------------------------------------------------
@@ -117,114 +124,154 @@ class GroupTables:
             raise CorruptionError(f"kv record of {key!r}: {e}", group=self.group) from e
 
     # -- sessions ------------------------------------------------------------
-    def session_result(self, client_id: int, seq: int) -> ApplyResult | None:
-        record = self.txn.get(keys.session_key(self.group, client_id, seq), db=self.dbs.sessions)
-        if record is None:
-            return None
-        try:
-            return decode_result(record)
-        except ValueError as e:
-            raise CorruptionError(f"session {client_id}/{seq}: {e}", group=self.group) from e
+    # Staged in this object and written by flush(): a batch from one client touches its
+    # session once per command, and one write per session per transaction is enough.
+    def clock(self) -> int:
+        if self._clock is None:
+            record = self.txn.get(keys.session_clock_key(self.group), db=self.dbs.sessions)
+            self._clock = 0 if record is None else self._decode(decode_u64, record, "clock")
+        return self._clock
 
-    def _session_cursor(self) -> Any:
-        if self._scur is None:
-            self._scur = self.txn.cursor(db=self.dbs.sessions)
-        return self._scur
+    def set_clock(self, now_ms: int) -> None:
+        self._clock = now_ms
+        self._clock_dirty = True
 
-    def session_last_seq(self, client_id: int) -> int:
-        last = self._last_seq.get(client_id)
-        if last is None:
-            found = self._last_session(client_id)
-            last = self._last_seq[client_id] = 0 if found is None else found[0]
-        return last
+    def session(self, sid: SessionId) -> SessionState | None:
+        if sid in self._states:
+            return self._states[sid]
+        record = self.txn.get(keys.session_key(self.group, *sid), db=self.dbs.sessions)
+        state = None if record is None else self._decode(decode_session, record, f"session {sid}")
+        self._states[sid] = state
+        return state
 
-    def _last_session(self, client_id: int) -> tuple[int, bytes] | None:
-        """(seq, result record) of the client's highest recorded seq."""
-        cur = self._session_cursor()
-        # The last key below the next client's range, if it is this client's.
-        positioned = cur.set_range(keys.session_end(self.group, client_id))
-        found = cur.prev() if positioned else cur.last()
-        if not found or not cur.key().startswith(keys.session_prefix(self.group, client_id)):
-            return None
-        return keys.session_parts(cur.key())[1], cur.value()
+    def session_result(self, sid: SessionId, seq: int) -> ApplyResult | None:
+        key = keys.outcome_key(self.group, *sid, seq)
+        record = self.txn.get(key, db=self.dbs.sessions)
+        return None if record is None else self._decode(decode_result, record, f"{sid}/{seq}")
 
-    def session_record(self, client_id: int, seq: int, result: ApplyResult) -> None:
-        last = self.session_last_seq(client_id)
+    def session_record(self, sid: SessionId, seq: int, result: ApplyResult, now_ms: int) -> None:
+        old = self.session(sid)
+        last = seq if old is None else max(seq, old.last_seq)
         self.txn.put(
-            keys.session_key(self.group, client_id, seq),
-            encode_result(result),
-            db=self.dbs.sessions,
+            keys.outcome_key(self.group, *sid, seq), encode_result(result), db=self.dbs.sessions
         )
-        if seq <= last:
-            # Not a new maximum: seqs <= last - SESSION_WINDOW are already forgotten, and
-            # this one is above that (an older one would have been refused as expired).
+        self._states[sid] = SessionState(last, result.index, now_ms)
+        self._dirty.add(sid)
+        if old is None or last == old.last_seq:
+            # No new maximum: seqs <= last - SESSION_WINDOW are already forgotten, and this
+            # one is above that (an older one would have been refused as expired).
             return
-        self._last_seq[client_id] = seq
-        floor = seq - SESSION_WINDOW
+        floor = last - SESSION_WINDOW
         if floor >= 0:
             cur = self._session_cursor()
-            stop = keys.session_key(self.group, client_id, floor + 1)
-            cur.set_range(keys.session_prefix(self.group, client_id))
+            stop = keys.outcome_key(self.group, *sid, floor + 1)
+            cur.set_range(keys.outcome_key(self.group, *sid, 0))
             while True:
                 k = cur.key()
                 if not k or k >= stop:
                     return
                 cur.delete()
 
-    def expire_sessions(self, idle_before: int) -> int:
-        """Forget every client whose newest recorded result is from an entry at or below
-        ``idle_before``; returns how many clients were forgotten."""
-        self._last_seq.clear()
-        db, n = self.dbs.sessions, 0
-        cur = self.txn.cursor(db=db)
-        end = keys.group_end(self.group)
-        cur.set_range(keys.group_prefix(self.group))
-        while True:
-            k = cur.key()
-            if not k or k >= end:
-                return n
-            client = keys.session_parts(k)[0]
-            last = self._last_session(client)
-            assert last is not None
-            if result_index(last[1]) <= idle_before:
-                delete_range(
-                    self.txn,
-                    db,
-                    keys.session_prefix(self.group, client),
-                    keys.session_end(self.group, client),
-                )
-                n += 1
-            cur.set_range(keys.session_end(self.group, client))
+    def session_drop(self, sid: SessionId) -> None:
+        self._drop(sid)
 
-    def raw_sessions(self) -> Iterator[tuple[int, int, bytes]]:
+    def _drop(self, sid: SessionId) -> int:
+        """Forget the session; returns how many records went."""
+        self._states[sid] = None
+        self._dirty.discard(sid)
+        return delete_range(
+            self.txn,
+            self.dbs.sessions,
+            keys.session_key(self.group, *sid),
+            keys.session_end(self.group, *sid),
+        )
+
+    def flush(self) -> None:
+        """Write the staged session states and log clock into the transaction."""
+        put, db = self.txn.put, self.dbs.sessions
+        for sid in self._dirty:
+            state = self._states[sid]
+            assert state is not None
+            put(keys.session_key(self.group, *sid), encode_session(state), db=db)
+        self._dirty.clear()
+        if self._clock_dirty:
+            put(keys.session_clock_key(self.group), encode_u64(self.clock()), db=db)
+            self._clock_dirty = False
+
+    def sweep_sessions(self, start: bytes, index: int, budget: int) -> bytes:
+        """Drop the sessions expired at entry ``index`` among at most ``budget`` sessions
+        from key ``start`` on (b"": the first), deleting at most 16 records per session
+        of budget; returns the key to go on from next time (b"" when it reached the end).
+        The bounded step that keeps a persist's cost independent of the table's size."""
+        self.flush()
+        now = self.clock()
+        end = keys.group_end(self.group)
+        cur = self._session_cursor()
+        at = start or keys.session_clock_key(self.group)
+        deleted = 0
+        for _ in range(budget):
+            if not cur.set_range(at) or cur.key() >= end:
+                return b""
+            k = cur.key()
+            if len(k) == len(keys.session_clock_key(self.group)):
+                at = k + b"\x00"
+                continue
+            sid = keys.session_id(k)
+            at = keys.session_end(self.group, *sid)
+            if len(k) == len(keys.session_key(self.group, *sid)):
+                state = self._decode(decode_session, cur.value(), f"session {sid}")
+                if state.expired(index, now):
+                    deleted += self._drop(sid)
+            else:  # outcomes without a state: unreachable, drop them
+                deleted += self._drop(sid)
+            if deleted >= 16 * budget:
+                break
+        return at
+
+    def _session_cursor(self) -> Any:
+        if self._scur is None:
+            self._scur = self.txn.cursor(db=self.dbs.sessions)
+        return self._scur
+
+    def _decode(self, fn: Callable[[bytes], _T], record: bytes, what: str) -> _T:
+        try:
+            return fn(record)
+        except ValueError as e:
+            raise CorruptionError(f"{what}: {e}", group=self.group) from e
+
+    def raw_sessions(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key after the group prefix, stored record) of every session record, in order
+        (what a snapshot image carries; expired sessions may be among them)."""
+        self.flush()
         prefix = keys.group_prefix(self.group)
         end = keys.group_end(self.group)
         cur = self.txn.cursor(db=self.dbs.sessions)
         if not cur.set_range(prefix):
             return
+        n = len(prefix)
         for k, v in cur:
             if k >= end:
                 return
-            client, seq = keys.session_parts(k)
-            yield client, seq, v
+            yield k[n:], v
 
     # -- whole-group maintenance ---------------------------------------------
     def replace(
-        self, kv: Iterable[tuple[bytes, bytes]], sessions: Iterable[tuple[int, int, bytes]]
+        self, kv: Iterable[tuple[bytes, bytes]], sessions: Iterable[tuple[bytes, bytes]]
     ) -> None:
         """Replace the group's kv (its owned range) and sessions by stored records (a
         snapshot image's; records outside the owned range are not written)."""
         self.delete_owned()
-        delete_range(
-            self.txn, self.dbs.sessions, keys.group_prefix(self.group), keys.group_end(self.group)
-        )
-        self._last_seq.clear()
+        group = keys.group_prefix(self.group)
+        delete_range(self.txn, self.dbs.sessions, group, keys.group_end(self.group))
+        self._states.clear()
+        self._dirty.clear()
+        self._clock, self._clock_dirty = None, False
         put = self.txn.put
         for key, record in kv:
             if owns(self.owned, key):
                 put(self._prefix + key, record, db=self.dbs.kv)
-        for client, seq, record in sessions:
-            put(keys.session_key(self.group, client, seq), record, db=self.dbs.sessions)
+        for suffix, record in sessions:
+            put(group + suffix, record, db=self.dbs.sessions)
 
     def delete_owned(self) -> int:
         """Delete every user key of the owned range; returns how many."""
@@ -234,10 +281,11 @@ class GroupTables:
         return delete_range(self.txn, self.dbs.kv, keys.kv_key(lo), keys.kv_end(hi))
 
     def copy_sessions_to(self, group: int) -> None:
-        """Copy this group's session records to ``group`` (a split's new shard)."""
-        put = self.txn.put
-        for client, seq, record in list(self.raw_sessions()):
-            put(keys.session_key(group, client, seq), record, db=self.dbs.sessions)
+        """Copy this group's session records (and log clock) to ``group`` (a split's new
+        shard)."""
+        put, prefix = self.txn.put, keys.group_prefix(group)
+        for suffix, record in list(self.raw_sessions()):
+            put(prefix + suffix, record, db=self.dbs.sessions)
 
 
 def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:

@@ -27,14 +27,17 @@ from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
 from kvstore.shard.split import SplitError
 from kvstore.shard.split import split as split_shard
-from kvstore.statemachine.apply import apply_commands, end_entry
-from kvstore.statemachine.commands import BatchDecodeError, decode_batch
+from kvstore.statemachine.apply import apply_commands
+from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
 from kvstore.storage.log import LogView, read_entry
 from kvstore.storage.snapshot import read_image
 from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
+
+SWEEP_SESSIONS = 64
+"""Sessions a persist checks for expiry at least (one set_range each)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -67,8 +70,18 @@ class _Pending:
 class Writer:
     """Stages writes in one LMDB write transaction; get one from ``NodeStorage.write()``."""
 
-    def __init__(self, txn: Any, dbs: Dbs, views: Any, cache_entries: int) -> None:
+    def __init__(
+        self,
+        txn: Any,
+        dbs: Dbs,
+        views: Any,
+        cache_entries: int,
+        sweep_from: dict[int, bytes] | None = None,
+    ) -> None:
         self._txn = txn
+        self._sweep_from = {} if sweep_from is None else sweep_from
+        """Per group, where the next session sweep starts (kept by NodeStorage across
+        transactions; where the sweep stands changes no answer, see statemachine.apply)."""
         self._cache_entries = cache_entries
         self._dbs = dbs
         self._views = views
@@ -222,7 +235,11 @@ class Writer:
         NORMAL entry whose data does not decode applies as nothing (no result, counted
         in ``undecodable``): every replica skips it the same way.
 
-        Entries at or below the applied index are skipped; a gap raises ValueError."""
+        Entries at or below the applied index are skipped; a gap raises ValueError.
+
+        Then drops expired client sessions, a bounded number per call (SWEEP_SESSIONS, or
+        twice the commands applied when more), so a persist never pays for the whole
+        session table."""
         p = self._group(group)
         tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
         out: list[ApplyResult] = []
@@ -234,21 +251,25 @@ class Writer:
                 raise ValueError(f"group {group}: applying {e.index} after applied {applied}")
             applied = e.index
             if e.type == EntryType.NORMAL and shard_cmds.is_admin(e.data):
+                tables.flush()  # a split copies the sessions as stored
                 self._apply_admin(group, p, e)
                 tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
             elif e.type == EntryType.NORMAL and e.data:
                 try:
-                    commands = decode_batch(e.data)
+                    batch = decode_entry(e.data)
                 except BatchDecodeError:
                     self.undecodable += 1
                 else:
                     owned = tables.owned
                     check = None if owned == WHOLE else partial(owns, owned)
-                    out += apply_commands(tables, e.index, commands, check)
+                    out += apply_commands(tables, e.index, batch.commands, check, batch.time_ms)
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
-            end_entry(tables, e.index)
         if applied != p.applied:
+            budget = max(SWEEP_SESSIONS, 2 * len(out))
+            start = self._sweep_from.get(group, b"")
+            self._sweep_from[group] = tables.sweep_sessions(start, applied, budget)
+            tables.flush()
             self._set_applied(group, p, applied)
         return out
 

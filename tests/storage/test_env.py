@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import pytest
@@ -213,7 +212,7 @@ def test_snapshot_is_the_applied_image_and_restores_elsewhere(
     first = commit(
         st,
         1,
-        batch(1, Put(b"a", b"1", client_id=7, seq=1), Put(b"b", b"2")),
+        batch(1, Put(b"a", b"1", client_id=7, seq=1, incarnation=3), Put(b"b", b"2")),
         batch(2, Delete(b"b")),
     )
     with st.write() as w:
@@ -232,8 +231,10 @@ def test_snapshot_is_the_applied_image_and_restores_elsewhere(
         assert b.kv(1).scan() == st.kv(1).scan() == [KeyValue(b"a", b"1", 1, 1, 1)]
         assert b.kv(1).applied_index() == 2
         with b.write() as w:
-            retried = w.apply(1, [batch(3, Put(b"a", b"1", client_id=7, seq=1), term=2)])
-        assert retried == [dataclasses.replace(first[0], index=3)], (
+            retried = w.apply(
+                1, [batch(3, Put(b"a", b"1", client_id=7, seq=1, incarnation=3), term=2)]
+            )
+        assert retried == [ApplyResult(3, first[0].revision, True, None, None)], (
             "sessions travel with the snapshot"
         )
         with b.write() as w:
@@ -320,7 +321,8 @@ def test_cas_through_lmdb(st: NodeStorage) -> None:
 def test_drop_group_forgets_one_group_only(st: NodeStorage, store_path: str) -> None:
     for g, (lo, hi) in ((3, (b"", b"m")), (4, (b"m", b""))):
         st.group(g).bootstrap({1}, Descriptor(id=g, start=lo, end=hi, voters=(1,)))
-        commit(st, g, batch(1, Put(b"k" if g == 3 else b"s", b"v", client_id=1, seq=1)))
+        key = b"k" if g == 3 else b"s"
+        commit(st, g, batch(1, Put(key, b"v", client_id=1, seq=1, incarnation=1)))
         with st.write() as w:
             w.save(g, hard_state=HardState(term=2, vote=1, commit=1))
             w.compact(g, 1)

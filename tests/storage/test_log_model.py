@@ -26,21 +26,32 @@ from kvstore.consensus.types import (
     UnavailableError,
 )
 from kvstore.shard import Descriptor
-from kvstore.statemachine import ApplyResult, Delete, MemoryKV, Put, decode_batch, encode_batch
-from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
+from kvstore.statemachine import ApplyResult, Delete, MemoryKV, Put, decode_entry, encode_batch
+from kvstore.statemachine.records import decode_kv, encode_kv
 from kvstore.storage import NodeStorage
 from kvstore.storage.snapshot import read_image, write_image
-from kvstore.storage.tables import GroupTables
+
+from . import sessions_view
 
 G = 7
 KEYS = st.sampled_from([b"a", b"b", b"c", b"dd"])
 command = st.one_of(
-    st.builds(Put, KEYS, st.binary(max_size=6), st.sampled_from([0, 1, 2]), st.integers(1, 4)),
-    st.builds(Delete, KEYS, st.sampled_from([0, 1]), st.integers(1, 4)),
+    st.builds(
+        Put,
+        KEYS,
+        st.binary(max_size=6),
+        st.sampled_from([0, 1, 2]),
+        st.integers(1, 4),
+        st.sampled_from([1, 2]),
+    ),
+    st.builds(Delete, KEYS, st.sampled_from([0, 1]), st.integers(1, 4), st.just(1)),
 )
 entry_body = st.one_of(
     st.tuples(st.just(EntryType.NOOP), st.just(b"")),
-    st.tuples(st.just(EntryType.NORMAL), st.lists(command, max_size=3).map(encode_batch)),
+    st.tuples(
+        st.just(EntryType.NORMAL),
+        st.builds(encode_batch, st.lists(command, max_size=3), st.integers(0, 10**6)),
+    ),
     st.tuples(st.just(EntryType.NORMAL), st.just(b"")),
     st.tuples(st.just(EntryType.NORMAL), st.just(b"junk")),
 )
@@ -113,7 +124,8 @@ class LogModel(RuleBasedStateMachine):
         for e in ents:
             if e.type == EntryType.NORMAL and e.data:
                 try:
-                    want += self.kv.apply(e.index, decode_batch(e.data))
+                    batch = decode_entry(e.data)
+                    want += self.kv.apply(e.index, batch.commands, batch.time_ms)
                 except ValueError:
                     self.undecodable += 1
         self.kv.applied = upto
@@ -154,11 +166,7 @@ class LogModel(RuleBasedStateMachine):
         image = write_image(
             index,
             ((k, encode_kv(other.data[k])) for k in sorted(other.data)),
-            (
-                (c, s, encode_result(r))
-                for c in sorted(other.sessions)
-                for s, r in sorted(other.sessions[c].items())
-            ),
+            sessions_view.rows(other),
         )
         meta = SnapshotMetadata(index=index, term=term, conf_state=ConfState(voters=conf))
         snap = Snapshot(metadata=meta, data=image)
@@ -206,9 +214,7 @@ class LogModel(RuleBasedStateMachine):
         assert snap.metadata == want_meta
         image = read_image(G, applied, snap.data)
         assert [decode_kv(k, r) for k, r in image.kv] == self.kv.scan(b"")
-        assert {(c, s): decode_result(r) for c, s, r in image.sessions} == {
-            (c, s): r for c, rs in self.kv.sessions.items() for s, r in rs.items()
-        }
+        assert sessions_view.from_rows(image.sessions, applied) == sessions_view.model(self.kv)
 
     @rule()
     def reopen(self) -> None:
@@ -251,11 +257,7 @@ class LogModel(RuleBasedStateMachine):
         assert self.log.initial_state() == (self.model.hard_state, self.conf)
         assert self.st.kv(G).applied_index() == self.kv.applied == self.log.applied_index()
         assert self.st.kv(G).scan() == self.kv.scan(b"")
-        with self.st.env.begin() as txn:
-            rows = list(GroupTables(txn, self.st.dbs, G).raw_sessions())
-        got = {(c, s): decode_result(r) for c, s, r in rows}
-        want = {(c, s): r for c, rs in self.kv.sessions.items() for s, r in rs.items()}
-        assert got == want
+        assert sessions_view.stored(self.st, G) == sessions_view.model(self.kv)
 
 
 LogModel.TestCase.settings = settings(

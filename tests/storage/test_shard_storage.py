@@ -75,7 +75,7 @@ def test_split_moves_no_data_and_creates_the_right_half(st: NodeStorage) -> None
         st, C, entry(3, encode_batch([Put(b"plum", b"3", 5, 3), Put(b"pear", b"2", 5, 2)]), term=3)
     )
     assert ok.ok and ok.error == ApplyError.NONE  # type: ignore[attr-defined]
-    assert retry.kv.mod_revision == 1  # type: ignore[attr-defined]  # the original answer
+    assert retry.revision == 1  # type: ignore[attr-defined]  # the original answer
     assert st.kv(P).get(b"plum") is not None  # one key space: visible by key
     assert [kv.key for kv in st.kv(P).scan()] == [b"apple"]  # but not in P's range
 
