@@ -128,7 +128,8 @@ def bench_command(args: argparse.Namespace) -> int:
     print(f"# {args.target} @ {','.join(endpoints)}: {spec.describe()}", file=sys.stderr)
     try:
         if spec.read_ratio > 0 and not args.no_preload:
-            run_preload(args.target, endpoints, spec, args.timeout)
+            pre = run_preload(args.target, endpoints, spec, args.timeout)
+            print(f"# {pre.describe()}", file=sys.stderr)
         progress = (
             None if args.quiet else progress_printer(args.target, spec.warmup_s + spec.duration_s)
         )

@@ -66,6 +66,9 @@ class EtcdTarget:
         for ch in self._channels:
             await ch.close()
 
+    def retries(self) -> dict[str, int]:
+        return {}  # etcd_target sends each request once (gRPC retries are off)
+
 
 def probe_etcd(endpoints: Sequence[str], timeout_s: float = 2.0) -> bool:
     """True when a Put and a linearizable Range succeed on every member (blocking)."""

@@ -39,6 +39,10 @@ class KvstoreTarget:
     async def close(self) -> None:
         await self._client.__aexit__(None, None, None)
 
+    def retries(self) -> dict[str, int]:
+        stats = getattr(self._client, "retries", None)
+        return {} if stats is None else {str(k): int(v) for k, v in stats.as_dict().items()}
+
 
 def probe_kvstore(endpoints: Sequence[str], timeout_s: float = 2.0) -> bool:
     """True when a put and a strong get succeed through the client library (blocking)."""

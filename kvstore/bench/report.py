@@ -68,6 +68,9 @@ class BenchResult:
     load_cpu_s: float = 0.0
     # CPU seconds of the whole generator run (getrusage of itself + its children).
     total_cpu_s: float = 0.0
+    # Retries inside the store's client in the measured window: "requests" retried, and
+    # failed attempts by reason (kvstore: not leader, stream broken, no answer, ...).
+    retries: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_ops(self) -> OpStats:
@@ -106,6 +109,7 @@ class BenchResult:
             "load_cpu_s": round(self.load_cpu_s, 2),
             "load_cores": round(self.load_cores, 2),
             "total_cpu_s": round(self.total_cpu_s, 2),
+            "retried": self.retries.get("requests", 0),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +129,7 @@ class BenchResult:
             "measured_s": self.measured_s,
             "reads": self.reads.to_dict(),
             "writes": self.writes.to_dict(),
+            "retries": dict(self.retries),
         }
 
     def format_text(self) -> str:
@@ -153,11 +158,24 @@ class BenchResult:
                 + f"  (failed after p50 {ms(eh.percentile_us(50)):.2f} ms, "
                 f"max {ms(eh.max_us):.2f} ms)"
             )
+        retried = format_retries(self.retries)
+        if retried:
+            lines.append(f"  retries     {retried}")
         lines.append(
             f"  generator   {s['load_cores']:.2f} cores busy while measuring "
             f"({s['load_cpu_s']:.1f} CPU-s); {s['total_cpu_s']:.1f} CPU-s in all"
         )
         return "\n".join(lines)
+
+
+def format_retries(retries: dict[str, int]) -> str:
+    """ "12 requests retried (no answer: 3, stream broken: 9)", or "" when none were."""
+    n = retries.get("requests", 0)
+    why = {k: v for k, v in retries.items() if k != "requests" and v}
+    if not n and not why:
+        return ""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(why.items()))
+    return f"{n:,} requests retried" + (f" ({reasons})" if reasons else "")
 
 
 def ms(us: int) -> float:

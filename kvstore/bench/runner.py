@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvstore.bench.histogram import Histogram
-from kvstore.bench.loop import Interval, LoopResult, preload, run_loop
+from kvstore.bench.loop import Interval, LoopResult, PreloadResult, preload, run_loop
 from kvstore.bench.report import BenchResult, OpStats
 from kvstore.bench.target import open_target
 from kvstore.bench.workload import WorkloadSpec, split_clients
@@ -62,6 +62,7 @@ class _Done:
     writes: dict[str, Any]
     measured_s: float
     cpu_s: float
+    retries: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +125,7 @@ async def _child(plan: _Plan, out: Any, go: multiprocessing.synchronize.Event) -
                 writes=res.writes.to_dict(),
                 measured_s=res.measured_s,
                 cpu_s=res.cpu_s,
+                retries=res.retries,
             )
         )
     finally:
@@ -140,20 +142,24 @@ def _cpu_self_and_children() -> float:
 
 async def _preload(
     target_kind: str, endpoints: Sequence[str], spec: WorkloadSpec, t: float
-) -> None:
+) -> PreloadResult:
     target = await open_target(target_kind, endpoints, t)
     try:
-        await preload(target, spec)
+        return await preload(target, spec)
     finally:
         await target.close()
 
 
 def run_preload(
     target: str, endpoints: Sequence[str], spec: WorkloadSpec, timeout_s: float
-) -> None:
-    """Write every key of the key space once (before a read workload)."""
+) -> PreloadResult:
+    """Write every key of the key space once (before a read workload). Failed puts are
+    retried and counted in the result; BenchError only when no key could be written."""
     with asyncio.Runner(loop_factory=_new_event_loop) as runner:
-        runner.run(_preload(target, endpoints, spec, timeout_s))
+        res = runner.run(_preload(target, endpoints, spec, timeout_s))
+    if res.keys and not res.written:
+        raise BenchError(f"preload wrote none of the {res.keys:,} keys: {res.last_error}")
+    return res
 
 
 ProgressFn = Callable[[int, bool, int, int, Histogram, Histogram], None]
@@ -205,10 +211,13 @@ def run(
                 p.join()
     reads, writes = OpStats(), OpStats()
     load_cpu = 0.0
+    retries: dict[str, int] = {}
     for d in done:
         reads.merge(OpStats.from_dict(d.reads))
         writes.merge(OpStats.from_dict(d.writes))
         load_cpu += d.cpu_s
+        for k, v in d.retries.items():
+            retries[k] = retries.get(k, 0) + v
     return BenchResult(
         target=target,
         endpoints=list(endpoints),
@@ -219,6 +228,7 @@ def run(
         writes=writes,
         load_cpu_s=load_cpu,
         total_cpu_s=_cpu_self_and_children() - cpu_before,
+        retries=retries,
     )
 
 

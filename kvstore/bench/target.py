@@ -19,6 +19,11 @@ class Target(Protocol):
 
     async def close(self) -> None: ...
 
+    def retries(self) -> dict[str, int]:
+        """Retries inside the store's client so far: ``requests`` retried, and failed
+        attempts by reason (empty for a client that does not retry or say)."""
+        ...
+
 
 async def open_target(kind: str, endpoints: Sequence[str], timeout_s: float) -> Target:
     """Connect to `kind` ("kvstore", "etcd" or "null") at `endpoints` ("host:port")."""
@@ -53,3 +58,6 @@ class NullTarget:
 
     async def close(self) -> None:
         self._data.clear()
+
+    def retries(self) -> dict[str, int]:
+        return {}

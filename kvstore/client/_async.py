@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
+from kvstore.client._endpoints import Endpoints
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
 from kvstore.client.errors import (
     DeadlineExceeded,
@@ -31,8 +32,13 @@ from kvstore.client.errors import (
     from_code,
 )
 
-MIN_ATTEMPT_S = 0.5
-MAX_ATTEMPT_S = 2.0
+ATTEMPT_FRACTION = 0.2
+MIN_ATTEMPT_S = 0.25
+MAX_ATTEMPT_S = 1.0
+"""One attempt gets ATTEMPT_FRACTION of the call's timeout, within these bounds (about one
+election timeout at the default timing), so a paused node costs one attempt, not the call."""
+BACKOFF_FIRST_S = 0.02
+BACKOFF_MAX_S = 0.25
 DEFAULT_ENDPOINTS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
 _NOT_LEADER = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 _RETRYABLE = {
@@ -68,26 +74,37 @@ class AsyncClient:
         timeout: float = 5.0,
         client_id: int | None = None,
         replica: int | None = None,
+        attempt_timeout: float | None = None,
     ) -> None:
         """``replica``: index in ``endpoints`` of the node that serves this client's
-        eventual and causal reads (default: one at random, so clients spread)."""
+        eventual and causal reads whenever it is up (Jepsen binds a client to a node this
+        way); without it the client starts on one at random (so clients spread) and stays
+        on whichever live replica it last moved to. ``attempt_timeout``: how long one
+        attempt waits for an answer before the call tries another node (default: a fifth
+        of ``timeout``, within 0.25-1 s)."""
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
+        self.attempt_timeout = (
+            attempt_timeout
+            if attempt_timeout is not None
+            else min(MAX_ATTEMPT_S, max(MIN_ATTEMPT_S, timeout * ATTEMPT_FRACTION))
+        )
         self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
         self.incarnation = random.SystemRandom().randrange(1, 1 << 64)
         self._seq = itertools.count(1)
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
-        self._next = (
-            replica % len(self.endpoints)
-            if replica is not None
-            else random.randrange(len(self.endpoints))
+        self._health = Endpoints(self.endpoints)
+        self._home: str | None = (
+            self.endpoints[replica % len(self.endpoints)] if replica is not None else None
         )
-        self._replica: str = self.endpoints[self._next]
+        self._replica: str = self._home or random.choice(self.endpoints)
         """Where non-strong reads go: one replica per client, kept until it fails, so its
         ops share one stream and pack into big batches."""
         self.causal_token = 0
         """The highest log index this client has written or observed (causal reads)."""
+        self.retries = RetryStats()
+        """What this client retried and why (``kvstore bench`` reports it)."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -96,6 +113,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self._health.close()
         streams, self._streams = list(self._streams.values()), {}
         for s in streams:
             await s.close()
@@ -109,62 +127,106 @@ class AsyncClient:
             s = self._streams[endpoint] = BatchStream(endpoint)
         return s
 
-    def _rotate(self) -> str:
-        ep = self.endpoints[self._next % len(self.endpoints)]
-        self._next += 1
-        return ep
+    def _first_endpoint(self, anywhere: bool) -> str:
+        up = self._health.is_up
+        if not anywhere:
+            if self._leader is not None and up(self._leader):
+                return self._leader
+            return self._health.pick()
+        if self._home is not None and up(self._home):
+            return self._home
+        if not up(self._replica):
+            self._replica = self._health.pick()
+        return self._replica
+
+    def _failover(self, failed: str, tried: set[str], anywhere: bool) -> tuple[str, bool]:
+        """The endpoint to try after ``failed`` failed this call, and whether to back off
+        first (every live endpoint has failed this call already)."""
+        tried.add(failed)
+        if self._leader == failed:
+            self._leader = None
+        if anywhere:
+            if self._replica == failed:
+                # Settle on the new replica (a bound client returns home once it is up).
+                self._replica = self._health.pick(exclude=tried)
+            nxt = self._replica
+            if nxt in tried or not self._health.is_up(nxt):
+                nxt = self._health.pick(exclude=tried)
+        elif self._leader is not None and self._health.is_up(self._leader):
+            nxt = self._leader
+        else:
+            nxt = self._health.pick(exclude=tried)
+        return nxt, nxt in tried
 
     async def _execute(
         self, op: kv_pb2.Op, *, write: bool, anywhere: bool = False
     ) -> kv_pb2.OpResult:
-        """Run one op with redirects and retries until it succeeds or the deadline passes."""
+        """Run one op with redirects and retries until it succeeds or the deadline passes.
+
+        A node that cannot be reached (its stream breaks or cannot connect, or a whole
+        attempt gets no answer while it answers nothing else) is marked down and the op
+        moves to another node at once; answers that say "not here, not now" (not leader
+        without a usable hint, unavailable) back off first.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         maybe_applied = False
         last: KVError | None = None
-        endpoint = self._replica if anywhere else (self._leader or self._rotate())
+        tried: set[str] = set()
+        endpoint = self._first_endpoint(anywhere)
+        wait = False
+        waits = 0
         for attempt in itertools.count():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            if attempt:
-                await asyncio.sleep(
-                    min(remaining, random.uniform(0.5, 1.0) * min(0.02 * 2**attempt, 0.5))
-                )
+            if wait:
+                pause = random.uniform(0.5, 1.0) * min(BACKOFF_FIRST_S * 2**waits, BACKOFF_MAX_S)
+                waits += 1
+                await asyncio.sleep(min(remaining, pause))
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-            # One attempt gets part of the deadline: a paused or partitioned node that
-            # still holds the connection open must not swallow the whole budget.
-            budget = min(remaining, max(MIN_ATTEMPT_S, min(self.timeout / 3, MAX_ATTEMPT_S)))
+            if attempt:
+                if attempt == 1:
+                    self.retries.requests += 1
+                if write and not maybe_applied:
+                    # No attempt can have applied, so a fresh seq is as safe as the old
+                    # one, and it cannot have fallen out of the session window while
+                    # this op waited (the other callers' writes move the window on).
+                    _renumber(op, next(self._seq))
+            budget = min(remaining, self.attempt_timeout)
             op.timeout_ms = max(1, int(budget * 1000))
             stream = self._stream(endpoint)
+            sent_at = loop.time()
             fut = stream.submit(op)
             # A timer on the future itself: cheaper per op than asyncio.wait_for.
             timer = loop.call_later(budget, _expire, fut)
             try:
                 result = await fut
             except TimeoutError:
-                stream.forget(op.id)
-                maybe_applied = maybe_applied or write
-                last = DeadlineExceeded(f"no answer from {endpoint}", definite=not maybe_applied)
-                if self._leader == endpoint:
-                    self._leader = None
-                endpoint = self._rotate()
-                if anywhere:
-                    self._replica = endpoint
+                sent = stream.forget(op.id)
+                maybe_applied = maybe_applied or (write and sent)
+                last = DeadlineExceeded(
+                    f"no answer from {endpoint} within {budget:.2f}s", definite=not maybe_applied
+                )
+                if not stream.heard_since(sent_at):
+                    # Nothing at all came back on this stream: paused, cut off or a
+                    # connection that never came up, not a slow answer.
+                    self._health.mark_down(endpoint, "no answer")
+                self.retries.count("no answer")
+                endpoint, wait = self._failover(endpoint, tried, anywhere)
                 continue
             except StreamBroken as e:
                 timer.cancel()
                 maybe_applied = maybe_applied or (write and e.sent)
                 last = Unavailable(str(e), definite=not maybe_applied)
-                if self._leader == endpoint:
-                    self._leader = None
-                endpoint = self._rotate()
-                if anywhere:
-                    self._replica = endpoint
+                self._health.mark_down(endpoint, str(e))
+                self.retries.count("stream broken")
+                endpoint, wait = self._failover(endpoint, tried, anywhere)
                 continue
             timer.cancel()
+            self._health.mark_up(endpoint)
             if not result.HasField("error"):
                 if not anywhere:
                     self._leader = endpoint
@@ -179,17 +241,23 @@ class AsyncClient:
                 leader_endpoint=err.leader_endpoint,
             )
             if err.code == _NOT_LEADER:
-                if err.leader_endpoint and err.leader_endpoint != endpoint:
-                    endpoint = self._leader = err.leader_endpoint
+                self.retries.count("not leader")
+                hint = err.leader_endpoint
+                if hint and hint != endpoint and self._health.is_up(hint):
+                    wait = hint in tried
+                    endpoint = self._leader = hint
                 else:
-                    self._leader = None
-                    endpoint = self._rotate()
+                    # No leader known, or only one that is down: an election is under way.
+                    endpoint, _ = self._failover(endpoint, tried, anywhere)
+                    wait = True
                 continue
             if err.code in _RETRYABLE:
-                if err.code != grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
-                    endpoint = self._rotate()
-                    if anywhere:
-                        self._replica = endpoint
+                if err.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
+                    self.retries.count("node deadline")
+                else:
+                    self.retries.count("node unavailable")
+                    endpoint, _ = self._failover(endpoint, tried, anywhere)
+                wait = True
                 continue
             raise last
         if last is not None and not isinstance(last, NotLeader | Unavailable):
@@ -373,6 +441,31 @@ class AsyncClient:
                 if g["role"] == "leader":
                     return {"voters": g["voters"], "learners": g["learners"]}
         raise Unavailable("no leader found", definite=True)
+
+
+class RetryStats:
+    """What a client retried: ``requests`` calls needed more than one attempt, and
+    ``reasons`` counts the failed attempts by why (the attempt's answer, or its absence)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.reasons: dict[str, int] = {}
+
+    def count(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, **self.reasons}
+
+
+def _renumber(op: kv_pb2.Op, seq: int) -> None:
+    kind = op.WhichOneof("request")
+    if kind == "put":
+        op.put.seq = seq
+    elif kind == "delete":
+        op.delete.seq = seq
+    elif kind == "cas":
+        op.cas.seq = seq
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

@@ -3,7 +3,9 @@
 Rule: many concurrent calls share one stream; whatever is queued while a write is
 in flight goes out as the next BatchRequest (so load builds batches by itself).
 When the stream breaks, every op still waiting fails with StreamBroken, which says
-whether the op had been sent (its outcome is then unknown).
+whether the op had been sent (its outcome is then unknown). ``heard_at`` is when the
+stream last received anything, so a caller whose op got no answer can tell a slow node
+(it answered others meanwhile) from one that answers nothing (paused or cut off).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class BatchStream:
         self._wake = asyncio.Event()
         self.broken: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.heard_at = -1.0
+        """Loop time of the last response received (-1: none yet)."""
 
     def _ensure_started(self) -> None:
         if self._call is None:
@@ -67,8 +71,14 @@ class BatchStream:
         self._wake.set()
         return fut
 
-    def forget(self, op_id: int) -> None:
-        self._pending.pop(op_id, None)
+    def forget(self, op_id: int) -> bool:
+        """Stop waiting for op ``op_id``; True if it had been handed to the stream (its
+        outcome is unknown), False if it never left this client."""
+        return self._pending.pop(op_id, None) is not None
+
+    def heard_since(self, t: float) -> bool:
+        """Whether the node answered anything on this stream at or after loop time ``t``."""
+        return self.heard_at >= t
 
     async def _sender(self) -> None:
         assert self._call is not None
@@ -103,7 +113,9 @@ class BatchStream:
     async def _receiver(self) -> None:
         assert self._call is not None
         try:
+            loop = asyncio.get_running_loop()
             async for resp in self._call:
+                self.heard_at = loop.time()
                 for r in resp.results:
                     fut = self._pending.pop(r.id, None)
                     if fut is not None and not fut.done():

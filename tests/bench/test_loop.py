@@ -10,6 +10,7 @@ from kvstore.bench.workload import WorkloadSpec, key_name
 
 class FakeTarget:
     def __init__(self, fail_every: int = 0) -> None:
+        self.retried: dict[str, int] = {}
         self.data: dict[bytes, bytes] = {}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -19,11 +20,16 @@ class FakeTarget:
 
     async def _op(self) -> None:
         self.calls += 1
+        n = self.calls
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.001)
-            if self.fail_every and self.calls % self.fail_every == 0:
+            if n % 3 == 0:
+                # As a client that retries inside a call reports it.
+                self.retried["requests"] = self.retried.get("requests", 0) + 1
+                self.retried["no answer"] = self.retried.get("no answer", 0) + 1
+            if self.fail_every and n % self.fail_every == 0:
                 raise TimeoutError("injected")
         finally:
             self.in_flight -= 1
@@ -39,6 +45,9 @@ class FakeTarget:
 
     async def close(self) -> None:
         pass
+
+    def retries(self) -> dict[str, int]:
+        return dict(self.retried)
 
 
 def test_closed_loop_keeps_exactly_clients_in_flight_and_counts_ops() -> None:
@@ -75,6 +84,15 @@ def test_failures_are_counted_by_name_and_the_loop_goes_on() -> None:
     assert res.writes.ops > res.writes.errors["TimeoutError"]
 
 
+def test_retries_of_the_client_are_counted_in_the_measured_window_only() -> None:
+    target = FakeTarget()
+    spec = WorkloadSpec(clients=2, duration_s=0.3, warmup_s=0.1, keys=5)
+    res = asyncio.run(run_loop(target, spec, clients=2, seed=5))
+    total = target.retries()["requests"]
+    assert 0 < res.retries["requests"] < total
+    assert res.retries["no answer"] == res.retries["requests"]
+
+
 def test_intervals_are_reported_once_a_second() -> None:
     target = FakeTarget()
     seen: list[Interval] = []
@@ -88,7 +106,31 @@ def test_intervals_are_reported_once_a_second() -> None:
 def test_preload_writes_every_key_once() -> None:
     target = FakeTarget()
     spec = WorkloadSpec(keys=50, value_size=8)
-    asyncio.run(preload(target, spec, concurrency=4))
+    res = asyncio.run(preload(target, spec, concurrency=4))
     assert set(target.data) == {key_name(i) for i in range(50)}
     assert target.calls == 50
     assert target.max_in_flight == 4
+    assert (res.written, res.failed, res.errors) == (50, 0, {})
+    assert res.retries == {"requests": 16, "no answer": 16}
+    assert "16 requests retried (no answer: 16)" in res.describe()
+
+
+def test_preload_retries_a_failed_key_and_reports_errors() -> None:
+    # Every 4th put fails: each failed key succeeds on its next try.
+    target = FakeTarget(fail_every=4)
+    spec = WorkloadSpec(keys=30, value_size=8)
+    res = asyncio.run(preload(target, spec, concurrency=4))
+    assert set(target.data) == {key_name(i) for i in range(30)}
+    assert res.written == 30 and res.failed == 0
+    assert res.errors["TimeoutError"] == target.calls - 30 > 0
+    assert "30 of 30 keys written" in res.describe()
+    assert "TimeoutError: " in res.describe()
+
+
+def test_preload_gives_up_on_a_key_after_its_tries_and_goes_on() -> None:
+    target = FakeTarget(fail_every=1)
+    spec = WorkloadSpec(keys=3, value_size=8)
+    res = asyncio.run(preload(target, spec, concurrency=3, tries=2))
+    assert (res.written, res.failed) == (0, 3)
+    assert res.errors == {"TimeoutError": 6}
+    assert "last error: TimeoutError: injected" in res.describe()

@@ -88,6 +88,23 @@ def test_summary_merges_reads_and_writes_before_taking_percentiles() -> None:
     assert "100.0 ops/s" in text
     assert "Unavailable: 3" in text
     assert "reads" in text and "writes" in text
+    assert "retried" not in text
+
+
+def test_retries_are_reported_with_their_reasons() -> None:
+    res = BenchResult(
+        target="kvstore",
+        endpoints=["127.0.0.1:1"],
+        spec=WorkloadSpec(clients=2, duration_s=1.0),
+        processes=1,
+        measured_s=1.0,
+        writes=_stats([1000] * 10),
+        retries={"requests": 3, "stream broken": 2, "no answer": 1},
+    )
+    assert res.summary()["retried"] == 3
+    assert res.to_dict()["retries"] == {"requests": 3, "stream broken": 2, "no answer": 1}
+    text = res.format_text()
+    assert "retries     3 requests retried (no answer: 1, stream broken: 2)" in text
 
 
 def test_opstats_merge_adds_errors_by_name() -> None:

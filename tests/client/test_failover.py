@@ -1,0 +1,157 @@
+"""The client's endpoint health and failover, against real gRPC servers in this process:
+a node (kvstore's own Node, single-member cluster) and a *silent* endpoint, a socket that
+accepts connections and never says a word, as a paused (SIGSTOP) node does."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import grpc.aio
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from kvstore.client import AsyncClient
+from kvstore.client._endpoints import Endpoints
+from kvstore.server.process import Node, ServeOptions
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _free_port() -> int:
+    while True:
+        p = random.randint(17000, 17999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return p
+
+
+@contextmanager
+def _silent_endpoint() -> Iterator[str]:
+    """Accepts TCP connections (the kernel does, from the backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(128)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@asynccontextmanager
+async def _health_server(port: int) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    ep = f"127.0.0.1:{port}"
+    server.add_insecure_port(ep)
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        yield ep
+    finally:
+        await server.stop(None)
+
+
+def test_pick_skips_down_and_excluded_endpoints_and_never_comes_up_empty() -> None:
+    async def main() -> None:
+        a, b, c = (f"127.0.0.1:{_free_port()}" for _ in range(3))  # nothing listens there
+        eps = Endpoints([a, b, c], rng=random.Random(1))
+        try:
+            assert {eps.pick() for _ in range(6)} == {a, b, c}
+            eps.mark_down(b, "test")
+            assert not eps.is_up(b) and eps.why_down(b) == "test"
+            assert b not in {eps.pick() for _ in range(6)}
+            assert {eps.pick(exclude={a}) for _ in range(4)} == {c}
+            # Every live endpoint excluded: a live one still beats a down one.
+            assert {eps.pick(exclude={a, c}) for _ in range(4)} <= {a, c}
+            eps.mark_down(a, "test")
+            eps.mark_down(c, "test")
+            assert eps.up() == []
+            assert {eps.pick() for _ in range(6)} == {a, b, c}
+            eps.mark_up(b)
+            assert eps.up() == [b]
+        finally:
+            await eps.close()
+
+    asyncio.run(main())
+
+
+def test_probe_brings_an_endpoint_back_once_it_answers_and_not_before() -> None:
+    async def main() -> None:
+        port = _free_port()
+        ep = f"127.0.0.1:{port}"
+        with _silent_endpoint() as silent:
+            eps = Endpoints([ep, silent], probe_timeout=0.2)
+            try:
+                eps.mark_down(ep, "refused")
+                eps.mark_down(silent, "no answer")
+                await asyncio.sleep(0.8)  # several probes of each
+                assert not eps.is_up(ep) and not eps.is_up(silent)
+                async with _health_server(port):
+                    t0 = time.monotonic()
+                    while not eps.is_up(ep):
+                        assert time.monotonic() - t0 < 3.0, "probe never saw the server"
+                        await asyncio.sleep(0.02)
+                assert not eps.is_up(silent)
+            finally:
+                await eps.close()
+
+    asyncio.run(main())
+
+
+def test_writes_queued_for_a_silent_node_cost_one_attempt_and_are_not_lost_to_the_window(
+    tmp_path: Path,
+) -> None:
+    """A client whose writes first go to a silent node: each of those waits one attempt,
+    then goes to the live node, and the client stops choosing the silent node. Meanwhile the
+    client's other callers write far more than the session window (1,024 seqs), so a retry
+    under its old seq would be refused as expired; it never left the client, so it goes
+    out under a fresh one, and every write succeeds."""
+
+    async def main() -> None:
+        ep = f"127.0.0.1:{_free_port()}"
+        node = Node(ServeOptions(id=1, listen=ep, peers={1: ep}, data_dir=str(tmp_path)))
+        await node.start()
+        try:
+            with _silent_endpoint() as silent:
+                async with AsyncClient([ep], timeout=10) as warm:
+                    await warm.put("warm", "up")  # the node has elected itself
+                c = AsyncClient([silent, ep], timeout=10, attempt_timeout=2.0)
+                loop = asyncio.get_running_loop()
+                stop = loop.time() + 3.0
+                done, failed, slowest = 0, [], 0.0
+
+                async def caller(i: int) -> None:
+                    nonlocal done, slowest
+                    n = 0
+                    while loop.time() < stop:
+                        n += 1
+                        t0 = loop.time()
+                        try:
+                            await c.put(f"k{i}", str(n))
+                        except Exception as e:
+                            failed.append(repr(e))
+                            continue
+                        done += 1
+                        slowest = max(slowest, loop.time() - t0)
+
+                try:
+                    await asyncio.gather(*(caller(i) for i in range(32)))
+                finally:
+                    await c.close()
+                print(f"\n{done} writes, slowest {slowest:.2f}s, retries {c.retries.as_dict()}")
+                assert not failed, failed[:3]
+                assert done > 1024
+                assert slowest < 2.0 + 1.0
+                # Only the writes already queued for the silent node met it.
+                assert 0 < c.retries.reasons.get("no answer", 0) <= 32
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
