@@ -1,9 +1,14 @@
 """AsyncClient: leader discovery and redirect, retries inside a deadline, exactly-once writes.
 
 Rules:
-- Every call has one deadline (``timeout``); retries with jittered backoff happen inside it.
-- A write keeps its (client_id, incarnation, seq) across retries, so a retry that reaches
-  a state machine which already applied it returns the original answer (exactly-once).
+- Every call has one deadline (``timeout``); retries happen inside it, and each attempt
+  waits at most ``attempt_timeout``. A node that cannot be reached costs one attempt: the
+  call moves on at once and the client avoids the node until it answers again
+  (_endpoints.py); answers that say "not here, not now" are retried with jittered backoff.
+- A write keeps its (client_id, incarnation, seq) across retries once an attempt may have
+  taken effect, so a retry that reaches a state machine which already applied it returns
+  the original answer (exactly-once). Until then (every attempt certainly failed) a retry
+  takes a fresh seq, which the session window cannot have passed by.
   The incarnation is drawn afresh for every client object: a restarted process that
   reuses its client_id starts a new session and never gets an old process's answers.
 - An error is ``definite`` only if no attempt may have taken effect.
