@@ -1,17 +1,23 @@
-"""Request limits (documented in the README); breaking one is INVALID_ARGUMENT naming it.
+"""Request limits and in-flight budgets (documented in the README); breaking a request
+limit is INVALID_ARGUMENT naming it, going past the node's budget is RESOURCE_EXHAUSTED.
 
 Defaults: key 510 bytes (LMDB's 511-byte key limit minus the 1-byte data prefix; the state
 machine's MAX_KEY_SIZE), value 1 MiB, 1000 ops per client batch message, scan limit
-10000 rows, client gRPC messages 4 MiB. The server's gRPC receive limit is larger
-(64 MiB) because InstallSnapshot travels on the same port; client messages are
-checked against ``max_request_bytes`` here.
+10000 rows and 2 MiB of keys and values per answer, client gRPC messages 4 MiB both
+ways. The server's gRPC message limit is larger (64 MiB) because peer traffic shares
+the port; client messages are checked against ``max_request_bytes`` here.
+
+Memory rule: a node holds at most ``max_node_inflight_*`` of client work (requests
+admitted and not yet answered, answers built and not yet sent); a batch stream stops
+reading from its client past ``max_stream_inflight_*`` and builds no more answers until
+the client has taken some, so a client that never reads costs a bounded amount.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvstore.node.errors import InvalidOp
+from kvstore.node.errors import ExhaustedOp, InvalidOp
 from kvstore.statemachine import MAX_KEY_SIZE
 
 
@@ -21,8 +27,17 @@ class Limits:
     max_value_bytes: int = 1 << 20
     max_batch_ops: int = 1000
     max_scan_limit: int = 10000
+    max_scan_bytes: int = 2 << 20
+    """A scan answer stops once its rows hold this many key and value bytes (at least
+    one row) and says ``more``: with 1 MiB values it stays under max_response_bytes."""
     max_request_bytes: int = 4 << 20
+    max_response_bytes: int = 4 << 20
+    """A batch stream packs answers into messages of at most this size."""
     server_max_message_bytes: int = 64 << 20
+    max_stream_inflight_ops: int = 4096
+    max_stream_inflight_bytes: int = 16 << 20
+    max_node_inflight_ops: int = 65536
+    max_node_inflight_bytes: int = 128 << 20
 
     def check_key(self, key: bytes) -> None:
         if not key:
@@ -56,3 +71,45 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+class NodeBudget:
+    """The node's client work in flight: ops admitted and not yet answered and sent, and
+    their bytes (the request's share while the op runs, then the answer's until sent).
+
+    Admission is the only place that refuses; charges after admission always land (an
+    admitted op must be answered), so the totals may pass the limit by what admitted
+    ops produce, which the streams bound in turn."""
+
+    __slots__ = ("bytes", "limits", "ops")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.ops = 0
+        self.bytes = 0
+
+    def admit(self, ops: int, nbytes: int) -> None:
+        """Take ``ops`` ops of ``nbytes`` bytes, or raise ExhaustedOp (definite) when the
+        node already holds its limit."""
+        lim = self.limits
+        if self.ops >= lim.max_node_inflight_ops or self.bytes >= lim.max_node_inflight_bytes:
+            which = (
+                f"max_node_inflight_ops={lim.max_node_inflight_ops}"
+                if self.ops >= lim.max_node_inflight_ops
+                else f"max_node_inflight_bytes={lim.max_node_inflight_bytes}"
+            )
+            raise ExhaustedOp(
+                f"node is busy: {self.ops} ops and {self.bytes} bytes of client work in "
+                f"flight; limit {which}; retry later",
+                definite=True,
+            )
+        self.charge(ops, nbytes)
+
+    def charge(self, ops: int, nbytes: int) -> None:
+        """Take without asking (work already admitted, or answers that must be sent)."""
+        self.ops += ops
+        self.bytes += nbytes
+
+    def release(self, ops: int, nbytes: int) -> None:
+        self.ops -= ops
+        self.bytes -= nbytes

@@ -3,7 +3,12 @@ in tests). kvstore.server.process serves the registry over HTTP."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from kvstore.node.limits import NodeBudget
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -92,3 +97,18 @@ class NodeMetrics:
         self.peer_connected = Gauge(
             "kvstore_peer_connected", "1 when the stream to the peer is up", ["peer"], registry=r
         )
+        self.inflight_ops = Gauge(
+            "kvstore_client_inflight_ops",
+            "Client ops admitted and not yet answered and sent",
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "kvstore_client_inflight_bytes",
+            "Bytes of client requests running and answers not yet sent",
+            registry=r,
+        )
+
+    def watch_budget(self, budget: NodeBudget) -> None:
+        """Read the node's in-flight budget at every scrape."""
+        self.inflight_ops.set_function(lambda: budget.ops)
+        self.inflight_bytes.set_function(lambda: budget.bytes)

@@ -164,16 +164,15 @@ class Node:
                 ("grpc.http2.max_ping_strikes", 0),
             ]
         )
-        kv_pb2_grpc.add_KVServicer_to_server(
-            KVService(
-                driver=self.driver,
-                storage=self.storage,
-                limits=limits,
-                metrics=self.metrics,
-                node_id=o.id,
-            ),
-            server,
+        self.kv = KVService(
+            driver=self.driver,
+            storage=self.storage,
+            limits=limits,
+            metrics=self.metrics,
+            node_id=o.id,
         )
+        self.metrics.watch_budget(self.kv.budget)
+        kv_pb2_grpc.add_KVServicer_to_server(self.kv, server)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(
                 driver=self.driver,
@@ -221,6 +220,7 @@ class Node:
             await self.server.stop(grace=0.5)
         await self.transport.stop()
         await self.driver.stop()
+        self.kv.close()
         self.storage.close()
         log.event("node_stopped", id=self.opts.id)
 

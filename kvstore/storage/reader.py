@@ -53,6 +53,16 @@ class KVReader:
             tables = self._tables(txn)
             return tables.scan(start, end, limit), self._applied(txn)
 
+    def scan_page_with_applied(
+        self, start: bytes, end: bytes, limit: int, max_bytes: int
+    ) -> tuple[list[KeyValue], bool, int]:
+        """One page of a scan (``GroupTables.scan_page``): rows, whether more remain, and
+        the applied index they reflect."""
+        with self._st.env.begin() as txn:
+            tables = GroupTables(txn, self._st.dbs, self.group)
+            kvs, more = tables.scan_page(start, end, limit, max_bytes)
+            return kvs, more, self._applied(txn)
+
     def _applied(self, txn: Any) -> int:
         record = txn.get(keys.meta_key(self.group, keys.TAG_APPLIED), db=self._st.dbs.meta)
         if record is None:

@@ -97,6 +97,20 @@ class GroupTables:
                 break
         return out
 
+    def scan_page(
+        self, start: bytes, end: bytes, limit: int, max_bytes: int
+    ) -> tuple[list[KeyValue], bool]:
+        """Like ``scan``, and also stop once the rows hold ``max_bytes`` of keys and
+        values (at least one row; ``max_bytes<=0``: no cap). True when rows remain."""
+        out: list[KeyValue] = []
+        size = 0
+        for key, record in self.raw_kv(start, end):
+            if 0 < limit <= len(out) or 0 < max_bytes <= size:
+                return out, True
+            out.append(self._kv(key, record))
+            size += len(key) + len(record)
+        return out, False
+
     def raw_kv(self, start: bytes = b"", end: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """(user key, stored record) pairs in [start, end), within the owned range."""
         if self.owned is None:

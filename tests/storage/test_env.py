@@ -181,6 +181,24 @@ def test_scan_ranges(st: NodeStorage) -> None:
     assert reader.get_with_applied(b"zz") == (None, 1)
 
 
+def test_scan_pages_stop_at_a_row_or_byte_limit_and_say_more(st: NodeStorage) -> None:
+    commit(st, 1, batch(1, *(Put(k, b"v" * 100) for k in (b"a", b"b", b"c", b"d"))))
+    reader = st.kv(1)
+
+    def page(limit: int, max_bytes: int, end: bytes = b"") -> tuple[list[bytes], bool]:
+        kvs, more, applied = reader.scan_page_with_applied(b"a", end, limit, max_bytes)
+        assert applied == 1
+        return [kv.key for kv in kvs], more
+
+    assert page(0, 0) == ([b"a", b"b", b"c", b"d"], False)
+    assert page(4, 0) == ([b"a", b"b", b"c", b"d"], False)
+    assert page(2, 0) == ([b"a", b"b"], True)
+    # Each row holds 1 + 100 bytes and a 24-byte header: stop once 300 bytes are in.
+    assert page(0, 300) == ([b"a", b"b", b"c"], True)
+    assert page(0, 1) == ([b"a"], True)  # at least one row
+    assert page(0, 300, end=b"c") == ([b"a", b"b"], False)
+
+
 def test_compaction(st: NodeStorage, store_path: str) -> None:
     ents = [batch(i, Put(b"k", str(i).encode()), term=i) for i in range(1, 8)]
     commit(st, 1, *ents[:5])
