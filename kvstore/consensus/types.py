@@ -83,15 +83,22 @@ class ConfChangeType(enum.IntEnum):
 class ConfChange:
     type: ConfChangeType
     node_id: int
+    context: bytes = b""
+    """Opaque to the cores (etcd's ConfChange.Context): the driver puts the node's
+    address here, so every member learns it when the change applies."""
 
     def encode(self) -> bytes:
-        return bytes([int(self.type)]) + self.node_id.to_bytes(8, "big")
+        return bytes([int(self.type)]) + self.node_id.to_bytes(8, "big") + self.context
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
-        if len(data) != 9:
-            raise ValueError(f"conf change must be 9 bytes, got {len(data)}")
-        return ConfChange(type=ConfChangeType(data[0]), node_id=int.from_bytes(data[1:], "big"))
+        if len(data) < 9:
+            raise ValueError(f"conf change must be at least 9 bytes, got {len(data)}")
+        return ConfChange(
+            type=ConfChangeType(data[0]),
+            node_id=int.from_bytes(data[1:9], "big"),
+            context=bytes(data[9:]),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,6 +33,7 @@ from kvstore.consensus.types import (
     ConfChange,
     Config,
     ConfState,
+    ConsensusError,
     Entry,
     EntryType,
     Message,
@@ -46,10 +47,12 @@ from kvstore.consensus.types import (
 from kvstore.node import log
 from kvstore.node.errors import (
     ExhaustedOp,
+    InvalidOp,
     NotLeaderOp,
     OpError,
     UnavailableOp,
 )
+from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Completion, Replies, pack_entries
 from kvstore.node.pending import ConfProposal as _ConfProposal
@@ -105,6 +108,7 @@ class NodeDriver:
         self.endpoints = endpoints
         self.send: Callable[[list[Message]], None] = lambda msgs: None
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
+        self.on_member_address: Callable[[int, str], None] = lambda node, address: None
         self._next_usage = 0.0
         self._replies = Replies()
         """Answers of the last Ready, sent once the next persist is under way (so the
@@ -366,12 +370,18 @@ class NodeDriver:
         # Conf changes take effect in the core now, before the persist, so the membership
         # the storage records in this transaction is the one after these entries.
         cs: ConfState | None = None
+        addresses: dict[int, str] = {}
         for e in rd.committed:
             if e.type == EntryType.CONF_CHANGE:
-                cs = g.core.apply_conf_change(ConfChange.decode(e.data))
+                cc = ConfChange.decode(e.data)
+                cs = g.core.apply_conf_change(cc)
                 log.event(
                     "conf_change_applied", group=g.id, index=e.index, voters=sorted(cs.voters)
                 )
+                address = address_change(cc, cs)
+                if address is not None:
+                    addresses[cc.node_id] = address
+                    self._learn_address(cc.node_id, address)
         applied = g.applied
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             applied = max(applied, rd.snapshot.metadata.index)
@@ -382,7 +392,14 @@ class NodeDriver:
         if n > 0 and applied - g.compacted >= n:
             # Keep a tail so briefly lagging followers still catch up from the log.
             compact_to = applied - n // 4
-        return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs)
+        return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
+
+    def _learn_address(self, node: int, address: str) -> None:
+        """A member's address from the log or a snapshot: reach it there from now on."""
+        if address and self.endpoints.get(node) != address:
+            log.event("member_address", node=node, address=address)
+            self.endpoints[node] = address
+            self.on_member_address(node, address)
 
     async def _persist_until_done(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
         """Persist, retrying the same Ready while the storage is full: the core already
@@ -492,6 +509,9 @@ class NodeDriver:
             except ProposalDroppedError as e:
                 _fail(c.fut, UnavailableOp(f"conf change dropped: {e}", definite=True))
                 continue
+            except ConsensusError as e:  # the core's own checks (e.g. already a learner)
+                _fail(c.fut, InvalidOp(f"conf change refused: {e}", definite=True))
+                continue
             g.conf_inflight[pid.index] = (pid.term, c)
 
     def _start_reads(self, g: _Group) -> None:
@@ -520,6 +540,8 @@ class NodeDriver:
             g.term = g.persisted_term = rd.hard_state.term
             g.persisted_vote = rd.hard_state.vote
         if rd.snapshot is not None and not rd.snapshot.is_empty():
+            for node, address in self.storage.group(g.id).member_addresses().items():
+                self._learn_address(node, address)
             snap_index = rd.snapshot.metadata.index
             g.applied = max(g.applied, snap_index)
             g.compacted = max(g.compacted, snap_index)

@@ -8,7 +8,7 @@ compact. It runs on the single writer thread and touches nothing but the storage
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvstore.consensus.types import ConfState, MessageType, Ready, Role
 from kvstore.node.metrics import NodeMetrics
@@ -24,6 +24,8 @@ class Plan:
     rd: Ready
     compact_to: int
     conf_state: ConfState | None = None
+    addresses: dict[int, str] = field(default_factory=dict)
+    """Member addresses the applied conf changes give ("": forget), see node/members.py."""
 
 
 _LEADER_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
@@ -55,6 +57,7 @@ def needs_write(p: Plan) -> bool:
         or rd.committed
         or p.compact_to
         or p.conf_state is not None
+        or bool(p.addresses)
     )
 
 
@@ -73,6 +76,8 @@ def persist_plans(
                 results[p.group] = w.apply(p.group, rd.committed)
             if p.conf_state is not None:
                 w.set_conf_state(p.group, p.conf_state)
+            for node, address in p.addresses.items():
+                w.set_member_address(p.group, node, address)
             if p.compact_to > 0:
                 w.compact(p.group, p.compact_to)
     metrics.fsync_latency.observe(time.perf_counter() - t0)

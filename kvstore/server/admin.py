@@ -8,9 +8,16 @@ from typing import Any
 import grpc
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc
-from kvstore.consensus.types import ConfChange, ConfChangeType, ConfState, ConsensusError
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    ConsensusError,
+    Role,
+)
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InvalidOp, OpError
+from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
+from kvstore.node.members import with_address
 from kvstore.node.transport import PeerTransport
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
@@ -147,23 +154,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.MemberResponse:
         group = request.group or 1
         try:
-            check_change(
-                kind,
-                request.node_id,
-                request.endpoint,
-                self.driver.status(group).conf_state,
-                known=request.node_id in self.driver.endpoints,
-            )
+            change = self._validated(group, kind, request)
         except OpError as e:
             await abort(context, e)
-        if request.endpoint:
-            self.transport.add_peer(request.node_id, request.endpoint)
-            self.driver.endpoints[request.node_id] = request.endpoint
+            raise AssertionError("unreachable") from e
         remaining = context.time_remaining()
         try:
-            index = await self.driver.propose_conf_change(
-                group, ConfChange(type=kind, node_id=request.node_id), remaining or 10.0
-            )
+            index = await self.driver.propose_conf_change(group, change, remaining or 10.0)
         except OpError as e:
             await abort(context, e)
             raise AssertionError("unreachable") from e
@@ -171,6 +168,34 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.MemberResponse(
             voters=sorted(cs.voters), learners=sorted(cs.learners), index=index
         )
+
+    def _validated(
+        self, group: int, kind: ConfChangeType, request: admin_pb2.MemberRequest
+    ) -> ConfChange:
+        """The change to propose, or an OpError; changes nothing either way (a refused
+        call must leave the node as it was: issue 11 point 8). The new member's address
+        travels in the change and takes effect on every replica when it applies."""
+        g = self.driver.groups.get(group)
+        if g is None:
+            raise UnavailableOp(f"group {group} is not hosted here", definite=True)
+        if g.role != Role.LEADER:
+            raise self.driver.not_leader(g)
+        known = self.driver.endpoints.get(request.node_id, "")
+        check_change(
+            kind,
+            request.node_id,
+            request.endpoint,
+            self.driver.status(group).conf_state,
+            known=bool(known),
+        )
+        if kind != ConfChangeType.ADD_LEARNER and request.endpoint not in ("", known):
+            raise InvalidOp(
+                f"node {request.node_id}'s address is set when it is added as a learner; "
+                "promote and remove take no endpoint",
+                definite=True,
+            )
+        address = "" if kind == ConfChangeType.REMOVE_NODE else request.endpoint or known
+        return with_address(ConfChange(type=kind, node_id=request.node_id), address)
 
     async def AddLearner(
         self, request: admin_pb2.MemberRequest, context: Any

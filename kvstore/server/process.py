@@ -113,7 +113,9 @@ class Node:
         except StartupError:
             self.storage.close()
             raise
-        endpoints = dict(o.peers)
+        # Members added by conf changes keep the address the log gave them, whatever
+        # --peers says (it lists the founding members; issue 11 point 7).
+        endpoints = {**o.peers, **self.storage.group(1).member_addresses()}
         # How others reach this node: its --peers entry (an advertised address) if any.
         endpoints.setdefault(o.id, o.listen)
         if new:
@@ -151,6 +153,7 @@ class Node:
         )
         self.driver.send = self.transport.send
         self.driver.on_fatal = lambda e: self.failed.set()
+        self.driver.on_member_address = self.transport.add_peer
         limits = Limits()
         server = self.server = grpc.aio.server(
             options=[

@@ -59,6 +59,31 @@ def unseal(group: int, record: bytes, what: str) -> bytes:
     return payload
 
 
+_MEMBER = struct.Struct("<QH")
+
+
+def encode_members(members: dict[int, str]) -> bytes:
+    """Member addresses: n x (u64 id | u16 len | utf-8 address), by id."""
+    out = []
+    for node, addr in sorted(members.items()):
+        raw = addr.encode()
+        out.append(_MEMBER.pack(node, len(raw)) + raw)
+    return b"".join(out)
+
+
+def decode_members(payload: bytes) -> dict[int, str]:
+    out: dict[int, str] = {}
+    pos = 0
+    while pos < len(payload):
+        node, n = _MEMBER.unpack_from(payload, pos)
+        pos += _MEMBER.size
+        if pos + n > len(payload):
+            raise ValueError("member address runs past the end")
+        out[node] = payload[pos : pos + n].decode()
+        pos += n
+    return out
+
+
 def encode_hard_state(hs: HardState) -> bytes:
     return _HARD.pack(hs.term, hs.vote, hs.commit)
 

@@ -9,6 +9,7 @@ owns the range its shard descriptor says, so a split moves no data.
     log       group u64 | index u64              -> checksummed entry (codec.encode_entry)
     meta      group u64 | tag (1 byte)           -> sealed hard state / conf state / applied
                                                     / shard descriptor / meta group state
+                                                    / member addresses
               0xFF | name                        -> node-level metadata (cluster id, ...)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
     kv        DATA_PREFIX | user key             -> KeyValue record
@@ -35,6 +36,7 @@ TAG_CONF_STATE = b"c"
 TAG_APPLIED = b"a"
 TAG_SHARD = b"s"
 TAG_META_STATE = b"m"
+TAG_MEMBERS = b"p"
 NODE_META_PREFIX = b"\xff"
 DATA_PREFIX = b"d"
 DATA_END = b"e"

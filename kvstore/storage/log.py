@@ -92,6 +92,17 @@ def read_entries(
     return out
 
 
+def read_members(txn: Any, dbs: Dbs, group: int) -> dict[int, str]:
+    """The group's member address book (addresses given by conf changes)."""
+    record = txn.get(keys.meta_key(group, keys.TAG_MEMBERS), db=dbs.meta)
+    if record is None:
+        return {}
+    try:
+        return codec.decode_members(codec.unseal(group, record, "member addresses"))
+    except ValueError as e:
+        raise CorruptionError(f"undecodable member addresses: {e}", group=group) from e
+
+
 def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES) -> LogView:
     """Read a group's committed state (and its last ``cache_entries`` entries) in ``txn``."""
 
@@ -222,6 +233,7 @@ class GroupLog:
                 meta_state=b""
                 if meta_state is None
                 else codec.unseal(self.group, meta_state, "meta group state"),
+                members=codec.encode_members(read_members(txn, self._st.dbs, self.group)),
             )
         meta = SnapshotMetadata(index=now.applied, term=term, conf_state=now.conf_state)
         snap = Snapshot(metadata=meta, data=data)
@@ -231,6 +243,11 @@ class GroupLog:
     # -- extras for the driver ------------------------------------------------
     def applied_index(self) -> int:
         return self.view.applied
+
+    def member_addresses(self) -> dict[int, str]:
+        """Addresses of the members added by conf changes (they outlive restarts)."""
+        with self._st.env.begin() as txn:
+            return read_members(txn, self._st.dbs, self.group)
 
     def bootstrap(
         self,

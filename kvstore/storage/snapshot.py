@@ -5,14 +5,16 @@ shard: the user keys of its range only, a range snapshot), and
 ``read_image(write_image(...))`` gives them back or raises CorruptionError (its CRC32
 covers the whole image). Records are copied as stored, without re-encoding.
 
-    magic "KVS3" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
+    magic "KVS4" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
                  | u32 n_sessions | n_sessions x (u32 klen, key, u32 rlen, session record)
                  | u32 len, shard descriptor (0: none) | u32 len, meta group state (0: none)
+                 | u32 len, member addresses (codec.encode_members)
                  | u32 crc
 
 Session keys are the sessions table's keys without the group prefix (tables.py).
-"KVS1" (no descriptor and meta sections) and "KVS2" images are still read; their
-sessions, of the layout before incarnations, are dropped (see env._upgrade_sessions).
+"KVS1" (no descriptor and meta sections), "KVS2" and "KVS3" (no member addresses)
+images are still read; KVS1/KVS2 sessions, of the layout before incarnations, are
+dropped (see env._upgrade_sessions).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 
 from kvstore.storage.errors import CorruptionError
 
-MAGIC = b"KVS3"
-_OLD = (b"KVS1", b"KVS2")
+MAGIC = b"KVS4"
+_OLD = (b"KVS1", b"KVS2", b"KVS3")
+_NEW_SESSIONS = (MAGIC, b"KVS3")
 _HEAD = struct.Struct("<4sQ")
 _U32 = struct.Struct("<I")
 _OLD_SESSION = struct.Struct("<QQI")
@@ -42,6 +45,8 @@ class Image:
     """The group's encoded shard descriptor at ``index`` (b"": an unsharded group)."""
     meta_state: bytes = b""
     """The meta group's encoded state (b"" for other groups)."""
+    members: bytes = b""
+    """The group's member address book (codec.encode_members)."""
 
 
 def write_image(
@@ -50,6 +55,7 @@ def write_image(
     sessions: Iterable[tuple[bytes, bytes]],
     shard: bytes = b"",
     meta_state: bytes = b"",
+    members: bytes = b"",
 ) -> bytes:
     parts: list[bytes] = [_HEAD.pack(MAGIC, index)]
     for pairs in (kv, sessions):
@@ -61,6 +67,7 @@ def write_image(
             n += 1
         parts[n_at] = _U32.pack(n)
     parts += (_U32.pack(len(shard)), shard, _U32.pack(len(meta_state)), meta_state)
+    parts += (_U32.pack(len(members)), members)
     body = b"".join(parts)
     return body + _U32.pack(zlib.crc32(body))
 
@@ -78,19 +85,28 @@ def read_image(group: int, index: int, data: bytes) -> Image:
             raise ValueError(f"image header {magic!r} at {at}")
         pos = _HEAD.size
         kv, pos = _pairs(body, pos)
-        if magic == MAGIC:
+        if magic in _NEW_SESSIONS:
             sessions, pos = _pairs(body, pos)
         else:
             sessions, pos = [], _skip_old_sessions(body, pos)
-        shard = meta_state = b""
+        shard = meta_state = members = b""
         if magic != b"KVS1":
             shard, pos = _take(body, pos)
             meta_state, pos = _take(body, pos)
+        if magic == MAGIC:
+            members, pos = _take(body, pos)
         if pos != len(body):
             raise ValueError(f"{len(body) - pos} trailing bytes")
     except (struct.error, ValueError) as e:
         raise CorruptionError(f"malformed snapshot image: {e}", group=group, index=index) from e
-    return Image(index=index, kv=kv, sessions=sessions, shard=shard, meta_state=meta_state)
+    return Image(
+        index=index,
+        kv=kv,
+        sessions=sessions,
+        shard=shard,
+        meta_state=meta_state,
+        members=members,
+    )
 
 
 def _pairs(body: memoryview, pos: int) -> tuple[list[tuple[bytes, bytes]], int]:

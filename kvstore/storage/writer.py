@@ -32,7 +32,7 @@ from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
-from kvstore.storage.log import LogView, read_entry
+from kvstore.storage.log import LogView, read_entry, read_members
 from kvstore.storage.snapshot import read_image
 from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
 
@@ -198,6 +198,11 @@ class Writer:
             self._put_sealed(
                 self._dbs.meta, keys.meta_key(group, keys.TAG_META_STATE), group, image.meta_state
             )
+        try:
+            members = codec.decode_members(image.members)
+        except ValueError as e:
+            raise CorruptionError(f"snapshot member addresses: {e}", group=group) from e
+        self._put_members(group, members)
         self._set_base(group, p, meta)
         self._set_applied(group, p, meta.index)
         self._store_conf(group, p, meta.conf_state)
@@ -355,6 +360,23 @@ class Writer:
         p = self._group(group)
         if conf_state != p.conf_state:
             self._store_conf(group, p, conf_state)
+
+    def set_member_address(self, group: int, node_id: int, address: str) -> None:
+        """Record (``address`` "": forget) a member's address, with the membership change
+        that gave it, in this transaction."""
+        members = read_members(self._txn, self._dbs, group)
+        if address:
+            members[node_id] = address
+        else:
+            members.pop(node_id, None)
+        self._put_members(group, members)
+
+    def _put_members(self, group: int, members: dict[int, str]) -> None:
+        key = keys.meta_key(group, keys.TAG_MEMBERS)
+        if members:
+            self._put_sealed(self._dbs.meta, key, group, codec.encode_members(members))
+        else:
+            self._txn.delete(key, db=self._dbs.meta)
 
     def compact(self, group: int, index: int) -> None:
         """Drop log entries <= ``index``; the entry at ``index`` becomes the log base.

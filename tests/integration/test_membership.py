@@ -65,3 +65,46 @@ def test_add_learner_promote_and_remove(tmp_path: Path) -> None:
             assert kv.get("after") == b"membership"
     finally:
         c.close()
+
+
+def test_added_member_survives_a_restart_with_the_original_flags(tmp_path: Path) -> None:
+    """Issue 11 point 7: node 1, restarted with the --peers it was started with (nodes
+    1-3), must still know node 4, added and promoted since, from what it stored."""
+    c = LocalCluster(tmp_path, nodes=3)
+    try:
+        c.start()
+        c.wait_leader()
+        original = {i: c.argv(i) for i in (1, 2, 3)}
+        c.ports[4] = free_ports(1)[0]
+        logf = open(tmp_path / "node4.log", "ab")  # noqa: SIM115 - the child owns it
+        c.procs[4] = subprocess.Popen([*c.argv(4), "--join"], stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        with c.client(only=[1, 2, 3]) as kv:
+            kv.put("before", "4")
+            kv.add_learner(4, c.endpoint(4))
+
+            def caught_up() -> bool:
+                with c.client(only=[4], timeout=2) as one:
+                    return one.get("before", read_mode="eventual") == b"4"
+
+            wait_for(caught_up, 30, "the learner to catch up")
+            assert kv.promote(4)["voters"] == [1, 2, 3, 4]
+        for i in (1, 2, 3):  # every founding node restarts with its original flags
+            c.stop(i)
+            logf = open(tmp_path / f"node{i}.log", "ab")  # noqa: SIM115 - the child owns it
+            c.procs[i] = subprocess.Popen(original[i], stdout=logf, stderr=subprocess.STDOUT)
+            logf.close()
+
+        def knows_4(i: int) -> bool:
+            peers = {p["id"]: p for p in c.node_status(i)["peers"]}
+            return 4 in peers and bool(peers[4]["connected"])
+
+        for i in (1, 2, 3):
+            wait_for(lambda i=i: knows_4(i), 20, f"node {i} to reach node 4 again")
+        with c.client() as kv:
+            wait_for(lambda: kv.transfer_leader(4) == 4, 20, "node 4 to take the lead")
+            c.kill(2)  # 4 voters: 1, 3 and 4 must all take part now
+            kv.put("after", "restart")
+            assert kv.get("after") == b"restart"
+    finally:
+        c.close()

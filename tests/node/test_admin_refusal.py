@@ -1,0 +1,62 @@
+"""A membership call refused by a follower changes nothing there (issue 11 point 8: two
+PromoteLearner calls refused by followers still re-pointed their links to the leader, and
+the leader lost its quorum)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from kvstore._pb import admin_pb2, admin_pb2_grpc
+from kvstore.client import AsyncClient
+from kvstore.server.process import Node, ServeOptions
+
+from .test_inprocess import _leader, _ports
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_refused_promote_on_followers_changes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        ports = _ports(3)
+        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+        nodes = [
+            Node(ServeOptions(id=i, listen=peers[i], peers=peers, data_dir=str(tmp_path / f"{i}")))
+            for i in peers
+        ]
+        for n in nodes:
+            await n.start()
+        try:
+            leader = await _leader(nodes)
+            lid = leader.opts.id
+            followers = [n for n in nodes if n is not leader]
+            bogus = f"127.0.0.1:{_ports(1)[0]}"
+            for f in followers:
+                async with grpc.aio.insecure_channel(peers[f.opts.id]) as ch:
+                    stub = admin_pb2_grpc.AdminStub(ch)
+                    req = admin_pb2.MemberRequest(group=1, node_id=lid, endpoint=bogus)
+                    with pytest.raises(grpc.aio.AioRpcError) as e:
+                        await stub.PromoteLearner(req, timeout=5)
+                    assert "not the leader" in (e.value.details() or "")
+                    req = admin_pb2.MemberRequest(group=1, node_id=7, endpoint=bogus)
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.AddLearner(req, timeout=5)
+            for f in followers:
+                assert f.driver.endpoints == peers
+                assert {p.id: p.endpoint for p in f.transport.peer_status()} == {
+                    i: ep for i, ep in peers.items() if i != f.opts.id
+                }
+            # The leader keeps its quorum: followers still answer it.
+            await asyncio.sleep(1.0)
+            async with AsyncClient([peers[lid]], timeout=5) as c:
+                await c.put("after", "refusals")
+                assert await c.get("after") == b"refusals"
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(main())
