@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from kvstore._pb import kv_pb2
-from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
+from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient, RetryStats
 
 T = TypeVar("T")
 
@@ -33,20 +33,30 @@ class Client:
         *,
         timeout: float = 5.0,
         client_id: int | None = None,
+        replica: int | None = None,
+        attempt_timeout: float | None = None,
     ) -> None:
+        """The options are AsyncClient's."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="kvstore-client", daemon=True
         )
         self._thread.start()
         self._timeout = timeout
-        self._async = self._run(self._make(endpoints, timeout, client_id))
+        self._async = self._run(
+            self._make(
+                endpoints,
+                timeout=timeout,
+                client_id=client_id,
+                replica=replica,
+                attempt_timeout=attempt_timeout,
+            )
+        )
 
     @staticmethod
-    async def _make(
-        endpoints: Sequence[str] | str, timeout: float, client_id: int | None
-    ) -> AsyncClient:
-        return AsyncClient(endpoints, timeout=timeout, client_id=client_id)
+    async def _make(endpoints: Sequence[str] | str, **options: Any) -> AsyncClient:
+        # Built on the loop thread: the client's channels and tasks belong to that loop.
+        return AsyncClient(endpoints, **options)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -69,6 +79,10 @@ class Client:
     @property
     def causal_token(self) -> int:
         return self._async.causal_token
+
+    @property
+    def retries(self) -> RetryStats:
+        return self._async.retries
 
     def put(self, key: bytes | str, value: bytes | str) -> int:
         return self._run(self._async.put(key, value))

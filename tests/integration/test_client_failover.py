@@ -1,10 +1,10 @@
 """Client failover with one node of three down (issue 18), on real processes.
 
-One follower is killed (kill -9) or paused (SIGSTOP) during a load of writes, eventual
-reads and causal reads, and the load goes on with fresh clients while it stays down
-(the "before" case: their first contact with the node fails). In every phase: no request
-fails, none takes longer than one election timeout plus one attempt, and read throughput
-stays above half of the all-up phase's.
+One follower is killed (kill -9) or paused (SIGSTOP), or the leader is paused, during a
+load of writes, eventual reads and causal reads, and the load goes on with fresh clients
+while it stays down (the "before" case: their first contact with the node fails). In every
+phase: no request fails, none takes longer than one election timeout plus one attempt,
+and read throughput stays above half of the all-up phase's.
 """
 
 from __future__ import annotations
@@ -166,10 +166,10 @@ def _check(name: str, phase: Phase, all_up: Phase, attempt_s: float) -> None:
     )
 
 
-def _follower_down(tmp_path: Path, how: str) -> None:
+def _node_down(tmp_path: Path, how: str, role: str = "follower") -> None:
     with running_cluster(tmp_path) as cluster:
         leader = cluster.wait_leader()
-        victim = next(i for i in (3, 2, 1) if i != leader)
+        victim = leader if role == "leader" else next(i for i in (3, 2, 1) if i != leader)
         eps = cluster.endpoints
         attempt_s = AsyncClient(eps, timeout=TIMEOUT_S).attempt_timeout
 
@@ -191,7 +191,7 @@ def _follower_down(tmp_path: Path, how: str) -> None:
             all_up = asyncio.run(_phase(eps, ep, 2.0))
             during = asyncio.run(_phase(eps, ep, 3.0, fault))
             before = asyncio.run(_phase(eps, ep, 2.0))
-            print(f"\nfollower {victim}: {how}; bound {ELECTION_TIMEOUT_S + attempt_s:.2f}s")
+            print(f"\n{role} {victim}: {how}; bound {ELECTION_TIMEOUT_S + attempt_s:.2f}s")
             for name, p in (
                 ("all up", all_up),
                 (f"{how} during", during),
@@ -225,8 +225,12 @@ async def _bound_client_returns_home(cluster: LocalCluster, victim: int) -> None
 
 
 def test_killed_follower_costs_one_attempt_and_reads_move(tmp_path: Path) -> None:
-    _follower_down(tmp_path, "kill")
+    _node_down(tmp_path, "kill")
 
 
 def test_paused_follower_costs_one_attempt_and_reads_move(tmp_path: Path) -> None:
-    _follower_down(tmp_path, "pause")
+    _node_down(tmp_path, "pause")
+
+
+def test_paused_leader_costs_one_election_and_one_attempt(tmp_path: Path) -> None:
+    _node_down(tmp_path, "pause", "leader")
