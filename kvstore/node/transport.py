@@ -193,7 +193,7 @@ class PeerTransport:
         for pid, ep in peers.items():
             if pid != node_id:
                 self._links[pid] = _Link(self, pid, ep)
-                self._detectors[pid] = PhiAccrual()
+                self._detectors[pid] = PhiAccrual(min_interval=heartbeat_s)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -219,7 +219,7 @@ class PeerTransport:
             old.task.cancel()
         self.endpoints[peer_id] = endpoint
         link = self._links[peer_id] = _Link(self, peer_id, endpoint)
-        self._detectors.setdefault(peer_id, PhiAccrual())
+        self._detectors.setdefault(peer_id, PhiAccrual(min_interval=self.heartbeat_s))
         if any(other.task is not None for other in self._links.values() if other is not link):
             link.task = asyncio.create_task(link.run(), name=f"peer-{peer_id}")
 

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -51,6 +53,20 @@ class ServeOptions:
     join: bool = False
     inline_persist: bool = False
     """Start with no membership and wait to be added (``kvstore member add-learner``)."""
+
+
+HEALTH_SERVICE = "kvstore.v1.KV"
+"""Health is reported for the server ("") and under this service name, alike."""
+
+WATCH_PERIOD_S = 0.5
+
+
+def listen_host(listen: str) -> str:
+    """The host part of a --listen HOST:PORT ("[::1]:7001" -> "::1"; ":7001" -> all)."""
+    host = listen.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0"
 
 
 def parse_peers(spec: str) -> dict[int, str]:
@@ -98,6 +114,9 @@ class Node:
         self.port = 0
         self.failed = asyncio.Event()
         """Set when the driver crashed: the process should stop and exit non-zero."""
+        self._watcher: asyncio.Task[None] | None = None
+        self._metrics_http: tuple[Any, threading.Thread] | None = None
+        self._health_status: int | None = None
 
     async def start(self) -> None:
         o = self.opts
@@ -199,14 +218,20 @@ class Node:
         if o.metrics_port:
             from prometheus_client import start_http_server
 
+            # Where --listen binds: a node on 127.0.0.1 must not publish its metrics on
+            # every interface.
+            host = listen_host(o.listen)
             try:
-                start_http_server(o.metrics_port, registry=self.metrics.registry)
+                self._metrics_http = start_http_server(
+                    o.metrics_port, addr=host, registry=self.metrics.registry
+                )
             except OSError as e:
-                raise StartupError(f"cannot serve metrics on port {o.metrics_port}: {e}") from e
+                raise StartupError(f"cannot serve metrics on {host}:{o.metrics_port}: {e}") from e
         await server.start()
         self.driver.start()
         self.transport.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health()
+        self._watcher = asyncio.create_task(self._watch(), name="watch")
         log.event(
             "node_started",
             id=o.id,
@@ -216,7 +241,36 @@ class Node:
             metrics_port=o.metrics_port,
         )
 
+    async def _set_health(self) -> None:
+        """SERVING, or NOT_SERVING while the storage is full: writes fail then, and a
+        probe or balancer should see the node as broken (eventual and causal reads
+        still work, but what a client of the service expects does not)."""
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.driver.storage_full
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        if status != self._health_status:
+            self._health_status = status
+            await self.health.set("", status)
+            await self.health.set(HEALTH_SERVICE, status)
+
+    async def _watch(self) -> None:
+        """Refresh what is derived from time rather than from events: the health status
+        and the peers' phi gauges (a dead peer sends nothing that would update them)."""
+        while True:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            try:
+                self.transport.peer_status()
+                await self._set_health()
+            except Exception as e:  # a status refresh must never take the node down
+                log.event("watch_failed", level=40, error=repr(e))
+
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()
         if self.server is not None:
@@ -224,6 +278,11 @@ class Node:
         await self.transport.stop()
         await self.driver.stop()
         self.kv.close()
+        if self._metrics_http is not None:
+            http, thread = self._metrics_http
+            http.shutdown()
+            http.server_close()
+            thread.join(timeout=5)
         self.storage.close()
         log.event("node_stopped", id=self.opts.id)
 
