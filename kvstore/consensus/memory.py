@@ -18,6 +18,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
     UnavailableError,
+    has_membership,
     limit_size,
 )
 
@@ -87,7 +88,14 @@ class MemoryStorage:
         self._ents.extend(entries)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
-        """Replace the whole log by the snapshot (InstallSnapshot on a follower)."""
+        """Replace the whole log by the snapshot (InstallSnapshot on a follower). One at
+        index 0 only gives a joiner its base membership (the join contract, types.py)."""
+        if snap.metadata.index == 0 and not has_membership(self._snapshot.metadata.conf_state):
+            # (our own snapshot is at 0 too: one with a later index has a membership)
+            self._snapshot = snap
+            if not has_membership(self.conf_state):
+                self.conf_state = snap.metadata.conf_state
+            return
         if snap.metadata.index <= self._snapshot.metadata.index:
             return
         self._snapshot = snap

@@ -18,6 +18,21 @@ A core is driven like etcd-io/raft's RawNode:
 Errors are split by who is at fault: the local caller gets an exception
 (``ConsensusError`` subclasses); a bad, stale or duplicated remote message is
 dropped and counted in ``core.dropped`` and never raises.
+
+The join contract (both cores keep it). A node started to join a running group
+(``kvstore serve --join``) has no membership: its ConfState has no voters and no
+learners (``has_membership`` is False). Conf-change entries replayed onto that empty
+base would give it a wrong membership (e.g. itself as the only voter), so until it
+has installed a snapshot, which carries the membership as of its index:
+- it never campaigns (it cannot count a quorum) and takes no entries into its log,
+  nor a commit index, even if a pending conf change in its log names it a voter;
+- it refuses every replication request (Raft APPEND, Paxos ACCEPT) with a reject at
+  index 0 (Paxos marks it with context ``JOINING``: a REACCEPT may be refused at 0);
+- a leader answers such a reject with its snapshot even when its log is not
+  compacted (the one at index 0 carries the genesis membership and no data), and
+  the joiner adopts the snapshot's membership even at index 0. The driver persists
+  ``Ready.snapshot`` as always; one at index 0 records only its membership.
+It may still answer votes and promises: an empty log answers them truthfully.
 """
 
 from __future__ import annotations
@@ -112,6 +127,17 @@ class ConfState:
     voters: frozenset[int] = frozenset()
     learners: frozenset[int] = frozenset()
     voters_outgoing: frozenset[int] = frozenset()
+
+
+def has_membership(cs: ConfState) -> bool:
+    """False for a node that joined and has not yet installed a snapshot (the join
+    contract in the module docstring)."""
+    return bool(cs.voters or cs.learners or cs.voters_outgoing)
+
+
+JOINING = b"joining"
+"""Context of a Paxos ACCEPTED reject at index 0 from a node with no membership: "send
+me a snapshot" (the join contract)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ from kvstore.consensus.types import (
     HardState,
     Snapshot,
     SnapshotMetadata,
+    has_membership,
 )
 from kvstore.shard import commands as shard_cmds
 from kvstore.shard import descriptor as desc
@@ -143,6 +144,11 @@ class Writer:
         p = self._group(group)
         if snapshot is not None and not snapshot.is_empty():
             self._install(group, p, snapshot)
+        elif snapshot is not None and not has_membership(p.base.conf_state):
+            # A joiner's base membership (the join contract in consensus/types.py).
+            self._set_base(group, p, replace(p.base, conf_state=snapshot.metadata.conf_state))
+            if not has_membership(p.conf_state):
+                self._store_conf(group, p, snapshot.metadata.conf_state)
         if entries:
             self._append(group, p, entries)
         if hard_state is not None and hard_state != p.hard_state:

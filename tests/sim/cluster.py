@@ -35,6 +35,7 @@ from kvstore.consensus.types import (
     Role,
     Snapshot,
     Status,
+    has_membership,
 )
 
 from .checkers import (
@@ -163,9 +164,10 @@ class Cluster:
 
     # -- lifecycle ----------------------------------------------------------------
     def add_node(self, node_id: int) -> SimNode:
-        """A brand-new node: its storage holds the genesis membership at index 0 (a node
-        that joins later replays the log, or a snapshot, from there)."""
-        st = SimStorage(self.genesis)
+        """A brand-new node. A genesis node's storage holds the genesis membership at
+        index 0; a node that joins later starts with none, as ``kvstore serve --join``
+        does, and must learn it from a snapshot (the join contract in types.py)."""
+        st = SimStorage(self.genesis if node_id in self.genesis else frozenset())
         node = SimNode(node_id, st, StateMachine(conf_state=st.snapshot().metadata.conf_state))
         self.nodes[node_id] = node
         self._boot(node)
@@ -253,6 +255,8 @@ class Cluster:
             st = node.storage
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 self._install(node, rd.snapshot)
+            elif rd.snapshot is not None:
+                self._adopt(node, rd.snapshot)
             if rd.entries:
                 st.append(rd.entries)
                 self.checker.on_append(node.id, st, rd.entries)
@@ -290,6 +294,13 @@ class Cluster:
         node.sm = StateMachine(index, digest, snap.metadata.conf_state)
         self.stats["installs"] += 1
         self.note(f"install {node.id} snapshot at {index}")
+
+    def _adopt(self, node: SimNode, snap: Snapshot) -> None:
+        """A snapshot at index 0: a joiner's base membership, no data (the join contract)."""
+        node.storage.apply_snapshot(snap)
+        if not has_membership(node.sm.conf_state):
+            node.sm.conf_state = node.storage.conf_state
+        self.note(f"adopt {node.id} membership {sorted(node.sm.conf_state.voters)}")
 
     def _apply(self, node: SimNode, core: Core, e: Entry, durable_commit: int) -> None:
         digest = chain(node.sm.digest, e)

@@ -75,6 +75,24 @@ def test_bootstrap_only_on_a_brand_new_group(st: NodeStorage) -> None:
     assert not other.bootstrap({1})
 
 
+def test_a_joiner_records_the_membership_of_a_snapshot_at_index_0(
+    st: NodeStorage, store_path: str
+) -> None:
+    # The join contract (consensus/types.py): a node started with --join has none; the
+    # leader's snapshot at index 0 (no data) gives it the base membership, which must
+    # survive a restart and be what this node's own snapshot carries.
+    genesis = Snapshot(metadata=SnapshotMetadata(conf_state=VOTERS))
+    with st.write() as w:
+        w.save(1, hard_state=HardState(term=2), snapshot=genesis)
+    assert st.group(1).snapshot().metadata == SnapshotMetadata(conf_state=VOTERS)
+    with st.write() as w:  # a member ignores it: its membership is newer
+        w.save(1, snapshot=Snapshot(metadata=SnapshotMetadata(conf_state=ConfState())))
+    st.close()
+    with NodeStorage(store_path) as again:
+        assert again.group(1).initial_state() == (HardState(term=2), VOTERS)
+        assert again.group(1).snapshot().metadata == SnapshotMetadata(conf_state=VOTERS)
+
+
 def test_a_raising_block_aborts_everything(st: NodeStorage) -> None:
     commit(st, 1, batch(1, Put(b"a", b"1")))
     with pytest.raises(KeyError), st.write() as w:

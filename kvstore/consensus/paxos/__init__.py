@@ -45,6 +45,9 @@ Protocol ("Paxos Made Simple"; "Paxos Made Moderately Complex"):
 - Membership: a conf change is a value chosen like any other and takes effect
   on each node when applied; at most one is pending at a time; quorums need a
   majority of the applied config and of each pending one (``membership.py``).
+  Only a voter of the applied config campaigns. A node that joined with no
+  membership accepts no values until a snapshot brings one (the join contract
+  in ``kvstore.consensus.types``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kvstore.consensus.paxos import ballot as ballots
 from kvstore.consensus.paxos.recovery import Promise
-from kvstore.consensus.types import Entry, Message, MessageType
+from kvstore.consensus.types import Entry, Message, MessageType, has_membership
 
 MT = MessageType
 REACCEPT = b"reaccept"  # leading.REACCEPT (kept here to avoid an import cycle)
@@ -66,8 +66,10 @@ def body(m: Message, me: int) -> str | None:
     if m.type is MT.PAXOS_SNAPSHOT:
         if ballots.node_of(m.term) not in (m.from_, me):
             return "malformed"
-        if m.snapshot is None or m.snapshot.metadata.index < 1:
+        if m.snapshot is None or m.snapshot.metadata.index < 0:
             return "malformed"
+        if m.snapshot.metadata.index == 0 and not has_membership(m.snapshot.metadata.conf_state):
+            return "malformed"  # at index 0 a snapshot is only its membership (the join contract)
     return None
 
 

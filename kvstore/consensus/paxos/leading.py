@@ -20,6 +20,7 @@ from kvstore.consensus.paxos import quorum, value
 from kvstore.consensus.paxos.progress import Event, State
 from kvstore.consensus.paxos.proposer import Leader
 from kvstore.consensus.types import (
+    JOINING,
     CompactedError,
     EntryType,
     Message,
@@ -73,10 +74,7 @@ def replicate(n: PaxosNode, lead: Leader, to: int) -> None:
     last = n.log.last_index()
     while not pr.paused(n.cfg.max_inflight_msgs, n.cfg.max_inflight_bytes):
         if pr.next < n.log.first_index():
-            snap = n._snapshot()
-            n._send(MT.PAXOS_SNAPSHOT, to, term=lead.ballot, snapshot=snap)
-            pr.on(Event.NEED_SNAPSHOT)
-            pr.pending_snapshot = snap.metadata.index
+            send_snapshot(n, lead, to)
             return
         if pr.next > last and (pr.state is State.REPLICATE or pr.match >= last):
             return
@@ -117,6 +115,14 @@ def replicate(n: PaxosNode, lead: Leader, to: int) -> None:
         pr.sent(prev + len(ents), sum(e.size() for e in ents))
 
 
+def send_snapshot(n: PaxosNode, lead: Leader, to: int) -> None:
+    pr = lead.progress[to]
+    snap = n._snapshot()
+    n._send(MT.PAXOS_SNAPSHOT, to, term=lead.ballot, snapshot=snap)
+    pr.on(Event.NEED_SNAPSHOT)
+    pr.pending_snapshot = snap.metadata.index
+
+
 def flush(n: PaxosNode) -> None:
     lead = n.lead
     if lead is None:
@@ -154,6 +160,12 @@ def on_accepted(n: PaxosNode, m: Message) -> str | None:
     if pr is None:
         return "unknown_peer"
     pr.recent_active = True
+    if m.reject and m.context == JOINING:
+        # It joined with no membership: only a snapshot gives it one, compacted or
+        # not (the join contract in types.py).
+        if pr.state is not State.SNAPSHOT:
+            send_snapshot(n, lead, m.from_)
+        return None
     if m.reject:
         if m.index < pr.match or (pr.state is State.PROBE and m.index != pr.next - 1):
             return "stale_ack"

@@ -29,6 +29,7 @@ from kvstore.consensus.paxos.progress import Progress, State
 from kvstore.consensus.paxos.proposer import Candidate, Leader
 from kvstore.consensus.paxos.recovery import Promise, Recovery, recover
 from kvstore.consensus.types import (
+    JOINING,
     NONE,
     ConfChange,
     Config,
@@ -49,6 +50,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SoftState,
     Status,
+    has_membership,
 )
 
 TRANSFER = b"transfer"
@@ -311,7 +313,16 @@ class PaxosNode:
         return cs
 
     def _is_voter(self) -> bool:
-        return self.id in self._all_voters()
+        """May campaign: a voter of the APPLIED configuration, as in Raft. A voter only
+        of a pending change (one in its log, maybe never chosen) would campaign for a
+        quorum it can never reach, and the acceptors that share that log entry would
+        keep promising it ever higher ballots, turning away every real candidate. A
+        joiner has no applied configuration at all (the join contract in types.py)."""
+        return self.id in self.conf.voters
+
+    def _joining(self) -> bool:
+        """No membership yet (started with --join): see the join contract in types.py."""
+        return not has_membership(self.conf)
 
     def _note_written(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         pending = self.pending_conf
@@ -386,8 +397,8 @@ class PaxosNode:
         leading.maybe_commit(self, lead)
 
     def _on_prepare(self, m: Message) -> str | None:
-        if m.from_ not in self._all_voters():
-            return "not_voter"
+        if m.from_ not in self._all_voters() and not self._joining():
+            return "not_voter"  # a joiner cannot tell; its promise is truthful anyway
         if (
             self.cfg.check_quorum
             and m.context != TRANSFER
@@ -432,6 +443,10 @@ class PaxosNode:
 
     # -- phase 2 (acceptor side) ------------------------------------------------
     def _on_accept(self, m: Message) -> str | None:
+        if self._joining():
+            # The join contract: no values before a snapshot brings our membership.
+            self._send(MT.ACCEPTED, m.from_, term=m.term, index=0, reject=True, context=JOINING)
+            return None
         if m.context == REACCEPT:
             outcome = self.acceptor.reaccept(m.term, m.index, m.log_term)
         else:
@@ -492,9 +507,15 @@ class PaxosNode:
         return None
 
     def _install(self, snap: Snapshot) -> bool:
-        if not self.acceptor.install(snap):
-            return False
         s = snap.metadata.index
+        if not self.acceptor.install(snap):
+            if not self._joining() or not has_membership(snap.metadata.conf_state):
+                return False
+            # The join contract: adopt the membership even from a snapshot we need no
+            # data from (index 0, the genesis membership). A fresh log hands it to the
+            # driver too, which records the membership as its base.
+            if s == 0 and self.log.last_index() == 0:
+                self.log.restore(snap)
         self.conf = snap.metadata.conf_state
         for i in [i for i in self.pending_conf if i <= s]:
             del self.pending_conf[i]
