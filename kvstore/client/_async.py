@@ -42,6 +42,8 @@ MIN_ATTEMPT_S = 0.25
 MAX_ATTEMPT_S = 1.0
 """One attempt gets ATTEMPT_FRACTION of the call's timeout, within these bounds (about one
 election timeout at the default timing), so a paused node costs one attempt, not the call."""
+SERVER_SHARE = 0.9
+"""The node is asked to answer within this share of the attempt's budget."""
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 0.25
 DEFAULT_ENDPOINTS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
@@ -201,7 +203,9 @@ class AsyncClient:
                     # this op waited (the other callers' writes move the window on).
                     _renumber(op, next(self._seq))
             budget = min(remaining, self.attempt_timeout)
-            op.timeout_ms = max(1, int(budget * 1000))
+            # The node gives up a little before we do, so a live node's "timed out" or
+            # "not caught up" answer arrives before our timer reads its silence as death.
+            op.timeout_ms = max(1, int(budget * 1000 * SERVER_SHARE))
             stream = self._stream(endpoint)
             sent_at = loop.time()
             fut = stream.submit(op)
