@@ -345,9 +345,7 @@ class NodeDriver:
         early: list[Message] = []
         out: list[Message] = []
         for g, rd in readies:
-            if self.config.consensus == "raft" and may_send_before_persist(
-                g.role, g.persisted_term, g.persisted_vote, rd
-            ):
+            if may_send_before_persist(g.role, g.persisted_term, g.persisted_vote, rd):
                 early.extend(rd.messages)
             else:
                 out.extend(rd.messages)

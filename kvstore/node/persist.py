@@ -28,16 +28,20 @@ class Plan:
     """Member addresses the applied conf changes give ("": forget), see node/members.py."""
 
 
-_LEADER_EARLY = frozenset({MessageType.APPEND, MessageType.HEARTBEAT})
+_LEADER_EARLY = frozenset(
+    {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.ACCEPT, MessageType.PAXOS_HEARTBEAT}
+)
 
 
 def may_send_before_persist(
     role: Role, persisted_term: int, persisted_vote: int, rd: Ready
 ) -> bool:
-    """A Raft leader replicates in parallel with its own disk write (Raft thesis 10.2.1):
-    its APPENDs and heartbeats depend on no state this Ready persists (term and vote are
-    already durable; the core counts the leader's own entries only once they are durable,
-    in ``advance``). Anything else waits for the persist. ``role``: as of the last Ready."""
+    """A leader replicates in parallel with its own disk write (Raft thesis 10.2.1): its
+    APPENDs / ACCEPTs and heartbeats depend on no state this Ready persists (term and
+    vote, or the Paxos promise, are already durable; both cores count the leader's own
+    entries only once they are durable, in ``advance``). Anything else waits for the
+    persist. ``role``: as of the last Ready. Checked for both cores by the driver model
+    (tests/sim/driver_model.py)."""
     if role != Role.LEADER or rd.snapshot is not None:
         return False
     if rd.soft_state is not None and rd.soft_state.role != Role.LEADER:

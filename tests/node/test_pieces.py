@@ -119,3 +119,30 @@ def test_a_refused_connection_fails_writes_as_definite() -> None:
             assert e.value.definite, "nothing reached a server: the write certainly failed"
 
     asyncio.run(main())
+
+
+def test_leaders_of_both_cores_send_replication_before_their_own_fsync() -> None:
+    """may_send_before_persist (proved for both cores by tests/sim/driver_model.py): a
+    leader's APPEND / ACCEPT and heartbeats leave early; a promise or vote, a new ballot
+    or term, or a change of role waits for the persist."""
+    from kvstore.consensus.types import HardState, Message, MessageType, Ready, Role, SoftState
+    from kvstore.node.persist import may_send_before_persist
+
+    mt = MessageType
+
+    def rd(*types: MessageType, hs: HardState | None = None, soft: Role | None = None) -> Ready:
+        msgs = tuple(Message(type=t, group=1, from_=1, to=2, term=65537) for t in types)
+        return Ready(
+            messages=msgs,
+            hard_state=hs,
+            soft_state=None if soft is None else SoftState(leader=1, role=soft),
+        )
+
+    commit = HardState(term=65537, commit=9)
+    assert may_send_before_persist(Role.LEADER, 65537, 0, rd(mt.ACCEPT, mt.PAXOS_HEARTBEAT))
+    assert may_send_before_persist(Role.LEADER, 65537, 0, rd(mt.ACCEPT, hs=commit))
+    assert may_send_before_persist(Role.LEADER, 3, 1, rd(mt.APPEND, mt.HEARTBEAT))
+    assert not may_send_before_persist(Role.LEADER, 65537, 0, rd(mt.ACCEPT, mt.PROMISE))
+    assert not may_send_before_persist(Role.LEADER, 1, 0, rd(mt.ACCEPT, hs=commit))
+    assert not may_send_before_persist(Role.FOLLOWER, 65537, 0, rd(mt.ACCEPT))
+    assert not may_send_before_persist(Role.LEADER, 65537, 0, rd(mt.ACCEPT, soft=Role.FOLLOWER))

@@ -1,5 +1,6 @@
-"""A model of the real node driver's Ready protocol (kvstore/node/driver.py), over the real
-RawNode, MemoryStorage, the seeded network and crashes at any point.
+"""A model of the real node driver's Ready protocol (kvstore/node/driver.py), over a real
+core (Raft's RawNode or the PaxosNode), MemoryStorage, the seeded network and crashes at
+any point.
 
 What tests/sim/cluster.py drives atomically (ready -> persist -> send -> apply -> advance)
 the real driver spreads over time; this model keeps each of its moves a separate,
@@ -7,10 +8,11 @@ randomly scheduled action:
 - ITERATE (no Ready in flight): step the inbox, tick (at most 2), propose the queued
   writes as ONE entry, start queued reads, take ``ready()``, apply the committed conf
   changes to the core (``_plan``, before the persist), send at once what
-  ``may_send_before_persist`` (the real one) allows, and hand the transaction to the
-  writer;
+  ``may_send_before_persist`` (the real one, for either core) allows, and hand the
+  transaction to the writer;
 - STEP (a Ready in flight): a delivered peer message is stepped into the core between
-  ``ready()`` and ``advance()`` (``_step_while``), before or after the writer commits;
+  ``ready()`` and ``advance()`` (``_step_while``), before or after the writer commits
+  (the driver does this for Raft only; modelled for Paxos too, a superset);
 - COMMIT: the writer's transaction lands atomically: snapshot, entries, hard state, the
   committed entries applied, the membership, a compaction;
 - FINISH: send the rest, answer clients (a write is acknowledged when its entry applied
@@ -19,7 +21,8 @@ randomly scheduled action:
 
 The checkers of tests/sim/checkers.py watch the storage, applies and leaders; this module
 adds the acknowledgement checks: at its answer an acknowledged write is durable on a
-majority of voters, and at the end every member applied it at the same index.
+majority of voters, and at the end every member applied it at the same index. Nodes that
+join start with no membership, as ``kvstore serve --join`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from kvstore.consensus.paxos import PaxosNode, value
 from kvstore.consensus.raft import RawNode
 from kvstore.consensus.types import (
     ConfChange,
@@ -36,6 +40,7 @@ from kvstore.consensus.types import (
     Config,
     ConfState,
     ConsensusError,
+    Core,
     Entry,
     EntryType,
     Message,
@@ -44,11 +49,12 @@ from kvstore.consensus.types import (
     Ready,
     Role,
     Snapshot,
+    has_membership,
 )
 from kvstore.node.persist import may_send_before_persist
 
-from .checkers import RAFT_TRAITS, Checker, SafetyViolation, chain, decode_image, encode_image
-from .cluster import CoreParams, SimStorage, StateMachine
+from .checkers import Checker, SafetyViolation, chain, decode_image, encode_image
+from .cluster import CoreParams, SimStorage, StateMachine, load_core
 from .network import PERFECT, NetConfig, Network
 
 MAX_TICKS_PER_ITERATION = 2
@@ -77,7 +83,7 @@ class DNode:
     id: int
     storage: SimStorage
     sm: StateMachine
-    core: RawNode | None = None
+    core: Core | None = None
     role: Role = Role.FOLLOWER
     leader: int = 0
     persisted_term: int = 0
@@ -146,12 +152,17 @@ def random_options(rng: random.Random, steps: int) -> DriverOptions:
 
 
 class DriverSim:
-    def __init__(self, seed: int, opts: DriverOptions) -> None:
+    def __init__(self, seed: int, opts: DriverOptions, kind: str = "raft") -> None:
+        loaded = load_core(kind)
+        if loaded is None:
+            raise LookupError(f"consensus core {kind!r} does not import")
+        self.factory, traits = loaded
+        self.raft = traits.raft_log
         self.seed = seed
         self.opts = opts
         self.rng = random.Random(seed ^ 0xD1)
         self.net = Network(random.Random(self.rng.getrandbits(64)), opts.net)
-        self.checker = Checker(RAFT_TRAITS)
+        self.checker = Checker(traits)
         self.stats: Counter[str] = Counter()
         self.trace: deque[str] = deque(maxlen=80)
         self.now = 0
@@ -169,7 +180,8 @@ class DriverSim:
 
     # -- lifecycle ------------------------------------------------------------------
     def _add_node(self, node_id: int) -> DNode:
-        st = SimStorage(self.genesis)
+        # A node that joins later starts with no membership, as `serve --join` does.
+        st = SimStorage(self.genesis if node_id in self.genesis else frozenset())
         node = DNode(node_id, st, StateMachine(conf_state=st.snapshot().metadata.conf_state))
         self.nodes[node_id] = node
         self._boot(node)
@@ -189,7 +201,7 @@ class DriverSim:
             applied=node.sm.index,
             rng=random.Random(self.rng.getrandbits(64)),
         )
-        node.core = RawNode(cfg, node.storage)
+        node.core = self.factory(cfg, node.storage)
         hs = node.storage.hard_state
         node.role, node.leader = Role.FOLLOWER, 0
         node.persisted_term, node.persisted_vote = hs.term, hs.vote
@@ -278,6 +290,10 @@ class DriverSim:
         rd, st = f.rd, node.storage
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self._install(node, rd.snapshot)
+        elif rd.snapshot is not None:  # index 0: a joiner's membership (the join contract)
+            st.apply_snapshot(rd.snapshot)
+            if not has_membership(node.sm.conf_state):
+                node.sm.conf_state = st.conf_state
         if rd.entries:
             st.append(rd.entries)
             self.checker.on_append(node.id, st, rd.entries)
@@ -345,11 +361,15 @@ class DriverSim:
         self.stats["acked"] += len(values)
 
     def _holds(self, n: DNode, e: Entry) -> bool:
+        """Node ``n`` durably holds committed entry ``e`` (Paxos: the same value, in
+        whatever ballot it was last accepted)."""
         st = n.storage
         if st.snapshot().metadata.index >= e.index:
             return n.sm.index >= e.index
         try:
-            return st.term(e.index) == e.term
+            if self.raft:
+                return st.term(e.index) == e.term
+            return value.chosen(st.entries(e.index, e.index + 1)[0]) == e
         except ConsensusError:
             return False
 
@@ -564,10 +584,11 @@ class DriverSim:
         if f is None or core is None or not f.rd.entries or f.replaced:
             return
         last = f.rd.entries[-1]
-        if not core.raft.log.match_term(last.index, last.term):
+        now = _current_term(core, last.index)
+        if now != last.term:
             f.replaced = True
             self.stats["in_flight_entries_replaced"] += 1
-            if core.raft.log.last_index() >= last.index:
+            if now is not None:
                 self.stats["in_flight_entries_replaced_same_length"] += 1
 
     def _act(self, node: DNode) -> None:
@@ -642,15 +663,32 @@ class DriverSim:
         return True
 
 
-def run_driver_schedule(seed: int, *, steps: int = 200, sabotage: bool = False) -> Counter[str]:
+def _current_term(core: Core, index: int) -> int | None:
+    """The term (Raft) or ballot (Paxos) the core's log now holds at ``index``; None if
+    the log no longer reaches it."""
+    try:
+        if isinstance(core, RawNode):
+            return core.raft.log.term(index) if core.raft.log.last_index() >= index else None
+        assert isinstance(core, PaxosNode)
+        return core.log.get(index).term if core.log.last_index() >= index else None
+    except ConsensusError:
+        return None
+
+
+def run_driver_schedule(
+    seed: int, *, steps: int = 200, sabotage: bool = False, kind: str = "raft"
+) -> Counter[str]:
     rng = random.Random(seed)
     opts = random_options(rng, steps)
     if sabotage:
         opts = dataclasses.replace(opts, unsafe_send_all_early=True)
-    sim = DriverSim(seed, opts)
+    sim = DriverSim(seed, opts, kind)
     try:
         return sim.run()
     except (SafetyViolation, ConsensusError, AssertionError, ValueError) as e:
-        lines = [f"driver-interleaving seed {seed} failed: {type(e).__name__}: {e}", str(opts)]
+        lines = [
+            f"{kind} driver-interleaving seed {seed} failed: {type(e).__name__}: {e}",
+            str(opts),
+        ]
         lines += list(sim.trace)
         raise SafetyViolation("\n".join(lines)) from e

@@ -1,9 +1,11 @@
 """The real driver's Ready protocol (early leader sends, steps between ready() and advance(),
 conf changes applied before the persist, apply in the persist's transaction, crashes at any
-point) over the real Raft core: seeded schedules, every safety checker, and no lost
-acknowledged write (tests/sim/driver_model.py says what is modelled).
+point) over the real Raft and Multi-Paxos cores: seeded schedules, every safety checker,
+and no lost acknowledged write (tests/sim/driver_model.py says what is modelled). The
+Paxos leader's early ACCEPTs (issue 10) were enabled in the node after these passed.
 
-Replay one seed: pytest tests/sim/test_driver_interleaving.py --sim-seed N
+Replay one seed: pytest tests/sim/test_driver_interleaving.py -k 'schedules and raft'
+--sim-seed N (or paxos)
 """
 
 from __future__ import annotations
@@ -22,32 +24,35 @@ from .checkers import SafetyViolation
 from .conftest import SimArgs
 from .driver_model import run_driver_schedule
 
-DEFAULT_SCHEDULES = 2500
+KINDS = ("raft", "paxos")
+DEFAULT_SCHEDULES = {"raft": 2500, "paxos": 800}
 STEPS = 200
 SOAK_SCHEDULES = 3000
 SOAK_STEPS = 1000
-REPLAY = "pytest tests/sim/test_driver_interleaving.py -k schedules --sim-seed"
+REPLAY = "pytest tests/sim/test_driver_interleaving.py -k 'schedules and {kind}' --sim-seed"
 
 
-def _run(seeds: list[int], steps: int) -> Counter[str]:
+def _run(kind: str, seeds: list[int], steps: int) -> Counter[str]:
     totals: Counter[str] = Counter()
     for seed in seeds:
         try:
-            totals += run_driver_schedule(seed, steps=steps)
+            totals += run_driver_schedule(seed, steps=steps, kind=kind)
         except SafetyViolation as e:
-            pytest.fail(f"{e}\nreplay: {REPLAY} {seed} (steps={steps})", pytrace=False)
+            replay = REPLAY.format(kind=kind)
+            pytest.fail(f"{e}\nreplay: {replay} {seed} (steps={steps})", pytrace=False)
     return totals
 
 
-def test_driver_interleaving_schedules(sim_args: SimArgs) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_driver_interleaving_schedules(kind: str, sim_args: SimArgs) -> None:
     if sim_args.seed is not None:
-        _run([sim_args.seed], SOAK_STEPS if sim_args.soak else STEPS)
+        _run(kind, [sim_args.seed], SOAK_STEPS if sim_args.soak else STEPS)
         return
-    n = sim_args.schedules or DEFAULT_SCHEDULES
+    n = sim_args.schedules or DEFAULT_SCHEDULES[kind]
     t0 = time.process_time()
-    totals = _run(list(range(n)), STEPS)
+    totals = _run(kind, list(range(n)), STEPS)
     print(
-        f"\ndriver interleaving: {n} schedules of {STEPS} steps, {totals['delivered']} "
+        f"\n{kind} driver interleaving: {n} schedules of {STEPS} steps, {totals['delivered']} "
         f"messages ({totals['stepped_in_flight']} stepped between ready and advance), "
         f"{totals['early_sends']} early sends, {totals['crashes']} crashes "
         f"({totals['crash_lost_txn']} lost an in-flight transaction), {totals['acked']} "
@@ -73,19 +78,21 @@ def test_driver_interleaving_schedules(sim_args: SimArgs) -> None:
 
 
 @pytest.mark.soak
-def test_driver_interleaving_soak(sim_args: SimArgs) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_driver_interleaving_soak(kind: str, sim_args: SimArgs) -> None:
     base = random.SystemRandom().randrange(1 << 40)
-    print(f"\ndriver interleaving soak: seeds from {base}, {SOAK_STEPS} steps")
-    _run(list(range(base, base + (sim_args.schedules or SOAK_SCHEDULES))), SOAK_STEPS)
+    print(f"\n{kind} driver interleaving soak: seeds from {base}, {SOAK_STEPS} steps")
+    _run(kind, list(range(base, base + (sim_args.schedules or SOAK_SCHEDULES))), SOAK_STEPS)
 
 
-def test_checks_catch_an_unsafe_driver() -> None:
-    """Sending every message before its persist (votes, append answers) must be caught:
-    the model can fail."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_checks_catch_an_unsafe_driver(kind: str) -> None:
+    """Sending every message before its persist (votes / promises, append / accept
+    answers) must be caught: the model can fail."""
     caught = 0
     for seed in range(40):
         try:
-            run_driver_schedule(seed, sabotage=True)
+            run_driver_schedule(seed, sabotage=True, kind=kind)
         except SafetyViolation:
             caught += 1
     assert caught > 0
