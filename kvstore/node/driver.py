@@ -64,7 +64,7 @@ from kvstore.node.pending import fail as _fail
 from kvstore.node.pending import ok as _ok
 from kvstore.node.persist import Plan as _Plan
 from kvstore.node.persist import may_send_before_persist, needs_write, persist_plans
-from kvstore.statemachine import ApplyResult, Command, encode_batch
+from kvstore.statemachine import ApplyResult, Command, adds_data, encode_batch
 from kvstore.storage import NodeStorage, StorageFullError
 
 MAX_INBOX = 100_000
@@ -235,6 +235,15 @@ class NodeDriver:
             fut.set_exception(self.not_leader(g))
         elif self.storage_full:
             fut.set_exception(ExhaustedOp("storage is full", definite=True))
+        elif self.storage.tight and adds_data(cmd):
+            fut.set_exception(
+                ExhaustedOp(
+                    f"storage is full to its high-water mark ({self.storage.live} bytes "
+                    f"held, mark {self.storage.high_water}; the rest of the map is kept for "
+                    "deletes): writes that add data are refused, deletes still apply",
+                    definite=True,
+                )
+            )
         else:
             now = loop.time()
             g.writes.append(_Write(cmd, fut, now + timeout, now))
@@ -390,6 +399,10 @@ class NodeDriver:
         if n > 0 and applied - g.compacted >= n:
             # Keep a tail so briefly lagging followers still catch up from the log.
             compact_to = applied - n // 4
+        if self.storage.tight and applied > g.compacted:
+            # Nearly full: the log's old entries may hold most of the data; followers
+            # that lag will need a snapshot.
+            compact_to = applied
         return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
 
     def _learn_address(self, node: int, address: str) -> None:
@@ -423,6 +436,11 @@ class NodeDriver:
                     log.event("storage_full", level=40, error=str(e))
                     for g in self.groups.values():
                         g.fail_writes(f"storage is full: {e}")
+                for p in plans:
+                    # The retry also drops the applied log: that may be what makes room.
+                    grp = self.groups.get(p.group)
+                    if grp is not None and grp.applied > grp.compacted:
+                        p.compact_to = max(p.compact_to, grp.applied)
                 await asyncio.sleep(1.0)
                 continue
             if self.storage_full:

@@ -86,6 +86,11 @@ class Cas:
 Command = Put | Delete | Cas
 
 
+def adds_data(cmd: Command) -> bool:
+    """Whether the command may grow the store (what a nearly full store refuses)."""
+    return isinstance(cmd, Put) or (isinstance(cmd, Cas) and cmd.new_value is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One entry's decoded data."""

@@ -35,6 +35,13 @@ from kvstore.storage.writer import Writer
 _SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions")
 
 
+def reserve_bytes(map_size: int) -> int:
+    """The part of the map kept free for deletes and compaction: 1/8 of it, at least
+    16 MiB, at most half. Enough for the copy-on-write pages a delete or a compaction
+    needs, and for the writes admitted between two persists."""
+    return min(map_size // 2, max(map_size // 8, 16 << 20))
+
+
 class NodeStorage:
     def __init__(
         self,
@@ -45,7 +52,9 @@ class NodeStorage:
         cache_entries: int = TAIL_ENTRIES,
     ) -> None:
         """Open (creating if needed) the environment in directory ``path``. ``map_size``
-        caps the data size in bytes; past it writes raise StorageFullError.
+        caps the data size in bytes; past it writes raise StorageFullError. Above
+        ``high_water`` (the map less ``reserve_bytes``) the store is ``tight``: callers
+        refuse writes that add data and compact, so deletes always find room.
         ``cache_entries``: log entries per group kept in memory (the tail)."""
         os.makedirs(path, exist_ok=True)
         self._lockfile = _lock_dir(path)
@@ -80,6 +89,10 @@ class NodeStorage:
             self._lockfile.close()
             raise
         self.dbs = Dbs(*dbs)
+        self._all_dbs = list(dbs)
+        self.high_water = map_size - reserve_bytes(map_size)
+        self.live = self.live_bytes()
+        """Bytes in pages that hold data as of the last commit (free pages not counted)."""
         self._groups: dict[int, GroupLog] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -143,11 +156,13 @@ class NodeStorage:
             except (lmdb.MapFullError, lmdb.TxnFullError) as e:
                 _abort(txn)
                 used, size = self.usage()
+                self.live = max(self.live, self.high_water + 1)
                 raise StorageFullError(f"LMDB map full ({used} of {size} bytes used): {e}") from e
             except BaseException:
                 _abort(txn)
                 raise
             self.undecodable += w.undecodable
+            self.live = self.live_bytes()
             for g, view in w.publish().items():
                 log = self.group(g)
                 log.view = view
@@ -157,6 +172,19 @@ class NodeStorage:
     def sync(self) -> None:
         """Flush committed writes to disk (needed only with ``sync=False``)."""
         self.env.sync(True)
+
+    @property
+    def tight(self) -> bool:
+        """Data above the high-water mark: only deletes and compaction should go in."""
+        return self.live > self.high_water
+
+    def live_bytes(self) -> int:
+        """Bytes in the pages of every table (pages on LMDB's free list, which writes
+        reuse, are not counted, so deletes and compaction bring this down)."""
+        with self.env.begin() as txn:
+            stats = [self.env.stat(), *(txn.stat(db) for db in self._all_dbs)]
+        pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+        return int(pages * stats[0]["psize"])
 
     def usage(self) -> tuple[int, int]:
         """(bytes in use, map size): for metrics and a warning before the map fills."""

@@ -16,8 +16,9 @@ import grpc
 import pytest
 
 from kvstore._pb import kv_pb2, kv_pb2_grpc
+from kvstore.client import ResourceExhausted
 
-from .harness import running_cluster
+from .harness import running_cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -69,3 +70,38 @@ def test_a_restarted_client_with_the_same_id_really_writes(tmp_path: Path) -> No
             r1 = stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v3", **session), timeout=10)
             r2 = stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v3", **session), timeout=10)
             assert r1.revision == r2.revision, "a retry within one incarnation: exactly once"
+
+
+def test_a_full_map_still_takes_deletes_and_recovers_while_running(tmp_path: Path) -> None:
+    """Issue 11.2: once 1 MiB values filled the map even deletes failed and only a
+    restart with a larger map got the node out. Writes that add data must be refused
+    while deletes (and the compaction they allow) still apply, and the node must take
+    writes again once they made room."""
+    value = b"x" * (1 << 20)
+    with running_cluster(tmp_path, extra=["--map-size-mb", "24"]) as cluster:
+        cluster.wait_leader()
+        written: list[str] = []
+        with cluster.client(timeout=10.0) as c:
+            for i in range(60):
+                try:
+                    c.put(f"big{i}", value)
+                except ResourceExhausted:
+                    break
+                written.append(f"big{i}")
+            else:
+                raise AssertionError("60 MiB of values never filled a 24 MiB map")
+            assert len(written) >= 2
+            for key in written:
+                assert c.delete(key), key
+            assert c.get(written[-1]) is None
+
+            def writable() -> bool:
+                try:
+                    c.put("again", value)
+                except ResourceExhausted:
+                    return False
+                return True
+
+            wait_for(writable, 30, "the node to take writes again")
+            assert c.get("again") == value
+        assert all(cluster.alive(i) for i in (1, 2, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from unittest.mock import patch
 
 from hypothesis import given, settings
@@ -21,7 +22,9 @@ from kvstore.statemachine import (
     Put,
     encode_batch,
 )
-from kvstore.storage import NodeStorage
+from kvstore.statemachine.apply import SessionState
+from kvstore.statemachine.records import encode_result, encode_session
+from kvstore.storage import NodeStorage, keys
 from kvstore.storage.tables import GroupTables
 
 from . import sessions_view
@@ -148,3 +151,56 @@ def test_expired_sessions_are_absent_before_the_sweep_reaches_them(tmp_path: obj
         assert again.kv is not None and again.kv.version == 2, (
             "an expired client's retry applies again: the documented price of expiry"
         )
+
+
+def test_overwriting_a_big_value_keeps_the_session_table_small(tmp_path: object) -> None:
+    # Issue 11.2: sessions stored the previous and new value of every remembered write:
+    # 200 overwrites of a 256 KiB value left 0.3 MiB of data and 100 MiB of sessions.
+    value = b"v" * (256 << 10)
+    with NodeStorage(f"{tmp_path}/n", map_size=1 << 30, sync=False) as st_:
+        for i in range(1, 201):
+            e = Entry(term=1, index=i, data=encode_batch([Put(b"k", value, 77, i)]))
+            with st_.write() as w:
+                w.save(1, entries=[e])
+                w.compact(1, i - 1)
+                [r] = w.apply(1, [e])
+            assert r.ok and r.revision == i
+        with st_.env.begin() as txn:
+            s = txn.stat(st_.dbs.sessions)
+        pages = s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+        assert pages * s["psize"] < 64 << 10, f"{pages} pages of sessions for 200 outcomes"
+
+
+def test_a_persist_sweeps_a_bounded_part_of_200k_sessions(tmp_path: object) -> None:
+    # Issue 11.2: the idle-session sweep scanned the whole table in one persist (480 ms
+    # for 200,000 sessions). Now each persist looks at a bounded number of them.
+    n = 200_000
+    with NodeStorage(f"{tmp_path}/n", map_size=1 << 30, sync=False) as st_:
+        state = encode_session(SessionState(1, 1, 1000))
+        outcome = encode_result(ApplyResult(1, 1, True, None, None))
+        rows = []
+        for c in range(1, n + 1):
+            rows += [(keys.session_key(1, c, 1), state), (keys.outcome_key(1, c, 1, 1), outcome)]
+        with st_.env.begin(write=True) as txn:
+            txn.cursor(db=st_.dbs.sessions).putmulti(rows, append=True)
+        t = 1000 + apply_mod.SESSION_IDLE_MS + 1  # every session is now idle too long
+        ents = [Entry(term=1, index=i, data=encode_batch([Put(b"x", b"y")], t)) for i in (1, 2)]
+        with st_.write() as w:
+            w.save(1, entries=ents)
+        before = _session_rows(st_)
+        t0 = time.perf_counter()
+        with st_.write() as w:
+            w.apply(1, ents[:1])
+        took = time.perf_counter() - t0
+        first = before - _session_rows(st_)
+        # Two rows a session (its state and one outcome); the clock row costs one step.
+        assert 0 < first <= 2 * writer_mod.SWEEP_SESSIONS, first
+        assert took < 0.25, f"one persist took {took * 1000:.0f} ms"
+        with st_.write() as w:
+            w.apply(1, ents[1:])
+        assert before - _session_rows(st_) - first == 2 * writer_mod.SWEEP_SESSIONS, "it goes on"
+
+
+def _session_rows(st_: NodeStorage) -> int:
+    with st_.env.begin() as txn:
+        return int(txn.stat(st_.dbs.sessions)["entries"])
