@@ -31,10 +31,21 @@ EXIT_ERROR = 3
 
 _CONFIG: dict[str, Any] = {}
 """Values from the --config TOML file, keyed by flag name with underscores."""
+_FLAGS: set[str] = set()
+"""Every flag name (underscores) that some command takes: what a config file may set."""
 
 
-def _env(flag: str) -> str | None:
-    return os.environ.get("KVSTORE_" + flag.lstrip("-").upper().replace("-", "_"))
+class _Invalid:
+    """The default of a flag whose environment or config-file value is invalid: reported
+    (exit 2) only when the chosen command has that flag and the command line does not
+    set it, as a bad command-line value would be."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _env_name(flag: str) -> str:
+    return "KVSTORE_" + flag.lstrip("-").upper().replace("-", "_")
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -45,50 +56,132 @@ def load_config(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+# -- value types: one check per flag, whatever the source ----------------------------
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s.strip())
+        except ValueError:
+            v = None
+        if v is None or v < low or (high is not None and v > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {s!r}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s.strip())
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {s!r}")
+    return v
+
+
+def _host_port(s: str) -> str:
+    host, sep, port = s.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {s!r}")
+    return s.strip()
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag_value(raw: Any, kw: dict[str, Any]) -> Any:
+    """``raw`` (an environment string or a TOML value) checked and converted exactly as
+    the command line's value would be; raises ValueError saying what is wrong."""
+    if kw.get("action") == "store_true":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if isinstance(raw, dict):  # TOML table: peers = {1 = "h:p", ...}
+        raw = ",".join(f"{k}={v}" for k, v in raw.items())
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        raw = ",".join(raw)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(f"expected a single value, got {raw!r}")
+    convert = kw.get("type", str)
+    try:
+        value = convert(str(raw))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise ValueError(str(e) or f"invalid value {raw!r}") from None
+    choices = kw.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {raw!r}")
+    return value
+
+
 def _add(p: argparse.ArgumentParser, flag: str, *, required: bool = False, **kw: Any) -> None:
-    """add_argument with the default taken from KVSTORE_<FLAG> when set."""
-    env = _env(flag)
-    from_file = _CONFIG.get(flag.lstrip("-").replace("-", "_"))
-    if env is not None:
-        if kw.get("action") == "store_true":
-            kw["default"] = env.lower() in ("1", "true", "yes", "on")
-        else:
-            kw["default"] = kw.get("type", str)(env)
-        required = False
-    elif from_file is not None:
-        if isinstance(from_file, dict):
-            from_file = ",".join(f"{k}={v}" for k, v in from_file.items())
-        kw["default"] = (
-            from_file if kw.get("action") == "store_true" else kw.get("type", str)(from_file)
-        )
+    """add_argument with the default taken, checked the same way as the command line,
+    from KVSTORE_<FLAG> or else from the config file."""
+    name = flag.lstrip("-").replace("-", "_")
+    _FLAGS.add(name)
+    env_name = _env_name(flag)
+    env = os.environ.get(env_name)
+    source, raw = (
+        (f"environment variable {env_name}", env)
+        if env is not None
+        else (f"config file key {flag.lstrip('-')!r}", _CONFIG.get(name))
+    )
+    if raw is not None:
+        try:
+            kw["default"] = _flag_value(raw, kw)
+        except ValueError as e:
+            kw["default"] = _Invalid(f"{source}: {e}")
         required = False
     help_text = kw.pop("help", "")
-    env_name = "KVSTORE_" + flag.lstrip("-").upper().replace("-", "_")
     kw["help"] = f"{help_text} [env {env_name}]".strip()
     p.add_argument(flag, required=required, **kw)
+
+
+def _invalid_defaults(args: argparse.Namespace) -> list[str]:
+    return [v.message for v in vars(args).values() if isinstance(v, _Invalid)]
 
 
 def _node_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--consensus", choices=("raft", "paxos"), default="raft", help="consensus core")
     _add(p, "--cluster-id", default="kvstore", help="cluster name checked on every peer message")
-    _add(p, "--tick-ms", type=int, default=50, help="consensus tick period in ms")
-    _add(p, "--election-ticks", type=int, default=10, help="election timeout in ticks")
-    _add(p, "--heartbeat-ticks", type=int, default=1, help="heartbeat interval in ticks")
+    _add(p, "--tick-ms", type=_int_at_least(1), default=50, help="consensus tick period in ms")
+    _add(p, "--election-ticks", type=_int_at_least(2), default=10, help="election timeout in ticks")
+    _add(
+        p, "--heartbeat-ticks", type=_int_at_least(1), default=1, help="heartbeat interval in ticks"
+    )
     _add(
         p,
         "--snapshot-entries",
-        type=int,
+        type=_int_at_least(0),
         default=10000,
         help="compact the log every N applied entries (0: never)",
     )
-    _add(p, "--map-size-mb", type=int, default=1024, help="LMDB map size (storage cap) in MiB")
+    _add(
+        p,
+        "--map-size-mb",
+        type=_int_at_least(1),
+        default=1024,
+        help="LMDB map size (storage cap) in MiB",
+    )
     _add(
         p,
         "--inline-persist",
         action="store_true",
         help="write to storage on the event loop thread (fewer thread hops; blocks the loop)",
     )
-    _add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _add(
+        p,
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="INFO",
+        help="log threshold",
+    )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -98,7 +191,13 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_ENDPOINTS),
         help="comma-separated HOST:PORT list of the cluster's nodes",
     )
-    _add(p, "--timeout", type=float, default=5.0, help="seconds per operation, retries included")
+    _add(
+        p,
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        help="seconds per operation, retries included",
+    )
 
 
 # -- serve / cluster -------------------------------------------------------------------
@@ -112,24 +211,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
         return EXIT_USAGE
-    unsafe = os.environ.get("KVSTORE_UNSAFE_ACK_BEFORE_COMMIT") == "1"
-    opts = ServeOptions(
-        id=args.id,
-        listen=args.listen,
-        peers=peers,
-        data_dir=args.data_dir,
-        metrics_port=args.metrics_port,
-        consensus=args.consensus,
-        cluster_id=args.cluster_id,
-        tick_ms=args.tick_ms,
-        election_ticks=args.election_ticks,
-        heartbeat_ticks=args.heartbeat_ticks,
-        snapshot_entries=args.snapshot_entries,
-        map_size_mb=args.map_size_mb,
-        unsafe_ack_before_commit=unsafe,
-        join=args.join,
-        inline_persist=args.inline_persist,
-    )
+    try:
+        opts = ServeOptions(
+            id=args.id,
+            listen=args.listen,
+            peers=peers,
+            data_dir=args.data_dir,
+            metrics_port=args.metrics_port,
+            consensus=args.consensus,
+            cluster_id=args.cluster_id,
+            tick_ms=args.tick_ms,
+            election_ticks=args.election_ticks,
+            heartbeat_ticks=args.heartbeat_ticks,
+            snapshot_entries=args.snapshot_entries,
+            map_size_mb=args.map_size_mb,
+            unsafe_ack_before_commit=getattr(args, "unsafe_ack_before_commit", False),
+            join=args.join,
+            inline_persist=args.inline_persist,
+        )
+    except ValueError as e:
+        print(f"kvstore serve: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         ok = run(opts)
     except StartupError as e:
@@ -373,11 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run one node")
     p.add_argument("--config", help="TOML file of flag values [env KVSTORE_CONFIG]")
-    _add(p, "--id", type=int, required=True, help="this node's id (>= 1)")
-    _add(p, "--listen", required=True, help="HOST:PORT for clients and peers")
+    _add(p, "--id", type=_int_at_least(1), required=True, help="this node's id (>= 1)")
+    _add(p, "--listen", type=_host_port, required=True, help="HOST:PORT for clients and peers")
     _add(p, "--peers", default="", help="ID=HOST:PORT,... of all nodes (this one may be listed)")
     _add(p, "--data-dir", required=True, help="directory of this node's LMDB environment")
-    _add(p, "--metrics-port", type=int, default=0, help="Prometheus metrics HTTP port (0: off)")
+    _add(
+        p,
+        "--metrics-port",
+        type=_int_at_least(0, 65535),
+        default=0,
+        help="Prometheus metrics HTTP port (0: off)",
+    )
     _add(
         p,
         "--join",
@@ -388,14 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cluster", help="run a local N-node cluster until Ctrl-C")
-    _add(p, "--nodes", type=int, default=3, help="number of nodes")
-    _add(p, "--port", type=int, default=7001, help="first port; node i listens on PORT+i-1")
+    _add(p, "--nodes", type=_int_at_least(1), default=3, help="number of nodes")
+    _add(
+        p,
+        "--port",
+        type=_int_at_least(1, 65535),
+        default=7001,
+        help="first port; node i listens on PORT+i-1",
+    )
     _add(p, "--host", default="127.0.0.1", help="address to listen on")
     _add(p, "--data-dir", default="./kvstore-data", help="data root (node i in DIR/nodeI)")
     _add(
         p,
         "--metrics-port",
-        type=int,
+        type=_int_at_least(0, 65535),
         default=0,
         help="first metrics port; node i serves on METRICS_PORT+i-1 (0: off)",
     )
@@ -439,7 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="print KEY<TAB>VALUE lines for keys in [START, END)")
     p.add_argument("start", nargs="?", default="")
     p.add_argument("end", nargs="?", default="")
-    _add(p, "--limit", type=int, default=0, help="at most this many keys (0: server limit)")
+    _add(
+        p,
+        "--limit",
+        type=_int_at_least(0),
+        default=0,
+        help="at most this many keys (0: server limit)",
+    )
     _add(
         p,
         "--read-mode",
@@ -456,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("transfer-leader", help="move leadership to node --to ID")
-    _add(p, "--to", type=int, required=True, help="the node id to lead")
+    _add(p, "--to", type=_int_at_least(1), required=True, help="the node id to lead")
     _client_flags(p)
     p.set_defaults(func=cmd_transfer_leader)
 
@@ -496,9 +616,13 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return os.environ.get("KVSTORE_CONFIG")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, unsafe_ack_before_commit: bool = False) -> int:
+    """``unsafe_ack_before_commit``: serve acknowledges writes before they commit (it
+    loses acknowledged writes). Only kvstore.jepsen.unsafe_node sets it: no flag, variable
+    or config key of this command reaches it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _CONFIG.clear()
+    _FLAGS.clear()
     path = _config_path(argv)
     if path:
         try:
@@ -507,7 +631,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kvstore: cannot read config {path}: {e}", file=sys.stderr)
             return EXIT_USAGE
     parser = build_parser()
+    unknown = sorted(set(_CONFIG) - _FLAGS - {"config"})
+    if unknown:
+        names = ", ".join(k.replace("_", "-") for k in unknown)
+        print(f"kvstore: config file {path}: unknown key(s) {names}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
+    bad = _invalid_defaults(args)
+    if bad:
+        for message in bad:
+            print(f"kvstore {args.command}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    args.unsafe_ack_before_commit = unsafe_ack_before_commit
     code: int = args.func(args)
     return code
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kvstore.cli import build_parser, main
@@ -103,3 +105,95 @@ def test_toml_config_file(
     assert seen["peers"] == "1=a:1,4=127.0.0.1:7004"
     assert seen["tick_ms"] == 30  # the environment beats the file
     assert seen["listen"] == "127.0.0.1:9"  # the command line beats both
+
+
+# -- every source checked the same way (issue 11.9) -------------------------------------
+_SERVE = ["serve", "--id", "1", "--listen", "127.0.0.1:0", "--data-dir"]
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The options `kvstore serve` would run a node with (the node is not started)."""
+    import kvstore.server.process as process
+
+    seen: list[object] = []
+    monkeypatch.setattr(process, "run", lambda opts: seen.append(opts) or True)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "command", "says"),
+    [
+        ("KVSTORE_TIMEOUT", "abc", ["get", "k"], "expected a number of seconds > 0, got 'abc'"),
+        ("KVSTORE_TIMEOUT", "-1", ["get", "k"], "> 0"),
+        ("KVSTORE_CONSENSUS", "bogus", [*_SERVE, "D"], "expected one of raft, paxos"),
+        ("KVSTORE_TICK_MS", "0", [*_SERVE, "D"], "expected an integer >= 1, got '0'"),
+        ("KVSTORE_JOIN", "maybe", [*_SERVE, "D"], "expected true or false"),
+        ("KVSTORE_LISTEN", "nowhere", ["serve", "--id", "1", "--data-dir", "D"], "HOST:PORT"),
+        ("KVSTORE_LOG_LEVEL", "LOUD", [*_SERVE, "D"], "expected one of DEBUG"),
+    ],
+)
+def test_a_bad_environment_value_is_a_usage_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: object,
+    served: list[object],
+    var: str,
+    value: str,
+    command: list[str],
+    says: str,
+) -> None:
+    monkeypatch.setenv(var, value)
+    data_dir = f"{tmp_path}/data"
+    assert main([data_dir if a == "D" else a for a in command]) == 2
+    err = capsys.readouterr().err
+    assert var in err and says in err and "Traceback" not in err
+    assert served == [] and not os.path.exists(data_dir), "nothing started, nothing written"
+
+
+def test_the_command_line_still_wins_over_a_bad_environment_value(
+    monkeypatch: pytest.MonkeyPatch, served: list[object]
+) -> None:
+    monkeypatch.setenv("KVSTORE_CONSENSUS", "bogus")
+    assert main([*_SERVE, "/x", "--consensus", "paxos"]) == 0
+    assert [o.consensus for o in served] == ["paxos"]  # type: ignore[attr-defined]
+
+
+def test_config_file_values_are_checked_like_flags(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], served: list[object]
+) -> None:
+    def run(toml: str) -> int:
+        path = f"{tmp_path}/kv.toml"
+        with open(path, "w") as f:
+            f.write(toml)
+        return main(["serve", "--config", path])
+
+    base = 'id = 2\nlisten = "127.0.0.1:0"\ndata-dir = "/x"\npeers = {2 = "127.0.0.1:0"}\n'
+    assert run(base + 'join = "false"\ntick-ms = 20\n') == 0
+    assert run(base + "join = true\n") == 0
+    assert [(o.join, o.tick_ms, o.peers) for o in served] == [  # type: ignore[attr-defined]
+        (False, 20, {2: "127.0.0.1:0"}),
+        (True, 50, {2: "127.0.0.1:0"}),
+    ]
+    for bad, says in (
+        ('join = "nope"', "config file key 'join': expected true or false"),
+        ('tick-ms = "abc"', "config file key 'tick-ms': expected an integer >= 1, got 'abc'"),
+        ("tick-ms = 2.5", "expected an integer >= 1, got '2.5'"),
+        ('consensus = "bogus"', "expected one of raft, paxos"),
+        ("map-size-mb = true", "expected a single value"),
+        ("tick_msec = 5", "unknown key(s) tick-msec"),
+    ):
+        capsys.readouterr()
+        assert run(base + bad + "\n") == 2, bad
+        assert says in capsys.readouterr().err, bad
+    assert len(served) == 2
+
+
+def test_no_environment_variable_turns_off_commit_before_ack(
+    monkeypatch: pytest.MonkeyPatch, served: list[object]
+) -> None:
+    for name in ("KVSTORE_UNSAFE_ACK_BEFORE_COMMIT", "KVSTORE_UNSAFE_ACK"):
+        monkeypatch.setenv(name, "1")
+    assert main([*_SERVE, "/x"]) == 0
+    assert main([*_SERVE, "/x"], unsafe_ack_before_commit=True) == 0  # kvstore.jepsen.unsafe_node
+    assert [o.unsafe_ack_before_commit for o in served] == [False, True]  # type: ignore[attr-defined]

@@ -111,7 +111,7 @@ def _add_commands(sub: Any) -> None:
     run.add_argument(
         "--unsafe-ack-before-commit",
         action="store_true",
-        help="start nodes with KVSTORE_UNSAFE_ACK_BEFORE_COMMIT=1 (proof of detection)",
+        help="start nodes that ack before commit (kvstore.jepsen.unsafe_node; proof of detection)",
     )
     run.add_argument(
         "--server-cmd",

@@ -45,7 +45,9 @@ class NodeSpec:
     consensus: str = "raft"
     server_cmd: str | None = None
     """A template run through str.format with id, ip, port, listen, peers, data_dir; None:
-    ``<python> -m kvstore.cli serve ...``."""
+    ``<python> -m MODULE serve ...``."""
+    module: str = "kvstore.cli"
+    """kvstore.jepsen.unsafe_node: nodes that acknowledge before commit."""
     env: Mapping[str, str] | None = None
     clock: bool = False
     tick_ms: int = 50
@@ -94,7 +96,7 @@ class Cluster:
         return [
             sys.executable,
             "-m",
-            "kvstore.cli",
+            self.spec.module,
             "serve",
             *("--id", str(host.index), "--listen", endpoint(host), "--peers", peers),
             *("--data-dir", str(data_dir), "--consensus", self.spec.consensus),

@@ -291,11 +291,10 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
     workload = make(
         cfg.workload, keys=cfg.keys or max(2, cfg.concurrency // 2), concurrency=cfg.concurrency
     )
-    env = {"KVSTORE_UNSAFE_ACK_BEFORE_COMMIT": "1"} if cfg.unsafe_ack else {}
     spec = NodeSpec(
         consensus=cfg.consensus,
         server_cmd=cfg.server_cmd,
-        env=env,
+        module="kvstore.jepsen.unsafe_node" if cfg.unsafe_ack else "kvstore.cli",
         clock="clock" in KINDS[cfg.nemesis],
     )
     t_start = time.monotonic()

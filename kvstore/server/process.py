@@ -54,6 +54,27 @@ class ServeOptions:
     inline_persist: bool = False
     """Start with no membership and wait to be added (``kvstore member add-learner``)."""
 
+    def __post_init__(self) -> None:
+        """The same limits the command line checks, for nodes built in code: nothing
+        invalid may reach the data directory (its identity is written on first start)."""
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, ok, rule in (
+                ("id", self.id, self.id >= 1, ">= 1"),
+                ("consensus", self.consensus, self.consensus in ("raft", "paxos"), "raft or paxos"),
+                ("cluster_id", self.cluster_id, bool(self.cluster_id), "non-empty"),
+                ("tick_ms", self.tick_ms, self.tick_ms >= 1, ">= 1"),
+                ("election_ticks", self.election_ticks, self.election_ticks >= 2, ">= 2"),
+                ("heartbeat_ticks", self.heartbeat_ticks, self.heartbeat_ticks >= 1, ">= 1"),
+                ("snapshot_entries", self.snapshot_entries, self.snapshot_entries >= 0, ">= 0"),
+                ("map_size_mb", self.map_size_mb, self.map_size_mb >= 1, ">= 1"),
+                ("metrics_port", self.metrics_port, 0 <= self.metrics_port < 65536, "0..65535"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 HEALTH_SERVICE = "kvstore.v1.KV"
 """Health is reported for the server ("") and under this service name, alike."""

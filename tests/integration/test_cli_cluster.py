@@ -133,15 +133,13 @@ def test_node_refuses_a_data_dir_of_another_cluster(tmp_path: Path) -> None:
 
 
 def test_single_node_and_the_unsafe_ack_switch_is_loud(tmp_path: Path) -> None:
-    import os
-
+    # Only the test-only module reaches the switch (kvstore serve has no way to set it).
     port = free_ports(1)[0]
     argv = [
-        sys.executable, "-m", "kvstore.cli", "serve", "--id", "1",
+        sys.executable, "-m", "kvstore.jepsen.unsafe_node", "serve", "--id", "1",
         "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
     ]  # fmt: skip
-    env = {**os.environ, "KVSTORE_UNSAFE_ACK_BEFORE_COMMIT": "1"}
-    p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         r = None
         for _ in range(100):
