@@ -53,6 +53,10 @@ _RETRYABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
     grpc.StatusCode.ABORTED.value[0],
 }
+_REASONS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: "node deadline",
+    grpc.StatusCode.ABORTED.value[0]: "node aborted",
+}
 _READ_MODES = {
     "strong": kv_pb2.READ_MODE_STRONG,
     "eventual": kv_pb2.READ_MODE_EVENTUAL,
@@ -261,11 +265,10 @@ class AsyncClient:
                     wait = True
                 continue
             if err.code in _RETRYABLE:
-                if err.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
-                    self.retries.count("node deadline")
-                else:
-                    self.retries.count("node unavailable")
-                    endpoint, _ = self._failover(endpoint, tried, anywhere)
+                # Another node may do better (a leader cut off from its quorum times out
+                # until it steps down; the others point at the new leader).
+                self.retries.count(_REASONS.get(err.code, "node unavailable"))
+                endpoint, _ = self._failover(endpoint, tried, anywhere)
                 wait = True
                 continue
             raise last
