@@ -189,6 +189,15 @@ def test_config_file_values_are_checked_like_flags(
     assert len(served) == 2
 
 
+def test_node_options_are_checked_together(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], served: list[object]
+) -> None:
+    monkeypatch.setenv("KVSTORE_HEARTBEAT_TICKS", "10")
+    assert main([*_SERVE, "/x"]) == 2
+    assert "heartbeat_ticks must be below election_ticks (10), got 10" in capsys.readouterr().err
+    assert main([*_SERVE, "/x", "--election-ticks", "20"]) == 0
+
+
 def test_no_environment_variable_turns_off_commit_before_ack(
     monkeypatch: pytest.MonkeyPatch, served: list[object]
 ) -> None:

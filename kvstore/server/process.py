@@ -66,6 +66,12 @@ class ServeOptions:
                 ("tick_ms", self.tick_ms, self.tick_ms >= 1, ">= 1"),
                 ("election_ticks", self.election_ticks, self.election_ticks >= 2, ">= 2"),
                 ("heartbeat_ticks", self.heartbeat_ticks, self.heartbeat_ticks >= 1, ">= 1"),
+                (
+                    "heartbeat_ticks",
+                    self.heartbeat_ticks,
+                    self.heartbeat_ticks < self.election_ticks,
+                    f"below election_ticks ({self.election_ticks})",
+                ),
                 ("snapshot_entries", self.snapshot_entries, self.snapshot_entries >= 0, ">= 0"),
                 ("map_size_mb", self.map_size_mb, self.map_size_mb >= 1, ">= 1"),
                 ("metrics_port", self.metrics_port, 0 <= self.metrics_port < 65536, "0..65535"),

@@ -72,13 +72,15 @@ def test_a_restarted_client_with_the_same_id_really_writes(tmp_path: Path) -> No
             assert r1.revision == r2.revision, "a retry within one incarnation: exactly once"
 
 
-def test_a_full_map_still_takes_deletes_and_recovers_while_running(tmp_path: Path) -> None:
+def test_a_full_map_still_takes_deletes_and_recovers_while_running(
+    tmp_path: Path, consensus: str
+) -> None:
     """Issue 11.2: once 1 MiB values filled the map even deletes failed and only a
     restart with a larger map got the node out. Writes that add data must be refused
     while deletes (and the compaction they allow) still apply, and the node must take
     writes again once they made room."""
     value = b"x" * (1 << 20)
-    with running_cluster(tmp_path, extra=["--map-size-mb", "24"]) as cluster:
+    with running_cluster(tmp_path, consensus=consensus, extra=["--map-size-mb", "24"]) as cluster:
         cluster.wait_leader()
         written: list[str] = []
         with cluster.client(timeout=10.0) as c:
