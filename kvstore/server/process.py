@@ -323,12 +323,13 @@ class Node:
         )
 
     async def _set_health(self) -> None:
-        """SERVING, or NOT_SERVING while the storage is full: writes fail then, and a
-        probe or balancer should see the node as broken (eventual and causal reads
-        still work, but what a client of the service expects does not)."""
+        """SERVING, or NOT_SERVING while the storage is full or past its high-water mark:
+        writes that add data fail then, and a probe or balancer should see the node as
+        broken (deletes, eventual and causal reads still work, but what a client of the
+        service expects does not)."""
         status = (
             health_pb2.HealthCheckResponse.NOT_SERVING
-            if self.driver.storage_full
+            if self.driver.storage_full or self.storage.tight
             else health_pb2.HealthCheckResponse.SERVING
         )
         if status != self._health_status:
