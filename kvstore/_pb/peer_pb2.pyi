@@ -234,3 +234,109 @@ class PeerReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerReply: _TypeAlias = PeerReply  # noqa: Y015
+
+@_typing.final
+class SnapshotHeader(_message.Message):
+    """A snapshot's image travels apart from the consensus messages, in chunks
+    (kvstore/node/snapshots.py): the consensus message names the snapshot (metadata only),
+    the image follows in order, each chunk checksummed, paced by the receiver's acks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    to: _builtins.int
+    size: _builtins.int
+    """Size and CRC32 of the whole image: with the metadata, they name it (a resumed
+    transfer continues only the same image).
+    """
+    crc32: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___RaftMessage:
+        """The SNAPSHOT (or PAXOS_SNAPSHOT) message; its snapshot has the image's metadata
+        and no data.
+        """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        to: _builtins.int = ...,
+        message: Global___RaftMessage | None = ...,
+        size: _builtins.int = ...,
+        crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "crc32", b"crc32", "from", b"from", "message", b"message", "size", b"size", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotHeader: _TypeAlias = SnapshotHeader  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Position of data in the image."""
+    data: _builtins.bytes
+    crc32: _builtins.int
+    """CRC32 of data."""
+    @_builtins.property
+    def header(self) -> Global___SnapshotHeader:
+        """First message of a transfer only (it carries no data)."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___SnapshotHeader | None = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crc32", b"crc32", "data", b"data", "header", b"header", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
+
+@_typing.final
+class SnapshotAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Bytes of the image the receiver holds: after the header, where to resume from."""
+    done: _builtins.bool
+    """The whole image arrived, verified, and went to the consensus group."""
+    error: _builtins.str
+    """Set when the receiver refuses the transfer (the stream then ends)."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        done: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotAck: _TypeAlias = SnapshotAck  # noqa: Y015

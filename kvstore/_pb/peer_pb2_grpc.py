@@ -39,12 +39,23 @@ class PeerStub:
                 request_serializer=kvstore_dot_v1_dot_peer__pb2.PeerBatch.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_peer__pb2.PeerReply.FromString,
                 _registered_method=True)
+        self.SendSnapshot = channel.stream_stream(
+                '/kvstore.v1.Peer/SendSnapshot',
+                request_serializer=kvstore_dot_v1_dot_peer__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_peer__pb2.SnapshotAck.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Stream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSnapshot(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=kvstore_dot_v1_dot_peer__pb2.PeerBatch.FromString,
                     response_serializer=kvstore_dot_v1_dot_peer__pb2.PeerReply.SerializeToString,
+            ),
+            'SendSnapshot': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendSnapshot,
+                    request_deserializer=kvstore_dot_v1_dot_peer__pb2.SnapshotChunk.FromString,
+                    response_serializer=kvstore_dot_v1_dot_peer__pb2.SnapshotAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Peer:
             '/kvstore.v1.Peer/Stream',
             kvstore_dot_v1_dot_peer__pb2.PeerBatch.SerializeToString,
             kvstore_dot_v1_dot_peer__pb2.PeerReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kvstore.v1.Peer/SendSnapshot',
+            kvstore_dot_v1_dot_peer__pb2.SnapshotChunk.SerializeToString,
+            kvstore_dot_v1_dot_peer__pb2.SnapshotAck.FromString,
             options,
             channel_credentials,
             insecure,

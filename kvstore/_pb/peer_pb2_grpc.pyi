@@ -35,11 +35,13 @@ class PeerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
     Stream: _grpc.StreamStreamMultiCallable[_peer_pb2.PeerBatch, _peer_pb2.PeerReply]
+    SendSnapshot: _grpc.StreamStreamMultiCallable[_peer_pb2.SnapshotChunk, _peer_pb2.SnapshotAck]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Stream: _aio.StreamStreamMultiCallable[_peer_pb2.PeerBatch, _peer_pb2.PeerReply]  # type: ignore[assignment]
+    SendSnapshot: _aio.StreamStreamMultiCallable[_peer_pb2.SnapshotChunk, _peer_pb2.SnapshotAck]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +50,12 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_peer_pb2.PeerBatch],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.PeerReply], _abc.AsyncIterator[_peer_pb2.PeerReply]]: ...
+
+    @_abc_1.abstractmethod
+    def SendSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.SnapshotChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.SnapshotAck], _abc.AsyncIterator[_peer_pb2.SnapshotAck]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

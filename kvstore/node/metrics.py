@@ -94,6 +94,12 @@ class NodeMetrics:
             ["group", "reason"],
             registry=r,
         )
+        self.snapshots_sent = Counter(
+            "kvstore_snapshots_sent",
+            "Snapshot transfers to peers, by result (ok, failed)",
+            ["group", "result"],
+            registry=r,
+        )
         self.peer_connected = Gauge(
             "kvstore_peer_connected", "1 when the stream to the peer is up", ["peer"], registry=r
         )

@@ -8,6 +8,8 @@ Rules:
 - Inbound batches are checked before any message reaches a core: the cluster id on
   every batch, the sender among the known nodes, the addressee is us. A rejected batch
   is counted and answered with a PeerReply naming the reason; junk never raises.
+- Snapshots do not travel here: a message carrying one is dropped (counted); images go
+  by the SendSnapshot stream (snapshot_send.py / snapshot_recv.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from kvstore.node import log
 from kvstore.node.failure import PhiAccrual
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.wire import WireError, message_from_pb, message_to_pb
-from kvstore.storage import CorruptionError
-from kvstore.storage.snapshot import read_image
 
 MAX_PEER_MESSAGE = 256 << 20
 BATCH_SOFT_BYTES = 8 << 20
@@ -244,27 +244,8 @@ class PeerTransport:
             self.metrics.dropped.labels(str(group), reason).inc(n)
 
     # -- inbound ---------------------------------------------------------------
-    def screen_snapshots(self, batch: peer_pb2.PeerBatch) -> None:
-        """Remove (and count) snapshots whose image does not verify, so a corrupt image
-        never reaches a core: once a core has restored it, its install could only fail
-        inside the persist. Costs a pass over the image: call it off the event loop."""
-        for i in reversed(range(len(batch.messages))):
-            pb = batch.messages[i]
-            if not pb.HasField("snapshot"):
-                continue
-            try:
-                read_image(pb.group, pb.snapshot.metadata.index, pb.snapshot.data)
-            except CorruptionError as e:
-                self.metrics.snapshots_rejected.labels(str(pb.group), "corrupt").inc()
-                log.event(
-                    "snapshot_rejected",
-                    level=40,
-                    group=pb.group,
-                    sender=getattr(pb, "from"),
-                    index=pb.snapshot.metadata.index,
-                    error=str(e),
-                )
-                del batch.messages[i]
+    def knows(self, peer_id: int) -> bool:
+        return peer_id in self._detectors
 
     def receive(self, batch: peer_pb2.PeerBatch) -> str | None:
         """Check and deliver one inbound batch; returns the rejection reason, if any."""
@@ -289,6 +270,10 @@ class PeerTransport:
                 continue
             if m.from_ != sender or m.to != self.node_id:
                 self.metrics.dropped.labels(str(m.group), "bad_address").inc()
+                continue
+            if m.snapshot is not None:
+                # Snapshots come only by SendSnapshot (node/snapshot_recv.py), verified.
+                self.metrics.dropped.labels(str(m.group), "snapshot_inline").inc()
                 continue
             msgs.append(m)
         if msgs:

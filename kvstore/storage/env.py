@@ -61,6 +61,9 @@ class NodeStorage:
         self.path = path
         self.sync_writes = sync
         self.cache_entries = cache_entries
+        self.stream_snapshots = False
+        """True (a node): ``GroupLog.snapshot()`` leaves the image out; the node builds
+        and streams it off the event loop (node/snapshots.py)."""
         try:
             self.env = lmdb.open(
                 path,
@@ -137,12 +140,6 @@ class NodeStorage:
     def get_meta(self, key: bytes) -> bytes | None:
         with self.env.begin(db=self.dbs.meta) as txn:
             value: bytes | None = txn.get(keys.node_meta_key(key))
-            return value
-
-    def get_group_meta(self, group: int, tag: bytes) -> bytes | None:
-        """A group's sealed metadata record (keys.TAG_*), as last committed."""
-        with self.env.begin(db=self.dbs.meta) as txn:
-            value: bytes | None = txn.get(keys.meta_key(group, tag))
             return value
 
     # -- writes -------------------------------------------------------------------

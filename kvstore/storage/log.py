@@ -12,6 +12,7 @@ The log base (snapshot sub-db) is the index and term just before the first store
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError, StorageError
-from kvstore.storage.snapshot import write_image
+from kvstore.storage.snapshot import ImageWriter, Sink
 from kvstore.storage.tables import Dbs, GroupTables, owned_range
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ class GroupLog:
         self.view = view
         """Replaced (never mutated) by NodeStorage after each committed write."""
         self._snap_cache: tuple[int, ConfState, Snapshot] | None = None
+        self.streamed: SnapshotMetadata | None = None
+        """With ``stream_snapshots``: the metadata of the image the node built last."""
 
     # -- LogStorage ----------------------------------------------------------
     def initial_state(self) -> tuple[HardState, ConfState]:
@@ -202,14 +205,35 @@ class GroupLog:
         return out
 
     def snapshot(self) -> Snapshot:
-        """The state machine image at the applied index, read in one transaction:
-        metadata (applied, term(applied), conf state) and the group's kv + sessions.
-        Built on demand (cost: one pass over the group's data) and cached until the
-        applied index or the membership changes."""
+        """The snapshot at the applied index: metadata (applied, term(applied), conf
+        state) and the group's image. With ``NodeStorage.stream_snapshots`` the image is
+        left out (``data`` b"", cost O(1)): the node builds and streams it off the event
+        loop (node/snapshots.py, ``write_image_to``). Otherwise it is built here, in one
+        read transaction, and cached until the applied index or the membership changes."""
         v = self.view
+        if self._st.stream_snapshots:
+            built = self.streamed
+            if built is not None and v.base.index <= built.index <= v.applied:
+                # The image built last is still usable (the log continues from it):
+                # name it, so it is reused and a broken transfer of it resumes.
+                return Snapshot(metadata=built)
+            meta = SnapshotMetadata(
+                index=v.applied, term=self.term(v.applied), conf_state=v.conf_state
+            )
+            return Snapshot(metadata=meta)
         cached = self._snap_cache
         if cached is not None and cached[0] == v.applied and cached[1] == v.conf_state:
             return cached[2]
+        buf = io.BytesIO()
+        meta, _, _ = self.write_image_to(buf)
+        snap = Snapshot(metadata=meta, data=buf.getvalue())
+        self._snap_cache = (meta.index, meta.conf_state, snap)
+        return snap
+
+    def write_image_to(self, out: Sink) -> tuple[SnapshotMetadata, int, int]:
+        """Write the image at the applied index to ``out``, record by record, from ONE
+        read transaction (a consistent view however long it takes; safe off the event
+        loop). Returns its metadata, size in bytes and CRC32."""
         with self._st.env.begin(db=self._st.dbs.log) as txn:
             now = load_view(txn, self._st.dbs, self.group, cache_entries=0)
             if now.applied == now.base.index:
@@ -225,20 +249,22 @@ class GroupLog:
             meta_state = txn.get(
                 keys.meta_key(self.group, keys.TAG_META_STATE), db=self._st.dbs.meta
             )
-            data = write_image(
+            w = ImageWriter(
+                out,
                 now.applied,
-                tables.raw_kv(),
-                tables.raw_sessions(),
                 shard=b"" if now.shard is None else desc.encode(now.shard),
                 meta_state=b""
                 if meta_state is None
                 else codec.unseal(self.group, meta_state, "meta group state"),
                 members=codec.encode_members(read_members(txn, self._st.dbs, self.group)),
             )
+            for key, value in tables.raw_kv():
+                w.kv(key, value)
+            for key, value in tables.raw_sessions():
+                w.session(key, value)
+            size, crc = w.finish()
         meta = SnapshotMetadata(index=now.applied, term=term, conf_state=now.conf_state)
-        snap = Snapshot(metadata=meta, data=data)
-        self._snap_cache = (now.applied, now.conf_state, snap)
-        return snap
+        return meta, size, crc
 
     # -- extras for the driver ------------------------------------------------
     def applied_index(self) -> int:

@@ -1,37 +1,53 @@
-"""The state machine image carried in Snapshot.data: a group's kv and session tables.
+"""The state machine image of a snapshot: one group's kv and session records, shard
+descriptor, meta group state and member addresses at one applied index.
 
 Invariant: an image holds exactly the records of one group at one applied index (for a
-shard: the user keys of its range only, a range snapshot), and
-``read_image(write_image(...))`` gives them back or raises CorruptionError (its CRC32
-covers the whole image). Records are copied as stored, without re-encoding.
+shard: the user keys of its range only, a range snapshot) and is written and read as a
+stream, one record at a time, so no image is ever whole in memory (a leader builds it to
+a file from one read transaction, a follower installs it from the file it received).
+Reading gives the records back or raises CorruptionError: the header names the index,
+the end frame the record counts, and a CRC32 covers every byte before it; a reader
+that stops early has verified nothing. Records are copied as stored, without
+re-encoding.
 
-    magic "KVS4" | u64 index | u32 n_kv | n_kv x (u32 klen, key, u32 rlen, kv record)
-                 | u32 n_sessions | n_sessions x (u32 klen, key, u32 rlen, session record)
-                 | u32 len, shard descriptor (0: none) | u32 len, meta group state (0: none)
-                 | u32 len, member addresses (codec.encode_members)
-                 | u32 crc
+    magic "KVS5" | u64 index | u32 len, shard descriptor (0: none)
+                 | u32 len, meta group state (0: none) | u32 len, member addresses
+                 | kv frames | END | session frames | END
+                 | u64 n_kv | u64 n_sessions | u32 crc
+    frame: u32 klen | key | u32 vlen | value          END: u32 0xFFFFFFFF
 
 Session keys are the sessions table's keys without the group prefix (tables.py).
-"KVS1" (no descriptor and meta sections), "KVS2" and "KVS3" (no member addresses)
-images are still read; KVS1/KVS2 sessions, of the layout before incarnations, are
-dropped (see env._upgrade_sessions).
+"KVS1"-"KVS4" images (whole, counts first) are still read; KVS1/KVS2 sessions, of the
+layout before incarnations, are dropped (see env._upgrade_sessions).
+
+``Snapshot.data`` holds either an image or a reference to a received image file
+(``staged_ref``), which only this node's snapshot receiver creates.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from kvstore.storage.errors import CorruptionError
 
-MAGIC = b"KVS4"
-_OLD = (b"KVS1", b"KVS2", b"KVS3")
-_NEW_SESSIONS = (MAGIC, b"KVS3")
+MAGIC = b"KVS5"
+_OLD = (b"KVS1", b"KVS2", b"KVS3", b"KVS4")
 _HEAD = struct.Struct("<4sQ")
 _U32 = struct.Struct("<I")
+_U64x2 = struct.Struct("<QQ")
 _OLD_SESSION = struct.Struct("<QQI")
+_END = 0xFFFFFFFF
+_END_BYTES = _U32.pack(_END)
+MAX_FIELD = 64 << 20
+"""No stored key, value or section comes near this; a larger length is corruption."""
+STAGED = b"KVSF:"
+"""``Snapshot.data`` prefix of a reference to an image file (the path follows)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +65,128 @@ class Image:
     """The group's member address book (codec.encode_members)."""
 
 
+class Sink(Protocol):
+    def write(self, b: bytes, /) -> int: ...
+
+
+class ImageWriter:
+    """Writes an image to ``out``: the small sections now, then ``kv``/``session``
+    records in that order, then ``finish()``. Returns sizes and the CRC of the bytes."""
+
+    def __init__(
+        self,
+        out: Sink,
+        index: int,
+        *,
+        shard: bytes = b"",
+        meta_state: bytes = b"",
+        members: bytes = b"",
+    ) -> None:
+        self._out = out
+        self._crc = 0
+        self.size = 0
+        self._counts = [0, 0]
+        self._section = 0
+        parts = [_HEAD.pack(MAGIC, index)]
+        for b in (shard, meta_state, members):
+            parts += (_U32.pack(len(b)), b)
+        self._put(b"".join(parts))
+
+    def _put(self, b: bytes) -> None:
+        self._out.write(b)
+        self._crc = zlib.crc32(b, self._crc)
+        self.size += len(b)
+
+    def kv(self, key: bytes, value: bytes) -> None:
+        assert self._section == 0, "kv records come before session records"
+        self._frame(key, value)
+
+    def session(self, key: bytes, value: bytes) -> None:
+        if self._section == 0:
+            self._put(_END_BYTES)
+            self._section = 1
+        self._frame(key, value)
+
+    def _frame(self, key: bytes, value: bytes) -> None:
+        self._put(_U32.pack(len(key)) + key + _U32.pack(len(value)) + value)
+        self._counts[self._section] += 1
+
+    def finish(self) -> tuple[int, int]:
+        """End the image; returns (size in bytes, CRC32 of all of it)."""
+        if self._section == 0:
+            self._put(_END_BYTES)
+        self._put(_END_BYTES + _U64x2.pack(*self._counts))
+        tail = _U32.pack(self._crc)
+        self._put(tail)
+        return self.size, self._crc
+
+
+class ImageReader:
+    """Reads an image from ``src``: the small sections at once, then ``kv()`` and
+    ``sessions()`` in that order (each to its end), then ``finish()``, which checks the
+    counts and the checksum. Raises CorruptionError where the image is not one."""
+
+    def __init__(self, group: int, index: int, src: BinaryIO) -> None:
+        self._src = src
+        self._crc = 0
+        self.group = group
+        self.index = index
+        self._counts = [0, 0]
+        magic, at = _HEAD.unpack(self._take(_HEAD.size))
+        if magic != MAGIC or at != index:
+            raise self._bad(f"header {magic!r} at index {at}")
+        self.shard = self._field()
+        self.meta_state = self._field()
+        self.members = self._field()
+
+    def _bad(self, what: str) -> CorruptionError:
+        return CorruptionError(f"snapshot image: {what}", group=self.group, index=self.index)
+
+    def _take(self, n: int) -> bytes:
+        b = self._src.read(n)
+        if len(b) != n:
+            raise self._bad(f"truncated ({len(b)} of {n} bytes)")
+        self._crc = zlib.crc32(b, self._crc)
+        return b
+
+    def _len(self) -> int:
+        (n,) = _U32.unpack(self._take(4))
+        return int(n)
+
+    def _field(self, n: int | None = None) -> bytes:
+        n = self._len() if n is None else n
+        if n > MAX_FIELD:
+            raise self._bad(f"field of {n} bytes")
+        return self._take(n)
+
+    def _frames(self, section: int) -> Iterator[tuple[bytes, bytes]]:
+        while True:
+            n = self._len()
+            if n == _END:
+                return
+            key = self._field(n)
+            value = self._field()
+            self._counts[section] += 1
+            yield key, value
+
+    def kv(self) -> Iterator[tuple[bytes, bytes]]:
+        return self._frames(0)
+
+    def sessions(self) -> Iterator[tuple[bytes, bytes]]:
+        return self._frames(1)
+
+    def finish(self) -> None:
+        counts = list(_U64x2.unpack(self._take(_U64x2.size)))
+        crc = self._crc
+        tail = self._src.read(5)
+        if len(tail) != 4:
+            raise self._bad("no checksum" if len(tail) < 4 else "trailing bytes")
+        if _U32.unpack(tail)[0] != crc:
+            raise self._bad("checksum mismatch")
+        if counts != self._counts:
+            raise self._bad(f"records {self._counts}, the end frame says {counts}")
+
+
 def write_image(
     index: int,
     kv: Iterable[tuple[bytes, bytes]],
@@ -57,23 +195,95 @@ def write_image(
     meta_state: bytes = b"",
     members: bytes = b"",
 ) -> bytes:
-    parts: list[bytes] = [_HEAD.pack(MAGIC, index)]
-    for pairs in (kv, sessions):
-        n_at = len(parts)
-        parts.append(b"")
-        n = 0
-        for key, record in pairs:
-            parts += (_U32.pack(len(key)), key, _U32.pack(len(record)), record)
-            n += 1
-        parts[n_at] = _U32.pack(n)
-    parts += (_U32.pack(len(shard)), shard, _U32.pack(len(meta_state)), meta_state)
-    parts += (_U32.pack(len(members)), members)
-    body = b"".join(parts)
-    return body + _U32.pack(zlib.crc32(body))
+    """A whole image in memory (small groups and tests)."""
+    buf = io.BytesIO()
+    w = ImageWriter(buf, index, shard=shard, meta_state=meta_state, members=members)
+    for key, value in kv:
+        w.kv(key, value)
+    for key, value in sessions:
+        w.session(key, value)
+    w.finish()
+    return buf.getvalue()
+
+
+def staged_ref(path: str) -> bytes:
+    return STAGED + path.encode()
+
+
+def staged_path(data: bytes) -> str | None:
+    """The image file ``data`` refers to, or None when ``data`` is an image itself."""
+    return data[len(STAGED) :].decode() if data.startswith(STAGED) else None
+
+
+def open_image(data: bytes) -> BinaryIO:
+    """A readable stream of the image ``Snapshot.data`` holds or refers to."""
+    path = staged_path(data)
+    if path is None:
+        return io.BytesIO(data)
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise CorruptionError(f"snapshot image file {path}: {e}", group=0) from e
+
+
+class _Whole:
+    """An old-format image, decoded whole, behind the ImageReader interface."""
+
+    def __init__(self, image: Image) -> None:
+        self._image = image
+        self.shard, self.meta_state, self.members = image.shard, image.meta_state, image.members
+
+    def kv(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._image.kv)
+
+    def sessions(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._image.sessions)
+
+    def finish(self) -> None:
+        pass
+
+
+@contextmanager
+def image_records(group: int, index: int, data: bytes) -> Iterator[ImageReader | _Whole]:
+    """The records of the image ``Snapshot.data`` holds or refers to, streamed from a
+    file when it refers to one (call ``finish()`` after the last record)."""
+    if staged_path(data) is None and data[:4] != MAGIC:
+        yield _Whole(_read_legacy(group, index, data))
+        return
+    with open_image(data) as src:
+        yield ImageReader(group, index, src)
+
+
+def verify_image(group: int, index: int, src: BinaryIO) -> None:
+    """Read a whole image; raises CorruptionError if it is not one."""
+    r = ImageReader(group, index, src)
+    for _ in r.kv():
+        pass
+    for _ in r.sessions():
+        pass
+    r.finish()
 
 
 def read_image(group: int, index: int, data: bytes) -> Image:
-    """Decode the image of a snapshot at ``index``; raises CorruptionError if it is not one."""
+    """Decode a whole image held in memory; raises CorruptionError if it is not one."""
+    if data[:4] != MAGIC:
+        return _read_legacy(group, index, data)
+    r = ImageReader(group, index, io.BytesIO(data))
+    kv = list(r.kv())
+    sessions = list(r.sessions())
+    r.finish()
+    return Image(
+        index=index,
+        kv=kv,
+        sessions=sessions,
+        shard=r.shard,
+        meta_state=r.meta_state,
+        members=r.members,
+    )
+
+
+def _read_legacy(group: int, index: int, data: bytes) -> Image:
+    """Decode a KVS1-KVS4 image (whole, in memory)."""
     if len(data) < _HEAD.size + 12:
         raise CorruptionError(f"snapshot image of {len(data)} bytes", group=group, index=index)
     body = memoryview(data)[:-4]
@@ -81,11 +291,11 @@ def read_image(group: int, index: int, data: bytes) -> Image:
         raise CorruptionError("snapshot image checksum mismatch", group=group, index=index)
     try:
         magic, at = _HEAD.unpack_from(body, 0)
-        if (magic != MAGIC and magic not in _OLD) or at != index:
+        if magic not in _OLD or at != index:
             raise ValueError(f"image header {magic!r} at {at}")
         pos = _HEAD.size
         kv, pos = _pairs(body, pos)
-        if magic in _NEW_SESSIONS:
+        if magic in (b"KVS3", b"KVS4"):
             sessions, pos = _pairs(body, pos)
         else:
             sessions, pos = [], _skip_old_sessions(body, pos)
@@ -93,7 +303,7 @@ def read_image(group: int, index: int, data: bytes) -> Image:
         if magic != b"KVS1":
             shard, pos = _take(body, pos)
             meta_state, pos = _take(body, pos)
-        if magic == MAGIC:
+        if magic == b"KVS4":
             members, pos = _take(body, pos)
         if pos != len(body):
             raise ValueError(f"{len(body) - pos} trailing bytes")

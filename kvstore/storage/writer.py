@@ -34,7 +34,7 @@ from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
 from kvstore.storage.log import LogView, read_entry, read_members
-from kvstore.storage.snapshot import read_image
+from kvstore.storage.snapshot import image_records
 from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
 
 SWEEP_SESSIONS = 64
@@ -188,26 +188,27 @@ class Writer:
         meta = snap.metadata
         if meta.index <= p.applied or meta.index <= p.base.index:
             return
-        image = read_image(group, meta.index, snap.data)
-        try:
-            shard = desc.decode(image.shard) if image.shard else None
-        except ValueError as e:
-            raise CorruptionError(f"snapshot shard descriptor: {e}", group=group) from e
-        lo, hi = keys.group_prefix(group), keys.group_end(group)
-        delete_range(self._txn, self._dbs.log, lo, hi)
-        if shard is not None:
-            self._set_shard(group, p, shard)
-        GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace(
-            image.kv, image.sessions
-        )
+        # Record by record into this transaction (the image may be far larger than
+        # memory): a damaged image raises, at the latest at its checksum, and the whole
+        # transaction aborts.
+        with image_records(group, meta.index, snap.data) as image:
+            try:
+                shard = desc.decode(image.shard) if image.shard else None
+                members = codec.decode_members(image.members)
+            except ValueError as e:
+                raise CorruptionError(f"snapshot image sections: {e}", group=group) from e
+            lo, hi = keys.group_prefix(group), keys.group_end(group)
+            delete_range(self._txn, self._dbs.log, lo, hi)
+            if shard is not None:
+                self._set_shard(group, p, shard)
+            GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace(
+                image.kv(), image.sessions()
+            )
+            image.finish()
         if image.meta_state:
             self._put_sealed(
                 self._dbs.meta, keys.meta_key(group, keys.TAG_META_STATE), group, image.meta_state
             )
-        try:
-            members = codec.decode_members(image.members)
-        except ValueError as e:
-            raise CorruptionError(f"snapshot member addresses: {e}", group=group) from e
         self._put_members(group, members)
         self._set_base(group, p, meta)
         self._set_applied(group, p, meta.index)

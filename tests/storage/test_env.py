@@ -416,3 +416,31 @@ def test_longest_key_fits_lmdb_and_longer_is_refused(st: NodeStorage) -> None:
     assert ok.ok and st.kv(1).get(longest) is not None
     assert refused.error == ApplyError.KEY_TOO_LARGE and st.kv(1).get(too_long) is None
     assert [kv.key for kv in st.kv(1).scan()] == [longest]
+
+
+def test_streamed_snapshots_leave_the_image_to_the_node(st: NodeStorage, tmp_path: object) -> None:
+    """A node's cores get metadata only (no pass over the data on the event loop); the
+    image comes from write_image_to, in one read transaction, and installs elsewhere."""
+    import io
+
+    st.group(1).bootstrap({1, 2, 3})
+    commit(st, 1, batch(1, Put(b"a", b"1")), batch(2, Put(b"b", b"2")))
+    st.stream_snapshots = True
+    log = st.group(1)
+    snap = log.snapshot()
+    assert snap.data == b""
+    assert snap.metadata == SnapshotMetadata(index=2, term=1, conf_state=VOTERS)
+    buf = io.BytesIO()
+    meta, size, _ = log.write_image_to(buf)
+    assert meta == snap.metadata and size == len(buf.getvalue())
+    log.streamed = meta
+    commit(st, 1, batch(3, Put(b"c", b"3")))
+    assert log.snapshot().metadata == meta, "the built image is named while usable"
+    with st.write() as w:
+        w.compact(1, 3)
+    assert log.snapshot().metadata.index == 3, "the log no longer continues from it"
+    with NodeStorage(f"{tmp_path}/b") as b:
+        with b.write() as w:
+            w.save(1, snapshot=Snapshot(metadata=meta, data=buf.getvalue()))
+        assert b.kv(1).get(b"b") is not None and b.kv(1).get(b"c") is None
+        assert b.kv(1).applied_index() == 2

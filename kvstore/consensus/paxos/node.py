@@ -171,10 +171,11 @@ class PaxosNode:
 
     # -- Core: outputs ----------------------------------------------------------
     def has_ready(self) -> bool:
-        """Pure: asking changes nothing (the leader's batched sends are built in ready())."""
+        leading.flush(
+            self,
+        )
         return bool(
-            leading.has_sends(self)
-            or self.msgs
+            self.msgs
             or self.read_states
             or self.log.unstable
             or self.log.pending_snapshot is not None
@@ -184,9 +185,9 @@ class PaxosNode:
         )
 
     def ready(self) -> Ready:
-        # The leader's sends are built here, not at each proposal or answer: every
-        # proposal since the last Ready goes out in one ACCEPT per acceptor.
-        leading.flush(self)
+        leading.flush(
+            self,
+        )
         hs = self._hard_state()
         soft = self._soft_state()
         committed = self._committed()
