@@ -182,6 +182,20 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         default="INFO",
         help="log threshold",
     )
+    _add(
+        p,
+        "--shards",
+        type=int,
+        default=0,
+        help="bootstrap a sharded cluster pre-split into K shards (0: one group, unsharded)",
+    )
+    _add(p, "--replicas", type=int, default=3, help="replicas per shard (sharded clusters)")
+    _add(
+        p,
+        "--split-keys",
+        default="",
+        help="comma-separated first keys of shards 2..K (default: spread over a..z)",
+    )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -228,6 +242,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             unsafe_ack_before_commit=getattr(args, "unsafe_ack_before_commit", False),
             join=args.join,
             inline_persist=args.inline_persist,
+            shards=args.shards,
+            replicas=args.replicas,
+            split_keys=_split_keys(args.split_keys),
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
@@ -238,6 +255,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"kvstore serve: {e}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK if ok else EXIT_ERROR
+
+
+def _split_keys(spec: str) -> tuple[bytes, ...] | None:
+    return tuple(k.encode() for k in spec.split(",")) if spec else None
 
 
 def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
@@ -274,6 +295,10 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
     ]
     if args.inline_persist:
         argv.append("--inline-persist")
+    if args.shards:
+        argv += ["--shards", str(args.shards), "--replicas", str(args.replicas)]
+        if args.split_keys:
+            argv += ["--split-keys", args.split_keys]
     if args.metrics_port:
         argv += ["--metrics-port", str(args.metrics_port + i - 1)]
     return argv
@@ -309,7 +334,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
         logf.close()
     endpoints = ",".join(f"{args.host}:{args.port + i - 1}" for i in range(1, n + 1))
-    print(f"kvstore cluster: {n} nodes ({args.consensus}), data in {args.data_dir}")
+    shards = f", {args.shards} shards" if args.shards else ""
+    print(f"kvstore cluster: {n} nodes ({args.consensus}{shards}), data in {args.data_dir}")
     for i in range(1, n + 1):
         extra = f"  metrics :{args.metrics_port + i - 1}" if args.metrics_port else ""
         print(f"  node {i}: {args.host}:{args.port + i - 1}{extra}")
@@ -596,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         _client_flags(q)
         q.set_defaults(func=cmd_member)
 
-    for module in ("kvstore.bench.cli", "kvstore.jepsen.cli"):
+    for module in ("kvstore.cli_shard", "kvstore.bench.cli", "kvstore.jepsen.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from . import kv_pb2 as _kv_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,12 +23,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SIZES_FIELD_NUMBER: _builtins.int
+    sizes: _builtins.bool
+    """Count each hosted shard's keys and bytes (a scan: for operators, not for polling)."""
     def __init__(
         self,
+        *,
+        sizes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sizes", b"sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -48,6 +54,9 @@ class GroupStatus(_message.Message):
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
     VOTERS_FIELD_NUMBER: _builtins.int
     LEARNERS_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
     group: _builtins.int
     role: _builtins.str
     """"follower", "pre_candidate", "candidate", "leader", "learner"."""
@@ -58,10 +67,19 @@ class GroupStatus(_message.Message):
     applied: _builtins.int
     last_index: _builtins.int
     first_index: _builtins.int
+    keys: _builtins.int
+    """With StatusRequest.sizes: keys and bytes (keys + values) in the shard's range."""
+    bytes: _builtins.int
     @_builtins.property
     def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def shard(self) -> _kv_pb2.ShardDescriptor:
+        """Sharded nodes: this replica's descriptor (unset on an unsharded node and for the
+        meta group 0).
+        """
+
     def __init__(
         self,
         *,
@@ -76,10 +94,13 @@ class GroupStatus(_message.Message):
         first_index: _builtins.int = ...,
         voters: _abc.Iterable[_builtins.int] | None = ...,
         learners: _abc.Iterable[_builtins.int] | None = ...,
+        shard: _kv_pb2.ShardDescriptor | None = ...,
+        keys: _builtins.int = ...,
+        bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "commit", b"commit", "first_index", b"first_index", "group", b"group", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "role", b"role", "term", b"term", "voters", b"voters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "bytes", b"bytes", "commit", b"commit", "first_index", b"first_index", "group", b"group", "keys", b"keys", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "role", b"role", "shard", b"shard", "term", b"term", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,3 +269,157 @@ class MemberResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MemberResponse: _TypeAlias = MemberResponse  # noqa: Y015
+
+@_typing.final
+class ShardMapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardMapRequest: _TypeAlias = ShardMapRequest  # noqa: Y015
+
+@_typing.final
+class ShardMapResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NodesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[_kv_pb2.ShardDescriptor]:
+        """Empty on an unsharded cluster (one group, the whole key space)."""
+
+    @_builtins.property
+    def nodes(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
+        """node id -> HOST:PORT of every node the answering node knows."""
+
+    def __init__(
+        self,
+        *,
+        shards: _abc.Iterable[_kv_pb2.ShardDescriptor] | None = ...,
+        nodes: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardMapResponse: _TypeAlias = ShardMapResponse  # noqa: Y015
+
+@_typing.final
+class SplitShardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    at: _builtins.bytes
+    """The first key of the new right-hand shard; unset: the median key of the shard's data."""
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        at: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_at", b"_at", "at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at", b"_at", "at", b"at", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__at: _TypeAlias = _typing.Literal["at"]  # noqa: Y015
+    _WhichOneofArgType__at: _TypeAlias = _typing.Literal["_at", b"_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__at) -> _WhichOneofReturnType__at | None: ...
+
+Global___SplitShardRequest: _TypeAlias = SplitShardRequest  # noqa: Y015
+
+@_typing.final
+class SplitShardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def left(self) -> _kv_pb2.ShardDescriptor: ...
+    @_builtins.property
+    def right(self) -> _kv_pb2.ShardDescriptor: ...
+    def __init__(
+        self,
+        *,
+        left: _kv_pb2.ShardDescriptor | None = ...,
+        right: _kv_pb2.ShardDescriptor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["left", b"left", "right", b"right"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["left", b"left", "right", b"right"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitShardResponse: _TypeAlias = SplitShardResponse  # noqa: Y015
+
+@_typing.final
+class MetaProposeRequest(_message.Message):
+    """Node to node: an admin command (kvstore.shard.commands) for the meta group's log,
+    sent to its leader.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    command: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        command: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetaProposeRequest: _TypeAlias = MetaProposeRequest  # noqa: Y015
+
+@_typing.final
+class MetaProposeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: _builtins.int
+    def __init__(
+        self,
+        *,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetaProposeResponse: _TypeAlias = MetaProposeResponse  # noqa: Y015

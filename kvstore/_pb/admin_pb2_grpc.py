@@ -59,6 +59,21 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
                 _registered_method=True)
+        self.ShardMap = channel.unary_unary(
+                '/kvstore.v1.Admin/ShardMap',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.ShardMapRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.ShardMapResponse.FromString,
+                _registered_method=True)
+        self.SplitShard = channel.unary_unary(
+                '/kvstore.v1.Admin/SplitShard',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.FromString,
+                _registered_method=True)
+        self.MetaPropose = channel.unary_unary(
+                '/kvstore.v1.Admin/MetaPropose',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -94,6 +109,25 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShardMap(self, request, context):
+        """Sharding (docs/sharding.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SplitShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MetaPropose(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +155,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.SerializeToString,
+            ),
+            'ShardMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShardMap,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.ShardMapRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.ShardMapResponse.SerializeToString,
+            ),
+            'SplitShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SplitShard,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.SerializeToString,
+            ),
+            'MetaPropose': grpc.unary_unary_rpc_method_handler(
+                    servicer.MetaPropose,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +307,87 @@ class Admin:
             '/kvstore.v1.Admin/RemoveMember',
             kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShardMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/ShardMap',
+            kvstore_dot_v1_dot_admin__pb2.ShardMapRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.ShardMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SplitShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/SplitShard',
+            kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MetaPropose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/MetaPropose',
+            kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,10 @@ class AdminStub:
     AddLearner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
     PromoteLearner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
     RemoveMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
+    ShardMap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]
+    """Sharding (docs/sharding.md)."""
+    SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
+    MetaPropose: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -45,6 +49,10 @@ class AdminAsyncStub(AdminStub):
     AddLearner: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
     PromoteLearner: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
     RemoveMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
+    ShardMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]  # type: ignore[assignment]
+    """Sharding (docs/sharding.md)."""
+    SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
+    MetaPropose: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +89,27 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.MemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.MemberResponse, _abc.Awaitable[_admin_pb2.MemberResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ShardMap(
+        self,
+        request: _admin_pb2.ShardMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ShardMapResponse, _abc.Awaitable[_admin_pb2.ShardMapResponse]]:
+        """Sharding (docs/sharding.md)."""
+
+    @_abc_1.abstractmethod
+    def SplitShard(
+        self,
+        request: _admin_pb2.SplitShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SplitShardResponse, _abc.Awaitable[_admin_pb2.SplitShardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MetaPropose(
+        self,
+        request: _admin_pb2.MetaProposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MetaProposeResponse, _abc.Awaitable[_admin_pb2.MetaProposeResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

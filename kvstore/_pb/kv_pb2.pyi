@@ -81,6 +81,50 @@ class KeyValue(_message.Message):
 Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
 
 @_typing.final
+class ShardDescriptor(_message.Message):
+    """One shard: the key range [start, end) (an empty end: to the end of the key space),
+    its epoch (version rises on split and merge, conf_ver on membership change) and the
+    node ids of its replicas.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONF_VER_FIELD_NUMBER: _builtins.int
+    VOTERS_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    start: _builtins.bytes
+    end: _builtins.bytes
+    version: _builtins.int
+    conf_ver: _builtins.int
+    @_builtins.property
+    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        start: _builtins.bytes = ...,
+        end: _builtins.bytes = ...,
+        version: _builtins.int = ...,
+        conf_ver: _builtins.int = ...,
+        voters: _abc.Iterable[_builtins.int] | None = ...,
+        learners: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conf_ver", b"conf_ver", "end", b"end", "id", b"id", "learners", b"learners", "start", b"start", "version", b"version", "voters", b"voters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardDescriptor: _TypeAlias = ShardDescriptor  # noqa: Y015
+
+@_typing.final
 class ResponseHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -89,7 +133,9 @@ class ResponseHeader(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
+    SHARD_VERSION_FIELD_NUMBER: _builtins.int
     group: _builtins.int
+    """The shard (consensus group) that answered."""
     node_id: _builtins.int
     """The node that answered."""
     term: _builtins.int
@@ -98,6 +144,8 @@ class ResponseHeader(_message.Message):
     Reads: the applied index the answer reflects. Either way a causal token.
     """
     leader_id: _builtins.int
+    shard_version: _builtins.int
+    """Sharded clusters: the shard's version (0 on an unsharded node)."""
     def __init__(
         self,
         *,
@@ -106,10 +154,11 @@ class ResponseHeader(_message.Message):
         term: _builtins.int = ...,
         index: _builtins.int = ...,
         leader_id: _builtins.int = ...,
+        shard_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "index", b"index", "leader_id", b"leader_id", "node_id", b"node_id", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "index", b"index", "leader_id", b"leader_id", "node_id", b"node_id", "shard_version", b"shard_version", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,6 +502,8 @@ class Error(_message.Message):
     LEADER_ID_FIELD_NUMBER: _builtins.int
     LEADER_ENDPOINT_FIELD_NUMBER: _builtins.int
     DEFINITE_FIELD_NUMBER: _builtins.int
+    STALE_ROUTE_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     message: _builtins.str
     leader_id: _builtins.int
@@ -460,6 +511,13 @@ class Error(_message.Message):
     leader_endpoint: _builtins.str
     definite: _builtins.bool
     """True when the op certainly did not take effect."""
+    stale_route: _builtins.bool
+    """ABORTED because the op was routed with a stale shard map (the shard split, merged,
+    moved, or does not own the key here): shards carries the node's current descriptors
+    that overlap the op's keys. Refresh the map and retry; the op did not happen.
+    """
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardDescriptor]: ...
     def __init__(
         self,
         *,
@@ -468,10 +526,12 @@ class Error(_message.Message):
         leader_id: _builtins.int = ...,
         leader_endpoint: _builtins.str = ...,
         definite: _builtins.bool = ...,
+        stale_route: _builtins.bool = ...,
+        shards: _abc.Iterable[Global___ShardDescriptor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message", "shards", b"shards", "stale_route", b"stale_route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,6 +543,8 @@ class Op(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SHARD_VERSION_FIELD_NUMBER: _builtins.int
     PUT_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
@@ -491,6 +553,11 @@ class Op(_message.Message):
     id: _builtins.int
     timeout_ms: _builtins.int
     """Server-side time budget for this op; 0 = the server default."""
+    shard: _builtins.int
+    """The shard and shard version the client routed this op with; 0 = unrouted (the node
+    routes by key). A mismatch is answered with Error.stale_route.
+    """
+    shard_version: _builtins.int
     @_builtins.property
     def put(self) -> Global___PutRequest: ...
     @_builtins.property
@@ -506,6 +573,8 @@ class Op(_message.Message):
         *,
         id: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        shard: _builtins.int = ...,
+        shard_version: _builtins.int = ...,
         put: Global___PutRequest | None = ...,
         get: Global___GetRequest | None = ...,
         delete: Global___DeleteRequest | None = ...,
@@ -514,7 +583,7 @@ class Op(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "id", b"id", "put", b"put", "request", b"request", "scan", b"scan", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "id", b"id", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015

@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client._endpoints import Endpoints
+from kvstore.client._routing import ShardRouter, route_key
+from kvstore.client._shards import shard_dict, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
 from kvstore.client.errors import (
     DeadlineExceeded,
@@ -116,6 +119,8 @@ class AsyncClient:
         """The highest log index this client has written or observed (causal reads)."""
         self.retries = RetryStats()
         """What this client retried and why (``kvstore bench`` reports it)."""
+        self._router = ShardRouter(self)
+        """Shard routing on a sharded cluster (the map is fetched at the first call)."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -169,6 +174,16 @@ class AsyncClient:
             nxt = self._health.pick(exclude=tried)
         return nxt, nxt in tried
 
+    async def _sharded(self) -> bool:
+        """Whether to route by shard: once a node has shown the cluster is sharded (a
+        stale-route answer or a versioned header), with the map fetched. An unsharded
+        cluster never costs an extra call."""
+        r = self._router
+        if r.detected and not r.sharded:
+            with contextlib.suppress(KVError):  # unreachable now: the call reports it
+                await r.fetch(asyncio.get_running_loop().time() + self.timeout)
+        return bool(r.sharded)
+
     async def _execute(
         self, op: kv_pb2.Op, *, write: bool, anywhere: bool = False
     ) -> kv_pb2.OpResult:
@@ -177,8 +192,36 @@ class AsyncClient:
         A node that cannot be reached (its stream breaks or cannot connect, or a whole
         attempt gets no answer while it answers nothing else) is marked down and the op
         moves to another node at once; answers that say "not here, not now" (not leader
-        without a usable hint, unavailable) back off first.
+        without a usable hint, unavailable) back off first. On a sharded cluster the op
+        goes to its shard (_routing.py).
         """
+        sub = getattr(op, op.WhichOneof("request") or "get")
+        if not await self._sharded():
+            try:
+                return await self._execute_unrouted(op, write=write, anywhere=anywhere)
+            except _ShardedCluster as e:
+                self._router.detected = True
+                if op.HasField("scan"):
+                    raise  # scan() crosses the shards itself
+                if not await self._sharded():
+                    raise Unavailable(
+                        "the cluster is sharded but its shard map cannot be fetched",
+                        definite=not e.maybe_applied,
+                    ) from None
+                return await self._router.execute(
+                    op,
+                    write=write,
+                    anywhere=anywhere,
+                    route=route_key(sub.key),
+                    maybe_applied=e.maybe_applied,
+                )
+        return await self._router.execute(
+            op, write=write, anywhere=anywhere, route=route_key(sub.key)
+        )
+
+    async def _execute_unrouted(
+        self, op: kv_pb2.Op, *, write: bool, anywhere: bool
+    ) -> kv_pb2.OpResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         maybe_applied = False
@@ -245,6 +288,8 @@ class AsyncClient:
                     self._leader = endpoint
                 return result
             err = result.error
+            if err.stale_route:
+                raise _ShardedCluster(maybe_applied)  # definite: this attempt did nothing
             maybe_applied = maybe_applied or (write and not err.definite)
             last = from_code(
                 err.code,
@@ -283,6 +328,7 @@ class AsyncClient:
     def _observe(self, hdr: kv_pb2.ResponseHeader) -> None:
         if hdr.index > self.causal_token:
             self.causal_token = hdr.index
+        self._router.observe(hdr)
 
     # -- the KV API -------------------------------------------------------------------
     async def put(self, key: bytes | str, value: bytes | str) -> int:
@@ -357,6 +403,9 @@ class AsyncClient:
         """Keys in [start, end) in order (empty end: to the end), at most ``limit`` (0: the
         server's limit)."""
         mode = _mode(read_mode)
+        if await self._sharded():
+            kvs = await self._router.scan(_b(start), _b(end), limit, mode)
+            return [(kv.key, kv.value) for kv in kvs]
         op = kv_pb2.Op(
             scan=kv_pb2.ScanRequest(
                 start=_b(start),
@@ -366,7 +415,15 @@ class AsyncClient:
                 causal_token=self.causal_token,
             )
         )
-        r = (await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)).scan
+        try:
+            r = (
+                await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)
+            ).scan
+        except _ShardedCluster:
+            if not await self._sharded():
+                raise Unavailable("the shard map cannot be fetched", definite=True) from None
+            kvs = await self._router.scan(_b(start), _b(end), limit, mode)
+            return [(kv.key, kv.value) for kv in kvs]
         self._observe(r.header)
         return [(kv.key, kv.value) for kv in r.kvs]
 
@@ -376,14 +433,17 @@ class AsyncClient:
             stub = admin_pb2_grpc.AdminStub(ch)
             return await getattr(stub, method)(request, timeout=timeout)
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(
+        self, sizes: bool = False, endpoints: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Per endpoint: reachability, node id, and per group role, term, leader, commit,
-        applied; unreachable nodes have ``reachable: False`` and ``error``."""
+        applied (and the shard and, with ``sizes``, its keys and bytes); unreachable
+        nodes have ``reachable: False`` and ``error``."""
 
         async def one(ep: str) -> dict[str, Any]:
             try:
                 st = await self._admin_call(
-                    ep, "Status", admin_pb2.StatusRequest(), min(self.timeout, 3.0)
+                    ep, "Status", admin_pb2.StatusRequest(sizes=sizes), min(self.timeout, 3.0)
                 )
             except grpc.aio.AioRpcError as e:
                 return {
@@ -393,7 +453,8 @@ class AsyncClient:
                 }
             return status_dict(ep, st)
 
-        return list(await asyncio.gather(*(one(ep) for ep in self.endpoints)))
+        eps = self.endpoints if endpoints is None else endpoints
+        return list(await asyncio.gather(*(one(ep) for ep in eps)))
 
     async def transfer_leader(self, to: int, group: int = 1) -> int:
         """Move leadership of ``group`` to node ``to``; returns the new leader id."""
@@ -447,6 +508,14 @@ class AsyncClient:
     async def remove_member(self, node_id: int) -> dict[str, Any]:
         return await self._member_change("RemoveMember", node_id)
 
+    async def shards(self) -> list[dict[str, Any]]:
+        """The shard map with each shard's leader and size (empty: an unsharded cluster)."""
+        return await shard_list(self)
+
+    async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
+        """Split ``shard`` at ``at`` (None: the middle of its data); returns both halves."""
+        return await split_shard(self, shard, None if at is None else _b(at))
+
     async def members(self) -> dict[str, Any]:
         for st in await self.status():
             for g in st.get("groups", []):
@@ -468,6 +537,14 @@ class RetryStats:
 
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, **self.reasons}
+
+
+class _ShardedCluster(Exception):
+    """A node answered with a stale route: the cluster is sharded; route by shard."""
+
+    def __init__(self, maybe_applied: bool) -> None:
+        super().__init__("sharded cluster")
+        self.maybe_applied = maybe_applied
 
 
 def _renumber(op: kv_pb2.Op, seq: int) -> None:
@@ -506,6 +583,9 @@ def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:
                 "first_index": g.first_index,
                 "voters": list(g.voters),
                 "learners": list(g.learners),
+                "shard": shard_dict(g.shard) if g.HasField("shard") else None,
+                "keys": g.keys,
+                "bytes": g.bytes,
             }
             for g in st.groups
         ],

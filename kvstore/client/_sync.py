@@ -108,8 +108,14 @@ class Client:
     ) -> list[tuple[bytes, bytes]]:
         return self._run(self._async.scan(start, end, limit, read_mode=read_mode))
 
-    def status(self) -> list[dict[str, Any]]:
-        return self._run(self._async.status())
+    def status(self, sizes: bool = False) -> list[dict[str, Any]]:
+        return self._run(self._async.status(sizes))
+
+    def shards(self) -> list[dict[str, Any]]:
+        return self._run(self._async.shards())
+
+    def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
+        return self._run(self._async.split_shard(shard, at))
 
     def transfer_leader(self, to: int, group: int = 1) -> int:
         return self._run(self._async.transfer_leader(to, group))

@@ -1,7 +1,8 @@
 """The ``kvstore jepsen`` command: ``run`` a fault test, ``check`` a history, ``clean`` up.
 
-Exit codes: ``check``: 0 linearizable, 1 not, 2 unreadable input (or a search that ran past
-``--timeout``, which decides nothing). ``run``: 0 valid, 1 anomaly found, 2 harness failure.
+Exit codes: ``check``: 0 linearizable, 1 not, 2 unreadable input, 3 unknown (the search ran
+past ``--timeout``; it prints which keys it decided). ``run``: 0 valid, 1 anomaly found,
+2 harness failure.
 ``kvstore.cli`` calls :func:`register`; ``python -m kvstore.jepsen.cli`` works on its own.
 """
 
@@ -30,7 +31,13 @@ def _check(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"kvstore jepsen check: cannot read {path}: {e.strerror or e}", file=sys.stderr)
         return 2
-    result = check(ops, loaded.model, timeout=args.timeout)
+    result = check(
+        ops,
+        loaded.model,
+        timeout=args.timeout,
+        workers=args.workers,
+        shrink_budget=args.shrink_budget,
+    )
     print(
         f"{path}: {result.verdict} ({loaded.format}, model {loaded.model.name}, "
         f"{result.ops} operations, {result.keys} keys, {result.seconds:.3f}s)"
@@ -41,11 +48,19 @@ def _check(args: argparse.Namespace) -> int:
         for op in failure.window:
             print(f"    {op.describe()}")
         print(f"  longest linearizable prefix found: {len(failure.longest)} operations")
+    if result.stopped_keys:
+        print(f"  not searched after that failure: {len(result.stopped_keys)} keys")
     if result.timed_out_keys:
-        print(f"  search timed out on keys: {', '.join(map(str, result.timed_out_keys))}")
+        decided = ", ".join(map(str, result.checked_keys)) or "none"
+        print(f"  search ran out of time ({args.timeout}s): verdict unknown")
+        print(f"  linearizable: {len(result.checked_keys)} keys ({decided})")
+        print(
+            f"  undecided: {len(result.timed_out_keys)} keys "
+            f"({', '.join(map(str, result.timed_out_keys))})"
+        )
     if result.verdict == "linearizable":
         return 0
-    return 1 if result.failures else 2
+    return 1 if result.failures else 3
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,7 +102,21 @@ def _add_commands(sub: Any) -> None:
     chk = sub.add_parser("check", help="check a history for linearizability")
     chk.add_argument("history", help="history file")
     chk.add_argument("--format", choices=FORMATS, default="auto")
-    chk.add_argument("--timeout", type=float, default=None, help="seconds per key")
+    chk.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds for the whole search; past it the verdict is unknown (exit 3)",
+    )
+    chk.add_argument(
+        "--workers", type=int, default=None, help="processes searching keys (default: CPUs)"
+    )
+    chk.add_argument(
+        "--shrink-budget",
+        type=float,
+        default=2.0,
+        help="seconds to shrink a failure to a small window (within --timeout)",
+    )
     chk.set_defaults(func=_check)
 
     run = sub.add_parser("run", help="run a cluster under faults and check what clients saw")

@@ -54,6 +54,7 @@ from kvstore.node.errors import (
 )
 from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import AdminProposal as _AdminProposal
 from kvstore.node.pending import Completion, Replies, pack_entries
 from kvstore.node.pending import ConfProposal as _ConfProposal
 from kvstore.node.pending import GroupState as _Group
@@ -63,7 +64,18 @@ from kvstore.node.pending import Write as _Write
 from kvstore.node.pending import fail as _fail
 from kvstore.node.pending import ok as _ok
 from kvstore.node.persist import Plan as _Plan
-from kvstore.node.persist import may_send_before_persist, needs_write, persist_plans
+from kvstore.node.persist import (
+    ShardChanges,
+    may_send_before_persist,
+    needs_write,
+    persist_plans,
+)
+from kvstore.node.shards import (
+    parent_led,
+    propose_admin_entries,
+    resolve_admin,
+    start_created,
+)
 from kvstore.statemachine import ApplyResult, Command, adds_data, encode_batch
 from kvstore.storage import NodeStorage, StorageFullError
 
@@ -91,6 +103,9 @@ class DriverConfig:
     """Persist on the event loop thread instead of the writer thread: saves two thread
     hand-offs per Ready (which cost most on an overloaded machine) but blocks the loop
     for the fsync. Off by default."""
+    sharded: bool = False
+    """Groups own the ranges their shard descriptors give (docs/sharding.md); a split
+    applied in a group's log starts the new group here."""
 
 
 class NodeDriver:
@@ -126,35 +141,41 @@ class NodeDriver:
         self._stopped = False
         self.storage_full = False
         self.groups: dict[int, _Group] = {}
-        seed = int.from_bytes(os.urandom(8), "big")
+        self.on_shards_changed: Callable[[], None] = lambda: None
+        """Called after a persist that may have changed a shard (the router rebuilds)."""
+        self._seed = int.from_bytes(os.urandom(8), "big")
         for g in config.groups:
-            glog = storage.group(g)
-            applied = storage.kv(g).applied_index()
-            cfg = Config(
-                id=config.node_id,
-                group=g,
-                election_tick=config.election_ticks,
-                heartbeat_tick=config.heartbeat_ticks,
-                applied=applied,
-                rng=random.Random(seed ^ g),
-            )
-            core = new_core(config.consensus, cfg, glog)
-            hs, _ = glog.initial_state()
-            self.groups[g] = _Group(
-                id=g,
-                core=core,
-                applied=applied,
-                compacted=glog.first_index() - 1,
-                term=hs.term,
-                persisted_term=hs.term,
-                persisted_vote=hs.vote,
-            )
+            self.groups[g] = self._make_group(g)
         if config.unsafe_ack_before_commit:
             log.event(
                 "UNSAFE_ACK_BEFORE_COMMIT",
                 level=40,
                 warning="writes are acknowledged before they commit; test-only, loses data",
             )
+
+    def _make_group(self, g: int) -> _Group:
+        """The in-memory side of group ``g`` from its durable state."""
+        glog = self.storage.group(g)
+        applied = self.storage.kv(g).applied_index()
+        cfg = Config(
+            id=self.config.node_id,
+            group=g,
+            election_tick=self.config.election_ticks,
+            heartbeat_tick=self.config.heartbeat_ticks,
+            applied=applied,
+            rng=random.Random(self._seed ^ g),
+        )
+        core = new_core(self.config.consensus, cfg, glog)
+        hs, _ = glog.initial_state()
+        return _Group(
+            id=g,
+            core=core,
+            applied=applied,
+            compacted=glog.first_index() - 1,
+            term=hs.term,
+            persisted_term=hs.term,
+            persisted_vote=hs.vote,
+        )
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -290,6 +311,21 @@ class NodeDriver:
             self._poke()
         return fut
 
+    def propose_admin(self, group: int, data: bytes, timeout: float) -> asyncio.Future[int]:
+        """Propose one admin command (kvstore.shard.commands) as its own log entry; the
+        future completes with its apply result (shard.commands) or an OpError."""
+        g = self._group(group)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        if g.role != Role.LEADER:
+            fut.set_exception(self.not_leader(g))
+        elif self.storage_full:
+            fut.set_exception(ExhaustedOp("storage is full", definite=True))
+        else:
+            g.admin.append(_AdminProposal(data, fut, loop.time() + timeout))
+            self._poke()
+        return fut
+
     def transfer_leadership(self, group: int, to: int) -> None:
         g = self._group(group)
         if g.role != Role.LEADER:
@@ -334,6 +370,8 @@ class NodeDriver:
                 g.core.tick()
             self._propose_writes(g)
             self._propose_confs(g)
+            if g.admin:
+                propose_admin_entries(g, self.not_leader)
             self._start_reads(g)
             if ticks:
                 g.expire(now)
@@ -361,16 +399,29 @@ class NodeDriver:
         if early:
             self.send(early)
         results: dict[int, list[ApplyResult]] = {}
+        shards = ShardChanges()
         if any(needs_write(p) for p in plans):
-            results = await self._persist_until_done(plans)
+            results = await self._persist_until_done(plans, shards)
         else:
             self._replies.flush()
         if out:
             self.send(out)
         for g, rd in readies:
             self._after_persist(g, rd, results.get(g.id, []))
+            if g.admin_inflight and rd.committed:
+                done = shards.admin_results.get(g.id, {})
+                resolve_admin(g, rd.committed, done, self._replies.defer)
         for g, rd in readies:
             g.core.advance(rd)
+        if shards.changed:
+            for gid, parent in start_created(self, shards):
+                self.groups[gid] = self._make_group(gid)
+                log.event("shard_started", group=gid, parent=parent)
+                if parent_led(self, parent):
+                    # Every member applies the same split: no election timeout to wait.
+                    self.groups[gid].core.campaign()
+            self._poke()
+            self.on_shards_changed()
         return True
 
     def _plan(self, g: _Group, rd: Ready) -> _Plan:
@@ -412,7 +463,9 @@ class NodeDriver:
             self.endpoints[node] = address
             self.on_member_address(node, address)
 
-    async def _persist_until_done(self, plans: list[_Plan]) -> dict[int, list[ApplyResult]]:
+    async def _persist_until_done(
+        self, plans: list[_Plan], shards: ShardChanges
+    ) -> dict[int, list[ApplyResult]]:
         """Persist, retrying the same Ready while the storage is full: the core already
         handed it out, so it must land before anything else. Meanwhile writes are refused
         with RESOURCE_EXHAUSTED and, with no heartbeats leaving, a leader loses its role."""
@@ -420,11 +473,11 @@ class NodeDriver:
         while True:
             try:
                 if self.config.inline_persist:
-                    results = persist_plans(self.storage, self.metrics, plans)
+                    results = persist_plans(self.storage, self.metrics, plans, shards)
                     self._replies.flush()
                 else:
                     fut = loop.run_in_executor(
-                        self._writer, persist_plans, self.storage, self.metrics, plans
+                        self._writer, persist_plans, self.storage, self.metrics, plans, shards
                     )
                     self._replies.flush()
                     if self.config.consensus == "raft":

@@ -12,6 +12,7 @@ INVALID_ARGUMENT = 3
 DEADLINE_EXCEEDED = 4
 RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
+ABORTED = 10
 UNIMPLEMENTED = 12
 INTERNAL = 13
 UNAVAILABLE = 14
@@ -59,6 +60,18 @@ class ExhaustedOp(OpError):
 
 class UnimplementedOp(OpError):
     code = UNIMPLEMENTED
+
+
+class StaleRouteOp(OpError):
+    """Routed with a stale shard map: this node has no replica of the shard that owns the
+    key, or the shard's version differs. ``shards``: the node's current descriptors that
+    overlap the request (kvstore.shard.Descriptor), for the client's cache. Definite."""
+
+    code = ABORTED
+
+    def __init__(self, message: str, shards: tuple[object, ...] = ()) -> None:
+        super().__init__(message, definite=True)
+        self.shards = shards
 
 
 class InternalOp(OpError):

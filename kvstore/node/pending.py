@@ -102,6 +102,16 @@ class ConfProposal:
 
 
 @dataclass(slots=True)
+class AdminProposal:
+    """An admin command (kvstore.shard.commands) for the group's log; completes with its
+    apply result."""
+
+    data: bytes
+    fut: asyncio.Future[int]
+    deadline: float
+
+
+@dataclass(slots=True)
 class GroupState:
     id: int
     core: Core
@@ -119,6 +129,8 @@ class GroupState:
     applied_waiters: list[tuple[int, int, Waiter]] = field(default_factory=list)
     confs: list[ConfProposal] = field(default_factory=list)
     conf_inflight: dict[int, tuple[int, ConfProposal]] = field(default_factory=dict)
+    admin: list[AdminProposal] = field(default_factory=list)
+    admin_inflight: dict[int, tuple[int, AdminProposal]] = field(default_factory=dict)
     drops_seen: dict[str, int] = field(default_factory=dict)
 
     def export_drops(self, metrics: NodeMetrics) -> None:
@@ -168,6 +180,11 @@ class GroupState:
                 self.conf_inflight.pop(idx)[1].fut,
                 DeadlineOp("conf change timed out", definite=False),
             )
+        for idx in [i for i, (_, a) in self.admin_inflight.items() if late(a.deadline)]:
+            fail(
+                self.admin_inflight.pop(idx)[1].fut,
+                DeadlineOp("admin command timed out", definite=False),
+            )
 
     def fail_unconfirmed_reads(self, err: OpError) -> None:
         """After a leader change, read-index requests not yet confirmed will never be:
@@ -198,6 +215,12 @@ class GroupState:
         for _, _, w2 in self.applied_waiters:
             fail(w2.fut, err)
         self.applied_waiters = []
+        for a in self.admin:
+            fail(a.fut, err)
+        self.admin = []
+        for _, a in self.admin_inflight.values():
+            fail(a.fut, err)
+        self.admin_inflight.clear()
 
 
 def ok(fut: Completion[Any], value: Any) -> None:

@@ -29,6 +29,18 @@ class Plan:
     """Member addresses the applied conf changes give ("": forget), see node/members.py."""
 
 
+@dataclass(slots=True)
+class ShardChanges:
+    """What a persist did to the node's shards (filled by ``persist_plans``)."""
+
+    created: list[int] = field(default_factory=list)
+    """Groups a split created on this node."""
+    admin_results: dict[int, dict[int, int]] = field(default_factory=dict)
+    """group -> entry index -> result of the admin command applied there."""
+    changed: bool = False
+    """Some group's shard descriptor may have changed (split, snapshot, conf change)."""
+
+
 _LEADER_EARLY = frozenset(
     {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.ACCEPT, MessageType.PAXOS_HEARTBEAT}
 )
@@ -67,9 +79,13 @@ def needs_write(p: Plan) -> bool:
 
 
 def persist_plans(
-    storage: NodeStorage, metrics: NodeMetrics, plans: list[Plan]
+    storage: NodeStorage,
+    metrics: NodeMetrics,
+    plans: list[Plan],
+    shards: ShardChanges | None = None,
 ) -> dict[int, list[ApplyResult]]:
-    """One transaction, one fsync, for all groups; returns each group's apply results."""
+    """One transaction, one fsync, for all groups; returns each group's apply results
+    (and fills ``shards`` when given)."""
     t0 = time.perf_counter()
     results: dict[int, list[ApplyResult]] = {}
     with storage.write() as w:
@@ -85,6 +101,15 @@ def persist_plans(
                 w.set_member_address(p.group, node, address)
             if p.compact_to > 0:
                 w.compact(p.group, p.compact_to)
+        if shards is not None:
+            shards.created += w.created
+            for g, rs in w.admin_results.items():
+                shards.admin_results.setdefault(g, {}).update(rs)
+            shards.changed = shards.changed or bool(
+                w.created
+                or w.admin_results
+                or any(p.conf_state is not None or p.rd.snapshot is not None for p in plans)
+            )
     metrics.fsync_latency.observe(time.perf_counter() - t0)
     for p in plans:
         if p.rd.snapshot is not None:

@@ -18,7 +18,12 @@ from kvstore.consensus.types import (
 from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
 from kvstore.node.members import with_address
+from kvstore.node.meta import MetaClient
+from kvstore.node.reporter import Reporter
+from kvstore.node.routing import LocalRouter
 from kvstore.node.transport import PeerTransport
+from kvstore.server.convert import shard_pb
+from kvstore.server.shard_admin import ShardAdmin, shard_size
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -62,7 +67,7 @@ async def abort(context: Any, e: OpError) -> None:
     )
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
         *,
@@ -72,7 +77,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         endpoint: str,
         cluster_id: str,
         consensus: str,
+        router: LocalRouter | None = None,
+        meta: MetaClient | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
+        self.router = router
+        self.meta = meta
+        self.reporter = reporter
         self.driver = driver
         self.transport = transport
         self.node_id = node_id
@@ -80,12 +91,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.cluster_id = cluster_id
         self.consensus = consensus
 
-    def status(self) -> admin_pb2.StatusResponse:
+    async def _abort(self, context: Any, e: OpError) -> None:
+        await abort(context, e)
+
+    def status(self, sizes: bool = False) -> admin_pb2.StatusResponse:
         groups = []
         for gid, g in sorted(self.driver.groups.items()):
             st = self.driver.status(gid)
+            shard = self.driver.storage.group(gid).view.shard
+            n_keys, n_bytes = shard_size(self.driver.storage, gid) if sizes and shard else (0, 0)
             groups.append(
                 admin_pb2.GroupStatus(
+                    shard=shard_pb(shard) if shard is not None else None,
+                    keys=n_keys,
+                    bytes=n_bytes,
                     group=gid,
                     role=st.role.name.lower(),
                     term=st.term,
@@ -121,7 +140,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Status(
         self, request: admin_pb2.StatusRequest, context: Any
     ) -> admin_pb2.StatusResponse:
-        return self.status()
+        return self.status(request.sizes)
 
     async def TransferLeadership(
         self, request: admin_pb2.TransferLeadershipRequest, context: Any

@@ -7,8 +7,9 @@ reaches the driver; a violation is an InvalidOp naming the limit.
 from __future__ import annotations
 
 from kvstore._pb import kv_pb2
-from kvstore.node.errors import InvalidOp, OpError
+from kvstore.node.errors import InvalidOp, OpError, StaleRouteOp
 from kvstore.node.limits import Limits
+from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine import ApplyError, ApplyResult, Cas, Command, Delete, KeyValue, Put
 
 READ_MODES = {
@@ -73,6 +74,10 @@ def check_result(res: ApplyResult) -> None:
         )
     if res.error == ApplyError.KEY_TOO_LARGE:
         raise InvalidOp("key over the state machine's key limit", definite=True)
+    if res.error == ApplyError.WRONG_SHARD:
+        raise StaleRouteOp(
+            f"stale route: the shard's range changed before the write applied (index {res.index})"
+        )
 
 
 def kv_to_pb(kv: KeyValue | None) -> kv_pb2.KeyValue | None:
@@ -104,12 +109,28 @@ def header(group: int, node_id: int, term: int, index: int, leader: int) -> kv_p
 
 
 def error_pb(e: OpError) -> kv_pb2.Error:
-    return kv_pb2.Error(
+    err = kv_pb2.Error(
         code=e.code,
         message=e.message,
         leader_id=e.leader_id,
         leader_endpoint=e.leader_endpoint,
         definite=e.definite,
+    )
+    if isinstance(e, StaleRouteOp):
+        err.stale_route = True
+        err.shards.extend(shard_pb(d) for d in e.shards if isinstance(d, Descriptor))
+    return err
+
+
+def shard_pb(d: Descriptor) -> kv_pb2.ShardDescriptor:
+    return kv_pb2.ShardDescriptor(
+        id=d.id,
+        start=d.start,
+        end=d.end,
+        version=d.epoch.version,
+        conf_ver=d.epoch.conf_ver,
+        voters=d.voters,
+        learners=d.learners,
     )
 
 

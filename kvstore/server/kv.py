@@ -22,28 +22,21 @@ import grpc.aio
 from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InternalOp, InvalidOp, OpError
+from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp
 from kvstore.node.limits import Limits, NodeBudget
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Callback
+from kvstore.node.routing import LocalRouter
 from kvstore.server import convert
 from kvstore.server.batch import BatchCall, Sink
 from kvstore.statemachine import ApplyResult, Command
 from kvstore.storage import NodeStorage
-
-GROUP = 1
-"""The one consensus group hosted for now; every path below still names its group."""
 
 DEFAULT_TIMEOUT = 10.0
 
 INLINE_SCAN_ROWS = 100
 """Scans that may return more rows than this run on the scan threads: a 10,000-row scan
 took 66 ms of decoding and encoding, all of it a stall of the event loop."""
-
-
-def group_of(key: bytes) -> int:
-    """The shard map: one shard for now."""
-    return GROUP
 
 
 class KVService(kv_pb2_grpc.KVServicer):
@@ -56,8 +49,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         metrics: NodeMetrics,
         node_id: int,
         budget: NodeBudget | None = None,
+        router: LocalRouter | None = None,
     ) -> None:
         self.driver = driver
+        self.router = router or LocalRouter(storage, False, lambda: driver.groups)
         self.storage = storage
         self.limits = limits
         self.metrics = metrics
@@ -80,6 +75,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         key = (group, index, term, leader)
         if key != self._last_header_key:
             self._last_header = convert.header(group, self.node_id, term, index, leader)
+            d = self.router.get(group)
+            if d is not None:
+                self._last_header.shard_version = d.epoch.version
             self._last_header_key = key
         return self._last_header
 
@@ -88,33 +86,26 @@ class KVService(kv_pb2_grpc.KVServicer):
         timeout = op.timeout_ms / 1000 if op.timeout_ms else DEFAULT_TIMEOUT
         kind = op.WhichOneof("request")
         try:
+            route = self.router
             if kind == "put":
-                self._write(
-                    op.id,
-                    "put",
-                    convert.put_command(op.put, self.limits),
-                    op.put.prev_kv,
-                    timeout,
-                    sink,
-                )
+                cmd: Command = convert.put_command(op.put, self.limits)
+                group = route.for_key(cmd.key, op.shard, op.shard_version)
+                self._write(op.id, "put", cmd, op.put.prev_kv, timeout, sink, group)
             elif kind == "delete":
-                self._write(
-                    op.id,
-                    "delete",
-                    convert.delete_command(op.delete, self.limits),
-                    True,
-                    timeout,
-                    sink,
-                )
+                cmd = convert.delete_command(op.delete, self.limits)
+                group = route.for_key(cmd.key, op.shard, op.shard_version)
+                self._write(op.id, "delete", cmd, True, timeout, sink, group)
             elif kind == "cas":
-                self._write(
-                    op.id, "cas", convert.cas_command(op.cas, self.limits), True, timeout, sink
-                )
+                cmd = convert.cas_command(op.cas, self.limits)
+                group = route.for_key(cmd.key, op.shard, op.shard_version)
+                self._write(op.id, "cas", cmd, True, timeout, sink, group)
             elif kind == "get":
                 self.limits.check_key(op.get.key)
-                self._read(op.id, "get", op.get, timeout, sink)
+                group = route.for_key(op.get.key, op.shard, op.shard_version)
+                self._read(op.id, "get", op.get, timeout, sink, group)
             elif kind == "scan":
-                self._read(op.id, "scan", op.scan, timeout, sink)
+                group = route.for_range(op.scan.start, op.scan.end, op.shard, op.shard_version)
+                self._read(op.id, "scan", op.scan, timeout, sink, group)
             else:
                 raise InvalidOp("empty op: set one of put, get, delete, scan, cas", definite=True)
         except OpError as e:
@@ -159,10 +150,15 @@ class KVService(kv_pb2_grpc.KVServicer):
         sink.emit(result)
 
     def _write(
-        self, op_id: int, kind: str, cmd: Command, want_prev: bool, timeout: float, sink: Sink
+        self,
+        op_id: int,
+        kind: str,
+        cmd: Command,
+        want_prev: bool,
+        timeout: float,
+        sink: Sink,
+        group: int,
     ) -> None:
-        group = group_of(cmd.key)
-
         def build(res: ApplyResult) -> kv_pb2.OpResult:
             result = kv_pb2.OpResult(id=op_id)
             convert.fill_write_result(result, cmd, res, self._header(group, res.index), want_prev)
@@ -182,9 +178,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         except Exception as e:  # one-shot: harmless if the driver already answered
             cb.set_exception(e)
 
-    def _read(self, op_id: int, kind: str, req: Any, timeout: float, sink: Sink) -> None:
+    def _read(
+        self, op_id: int, kind: str, req: Any, timeout: float, sink: Sink, group: int
+    ) -> None:
         mode = convert.read_mode(req.read_mode)
-        group = group_of(req.key if kind == "get" else req.start)
 
         def get() -> kv_pb2.OpResult:
             kv, applied = self.storage.kv(group).get_with_applied(req.key)
@@ -196,7 +193,11 @@ class KVService(kv_pb2_grpc.KVServicer):
             return result
 
         def start() -> None:
-            if kind == "get":
+            moved = self._still_owned(group, kind, req) if self.router.sharded else None
+            if moved is not None:
+                # A split applied while the read waited: serve only what the group owns.
+                self._fail(op_id, kind, moved, sink)
+            elif kind == "get":
                 self._answer(op_id, kind, get, sink)
             else:
                 self._scan(op_id, group, req, sink)
@@ -214,6 +215,16 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.driver.read_barrier(group, mode, req.causal_token, timeout, cb)
         except Exception as e:
             cb.set_exception(e)
+
+    def _still_owned(self, group: int, kind: str, req: Any) -> OpError | None:
+        d = self.storage.group(group).view.shard
+        start, end = (req.key, req.key + b"\0") if kind == "get" else (req.start, req.end)
+        if d is not None and d.covers(start, end):
+            return None
+        return StaleRouteOp(
+            f"stale route: shard {group} changed while the read waited",
+            self.router.overlapping(start, end or start + b"\0"),
+        )
 
     def _scan(self, op_id: int, group: int, req: kv_pb2.ScanRequest, sink: Sink) -> None:
         """Read one page (at most scan_limit rows and about max_scan_bytes) in one LMDB

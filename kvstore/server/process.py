@@ -22,10 +22,14 @@ from kvstore._pb import admin_pb2_grpc, kv_pb2_grpc, peer_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.limits import Limits
+from kvstore.node.meta import MetaClient
 from kvstore.node.metrics import NodeMetrics
+from kvstore.node.reporter import Reporter
+from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
 from kvstore.node.snapshot_send import SnapshotSender
 from kvstore.node.transport import MAX_PEER_MESSAGE, PeerTransport
+from kvstore.server import sharding
 from kvstore.server.admin import AdminService
 from kvstore.server.kv import KVService
 from kvstore.server.peer import PeerService
@@ -55,6 +59,11 @@ class ServeOptions:
     join: bool = False
     inline_persist: bool = False
     """Start with no membership and wait to be added (``kvstore member add-learner``)."""
+    shards: int = 0
+    """> 0: bootstrap a sharded cluster pre-split into this many shards (docs/sharding.md);
+    0: one group owning the whole key space, as before sharding."""
+    replicas: int = 3
+    split_keys: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -77,6 +86,24 @@ class ServeOptions:
                 ("snapshot_entries", self.snapshot_entries, self.snapshot_entries >= 0, ">= 0"),
                 ("map_size_mb", self.map_size_mb, self.map_size_mb >= 1, ">= 1"),
                 ("metrics_port", self.metrics_port, 0 <= self.metrics_port < 65536, "0..65535"),
+                ("shards", self.shards, 0 <= self.shards <= 676, "0..676"),
+                ("replicas", self.replicas, self.replicas >= 1, ">= 1"),
+                (
+                    "split_keys",
+                    self.split_keys,
+                    self.split_keys is None or len(self.split_keys) == max(self.shards - 1, 0),
+                    "one fewer than --shards",
+                ),
+                (
+                    "split_keys",
+                    self.split_keys,
+                    self.split_keys is None
+                    or (
+                        all(self.split_keys)
+                        and list(self.split_keys) == sorted(set(self.split_keys))
+                    ),
+                    "non-empty and strictly increasing",
+                ),
             )
             if not ok
         ]
@@ -168,13 +195,19 @@ class Node:
         endpoints.setdefault(o.id, o.listen)
         if new:
             voters = frozenset() if o.join else frozenset(endpoints)
-            if voters:
+            if o.shards > 0 and not o.join:
+                sharding.bootstrap(
+                    self.storage, o.id, sorted(endpoints), o.shards, o.replicas, o.split_keys
+                )
+            elif voters:
                 self.storage.group(1).bootstrap(voters)
             with self.storage.write() as w:
                 w.set_meta(b"cluster_id", o.cluster_id.encode())
                 w.set_meta(b"node_id", str(o.id).encode())
                 w.set_meta(b"consensus", o.consensus.encode())
             log.event("bootstrapped", voters=sorted(voters), cluster=o.cluster_id)
+        shard_info = sharding.load(self.storage)
+        groups = sharding.hosted_groups(self.storage) if shard_info.sharded else (1,)
         self.metrics = NodeMetrics()
         self.driver = NodeDriver(
             DriverConfig(
@@ -186,6 +219,8 @@ class Node:
                 snapshot_entries=o.snapshot_entries,
                 unsafe_ack_before_commit=o.unsafe_ack_before_commit,
                 inline_persist=o.inline_persist,
+                groups=groups,
+                sharded=shard_info.sharded,
             ),
             self.storage,
             self.metrics,
@@ -221,6 +256,19 @@ class Node:
             directory=snapshot_dir,
         )
         self.driver.send = self.snapshots.route
+        self.router = LocalRouter(self.storage, shard_info.sharded, lambda: self.driver.groups)
+        self.meta: MetaClient | None = None
+        self.reporter: Reporter | None = None
+        if shard_info.sharded:
+            self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters)
+            self.reporter = Reporter(self.router, self.meta)
+            reporter = self.reporter
+
+            def shards_changed() -> None:
+                self.router.refresh()
+                reporter.poke()
+
+            self.driver.on_shards_changed = shards_changed
         self.driver.on_fatal = lambda e: self.failed.set()
         self.driver.on_member_address = self.transport.add_peer
         limits = Limits()
@@ -242,6 +290,7 @@ class Node:
             limits=limits,
             metrics=self.metrics,
             node_id=o.id,
+            router=self.router,
         )
         self.metrics.watch_budget(self.kv.budget)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv, server)
@@ -253,6 +302,9 @@ class Node:
                 endpoint=endpoints[o.id],
                 cluster_id=o.cluster_id,
                 consensus=o.consensus,
+                router=self.router,
+                meta=self.meta,
+                reporter=self.reporter,
             ),
             server,
         )
@@ -282,6 +334,8 @@ class Node:
         self.transport.start()
         await self._set_health()
         self._watcher = asyncio.create_task(self._watch(), name="watch")
+        if self.reporter is not None:
+            self.reporter.start()
         log.event(
             "node_started",
             id=o.id,
@@ -292,12 +346,13 @@ class Node:
         )
 
     async def _set_health(self) -> None:
-        """SERVING, or NOT_SERVING while the storage is full: writes fail then, and a
-        probe or balancer should see the node as broken (eventual and causal reads
-        still work, but what a client of the service expects does not)."""
+        """SERVING, or NOT_SERVING while the storage is full or past its high-water mark:
+        writes that add data fail then, and a probe or balancer should see the node as
+        broken (deletes, eventual and causal reads still work, but what a client of the
+        service expects does not)."""
         status = (
             health_pb2.HealthCheckResponse.NOT_SERVING
-            if self.driver.storage_full
+            if self.driver.storage_full or self.storage.tight
             else health_pb2.HealthCheckResponse.SERVING
         )
         if status != self._health_status:
@@ -326,6 +381,10 @@ class Node:
         if self.server is not None:
             await self.server.stop(grace=0.5)
         await self.snapshots.stop()
+        if self.reporter is not None:
+            await self.reporter.stop()
+        if self.meta is not None:
+            await self.meta.close()
         await self.transport.stop()
         await self.driver.stop()
         self.kv.close()

@@ -56,10 +56,13 @@ class ShardMap:
                 out.append(d)
         return out
 
-    def report(self, reported: Iterable[Descriptor]) -> list[Descriptor]:
+    def report(
+        self, reported: Iterable[Descriptor], *, keep_tiling: bool = True
+    ) -> list[Descriptor]:
         """Merge reported descriptors (see the module rule) as one unit: if the result
-        would leave a gap or overlap where there was none, nothing changes. Returns the
-        descriptors accepted."""
+        would leave a gap or overlap where there was none, nothing changes (unless
+        ``keep_tiling`` is False: a client's cache takes what it learns and refetches
+        the gaps). Returns the descriptors accepted."""
         by_id = dict(self._by_id)
         accepted: list[Descriptor] = []
         for d in reported:
@@ -72,7 +75,7 @@ class ShardMap:
             accepted.append(d)
         if not accepted:
             return []
-        was_tiled = self.tiles()
+        was_tiled = keep_tiling and self.tiles()
         before = self._by_id
         self._by_id = by_id
         self._reindex()

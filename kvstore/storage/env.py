@@ -142,6 +142,12 @@ class NodeStorage:
             value: bytes | None = txn.get(keys.node_meta_key(key))
             return value
 
+    def get_group_meta(self, group: int, tag: bytes) -> bytes | None:
+        """A group's sealed metadata record (keys.TAG_*), as last committed."""
+        with self.env.begin(db=self.dbs.meta) as txn:
+            value: bytes | None = txn.get(keys.meta_key(group, tag))
+            return value
+
     # -- writes -------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[Writer]:

@@ -245,3 +245,47 @@ def test_recovery_is_incomplete_without_a_chosen_value() -> None:
     ]
     rec = recover(1, 9, ps)
     assert rec.incomplete and rec.commit == 0
+
+
+# -- the leader's per-acceptor progress ------------------------------------------------
+def test_progress_table_has_every_state_and_event() -> None:
+    from kvstore.consensus.paxos.progress import TRANSITIONS, Event, State
+
+    assert set(TRANSITIONS) == set(itertools.product(State, Event))
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["on", "sent", "acked"]),
+            st.integers(min_value=0, max_value=5),  # which Event, for "on"
+            st.integers(min_value=0, max_value=30),
+        ),
+        max_size=40,
+    )
+)
+def test_progress_takes_any_event_in_any_state(ops: list[tuple[str, int, int]]) -> None:
+    """Callers need not check the state first: every event is defined in every state; one
+    that means nothing there changes nothing, and the flow-control invariants hold."""
+    from kvstore.consensus.paxos.progress import TRANSITIONS, Event, Progress, State
+
+    events = list(Event)
+    pr = Progress(match=0, next=1)
+    for op, ev, n in ops:
+        if op == "on":
+            before = (pr.state, pr.probe_sent, list(pr.inflight), pr.inflight_bytes)
+            to = TRANSITIONS[(pr.state, events[ev])]
+            pr.on(events[ev])
+            if to is None:
+                assert (pr.state, pr.probe_sent, list(pr.inflight), pr.inflight_bytes) == before
+            else:
+                assert pr.state is to and not pr.probe_sent
+        elif op == "sent" and not pr.paused(4, 1 << 20):
+            pr.sent(max(pr.next, n), n)
+        elif op == "acked":
+            pr.acked(n)
+        if pr.state is not State.REPLICATE:
+            assert not pr.inflight and pr.inflight_bytes == 0
+        assert pr.inflight_bytes == sum(size for _, size in pr.inflight)
+        assert pr.next > pr.match

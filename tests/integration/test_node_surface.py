@@ -1,6 +1,6 @@
 """What a node shows the outside (issue 11, point 10), with real processes: metrics bind
 where --listen binds, the phi gauge follows a dead peer without anyone calling Status,
-and health is NOT_SERVING while the storage is full."""
+and health is NOT_SERVING while the storage is full (past its high-water mark)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_health_is_not_serving_while_the_storage_is_full(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, nodes=1, extra=["--map-size-mb", "16"]) as c:
+    with running_cluster(tmp_path, nodes=1, extra=["--map-size-mb", "24"]) as c:
         c.wait_leader()
         assert _health(c) == SERVING
         value = b"x" * (1 << 20)
@@ -87,3 +87,7 @@ def test_health_is_not_serving_while_the_storage_is_full(tmp_path: Path) -> None
         wait_for(lambda: _health(c) == NOT_SERVING, 5.0, "health NOT_SERVING")
         assert _health(c, "kvstore.v1.KV") == NOT_SERVING  # the service's own name, alike
         assert c.alive(1)
+        with Client(c.endpoints, timeout=10) as kv:
+            for i in range(64):
+                kv.delete(f"fill{i}")  # deletes go in and make room again
+        wait_for(lambda: _health(c) == SERVING, 10.0, "health SERVING once there is room")

@@ -123,6 +123,27 @@ def send_snapshot(n: PaxosNode, lead: Leader, to: int) -> None:
     pr.pending_snapshot = snap.metadata.index
 
 
+def has_sends(n: PaxosNode) -> bool:
+    """Whether ``flush`` would send anything now (a pure mirror of it, for has_ready)."""
+    lead = n.lead
+    if lead is None:
+        return False
+    if lead.read_round_due:
+        return True
+    commit, first, last = n.acceptor.commit, n.log.first_index(), n.log.last_index()
+    for peer, pr in lead.progress.items():
+        if pr.state is State.REPLICATE and lead.commit_sent.get(peer, 0) < min(commit, pr.match):
+            return True
+        if not n._dirty or pr.paused(n.cfg.max_inflight_msgs, n.cfg.max_inflight_bytes):
+            continue
+        # As the first pass of ``replicate``: it sends unless the acceptor has it all.
+        if pr.next < first or not (
+            pr.next > last and (pr.state is State.REPLICATE or pr.match >= last)
+        ):
+            return True
+    return False
+
+
 def flush(n: PaxosNode) -> None:
     lead = n.lead
     if lead is None:
@@ -178,8 +199,8 @@ def on_accepted(n: PaxosNode, m: Message) -> str | None:
     grew = pr.acked(m.index)
     if pr.state is State.PROBE:
         pr.on(Event.ACKED)
-    elif pr.state is State.SNAPSHOT and pr.match >= pr.pending_snapshot:
-        pr.on(Event.SNAPSHOT_DONE)
+    elif pr.match >= pr.pending_snapshot:
+        pr.on(Event.SNAPSHOT_DONE)  # means nothing unless a snapshot is in flight
     if grew:
         maybe_commit(n, lead)
     maybe_timeout_now(n, lead)

@@ -171,11 +171,10 @@ class PaxosNode:
 
     # -- Core: outputs ----------------------------------------------------------
     def has_ready(self) -> bool:
-        leading.flush(
-            self,
-        )
+        """Pure: asking changes nothing (the leader's batched sends are built in ready())."""
         return bool(
-            self.msgs
+            leading.has_sends(self)
+            or self.msgs
             or self.read_states
             or self.log.unstable
             or self.log.pending_snapshot is not None
@@ -185,9 +184,9 @@ class PaxosNode:
         )
 
     def ready(self) -> Ready:
-        leading.flush(
-            self,
-        )
+        # The leader's sends are built here, not at each proposal or answer: every
+        # proposal since the last Ready goes out in one ACCEPT per acceptor.
+        leading.flush(self)
         hs = self._hard_state()
         soft = self._soft_state()
         committed = self._committed()

@@ -4,7 +4,9 @@
 chosen prefix, then values accepted in the leader's ballot); it counts towards
 choosing those slots. ``next``: the next slot to send.
 
-States and their transitions (one table, ``TRANSITIONS``):
+States and their transitions (one table, ``TRANSITIONS``, with a row for every
+state and event: an event that means nothing in a state, such as a snapshot
+acknowledgement while probing, maps to None and changes nothing):
 - PROBE: one ACCEPT in flight at a time; used after a gap or a restart.
 - REPLICATE: ACCEPTs pipelined optimistically, at most ``max_msgs`` messages and
   ``max_bytes`` of values in flight.
@@ -38,20 +40,24 @@ class Event(enum.Enum):
     """No acknowledgement after ``election_tick`` heartbeat answers."""
 
 
-TRANSITIONS: dict[tuple[State, Event], State] = {
+TRANSITIONS: dict[tuple[State, Event], State | None] = {
     (State.PROBE, Event.ACKED): State.REPLICATE,
     (State.PROBE, Event.GAP): State.PROBE,
     (State.PROBE, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.PROBE, Event.SNAPSHOT_DONE): None,
     (State.PROBE, Event.RESTARTED): State.PROBE,
+    (State.PROBE, Event.SNAPSHOT_LOST): None,
     (State.REPLICATE, Event.ACKED): State.REPLICATE,
     (State.REPLICATE, Event.GAP): State.PROBE,
     (State.REPLICATE, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.REPLICATE, Event.SNAPSHOT_DONE): None,
     (State.REPLICATE, Event.RESTARTED): State.PROBE,
+    (State.REPLICATE, Event.SNAPSHOT_LOST): None,
     (State.SNAPSHOT, Event.ACKED): State.SNAPSHOT,
-    (State.SNAPSHOT, Event.SNAPSHOT_DONE): State.PROBE,
     (State.SNAPSHOT, Event.GAP): State.SNAPSHOT,
-    (State.SNAPSHOT, Event.RESTARTED): State.SNAPSHOT,
     (State.SNAPSHOT, Event.NEED_SNAPSHOT): State.SNAPSHOT,
+    (State.SNAPSHOT, Event.SNAPSHOT_DONE): State.PROBE,
+    (State.SNAPSHOT, Event.RESTARTED): State.SNAPSHOT,
     (State.SNAPSHOT, Event.SNAPSHOT_LOST): State.PROBE,
 }
 
@@ -79,7 +85,10 @@ class Progress:
     """Highest read round this acceptor confirmed."""
 
     def on(self, event: Event) -> None:
-        self.state = TRANSITIONS[(self.state, event)]
+        to = TRANSITIONS[(self.state, event)]
+        if to is None:
+            return  # no such event in this state: a late or duplicated answer
+        self.state = to
         self.probe_sent = False
         self.snapshot_wait = 0
         self.behind_beats = 0

@@ -1,20 +1,18 @@
-"""Linearizability checking: the Wing-Gong search with Lowe's memoization, per key.
+"""Linearizability checking of a whole history: verdict, and a small window on failure.
 
-As in Knossos and Porcupine: the history of each key is checked on its own (linearizability
-is compositional). The calls and returns of a key's operations form a doubly linked list in
-time order. The search walks it: at a call it tries to linearize that operation now (the
-model must accept it); if it does, the operation and its return are lifted out of the list
-and the search restarts from the head. Reaching a return whose call is still in the list
-means the order chosen so far cannot be extended: undo the last choice and try the next
-candidate. A set of (linearized-operations bitset, model state) pairs already explored
-prunes the search (Lowe); bitsets are Python ints.
+As in Knossos and Porcupine, the history of each key is checked on its own (linearizability
+is compositional): :mod:`.search` holds the per-key search (Wing-Gong with Lowe's
+memoization, reads first), :mod:`.parallel` runs keys side by side and stops at the first
+failure. Operations with an unknown outcome return at infinity, so the search may place
+them at any point after their call, including after everything else (the same as never).
 
-Operations with an unknown outcome return at infinity, so the search may place them at any
-point after their call, including after everything else (which is the same as never).
+Verdicts are never guessed: a key whose search did not finish in time leaves the history
+"unknown" (unless another key failed, which decides it).
 
-When a key is not linearizable, :func:`check` shrinks the failure to a small window: the
-shortest prefix (in return order) that already fails, then drops operations one by one while
-the rest still fails and stays explainable (see ``Model.removable``).
+When a key is not linearizable, :func:`check` shrinks the failure to a small window within
+a time budget: the shortest prefix (in return order) that already fails, then drops
+operations while the rest still fails and stays explainable (see ``Model.removable``).
+Every window reported was itself found not linearizable.
 This module performs no I/O.
 """
 
@@ -22,11 +20,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from kvstore.jepsen.checker.models import Model
+from kvstore.jepsen.checker.parallel import search_keys
+from kvstore.jepsen.checker.search import search
 from kvstore.jepsen.history import Operation, by_key
 
 Verdict = Literal["linearizable", "not-linearizable", "unknown"]
@@ -54,6 +54,11 @@ class Result:
     keys: int
     failures: tuple[KeyFailure, ...] = ()
     timed_out_keys: tuple[str | None, ...] = ()
+    """Keys the search had not decided when the timeout ran out (verdict "unknown")."""
+    stopped_keys: tuple[str | None, ...] = ()
+    """Keys left unsearched because another key had already failed."""
+    checked_keys: tuple[str | None, ...] = ()
+    """Keys found linearizable."""
     seconds: float = 0.0
     per_key_seconds: dict[str | None, float] = field(default_factory=dict)
 
@@ -62,129 +67,15 @@ class Result:
         return self.verdict == "linearizable"
 
 
-class _Timeout(Exception):
-    pass
-
-
-class _Entry:
-    __slots__ = ("match", "next", "op", "prev")
-
-    def __init__(self, op: Operation | None) -> None:
-        self.op = op
-        self.match: _Entry | None = None  # set on calls: their return entry
-        self.prev: _Entry | None = None
-        self.next: _Entry | None = None
-
-
-@dataclass(slots=True)
-class _Search:
-    linearizable: bool
-    longest: list[int]
-    stuck: int | None
-
-
-def _search(ops: Sequence[Operation], model: Model, deadline: float) -> _Search:
-    """Runs the search on one key's operations (ids must be 0..len-1 positions)."""
-    events: list[tuple[float, int, int]] = []
-    for i, o in enumerate(ops):
-        events.append((o.call, 0, i))  # calls sort before returns at equal times
-        events.append((o.ret, 1, i))
-    events.sort()
-    head = _Entry(None)
-    prev = head
-    calls: list[_Entry | None] = [None] * len(ops)
-    for _, kind, i in events:
-        e = _Entry(ops[i])
-        e.prev = prev
-        prev.next = e
-        prev = e
-        if kind == 0:
-            calls[i] = e
-        else:
-            c = calls[i]
-            assert c is not None
-            c.match = e
-    index = {id(o): i for i, o in enumerate(ops)}
-
-    step = model.step
-    state: Hashable = model.init()
-    linearized = 0
-    cache: set[tuple[int, Hashable]] = set()
-    stack: list[tuple[_Entry, Hashable]] = []
-    longest: list[int] = []
-    stuck: int | None = None
-    entry = head.next
-    counter = 0
-    while head.next is not None:
-        assert entry is not None
-        match = entry.match
-        if match is not None:
-            op = entry.op
-            assert op is not None
-            legal, new_state = step(state, op)
-            if legal:
-                bit = 1 << index[id(op)]
-                key = (linearized | bit, new_state)
-                if key not in cache:
-                    cache.add(key)
-                    stack.append((entry, state))
-                    state = new_state
-                    linearized |= bit
-                    # lift the call and its return out of the list
-                    p, n = entry.prev, entry.next
-                    assert p is not None and n is not None
-                    p.next = n
-                    n.prev = p
-                    p, n = match.prev, match.next
-                    assert p is not None
-                    p.next = n
-                    if n is not None:
-                        n.prev = p
-                    if len(stack) > len(longest):
-                        longest = [index[id(e.op)] for e, _ in stack]
-                        stuck = None
-                    entry = head.next
-                    continue
-            entry = entry.next
-            continue
-        # a return whose call is not linearized: backtrack
-        if len(stack) == len(longest) and stuck is None:
-            assert entry.op is not None
-            stuck = index[id(entry.op)]
-        if not stack:
-            return _Search(linearizable=False, longest=longest, stuck=stuck)
-        counter += 1
-        if counter & 0x3FF == 0 and time.monotonic() > deadline:
-            raise _Timeout
-        entry, state = stack.pop()
-        op = entry.op
-        assert op is not None
-        linearized &= ~(1 << index[id(op)])
-        match = entry.match
-        assert match is not None
-        # unlift: the return first, then the call, mirroring the lift
-        p, n = match.prev, match.next
-        assert p is not None
-        p.next = match
-        if n is not None:
-            n.prev = match
-        p, n = entry.prev, entry.next
-        assert p is not None and n is not None
-        p.next = entry
-        n.prev = entry
-        entry = entry.next
-    return _Search(linearizable=True, longest=list(range(len(ops))), stuck=None)
-
-
 def is_linearizable(
     ops: Sequence[Operation], model: Model, *, timeout: float | None = None
 ) -> bool:
     """One key's history. Raises TimeoutError when the search runs past ``timeout``."""
     deadline = math.inf if timeout is None else time.monotonic() + timeout
-    try:
-        return _search(model.prune(ops), model, deadline).linearizable
-    except _Timeout:
-        raise TimeoutError("linearizability search timed out") from None
+    found = search(model.prune(ops), model, deadline)
+    if found is None:
+        raise TimeoutError("linearizability search timed out")
+    return found.linearizable
 
 
 def _prefix(ops: Sequence[Operation], model: Model, completed: int) -> list[Operation]:
@@ -210,10 +101,8 @@ def shrink(ops: Sequence[Operation], model: Model, *, budget: float = 2.0) -> tu
     deadline = time.monotonic() + budget
 
     def fails(sub: Sequence[Operation]) -> bool:
-        try:
-            return not _search(model.prune(sub), model, deadline).linearizable
-        except _Timeout:
-            return False
+        found = search(model.prune(sub), model, deadline)
+        return found is not None and not found.linearizable
 
     n_done = sum(1 for op in ops if not op.unknown)
     lo, hi = 1, n_done  # invariant: prefix(hi) fails
@@ -270,47 +159,56 @@ def check(
     *,
     timeout: float | None = None,
     shrink_budget: float = 2.0,
+    workers: int | None = None,
+    stop_on_failure: bool = True,
 ) -> Result:
-    """Checks a whole history, key by key. ``timeout`` bounds each key's search."""
+    """Checks a whole history, all keys side by side (:mod:`.parallel`).
+
+    ``timeout`` bounds the whole search (seconds); keys it leaves undecided make the verdict
+    "unknown" unless another key already failed. The first failing key stops the rest
+    (unless ``stop_on_failure`` is False); its window is shrunk for at most
+    ``shrink_budget`` seconds, and never past the timeout.
+    """
     t0 = time.monotonic()
+    deadline = math.inf if timeout is None else t0 + timeout
+    keys: list[str | None] = []
+    groups: list[list[Operation]] = []
+    for key, key_ops in by_key(ops):
+        keys.append(key)
+        groups.append(model.prune(key_ops))
+    found = search_keys(
+        groups, model, deadline=deadline, workers=workers, stop_on_failure=stop_on_failure
+    )
+    failed = [i for i in sorted(found) if not found[i].linearizable]
     failures: list[KeyFailure] = []
-    timed_out: list[str | None] = []
-    per_key: dict[str | None, float] = {}
-    keys = 0
-    for key, all_key_ops in by_key(ops):
-        key_ops = model.prune(all_key_ops)
-        keys += 1
-        k0 = time.monotonic()
-        deadline = math.inf if timeout is None else k0 + timeout
-        try:
-            found = _search(key_ops, model, deadline)
-        except _Timeout:
-            timed_out.append(key)
-            continue
-        finally:
-            per_key[key] = time.monotonic() - k0
-        if not found.linearizable:
-            failures.append(
-                KeyFailure(
-                    key=key,
-                    window=shrink(key_ops, model, budget=shrink_budget),
-                    longest=tuple(key_ops[i] for i in found.longest),
-                    stuck=None if found.stuck is None else key_ops[found.stuck],
-                )
+    for n, i in enumerate(failed):
+        o = found[i]
+        budget = min(shrink_budget, deadline - time.monotonic()) / (len(failed) - n)
+        key_ops = groups[i]
+        failures.append(
+            KeyFailure(
+                key=keys[i],
+                window=shrink(key_ops, model, budget=max(0.0, budget)),
+                longest=tuple(key_ops[j] for j in o.longest),
+                stuck=None if o.stuck is None else key_ops[o.stuck],
             )
+        )
+    undecided = tuple(keys[i] for i in range(len(keys)) if i not in found)
     verdict: Verdict
     if failures:
         verdict = "not-linearizable"
-    elif timed_out:
+    elif undecided:
         verdict = "unknown"
     else:
         verdict = "linearizable"
     return Result(
         verdict=verdict,
         ops=len(ops),
-        keys=keys,
+        keys=len(keys),
         failures=tuple(failures),
-        timed_out_keys=tuple(timed_out),
+        timed_out_keys=() if failures else undecided,
+        stopped_keys=undecided if failures else (),
+        checked_keys=tuple(keys[i] for i in sorted(found) if found[i].linearizable),
         seconds=time.monotonic() - t0,
-        per_key_seconds=per_key,
+        per_key_seconds={keys[i]: o.seconds for i, o in found.items()},
     )

@@ -39,6 +39,19 @@ class Model(Protocol):
         """Drops operations that cannot change the verdict (a search-space cut)."""
         ...
 
+    def grows(self, op: Operation) -> bool:
+        """True when the operation only extends the state (an append), never resets it."""
+        ...
+
+    def viable(self, state: Hashable, read: Operation) -> bool:
+        """False when no sequence of growing operations can take ``state`` to one in which
+        ``read`` is legal (e.g. the read saw a list that does not start with this one).
+
+        Lets the search drop an order of appends as soon as a pending read rules it out,
+        when no operation that resets the state could still come first.
+        """
+        ...
+
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         """Those of ``ops`` that can be dropped while ``rest`` stays, leaving no remaining
         result unexplained.
@@ -75,6 +88,12 @@ class RegisterModel:
 
     def is_read(self, op: Operation) -> bool:
         return op.f == "read" or (op.f == "cas" and op.output is False)
+
+    def grows(self, op: Operation) -> bool:
+        return False
+
+    def viable(self, state: Hashable, read: Operation) -> bool:
+        return True
 
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         # a write may go if no remaining op that could have observed it (one returning after
@@ -157,6 +176,13 @@ class StringKVModel:
     def is_read(self, op: Operation) -> bool:
         return op.f == "get"
 
+    def grows(self, op: Operation) -> bool:
+        return op.f == "append"
+
+    def viable(self, state: Hashable, read: Operation) -> bool:
+        assert isinstance(state, str)
+        return read.unknown or str(read.output).startswith(state)
+
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         seen = [str(o.output) for o in rest if o.f == "get" and not o.unknown]
         return [op for op in ops if self.is_read(op) or not any(str(op.input) in v for v in seen)]
@@ -175,6 +201,7 @@ class ListAppendModel:
 
     def __init__(self) -> None:
         self._digests: dict[int, tuple[Operation, tuple[int, int]]] = {}
+        self._prefixes: dict[int, tuple[Operation, list[int]]] = {}
 
     def init(self) -> Hashable:
         return (0, 0)
@@ -214,6 +241,28 @@ class ListAppendModel:
 
     def is_read(self, op: Operation) -> bool:
         return op.f == "read"
+
+    def grows(self, op: Operation) -> bool:
+        return op.f == "append"
+
+    def viable(self, state: Hashable, read: Operation) -> bool:
+        assert isinstance(state, tuple)
+        if read.unknown:
+            return True
+        length, h = state
+        prefixes = self._prefix_digests(read)
+        return bool(length < len(prefixes) and prefixes[length] == h)
+
+    def _prefix_digests(self, op: Operation) -> list[int]:
+        """The digest of each prefix of a read's list (index = prefix length)."""
+        hit = self._prefixes.get(id(op))
+        if hit is None or hit[0] is not op:
+            out = [0]
+            for v in tuple(op.output or ()):
+                out.append(hash((out[-1], v)))
+            hit = (op, out)
+            self._prefixes[id(op)] = hit
+        return hit[1]
 
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         seen: set[Value] = set()

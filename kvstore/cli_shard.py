@@ -1,0 +1,62 @@
+"""`kvstore shard list|split`: the shard map and online splits (docs/sharding.md).
+
+Exit codes as the other client commands: 0 success, 2 usage error, 3 the cluster
+answered with an error or could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from kvstore.cli import EXIT_OK, _with_client
+
+    def f(c: Any) -> int:
+        if args.shard_command == "list":
+            rows = c.shards()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print("unsharded: one group holds the whole key space (start with --shards)")
+            else:
+                print("ID  RANGE  VERSION  CONF_VER  VOTERS  LEARNERS  LEADER  KEYS  BYTES")
+                for r in rows:
+                    end = repr(r["end"]) if r["end"] else "+inf"
+                    print(
+                        f"{r['id']}  [{r['start']!r}, {end})  {r['version']}  {r['conf_ver']}  "
+                        f"{','.join(map(str, r['voters']))}  "
+                        f"{','.join(map(str, r['learners'])) or '-'}  "
+                        f"{r['leader'] or '-'}  {r['keys']}  {r['bytes']}"
+                    )
+            return EXIT_OK
+        out = c.split_shard(args.id, args.at)
+        left, right = out["left"], out["right"]
+        end = repr(right["end"]) if right["end"] else "+inf"
+        print(
+            f"split shard {left['id']}: {left['id']}=[{left['start']!r}, {left['end']!r}) "
+            f"{right['id']}=[{right['start']!r}, {end}) version={left['version']}"
+        )
+        sys.stdout.flush()
+        return EXIT_OK
+
+    return _with_client(args, f)
+
+
+def register(sub: Any) -> None:
+    from kvstore.cli import _client_flags
+
+    p = sub.add_parser("shard", help="shards: list, split")
+    ssub = p.add_subparsers(dest="shard_command", required=True, metavar="ACTION")
+    q = ssub.add_parser("list", help="id, range, version, replicas, leader, size of each shard")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    _client_flags(q)
+    q.set_defaults(func=cmd_shard)
+    q = ssub.add_parser("split", help="split shard ID online at --at KEY (default: its middle)")
+    q.add_argument("id", type=int)
+    q.add_argument("--at", default=None, help="first key of the new right-hand shard")
+    _client_flags(q)
+    q.set_defaults(func=cmd_shard)

@@ -1,0 +1,103 @@
+"""Shard operations for operators: list the shards, split one (admin RPCs).
+
+Rule: the map comes from the meta group (linearizable); leaders and sizes from the nodes'
+status, so a listing shows what the nodes really run. A split is sent to the shard's
+leader and follows not-leader hints within the client's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from kvstore._pb import admin_pb2, kv_pb2
+from kvstore.client.errors import KVError, Unavailable, from_code
+
+if TYPE_CHECKING:
+    from kvstore.client._async import AsyncClient
+
+
+def shard_dict(d: kv_pb2.ShardDescriptor) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "start": d.start.decode(errors="backslashreplace"),
+        "end": d.end.decode(errors="backslashreplace"),
+        "version": d.version,
+        "conf_ver": d.conf_ver,
+        "voters": list(d.voters),
+        "learners": list(d.learners),
+    }
+
+
+async def shard_list(c: AsyncClient) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    await c._router.fetch(loop.time() + c.timeout)
+    # Every node the map knows, not only the endpoints given: leaders live anywhere.
+    every = sorted({*c.endpoints, *c._router.cache.nodes.values()})
+    nodes = await c.status(sizes=True, endpoints=every)
+    out = []
+    for d in c._router.cache.map:
+        leader, keys, size = 0, 0, 0
+        for n in nodes:
+            for g in n.get("groups", []):
+                if g["group"] == d.id and g["role"] == "leader":
+                    leader, keys, size = n["id"], g["keys"], g["bytes"]
+        row = shard_dict(
+            kv_pb2.ShardDescriptor(
+                id=d.id,
+                start=d.start,
+                end=d.end,
+                version=d.epoch.version,
+                conf_ver=d.epoch.conf_ver,
+                voters=d.voters,
+                learners=d.learners,
+            )
+        )
+        row.update(leader=leader, keys=keys, bytes=size)
+        out.append(row)
+    return out
+
+
+async def split_shard(c: AsyncClient, shard: int, at: bytes | None) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(c.timeout, 10.0)
+    req = admin_pb2.SplitShardRequest(shard=shard)
+    if at is not None:
+        req.at = at
+    candidates: list[str] = []
+    for n in await c.status():
+        for g in n.get("groups", []):
+            if g["group"] == shard and g["role"] == "leader":
+                candidates.insert(0, n["endpoint"])
+            elif g["group"] == shard:
+                candidates.append(n["endpoint"])
+    if not candidates:
+        raise Unavailable(f"no node hosts shard {shard}", definite=True)
+    last: KVError | None = None
+    turn = 0
+    while loop.time() < deadline:
+        ep = candidates[turn % len(candidates)]
+        try:
+            r = await c._admin_call(ep, "SplitShard", req, deadline - loop.time())
+        except grpc.aio.AioRpcError as e:
+            md = dict(e.trailing_metadata() or ())
+            hint = md.get("kvstore-leader-endpoint")
+            last = from_code(e.code().value[0], e.details() or "", definite=True)
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                if isinstance(hint, str) and hint:
+                    candidates.insert(0, hint)
+                    turn = 0
+                else:
+                    turn += 1
+                await asyncio.sleep(0.1)
+                continue
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                turn += 1
+                await asyncio.sleep(0.2)
+                continue
+            raise last from e
+        return {"left": shard_dict(r.left), "right": shard_dict(r.right)}
+    raise last or Unavailable("split did not complete in time", definite=False)

@@ -1,0 +1,65 @@
+"""The driver's shard chores: admin entries in a group's log, and groups a split starts.
+
+Rules: an admin command (kvstore.shard.commands) is one log entry of its own, answered
+with its apply result when the entry at its ProposalId's index applies with the same
+term (another term there: lost, definite). A group created by a split on this node starts
+after the persist that created it; where this node led the parent, it campaigns at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from kvstore.consensus.types import Entry, NotLeaderError, ProposalDroppedError, Role
+from kvstore.node.errors import NotLeaderOp, UnavailableOp
+from kvstore.node.pending import GroupState, fail
+from kvstore.node.persist import ShardChanges
+
+if TYPE_CHECKING:
+    from kvstore.node.driver import NodeDriver
+
+
+def propose_admin_entries(g: GroupState, not_leader: Callable[[GroupState], NotLeaderOp]) -> None:
+    admin, g.admin = g.admin, []
+    for a in admin:
+        try:
+            pid = g.core.propose(a.data)
+        except NotLeaderError:
+            fail(a.fut, not_leader(g))
+            continue
+        except ProposalDroppedError as e:
+            fail(a.fut, UnavailableOp(f"admin command dropped: {e}", definite=True))
+            continue
+        g.admin_inflight[pid.index] = (pid.term, a)
+
+
+def resolve_admin(
+    g: GroupState,
+    committed: tuple[Entry, ...],
+    results: dict[int, int],
+    answer: Callable[[Any, Any], None],
+) -> None:
+    """Answer the admin proposals among ``committed`` (``answer(fut, value)``)."""
+    for e in committed:
+        item = g.admin_inflight.pop(e.index, None)
+        if item is None:
+            continue
+        term, a = item
+        if term == e.term:
+            answer(a.fut, results.get(e.index, 0))
+        else:
+            fail(a.fut, UnavailableOp("admin command lost", definite=True))
+
+
+def start_created(driver: NodeDriver, shards: ShardChanges) -> Iterator[tuple[int, int]]:
+    """(new group, parent group or 0) for each group a split created that is not running."""
+    parent = {new: g for g, res in shards.admin_results.items() for new in res.values() if new}
+    for gid in shards.created:
+        if gid not in driver.groups:
+            yield gid, parent.get(gid, 0)
+
+
+def parent_led(driver: NodeDriver, parent: int) -> bool:
+    p = driver.groups.get(parent)
+    return p is not None and p.role == Role.LEADER
