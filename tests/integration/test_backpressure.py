@@ -18,7 +18,7 @@ from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.client import AsyncClient
 from kvstore.node.limits import DEFAULT_LIMITS
 
-from .harness import LocalCluster
+from .harness import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -40,7 +40,7 @@ def proc_kib(pid: int, field: str) -> int:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     root: Path = tmp_path_factory.mktemp("backpressure")
-    c = LocalCluster(root, nodes=1)
+    c = LocalCluster(root, nodes=1, metrics=True)
     try:
         c.start()
         c.wait_leader()
@@ -50,6 +50,21 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
     finally:
         c.close()
+
+
+def inflight(c: LocalCluster) -> tuple[float, float]:
+    """The node's in-flight budget as its metrics show it: (ops, bytes)."""
+    values = {}
+    for line in c.metrics(1).splitlines():
+        for name in ("kvstore_client_inflight_ops", "kvstore_client_inflight_bytes"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    return values["kvstore_client_inflight_ops"], values["kvstore_client_inflight_bytes"]
+
+
+def all_given_back(c: LocalCluster) -> None:
+    """Every stream gave back what it held (a leak would end in refusing everything)."""
+    wait_for(lambda: inflight(c) == (0.0, 0.0), 10.0, "the in-flight budget back at zero")
 
 
 def gets(n: int, key: bytes = b"big", first_id: int = 0) -> kv_pb2.BatchRequest:
@@ -95,7 +110,7 @@ def test_a_client_that_never_reads_costs_bounded_memory(node: LocalCluster) -> N
     assert proc_kib(pid, "VmRSS") < bound, f"node grew {base} -> {proc_kib(pid, 'VmRSS')} KiB"
     assert sent < 64, "the node kept reading from a client that never reads"
     assert peak < bound, f"peak RSS {peak} KiB, base {base} KiB"
-    # The stream's budget was given back when the client went away.
+    all_given_back(node)
     with node.client() as kv:
         assert kv.get("big", read_mode="eventual") == BIG
 
@@ -124,6 +139,7 @@ def test_many_big_answers_are_split_under_the_response_limit(node: LocalCluster)
             return await asyncio.gather(*(c.get("big", read_mode="eventual") for _ in range(100)))
 
     assert asyncio.run(client_gets()) == [BIG] * 100
+    all_given_back(node)
 
 
 def test_scan_answers_stop_at_the_scan_byte_limit(node: LocalCluster) -> None:
@@ -181,3 +197,4 @@ def test_greedy_streams_fill_the_node_budget_and_others_get_resource_exhausted(
         return None
 
     assert asyncio.run(served_again()) == BIG
+    all_given_back(node)
