@@ -193,6 +193,12 @@ class KVService(kv_pb2_grpc.KVServicer):
             return result
 
         def start() -> None:
+            try:
+                serve()
+            except Exception as e:  # when parked, no Callback would catch it and answer
+                self._internal(op_id, kind, e, sink, definite=True)
+
+        def serve() -> None:
             moved = self._still_owned(group, kind, req) if self.router.sharded else None
             if moved is not None:
                 # A split applied while the read waited: serve only what the group owns.
