@@ -28,7 +28,7 @@ from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
 from kvstore.node.snapshot_send import SnapshotSender
-from kvstore.node.transport import MAX_PEER_MESSAGE, PeerTransport
+from kvstore.node.transport import PeerTransport
 from kvstore.server import sharding
 from kvstore.server.admin import AdminService
 from kvstore.server.kv import KVService
@@ -274,8 +274,10 @@ class Node:
         limits = Limits()
         server = self.server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_PEER_MESSAGE),
-                ("grpc.max_send_message_length", MAX_PEER_MESSAGE),
+                # One port serves clients and peers, so its limit is the peers' (a
+                # client's 4 MiB is checked per request in kv.py); it was 256 MiB.
+                ("grpc.max_receive_message_length", limits.server_max_message_bytes),
+                ("grpc.max_send_message_length", limits.server_max_message_bytes),
                 # Two nodes on one port would silently split the traffic: fail instead.
                 ("grpc.so_reuseport", 0),
                 # Accept the clients' and peers' keepalive pings (5-10 s).

@@ -1,7 +1,7 @@
 """Client work in flight is bounded (issue 11, point 4), with real `kvstore serve` processes:
 a batch stream whose client never reads stops being read, answers travel in messages
-under the response limit, and many greedy streams fill a node-wide budget that answers
-RESOURCE_EXHAUSTED."""
+under the response limit, the port refuses messages over the server limit, and many
+greedy streams fill a node-wide budget that answers RESOURCE_EXHAUSTED."""
 
 from __future__ import annotations
 
@@ -152,6 +152,23 @@ def test_scan_answers_stop_at_the_scan_byte_limit(node: LocalCluster) -> None:
     assert 1 <= len(page.kvs) < 6
     assert page.ByteSize() < DEFAULT_LIMITS.max_response_bytes
     assert [kv.key for kv in page.kvs] == [f"s/{i}".encode() for i in range(len(page.kvs))]
+
+
+def test_the_port_refuses_messages_over_the_server_limit(node: LocalCluster) -> None:
+    limit = DEFAULT_LIMITS.server_max_message_bytes
+    with grpc.insecure_channel(
+        node.endpoint(1), options=[("grpc.max_send_message_length", -1)]
+    ) as ch:
+        stub = kv_pb2_grpc.KVStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Put(kv_pb2.PutRequest(key=b"huge", value=b"x" * (limit + MiB)), timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        # Under the server limit but over the value limit: the limit is named.
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Put(kv_pb2.PutRequest(key=b"huge", value=b"x" * (2 * MiB)), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_value_bytes" in (e.value.details() or "")
+    assert node.alive(1)
 
 
 def test_greedy_streams_fill_the_node_budget_and_others_get_resource_exhausted(
