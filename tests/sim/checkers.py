@@ -98,6 +98,8 @@ class Checker:
     max_applied: int = 0
     read_floor: dict[bytes, int] = field(default_factory=dict)
     """read request context -> the highest index applied anywhere when it was made."""
+    reads_confirmed: set[bytes] = field(default_factory=set)
+    """Contexts of the read requests answered by a ReadState (liveness: schedule.py)."""
     completeness_checked: set[tuple[int, int]] = field(default_factory=set)
     checks: int = 0
 
@@ -252,6 +254,7 @@ class Checker:
 
     def on_read_state(self, node: int, rs: ReadState) -> None:
         self.checks += 1
+        self.reads_confirmed.add(rs.request_ctx)
         floor = self.read_floor.get(rs.request_ctx)
         if floor is not None and rs.index < floor:
             raise SafetyViolation(

@@ -13,6 +13,9 @@ leader to re-accept, one message each when the window is one entry). Then:
 - every client operation issued after healing is applied within
   OP_BOUND_E * E + BACKLOG_TICKS * B ticks of its issue (re-proposed if its leader lost
   office before it committed);
+- every strong read (read_index) issued after healing, and every one made at a leader
+  before healing that is still pending there, is confirmed within the same bound
+  (re-issued when it went stale; reads.py states the rule);
 - all members converge on one applied state holding every acknowledged value within
   CONVERGE_BOUND_E * E + BACKLOG_TICKS * B ticks of healing.
 """
@@ -29,6 +32,7 @@ from kvstore.consensus.types import ConfChange, ConfChangeType, ConsensusError, 
 from .checkers import Checker, SafetyViolation
 from .cluster import Attempt, Client, Cluster, CoreParams, CrashPoint, load_core
 from .network import PERFECT, NetConfig, Network
+from .reads import ReadAttempt, Reads
 
 LEADER_BOUND_E = 30
 OP_BOUND_E = 45
@@ -36,12 +40,17 @@ CONVERGE_BOUND_E = 80
 BACKLOG_TICKS = 4
 """Ticks allowed per backlog entry: two round trips of one-step messages."""
 MAX_NODES = 7
+CHURN_SCHEDULES = 0.35
+"""Share of random schedules with a leader-churn episode (``leader_churn``)."""
 
 
 class FaultKind(enum.Enum):
     PARTITION = "partition"
     """Cut ``side`` off from the rest (a random half, or one node)."""
     ISOLATE_LEADER = "isolate-leader"
+    CUT_NEXT_LEADER = "cut-next-leader"
+    """Cut off the next newly elected leader ``delay`` steps after it is first seen (its
+    first appends, the new term's no-op among them, die with it); cuts queue up."""
     HEAL = "heal"
     CRASH = "crash"
     CRASH_LEADER = "crash-leader"
@@ -79,6 +88,8 @@ class Fault:
     net: NetConfig | None = None
     keep: int = 0
     """SNAPSHOT: log entries kept before the snapshot index when compacting."""
+    delay: int = 0
+    """CUT_NEXT_LEADER: steps between seeing the new leader and cutting it off."""
 
     def __str__(self) -> str:
         extra = ""
@@ -88,6 +99,8 @@ class Fault:
             extra += f" side={sorted(self.side)}"
         if self.net is not None:
             extra += f" {self.net}"
+        if self.delay:
+            extra += f" delay={self.delay}"
         return f"@{self.at} {self.kind.value}{extra}"
 
 
@@ -103,7 +116,10 @@ class SimOptions:
     ready_prob: float = 0.3
     """After each delivered message, handle that node's Ready at once with this chance."""
     membership: bool = False
+    churn: bool = False
+    """The plan holds a leader-churn episode (``leader_churn``)."""
     liveness_ops: int = 4
+    liveness_reads: int = 4
 
 
 @dataclass(slots=True)
@@ -139,27 +155,65 @@ def random_options(rng: random.Random, *, steps: int, membership: bool) -> SimOp
         duplicate=rng.choice((0.0, 0.0, 0.05)),
         max_delay=rng.choice((1, 2, 3, 5)),
     )
+    churn = rng.random() < CHURN_SCHEDULES
     params = CoreParams(
         election_tick=rng.choice((5, 10)),
         pre_vote=rng.random() < 0.75,
         check_quorum=rng.random() < 0.75,
-        max_size_per_msg=rng.choice((64, 256, 1 << 20)),
+        # Churn schedules mostly split a tail over several appends, so a new leader's
+        # no-op trails the older entries it replicates.
+        max_size_per_msg=64 if churn and rng.random() < 0.75 else rng.choice((64, 256, 1 << 20)),
         max_inflight_msgs=rng.choice((1, 4, 256)),
     )
     return SimOptions(
-        nodes=rng.choice((3, 3, 5)),
+        nodes=rng.choice((3, 3, 3, 3, 5) if churn else (3, 3, 5)),
         steps=steps,
         net=net,
         params=params,
-        propose_prob=rng.choice((0.1, 0.3, 0.6)),
+        propose_prob=rng.choice((0.3, 0.6) if churn else (0.1, 0.3, 0.6)),
         membership=membership and rng.random() < 0.5,
+        churn=churn,
     )
+
+
+def leader_churn(rng: random.Random, opts: SimOptions) -> list[Fault]:
+    """Cut off whoever leads, then each newly elected leader in turn (cutting one off
+    heals the previous cut), then heal.
+
+    Each cut-off leader keeps the entries it took since its last commit (an uncommitted
+    tail of its term); a leader cut at once has written its term's no-op at indexes the
+    others lack; a leader with an older tail that comes back may win, replicate that tail
+    for a few round trips and be cut in turn, and the one with the newer no-op may then
+    win over the nodes that took the older tail. That is Figure 8 of the Raft paper
+    (section 5.4.2): only a core that commits an earlier term's entries by counting
+    replicas loses a committed entry in it. Random faults alone reached it at 1 of 3000
+    default seeds; with this episode in a third of the schedules, at ~4% (issue 10).
+    """
+    e = opts.params.election_tick
+    t = rng.randint(5, max(6, opts.steps // 2))
+    out = [Fault(at=t, kind=FaultKind.ISOLATE_LEADER, side=frozenset({1}))]
+    cuts = rng.randint(3, 7)
+    for i in range(cuts):
+        # Alternate: cut one leader before its no-op spreads, let the next one replicate
+        # an older tail for a few round trips.
+        delay = rng.randint(2, 4 * opts.net.max_delay + 4) if i % 2 else 0
+        out.append(Fault(at=t, kind=FaultKind.CUT_NEXT_LEADER, delay=delay))
+    out.append(Fault(at=t + (cuts + 1) * 3 * e, kind=FaultKind.HEAL))
+    return out
 
 
 def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
     n, steps = opts.nodes, opts.steps
     ids = list(range(1, n + 1))
-    plan: list[Fault] = []
+    plan: list[Fault] = leader_churn(rng, opts) if opts.churn else []
+    # Other faults keep out of the churn episode (a heal or restart inside it would end
+    # the rotation it relies on): those that would start in it start after it, those
+    # that would end in it (a heal, a restart) end after it.
+    lo, hi = (plan[0].at - 20, plan[-1].at) if plan else (steps, steps)
+
+    def outside(at: int) -> int:
+        return hi + 1 if lo <= at <= hi else at
+
     kinds = [
         FaultKind.PARTITION,
         FaultKind.ISOLATE_LEADER,
@@ -177,7 +231,7 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
     weights = [4, 2, 3, 2, 2, 1, 5, 1, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
     t = 0
     while True:
-        t += rng.randint(2, 20)
+        t = outside(t + rng.randint(2, 20))
         if t >= steps:
             return sorted(plan, key=lambda f: f.at)
         kind = rng.choices(kinds, weights)[0]
@@ -185,12 +239,12 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         if kind in (FaultKind.PARTITION, FaultKind.ISOLATE_LEADER):
             side = frozenset(rng.sample(ids, rng.randint(1, n // 2)))
             plan.append(Fault(at=t, kind=kind, side=side))
-            plan.append(Fault(at=t + rng.randint(5, 60), kind=FaultKind.HEAL))
+            plan.append(Fault(at=outside(t + rng.randint(5, 60)), kind=FaultKind.HEAL))
         elif kind in CRASHES:
             plan.append(Fault(at=t, kind=kind, node=node))
             back = FaultKind.RESTART if rng.random() < 0.7 else FaultKind.RESTART_FRESH
             # RESTART of CRASH_LEADER restarts every down node (the leader is known only then).
-            plan.append(Fault(at=t + rng.randint(1, 40), kind=back, node=node))
+            plan.append(Fault(at=outside(t + rng.randint(1, 40)), kind=back, node=node))
         elif kind == FaultKind.SNAPSHOT:
             plan.append(Fault(at=t, kind=kind, node=node, keep=rng.choice((0, 0, 2, 5))))
         elif kind == FaultKind.NET:
@@ -225,7 +279,12 @@ class Run:
             params=opts.params,
         )
         self.client = Client(self.cluster, random.Random(self.rng.getrandbits(64)), b"v")
+        self.reads = Reads(self.cluster, self.checker, random.Random(self.rng.getrandbits(64)))
         self.mid_ready_crash: dict[int, CrashPoint] = {}
+        self.cuts: list[int] = []
+        """Queued CUT_NEXT_LEADER delays; ``cut_term``: the term of the last leader cut."""
+        self.cut_term = 0
+        self.cut_at: int | None = None
         self.membership_supported = True
 
     def run(self) -> SimResult:
@@ -263,13 +322,16 @@ class Run:
             if self.rng.random() < opts.propose_prob:
                 self.client.propose()
             if self.rng.random() < opts.read_prob:
-                self.client.read()
+                self.reads.issue_random()
             self.settle()
+            # After the Readies: a leader elected in this step is cut off before any of
+            # its messages (which leave with the next step's deliveries) arrive.
+            self._maybe_cut_leader()
             if step % 25 == 24:
                 self.checker.full_log_matching({n.id: n.storage for n in c.nodes.values()})
         heal_ticks, leader_ticks, op_ticks = self.heal_and_check_liveness()
         self.checker.full_log_matching({n.id: n.storage for n in c.nodes.values()})
-        stats = c.stats + self.net.stats + self.client.stats
+        stats = c.stats + self.net.stats + self.client.stats + self.reads.stats
         return SimResult(
             self.seed, c.now + 1, heal_ticks, leader_ticks, op_ticks, self.checker.checks, stats
         )
@@ -308,6 +370,12 @@ class Run:
             self.net.partition({leader} if leader else f.side, ids)
         elif k == FaultKind.HEAL:
             self.net.heal()
+            self.cuts.clear()
+            self.cut_at = None
+        elif k == FaultKind.CUT_NEXT_LEADER:
+            if not self.cuts:
+                self.cut_term = self._leader_term()
+            self.cuts.append(f.delay)
         elif k == FaultKind.CRASH:
             c.crash(f.node)
         elif k == FaultKind.CRASH_LEADER:
@@ -333,6 +401,29 @@ class Run:
             self.transfer()
         elif self.membership_supported:
             self.change_membership(k)
+
+    def _leader_term(self) -> int:
+        leader = self.cluster.leader()
+        core = self.cluster.nodes[leader].core if leader else None
+        return core.status().term if core is not None else 0
+
+    def _maybe_cut_leader(self) -> None:
+        """CUT_NEXT_LEADER: cut off a leader newer than the last one cut, once its delay
+        has passed since it was first seen."""
+        if not self.cuts:
+            return
+        c = self.cluster
+        leader, term = c.leader(), self._leader_term()
+        if not leader or term <= self.cut_term:
+            return
+        if self.cut_at is None:
+            self.cut_at = c.now + self.cuts[0]
+        if c.now >= self.cut_at:
+            self.cuts.pop(0)
+            self.cut_at = None
+            self.cut_term = term
+            c.note(f"cut off new leader {leader} of term {term}")
+            self.net.partition({leader}, sorted(c.nodes))
 
     def transfer(self) -> None:
         c = self.cluster
@@ -397,6 +488,7 @@ class Run:
         start = c.now
         leader_at = -1
         ops: list[tuple[int, Attempt | None]] = []  # (issued at, current attempt)
+        reads: list[tuple[int, ReadAttempt | None]] = []
         done = issued_ops = slowest = 0
         while True:
             c.now += 1
@@ -405,6 +497,13 @@ class Run:
             if issued_ops < self.opts.liveness_ops and t % 2 == 0:
                 issued_ops += 1
                 ops.append((c.now, None))
+            # New reads wait until the ones made before healing are answered (or stale):
+            # a later read's round would answer them too, hiding a core that never
+            # retries a lost round.
+            lone = bool(self.reads.pending_at_leader())
+            if len(reads) < self.opts.liveness_reads and t % 2 == 1 and not lone:
+                reads.append((c.now, None))
+            reads = self._drive_reads(reads, t, op_bound)
             still: list[tuple[int, Attempt | None]] = []
             for issued, attempt in ops:
                 if attempt is not None and attempt.value in checker.value_index:
@@ -433,7 +532,13 @@ class Run:
                         f"healing, has not committed (bound {OP_BOUND_E}*election_tick + "
                         f"{BACKLOG_TICKS}*backlog {backlog} = {op_bound})"
                     )
-            if done == self.opts.liveness_ops and self._converged():
+            if (
+                done == self.opts.liveness_ops
+                and len(reads) == self.opts.liveness_reads
+                and all(a is not None and self.reads.confirmed(a) for _, a in reads)
+                and not self.reads.pending_at_leader()
+                and self._converged()
+            ):
                 return t, leader_at, slowest
             if t > converge_bound:
                 states = {n.id: n.sm.index for n in c.nodes.values()}
@@ -442,6 +547,36 @@ class Run:
                     f"{CONVERGE_BOUND_E}*election_tick + {BACKLOG_TICKS}*backlog {backlog} = "
                     f"{converge_bound} ticks of healing (applied: {states})"
                 )
+
+    def _drive_reads(
+        self, reads: list[tuple[int, ReadAttempt | None]], t: int, bound: int
+    ) -> list[tuple[int, ReadAttempt | None]]:
+        """Re-issue stale or refused post-healing reads (at the leader, or at a random
+        member so forwarding is exercised); fail any read, before or after healing,
+        that waits beyond ``bound``."""
+        c = self.cluster
+        out = []
+        for issued, a in reads:
+            if a is not None and self.reads.confirmed(a):
+                out.append((issued, a))
+                continue
+            if a is None or self.reads.stale(a):
+                a = self.reads.issue_random()
+            if c.now - issued > bound:
+                raise self._failure(
+                    f"liveness: a strong read issued {c.now - issued} ticks ago, after "
+                    f"healing, is not confirmed (bound {bound}; last try {a})"
+                )
+            out.append((issued, a))
+        if t > bound:
+            pending = self.reads.pending_at_leader()
+            if pending:
+                raise self._failure(
+                    f"liveness: strong read {pending[0]} made at a leader before healing is "
+                    f"still pending there {t} ticks after healing (bound {bound}): its "
+                    "heartbeat round was lost and never retried"
+                )
+        return out
 
     def _stale(self, a: Attempt) -> bool:
         node = self.cluster.nodes[a.node]
