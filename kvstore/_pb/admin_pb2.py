@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import kv_pb2 as kvstore_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x1e\n\rStatusRequest\x12\r\n\x05sizes\x18\x01 \x01(\x08\"\x99\x02\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x05 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12*\n\x05shard\x18\x0c \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x0c\n\x04keys\x18\r \x01(\x04\x12\r\n\x05\x62ytes\x18\x0e \x01(\x04\"Y\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0b\n\x03phi\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\"\xaa\x01\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x11\n\tconsensus\x18\x04 \x01(\t\x12\'\n\x06groups\x18\x05 \x03(\x0b\x32\x17.kvstore.v1.GroupStatus\x12%\n\x05peers\x18\x06 \x03(\x0b\x32\x16.kvstore.v1.PeerStatus\"6\n\x19TransferLeadershipRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\n\n\x02to\x18\x02 \x01(\x04\"/\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"A\n\rMemberRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"A\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\"\x11\n\x0fShardMapRequest\"\xa5\x01\n\x10ShardMapResponse\x12+\n\x06shards\x18\x01 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x36\n\x05nodes\x18\x02 \x03(\x0b\x32\'.kvstore.v1.ShardMapResponse.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x11SplitShardRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\x12\x0f\n\x02\x61t\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x05\n\x03_at\"k\n\x12SplitShardResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"%\n\x12MetaProposeRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"%\n\x13MetaProposeResponse\x12\x0e\n\x06result\x18\x01 \x01(\x04\x32\xe6\x04\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12\x63\n\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12\x43\n\nAddLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12G\n\x0ePromoteLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x0cRemoveMember\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x08ShardMap\x12\x1b.kvstore.v1.ShardMapRequest\x1a\x1c.kvstore.v1.ShardMapResponse\x12K\n\nSplitShard\x12\x1d.kvstore.v1.SplitShardRequest\x1a\x1e.kvstore.v1.SplitShardResponse\x12N\n\x0bMetaPropose\x12\x1e.kvstore.v1.MetaProposeRequest\x1a\x1f.kvstore.v1.MetaProposeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x1e\n\rStatusRequest\x12\r\n\x05sizes\x18\x01 \x01(\x08\"\xc7\x02\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x05 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12*\n\x05shard\x18\x0c \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x0c\n\x04keys\x18\r \x01(\x04\x12\r\n\x05\x62ytes\x18\x0e \x01(\x04\x12,\n\x08progress\x18\x0f \x03(\x0b\x32\x1a.kvstore.v1.MemberProgress\"k\n\x0eMemberProgress\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05match\x18\x02 \x01(\x04\x12\x0c\n\x04next\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08inflight\x18\x05 \x01(\r\x12\x0f\n\x07learner\x18\x06 \x01(\x08\"Y\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0b\n\x03phi\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\"\xaa\x01\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x11\n\tconsensus\x18\x04 \x01(\t\x12\'\n\x06groups\x18\x05 \x03(\x0b\x32\x17.kvstore.v1.GroupStatus\x12%\n\x05peers\x18\x06 \x03(\x0b\x32\x16.kvstore.v1.PeerStatus\"6\n\x19TransferLeadershipRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\n\n\x02to\x18\x02 \x01(\x04\"/\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"A\n\rMemberRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"A\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\"\x11\n\x0fShardMapRequest\"\xa5\x01\n\x10ShardMapResponse\x12+\n\x06shards\x18\x01 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x36\n\x05nodes\x18\x02 \x03(\x0b\x32\'.kvstore.v1.ShardMapResponse.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x11SplitShardRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\x12\x0f\n\x02\x61t\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x05\n\x03_at\"k\n\x12SplitShardResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"%\n\x12MetaProposeRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"%\n\x13MetaProposeResponse\x12\x0e\n\x06result\x18\x01 \x01(\x04\x32\xe6\x04\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12\x63\n\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12\x43\n\nAddLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12G\n\x0ePromoteLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x0cRemoveMember\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x08ShardMap\x12\x1b.kvstore.v1.ShardMapRequest\x1a\x1c.kvstore.v1.ShardMapResponse\x12K\n\nSplitShard\x12\x1d.kvstore.v1.SplitShardRequest\x1a\x1e.kvstore.v1.SplitShardResponse\x12N\n\x0bMetaPropose\x12\x1e.kvstore.v1.MetaProposeRequest\x1a\x1f.kvstore.v1.MetaProposeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,33 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=59
   _globals['_STATUSREQUEST']._serialized_end=89
   _globals['_GROUPSTATUS']._serialized_start=92
-  _globals['_GROUPSTATUS']._serialized_end=373
-  _globals['_PEERSTATUS']._serialized_start=375
-  _globals['_PEERSTATUS']._serialized_end=464
-  _globals['_STATUSRESPONSE']._serialized_start=467
-  _globals['_STATUSRESPONSE']._serialized_end=637
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=639
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=693
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=695
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=742
-  _globals['_MEMBERREQUEST']._serialized_start=744
-  _globals['_MEMBERREQUEST']._serialized_end=809
-  _globals['_MEMBERRESPONSE']._serialized_start=811
-  _globals['_MEMBERRESPONSE']._serialized_end=876
-  _globals['_SHARDMAPREQUEST']._serialized_start=878
-  _globals['_SHARDMAPREQUEST']._serialized_end=895
-  _globals['_SHARDMAPRESPONSE']._serialized_start=898
-  _globals['_SHARDMAPRESPONSE']._serialized_end=1063
-  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_start=1019
-  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_end=1063
-  _globals['_SPLITSHARDREQUEST']._serialized_start=1065
-  _globals['_SPLITSHARDREQUEST']._serialized_end=1123
-  _globals['_SPLITSHARDRESPONSE']._serialized_start=1125
-  _globals['_SPLITSHARDRESPONSE']._serialized_end=1232
-  _globals['_METAPROPOSEREQUEST']._serialized_start=1234
-  _globals['_METAPROPOSEREQUEST']._serialized_end=1271
-  _globals['_METAPROPOSERESPONSE']._serialized_start=1273
-  _globals['_METAPROPOSERESPONSE']._serialized_end=1310
-  _globals['_ADMIN']._serialized_start=1313
-  _globals['_ADMIN']._serialized_end=1927
+  _globals['_GROUPSTATUS']._serialized_end=419
+  _globals['_MEMBERPROGRESS']._serialized_start=421
+  _globals['_MEMBERPROGRESS']._serialized_end=528
+  _globals['_PEERSTATUS']._serialized_start=530
+  _globals['_PEERSTATUS']._serialized_end=619
+  _globals['_STATUSRESPONSE']._serialized_start=622
+  _globals['_STATUSRESPONSE']._serialized_end=792
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=794
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=848
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=850
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=897
+  _globals['_MEMBERREQUEST']._serialized_start=899
+  _globals['_MEMBERREQUEST']._serialized_end=964
+  _globals['_MEMBERRESPONSE']._serialized_start=966
+  _globals['_MEMBERRESPONSE']._serialized_end=1031
+  _globals['_SHARDMAPREQUEST']._serialized_start=1033
+  _globals['_SHARDMAPREQUEST']._serialized_end=1050
+  _globals['_SHARDMAPRESPONSE']._serialized_start=1053
+  _globals['_SHARDMAPRESPONSE']._serialized_end=1218
+  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_start=1174
+  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_end=1218
+  _globals['_SPLITSHARDREQUEST']._serialized_start=1220
+  _globals['_SPLITSHARDREQUEST']._serialized_end=1278
+  _globals['_SPLITSHARDRESPONSE']._serialized_start=1280
+  _globals['_SPLITSHARDRESPONSE']._serialized_end=1387
+  _globals['_METAPROPOSEREQUEST']._serialized_start=1389
+  _globals['_METAPROPOSEREQUEST']._serialized_end=1426
+  _globals['_METAPROPOSERESPONSE']._serialized_start=1428
+  _globals['_METAPROPOSERESPONSE']._serialized_end=1465
+  _globals['_ADMIN']._serialized_start=1468
+  _globals['_ADMIN']._serialized_end=2082
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ class GroupStatus(_message.Message):
     SHARD_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     group: _builtins.int
     role: _builtins.str
     """"follower", "pre_candidate", "candidate", "leader", "learner"."""
@@ -80,6 +81,10 @@ class GroupStatus(_message.Message):
         meta group 0).
         """
 
+    @_builtins.property
+    def progress(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberProgress]:
+        """On the leader: each member's replication progress (empty on other nodes)."""
+
     def __init__(
         self,
         *,
@@ -97,14 +102,54 @@ class GroupStatus(_message.Message):
         shard: _kv_pb2.ShardDescriptor | None = ...,
         keys: _builtins.int = ...,
         bytes: _builtins.int = ...,
+        progress: _abc.Iterable[Global___MemberProgress] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "bytes", b"bytes", "commit", b"commit", "first_index", b"first_index", "group", b"group", "keys", b"keys", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "role", b"role", "shard", b"shard", "term", b"term", "voters", b"voters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "bytes", b"bytes", "commit", b"commit", "first_index", b"first_index", "group", b"group", "keys", b"keys", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "progress", b"progress", "role", b"role", "shard", b"shard", "term", b"term", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GroupStatus: _TypeAlias = GroupStatus  # noqa: Y015
+
+@_typing.final
+class MemberProgress(_message.Message):
+    """A leader's view of one member (etcd's tracker.Progress)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    INFLIGHT_FIELD_NUMBER: _builtins.int
+    LEARNER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    match: _builtins.int
+    """Highest index known stored on the member; next index the leader sends it."""
+    next: _builtins.int
+    state: _builtins.str
+    """"probe", "replicate" or "snapshot"."""
+    inflight: _builtins.int
+    """Appends sent and not yet acknowledged."""
+    learner: _builtins.bool
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        match: _builtins.int = ...,
+        next: _builtins.int = ...,
+        state: _builtins.str = ...,
+        inflight: _builtins.int = ...,
+        learner: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inflight", b"inflight", "learner", b"learner", "match", b"match", "next", b"next", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberProgress: _TypeAlias = MemberProgress  # noqa: Y015
 
 @_typing.final
 class PeerStatus(_message.Message):

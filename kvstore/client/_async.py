@@ -586,6 +586,17 @@ def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:
                 "shard": shard_dict(g.shard) if g.HasField("shard") else None,
                 "keys": g.keys,
                 "bytes": g.bytes,
+                "progress": [
+                    {
+                        "id": p.id,
+                        "match": p.match,
+                        "next": p.next,
+                        "state": p.state,
+                        "inflight": p.inflight,
+                        "learner": p.learner,
+                    }
+                    for p in g.progress
+                ],
             }
             for g in st.groups
         ],

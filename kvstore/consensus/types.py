@@ -373,6 +373,22 @@ class Config:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PeerProgress:
+    """A leader's view of one member's replication (etcd's tracker.Progress)."""
+
+    id: int
+    match: int
+    """Highest index known stored on the member."""
+    next: int
+    """Next index the leader will send it."""
+    state: str
+    """"probe" (finding where its log ends), "replicate" (streaming) or "snapshot"."""
+    inflight: int
+    """Appends sent and not yet acknowledged."""
+    learner: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
     id: int
     group: int
@@ -383,6 +399,9 @@ class Status:
     applied: int
     last_index: int
     conf_state: ConfState
+    progress: tuple[PeerProgress, ...] = ()
+    """On a leader: every member's replication progress, by id; empty elsewhere (and
+    from a core that does not track it)."""
 
 
 class Core(Protocol):
@@ -412,6 +431,16 @@ class Core(Protocol):
         ...
 
     def transfer_leadership(self, to: int) -> None: ...
+
+    def report_unreachable(self, peer: int) -> None:
+        """The transport failed to send a message to ``peer`` (etcd's ReportUnreachable):
+        a leader stops streaming to it and probes once it answers. Never required."""
+        ...
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        """The transport delivered (``ok``) or lost the snapshot message sent to ``peer``
+        (etcd's ReportSnapshot): a leader stops waiting for it. Never required."""
+        ...
 
     def campaign(self) -> None:
         """Start an election now (tests and bootstrap)."""

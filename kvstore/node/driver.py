@@ -52,6 +52,7 @@ from kvstore.node.errors import (
     OpError,
     UnavailableOp,
 )
+from kvstore.node.feedback import TransportFeedback
 from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
@@ -130,6 +131,7 @@ class NodeDriver:
         per-op reply work overlaps the next fsync instead of delaying it)."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
         self._inbox: list[Message] = []
+        self.feedback = TransportFeedback(self._poke)
         self._ticks = 0
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -365,6 +367,7 @@ class NodeDriver:
         inbox, self._inbox = self._inbox, []
         ticks, self._ticks = min(self._ticks, MAX_TICKS_PER_ITERATION), 0
         self._step_inbox(inbox)
+        self.feedback.report({gid: g.core for gid, g in self.groups.items()})
         for g in self.groups.values():
             for _ in range(ticks):
                 g.core.tick()

@@ -4,7 +4,8 @@ Rules:
 - Sending never blocks the caller: messages are queued per peer and one writer task
   per peer packs everything queued into one PeerBatch (all groups) per write.
 - Consensus tolerates loss, so a message that cannot be sent (peer down, queue full)
-  is dropped and counted, never retried by the transport.
+  is dropped and counted, never retried by the transport; ``on_lost`` tells the driver,
+  so a leader stops streaming to that peer and resends a lost snapshot sooner.
 - Inbound batches are checked before any message reaches a core: the cluster id on
   every batch, the sender among the known nodes, the addressee is us. A rejected batch
   is counted and answered with a PeerReply naming the reason; junk never raises.
@@ -186,6 +187,7 @@ class PeerTransport:
         self.metrics = metrics
         self.heartbeat_s = heartbeat_s
         self._deliver = deliver
+        self.on_lost: Callable[[list[Message]], None] = lambda msgs: None
         self.reset_backoff: dict[int, bool] = {}
         self.endpoints: dict[int, str] = dict(peers)
         self._links: dict[int, _Link] = {}
@@ -242,6 +244,8 @@ class PeerTransport:
     def count_drop(self, msgs: list[Message], reason: str) -> None:
         for group, n in _by_group(msgs).items():
             self.metrics.dropped.labels(str(group), reason).inc(n)
+        if reason in ("unreachable", "queue_full"):
+            self.on_lost(msgs)
 
     # -- inbound ---------------------------------------------------------------
     def knows(self, peer_id: int) -> bool:

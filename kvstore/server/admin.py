@@ -116,6 +116,17 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
                     first_index=g.compacted + 1,
                     voters=sorted(st.conf_state.voters),
                     learners=sorted(st.conf_state.learners),
+                    progress=[
+                        admin_pb2.MemberProgress(
+                            id=p.id,
+                            match=p.match,
+                            next=p.next,
+                            state=p.state,
+                            inflight=p.inflight,
+                            learner=p.learner,
+                        )
+                        for p in st.progress
+                    ],
                 )
             )
         peers = [

@@ -246,6 +246,7 @@ class Node:
             endpoints=self.driver.endpoints,
             send=self.transport.send,
             directory=snapshot_dir,
+            report=self.driver.feedback.snapshot,
         )
         receiver = SnapshotReceiver(
             node_id=o.id,
@@ -256,6 +257,7 @@ class Node:
             directory=snapshot_dir,
         )
         self.driver.send = self.snapshots.route
+        self.transport.on_lost = self.driver.feedback.lost
         self.router = LocalRouter(self.storage, shard_info.sharded, lambda: self.driver.groups)
         self.meta: MetaClient | None = None
         self.reporter: Reporter | None = None

@@ -53,6 +53,10 @@ def fire(pr: Progress, event: ProgressEvent) -> None:
         pr.snapshot_done()
     elif event is ProgressEvent.SNAPSHOT_FAILED:
         pr.snapshot_failed()
+    elif event is ProgressEvent.UNREACHABLE:
+        pr.unreachable()
+    elif event is ProgressEvent.SNAPSHOT_SENT:
+        pr.snapshot_reported(ok=True)
     else:
         pr.heartbeat_resp()
 
@@ -95,6 +99,27 @@ def test_leaving_snapshot_resumes_after_the_snapshot() -> None:
     pr.snapshot_failed()
     assert pr.state is ProgressState.PROBE
     assert pr.next == 11  # pending snapshot 10 + 1
+
+
+def test_snapshot_reports_probe_after_it_or_from_match() -> None:
+    """etcd's ReportSnapshot: delivered -> probe after the snapshot; failed -> forget
+    it and probe from match + 1; both paused until the follower answers a heartbeat."""
+    pr = make(ProgressState.SNAPSHOT)
+    pr.snapshot_reported(ok=True)
+    assert (pr.state, pr.next, pr.is_paused()) == (ProgressState.PROBE, 11, True)
+    pr = make(ProgressState.SNAPSHOT)
+    pr.snapshot_reported(ok=False)
+    assert (pr.state, pr.next, pr.is_paused()) == (ProgressState.PROBE, 6, True)
+    pr.heartbeat_resp()
+    assert not pr.is_paused()
+
+
+def test_unreachable_stops_streaming() -> None:
+    """etcd's ReportUnreachable: what is in flight may be lost; probe from match + 1."""
+    pr = make(ProgressState.REPLICATE)
+    pr.unreachable()
+    assert (pr.state, pr.next, pr.is_paused()) == (ProgressState.PROBE, 6, True)
+    assert pr.inflights.count() == 0
 
 
 @given(st.lists(st.tuples(st.integers(1, 5), st.integers(0, 300)), max_size=40))

@@ -35,7 +35,21 @@ def cmd_progress(h: Harness, args: list[str], out: list[str]) -> None:
         out.append(line)
 
 
-RAFT_COMMANDS: dict[str, Command] = {"progress": cmd_progress}
+def cmd_report_unreachable(h: Harness, args: list[str], out: list[str]) -> None:
+    """report-unreachable ID PEER: ID's transport could not send to PEER."""
+    h.core(int(args[0])).report_unreachable(int(args[1]))
+
+
+def cmd_report_snapshot(h: Harness, args: list[str], out: list[str]) -> None:
+    """report-snapshot ID PEER ok|fail: the snapshot ID sent to PEER arrived or was lost."""
+    h.core(int(args[0])).report_snapshot(int(args[1]), args[2] == "ok")
+
+
+RAFT_COMMANDS: dict[str, Command] = {
+    "progress": cmd_progress,
+    "report-unreachable": cmd_report_unreachable,
+    "report-snapshot": cmd_report_snapshot,
+}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

@@ -86,6 +86,23 @@ def test_cluster_command_and_client_commands(tmp_path: Path) -> None:
             for g in n["groups"]
             if g["role"] == "leader"
         )
+
+        # The leader shows each member's replication progress; followers show none.
+        def progress() -> dict[int, list[dict[str, object]]]:
+            nodes = json.loads(kv("status", "--json", endpoints=eps).stdout)
+            return {n["id"]: g["progress"] for n in nodes for g in n["groups"]}
+
+        def caught_up() -> bool:
+            p = progress()
+            rows = p[leader]
+            return (
+                [r["id"] for r in rows] == [1, 2, 3]
+                and all(r["state"] == "replicate" and r["next"] == r["match"] + 1 for r in rows)
+                and len({r["match"] for r in rows}) == 1
+                and all(not v for k, v in p.items() if k != leader)
+            )
+
+        wait_for(caught_up, 10, "every member replicating at the same match", interval=0.3)
         target = 1 if leader != 1 else 2
         r = kv("transfer-leader", "--to", str(target), endpoints=eps)
         assert r.returncode == 0, r.stderr

@@ -193,6 +193,12 @@ class FixedLeaderCore:
     def transfer_leadership(self, to: int) -> None:
         raise ConsensusError("the fake core's leader is fixed")
 
+    def report_unreachable(self, peer: int) -> None:
+        pass
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        pass
+
     def campaign(self) -> None:
         pass
 
@@ -278,6 +284,12 @@ class Wrapper:
 
     def transfer_leadership(self, to: int) -> None:
         self.inner.transfer_leadership(to)
+
+    def report_unreachable(self, peer: int) -> None:
+        self.inner.report_unreachable(peer)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self.inner.report_snapshot(peer, ok)
 
     def campaign(self) -> None:
         self.inner.campaign()

@@ -143,6 +143,13 @@ class PaxosNode:
             leading.maybe_commit(self, self.lead)
         return self.conf
 
+    def report_unreachable(self, peer: int) -> None:
+        """Transport feedback (types.Core); not used: the leader probes on heartbeats."""
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        """Transport feedback (types.Core); not used: the leader resends a snapshot left
+        unanswered for an election timeout."""
+
     def read_index(self, ctx: bytes) -> None:
         if self.lead is not None:
             leading.read(self, self.lead, ctx, self.id)

@@ -42,6 +42,12 @@ class ProgressEvent(enum.Enum):
     """No answer to the snapshot within the retry timeout: assume it was lost."""
     HEARTBEAT_RESP = "heartbeat_resp"
     """The follower is alive; a paused probe may send again."""
+    UNREACHABLE = "unreachable"
+    """The transport could not send to the follower (etcd's ReportUnreachable): what is
+    in flight, a snapshot included, may be lost; probe once it answers a heartbeat."""
+    SNAPSHOT_SENT = "snapshot_sent"
+    """The transport delivered the snapshot (etcd's ReportSnapshot, finished): probe
+    after it, once the follower answers."""
 
 
 P, R, S = ProgressState.PROBE, ProgressState.REPLICATE, ProgressState.SNAPSHOT
@@ -69,6 +75,12 @@ TRANSITIONS: dict[tuple[ProgressState, ProgressEvent], ProgressState] = {
     (P, E.HEARTBEAT_RESP): P,
     (R, E.HEARTBEAT_RESP): R,
     (S, E.HEARTBEAT_RESP): S,
+    (P, E.UNREACHABLE): P,
+    (R, E.UNREACHABLE): P,
+    (S, E.UNREACHABLE): P,
+    (P, E.SNAPSHOT_SENT): P,
+    (R, E.SNAPSHOT_SENT): R,
+    (S, E.SNAPSHOT_SENT): P,
 }
 """(state, event) -> next state; complete over every pair (a test checks it)."""
 
@@ -189,6 +201,21 @@ class Progress:
 
     def snapshot_failed(self) -> None:
         self._fire(ProgressEvent.SNAPSHOT_FAILED)
+
+    def snapshot_reported(self, ok: bool) -> None:
+        """The transport's word on the snapshot sent: delivered (probe after it) or not
+        (forget it, probe from ``match``). Either way wait for a heartbeat answer."""
+        if ok:
+            self._fire(ProgressEvent.SNAPSHOT_SENT)
+        else:
+            self.pending_snapshot = 0  # so the probe starts at match + 1, not after it
+            self._fire(ProgressEvent.SNAPSHOT_FAILED)
+        if self.state is ProgressState.PROBE:
+            self.probe_sent = True
+
+    def unreachable(self) -> None:
+        self._fire(ProgressEvent.UNREACHABLE)
+        self.probe_sent = True
 
     def heartbeat_resp(self) -> None:
         self.probe_sent = False

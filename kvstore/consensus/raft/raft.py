@@ -538,6 +538,18 @@ class Raft:
         else:
             self._send(MT.READ_INDEX, self.lead, context=ctx)
 
+    def report_unreachable(self, peer: int) -> None:
+        """The transport failed to send to ``peer``: stop streaming to it and probe."""
+        pr = self.tracker.progress.get(peer)
+        if self.role is Role.LEADER and pr is not None and peer != self.id:
+            pr.unreachable()
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        """The transport delivered (or failed to deliver) the snapshot sent to ``peer``."""
+        pr = self.tracker.progress.get(peer)
+        if self.role is Role.LEADER and pr is not None and pr.state is ProgressState.SNAPSHOT:
+            pr.snapshot_reported(ok)
+
     def transfer_leadership(self, to: int) -> None:
         self._require_leader()
         if to not in self.tracker.voters:

@@ -27,6 +27,7 @@ from kvstore.consensus.types import (
     Message,
     ProposalId,
     Ready,
+    Role,
     SoftState,
     Status,
 )
@@ -60,6 +61,12 @@ class RawNode:
 
     def transfer_leadership(self, to: int) -> None:
         self.raft.transfer_leadership(to)
+
+    def report_unreachable(self, peer: int) -> None:
+        self.raft.report_unreachable(peer)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self.raft.report_snapshot(peer, ok)
 
     def campaign(self) -> None:
         self.raft.hup(transfer=False)
@@ -128,6 +135,7 @@ class RawNode:
             applied=r.log.applied,
             last_index=r.log.last_index(),
             conf_state=r.tracker.conf_state(),
+            progress=r.tracker.peer_progress() if r.role is Role.LEADER else (),
         )
 
     @property

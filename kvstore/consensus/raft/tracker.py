@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kvstore.consensus.raft.progress import Inflights, Progress, ProgressState
 from kvstore.consensus.raft.quorum import VoteResult, joint_committed, joint_vote
-from kvstore.consensus.types import ConfState
+from kvstore.consensus.types import ConfState, PeerProgress
 
 
 class ProgressTracker:
@@ -72,6 +72,20 @@ class ProgressTracker:
                 pr.state = ProgressState.REPLICATE
                 pr.recent_active = True
             self.progress[node] = pr
+
+    def peer_progress(self) -> tuple[PeerProgress, ...]:
+        """Every member's progress as Status reports it (meaningful on a leader)."""
+        return tuple(
+            PeerProgress(
+                id=node,
+                match=pr.match,
+                next=pr.next,
+                state=pr.state.value,
+                inflight=pr.inflights.count(),
+                learner=pr.is_learner,
+            )
+            for node, pr in sorted(self.progress.items())
+        )
 
     # -- commit ----------------------------------------------------------------------
     def committed(self) -> int:
