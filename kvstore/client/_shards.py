@@ -67,8 +67,10 @@ async def split_shard(c: AsyncClient, shard: int, at: bytes | None) -> dict[str,
     req = admin_pb2.SplitShardRequest(shard=shard)
     if at is not None:
         req.at = at
+    await c._router.fetch(loop.time() + c.timeout)
+    every = sorted({*c.endpoints, *c._router.cache.nodes.values()})
     candidates: list[str] = []
-    for n in await c.status():
+    for n in await c.status(endpoints=every):
         for g in n.get("groups", []):
             if g["group"] == shard and g["role"] == "leader":
                 candidates.insert(0, n["endpoint"])
