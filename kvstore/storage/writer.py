@@ -250,8 +250,8 @@ class Writer:
         Entries at or below the applied index are skipped; a gap raises ValueError.
 
         Then drops expired client sessions, a bounded number per call (SWEEP_SESSIONS, or
-        twice the commands applied when more), so a persist never pays for the whole
-        session table."""
+        as many as commands applied when more, so the sweep keeps pace with new sessions):
+        a persist never pays for the whole session table."""
         p = self._group(group)
         tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
         out: list[ApplyResult] = []
@@ -278,7 +278,7 @@ class Writer:
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
         if applied != p.applied:
-            budget = max(SWEEP_SESSIONS, 2 * len(out))
+            budget = max(SWEEP_SESSIONS, len(out))
             start = self._sweep_from.get(group, b"")
             self._sweep_from[group] = tables.sweep_sessions(start, applied, budget)
             tables.flush()
