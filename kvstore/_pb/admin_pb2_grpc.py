@@ -74,6 +74,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.FromString,
                 _registered_method=True)
+        self.AddReplica = channel.unary_unary(
+                '/kvstore.v1.Admin/AddReplica',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -128,6 +133,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddReplica(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +181,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.MetaPropose,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.SerializeToString,
+            ),
+            'AddReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddReplica,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +404,33 @@ class Admin:
             '/kvstore.v1.Admin/MetaPropose',
             kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.MetaProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/AddReplica',
+            kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,7 @@ class AdminStub:
     """Sharding (docs/sharding.md)."""
     SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
     MetaPropose: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]
+    AddReplica: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -53,6 +54,7 @@ class AdminAsyncStub(AdminStub):
     """Sharding (docs/sharding.md)."""
     SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
     MetaPropose: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]  # type: ignore[assignment]
+    AddReplica: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +113,12 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.MetaProposeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.MetaProposeResponse, _abc.Awaitable[_admin_pb2.MetaProposeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddReplica(
+        self,
+        request: _admin_pb2.AddReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddReplicaResponse, _abc.Awaitable[_admin_pb2.AddReplicaResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

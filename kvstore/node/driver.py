@@ -75,6 +75,7 @@ from kvstore.node.shards import (
     parent_led,
     propose_admin_entries,
     resolve_admin,
+    snapshot_fits,
     start_created,
 )
 from kvstore.statemachine import ApplyResult, Command, adds_data, encode_batch
@@ -525,6 +526,9 @@ class NodeDriver:
             g = self.groups.get(m.group)
             if g is None:
                 self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
+                continue
+            if m.snapshot is not None and self.config.sharded and not snapshot_fits(self, m):
+                self.metrics.dropped.labels(str(m.group), "snapshot_overlaps").inc()
                 continue
             g.core.step(m)
 

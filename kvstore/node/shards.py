@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from kvstore.consensus.types import Entry, NotLeaderError, ProposalDroppedError, Role
+from kvstore.consensus.types import Entry, Message, NotLeaderError, ProposalDroppedError, Role
+from kvstore.node import log
 from kvstore.node.errors import NotLeaderOp, UnavailableOp
 from kvstore.node.pending import GroupState, fail
 from kvstore.node.persist import ShardChanges
+from kvstore.shard import descriptor as desc
+from kvstore.storage.errors import CorruptionError
+from kvstore.storage.snapshot import read_image
 
 if TYPE_CHECKING:
     from kvstore.node.driver import NodeDriver
@@ -63,3 +67,33 @@ def start_created(driver: NodeDriver, shards: ShardChanges) -> Iterator[tuple[in
 def parent_led(driver: NodeDriver, parent: int) -> bool:
     p = driver.groups.get(parent)
     return p is not None and p.role == Role.LEADER
+
+
+def add_empty_replica(driver: NodeDriver, group: int) -> bool:
+    """Start a replica of ``group`` with no state (False: one runs here already). It owns
+    no keys (no descriptor) until a snapshot from the group's leader installs one."""
+    if group in driver.groups:
+        return False
+    driver.groups[group] = driver._make_group(group)
+    log.event("replica_added", group=group)
+    return True
+
+
+def snapshot_fits(driver: NodeDriver, m: Message) -> bool:
+    """May this snapshot message reach its core? Not while another local replica's range
+    overlaps the snapshot's (a lagging parent that has not applied a split yet): its
+    entries would overwrite the newer data (TiKV #7002). The leader retries later."""
+    if m.snapshot is None or not m.snapshot.data:
+        return True
+    try:
+        image = read_image(m.group, m.snapshot.metadata.index, m.snapshot.data)
+        d = desc.decode(image.shard) if image.shard else None
+    except (CorruptionError, ValueError):
+        return True  # the storage refuses it on install, with the reason
+    if d is None:
+        return True
+    for gid in driver.groups:
+        other = driver.storage.group(gid).view.shard
+        if gid != m.group and other is not None and other.overlaps(d):
+            return False
+    return True

@@ -17,6 +17,7 @@ from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
 from kvstore.node.meta import FORWARDED, MetaClient
 from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
+from kvstore.node.shards import add_empty_replica
 from kvstore.server.convert import shard_pb
 from kvstore.shard import commands as cmds
 from kvstore.shard.descriptor import META_GROUP, Descriptor
@@ -107,6 +108,17 @@ class ShardAdmin:
             await self._abort(context, e)
             raise AssertionError("unreachable") from e
         return admin_pb2.MetaProposeResponse(result=result)
+
+    async def AddReplica(
+        self, request: admin_pb2.AddReplicaRequest, context: Any
+    ) -> admin_pb2.AddReplicaResponse:
+        if self.meta is None:
+            await self._abort(
+                context, InvalidOp("the node is not sharded (start with --shards)", definite=True)
+            )
+        if request.shard < 1:
+            await self._abort(context, InvalidOp("shard id must be >= 1", definite=True))
+        return admin_pb2.AddReplicaResponse(created=add_empty_replica(self.driver, request.shard))
 
     async def SplitShard(
         self, request: admin_pb2.SplitShardRequest, context: Any

@@ -17,6 +17,8 @@ from kvstore.shard.descriptor import META_GROUP
 from kvstore.shard.layout import initial_map, meta_voters
 from kvstore.storage import NodeStorage
 
+INITIAL_INDEX = 5
+"""Sharded groups start their logs here, so a new replica always gets a snapshot."""
 SHARDED = b"sharded"
 META_VOTERS = b"meta_voters"
 
@@ -47,11 +49,13 @@ def bootstrap(
     meta = meta_voters(nodes, replicas)
     if node_id in meta:
         state = cmds.initial_meta(shard_map).encode()
-        storage.group(META_GROUP).bootstrap(set(meta), meta_state=state)
+        storage.group(META_GROUP).bootstrap(
+            set(meta), meta_state=state, initial_index=INITIAL_INDEX
+        )
     hosted = []
     for d in shard_map:
         if node_id in d.voters:
-            storage.group(d.id).bootstrap(set(d.voters), shard=d)
+            storage.group(d.id).bootstrap(set(d.voters), shard=d, initial_index=INITIAL_INDEX)
             hosted.append(d.id)
     with storage.write() as w:
         w.set_meta(SHARDED, b"1")

@@ -280,14 +280,19 @@ class GroupLog:
         voters: frozenset[int] | set[int],
         shard: Descriptor | None = None,
         meta_state: bytes | None = None,
+        initial_index: int = 0,
     ) -> bool:
         """Record the first membership (a ConfState at index 0) of a brand-new group, and
         its shard descriptor / meta group state when given. Returns False and changes
         nothing if the group already has any state (so a restarting node may call it
-        unconditionally). Runs its own write transaction: never call it inside
-        ``NodeStorage.write()``."""
+        unconditionally). ``initial_index`` > 0 starts the log there (base, applied, commit
+        and term all at it, as TiKV starts regions at 5): a replica added later finds no
+        entries below it and must take a snapshot, which carries the shard descriptor.
+        Runs its own write transaction: never call it inside ``NodeStorage.write()``."""
         with self._st.write() as w:
-            return w.bootstrap(self.group, ConfState(voters=frozenset(voters)), shard, meta_state)
+            return w.bootstrap(
+                self.group, ConfState(voters=frozenset(voters)), shard, meta_state, initial_index
+            )
 
     def forget_snapshot(self) -> None:
         """Drop the cached snapshot (its group's data was replaced wholesale)."""

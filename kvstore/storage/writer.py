@@ -428,6 +428,7 @@ class Writer:
         conf_state: ConfState,
         shard: Descriptor | None = None,
         meta_state: bytes | None = None,
+        initial_index: int = 0,
     ) -> bool:
         """See GroupLog.bootstrap."""
         p = self._group(group)
@@ -440,7 +441,16 @@ class Writer:
             or p.conf_state != fresh.conf_state
         ):
             return False
-        self._set_base(group, p, replace(fresh.base, conf_state=conf_state))
+        base = replace(fresh.base, conf_state=conf_state)
+        if initial_index:
+            base = SnapshotMetadata(index=initial_index, term=initial_index, conf_state=conf_state)
+            self._set_applied(group, p, initial_index)
+            hs = HardState(term=initial_index, commit=initial_index)
+            key = keys.meta_key(group, keys.TAG_HARD_STATE)
+            self._put_sealed(self._dbs.meta, key, group, codec.encode_hard_state(hs))
+            p.hard_state = hs
+            p.last_index = p.last_term = initial_index
+        self._set_base(group, p, base)
         self._store_conf(group, p, conf_state)
         if shard is not None:
             self._set_shard(group, p, shard)

@@ -131,3 +131,55 @@ def test_sharded_cluster_routes_splits_online_and_stale_clients_recover(
     assert bad.returncode == 3 and "not strictly inside" in bad.stderr
     listed = _cli(c, "shard", "list", "--json")
     assert listed.returncode == 0 and listed.stdout.count('"id"') == SHARDS + 1
+
+
+def test_a_new_replica_is_created_by_snapshot_with_its_range(
+    tmp_path: Path, consensus: str
+) -> None:
+    """A node that hosts no replica of a shard gets one (AddReplica, then add-learner):
+    the shard's log starts above index 0, so the new replica is built from a range
+    snapshot carrying the descriptor; conf_ver rises and the map learns the learner."""
+    from kvstore._pb import admin_pb2
+
+    c = LocalCluster(tmp_path, nodes=4, consensus=consensus, extra=["--shards", "2"])
+    try:
+        c.start()
+        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2}, 40, "a leader per shard")
+        with c.client(timeout=15) as kv:
+            for i in range(20):
+                kv.put(f"a{i:02d}", str(i))  # shard 1 ([b"", b"n")), voters 1, 2, 3
+            assert 4 not in next(r for r in kv.shards() if r["id"] == 1)["voters"]
+            st4 = kv._run(
+                kv._async._admin_call(
+                    c.endpoint(4), "AddReplica", admin_pb2.AddReplicaRequest(shard=1), 5.0
+                )
+            )
+            assert st4.created
+            leader = _leaders(c)[1]
+            kv._run(
+                kv._async._admin_call(
+                    c.endpoint(leader),
+                    "AddLearner",
+                    admin_pb2.MemberRequest(group=1, node_id=4),
+                    10.0,
+                )
+            )
+
+            def caught_up() -> bool:
+                with Client([c.endpoint(4)], timeout=3) as one:
+                    st = one.status(sizes=True)[0]
+                g = next((g for g in st["groups"] if g["group"] == 1), None)
+                return g is not None and g["shard"] is not None and g["keys"] == 20
+
+            wait_for(caught_up, 30, "node 4's replica of shard 1 built from a snapshot")
+            row = wait_for(
+                lambda: next(r for r in kv.shards() if r["id"] == 1 and r["learners"] == [4]),
+                15,
+                "the map to list the learner",
+            )
+            assert row["conf_ver"] == 2 and row["version"] == 1
+            kv.put("a99", "after")
+        with Client([c.endpoint(4)], timeout=10) as only4:
+            assert only4.get("a05", read_mode="eventual") == b"5"
+    finally:
+        c.close()

@@ -180,3 +180,30 @@ def test_data_written_before_sharding_is_migrated(tmp_path: object) -> None:
             assert list(txn.cursor(db=kv).iternext(values=False)) == [b"dk"]
     finally:
         env.close()
+
+
+def test_bootstrap_at_an_initial_index_leaves_no_entries_below_it(tmp_path: object) -> None:
+    """A sharded group starts its log at 5 (TiKV's trick): a replica added later finds no
+    entry to start from and gets a snapshot, which carries the descriptor."""
+    s = NodeStorage(str(tmp_path) + "/init", map_size=16 << 20, sync=False)
+    try:
+        d = Descriptor(id=P, end=b"m", voters=(1, 2))
+        assert s.group(P).bootstrap({1, 2}, d, initial_index=5)
+        log = s.group(P)
+        assert (log.first_index(), log.last_index(), log.applied_index(), log.term(5)) == (
+            6,
+            5,
+            5,
+            5,
+        )
+        assert log.initial_state() == (
+            HardState(term=5, commit=5),
+            ConfState(voters=frozenset({1, 2})),
+        )
+        snap = log.snapshot()
+        assert snap.metadata.index == 5
+        assert read_image(P, 5, snap.data).shard  # the descriptor travels with it
+        run(s, P, entry(6, encode_batch([Put(b"a", b"1")]), term=6))
+        assert s.kv(P).get(b"a") is not None
+    finally:
+        s.close()
