@@ -13,6 +13,7 @@ The log base (snapshot sub-db) is the index and term just before the first store
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,23 @@ if TYPE_CHECKING:
 TAIL_ENTRIES = 512
 """Default entries of each group's log tail kept in memory (hot for term() and
 replication); NodeStorage(cache_entries=...) changes it."""
+
+TAIL_BYTES = 64 << 20
+"""The tail also stops at this many bytes of entries (the newest kept): 512 entries of
+1-4 MiB writes held 0.5-2 GiB in memory; older entries are read from LMDB."""
+
+
+def cap_tail(entries: Sequence[Entry], max_entries: int) -> tuple[Entry, ...]:
+    """The newest of ``entries`` that fit ``max_entries`` and TAIL_BYTES."""
+    if max_entries <= 0:
+        return ()
+    newest = entries[-max_entries:]
+    size = 0
+    for i in range(len(newest) - 1, -1, -1):
+        size += newest[i].size()
+        if size > TAIL_BYTES:
+            return tuple(newest[i + 1 :])
+    return tuple(newest)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +158,7 @@ def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES)
         applied=applied_index,
         hard_state=hard_state,
         conf_state=conf_state,
-        tail=tuple(tail),
+        tail=cap_tail(tail, cache_entries),
         shard=shard,
     )
 

@@ -33,7 +33,7 @@ from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
-from kvstore.storage.log import LogView, read_entry, read_members
+from kvstore.storage.log import LogView, cap_tail, read_entry, read_members
 from kvstore.storage.snapshot import image_records
 from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
 
@@ -63,7 +63,7 @@ class _Pending:
             applied=self.applied,
             hard_state=self.hard_state,
             conf_state=self.conf_state,
-            tail=tuple(self.tail[-self.cache_entries :]) if self.cache_entries else (),
+            tail=cap_tail(self.tail, self.cache_entries),
             shard=self.shard,
         )
 

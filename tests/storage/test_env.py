@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -215,6 +216,38 @@ def test_scan_pages_stop_at_a_row_or_byte_limit_and_say_more(st: NodeStorage) ->
     assert page(0, 300) == ([b"a", b"b", b"c"], True)
     assert page(0, 1) == ([b"a"], True)  # at least one row
     assert page(0, 300, end=b"c") == ([b"a", b"b"], False)
+
+
+def test_the_log_tail_in_memory_is_capped_in_bytes(tmp_path: Path) -> None:
+    """512 cached entries of 1-4 MiB writes held 0.5-2 GiB: the tail stops at TAIL_BYTES,
+    and the entries past it are read from LMDB."""
+    from kvstore.storage.log import TAIL_BYTES
+
+    store_path = str(tmp_path / "big")
+    st = NodeStorage(store_path, map_size=1 << 30, sync=False)
+    big = b"v" * (1 << 20)
+    n = TAIL_BYTES // len(big) + 16
+    for i in range(1, n + 1):
+        with st.write() as w:
+            w.save(1, entries=[Entry(term=1, index=i, data=big)])
+
+    def cached(s: NodeStorage) -> tuple[int, int]:
+        tail = s.group(1).view.tail
+        return len(tail), sum(e.size() for e in tail)
+
+    count, size = cached(st)
+    assert 0 < count < n and size <= TAIL_BYTES
+    assert st.group(1).view.tail[-1].index == n
+    log = st.group(1)
+    assert [e.index for e in log.entries(1, n + 1)] == list(range(1, n + 1))
+    assert log.entries(1, 2)[0].data == big and log.term(1) == 1
+    st.close()
+    reopened = NodeStorage(store_path)
+    try:
+        count, size = cached(reopened)
+        assert 0 < count < n and size <= TAIL_BYTES
+    finally:
+        reopened.close()
 
 
 def test_compaction(st: NodeStorage, store_path: str) -> None:
