@@ -18,7 +18,7 @@ from kvstore.node.pending import GroupState, fail
 from kvstore.node.persist import ShardChanges
 from kvstore.shard import descriptor as desc
 from kvstore.storage.errors import CorruptionError
-from kvstore.storage.snapshot import read_image
+from kvstore.storage.snapshot import image_shard
 
 if TYPE_CHECKING:
     from kvstore.node.driver import NodeDriver
@@ -86,8 +86,8 @@ def snapshot_fits(driver: NodeDriver, m: Message) -> bool:
     if m.snapshot is None or not m.snapshot.data:
         return True
     try:
-        image = read_image(m.group, m.snapshot.metadata.index, m.snapshot.data)
-        d = desc.decode(image.shard) if image.shard else None
+        shard = image_shard(m.group, m.snapshot.metadata.index, m.snapshot.data)
+        d = desc.decode(shard) if shard else None
     except (CorruptionError, ValueError):
         return True  # the storage refuses it on install, with the reason
     if d is None:

@@ -254,6 +254,14 @@ def image_records(group: int, index: int, data: bytes) -> Iterator[ImageReader |
         yield ImageReader(group, index, src)
 
 
+def image_shard(group: int, index: int, data: bytes) -> bytes:
+    """The encoded shard descriptor of the image ``Snapshot.data`` holds or refers to,
+    read from its header only (cheap on the event loop; the rest is checked on install).
+    Raises CorruptionError when the header is not an image's."""
+    with image_records(group, index, data) as image:
+        return image.shard
+
+
 def verify_image(group: int, index: int, src: BinaryIO) -> None:
     """Read a whole image; raises CorruptionError if it is not one."""
     r = ImageReader(group, index, src)
