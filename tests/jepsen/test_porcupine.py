@@ -89,12 +89,10 @@ def test_all_histories_check_in_seconds() -> None:
 
 @needs_data
 def test_every_key_of_the_50_client_history_alone() -> None:
-    """Keys of c50-bad one by one, with a timeout: decided keys agree, hard ones say so."""
+    """Every key of c50-bad on its own (four of them take Porcupine minutes; 0.1 s here,
+    since states no read can see are merged)."""
     loaded = load(_path("c50-bad.txt"))
-    verdicts = []
-    for _, ops in by_key(pair(loaded.events)):
-        try:
-            verdicts.append(is_linearizable(ops, loaded.model, timeout=0.5))
-        except TimeoutError:
-            continue
-    assert verdicts and not any(verdicts)  # every key of that history is broken
+    verdicts = [
+        is_linearizable(ops, loaded.model, timeout=10.0) for _, ops in by_key(pair(loaded.events))
+    ]
+    assert len(verdicts) == 10 and not any(verdicts)  # every key of that history is broken

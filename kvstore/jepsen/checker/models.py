@@ -16,7 +16,7 @@ Models:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 from kvstore.jepsen.history import Operation, Value
@@ -49,6 +49,15 @@ class Model(Protocol):
 
         Lets the search drop an order of appends as soon as a pending read rules it out,
         when no operation that resets the state could still come first.
+        """
+        ...
+
+    def observer(self, ops: Sequence[Operation]) -> Callable[[Hashable], bool] | None:
+        """For models with growing operations: a test of whether any read among ``ops``
+        sees the given state or a state grown from it (None: no such test).
+
+        When none does, the state's exact value can never matter: only a reset (which must
+        then not look at the state it replaces) leads to anything a read sees again.
         """
         ...
 
@@ -94,6 +103,9 @@ class RegisterModel:
 
     def viable(self, state: Hashable, read: Operation) -> bool:
         return True
+
+    def observer(self, ops: Sequence[Operation]) -> Callable[[Hashable], bool] | None:
+        return None
 
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         # a write may go if no remaining op that could have observed it (one returning after
@@ -183,6 +195,17 @@ class StringKVModel:
         assert isinstance(state, str)
         return read.unknown or str(read.output).startswith(state)
 
+    def observer(self, ops: Sequence[Operation]) -> Callable[[Hashable], bool] | None:
+        seen = sorted({str(o.output) for o in ops if o.f == "get" and not o.unknown})
+
+        def observable(state: Hashable) -> bool:
+            # the smallest output not below the state starts with it, if any output does
+            assert isinstance(state, str)
+            i = bisect.bisect_left(seen, state)
+            return i < len(seen) and seen[i].startswith(state)
+
+        return observable
+
     def removable(self, ops: Sequence[Operation], rest: Sequence[Operation]) -> list[Operation]:
         seen = [str(o.output) for o in rest if o.f == "get" and not o.unknown]
         return [op for op in ops if self.is_read(op) or not any(str(op.input) in v for v in seen)]
@@ -252,6 +275,13 @@ class ListAppendModel:
         length, h = state
         prefixes = self._prefix_digests(read)
         return bool(length < len(prefixes) and prefixes[length] == h)
+
+    def observer(self, ops: Sequence[Operation]) -> Callable[[Hashable], bool] | None:
+        prefixes: set[tuple[int, int]] = set()
+        for o in ops:
+            if o.f == "read" and not o.unknown:
+                prefixes.update(enumerate(self._prefix_digests(o)))
+        return prefixes.__contains__
 
     def _prefix_digests(self, op: Operation) -> list[int]:
         """The digest of each prefix of a read's list (index = prefix length)."""

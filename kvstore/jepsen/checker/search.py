@@ -36,6 +36,12 @@ MEMO_LIMIT = 3_000_000
 """Memo entries kept before the memo is dropped (about 0.5 GB of Python tuples)."""
 
 _GUARD_SCAN = 256  # list entries a guard looks through for a pending read
+DEAD: Hashable = object()
+"""The state that stands for every state no read of the key can see, nor any state grown
+from it: such states only differ in ways nothing will ever observe (the next reset makes
+them equal), so the memo treats them as one. This collapses the orders of appends that a
+later put overwrote before anyone read them, which is otherwise factorial."""
+
 _CHECK_EVERY = 0x3FF  # loop iterations between clock reads
 # how a choice on the stack was made: a read taken by dominance (never revisited), the
 # operation returning first (tried before the others), or the list walk
@@ -133,6 +139,7 @@ class KeySearch:
         self._reads_only = True
         self._guard_read: Operation | None = None
         self._grows = any(model.grows(o) for o in self.ops)
+        self._observable = model.observer(self.ops) if self._grows else None
         if self._entry is None:
             self._finish(True)
 
@@ -158,7 +165,7 @@ class KeySearch:
         # the first pending read's return: only calls before it can come before that read
         # (looked for among the first entries only, so that this costs O(concurrency))
         budget = _GUARD_SCAN
-        while e is not None and not (e.match is None and e.read):
+        while e is not None and not (e.match is None and e.read and not e.op.unknown):  # type: ignore[union-attr]
             if e.match is not None and not e.read and not self.model.grows(e.op):  # type: ignore[arg-type]
                 resets.append(e.op)  # type: ignore[arg-type]
             e = e.next
@@ -172,7 +179,7 @@ class KeySearch:
         for op in resets:
             # a reset (a put) sets the state whatever it was: could it restart the way there?
             legal, after = self.model.step(state, op)
-            if legal and self.model.viable(after, read):
+            if legal and after is not DEAD and self.model.viable(after, read):
                 return None
         return read
 
@@ -198,6 +205,8 @@ class KeySearch:
         guard = self._guard_read
         skip = self._skip
         viable = self.model.viable
+        grows = self.model.grows
+        observable = self._observable
         longest_len = len(self.longest)
         counter = 0
         while head.next is not None:
@@ -217,7 +226,7 @@ class KeySearch:
                 # with the operation that returns first (the likeliest to come next)
                 reads_only = False
                 guard = self._guard(entry, state)
-                if guard is not None and not viable(state, guard):
+                if guard is not None and (state is DEAD or not viable(state, guard)):
                     entry = None  # appends alone can never make that read legal: backtrack
                 else:
                     first = entry.call
@@ -233,8 +242,17 @@ class KeySearch:
                     continue
                 op = entry.op
                 assert op is not None
-                legal, new_state = step(state, op)
-                if legal and (guard is None or viable(new_state, guard)):
+                if state is DEAD and entry.read:
+                    legal, new_state = op.unknown, DEAD  # a read sees a state someone reads
+                elif state is DEAD and grows(op):
+                    legal, new_state = True, DEAD
+                else:
+                    legal, new_state = step(state, op)
+                    if observable is not None and not entry.read and not observable(new_state):
+                        new_state = DEAD
+                if legal and (
+                    guard is None or (new_state is not DEAD and viable(new_state, guard))
+                ):
                     key = (linearized | entry.bit, new_state)
                     if key not in cache:
                         cache.add(key)
