@@ -238,8 +238,9 @@ Global___PeerReply: _TypeAlias = PeerReply  # noqa: Y015
 @_typing.final
 class SnapshotHeader(_message.Message):
     """A snapshot's image travels apart from the consensus messages, in chunks
-    (kvstore/node/snapshots.py): the consensus message names the snapshot (metadata only),
-    the image follows in order, each chunk checksummed, paced by the receiver's acks.
+    (kvstore/node/snapshot_send.py, snapshot_recv.py): the consensus message names the
+    snapshot (metadata only), the image follows in order, each chunk checksummed, paced
+    by the receiver's acks.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

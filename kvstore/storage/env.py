@@ -63,7 +63,7 @@ class NodeStorage:
         self.cache_entries = cache_entries
         self.stream_snapshots = False
         """True (a node): ``GroupLog.snapshot()`` leaves the image out; the node builds
-        and streams it off the event loop (node/snapshots.py)."""
+        and streams it off the event loop (node/snapshot_send.py)."""
         try:
             self.env = lmdb.open(
                 path,

@@ -226,7 +226,7 @@ class GroupLog:
         """The snapshot at the applied index: metadata (applied, term(applied), conf
         state) and the group's image. With ``NodeStorage.stream_snapshots`` the image is
         left out (``data`` b"", cost O(1)): the node builds and streams it off the event
-        loop (node/snapshots.py, ``write_image_to``). Otherwise it is built here, in one
+        loop (node/snapshot_send.py, ``write_image_to``). Otherwise it is built here, in one
         read transaction, and cached until the applied index or the membership changes."""
         v = self.view
         if self._st.stream_snapshots:
