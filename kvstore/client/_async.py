@@ -1,10 +1,12 @@
 """AsyncClient: leader discovery and redirect, retries inside a deadline, exactly-once writes.
 
 Rules:
-- Every call has one deadline (``timeout``); retries happen inside it, and each attempt
-  waits at most ``attempt_timeout``. A node that cannot be reached costs one attempt: the
-  call moves on at once and the client avoids the node until it answers again
-  (_endpoints.py); answers that say "not here, not now" are retried with jittered backoff.
+- Every call has one deadline (``timeout``); retries happen inside it. An attempt ends
+  when its node has been silent (nothing at all on the stream) for ``attempt_timeout``,
+  or when the node had its time (a read: one attempt; a write: longer, so a slow node
+  that keeps answering is not flooded with re-proposals). A node that cannot be reached
+  costs one attempt: the call moves on at once and the client avoids the node until it
+  answers again (_endpoints.py); "not here, not now" answers are retried with backoff.
 - A write keeps its (client_id, incarnation, seq) across retries once an attempt may have
   taken effect, so a retry that reaches a state machine which already applied it returns
   the original answer (exactly-once). Until then (every attempt certainly failed) a retry
@@ -45,8 +47,12 @@ MIN_ATTEMPT_S = 0.25
 MAX_ATTEMPT_S = 1.0
 """One attempt gets ATTEMPT_FRACTION of the call's timeout, within these bounds (about one
 election timeout at the default timing), so a paused node costs one attempt, not the call."""
+WRITE_ATTEMPTS = 2.0
+WRITE_FRACTION = 1 / 3
+"""A node that keeps answering may take max(WRITE_ATTEMPTS attempts, WRITE_FRACTION of the
+timeout) over a write before it is retried elsewhere."""
 SERVER_SHARE = 0.9
-"""The node is asked to answer within this share of the attempt's budget."""
+"""The node is asked to answer within this share of the time we give it."""
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 0.25
 DEFAULT_ENDPOINTS = ("127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003")
@@ -249,39 +255,45 @@ class AsyncClient:
                     # one, and it cannot have fallen out of the session window while
                     # this op waited (the other callers' writes move the window on).
                     _renumber(op, next(self._seq))
-            budget = min(remaining, self.attempt_timeout)
-            # The node gives up a little before we do, so a live node's "timed out" or
-            # "not caught up" answer arrives before our timer reads its silence as death.
-            op.timeout_ms = max(1, int(budget * 1000 * SERVER_SHARE))
+            # How long the node may take: a read gets one attempt; a write, which the
+            # node proposes and must commit, gets more (a slow node that is answering
+            # would otherwise see each retry re-proposed and time out again).
+            span = self.attempt_timeout
+            if write:
+                span = max(span * WRITE_ATTEMPTS, self.timeout * WRITE_FRACTION)
+            span = min(remaining, span)
+            # The node gives up a little before we do, so its "timed out" or "not caught
+            # up" answer arrives before our timer.
+            op.timeout_ms = max(1, int(span * 1000 * SERVER_SHARE))
             stream = self._stream(endpoint)
             sent_at = loop.time()
             fut = stream.submit(op)
-            # A timer on the future itself: cheaper per op than asyncio.wait_for.
-            timer = loop.call_later(budget, _expire, fut)
+            watch = _Watch(loop, fut, stream, sent_at, self.attempt_timeout, sent_at + span)
             try:
                 result = await fut
             except TimeoutError:
                 sent = stream.forget(op.id)
                 maybe_applied = maybe_applied or (write and sent)
                 last = DeadlineExceeded(
-                    f"no answer from {endpoint} within {budget:.2f}s", definite=not maybe_applied
+                    f"no answer from {endpoint} within {loop.time() - sent_at:.2f}s",
+                    definite=not maybe_applied,
                 )
-                if not stream.heard_since(sent_at):
-                    # Nothing at all came back on this stream: paused, cut off or a
-                    # connection that never came up, not a slow answer.
+                if watch.silent:
+                    # Nothing at all came back on this stream for a whole attempt: paused,
+                    # cut off or a connection that never came up, not a slow answer.
                     self._health.mark_down(endpoint, "no answer")
                 self.retries.count("no answer")
                 endpoint, wait = self._failover(endpoint, tried, anywhere)
                 continue
             except StreamBroken as e:
-                timer.cancel()
+                watch.cancel()
                 maybe_applied = maybe_applied or (write and e.sent)
                 last = Unavailable(str(e), definite=not maybe_applied)
                 self._health.mark_down(endpoint, str(e))
                 self.retries.count("stream broken")
                 endpoint, wait = self._failover(endpoint, tried, anywhere)
                 continue
-            timer.cancel()
+            watch.cancel()
             self._health.mark_up(endpoint)
             if not result.HasField("error"):
                 if not anywhere:
@@ -557,9 +569,44 @@ def _renumber(op: kv_pb2.Op, seq: int) -> None:
         op.cas.seq = seq
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+class _Watch:
+    """Ends one attempt: fails ``fut`` with TimeoutError once the stream has been silent
+    for ``silence`` seconds since ``start`` (nothing received at all: the node is not
+    answering), or at ``hard`` (the node should have answered by then). A node that is
+    answering other ops is slow, not gone, and keeps the op until ``hard``. One timer per
+    attempt, re-armed only while a live node is slow: cheaper per op than wait_for."""
+
+    __slots__ = ("_fut", "_handle", "_hard", "_loop", "_silence", "_start", "_stream", "silent")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[Any],
+        stream: BatchStream,
+        start: float,
+        silence: float,
+        hard: float,
+    ) -> None:
+        self._loop, self._fut, self._stream = loop, fut, stream
+        self._start, self._silence, self._hard = start, silence, hard
+        self.silent = False
+        self._handle = loop.call_at(min(start + silence, hard), self._check)
+
+    def _check(self) -> None:
+        if self._fut.done():
+            return
+        now = self._loop.time()
+        quiet_since = max(self._start, self._stream.heard_at)
+        self.silent = now - quiet_since >= self._silence
+        if self.silent or now >= self._hard:
+            self._fut.set_exception(TimeoutError())
+        else:
+            self._handle = self._loop.call_at(
+                min(quiet_since + self._silence, self._hard), self._check
+            )
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:

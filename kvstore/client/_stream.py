@@ -76,10 +76,6 @@ class BatchStream:
         outcome is unknown), False if it never left this client."""
         return self._pending.pop(op_id, None) is not None
 
-    def heard_since(self, t: float) -> bool:
-        """Whether the node answered anything on this stream at or after loop time ``t``."""
-        return self.heard_at >= t
-
     async def _sender(self) -> None:
         assert self._call is not None
         try:
