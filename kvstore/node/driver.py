@@ -72,6 +72,7 @@ from kvstore.node.persist import (
     persist_plans,
 )
 from kvstore.node.shards import (
+    adopt_unknown,
     parent_led,
     propose_admin_entries,
     resolve_admin,
@@ -524,6 +525,11 @@ class NodeDriver:
     def _step_inbox(self, inbox: list[Message]) -> None:
         for m in inbox:
             g = self.groups.get(m.group)
+            if g is None and self.config.sharded:
+                g = adopt_unknown(self, m)
+                if g is not None:
+                    g.core.step(m)
+                    continue
             if g is None:
                 self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
                 continue

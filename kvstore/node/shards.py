@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from kvstore.consensus.types import Entry, Message, NotLeaderError, ProposalDroppedError, Role
+from kvstore.consensus.types import (
+    JOINING,
+    Entry,
+    Message,
+    MessageType,
+    NotLeaderError,
+    ProposalDroppedError,
+    Role,
+)
 from kvstore.node import log
 from kvstore.node.errors import NotLeaderOp, UnavailableOp
 from kvstore.node.pending import GroupState, fail
@@ -97,3 +105,57 @@ def snapshot_fits(driver: NodeDriver, m: Message) -> bool:
         if gid != m.group and other is not None and other.overlaps(d):
             return False
     return True
+
+
+def adopt_unknown(driver: NodeDriver, m: Message) -> GroupState | None:
+    """A message for a group this sharded node does not run. A snapshot that fits (see
+    ``snapshot_fits``) starts the replica, which then owns the snapshot's range; a
+    leader's append (heartbeat) is answered "I have nothing, send a snapshot" ("I am
+    here") as an empty replica
+    would answer it (the cores' join contract), without creating anything, so nothing is
+    written for a group this node may never host (and a split applied here later finds
+    no half-made replica in its way). Anything else: None (dropped)."""
+    me = driver.config.node_id
+    if m.to != me:
+        return None
+    if m.snapshot is not None:
+        if not snapshot_fits(driver, m):
+            return None
+        add_empty_replica(driver, m.group)
+        return driver.groups[m.group]
+    if m.type == MessageType.APPEND:
+        ask = Message(
+            type=MessageType.APPEND_RESP,
+            group=m.group,
+            from_=me,
+            to=m.from_,
+            term=m.term,
+            index=0,
+            reject=True,
+        )
+    elif m.type in (MessageType.HEARTBEAT, MessageType.PAXOS_HEARTBEAT):
+        # A leader that lost track of us only heartbeats; answering makes it send an
+        # append (or accept), which gets the snapshot request above.
+        kind = (
+            MessageType.HEARTBEAT_RESP
+            if m.type == MessageType.HEARTBEAT
+            else MessageType.PAXOS_HEARTBEAT_RESP
+        )
+        ask = Message(
+            type=kind, group=m.group, from_=me, to=m.from_, term=m.term, context=m.context
+        )
+    elif m.type == MessageType.ACCEPT:
+        ask = Message(
+            type=MessageType.ACCEPTED,
+            group=m.group,
+            from_=me,
+            to=m.from_,
+            term=m.term,
+            index=0,
+            reject=True,
+            context=JOINING,
+        )
+    else:
+        return None
+    driver.send([ask])
+    return None

@@ -183,3 +183,54 @@ def test_a_new_replica_is_created_by_snapshot_with_its_range(
             assert only4.get("a05", read_mode="eventual") == b"5"
     finally:
         c.close()
+
+
+def test_a_node_down_during_a_split_catches_up_by_snapshots(tmp_path: Path, consensus: str) -> None:
+    """A node is down while its shard splits and both halves compact their logs past the
+    split: back up, it gets the parent's snapshot (the left range) and, once that no
+    longer overlaps, the new shard's snapshot, which creates its replica of it."""
+    c = LocalCluster(
+        tmp_path,
+        nodes=3,
+        consensus=consensus,
+        extra=["--shards", "1", "--snapshot-entries", "20"],
+    )
+    try:
+        c.start()
+        wait_for(lambda: set(_leaders(c)) >= {0, 1}, 40, "a leader per shard")
+        c.stop(3)
+        with c.client(timeout=15) as kv:
+            wait_for(lambda: kv.put("a", "0"), 20, "a write with node 3 down")
+            for i in range(40):
+                kv.put(f"{'c' if i % 2 else 'x'}{i:02d}", str(i))
+            out = _cli(c, "shard", "split", "1", "--at", "m")
+            assert out.returncode == 0, out.stderr
+            new_id = next(r["id"] for r in kv.shards() if r["start"] == "m")
+            for i in range(40, 100):
+                kv.put(f"{'d' if i % 2 else 'y'}{i:02d}", str(i))
+        c.start(3)
+
+        def node3() -> dict[int, Any]:
+            with Client([c.endpoint(3)], timeout=3) as one:
+                st = one.status(sizes=True)[0]
+            return {g["group"]: g for g in st["groups"]}
+
+        def caught_up() -> bool:
+            gs = node3()
+            left, right = gs.get(1), gs.get(new_id)
+            return bool(
+                left
+                and right
+                and left["shard"]
+                and right["shard"]
+                and left["shard"]["end"] == "m"
+                and right["shard"]["start"] == "m"
+                and left["keys"] == 51
+                and right["keys"] == 50
+            )
+
+        wait_for(caught_up, 60, "node 3 holding both halves of the split")
+        with Client([c.endpoint(3)], timeout=10) as only3:
+            assert only3.get("y98", read_mode="eventual") == b"98"
+    finally:
+        c.close()
