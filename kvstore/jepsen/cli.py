@@ -1,19 +1,26 @@
-"""The ``kvstore jepsen`` command: ``run`` a fault test, ``check`` a history, ``clean`` up.
+"""``kvstore jepsen``: ``run`` a fault test, ``campaign`` many, ``check`` a history, ``clean``.
 
 Exit codes: ``check``: 0 linearizable, 1 not, 2 unreadable input, 3 unknown (the search ran
 past ``--timeout``; it prints which keys it decided). ``run``: 0 valid, 1 anomaly found,
-2 harness failure.
+2 harness failure. ``campaign`` (see :mod:`kvstore.jepsen.campaign`): 0 every run valid,
+1 an anomaly found, 2 otherwise.
 ``kvstore.cli`` calls :func:`register`; ``python -m kvstore.jepsen.cli`` works on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kvstore.jepsen.formats import FORMATS
+from kvstore.jepsen.nemesis import KINDS
+
+WORKLOADS = ("register", "append", "session")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -84,6 +91,52 @@ def _run(args: argparse.Namespace) -> int:
     return run_cli(config)
 
 
+def _list(text: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"{what}: {', '.join(bad) or 'none given'}; choose from {', '.join(allowed)}"
+        )
+    return items
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from kvstore.jepsen.campaign import CampaignConfig, exit_code, run_campaign
+    from kvstore.jepsen.runner import RunConfig, run
+
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        cfg = CampaignConfig(
+            runs=args.runs,
+            nemeses=_list(args.nemesis, sorted(KINDS), "unknown nemesis"),
+            cores=_list(args.consensus, ("raft", "paxos"), "unknown consensus"),
+            workloads=_list(args.workload, WORKLOADS, "unknown workload"),
+            time_limit=args.time_limit,
+            out=Path(args.out or time.strftime("jepsen-campaign-%Y%m%d-%H%M%S")),
+            seed=args.seed,
+            stop_on_anomaly=args.stop_on_anomaly,
+            base=RunConfig(
+                nodes=args.nodes, concurrency=args.concurrency, interval=args.nemesis_interval
+            ),
+        )
+    except argparse.ArgumentTypeError as e:
+        print(f"kvstore jepsen campaign: {e}", file=sys.stderr)
+        return 2
+    try:
+        rows = run_campaign(cfg, run, progress=lambda s: print(s, flush=True))
+    except KeyboardInterrupt:
+        print("kvstore jepsen campaign: interrupted (summary of the runs done is written)")
+        return 2
+    code = exit_code(rows)
+    bad = sum(r.verdict == "invalid" for r in rows)
+    print(f"campaign: {len(rows)} runs, {bad} with anomalies; index: {cfg.out / 'index.html'}")
+    return code
+
+
 def _clean(args: argparse.Namespace) -> int:
     from kvstore.jepsen.hosts import HarnessError, clean_leftovers, run_lock
 
@@ -122,10 +175,10 @@ def _add_commands(sub: Any) -> None:
     run = sub.add_parser("run", help="run a cluster under faults and check what clients saw")
     run.add_argument("--nodes", type=int, default=5)
     run.add_argument("--consensus", choices=("raft", "paxos"), default="raft")
-    run.add_argument("--workload", choices=("register", "append", "session"), default="register")
+    run.add_argument("--workload", choices=WORKLOADS, default="register")
     run.add_argument(
         "--nemesis",
-        choices=("none", "partition", "kill", "pause", "clock", "loss", "all"),
+        choices=tuple(KINDS),
         default="none",
     )
     run.add_argument("--time-limit", type=float, default=60.0, help="seconds of workload")
@@ -148,6 +201,20 @@ def _add_commands(sub: Any) -> None:
         help="command that runs one node (default: this python -m kvstore.cli serve)",
     )
     run.set_defaults(func=_run)
+
+    camp = sub.add_parser("campaign", help="many seeded runs one after another, one index page")
+    camp.add_argument("--runs", type=int, default=20, help="runs per nemesis and core")
+    camp.add_argument("--nemesis", default="partition", help="comma-separated nemeses")
+    camp.add_argument("--consensus", default="raft,paxos", help="comma-separated cores")
+    camp.add_argument("--workload", default="register", help="comma-separated, used in turn")
+    camp.add_argument("--time-limit", type=float, default=30.0, help="seconds of workload a run")
+    camp.add_argument("--out", default=None, help="campaign directory (default: a new one)")
+    camp.add_argument("--seed", type=int, default=1, help="seed of the first run of each pair")
+    camp.add_argument("--stop-on-anomaly", action="store_true", help="stop at the first anomaly")
+    camp.add_argument("--nodes", type=int, default=5)
+    camp.add_argument("--concurrency", type=int, default=10)
+    camp.add_argument("--nemesis-interval", type=float, default=5.0)
+    camp.set_defaults(func=_campaign)
 
     clean = sub.add_parser("clean", help="remove namespaces, bridge, rules and processes left over")
     clean.set_defaults(func=_clean)

@@ -89,3 +89,24 @@ def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
     assert code == 0, res
     assert res["verdict"] == "valid"
     assert res["counts"]["ok"] > 100
+
+
+def test_short_campaign(tmp_path: Path) -> None:
+    """CI's campaign: one short run per nemesis and core (the long one is an option)."""
+    out = tmp_path / "camp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "kvstore.jepsen.cli", "campaign", "--runs", "1", "--out", str(out)),
+            *("--nemesis", "partition,kill", "--consensus", "raft,paxos", "--time-limit", "8"),
+            *("--nodes", "3", "--concurrency", "6", "--nemesis-interval", "3", "--seed", "3"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert summary["anomalies"] == 0 and summary["totals"]["all"]["valid"] == 4
+    assert (out / "index.html").exists()
