@@ -91,29 +91,65 @@ class ConfChangeType(enum.IntEnum):
     """Add a voter (or promote a learner to voter)."""
     REMOVE_NODE = 1
     ADD_LEARNER = 2
-    """Add a non-voting member that receives the log; promote later with ADD_NODE."""
+    """Add a non-voting member that receives the log; promote later with ADD_NODE.
+    Raft: on a voter, demotes it to a learner."""
+    JOINT = 3
+    """Raft only: apply every change in ``changes`` at once through a joint configuration
+    (C_old,new; etcd's ConfChangeV2). The leader leaves it on its own (LEAVE_JOINT) once
+    it is applied. Multi-Paxos refuses it (one member at a time)."""
+    LEAVE_JOINT = 4
+    """Raft only: leave the joint configuration for its incoming half (proposed by the
+    leader itself, as etcd's auto-leave)."""
+
+
+SINGLE_CHANGES = frozenset(
+    {ConfChangeType.ADD_NODE, ConfChangeType.REMOVE_NODE, ConfChangeType.ADD_LEARNER}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConfChange:
     type: ConfChangeType
-    node_id: int
+    node_id: int = 0
     context: bytes = b""
     """Opaque to the cores (etcd's ConfChange.Context): the driver puts the node's
     address here, so every member learns it when the change applies."""
+    changes: tuple[ConfChange, ...] = ()
+    """JOINT: the single changes (ADD_NODE, REMOVE_NODE, ADD_LEARNER) made together."""
+
+    def singles(self) -> tuple[ConfChange, ...]:
+        """The single changes this one makes: itself, a JOINT's parts, none to leave."""
+        if self.type is ConfChangeType.JOINT:
+            return self.changes
+        return () if self.type is ConfChangeType.LEAVE_JOINT else (self,)
 
     def encode(self) -> bytes:
-        return bytes([int(self.type)]) + self.node_id.to_bytes(8, "big") + self.context
+        head = bytes([int(self.type)]) + self.node_id.to_bytes(8, "big")
+        if self.type is not ConfChangeType.JOINT:
+            return head + self.context
+        return head + b"".join(
+            len(c).to_bytes(4, "big") + c for c in map(ConfChange.encode, self.changes)
+        )
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
         if len(data) < 9:
             raise ValueError(f"conf change must be at least 9 bytes, got {len(data)}")
-        return ConfChange(
-            type=ConfChangeType(data[0]),
-            node_id=int.from_bytes(data[1:9], "big"),
-            context=bytes(data[9:]),
-        )
+        kind = ConfChangeType(data[0])
+        node_id = int.from_bytes(data[1:9], "big")
+        if kind is not ConfChangeType.JOINT:
+            return ConfChange(type=kind, node_id=node_id, context=bytes(data[9:]))
+        changes, at = [], 9
+        while at < len(data):
+            n = int.from_bytes(data[at : at + 4], "big")
+            if at + 4 + n > len(data):
+                raise ValueError("joint conf change truncated")
+            part = ConfChange.decode(data[at + 4 : at + 4 + n])
+            if part.type not in SINGLE_CHANGES:
+                raise ValueError("a joint conf change holds single changes only")
+            changes.append(part)
+            at += 4 + n
+        return ConfChange(type=kind, node_id=node_id, changes=tuple(changes))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,7 +157,10 @@ class ConfState:
     """Membership. Invariant: ``voters`` and ``learners`` are disjoint.
 
     ``voters_outgoing`` is non-empty only while a joint configuration
-    (C_old,new) is in effect; decisions then need a majority of both sets.
+    (C_old,new) is in effect; decisions then need a majority of both sets. A node in
+    both ``voters_outgoing`` and ``learners`` is a voter being demoted: it votes in the
+    outgoing half and becomes a plain learner when the joint configuration is left
+    (etcd's learners_next).
     """
 
     voters: frozenset[int] = frozenset()

@@ -441,10 +441,11 @@ class NodeDriver:
                 log.event(
                     "conf_change_applied", group=g.id, index=e.index, voters=sorted(cs.voters)
                 )
-                address = address_change(cc, cs)
-                if address is not None:
-                    addresses[cc.node_id] = address
-                    self._learn_address(cc.node_id, address)
+                for part in cc.singles():  # a joint change adds and removes several
+                    address = address_change(part, cs)
+                    if address is not None:
+                        addresses[part.node_id] = address
+                        self._learn_address(part.node_id, address)
         applied = g.applied
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             applied = max(applied, rd.snapshot.metadata.index)

@@ -20,7 +20,9 @@ def with_address(change: ConfChange, address: str) -> ConfChange:
 def address_change(change: ConfChange, after: ConfState) -> str | None:
     """What to record for ``change.node_id`` once ``change`` applied as ``after``: its
     address, "" to forget it (removed), None for nothing (no address, or a no-op)."""
-    member = change.node_id in after.voters or change.node_id in after.learners
+    # An outgoing voter of a joint configuration is still a member (it votes until the
+    # configuration is left), so its address stays.
+    member = change.node_id in after.voters | after.learners | after.voters_outgoing
     if change.type is ConfChangeType.REMOVE_NODE:
         return None if member else ""
     if not member or not change.context:

@@ -347,15 +347,18 @@ class Writer:
         except ValueError:
             return
         voters, learners = set(p.shard.voters), set(p.shard.learners)
-        if cc.type == ConfChangeType.ADD_LEARNER:
-            learners.add(cc.node_id)
-            voters.discard(cc.node_id)
-        elif cc.type == ConfChangeType.ADD_NODE:
-            voters.add(cc.node_id)
-            learners.discard(cc.node_id)
-        else:
-            voters.discard(cc.node_id)
-            learners.discard(cc.node_id)
+        # A joint change makes several at once (the descriptor holds its incoming half);
+        # leaving it changes no member.
+        for part in cc.singles():
+            if part.type == ConfChangeType.ADD_LEARNER:
+                learners.add(part.node_id)
+                voters.discard(part.node_id)
+            elif part.type == ConfChangeType.ADD_NODE:
+                voters.add(part.node_id)
+                learners.discard(part.node_id)
+            else:
+                voters.discard(part.node_id)
+                learners.discard(part.node_id)
         epoch = Epoch(p.shard.epoch.version, p.shard.epoch.conf_ver + 1)
         shard = replace(
             p.shard, epoch=epoch, voters=tuple(sorted(voters)), learners=tuple(sorted(learners))

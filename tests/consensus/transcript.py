@@ -92,12 +92,18 @@ def fmt_conf(cs: ConfState) -> str:
     return out
 
 
+def fmt_conf_change(cc: ConfChange) -> str:
+    name = cc.type.name.lower().replace("_", "-")
+    if cc.type is ConfChangeType.JOINT:
+        return f"{name}({', '.join(map(fmt_conf_change, cc.changes))})"
+    return name if cc.type is ConfChangeType.LEAVE_JOINT else f"{name} {cc.node_id}"
+
+
 def fmt_entry(e: Entry) -> str:
     out = f"{e.term}/{e.index}"
     if e.type is EntryType.CONF_CHANGE:
         try:
-            cc = ConfChange.decode(e.data)
-            return f"{out} {cc.type.name.lower().replace('_', '-')} {cc.node_id}"
+            return f"{out} {fmt_conf_change(ConfChange.decode(e.data))}"
         except ValueError:
             return f"{out} CONF_CHANGE {e.data!r}"
     if e.type is not EntryType.NORMAL:
@@ -464,8 +470,18 @@ CONF_TYPES = {
 
 
 def cmd_propose_conf_change(h: Harness, args: list[str], out: list[str]) -> None:
-    """propose-conf-change ID add-node|remove-node|add-learner N"""
-    cc = ConfChange(type=CONF_TYPES[args[1]], node_id=int(args[2]))
+    """propose-conf-change ID add-node|remove-node|add-learner N [TYPE N ...]: several
+    changes make one JOINT change; propose-conf-change ID leave-joint."""
+    if args[1:] == ["leave-joint"]:
+        cc = ConfChange(type=ConfChangeType.LEAVE_JOINT)
+    else:
+        pairs = list(zip(args[1::2], args[2::2], strict=True))
+        parts = [ConfChange(type=CONF_TYPES[t], node_id=int(n)) for t, n in pairs]
+        cc = (
+            parts[0]
+            if len(parts) == 1
+            else ConfChange(type=ConfChangeType.JOINT, changes=tuple(parts))
+        )
     pid = h.core(int(args[0])).propose_conf_change(cc)
     out.append(f"proposed {pid.term}/{pid.index}")
 

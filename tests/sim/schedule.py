@@ -69,6 +69,10 @@ class FaultKind(enum.Enum):
     ADD_LEARNER = "add-learner"
     PROMOTE = "promote"
     REMOVE = "remove"
+    REPLACE = "replace"
+    """Joint consensus: promote a learner and remove a voter (maybe the leader) at once."""
+    DEMOTE = "demote"
+    """Make a voter a learner (joint or one server at a time, at random)."""
 
 
 CRASHES = (
@@ -227,8 +231,11 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         FaultKind.ADD_LEARNER,
         FaultKind.PROMOTE,
         FaultKind.REMOVE,
+        FaultKind.REPLACE,
+        FaultKind.DEMOTE,
     ]
-    weights = [4, 2, 3, 2, 2, 1, 5, 1, 1, *([2, 2, 1] if opts.membership else [0, 0, 0])]
+    membership = [2, 2, 1, 2, 1] if opts.membership else [0] * 5
+    weights = [4, 2, 3, 2, 2, 1, 5, 1, 1, *membership]
     t = 0
     while True:
         t = outside(t + rng.randint(2, 20))
@@ -462,10 +469,26 @@ class Run:
         elif k == FaultKind.REMOVE and len(cs.voters) > 3:
             victim = self.rng.choice(sorted(cs.voters))
             change = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=victim)
+        elif k == FaultKind.REPLACE and cs.learners - cs.voters_outgoing:
+            new = min(cs.learners - cs.voters_outgoing)
+            old = self.rng.choice(sorted(cs.voters))
+            change = ConfChange(
+                type=ConfChangeType.JOINT,
+                changes=(
+                    ConfChange(type=ConfChangeType.ADD_NODE, node_id=new),
+                    ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=old),
+                ),
+            )
+        elif k == FaultKind.DEMOTE and len(cs.voters) > 3:
+            victim = self.rng.choice(sorted(cs.voters))
+            change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=victim)
+            if self.rng.random() < 0.5:
+                change = ConfChange(type=ConfChangeType.JOINT, changes=(change,))
         if change is None:
             return
         try:
-            self.client.change(change)
+            if self.client.change(change):
+                c.stats[f"{k.value}_proposed"] += 1
         except NotImplementedError:
             self.membership_supported = False
 

@@ -64,6 +64,8 @@ faults = st.one_of(
                 FaultKind.ADD_LEARNER,
                 FaultKind.PROMOTE,
                 FaultKind.REMOVE,
+                FaultKind.REPLACE,
+                FaultKind.DEMOTE,
             )
         ),
     ),

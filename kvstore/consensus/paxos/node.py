@@ -31,7 +31,9 @@ from kvstore.consensus.paxos.recovery import Promise, Recovery, recover
 from kvstore.consensus.types import (
     JOINING,
     NONE,
+    SINGLE_CHANGES,
     ConfChange,
+    ConfChangeType,
     Config,
     ConfState,
     ConsensusError,
@@ -121,7 +123,19 @@ class PaxosNode:
         return leading.propose(self, data, EntryType.NORMAL)
 
     def propose_conf_change(self, change: ConfChange) -> ProposalId:
+        if change.type not in SINGLE_CHANGES:
+            raise ConsensusError(
+                "Multi-Paxos changes one member at a time: joint consensus "
+                f"({change.type.name}) is supported by --consensus raft only"
+            )
         lead = self._require_leader()
+        if (
+            change.type is ConfChangeType.ADD_LEARNER
+            and change.node_id in self._latest_conf().voters
+        ):
+            raise ConsensusError(
+                f"Multi-Paxos cannot demote voter {change.node_id} to a learner; remove it instead"
+            )
         if any(i > self.applied for i in self.pending_conf):
             raise ProposalDroppedError("a conf change is already pending")
         after = membership.apply_change(self._latest_conf(), change)

@@ -8,8 +8,10 @@
 Choices worth knowing when driving it:
 - ``Ready.committed`` holds only entries durable locally or in the same
   ``Ready.entries`` (persist those in the same transaction before applying).
-- Membership changes one server at a time; a change takes effect on a node when the
-  driver applies its CONF_CHANGE entry and calls ``apply_conf_change``. A leader
+- Membership changes one server at a time, or several at once through a joint
+  configuration (a JOINT change; the leader proposes LEAVE_JOINT itself once it is
+  applied); a voter may be demoted to a learner. A change takes effect on a node when
+  the driver applies its CONF_CHANGE entry and calls ``apply_conf_change``. A leader
   proposes one only after its own term's no-op is applied, and one at a time.
 - ``storage.initial_state()`` must return the ConfState in effect at
   ``config.applied`` (entries up to it are not handed out again).

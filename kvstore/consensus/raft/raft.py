@@ -16,6 +16,7 @@ Rules kept (Raft paper / thesis section numbers):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from kvstore.consensus.types import (
     NONE,
     CompactedError,
     ConfChange,
+    ConfChangeType,
     Config,
     ConfState,
     ConsensusError,
@@ -263,6 +265,7 @@ class Raft:
             self.heartbeat_elapsed = 0
             # Retry the newest pending read's round: its own round may have been lost.
             leader.bcast_heartbeat(self, self.read_only.last_pending_ctx())
+            self._maybe_leave_joint()
 
     # -- elections -----------------------------------------------------------------------
     def hup(self, *, transfer: bool) -> None:
@@ -577,3 +580,11 @@ class Raft:
         if self.role is Role.LEADER:
             size = sum(e.size() for e in committed if e.term == self.term)
             self.uncommitted_size = max(0, self.uncommitted_size - size)
+            self._maybe_leave_joint()
+
+    def _maybe_leave_joint(self) -> None:
+        """etcd's auto-leave: once the joint configuration is applied, propose to leave."""
+        if self.tracker.outgoing and self.pending_conf_index <= self.log.applied:
+            # A transfer in flight or full buffers refuse it: the next heartbeat retries.
+            with contextlib.suppress(ProposalDroppedError):
+                self.propose_conf_change(ConfChange(type=ConfChangeType.LEAVE_JOINT))

@@ -1,7 +1,9 @@
 """Membership and per-member replication progress of one Raft group (performs no I/O).
 
 Invariant: ``progress`` has exactly one entry per member (voter, outgoing voter
-or learner) of the current configuration; votes and commit math count voters only.
+or learner) of the current configuration; votes and commit math count voters only
+(in a joint configuration, a majority of each half). ``learners_next`` are outgoing
+voters being demoted: they vote until the joint configuration is left.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ class ProgressTracker:
         self.voters: frozenset[int] = frozenset()
         self.outgoing: frozenset[int] = frozenset()
         self.learners: frozenset[int] = frozenset()
+        self.learners_next: frozenset[int] = frozenset()
         self.all_members: frozenset[int] = frozenset()
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
 
     # -- configuration -------------------------------------------------------------
     def conf_state(self) -> ConfState:
-        return ConfState(voters=self.voters, learners=self.learners, voters_outgoing=self.outgoing)
+        return ConfState(
+            voters=self.voters,
+            learners=self.learners | self.learners_next,
+            voters_outgoing=self.outgoing,
+        )
 
     def members(self) -> frozenset[int]:
         return self.all_members
@@ -40,6 +47,7 @@ class ProgressTracker:
         self.voters = frozenset(cs.voters)
         self.outgoing = frozenset(cs.voters_outgoing)
         self.learners = frozenset(cs.learners) - self.voters - self.outgoing
+        self.learners_next = frozenset(cs.learners) & self.outgoing
         self.all_members = members = self.voters | self.outgoing | self.learners
         for gone in [n for n in self.progress if n not in members]:
             del self.progress[gone]
