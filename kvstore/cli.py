@@ -485,6 +485,8 @@ def cmd_member(args: argparse.Namespace) -> int:
             out = c.add_learner(args.id, args.endpoint)
         elif action == "promote":
             out = c.promote(args.id)
+        elif action == "replace":
+            return _replace(c, args)
         else:
             out = c.remove_member(args.id)
         voters = ",".join(map(str, out["voters"]))
@@ -492,6 +494,55 @@ def cmd_member(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_client(args, f)
+
+
+def _leader_group(c: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    for n in c.status():
+        for g in n.get("groups", []):
+            if g["group"] == 1 and g["role"] == "leader":
+                return n, g
+    raise _NoLeader
+
+
+class _NoLeader(Exception):
+    pass
+
+
+def _replace(c: Any, args: argparse.Namespace) -> int:
+    """member replace OLD NEW ADDR: NEW joins as a learner (unless it is one), catches
+    up, then one joint change makes it a voter and removes OLD (Raft only)."""
+    try:
+        node, group = _leader_group(c)
+    except _NoLeader:
+        print("kvstore member: no leader found", file=sys.stderr)
+        return EXIT_ERROR
+    if node["consensus"] != "raft":
+        print(
+            "kvstore member replace: needs joint consensus, which only --consensus raft has; "
+            "promote the new node, then remove the old one",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if args.new not in group["learners"]:
+        c.add_learner(args.new, args.endpoint)
+    deadline = time.monotonic() + args.catch_up_timeout
+    while True:
+        _, group = _leader_group(c)
+        row = next((p for p in group["progress"] if p["id"] == args.new), None)
+        if row is not None and row["state"] == "replicate" and row["match"] >= group["commit"]:
+            break
+        if time.monotonic() > deadline:
+            print(
+                f"kvstore member replace: node {args.new} did not catch up within "
+                f"{args.catch_up_timeout:g} s (progress: {row}); it stays a learner",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        time.sleep(0.2)
+    out = c.replace_member(args.old, args.new)
+    voters, learners = ",".join(map(str, out["voters"])), ",".join(map(str, out["learners"]))
+    print(f"voters={voters} learners={learners}")
+    return EXIT_OK
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -606,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(p)
     p.set_defaults(func=cmd_transfer_leader)
 
-    p = sub.add_parser("member", help="membership: list, add-learner, promote, remove")
+    p = sub.add_parser("member", help="membership: list, add-learner, promote, remove, replace")
     msub = p.add_subparsers(dest="member_command", required=True, metavar="ACTION")
     q = msub.add_parser("list", help="voters and learners of each group")
     _client_flags(q)
@@ -614,6 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("add-learner", help="add node ID at HOST:PORT as a non-voting learner")
     q.add_argument("id", type=int)
     q.add_argument("endpoint", help="HOST:PORT of the new node (started with serve --join)")
+    _client_flags(q)
+    q.set_defaults(func=cmd_member)
+    q = msub.add_parser(
+        "replace",
+        help="replace voter OLD by node NEW at HOST:PORT in one joint change (Raft only)",
+    )
+    q.add_argument("old", type=int, metavar="OLD_ID")
+    q.add_argument("new", type=int, metavar="NEW_ID")
+    q.add_argument("endpoint", metavar="ADDR", help="HOST:PORT of NEW (started with serve --join)")
+    _add(q, "--catch-up-timeout", type=float, default=60.0, help="seconds NEW may take to catch up")
     _client_flags(q)
     q.set_defaults(func=cmd_member)
     for name, text in (("promote", "make learner ID a voter"), ("remove", "remove node ID")):

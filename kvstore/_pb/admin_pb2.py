@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import kv_pb2 as kvstore_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x1e\n\rStatusRequest\x12\r\n\x05sizes\x18\x01 \x01(\x08\"\xc7\x02\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x05 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12*\n\x05shard\x18\x0c \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x0c\n\x04keys\x18\r \x01(\x04\x12\r\n\x05\x62ytes\x18\x0e \x01(\x04\x12,\n\x08progress\x18\x0f \x03(\x0b\x32\x1a.kvstore.v1.MemberProgress\"k\n\x0eMemberProgress\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05match\x18\x02 \x01(\x04\x12\x0c\n\x04next\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08inflight\x18\x05 \x01(\r\x12\x0f\n\x07learner\x18\x06 \x01(\x08\"Y\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0b\n\x03phi\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\"\xaa\x01\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x11\n\tconsensus\x18\x04 \x01(\t\x12\'\n\x06groups\x18\x05 \x03(\x0b\x32\x17.kvstore.v1.GroupStatus\x12%\n\x05peers\x18\x06 \x03(\x0b\x32\x16.kvstore.v1.PeerStatus\"6\n\x19TransferLeadershipRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\n\n\x02to\x18\x02 \x01(\x04\"/\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"A\n\rMemberRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"A\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\"\x11\n\x0fShardMapRequest\"\xa5\x01\n\x10ShardMapResponse\x12+\n\x06shards\x18\x01 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x36\n\x05nodes\x18\x02 \x03(\x0b\x32\'.kvstore.v1.ShardMapResponse.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x11SplitShardRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\x12\x0f\n\x02\x61t\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x05\n\x03_at\"k\n\x12SplitShardResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"\"\n\x11\x41\x64\x64ReplicaRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\"%\n\x12\x41\x64\x64ReplicaResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"%\n\x12MetaProposeRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"%\n\x13MetaProposeResponse\x12\x0e\n\x06result\x18\x01 \x01(\x04\x32\xb3\x05\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12\x63\n\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12\x43\n\nAddLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12G\n\x0ePromoteLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x0cRemoveMember\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x08ShardMap\x12\x1b.kvstore.v1.ShardMapRequest\x1a\x1c.kvstore.v1.ShardMapResponse\x12K\n\nSplitShard\x12\x1d.kvstore.v1.SplitShardRequest\x1a\x1e.kvstore.v1.SplitShardResponse\x12N\n\x0bMetaPropose\x12\x1e.kvstore.v1.MetaProposeRequest\x1a\x1f.kvstore.v1.MetaProposeResponse\x12K\n\nAddReplica\x12\x1d.kvstore.v1.AddReplicaRequest\x1a\x1e.kvstore.v1.AddReplicaResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvstore/v1/admin.proto\x12\nkvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x1e\n\rStatusRequest\x12\r\n\x05sizes\x18\x01 \x01(\x08\"\xc7\x02\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x05 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12*\n\x05shard\x18\x0c \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x0c\n\x04keys\x18\r \x01(\x04\x12\r\n\x05\x62ytes\x18\x0e \x01(\x04\x12,\n\x08progress\x18\x0f \x03(\x0b\x32\x1a.kvstore.v1.MemberProgress\"k\n\x0eMemberProgress\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05match\x18\x02 \x01(\x04\x12\x0c\n\x04next\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08inflight\x18\x05 \x01(\r\x12\x0f\n\x07learner\x18\x06 \x01(\x08\"Y\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0b\n\x03phi\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\"\xaa\x01\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x11\n\tconsensus\x18\x04 \x01(\t\x12\'\n\x06groups\x18\x05 \x03(\x0b\x32\x17.kvstore.v1.GroupStatus\x12%\n\x05peers\x18\x06 \x03(\x0b\x32\x16.kvstore.v1.PeerStatus\"6\n\x19TransferLeadershipRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\n\n\x02to\x18\x02 \x01(\x04\"/\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"Q\n\rMemberRequest\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0e\n\x06old_id\x18\x04 \x01(\x04\"A\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\"\x11\n\x0fShardMapRequest\"\xa5\x01\n\x10ShardMapResponse\x12+\n\x06shards\x18\x01 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12\x36\n\x05nodes\x18\x02 \x03(\x0b\x32\'.kvstore.v1.ShardMapResponse.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x11SplitShardRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\x12\x0f\n\x02\x61t\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x05\n\x03_at\"k\n\x12SplitShardResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"\"\n\x11\x41\x64\x64ReplicaRequest\x12\r\n\x05shard\x18\x01 \x01(\x04\"%\n\x12\x41\x64\x64ReplicaResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"%\n\x12MetaProposeRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"%\n\x13MetaProposeResponse\x12\x0e\n\x06result\x18\x01 \x01(\x04\x32\xfb\x05\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12\x63\n\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12\x43\n\nAddLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12G\n\x0ePromoteLearner\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x0cRemoveMember\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x46\n\rReplaceMember\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x45\n\x08ShardMap\x12\x1b.kvstore.v1.ShardMapRequest\x1a\x1c.kvstore.v1.ShardMapResponse\x12K\n\nSplitShard\x12\x1d.kvstore.v1.SplitShardRequest\x1a\x1e.kvstore.v1.SplitShardResponse\x12N\n\x0bMetaPropose\x12\x1e.kvstore.v1.MetaProposeRequest\x1a\x1f.kvstore.v1.MetaProposeResponse\x12K\n\nAddReplica\x12\x1d.kvstore.v1.AddReplicaRequest\x1a\x1e.kvstore.v1.AddReplicaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,27 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=850
   _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=897
   _globals['_MEMBERREQUEST']._serialized_start=899
-  _globals['_MEMBERREQUEST']._serialized_end=964
-  _globals['_MEMBERRESPONSE']._serialized_start=966
-  _globals['_MEMBERRESPONSE']._serialized_end=1031
-  _globals['_SHARDMAPREQUEST']._serialized_start=1033
-  _globals['_SHARDMAPREQUEST']._serialized_end=1050
-  _globals['_SHARDMAPRESPONSE']._serialized_start=1053
-  _globals['_SHARDMAPRESPONSE']._serialized_end=1218
-  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_start=1174
-  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_end=1218
-  _globals['_SPLITSHARDREQUEST']._serialized_start=1220
-  _globals['_SPLITSHARDREQUEST']._serialized_end=1278
-  _globals['_SPLITSHARDRESPONSE']._serialized_start=1280
-  _globals['_SPLITSHARDRESPONSE']._serialized_end=1387
-  _globals['_ADDREPLICAREQUEST']._serialized_start=1389
-  _globals['_ADDREPLICAREQUEST']._serialized_end=1423
-  _globals['_ADDREPLICARESPONSE']._serialized_start=1425
-  _globals['_ADDREPLICARESPONSE']._serialized_end=1462
-  _globals['_METAPROPOSEREQUEST']._serialized_start=1464
-  _globals['_METAPROPOSEREQUEST']._serialized_end=1501
-  _globals['_METAPROPOSERESPONSE']._serialized_start=1503
-  _globals['_METAPROPOSERESPONSE']._serialized_end=1540
-  _globals['_ADMIN']._serialized_start=1543
-  _globals['_ADMIN']._serialized_end=2234
+  _globals['_MEMBERREQUEST']._serialized_end=980
+  _globals['_MEMBERRESPONSE']._serialized_start=982
+  _globals['_MEMBERRESPONSE']._serialized_end=1047
+  _globals['_SHARDMAPREQUEST']._serialized_start=1049
+  _globals['_SHARDMAPREQUEST']._serialized_end=1066
+  _globals['_SHARDMAPRESPONSE']._serialized_start=1069
+  _globals['_SHARDMAPRESPONSE']._serialized_end=1234
+  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_start=1190
+  _globals['_SHARDMAPRESPONSE_NODESENTRY']._serialized_end=1234
+  _globals['_SPLITSHARDREQUEST']._serialized_start=1236
+  _globals['_SPLITSHARDREQUEST']._serialized_end=1294
+  _globals['_SPLITSHARDRESPONSE']._serialized_start=1296
+  _globals['_SPLITSHARDRESPONSE']._serialized_end=1403
+  _globals['_ADDREPLICAREQUEST']._serialized_start=1405
+  _globals['_ADDREPLICAREQUEST']._serialized_end=1439
+  _globals['_ADDREPLICARESPONSE']._serialized_start=1441
+  _globals['_ADDREPLICARESPONSE']._serialized_end=1478
+  _globals['_METAPROPOSEREQUEST']._serialized_start=1480
+  _globals['_METAPROPOSEREQUEST']._serialized_end=1517
+  _globals['_METAPROPOSERESPONSE']._serialized_start=1519
+  _globals['_METAPROPOSERESPONSE']._serialized_end=1556
+  _globals['_ADMIN']._serialized_start=1559
+  _globals['_ADMIN']._serialized_end=2322
 # @@protoc_insertion_point(module_scope)

@@ -268,20 +268,24 @@ class MemberRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    OLD_ID_FIELD_NUMBER: _builtins.int
     group: _builtins.int
     node_id: _builtins.int
     endpoint: _builtins.str
     """HOST:PORT of the node (needed when adding it)."""
+    old_id: _builtins.int
+    """ReplaceMember: the voter that leaves as node_id (a caught-up learner) joins."""
     def __init__(
         self,
         *,
         group: _builtins.int = ...,
         node_id: _builtins.int = ...,
         endpoint: _builtins.str = ...,
+        old_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "group", b"group", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "group", b"group", "node_id", b"node_id", "old_id", b"old_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

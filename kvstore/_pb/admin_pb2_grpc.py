@@ -59,6 +59,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
                 _registered_method=True)
+        self.ReplaceMember = channel.unary_unary(
+                '/kvstore.v1.Admin/ReplaceMember',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
+                _registered_method=True)
         self.ShardMap = channel.unary_unary(
                 '/kvstore.v1.Admin/ShardMap',
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.ShardMapRequest.SerializeToString,
@@ -114,6 +119,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceMember(self, request, context):
+        """Raft only: promote learner node_id and remove voter old_id in one joint
+        configuration change (the leader leaves the joint configuration by itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ShardMap(self, request, context):
         """Sharding (docs/sharding.md).
         """
@@ -164,6 +177,11 @@ def add_AdminServicer_to_server(servicer, server):
             ),
             'RemoveMember': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveMember,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.SerializeToString,
+            ),
+            'ReplaceMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceMember,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.SerializeToString,
             ),
@@ -321,6 +339,33 @@ class Admin:
             request,
             target,
             '/kvstore.v1.Admin/RemoveMember',
+            kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/ReplaceMember',
             kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
             options,

@@ -36,6 +36,10 @@ class AdminStub:
     AddLearner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
     PromoteLearner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
     RemoveMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
+    ReplaceMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
+    """Raft only: promote learner node_id and remove voter old_id in one joint
+    configuration change (the leader leaves the joint configuration by itself).
+    """
     ShardMap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]
     """Sharding (docs/sharding.md)."""
     SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
@@ -50,6 +54,10 @@ class AdminAsyncStub(AdminStub):
     AddLearner: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
     PromoteLearner: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
     RemoveMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
+    ReplaceMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
+    """Raft only: promote learner node_id and remove voter old_id in one joint
+    configuration change (the leader leaves the joint configuration by itself).
+    """
     ShardMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]  # type: ignore[assignment]
     """Sharding (docs/sharding.md)."""
     SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
@@ -91,6 +99,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.MemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.MemberResponse, _abc.Awaitable[_admin_pb2.MemberResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplaceMember(
+        self,
+        request: _admin_pb2.MemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MemberResponse, _abc.Awaitable[_admin_pb2.MemberResponse]]:
+        """Raft only: promote learner node_id and remove voter old_id in one joint
+        configuration change (the leader leaves the joint configuration by itself).
+        """
 
     @_abc_1.abstractmethod
     def ShardMap(

@@ -488,10 +488,12 @@ class AsyncClient:
             raise from_code(e.code().value[0], e.details() or "", definite=False) from e
         return int(r.leader_id)
 
-    async def _member_change(self, method: str, node_id: int, endpoint: str = "") -> dict[str, Any]:
+    async def _member_change(
+        self, method: str, node_id: int, endpoint: str = "", old_id: int = 0
+    ) -> dict[str, Any]:
         """Send the change to every node: each learns the endpoint (``endpoint`` given);
         the leader also proposes the change and answers with the new membership."""
-        req = admin_pb2.MemberRequest(group=1, node_id=node_id, endpoint=endpoint)
+        req = admin_pb2.MemberRequest(group=1, node_id=node_id, endpoint=endpoint, old_id=old_id)
 
         async def one(ep: str) -> Any:
             try:
@@ -519,6 +521,11 @@ class AsyncClient:
 
     async def remove_member(self, node_id: int) -> dict[str, Any]:
         return await self._member_change("RemoveMember", node_id)
+
+    async def replace_member(self, old_id: int, new_id: int) -> dict[str, Any]:
+        """Raft: learner ``new_id`` becomes a voter and voter ``old_id`` leaves, in one
+        joint configuration change."""
+        return await self._member_change("ReplaceMember", new_id, old_id=old_id)
 
     async def shards(self) -> list[dict[str, Any]]:
         """The shard map with each shard's leader and size (empty: an unsharded cluster)."""

@@ -184,7 +184,11 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.MemberResponse:
         group = request.group or 1
         try:
-            change = self._validated(group, kind, request)
+            change = (
+                self._replacement(group, request)
+                if kind == ConfChangeType.JOINT
+                else self._validated(group, kind, request)
+            )
         except OpError as e:
             await abort(context, e)
             raise AssertionError("unreachable") from e
@@ -226,6 +230,29 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
             )
         address = "" if kind == ConfChangeType.REMOVE_NODE else request.endpoint or known
         return with_address(ConfChange(type=kind, node_id=request.node_id), address)
+
+    def _replacement(self, group: int, request: admin_pb2.MemberRequest) -> ConfChange:
+        """ReplaceMember: learner ``node_id`` becomes a voter and voter ``old_id`` leaves,
+        in ONE joint configuration change (Raft only)."""
+        if self.consensus != "raft":
+            raise InvalidOp(
+                "member replace needs joint consensus, which only --consensus raft has; "
+                f"with {self.consensus}: promote the new node, then remove the old one",
+                definite=True,
+            )
+        new, old = request.node_id, request.old_id
+        if new == old:
+            raise InvalidOp(f"node {new} cannot replace itself", definite=True)
+        promote = self._validated(group, ConfChangeType.ADD_NODE, request)
+        if old not in self.driver.status(group).conf_state.voters:
+            raise InvalidOp(f"node {old} is not a voter", definite=True)
+        remove = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=old)
+        return ConfChange(type=ConfChangeType.JOINT, changes=(promote, remove))
+
+    async def ReplaceMember(
+        self, request: admin_pb2.MemberRequest, context: Any
+    ) -> admin_pb2.MemberResponse:
+        return await self._change(request, ConfChangeType.JOINT, context)
 
     async def AddLearner(
         self, request: admin_pb2.MemberRequest, context: Any
