@@ -30,6 +30,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
+from kvstore.client._attempts import RetryStats, Watch, renumber
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._routing import ShardRouter, route_key
 from kvstore.client._shards import shard_dict, shard_list, split_shard
@@ -254,7 +255,7 @@ class AsyncClient:
                     # No attempt can have applied, so a fresh seq is as safe as the old
                     # one, and it cannot have fallen out of the session window while
                     # this op waited (the other callers' writes move the window on).
-                    _renumber(op, next(self._seq))
+                    renumber(op, next(self._seq))
             # How long the node may take: a read gets one attempt; a write, which the
             # node proposes and must commit, gets more (a slow node that is answering
             # would otherwise see each retry re-proposed and time out again).
@@ -268,7 +269,7 @@ class AsyncClient:
             stream = self._stream(endpoint)
             sent_at = loop.time()
             fut = stream.submit(op)
-            watch = _Watch(loop, fut, stream, sent_at, self.attempt_timeout, sent_at + span)
+            watch = Watch(loop, fut, stream, sent_at, self.attempt_timeout, sent_at + span)
             try:
                 result = await fut
             except TimeoutError:
@@ -543,77 +544,12 @@ class AsyncClient:
         raise Unavailable("no leader found", definite=True)
 
 
-class RetryStats:
-    """What a client retried: ``requests`` calls needed more than one attempt, and
-    ``reasons`` counts the failed attempts by why (the attempt's answer, or its absence)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.reasons: dict[str, int] = {}
-
-    def count(self, reason: str) -> None:
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-
-    def as_dict(self) -> dict[str, int]:
-        return {"requests": self.requests, **self.reasons}
-
-
 class _ShardedCluster(Exception):
     """A node answered with a stale route: the cluster is sharded; route by shard."""
 
     def __init__(self, maybe_applied: bool) -> None:
         super().__init__("sharded cluster")
         self.maybe_applied = maybe_applied
-
-
-def _renumber(op: kv_pb2.Op, seq: int) -> None:
-    kind = op.WhichOneof("request")
-    if kind == "put":
-        op.put.seq = seq
-    elif kind == "delete":
-        op.delete.seq = seq
-    elif kind == "cas":
-        op.cas.seq = seq
-
-
-class _Watch:
-    """Ends one attempt: fails ``fut`` with TimeoutError once the stream has been silent
-    for ``silence`` seconds since ``start`` (nothing received at all: the node is not
-    answering), or at ``hard`` (the node should have answered by then). A node that is
-    answering other ops is slow, not gone, and keeps the op until ``hard``. One timer per
-    attempt, re-armed only while a live node is slow: cheaper per op than wait_for."""
-
-    __slots__ = ("_fut", "_handle", "_hard", "_loop", "_silence", "_start", "_stream", "silent")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fut: asyncio.Future[Any],
-        stream: BatchStream,
-        start: float,
-        silence: float,
-        hard: float,
-    ) -> None:
-        self._loop, self._fut, self._stream = loop, fut, stream
-        self._start, self._silence, self._hard = start, silence, hard
-        self.silent = False
-        self._handle = loop.call_at(min(start + silence, hard), self._check)
-
-    def _check(self) -> None:
-        if self._fut.done():
-            return
-        now = self._loop.time()
-        quiet_since = max(self._start, self._stream.heard_at)
-        self.silent = now - quiet_since >= self._silence
-        if self.silent or now >= self._hard:
-            self._fut.set_exception(TimeoutError())
-        else:
-            self._handle = self._loop.call_at(
-                min(quiet_since + self._silence, self._hard), self._check
-            )
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:

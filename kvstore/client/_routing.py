@@ -186,7 +186,7 @@ class ShardRouter:
     ) -> kv_pb2.OpResult:
         """Run one op on the shard ``route`` picks, with redirects, map refreshes and
         retries until it succeeds or the client's deadline passes."""
-        from kvstore.client._async import _renumber  # _async imports this module
+        from kvstore.client._attempts import renumber as _renumber
 
         c = self.client
         loop = asyncio.get_running_loop()

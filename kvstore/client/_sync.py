@@ -12,7 +12,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from kvstore._pb import kv_pb2
-from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient, RetryStats
+from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
+from kvstore.client._attempts import RetryStats
 
 T = TypeVar("T")
 

@@ -158,7 +158,7 @@ def test_writes_queued_for_a_silent_node_cost_one_attempt_and_are_not_lost_to_th
 
 
 def test_an_attempt_ends_on_silence_but_a_node_that_keeps_answering_keeps_it() -> None:
-    from kvstore.client._async import _Watch
+    from kvstore.client._attempts import Watch
     from kvstore.client._stream import BatchStream
 
     async def main() -> None:
@@ -168,14 +168,14 @@ def test_an_attempt_ends_on_silence_but_a_node_that_keeps_answering_keeps_it() -
             # Silent: over after `silence`, long before `hard`, and marked silent.
             t0 = loop.time()
             fut: asyncio.Future[None] = loop.create_future()
-            w = _Watch(loop, fut, stream, t0, 0.2, t0 + 5.0)
+            w = Watch(loop, fut, stream, t0, 0.2, t0 + 5.0)
             with pytest.raises(TimeoutError):
                 await fut
             assert w.silent and 0.19 <= loop.time() - t0 < 1.0
             # Answering others every 50 ms: kept until `hard`, and not called silent.
             t0 = loop.time()
             fut = loop.create_future()
-            w = _Watch(loop, fut, stream, t0, 0.2, t0 + 0.6)
+            w = Watch(loop, fut, stream, t0, 0.2, t0 + 0.6)
             while not fut.done():
                 stream.heard_at = loop.time()
                 await asyncio.sleep(0.05)
@@ -184,7 +184,7 @@ def test_an_attempt_ends_on_silence_but_a_node_that_keeps_answering_keeps_it() -
             assert not w.silent and 0.59 <= loop.time() - t0 < 1.0
             # Answered in time: cancel stops the timer.
             fut = loop.create_future()
-            w = _Watch(loop, fut, stream, loop.time(), 0.1, loop.time() + 0.1)
+            w = Watch(loop, fut, stream, loop.time(), 0.1, loop.time() + 0.1)
             w.cancel()
             await asyncio.sleep(0.2)
             assert not fut.done()
