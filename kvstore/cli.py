@@ -485,6 +485,8 @@ def cmd_member(args: argparse.Namespace) -> int:
             out = c.add_learner(args.id, args.endpoint)
         elif action == "promote":
             out = c.promote(args.id)
+        elif action == "demote":
+            out = c.demote(args.id)
         elif action == "replace":
             return _replace(c, args)
         else:
@@ -657,7 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(p)
     p.set_defaults(func=cmd_transfer_leader)
 
-    p = sub.add_parser("member", help="membership: list, add-learner, promote, remove, replace")
+    p = sub.add_parser(
+        "member", help="membership: list, add-learner, promote, demote, remove, replace"
+    )
     msub = p.add_subparsers(dest="member_command", required=True, metavar="ACTION")
     q = msub.add_parser("list", help="voters and learners of each group")
     _client_flags(q)
@@ -677,7 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--catch-up-timeout", type=float, default=60.0, help="seconds NEW may take to catch up")
     _client_flags(q)
     q.set_defaults(func=cmd_member)
-    for name, text in (("promote", "make learner ID a voter"), ("remove", "remove node ID")):
+    for name, text in (
+        ("promote", "make learner ID a voter"),
+        ("demote", "make voter ID a learner (Raft only)"),
+        ("remove", "remove node ID"),
+    ):
         q = msub.add_parser(name, help=text)
         q.add_argument("id", type=int)
         _client_flags(q)

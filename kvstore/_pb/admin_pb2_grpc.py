@@ -64,6 +64,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
                 _registered_method=True)
+        self.DemoteVoter = channel.unary_unary(
+                '/kvstore.v1.Admin/DemoteVoter',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
+                _registered_method=True)
         self.ShardMap = channel.unary_unary(
                 '/kvstore.v1.Admin/ShardMap',
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.ShardMapRequest.SerializeToString,
@@ -127,6 +132,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DemoteVoter(self, request, context):
+        """Raft only: voter node_id becomes a learner (it keeps receiving the log).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ShardMap(self, request, context):
         """Sharding (docs/sharding.md).
         """
@@ -182,6 +194,11 @@ def add_AdminServicer_to_server(servicer, server):
             ),
             'ReplaceMember': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplaceMember,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.SerializeToString,
+            ),
+            'DemoteVoter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DemoteVoter,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.MemberRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.MemberResponse.SerializeToString,
             ),
@@ -366,6 +383,33 @@ class Admin:
             request,
             target,
             '/kvstore.v1.Admin/ReplaceMember',
+            kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DemoteVoter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/DemoteVoter',
             kvstore_dot_v1_dot_admin__pb2.MemberRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.MemberResponse.FromString,
             options,

@@ -40,6 +40,8 @@ class AdminStub:
     """Raft only: promote learner node_id and remove voter old_id in one joint
     configuration change (the leader leaves the joint configuration by itself).
     """
+    DemoteVoter: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]
+    """Raft only: voter node_id becomes a learner (it keeps receiving the log)."""
     ShardMap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]
     """Sharding (docs/sharding.md)."""
     SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
@@ -58,6 +60,8 @@ class AdminAsyncStub(AdminStub):
     """Raft only: promote learner node_id and remove voter old_id in one joint
     configuration change (the leader leaves the joint configuration by itself).
     """
+    DemoteVoter: _aio.UnaryUnaryMultiCallable[_admin_pb2.MemberRequest, _admin_pb2.MemberResponse]  # type: ignore[assignment]
+    """Raft only: voter node_id becomes a learner (it keeps receiving the log)."""
     ShardMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]  # type: ignore[assignment]
     """Sharding (docs/sharding.md)."""
     SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
@@ -109,6 +113,14 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """Raft only: promote learner node_id and remove voter old_id in one joint
         configuration change (the leader leaves the joint configuration by itself).
         """
+
+    @_abc_1.abstractmethod
+    def DemoteVoter(
+        self,
+        request: _admin_pb2.MemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MemberResponse, _abc.Awaitable[_admin_pb2.MemberResponse]]:
+        """Raft only: voter node_id becomes a learner (it keeps receiving the log)."""
 
     @_abc_1.abstractmethod
     def ShardMap(

@@ -523,6 +523,10 @@ class AsyncClient:
     async def remove_member(self, node_id: int) -> dict[str, Any]:
         return await self._member_change("RemoveMember", node_id)
 
+    async def demote(self, node_id: int) -> dict[str, Any]:
+        """Raft: make voter ``node_id`` a learner."""
+        return await self._member_change("DemoteVoter", node_id)
+
     async def replace_member(self, old_id: int, new_id: int) -> dict[str, Any]:
         """Raft: learner ``new_id`` becomes a voter and voter ``old_id`` leaves, in one
         joint configuration change."""

@@ -130,6 +130,9 @@ class Client:
     def remove_member(self, node_id: int) -> dict[str, Any]:
         return self._run(self._async.remove_member(node_id))
 
+    def demote(self, node_id: int) -> dict[str, Any]:
+        return self._run(self._async.demote(node_id))
+
     def replace_member(self, old_id: int, new_id: int) -> dict[str, Any]:
         return self._run(self._async.replace_member(old_id, new_id))
 

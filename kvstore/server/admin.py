@@ -180,15 +180,21 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
         raise AssertionError("unreachable")
 
     async def _change(
-        self, request: admin_pb2.MemberRequest, kind: ConfChangeType, context: Any
+        self,
+        request: admin_pb2.MemberRequest,
+        kind: ConfChangeType,
+        context: Any,
+        *,
+        demote: bool = False,
     ) -> admin_pb2.MemberResponse:
         group = request.group or 1
         try:
-            change = (
-                self._replacement(group, request)
-                if kind == ConfChangeType.JOINT
-                else self._validated(group, kind, request)
-            )
+            if kind == ConfChangeType.JOINT:
+                change = self._replacement(group, request)
+            elif demote:
+                change = self._demotion(group, request)
+            else:
+                change = self._validated(group, kind, request)
         except OpError as e:
             await abort(context, e)
             raise AssertionError("unreachable") from e
@@ -248,6 +254,31 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
             raise InvalidOp(f"node {old} is not a voter", definite=True)
         remove = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=old)
         return ConfChange(type=ConfChangeType.JOINT, changes=(promote, remove))
+
+    def _demotion(self, group: int, request: admin_pb2.MemberRequest) -> ConfChange:
+        """DemoteVoter: voter ``node_id`` becomes a learner (Raft only; one voter less,
+        so one server at a time is safe)."""
+        if self.consensus != "raft":
+            raise InvalidOp(
+                f"member demote needs --consensus raft; with {self.consensus}: remove the "
+                "node, then add it back as a learner",
+                definite=True,
+            )
+        g = self.driver.groups.get(group)
+        if g is None:
+            raise UnavailableOp(f"group {group} is not hosted here", definite=True)
+        if g.role != Role.LEADER:
+            raise self.driver.not_leader(g)
+        if request.node_id not in self.driver.status(group).conf_state.voters:
+            raise InvalidOp(f"node {request.node_id} is not a voter", definite=True)
+        known = self.driver.endpoints.get(request.node_id, "")
+        change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=request.node_id)
+        return with_address(change, known)
+
+    async def DemoteVoter(
+        self, request: admin_pb2.MemberRequest, context: Any
+    ) -> admin_pb2.MemberResponse:
+        return await self._change(request, ConfChangeType.ADD_LEARNER, context, demote=True)
 
     async def ReplaceMember(
         self, request: admin_pb2.MemberRequest, context: Any

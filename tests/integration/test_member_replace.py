@@ -1,7 +1,7 @@
 """`kvstore member replace OLD NEW ADDR` with real processes: on Raft the new node joins as
 a learner, catches up, and one joint configuration change makes it a voter and removes the
-old one; the cluster then keeps its quorum without the old node. Multi-Paxos refuses it by
-name and changes nothing."""
+old one; the cluster then keeps its quorum without the old node. `member demote ID` makes
+a voter a learner. Multi-Paxos refuses both by name and changes nothing."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ def test_replace_a_voter_in_one_joint_step(tmp_path: Path) -> None:
             kv.put("after", "replace")  # a quorum of the new configuration
             assert kv.get("after") == b"replace"
             assert kv.get("r29") == b"29"
+        leader = c.wait_leader()
+        demoted = next(i for i in (1, 2, 3, 4) if i not in (old, leader))
+        r = member("demote", str(demoted), endpoints=eps.replace(c.endpoint(old), c.endpoint(4)))
+        assert r.returncode == 0, r.stderr
+        assert f"learners={demoted}" in r.stdout
+        with c.client(only=[i for i in (1, 2, 3, 4) if i != old]) as kv:
+            kv.put("after", "demote")  # the two remaining voters commit it
+            with c.client(only=[demoted], timeout=2) as one:
+                wait_for(lambda: one.get("after", read_mode="eventual") == b"demote", 10, "learner")
     finally:
         c.close()
 
@@ -57,6 +66,8 @@ def test_paxos_refuses_replace_and_changes_nothing(tmp_path: Path) -> None:
         r = member("replace", "3", "4", "127.0.0.1:1", endpoints=eps)
         assert r.returncode == 3, (r.stdout, r.stderr)
         assert "only --consensus raft" in r.stderr
+        r = member("demote", "3", endpoints=eps)
+        assert r.returncode == 3 and "needs --consensus raft" in r.stderr, (r.stdout, r.stderr)
         r = member("list", endpoints=eps)
         assert r.returncode == 0 and "voters=1,2,3 learners=" in r.stdout
     finally:
