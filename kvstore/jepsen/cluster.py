@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,6 +65,9 @@ class Cluster:
         self.spec = spec
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
+        self.joining: set[int] = set()
+        """Nodes the member nemesis removed: they start with --join from now on (which only
+        matters when their data directory is empty)."""
         (run_dir / "nodes").mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Cluster:
@@ -79,10 +83,21 @@ class Cluster:
     def _clock_file(self, host: Host) -> Path:
         return self.run_dir / "nodes" / f"n{host.index}.faketime"
 
+    def data_dir(self, host: Host) -> Path:
+        return self.run_dir / "nodes" / f"n{host.index}" / "data"
+
+    def forget(self, host: Host) -> None:
+        """Kills the node and wipes its data; from now on it starts as a newcomer
+        (``serve --join``), which waits to be added rather than bootstrapping again."""
+        self.joining.add(host.index)
+        self.kill(host)
+        shutil.rmtree(self.data_dir(host), ignore_errors=True)
+
     def argv(self, host: Host) -> list[str]:
         peers = ",".join(f"{h.index}={endpoint(h)}" for h in self.hosts)
-        data_dir = self.run_dir / "nodes" / f"n{host.index}" / "data"
+        data_dir = self.data_dir(host)
         data_dir.mkdir(parents=True, exist_ok=True)
+        join = ["--join"] if host.index in self.joining else []
         if self.spec.server_cmd:
             cmd = self.spec.server_cmd.format(
                 id=host.index,
@@ -92,7 +107,7 @@ class Cluster:
                 peers=peers,
                 data_dir=data_dir,
             )
-            return shlex.split(cmd)
+            return shlex.split(cmd) + join
         return [
             sys.executable,
             "-m",
@@ -101,6 +116,7 @@ class Cluster:
             *("--id", str(host.index), "--listen", endpoint(host), "--peers", peers),
             *("--data-dir", str(data_dir), "--consensus", self.spec.consensus),
             *("--cluster-id", "jepsen", "--tick-ms", str(self.spec.tick_ms)),
+            *join,
         ]
 
     def _env(self, host: Host) -> dict[str, str]:

@@ -16,8 +16,12 @@ Faults (each with a start and a heal):
   forward jump fires every pending timer at once (election and heartbeat storms) and a
   backward jump freezes the node's timers while it keeps answering RPCs); heal jumps back.
 - ``loss``: drop 10-40 % of the packets some nodes receive (iptables statistic match).
+- ``member``: remove a node (the leader half of the time) through the admin API, stop it
+  and wipe its data; heal starts it empty with ``--join``, adds it as a learner and
+  promotes it (:mod:`kvstore.jepsen.members`). With ``all`` it also runs together with a
+  network fault.
 - ``all``: any of the above, and three times in ten a network fault and a process fault
-  together.
+  (or a membership change) together.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "pause": ("pause",),
     "clock": ("clock",),
     "loss": ("loss",),
-    "all": (*PARTITIONS, "kill", "pause", "clock", "loss"),
+    "member": ("member",),
+    "all": (*PARTITIONS, "kill", "pause", "clock", "loss", "member"),
 }
 
 
@@ -69,7 +74,7 @@ def schedule(nemesis: str, time_limit: float, interval: float, rng: random.Rando
         if nemesis == "all" and rng.random() < 0.3:
             # a combination: a network fault and a process fault at once
             net = rng.choice((*PARTITIONS, "loss"))
-            proc = rng.choice(("kill", "pause", "clock"))
+            proc = rng.choice(("kill", "pause", "clock", "member"))
             kind = f"{net}+{proc}"
         out.append(Window(kind=kind, start=t, end=t + length))
         t += length + rng.uniform(0.5, 1.0) * interval
@@ -119,6 +124,14 @@ class Processes(Protocol):
     def set_clock_offset(self, host: Host, seconds: float) -> None: ...
 
 
+class MemberOps(Protocol):
+    """Membership changes, as an operator makes them (kvstore.jepsen.members.Members)."""
+
+    def remove(self, host: Host) -> str: ...
+
+    def add_back(self, host: Host) -> str: ...
+
+
 class Undo(enum.Enum):
     """What healing a started fault takes."""
 
@@ -126,6 +139,7 @@ class Undo(enum.Enum):
     RESTART = "restarted"
     RESUME = "SIGCONT"
     CLOCK = "clock reset"
+    MEMBER = "added back"
 
 
 def _names(hosts: Sequence[Host]) -> str:
@@ -135,10 +149,17 @@ def _names(hosts: Sequence[Host]) -> str:
 class Nemesis:
     """Starts and heals faults on a live cluster; one fault at a time."""
 
-    def __init__(self, net: Network, procs: Processes, rng: random.Random) -> None:
+    def __init__(
+        self,
+        net: Network,
+        procs: Processes,
+        rng: random.Random,
+        members: MemberOps | None = None,
+    ) -> None:
         self.net = net
         self.procs = procs
         self.rng = rng
+        self.members = members
         self._heal: list[tuple[Undo, Host]] = []
 
     def start(self, kind: str, leader: Host | None = None) -> str:
@@ -178,6 +199,13 @@ class Nemesis:
                 self.net.lose(h, p)
             self._heal.append((Undo.NETWORK, hosts[0]))
             return f"drop {p:.0%} of packets into {_names(targets)}"
+        if kind == "member":
+            if self.members is None:
+                raise ValueError("the member nemesis needs membership operations")
+            others = [h for h in hosts if h != leader]
+            victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(others)
+            self._heal.append((Undo.MEMBER, victim))
+            return self.members.remove(victim)
         targets = minority(hosts, leader, rng)
         if kind == "kill":
             for h in targets:
@@ -213,6 +241,10 @@ class Nemesis:
                 self.procs.restart(host)
             elif undo is Undo.RESUME:
                 self.procs.resume(host)
+            elif undo is Undo.MEMBER:
+                assert self.members is not None
+                done.append(self.members.add_back(host))
+                continue
             else:
                 self.procs.set_clock_offset(host, 0.0)
             done.append(f"{undo.value} n{host.index}")

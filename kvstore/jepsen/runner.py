@@ -34,6 +34,7 @@ from kvstore.jepsen.checker.session import check_sessions
 from kvstore.jepsen.cluster import Cluster, NodeSpec
 from kvstore.jepsen.history import NEMESIS, Event, Value, pair, write_jsonl
 from kvstore.jepsen.hosts import HarnessError, Host, Network, require_root, run_lock
+from kvstore.jepsen.members import Members
 from kvstore.jepsen.nemesis import KINDS, Nemesis, Window, schedule
 from kvstore.jepsen.report import write_report
 from kvstore.jepsen.workloads import Recorder, Store, Workload, final_reads, make, run_worker
@@ -160,7 +161,7 @@ async def drive(
 
     rng = random.Random(seed)
     plan = schedule(cfg.nemesis, cfg.time_limit, cfg.interval, random.Random(rng.random()))
-    nemesis = Nemesis(net, cluster, random.Random(rng.random()))
+    nemesis = Nemesis(net, cluster, random.Random(rng.random()), Members(cluster, cfg.op_timeout))
     # Each client process reads from its own node, as Jepsen binds clients to nodes: which
     # replica a process's eventual/causal reads hit is part of the seeded run.
     clients = [

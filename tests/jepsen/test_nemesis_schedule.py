@@ -119,16 +119,54 @@ class FakeProcs:
         self.clock[h.index] = s
 
 
-@pytest.mark.parametrize("kind", [*KINDS["all"], "partition-leader+kill", "loss+clock"])
+class FakeMembers:
+    def __init__(self) -> None:
+        self.removed: set[int] = set()
+
+    def remove(self, h: Host) -> str:
+        self.removed.add(h.index)
+        return f"removed n{h.index}"
+
+    def add_back(self, h: Host) -> str:
+        self.removed.discard(h.index)
+        return f"n{h.index} back"
+
+
+@pytest.mark.parametrize(
+    "kind", [*KINDS["all"], "partition-leader+kill", "loss+clock", "partition-halves+member"]
+)
 def test_every_fault_starts_and_heals(kind: str) -> None:
-    net, procs = FakeNet(HOSTS), FakeProcs()
-    nem = Nemesis(net, procs, random.Random(3))  # type: ignore[arg-type]
+    net, procs, members = FakeNet(HOSTS), FakeProcs(), FakeMembers()
+    nem = Nemesis(net, procs, random.Random(3), members)  # type: ignore[arg-type]
     what = nem.start(kind, leader=HOSTS[2])
     assert what
-    assert net.cuts or net.losses or procs.down or procs.paused or any(procs.clock.values())
+    assert (
+        net.cuts
+        or net.losses
+        or procs.down
+        or procs.paused
+        or any(procs.clock.values())
+        or members.removed
+    )
     if kind == "partition-leader":
         assert "n3" in what and all(h == HOSTS[2] or HOSTS[2] in o for h, o in net.cuts)
-    nem.heal()
+    if "member" in kind:
+        assert len(members.removed) == 1
+    healed = nem.heal()
     assert not net.cuts and not net.losses and not procs.down and not procs.paused
-    assert not any(procs.clock.values())
+    assert not any(procs.clock.values()) and not members.removed
+    if "member" in kind:
+        assert "back" in healed
+    if kind == "partition-halves+member":  # the network first: adding back needs it
+        assert healed.index("network") < healed.index("back")
     assert nem.heal() == "nothing to heal"
+
+
+def test_member_removes_the_leader_about_half_the_time() -> None:
+    victims = []
+    for seed in range(40):
+        members = FakeMembers()
+        nem = Nemesis(FakeNet(HOSTS), FakeProcs(), random.Random(seed), members)  # type: ignore[arg-type]
+        nem.start("member", leader=HOSTS[0])
+        victims.append(members.removed.pop())
+    assert 8 <= victims.count(1) <= 32 and len(set(victims)) >= 3

@@ -64,6 +64,15 @@ def test_ack_before_commit_loses_writes_under_kill(tmp_path: Path) -> None:
     assert any(a.startswith("lost-write") for a in res["anomalies"])
 
 
+def test_ack_before_commit_loses_writes_under_member_changes(tmp_path: Path) -> None:
+    """Removing the leader (half the member faults do) drops what it acknowledged early."""
+    code, res = _run(
+        tmp_path, "--workload", "append", "--nemesis", "member", "--unsafe-ack-before-commit"
+    )
+    assert code == 1, res
+    assert any(a.startswith("lost-write") for a in res["anomalies"])
+
+
 def test_eventual_reads_break_session_guarantees(tmp_path: Path) -> None:
     code, res = _run(
         tmp_path, "--workload", "session", "--nemesis", "partition", "--read-mode", "eventual"
@@ -80,6 +89,7 @@ def test_eventual_reads_break_session_guarantees(tmp_path: Path) -> None:
         ("register", "pause"),
         ("register", "clock"),
         ("register", "loss"),
+        ("register", "member"),
         ("session", "partition"),
         ("append", "all"),
     ],
