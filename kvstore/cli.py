@@ -212,6 +212,46 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds per operation, retries included",
     )
+    # dest: `get KEY` has a positional named key.
+    _add(
+        p,
+        "--cacert",
+        dest="tls_cacert",
+        default="",
+        help="CA certificate (PEM) that signed the nodes' certificates",
+    )
+    _add(p, "--cert", dest="tls_cert", default="", help="this client's certificate (PEM)")
+    _add(p, "--key", dest="tls_key", default="", help="this client's private key (PEM)")
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    """etcd's flags (README "TLS and access control"; kvstore/security/tls.py)."""
+    _add(p, "--cert-file", default="", help="certificate (PEM) the port serves to clients")
+    _add(p, "--key-file", default="", help="private key of --cert-file")
+    _add(p, "--trusted-ca-file", default="", help="CA whose client certificates are accepted")
+    _add(
+        p,
+        "--client-cert-auth",
+        action="store_true",
+        help="require client certificates (always on with TLS: peers share the port)",
+    )
+    _add(p, "--peer-cert-file", default="", help="this node's certificate (names node-<id>)")
+    _add(p, "--peer-key-file", default="", help="private key of --peer-cert-file")
+    _add(p, "--peer-trusted-ca-file", default="", help="CA that signs the nodes' certificates")
+
+
+def _tls_files(args: argparse.Namespace) -> Any:
+    from kvstore.security.tls import TLSFiles
+
+    return TLSFiles(
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        trusted_ca_file=args.trusted_ca_file,
+        client_cert_auth=args.client_cert_auth,
+        peer_cert_file=args.peer_cert_file,
+        peer_key_file=args.peer_key_file,
+        peer_trusted_ca_file=args.peer_trusted_ca_file,
+    )
 
 
 # -- serve / cluster -------------------------------------------------------------------
@@ -245,6 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shards=args.shards,
             replicas=args.replicas,
             split_keys=_split_keys(args.split_keys),
+            tls=_tls_files(args),
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
@@ -301,6 +342,10 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
             argv += ["--split-keys", args.split_keys]
     if args.metrics_port:
         argv += ["--metrics-port", str(args.metrics_port + i - 1)]
+    if args.tls:
+        from kvstore.security.certs import serve_flags
+
+        argv += serve_flags(os.path.join(args.data_dir, "certs"), i)
     return argv
 
 
@@ -311,6 +356,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     peers = ",".join(f"{i}={args.host}:{args.port + i - 1}" for i in range(1, n + 1))
     os.makedirs(args.data_dir, exist_ok=True)
+    cert_dir = os.path.join(args.data_dir, "certs")
+    if args.tls:
+        from kvstore.security import certs
+
+        try:
+            certs.init(cert_dir, n, [args.host])
+        except (OSError, ValueError) as e:
+            print(f"kvstore cluster: cannot make certificates in {cert_dir}: {e}", file=sys.stderr)
+            return EXIT_ERROR
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -340,6 +394,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         extra = f"  metrics :{args.metrics_port + i - 1}" if args.metrics_port else ""
         print(f"  node {i}: {args.host}:{args.port + i - 1}{extra}")
     print(f"endpoints: {endpoints}")
+    if args.tls:
+        from kvstore.security.certs import client_flags
+
+        print(f"TLS: certificates in {cert_dir}; clients (admin role) add:")
+        print("  " + " ".join(client_flags(cert_dir)))
+        print("  (read/write role: client.pem and client-key.pem)")
     print(f"logs: {log_dir}/node*.log; Ctrl-C stops all nodes")
     sys.stdout.flush()
     code = EXIT_OK
@@ -369,7 +429,13 @@ def _with_client(args: argparse.Namespace, fn: Callable[[Any], int]) -> int:
     from kvstore.client import Client, KVError
 
     try:
-        with Client(args.endpoints, timeout=args.timeout) as c:
+        with Client(
+            args.endpoints,
+            timeout=args.timeout,
+            cacert=args.tls_cacert or None,
+            cert=args.tls_cert or None,
+            key=args.tls_key or None,
+        ) as c:
             return fn(c)
     except KVError as e:
         kind = type(e).__name__
@@ -572,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="new node joining a running cluster: no bootstrap, wait for `member add-learner`",
     )
     _node_flags(p)
+    _tls_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cluster", help="run a local N-node cluster until Ctrl-C")
@@ -591,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(0, 65535),
         default=0,
         help="first metrics port; node i serves on METRICS_PORT+i-1 (0: off)",
+    )
+    _add(
+        p,
+        "--tls",
+        action="store_true",
+        help="mutual TLS with certificates in DATA_DIR/certs (made if absent)",
     )
     _node_flags(p)
     p.set_defaults(func=cmd_cluster)
@@ -691,7 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
         _client_flags(q)
         q.set_defaults(func=cmd_member)
 
-    for module in ("kvstore.cli_shard", "kvstore.bench.cli", "kvstore.jepsen.cli"):
+    for module in (
+        "kvstore.cli_shard",
+        "kvstore.security.cli",
+        "kvstore.bench.cli",
+        "kvstore.jepsen.cli",
+    ):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -8,6 +8,7 @@ stderr once a second; the result goes to stdout (and to --json FILE).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, TextIO
 
@@ -68,6 +69,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of keys, values and choices")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
     p.add_argument("--quiet", action="store_true", help="no per-second progress on stderr")
+    for flag, what in (
+        ("cacert", "CA certificate (PEM) of the nodes"),
+        ("cert", "client certificate (PEM)"),
+        ("key", "client private key (PEM)"),
+    ):
+        env = f"KVSTORE_{flag.upper()}"
+        p.add_argument(
+            f"--{flag}",
+            dest=f"tls_{flag}",
+            default=os.environ.get(env, ""),
+            help=f"TLS: {what} (kvstore target) [env {env}]",
+        )
 
 
 def register(subparsers: Any) -> None:
@@ -125,6 +138,10 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"kvstore bench: {e}", file=sys.stderr)
         return 2
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    for flag in ("cacert", "cert", "key"):  # the load processes read them (kvstore_target)
+        value = getattr(args, f"tls_{flag}", "")
+        if value:
+            os.environ[f"KVSTORE_{flag.upper()}"] = value
     print(f"# {args.target} @ {','.join(endpoints)}: {spec.describe()}", file=sys.stderr)
     try:
         if spec.read_ratio > 0 and not args.no_preload:

@@ -8,6 +8,7 @@ exactly as an application's would.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,22 @@ def _client_module() -> Any:
     return importlib.import_module("kvstore.client")
 
 
+def _tls() -> dict[str, str | None]:
+    """`kvstore bench --cacert --cert --key` (set in the environment by the command, so
+    every load process sees them): etcdctl's names, as the other client commands."""
+    return {
+        name: os.environ.get(f"KVSTORE_{name.upper()}") or None
+        for name in ("cacert", "cert", "key")
+    }
+
+
 class KvstoreTarget:
     def __init__(self, client: Any) -> None:
         self._client = client
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], timeout_s: float) -> KvstoreTarget:
-        client = _client_module().AsyncClient(list(endpoints), timeout=timeout_s)
+        client = _client_module().AsyncClient(list(endpoints), timeout=timeout_s, **_tls())
         await client.__aenter__()
         return cls(client)
 
@@ -46,6 +56,6 @@ class KvstoreTarget:
 
 def probe_kvstore(endpoints: Sequence[str], timeout_s: float = 2.0) -> bool:
     """True when a put and a strong get succeed through the client library (blocking)."""
-    with _client_module().Client(list(endpoints), timeout=timeout_s) as c:
+    with _client_module().Client(list(endpoints), timeout=timeout_s, **_tls()) as c:
         c.put(b"bench-probe", b"1")
         return bool(c.get(b"bench-probe", read_mode="strong") == b"1")

@@ -42,6 +42,7 @@ from kvstore.client.errors import (
     Unavailable,
     from_code,
 )
+from kvstore.security.tls import PathOrPem, client_tls, open_channel
 
 ATTEMPT_FRACTION = 0.2
 MIN_ATTEMPT_S = 0.25
@@ -96,14 +97,21 @@ class AsyncClient:
         client_id: int | None = None,
         replica: int | None = None,
         attempt_timeout: float | None = None,
+        cacert: PathOrPem = None,
+        cert: PathOrPem = None,
+        key: PathOrPem = None,
     ) -> None:
-        """``replica``: index in ``endpoints`` of the node that serves this client's
+        """``cacert``, ``cert``, ``key``: TLS as etcdctl's flags (paths, or PEM bytes):
+        the CA that signed the nodes' certificates, and this client's certificate and key
+        (its role, security/auth.py). Without them the client speaks plaintext.
+        ``replica``: index in ``endpoints`` of the node that serves this client's
         eventual and causal reads whenever it is up (Jepsen binds a client to a node this
         way); without it the client starts on one at random (so clients spread) and stays
         on whichever live replica it last moved to. ``attempt_timeout``: how long one
         attempt waits for an answer before the call tries another node (default: a fifth
         of ``timeout``, within 0.25-1 s)."""
         self.endpoints = parse_endpoints(endpoints)
+        self.tls = client_tls(cacert, cert, key)
         self.timeout = timeout
         self.attempt_timeout = (
             attempt_timeout
@@ -115,7 +123,7 @@ class AsyncClient:
         self._seq = itertools.count(1)
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
-        self._health = Endpoints(self.endpoints)
+        self._health = Endpoints(self.endpoints, tls=self.tls)
         self._home: str | None = (
             self.endpoints[replica % len(self.endpoints)] if replica is not None else None
         )
@@ -147,7 +155,7 @@ class AsyncClient:
         if s is None or s.broken is not None:
             if s is not None:
                 asyncio.get_running_loop().create_task(s.close())
-            s = self._streams[endpoint] = BatchStream(endpoint)
+            s = self._streams[endpoint] = BatchStream(endpoint, self.tls)
         return s
 
     def _first_endpoint(self, anywhere: bool) -> str:
@@ -442,7 +450,7 @@ class AsyncClient:
 
     # -- admin ------------------------------------------------------------------------
     async def _admin_call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
-        async with grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as ch:
+        async with open_channel(endpoint, CHANNEL_OPTIONS, self.tls) as ch:
             stub = admin_pb2_grpc.AdminStub(ch)
             return await getattr(stub, method)(request, timeout=timeout)
 

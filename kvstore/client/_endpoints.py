@@ -20,6 +20,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kvstore.security.tls import ChannelTLS, open_channel
+
 PROBE_FIRST_S = 0.05
 """Delay before the first probe of an endpoint that just went down."""
 PROBE_MAX_INTERVAL_S = 1.0
@@ -46,7 +48,9 @@ class Endpoints:
         *,
         probe_timeout: float = PROBE_TIMEOUT_S,
         rng: random.Random | None = None,
+        tls: ChannelTLS | None = None,
     ) -> None:
+        self.tls = tls
         self._order: list[str] = list(dict.fromkeys(endpoints))
         self._rng = rng or random.Random()
         self._next = self._rng.randrange(len(self._order)) if self._order else 0
@@ -106,7 +110,7 @@ class Endpoints:
         """Health-check ``endpoint`` until it answers, then mark it up."""
         delay = PROBE_FIRST_S
         try:
-            async with grpc.aio.insecure_channel(endpoint, options=_PROBE_CHANNEL_OPTIONS) as ch:
+            async with open_channel(endpoint, _PROBE_CHANNEL_OPTIONS, self.tls) as ch:
                 stub = health_pb2_grpc.HealthStub(ch)
                 while endpoint in self._down:
                     await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))

@@ -28,6 +28,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client._stream import CHANNEL_OPTIONS, StreamBroken
 from kvstore.client.errors import DeadlineExceeded, KVError, NotLeader, Unavailable, from_code
+from kvstore.security.tls import open_channel
 from kvstore.shard.descriptor import Descriptor, Epoch
 from kvstore.shard.shardmap import ShardMap
 
@@ -139,7 +140,7 @@ class ShardRouter:
             if remaining <= 0:
                 break
             try:
-                async with grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS) as ch:
+                async with open_channel(ep, CHANNEL_OPTIONS, self.client.tls) as ch:
                     resp = await admin_pb2_grpc.AdminStub(ch).ShardMap(
                         admin_pb2.ShardMapRequest(), timeout=min(remaining, 1.0)
                     )

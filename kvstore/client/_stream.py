@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import kv_pb2, kv_pb2_grpc
+from kvstore.security.tls import ChannelTLS, open_channel
 
 MAX_OPS_PER_MESSAGE = 256
 MAX_BYTES_PER_MESSAGE = 2 << 20
@@ -39,9 +40,9 @@ class StreamBroken(Exception):
 
 
 class BatchStream:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, tls: ChannelTLS | None = None) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(endpoint, CHANNEL_OPTIONS, tls)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._ids = itertools.count(1)
         self._queue: list[tuple[kv_pb2.Op, asyncio.Future[kv_pb2.OpResult]]] = []

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from kvstore._pb import kv_pb2
 from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
 from kvstore.client._attempts import RetryStats
+from kvstore.security.tls import PathOrPem, client_tls
 
 T = TypeVar("T")
 
@@ -36,8 +37,12 @@ class Client:
         client_id: int | None = None,
         replica: int | None = None,
         attempt_timeout: float | None = None,
+        cacert: PathOrPem = None,
+        cert: PathOrPem = None,
+        key: PathOrPem = None,
     ) -> None:
         """The options are AsyncClient's."""
+        client_tls(cacert, cert, key)  # a bad file fails here, before the loop thread starts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="kvstore-client", daemon=True
@@ -51,6 +56,9 @@ class Client:
                 client_id=client_id,
                 replica=replica,
                 attempt_timeout=attempt_timeout,
+                cacert=cacert,
+                cert=cert,
+                key=key,
             )
         )
 

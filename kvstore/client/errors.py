@@ -61,7 +61,17 @@ class Unimplemented(KVError):
         super().__init__(message, definite=definite)
 
 
+class PermissionDenied(KVError):
+    """The client's certificate lacks the role the call needs (the message names it)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, definite: bool = True) -> None:
+        super().__init__(message, definite=definite)
+
+
 _BY_CODE: dict[int, type[KVError]] = {
+    grpc.StatusCode.PERMISSION_DENIED.value[0]: PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION.value[0]: NotLeader,
     grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,

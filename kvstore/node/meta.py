@@ -20,6 +20,7 @@ from kvstore._pb import admin_pb2, admin_pb2_grpc
 from kvstore.consensus.types import Role
 from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import DeadlineOp, UnavailableOp
+from kvstore.security.tls import ChannelTLS, node_name, open_channel
 from kvstore.shard import commands as cmds
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import META_GROUP, Descriptor
@@ -32,9 +33,14 @@ _NOT_LEADER = grpc.StatusCode.FAILED_PRECONDITION
 
 class MetaClient:
     def __init__(
-        self, driver: NodeDriver, endpoints: dict[int, str], meta_voters: Sequence[int]
+        self,
+        driver: NodeDriver,
+        endpoints: dict[int, str],
+        meta_voters: Sequence[int],
+        tls: ChannelTLS | None = None,
     ) -> None:
         self.driver = driver
+        self.tls = tls
         self.endpoints = endpoints
         self.meta_voters = tuple(meta_voters)
         self._hint = ""
@@ -64,7 +70,9 @@ class MetaClient:
     def _stub(self, endpoint: str) -> admin_pb2_grpc.AdminStub:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            ids = [i for i, e in self.endpoints.items() if e == endpoint]
+            name = node_name(ids[0]) if ids and self.tls is not None else None
+            ch = self._channels[endpoint] = open_channel(endpoint, (), self.tls, name)
         return admin_pb2_grpc.AdminStub(ch)
 
     def local_map(self) -> list[Descriptor]:

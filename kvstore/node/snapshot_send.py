@@ -39,6 +39,7 @@ from kvstore.node import log
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.transport import CHANNEL_OPTIONS
 from kvstore.node.wire import message_to_pb
+from kvstore.security.tls import ChannelTLS, node_name, open_channel
 from kvstore.storage import NodeStorage
 
 SNAPSHOT_TYPES = frozenset({MessageType.SNAPSHOT, MessageType.PAXOS_SNAPSHOT})
@@ -71,8 +72,10 @@ class SnapshotSender:
         send: Callable[[list[Message]], None],
         directory: str,
         report: Callable[[int, int, bool], None] = lambda group, to, ok: None,
+        tls: ChannelTLS | None = None,
     ) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.cluster_id = cluster_id
         self.storage = storage
         self.metrics = metrics
@@ -196,7 +199,8 @@ class SnapshotSender:
             crc32=img.crc,
             **{"from": self.node_id},
         )
-        async with grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as channel:
+        name = node_name(m.to) if self.tls is not None else None
+        async with open_channel(endpoint, CHANNEL_OPTIONS, self.tls, name) as channel:
             call = peer_pb2_grpc.PeerStub(channel).SendSnapshot()
             await call.write(peer_pb2.SnapshotChunk(header=header))
             acks = _Acks(call)

@@ -30,6 +30,7 @@ from kvstore.node import log
 from kvstore.node.failure import PhiAccrual
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.wire import WireError, message_from_pb, message_to_pb
+from kvstore.security.tls import ChannelTLS, node_name, open_channel
 
 MAX_PEER_MESSAGE = 256 << 20
 BATCH_SOFT_BYTES = 8 << 20
@@ -115,7 +116,9 @@ class _Link:
 
     async def _session(self) -> None:
         o = self.owner
-        async with grpc.aio.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS) as channel:
+        # With TLS the peer must prove it is node-<id>, whatever address it answers on.
+        name = node_name(self.peer_id) if o.tls is not None else None
+        async with open_channel(self.endpoint, CHANNEL_OPTIONS, o.tls, name) as channel:
             stub = peer_pb2_grpc.PeerStub(channel)
             call = stub.Stream()
             reader = asyncio.create_task(self._read_replies(call))
@@ -181,8 +184,10 @@ class PeerTransport:
         metrics: NodeMetrics,
         deliver: Callable[[list[Message]], None],
         heartbeat_s: float = 0.25,
+        tls: ChannelTLS | None = None,
     ) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.cluster_id = cluster_id
         self.metrics = metrics
         self.heartbeat_s = heartbeat_s

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,6 +29,8 @@ from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
 from kvstore.node.snapshot_send import SnapshotSender
 from kvstore.node.transport import PeerTransport
+from kvstore.security.auth import AccessInterceptor, Authority
+from kvstore.security.tls import TLSError, TLSFiles
 from kvstore.server import sharding
 from kvstore.server.admin import AdminService
 from kvstore.server.kv import KVService
@@ -64,6 +66,8 @@ class ServeOptions:
     0: one group owning the whole key space, as before sharding."""
     replicas: int = 3
     split_keys: tuple[bytes, ...] | None = None
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    """etcd's --cert-file ... --peer-trusted-ca-file (security/tls.py); empty: plaintext."""
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -107,6 +111,7 @@ class ServeOptions:
             )
             if not ok
         ]
+        problems += self.tls.problems()
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -206,6 +211,12 @@ class Node:
                 w.set_meta(b"node_id", str(o.id).encode())
                 w.set_meta(b"consensus", o.consensus.encode())
             log.event("bootstrapped", voters=sorted(voters), cluster=o.cluster_id)
+        try:
+            tls = o.tls.load()
+        except TLSError as e:
+            self.storage.close()
+            raise StartupError(str(e)) from None
+        peer_tls = tls.peer if tls is not None else None
         shard_info = sharding.load(self.storage)
         groups = sharding.hosted_groups(self.storage) if shard_info.sharded else (1,)
         self.metrics = NodeMetrics()
@@ -233,6 +244,7 @@ class Node:
             metrics=self.metrics,
             deliver=self.driver.deliver,
             heartbeat_s=max(o.tick_ms * o.heartbeat_ticks / 1000, 0.05),
+            tls=peer_tls,
         )
         # Snapshot images travel apart from the consensus messages, built off the event
         # loop and streamed in chunks (node/snapshot_send.py, node/snapshot_recv.py).
@@ -247,6 +259,7 @@ class Node:
             send=self.transport.send,
             directory=snapshot_dir,
             report=self.driver.feedback.snapshot,
+            tls=peer_tls,
         )
         receiver = SnapshotReceiver(
             node_id=o.id,
@@ -262,7 +275,7 @@ class Node:
         self.meta: MetaClient | None = None
         self.reporter: Reporter | None = None
         if shard_info.sharded:
-            self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters)
+            self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
             reporter = self.reporter
 
@@ -274,7 +287,9 @@ class Node:
         self.driver.on_fatal = lambda e: self.failed.set()
         self.driver.on_member_address = self.transport.add_peer
         limits = Limits()
+        authority = Authority(tls.peer_cas) if tls is not None else None
         server = self.server = grpc.aio.server(
+            interceptors=[AccessInterceptor(authority)] if authority is not None else None,
             options=[
                 # One port serves clients and peers, so its limit is the peers' (a
                 # client's 4 MiB is checked per request in kv.py); it was 256 MiB.
@@ -286,7 +301,7 @@ class Node:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 4000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_ping_strikes", 0),
-            ]
+            ],
         )
         self.kv = KVService(
             driver=self.driver,
@@ -312,11 +327,18 @@ class Node:
             ),
             server,
         )
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.transport, receiver), server)
+        node_of = authority.node_of if authority is not None else None
+        peer_pb2_grpc.add_PeerServicer_to_server(
+            PeerService(self.transport, receiver, node_of), server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            self.port = server.add_insecure_port(o.listen)
+            self.port = (
+                server.add_secure_port(o.listen, tls.server_credentials())
+                if tls is not None
+                else server.add_insecure_port(o.listen)
+            )
         except RuntimeError as e:
             raise StartupError(f"cannot listen on {o.listen}: {e}") from e
         if self.port == 0:
@@ -347,6 +369,7 @@ class Node:
             consensus=o.consensus,
             cluster=o.cluster_id,
             metrics_port=o.metrics_port,
+            tls=tls is not None,
         )
 
     async def _set_health(self) -> None:
