@@ -9,6 +9,8 @@ Rules:
   certificate may do is auth.py's business).
 - A node dials a peer expecting that node's certificate (the name ``node-<id>``), not
   whatever certificate the address happens to present.
+- ``cryptography`` is imported only when TLS is used: plaintext clients and nodes run
+  without it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 Options = Sequence[tuple[str, int | str]]
 
@@ -47,6 +51,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _certs(path: str, data: bytes, what: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
@@ -77,6 +83,8 @@ def load_pair(cert_path: str, key_path: str, what: str) -> tuple[bytes, bytes, x
     cert_data = _read(cert_path, f"{what} certificate")
     cert = _certs(cert_path, cert_data, f"{what} certificate")[0]
     key_data = _read(key_path, f"{what} key")
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except (ValueError, TypeError) as e:
@@ -89,6 +97,8 @@ def load_pair(cert_path: str, key_path: str, what: str) -> tuple[bytes, bytes, x
 
 def cert_names(cert: x509.Certificate) -> set[str]:
     """The DNS names and common names a certificate carries."""
+    from cryptography import x509
+
     names = {str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -159,6 +169,8 @@ def client_tls(
     if crt is not None and k is not None:
         cert_path, cert_data = crt
         certs = _certs(cert_path, cert_data, "--cert")
+        from cryptography.hazmat.primitives import serialization
+
         try:
             private = serialization.load_pem_private_key(k[1], password=None)
         except (ValueError, TypeError) as e:

@@ -29,7 +29,6 @@ from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
 from kvstore.node.snapshot_send import SnapshotSender
 from kvstore.node.transport import PeerTransport
-from kvstore.security.auth import AccessInterceptor, Authority
 from kvstore.security.tls import TLSError, TLSFiles
 from kvstore.server import sharding
 from kvstore.server.admin import AdminService
@@ -287,9 +286,15 @@ class Node:
         self.driver.on_fatal = lambda e: self.failed.set()
         self.driver.on_member_address = self.transport.add_peer
         limits = Limits()
-        authority = Authority(tls.peer_cas) if tls is not None else None
+        interceptors = None
+        authority = None
+        if tls is not None:
+            from kvstore.security.auth import AccessInterceptor, Authority
+
+            authority = Authority(tls.peer_cas)
+            interceptors = [AccessInterceptor(authority)]
         server = self.server = grpc.aio.server(
-            interceptors=[AccessInterceptor(authority)] if authority is not None else None,
+            interceptors=interceptors,
             options=[
                 # One port serves clients and peers, so its limit is the peers' (a
                 # client's 4 MiB is checked per request in kv.py); it was 256 MiB.
