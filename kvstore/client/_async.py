@@ -32,7 +32,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client._attempts import RetryStats, Watch, renumber
 from kvstore.client._endpoints import Endpoints
-from kvstore.client._routing import ShardRouter, route_key
+from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
 from kvstore.client._shards import shard_dict, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
 from kvstore.client.errors import (
@@ -427,26 +427,37 @@ class AsyncClient:
         if await self._sharded():
             kvs = await self._router.scan(_b(start), _b(end), limit, mode)
             return [(kv.key, kv.value) for kv in kvs]
-        op = kv_pb2.Op(
-            scan=kv_pb2.ScanRequest(
-                start=_b(start),
-                end=_b(end),
-                limit=limit,
-                read_mode=mode,
-                causal_token=self.causal_token,
+        # A node stops a page at its byte cap with more=true: ask again from after the
+        # last key until the caller's limit (or the server's) is reached, else a scan of
+        # big values would silently return fewer rows than it was asked for.
+        out: list[tuple[bytes, bytes]] = []
+        cap = limit if limit > 0 else SERVER_SCAN_LIMIT
+        cursor = _b(start)
+        while True:
+            op = kv_pb2.Op(
+                scan=kv_pb2.ScanRequest(
+                    start=cursor,
+                    end=_b(end),
+                    limit=cap - len(out),
+                    read_mode=mode,
+                    causal_token=self.causal_token,
+                )
             )
-        )
-        try:
-            r = (
-                await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)
-            ).scan
-        except _ShardedCluster:
-            if not await self._sharded():
-                raise Unavailable("the shard map cannot be fetched", definite=True) from None
-            kvs = await self._router.scan(_b(start), _b(end), limit, mode)
-            return [(kv.key, kv.value) for kv in kvs]
-        self._observe(r.header)
-        return [(kv.key, kv.value) for kv in r.kvs]
+            try:
+                r = (
+                    await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)
+                ).scan
+            except _ShardedCluster:
+                if not await self._sharded():
+                    raise Unavailable("the shard map cannot be fetched", definite=True) from None
+                kvs = await self._router.scan(cursor, _b(end), cap - len(out), mode)
+                out.extend((kv.key, kv.value) for kv in kvs)
+                return out
+            self._observe(r.header)
+            out.extend((kv.key, kv.value) for kv in r.kvs)
+            if len(out) >= cap or not (r.more and r.kvs):
+                return out[:cap]
+            cursor = r.kvs[-1].key + b"\0"
 
     # -- admin ------------------------------------------------------------------------
     async def _admin_call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
