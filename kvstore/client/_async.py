@@ -32,6 +32,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client._attempts import RetryStats, Watch, renumber
 from kvstore.client._endpoints import Endpoints
+from kvstore.client._limits import check_sizes
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
 from kvstore.client._shards import shard_dict, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
@@ -354,6 +355,7 @@ class AsyncClient:
     # -- the KV API -------------------------------------------------------------------
     async def put(self, key: bytes | str, value: bytes | str) -> int:
         """Write; returns the revision (the log index of the write)."""
+        check_sizes(_b(key), _b(value))
         op = kv_pb2.Op(
             put=kv_pb2.PutRequest(
                 key=_b(key),
@@ -374,6 +376,7 @@ class AsyncClient:
     async def get_kv(self, key: bytes | str, read_mode: str = "strong") -> kv_pb2.KeyValue | None:
         """Like get, with the key's metadata (version, create/mod revision)."""
         mode = _mode(read_mode)
+        check_sizes(_b(key))
         op = kv_pb2.Op(
             get=kv_pb2.GetRequest(key=_b(key), read_mode=mode, causal_token=self.causal_token)
         )
@@ -382,6 +385,7 @@ class AsyncClient:
         return r.kv if r.HasField("kv") else None
 
     async def delete(self, key: bytes | str) -> bool:
+        check_sizes(_b(key))
         op = kv_pb2.Op(
             delete=kv_pb2.DeleteRequest(
                 key=_b(key),
@@ -399,6 +403,7 @@ class AsyncClient:
     ) -> bool:
         """Set ``key`` to ``new`` (None: delete it) iff its value is ``expected``
         (None: iff it is absent). Returns whether the swap happened."""
+        check_sizes(_b(key), *(_b(v) for v in (expected, new) if v is not None))
         req = kv_pb2.CasRequest(
             key=_b(key), client_id=self.client_id, incarnation=self.incarnation, seq=next(self._seq)
         )

@@ -1,0 +1,28 @@
+"""Sizes the client checks before sending (issue 14).
+
+Rule: a request no node would accept fails at once with InvalidArgument naming the
+limit, as the node would name it, instead of travelling: a 64 MiB value used to end in
+DeadlineExceeded after the whole timeout, with an internal gRPC error in its text. The
+nodes keep their own checks (kvstore/node/limits.py, whose defaults these equal; a test
+keeps them equal). Keys are left to the node: their limit depends on its storage layout.
+"""
+
+from __future__ import annotations
+
+from kvstore.client.errors import InvalidArgument
+
+MAX_VALUE_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 4 << 20
+
+
+def check_sizes(key: bytes, *values: bytes) -> None:
+    for v in values:
+        if len(v) > MAX_VALUE_BYTES:
+            raise InvalidArgument(
+                f"value is {len(v)} bytes; limit max_value_bytes={MAX_VALUE_BYTES}"
+            )
+    size = len(key) + sum(len(v) for v in values)
+    if size > MAX_REQUEST_BYTES:
+        raise InvalidArgument(
+            f"request is {size} bytes; limit max_request_bytes={MAX_REQUEST_BYTES}"
+        )
