@@ -192,6 +192,14 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--replicas", type=int, default=3, help="replicas per shard (sharded clusters)")
     _add(
         p,
+        "--down-after",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a node must be judged down before its replicas are re-created "
+        "elsewhere (sharded clusters)",
+    )
+    _add(
+        p,
         "--split-keys",
         default="",
         help="comma-separated first keys of shards 2..K (default: spread over a..z)",
@@ -286,6 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             split_keys=_split_keys(args.split_keys),
             tls=_tls_files(args),
+            down_after=args.down_after,
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
@@ -338,6 +347,7 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
         argv.append("--inline-persist")
     if args.shards:
         argv += ["--shards", str(args.shards), "--replicas", str(args.replicas)]
+        argv += ["--down-after", str(args.down_after)]
         if args.split_keys:
             argv += ["--split-keys", args.split_keys]
     if args.metrics_port:
@@ -523,10 +533,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                     print(f"{n['endpoint']}  unreachable  ({n['error']})")
                     continue
                 for g in n["groups"]:
+                    sh = g.get("shard")
+                    rng = f" shard=[{sh['start']!r}, {sh['end']!r})" if sh else ""
                     print(
                         f"{n['endpoint']}  id={n['id']} group={g['group']} role={g['role']} "
                         f"term={g['term']} leader={g['leader']} commit={g['commit']} "
-                        f"applied={g['applied']}"
+                        f"applied={g['applied']}{rng}"
                     )
         return EXIT_OK if any(n["reachable"] for n in nodes) else EXIT_ERROR
 
@@ -767,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (
         "kvstore.cli_shard",
         "kvstore.security.cli",
+        "kvstore.cli_node",
         "kvstore.bench.cli",
         "kvstore.jepsen.cli",
     ):

@@ -194,10 +194,15 @@ class StatusResponse(_message.Message):
     CONSENSUS_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    DISK_USED_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     endpoint: _builtins.str
     cluster_id: _builtins.str
     consensus: _builtins.str
+    disk_used_bytes: _builtins.int
+    """LMDB pages in use and the map size (the node's disk budget)."""
+    disk_capacity_bytes: _builtins.int
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupStatus]: ...
     @_builtins.property
@@ -211,10 +216,12 @@ class StatusResponse(_message.Message):
         consensus: _builtins.str = ...,
         groups: _abc.Iterable[Global___GroupStatus] | None = ...,
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
+        disk_used_bytes: _builtins.int = ...,
+        disk_capacity_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "consensus", b"consensus", "endpoint", b"endpoint", "groups", b"groups", "node_id", b"node_id", "peers", b"peers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "consensus", b"consensus", "disk_capacity_bytes", b"disk_capacity_bytes", "disk_used_bytes", b"disk_used_bytes", "endpoint", b"endpoint", "groups", b"groups", "node_id", b"node_id", "peers", b"peers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,3 +523,139 @@ class MetaProposeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetaProposeResponse: _TypeAlias = MetaProposeResponse  # noqa: Y015
+
+@_typing.final
+class NodeListRequest(_message.Message):
+    """Placement (docs/sharding.md, "Placement and repair"): answered by the meta group's
+    leader, which runs the placement loop; other nodes answer FAILED_PRECONDITION with a
+    leader hint.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeListRequest: _TypeAlias = NodeListRequest  # noqa: Y015
+
+@_typing.final
+class NodeInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    LIVENESS_FIELD_NUMBER: _builtins.int
+    PHI_FIELD_NUMBER: _builtins.int
+    DOWN_FOR_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    LEADERS_FIELD_NUMBER: _builtins.int
+    DISK_USED_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    endpoint: _builtins.str
+    liveness: _builtins.str
+    """The meta leader's failure detector: "alive", "suspect", "dead" or "unknown"."""
+    phi: _builtins.float
+    down_for: _builtins.float
+    """Seconds judged not alive without a break (0 while alive)."""
+    draining: _builtins.bool
+    """Being decommissioned: its replicas move elsewhere."""
+    replicas: _builtins.int
+    leaders: _builtins.int
+    disk_used_bytes: _builtins.int
+    disk_capacity_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        endpoint: _builtins.str = ...,
+        liveness: _builtins.str = ...,
+        phi: _builtins.float = ...,
+        down_for: _builtins.float = ...,
+        draining: _builtins.bool = ...,
+        replicas: _builtins.int = ...,
+        leaders: _builtins.int = ...,
+        disk_used_bytes: _builtins.int = ...,
+        disk_capacity_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_capacity_bytes", b"disk_capacity_bytes", "disk_used_bytes", b"disk_used_bytes", "down_for", b"down_for", "draining", b"draining", "endpoint", b"endpoint", "id", b"id", "leaders", b"leaders", "liveness", b"liveness", "phi", b"phi", "replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
+class NodeListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    DOWN_AFTER_FIELD_NUMBER: _builtins.int
+    down_after: _builtins.float
+    """The placement loop's --down-after, seconds."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeInfo] | None = ...,
+        down_after: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["down_after", b"down_after", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeListResponse: _TypeAlias = NodeListResponse  # noqa: Y015
+
+@_typing.final
+class DecommissionRequest(_message.Message):
+    """Move every replica off a node (then it hosts nothing and receives nothing). Refused
+    (INVALID_ARGUMENT, nothing changes) when a shard would be left without its replicas
+    or without a quorum. Idempotent: the answer says how many replicas are left.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecommissionRequest: _TypeAlias = DecommissionRequest  # noqa: Y015
+
+@_typing.final
+class DecommissionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_LEFT_FIELD_NUMBER: _builtins.int
+    replicas_left: _builtins.int
+    def __init__(
+        self,
+        *,
+        replicas_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas_left", b"replicas_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecommissionResponse: _TypeAlias = DecommissionResponse  # noqa: Y015

@@ -89,6 +89,16 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.FromString,
                 _registered_method=True)
+        self.NodeList = channel.unary_unary(
+                '/kvstore.v1.Admin/NodeList',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.NodeListRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.NodeListResponse.FromString,
+                _registered_method=True)
+        self.Decommission = channel.unary_unary(
+                '/kvstore.v1.Admin/Decommission',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -164,6 +174,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NodeList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decommission(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +243,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddReplica,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.SerializeToString,
+            ),
+            'NodeList': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeList,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.NodeListRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.NodeListResponse.SerializeToString,
+            ),
+            'Decommission': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decommission,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +552,60 @@ class Admin:
             '/kvstore.v1.Admin/AddReplica',
             kvstore_dot_v1_dot_admin__pb2.AddReplicaRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.AddReplicaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/NodeList',
+            kvstore_dot_v1_dot_admin__pb2.NodeListRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.NodeListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/Decommission',
+            kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

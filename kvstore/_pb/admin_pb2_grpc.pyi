@@ -47,6 +47,8 @@ class AdminStub:
     SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
     MetaPropose: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]
     AddReplica: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]
+    NodeList: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]
+    Decommission: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -67,6 +69,8 @@ class AdminAsyncStub(AdminStub):
     SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
     MetaPropose: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]  # type: ignore[assignment]
     AddReplica: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]  # type: ignore[assignment]
+    NodeList: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]  # type: ignore[assignment]
+    Decommission: _aio.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,5 +154,19 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.AddReplicaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.AddReplicaResponse, _abc.Awaitable[_admin_pb2.AddReplicaResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def NodeList(
+        self,
+        request: _admin_pb2.NodeListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeListResponse, _abc.Awaitable[_admin_pb2.NodeListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Decommission(
+        self,
+        request: _admin_pb2.DecommissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DecommissionResponse, _abc.Awaitable[_admin_pb2.DecommissionResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,10 +19,12 @@ from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
 from kvstore.node.members import with_address
 from kvstore.node.meta import MetaClient
+from kvstore.node.placement_loop import PlacementLoop
 from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
 from kvstore.node.transport import PeerTransport
 from kvstore.server.convert import shard_pb
+from kvstore.server.node_admin import NodeAdmin
 from kvstore.server.shard_admin import ShardAdmin, shard_size
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
@@ -67,7 +69,7 @@ async def abort(context: Any, e: OpError) -> None:
     )
 
 
-class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
+class AdminService(ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
         *,
@@ -80,7 +82,9 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
         router: LocalRouter | None = None,
         meta: MetaClient | None = None,
         reporter: Reporter | None = None,
+        placement: PlacementLoop | None = None,
     ) -> None:
+        self.placement = placement
         self.router = router
         self.meta = meta
         self.reporter = reporter
@@ -139,7 +143,10 @@ class AdminService(ShardAdmin, admin_pb2_grpc.AdminServicer):
             )
             for p in self.transport.peer_status()
         ]
+        used, cap = self.driver.storage.usage()
         return admin_pb2.StatusResponse(
+            disk_used_bytes=used,
+            disk_capacity_bytes=cap,
             node_id=self.node_id,
             endpoint=self.endpoint,
             cluster_id=self.cluster_id,

@@ -24,6 +24,7 @@ from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.limits import Limits
 from kvstore.node.meta import MetaClient
 from kvstore.node.metrics import NodeMetrics
+from kvstore.node.placement_loop import PlacementLoop
 from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
@@ -67,6 +68,8 @@ class ServeOptions:
     split_keys: tuple[bytes, ...] | None = None
     tls: TLSFiles = field(default_factory=TLSFiles)
     """etcd's --cert-file ... --peer-trusted-ca-file (security/tls.py); empty: plaintext."""
+    down_after: float = 30.0
+    """Seconds a node must be judged down before placement replaces its replicas."""
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -91,6 +94,7 @@ class ServeOptions:
                 ("metrics_port", self.metrics_port, 0 <= self.metrics_port < 65536, "0..65535"),
                 ("shards", self.shards, 0 <= self.shards <= 676, "0..676"),
                 ("replicas", self.replicas, self.replicas >= 1, ">= 1"),
+                ("down_after", self.down_after, 0 < self.down_after < 1e9, "> 0 seconds"),
                 (
                     "split_keys",
                     self.split_keys,
@@ -273,9 +277,17 @@ class Node:
         self.router = LocalRouter(self.storage, shard_info.sharded, lambda: self.driver.groups)
         self.meta: MetaClient | None = None
         self.reporter: Reporter | None = None
+        self.placement: PlacementLoop | None = None
         if shard_info.sharded:
             self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
+            self.placement = PlacementLoop(
+                self.driver,
+                self.transport,
+                self.meta,
+                replicas=o.replicas,
+                down_after=o.down_after,
+            )
             reporter = self.reporter
 
             def shards_changed() -> None:
@@ -329,6 +341,7 @@ class Node:
                 router=self.router,
                 meta=self.meta,
                 reporter=self.reporter,
+                placement=self.placement,
             ),
             server,
         )
@@ -367,6 +380,8 @@ class Node:
         self._watcher = asyncio.create_task(self._watch(), name="watch")
         if self.reporter is not None:
             self.reporter.start()
+        if self.placement is not None:
+            self.placement.start()
         log.event(
             "node_started",
             id=o.id,
@@ -415,6 +430,8 @@ class Node:
         await self.snapshots.stop()
         if self.reporter is not None:
             await self.reporter.stop()
+        if self.placement is not None:
+            await self.placement.stop()
         if self.meta is not None:
             await self.meta.close()
         await self.transport.stop()

@@ -1,0 +1,135 @@
+"""Placement and repair with real processes (docs/sharding.md, "Placement and repair").
+
+5 nodes, 3 replicas per shard. A node killed for good (SIGKILL, never restarted) is judged
+down by the failure detector; after --down-after its replicas are re-created on the other
+nodes (add learner, catch up, promote, remove) while writes and reads keep working, and
+`kvstore node list` shows it dead with no replicas. Then a decommission moves everything
+off a live node; a decommission that would leave shards short is refused with the reason.
+Both consensus cores. The repair time is printed (pytest -s) for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .harness import LocalCluster, wait_for
+
+NODES, SHARDS, DOWN_AFTER = 5, 3, 3.0
+
+
+def _cli(c: LocalCluster, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvstore.cli", *args, "--endpoints", ",".join(c.endpoints)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _groups(c: LocalCluster, skip: set[int]) -> dict[int, dict[str, Any]]:
+    """Each group as its leader reports it (voters, learners), from the live nodes."""
+    out: dict[int, dict[str, Any]] = {}
+    for n in c.status():
+        if not n["reachable"] or n["id"] in skip:
+            continue
+        for g in n["groups"]:
+            if g["role"] == "leader":
+                out[g["group"]] = g
+    return out
+
+
+def _placed(c: LocalCluster, away: int) -> bool:
+    """Every group (meta and data) has a leader and 3 voters, none of them on ``away``,
+    and no learner left."""
+    gs = _groups(c, {away})
+    return set(gs) >= set(range(SHARDS + 1)) and all(
+        len(g["voters"]) == 3 and away not in g["voters"] and not g["learners"] for g in gs.values()
+    )
+
+
+def _nodes(c: LocalCluster) -> dict[int, dict[str, Any]]:
+    out = _cli(c, "node", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    return {r["id"]: r for r in json.loads(out.stdout)}
+
+
+def test_a_dead_node_is_repaired_and_a_decommission_moves_everything(
+    tmp_path: Path, consensus: str
+) -> None:
+    c = LocalCluster(
+        tmp_path,
+        nodes=NODES,
+        consensus=consensus,
+        extra=["--shards", str(SHARDS), "--down-after", str(DOWN_AFTER)],
+    )
+    try:
+        c.start()
+        wait_for(lambda: set(_groups(c, set())) >= set(range(SHARDS + 1)), 40, "leaders")
+        acked: dict[str, int] = {}
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def writer(name: str) -> None:
+            with c.client(timeout=20) as w:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    try:
+                        w.put(name, str(n))
+                    except Exception as e:  # recorded, checked below
+                        errors.append(f"{name}: {e!r}")
+                        return
+                    acked[name] = n
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=writer, args=(f"{p}w",)) for p in "bhnt"]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) == len(threads), 20, "every writer acknowledged")
+
+        # Node 2 hosts the meta group and data shards (layout: consecutive nodes).
+        victim = 2
+        hosted = [g for g, st in _groups(c, set()).items() if victim in st["voters"]]
+        assert 0 in hosted and len(hosted) >= 2, hosted
+        killed_at = time.monotonic()
+        c.kill(victim)
+        wait_for(lambda: _placed(c, victim), 60, f"node {victim}'s replicas re-created")
+        repair_s = time.monotonic() - killed_at
+        print(f"\nrepair after kill -9 ({consensus}): {repair_s:.1f} s")
+        before = dict(acked)
+        wait_for(
+            lambda: all(acked[k] > before[k] + 5 for k in before), 20, "writes after the repair"
+        )
+
+        rows = _nodes(c)
+        assert rows[victim]["liveness"] != "alive" and rows[victim]["replicas"] == 0, rows
+        assert sum(r["replicas"] for r in rows.values()) == 3 * (SHARDS + 1)
+        assert all(r["disk_capacity_bytes"] > 0 for i, r in rows.items() if i != victim)
+
+        # 4 live nodes, 3 replicas: one more decommission would leave 3 nodes, enough;
+        # then a second would leave 2, refused.
+        out = _cli(c, "node", "decommission", "4", "--wait", "60")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert "decommissioned" in out.stdout
+        assert _placed(c, 4) or wait_for(lambda: _placed(c, 4), 20, "node 4 empty")
+        refused = _cli(c, "node", "decommission", "5")
+        assert refused.returncode == 3 and "only 2 live nodes would remain" in refused.stderr
+        assert not _nodes(c)[5]["draining"]
+
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, errors[:3]
+        with c.client(timeout=15) as kv:
+            for name, n in acked.items():
+                assert kv.get(name) == str(n).encode(), name  # nothing acknowledged lost
+        st = _cli(c, "status")
+        assert st.returncode == 0 and "shard=[" in st.stdout
+    finally:
+        c.close()
