@@ -5,7 +5,7 @@ Every flag can also come from an environment variable KVSTORE_<FLAG> (``--data-d
 whose keys are the flag names (``data-dir = "/var/lib/kvstore"`` or ``data_dir``).
 Precedence: command line, then environment, then the file, then the default.
 
-Exit codes: 0 success, 1 the key is absent (get) or the compare failed (cas),
+Exit codes: 0 success, 1 the key is absent (get, delete) or the compare failed (cas),
 2 usage error, 3 the cluster answered with an error or could not be reached.
 """
 
@@ -184,6 +184,13 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     )
     _add(
         p,
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="key=value lines, or one JSON object per line",
+    )
+    _add(
+        p,
         "--shards",
         type=int,
         default=0,
@@ -267,7 +274,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvstore.node import log
     from kvstore.server.process import ServeOptions, StartupError, parse_peers, run
 
-    log.setup(args.log_level, args.id)
+    log.setup(args.log_level, args.id, args.log_format)
     try:
         peers = parse_peers(args.peers or "")
     except ValueError as e:
@@ -342,6 +349,8 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
         str(args.map_size_mb),
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,
     ]
     if args.inline_persist:
         argv.append("--inline-persist")
@@ -484,8 +493,11 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     def f(c: Any) -> int:
-        deleted = c.delete(args.key)
-        print("deleted" if deleted else "not found")
+        # Exit 1 when absent, as get: a script sees the same answer to the same question.
+        if not c.delete(args.key):
+            print(f"kvstore delete: key {args.key!r} not found", file=sys.stderr)
+            return EXIT_FALSE
+        print("deleted")
         return EXIT_OK
 
     return _with_client(args, f)
@@ -699,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         _client_flags(p)
         p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("delete", help="delete KEY")
+    p = sub.add_parser("delete", help="delete KEY (exit 1 when absent)")
     p.add_argument("key")
     _client_flags(p)
     p.set_defaults(func=cmd_delete)

@@ -78,6 +78,8 @@ def test_cluster_command_and_client_commands(tmp_path: Path) -> None:
         assert r.stdout.splitlines() == ["fresh\tv", "greeting\thi"]
         r = kv("delete", "fresh", endpoints=eps)
         assert (r.returncode, r.stdout.strip()) == (0, "deleted")
+        r = kv("delete", "fresh", endpoints=eps)  # exit 1 when absent, as get (issue 14)
+        assert r.returncode == 1 and "not found" in r.stderr
         r = kv("status", endpoints=eps)
         assert r.returncode == 0 and r.stdout.count("role=leader") == 1
         leader = next(
