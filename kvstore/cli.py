@@ -792,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kvstore.cli_shard",
         "kvstore.security.cli",
         "kvstore.cli_node",
+        "kvstore.cli_snapshot",
         "kvstore.bench.cli",
         "kvstore.jepsen.cli",
     ):

@@ -659,3 +659,137 @@ class DecommissionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecommissionResponse: _TypeAlias = DecommissionResponse  # noqa: Y015
+
+@_typing.final
+class BackupRequest(_message.Message):
+    """Backup (kvstore snapshot save): one group's state machine image at a linearizable
+    point, streamed in chunks (kvstore/backup/service.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    group: _builtins.int
+    def __init__(
+        self,
+        *,
+        group: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRequest: _TypeAlias = BackupRequest  # noqa: Y015
+
+@_typing.final
+class BackupChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The image bytes, in order, at most 1 MiB a message, each with its CRC32."""
+    crc32: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___BackupStart:
+        """First message: where the image stands (data empty)."""
+
+    @_builtins.property
+    def done(self) -> Global___BackupDone:
+        """Last message: what the image holds."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___BackupStart | None = ...,
+        data: _builtins.bytes = ...,
+        crc32: _builtins.int = ...,
+        done: Global___BackupDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crc32", b"crc32", "data", b"data", "done", b"done", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupChunk: _TypeAlias = BackupChunk  # noqa: Y015
+
+@_typing.final
+class BackupStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    READ_INDEX_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    CONSENSUS_FIELD_NUMBER: _builtins.int
+    SHARDED_FIELD_NUMBER: _builtins.int
+    META_VOTERS_FIELD_NUMBER: _builtins.int
+    group: _builtins.int
+    read_index: _builtins.int
+    """The ReadIndex-confirmed index: the image is taken at an applied index >= it."""
+    cluster_id: _builtins.str
+    consensus: _builtins.str
+    sharded: _builtins.bool
+    @_builtins.property
+    def meta_voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.int = ...,
+        read_index: _builtins.int = ...,
+        cluster_id: _builtins.str = ...,
+        consensus: _builtins.str = ...,
+        sharded: _builtins.bool = ...,
+        meta_voters: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "consensus", b"consensus", "group", b"group", "meta_voters", b"meta_voters", "read_index", b"read_index", "sharded", b"sharded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupStart: _TypeAlias = BackupStart  # noqa: Y015
+
+@_typing.final
+class BackupDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    VOTERS_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    term: _builtins.int
+    size: _builtins.int
+    crc32: _builtins.int
+    shard: _builtins.bytes
+    """The group's encoded shard descriptor (kvstore.shard.descriptor); empty: none."""
+    @_builtins.property
+    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        term: _builtins.int = ...,
+        voters: _abc.Iterable[_builtins.int] | None = ...,
+        learners: _abc.Iterable[_builtins.int] | None = ...,
+        size: _builtins.int = ...,
+        crc32: _builtins.int = ...,
+        shard: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crc32", b"crc32", "index", b"index", "learners", b"learners", "shard", b"shard", "size", b"size", "term", b"term", "voters", b"voters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupDone: _TypeAlias = BackupDone  # noqa: Y015

@@ -99,6 +99,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/kvstore.v1.Admin/Backup',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -186,6 +191,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """kvstore snapshot save: one group's image at a linearizable point, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +265,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Decommission,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.BackupRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -606,6 +623,33 @@ class Admin:
             '/kvstore.v1.Admin/Decommission',
             kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.v1.Admin/Backup',
+            kvstore_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

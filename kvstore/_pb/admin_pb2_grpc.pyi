@@ -49,6 +49,8 @@ class AdminStub:
     AddReplica: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]
     NodeList: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]
     Decommission: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]
+    Backup: _grpc.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupChunk]
+    """kvstore snapshot save: one group's image at a linearizable point, in chunks."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -71,6 +73,8 @@ class AdminAsyncStub(AdminStub):
     AddReplica: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]  # type: ignore[assignment]
     NodeList: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]  # type: ignore[assignment]
     Decommission: _aio.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]  # type: ignore[assignment]
+    Backup: _aio.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupChunk]  # type: ignore[assignment]
+    """kvstore snapshot save: one group's image at a linearizable point, in chunks."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -168,5 +172,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DecommissionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DecommissionResponse, _abc.Awaitable[_admin_pb2.DecommissionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Backup(
+        self,
+        request: _admin_pb2.BackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.BackupChunk], _abc.AsyncIterator[_admin_pb2.BackupChunk]]:
+        """kvstore snapshot save: one group's image at a linearizable point, in chunks."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -35,6 +35,7 @@ ADMIN_METHODS = frozenset(
         "SplitShard",
         "MetaPropose",
         "AddReplica",
+        "Backup",
     )
 )
 PEER_PREFIX = "/kvstore.v1.Peer/"

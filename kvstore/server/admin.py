@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc
+from kvstore.backup.service import BackupAdmin
 from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
@@ -69,7 +70,7 @@ async def abort(context: Any, e: OpError) -> None:
     )
 
 
-class AdminService(ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServicer):
+class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
         *,
