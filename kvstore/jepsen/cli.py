@@ -87,6 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         interval=args.nemesis_interval,
         unsafe_ack=args.unsafe_ack_before_commit,
         server_cmd=args.server_cmd,
+        shards=args.shards,
+        replicas=args.replicas,
     )
     return run_cli(config)
 
@@ -200,6 +202,13 @@ def _add_commands(sub: Any) -> None:
         default=None,
         help="command that runs one node (default: this python -m kvstore.cli serve)",
     )
+    run.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="start the cluster pre-split into K shards (0: one unsharded group)",
+    )
+    run.add_argument("--replicas", type=int, default=3, help="replicas per shard (with --shards)")
     run.set_defaults(func=_run)
 
     camp = sub.add_parser("campaign", help="many seeded runs one after another, one index page")

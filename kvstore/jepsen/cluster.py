@@ -52,6 +52,11 @@ class NodeSpec:
     env: Mapping[str, str] | None = None
     clock: bool = False
     tick_ms: int = 50
+    shards: int = 0
+    """> 0: every node bootstraps the same map pre-split into this many shards (the
+    default split keys a..z); 0: one unsharded group."""
+    replicas: int = 3
+    """Replicas per shard (sharded clusters only)."""
 
 
 def endpoint(host: Host) -> str:
@@ -117,7 +122,13 @@ class Cluster:
             *("--data-dir", str(data_dir), "--consensus", self.spec.consensus),
             *("--cluster-id", "jepsen", "--tick-ms", str(self.spec.tick_ms)),
             *join,
+            *self._shard_flags(),
         ]
+
+    def _shard_flags(self) -> list[str]:
+        if not self.spec.shards:
+            return []
+        return ["--shards", str(self.spec.shards), "--replicas", str(self.spec.replicas)]
 
     def _env(self, host: Host) -> dict[str, str]:
         env = dict(os.environ)

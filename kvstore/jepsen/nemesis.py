@@ -18,10 +18,15 @@ Faults (each with a start and a heal):
 - ``loss``: drop 10-40 % of the packets some nodes receive (iptables statistic match).
 - ``member``: remove a node (the leader half of the time) through the admin API, stop it
   and wipe its data; heal starts it empty with ``--join``, adds it as a learner and
-  promotes it (:mod:`kvstore.jepsen.members`). With ``all`` it also runs together with a
+  promotes it (:mod:`kvstore.jepsen.members`); unsharded clusters only (wiping a node
+  would wipe replicas of other shards too). With ``all`` it also runs together with a
   network fault.
-- ``all``: any of the above, and three times in ten a network fault and a process fault
-  (or a membership change) together.
+- ``shard``: splits at recently written keys and leader transfers of shards
+  (:mod:`kvstore.jepsen.shard_nemesis`); only on a sharded cluster (``--shards``).
+- ``all``: any of the above that fit the cluster, and three times in ten a network fault
+  and a process fault (or a membership change, or sharded a shard operation) together.
+  Unsharded, ``all`` leaves the shard faults out and draws exactly the schedule it drew
+  before they existed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvstore.jepsen.hosts import Host, Network
+from kvstore.jepsen.shard_nemesis import SHARD_FAULTS
 
 PARTITIONS = ("partition-halves", "partition-leader", "partition-ring", "partition-one")
 KINDS: dict[str, tuple[str, ...]] = {
@@ -43,7 +49,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "clock": ("clock",),
     "loss": ("loss",),
     "member": ("member",),
-    "all": (*PARTITIONS, "kill", "pause", "clock", "loss", "member"),
+    "shard": SHARD_FAULTS,
+    "all": (*PARTITIONS, "kill", "pause", "clock", "loss", "member", *SHARD_FAULTS),
 }
 
 
@@ -59,9 +66,17 @@ class Window:
     end: float
 
 
-def schedule(nemesis: str, time_limit: float, interval: float, rng: random.Random) -> list[Window]:
-    """Fault windows for a run. ``interval``: mean seconds a fault lasts (and between faults)."""
-    kinds = KINDS[nemesis]
+def schedule(
+    nemesis: str, time_limit: float, interval: float, rng: random.Random, *, sharded: bool = False
+) -> list[Window]:
+    """Fault windows for a run. ``interval``: mean seconds a fault lasts (and between faults).
+    ``sharded``: the cluster has shards (then the member fault is left out, else the shard
+    faults are)."""
+    left_out = ("member",) if sharded else SHARD_FAULTS
+    kinds = tuple(k for k in KINDS[nemesis] if k not in left_out)
+    procs = tuple(
+        k for k in ("kill", "pause", "clock", "member", *SHARD_FAULTS) if k not in left_out
+    )
     if not kinds or interval <= 0:
         return []
     out: list[Window] = []
@@ -74,7 +89,7 @@ def schedule(nemesis: str, time_limit: float, interval: float, rng: random.Rando
         if nemesis == "all" and rng.random() < 0.3:
             # a combination: a network fault and a process fault at once
             net = rng.choice((*PARTITIONS, "loss"))
-            proc = rng.choice(("kill", "pause", "clock", "member"))
+            proc = rng.choice(procs)
             kind = f"{net}+{proc}"
         out.append(Window(kind=kind, start=t, end=t + length))
         t += length + rng.uniform(0.5, 1.0) * interval

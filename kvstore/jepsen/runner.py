@@ -37,6 +37,7 @@ from kvstore.jepsen.hosts import HarnessError, Host, Network, require_root, run_
 from kvstore.jepsen.members import Members
 from kvstore.jepsen.nemesis import KINDS, Nemesis, Window, schedule
 from kvstore.jepsen.report import write_report
+from kvstore.jepsen.shard_nemesis import SHARD_FAULTS, ShardNemesis
 from kvstore.jepsen.workloads import Recorder, Store, Workload, final_reads, make, run_worker
 
 FINAL_PROCESS = 1_000_000
@@ -58,6 +59,8 @@ class RunConfig:
     interval: float = 5.0
     unsafe_ack: bool = False
     server_cmd: str | None = None
+    shards: int = 0
+    replicas: int = 3
     op_timeout: float = 2.0
     recovery: float = 60.0
     check_timeout: float = 60.0
@@ -123,18 +126,41 @@ async def _run_nemesis(
     client: Any,
     hosts: Sequence[Host],
     progress: Progress,
+    shard: ShardNemesis | None = None,
 ) -> None:
     for w in plan:
         await _sleep_until(recorder, w.start)
         leader = await _find_leader(client, hosts)
         began = recorder.now()
-        desc = await asyncio.to_thread(nemesis.start, w.kind, leader)
+        parts = w.kind.split("+")
+        procs = "+".join(k for k in parts if k not in SHARD_FAULTS)
+        burst = [k for k in parts if k in SHARD_FAULTS]
+        descs = [await asyncio.to_thread(nemesis.start, procs, leader)] if procs else []
+        if burst and shard is not None:
+            descs.append(await shard.act(burst[0]))
+        desc = "; ".join(descs)
         recorder.insert(Event(type="invoke", process=NEMESIS, f=w.kind, value=desc, time=began))
         progress(f"[{recorder.now():6.1f}s] fault {w.kind}: {desc}")
+        more: list[str] = []
+        if burst and shard is not None:
+            more = await shard.burst(burst[0], recorder.now, w.end)
+            for d in more:
+                progress(f"  {d}")
         await _sleep_until(recorder, w.end)
         healed = await asyncio.to_thread(nemesis.heal)
+        if more:
+            healed = "; ".join([*more, healed])
         recorder.record("ok", NEMESIS, w.kind, None, healed)
         progress(f"[{recorder.now():6.1f}s] healed: {healed}")
+
+
+def _recent_writes(recorder: Recorder, window: int = 200) -> list[str]:
+    """Keys of the writes among the last ``window`` events, oldest first."""
+    return [
+        ev.key
+        for ev in recorder.events[-window:]
+        if ev.type == "invoke" and ev.key is not None and ev.f in ("write", "append", "cas")
+    ]
 
 
 async def _report_progress(recorder: Recorder, progress: Progress, every: float = 5.0) -> None:
@@ -160,7 +186,13 @@ async def drive(
     from kvstore.client import AsyncClient
 
     rng = random.Random(seed)
-    plan = schedule(cfg.nemesis, cfg.time_limit, cfg.interval, random.Random(rng.random()))
+    plan = schedule(
+        cfg.nemesis,
+        cfg.time_limit,
+        cfg.interval,
+        random.Random(rng.random()),
+        sharded=cfg.shards > 0,
+    )
     nemesis = Nemesis(net, cluster, random.Random(rng.random()), Members(cluster, cfg.op_timeout))
     # Each client process reads from its own node, as Jepsen binds clients to nodes: which
     # replica a process's eventual/causal reads hit is part of the seeded run.
@@ -170,6 +202,8 @@ async def drive(
     ]
     admin = AsyncClient(cluster.endpoints, timeout=cfg.op_timeout)
     recorder = Recorder()
+    # drawn after the others: adding it left the seeded schedules of unsharded runs alone
+    shard_rng = random.Random(rng.random()) if cfg.shards else None
     final: dict[str, Value] = {}
     try:
         progress(f"waiting for the cluster at {', '.join(cluster.endpoints)}")
@@ -180,7 +214,15 @@ async def drive(
             f"read mode {cfg.effective_read_mode()}, {len(plan)} faults planned"
         )
         ticker = asyncio.create_task(_report_progress(recorder, progress))
-        nem = asyncio.create_task(_run_nemesis(plan, nemesis, recorder, admin, net.hosts, progress))
+        rec = recorder
+        shard = (
+            ShardNemesis(admin, lambda: _recent_writes(rec), shard_rng)
+            if shard_rng is not None
+            else None
+        )
+        nem = asyncio.create_task(
+            _run_nemesis(plan, nemesis, recorder, admin, net.hosts, progress, shard)
+        )
         try:
             await asyncio.gather(
                 *(
@@ -283,6 +325,14 @@ def check_history(
 def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
     if cfg.nemesis not in KINDS:
         raise HarnessError(f"unknown nemesis {cfg.nemesis!r}")
+    if cfg.shards < 0 or cfg.replicas < 1:
+        raise HarnessError(
+            f"--shards must be >= 0 and --replicas >= 1 (got {cfg.shards}, {cfg.replicas})"
+        )
+    if cfg.nemesis == "shard" and not cfg.shards:
+        raise HarnessError("the shard nemesis needs a sharded cluster: add --shards K")
+    if cfg.nemesis == "member" and cfg.shards:
+        raise HarnessError("the member nemesis runs on unsharded clusters only (drop --shards)")
     require_root()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1 << 31)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -297,6 +347,8 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         server_cmd=cfg.server_cmd,
         module="kvstore.jepsen.unsafe_node" if cfg.unsafe_ack else "kvstore.cli",
         clock="clock" in KINDS[cfg.nemesis],
+        shards=cfg.shards,
+        replicas=cfg.replicas,
     )
     t_start = time.monotonic()
     with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:
@@ -353,7 +405,9 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         ("nemesis", cfg.nemesis),
         (
             "cluster",
-            f"{cfg.nodes} nodes, {cfg.consensus}" + (", UNSAFE ack" if cfg.unsafe_ack else ""),
+            f"{cfg.nodes} nodes, {cfg.consensus}"
+            + (f", {cfg.shards} shards x {cfg.replicas} replicas" if cfg.shards else "")
+            + (", UNSAFE ack" if cfg.unsafe_ack else ""),
         ),
         ("time limit", f"{cfg.time_limit:.0f}s, {cfg.concurrency} workers, seed {seed}"),
         ("time 0", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(recorder.wall0))),

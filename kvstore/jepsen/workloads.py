@@ -10,6 +10,10 @@
   backwards (monotonic reads) nor miss the client's own acknowledged write
   (read-your-writes).
 
+Keys are spread over the key space (:func:`spread_key`): a run against a sharded cluster
+(``--shards``, split at the default keys a..z) hits every shard, consecutive keys
+different ones.
+
 A worker is one logical client process with at most one operation in flight, recorded as
 invoke then ok / fail (certainly not applied: the client said ``definite``) / info
 (unknown). After an info the worker continues as a new process (process + concurrency), as
@@ -87,6 +91,19 @@ class Recorder:
         bisect.insort(self.events, event, key=lambda e: e.time)
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_STRIDE = 7
+"""Coprime with 26: ``n -> n * 7 mod 26`` visits every letter, and consecutive keys are
+7 letters apart, so with the default split keys of 4 shards (g, n, t) keys n and n + 1
+always fall in different shards (and any 26 consecutive keys cover every shard of up to 26)."""
+
+
+def spread_key(prefix: str, n: int) -> str:
+    """The ``n``-th key of a family: a leading letter spreads keys over the default
+    shard boundaries (which are single lowercase letters); the rest keeps keys unique."""
+    return f"{_LETTERS[n * _STRIDE % len(_LETTERS)]}{prefix}{n}"
+
+
 def _int(b: bytes | None) -> int | None:
     return None if b is None else int(b)
 
@@ -115,7 +132,7 @@ class KeyRing:
             self._live.append(self._fresh())
 
     def _fresh(self) -> str:
-        key = f"{self.prefix}{self._made}"
+        key = spread_key(self.prefix, self._made)
         self._made += 1
         self.keys.append(key)
         self._used[key] = 0
@@ -256,7 +273,7 @@ class SessionWorkload:
 
     def on_new_process(self, worker: int, process: int) -> None:
         # after an unknown write the key's version order is no longer known to the writer
-        key = f"s{process}"
+        key = spread_key("s", process)
         self.owned[worker] = key
         self.counters[key] = 0
         self.keys.append(key)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from kvstore.jepsen.hosts import Host
 from kvstore.jepsen.nemesis import KINDS, Nemesis, halves, minority, ring_views, schedule
+from kvstore.jepsen.shard_nemesis import SHARD_FAULTS
 
 HOSTS = [Host(index=i) for i in range(1, 6)]
 
@@ -40,6 +41,19 @@ def test_schedule_is_a_function_of_the_seed() -> None:
     assert len({w.kind for w in a}) >= 4, "all mixes kinds"
     assert any("+" in w.kind for w in schedule("all", 600, 5, random.Random(9)))
     assert schedule("none", 120, 5, random.Random(9)) == []
+
+
+def test_shard_faults_only_on_a_sharded_cluster() -> None:
+    plain = [w.kind for w in schedule("all", 600, 5, random.Random(4))]
+    sharded = [w.kind for w in schedule("all", 600, 5, random.Random(4), sharded=True)]
+    assert not any(k in SHARD_FAULTS for w in plain for k in w.split("+"))
+    assert not any(k == "member" for w in sharded for k in w.split("+"))
+    assert {k for w in sharded for k in w.split("+")} >= set(SHARD_FAULTS)
+    assert any("+shard-" in w for w in sharded), "a shard operation under a network fault"
+    assert schedule("shard", 120, 5, random.Random(4)) == []
+    assert {w.kind for w in schedule("shard", 120, 5, random.Random(4), sharded=True)} == set(
+        SHARD_FAULTS
+    )
 
 
 def test_halves_split_everyone_into_two_sides() -> None:
@@ -133,7 +147,11 @@ class FakeMembers:
 
 
 @pytest.mark.parametrize(
-    "kind", [*KINDS["all"], "partition-leader+kill", "loss+clock", "partition-halves+member"]
+    "kind",
+    [
+        *(k for k in KINDS["all"] if k not in SHARD_FAULTS),
+        *("partition-leader+kill", "loss+clock", "partition-halves+member"),
+    ],
 )
 def test_every_fault_starts_and_heals(kind: str) -> None:
     net, procs, members = FakeNet(HOSTS), FakeProcs(), FakeMembers()

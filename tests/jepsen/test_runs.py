@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from kvstore.jepsen.history import NEMESIS
+
 pytestmark = [
     pytest.mark.jepsen,
     pytest.mark.timeout(300),
@@ -99,6 +101,21 @@ def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
     assert code == 0, res
     assert res["verdict"] == "valid"
     assert res["counts"]["ok"] > 100
+
+
+def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
+    """Splits at written keys and leader transfers during traffic, 4 shards x 3 replicas."""
+    code, res = _run(
+        tmp_path,
+        *("--workload", "register", "--nemesis", "shard", "--shards", "4"),
+        *("--nemesis-interval", "3"),
+    )
+    assert code == 0, res
+    assert res["verdict"] == "valid"
+    assert res["counts"]["ok"] > 100
+    events = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    done = " ".join(str(e["value"]) for e in events if e["process"] == NEMESIS)
+    assert "new shard" in done and "leader n" in done, done
 
 
 def test_short_campaign(tmp_path: Path) -> None:

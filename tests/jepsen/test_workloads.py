@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 
@@ -122,8 +123,26 @@ def test_key_ring_retires_keys_after_their_budget() -> None:
     rng = random.Random(1)
     picks = [ring.pick(rng) for _ in range(30)]
     assert all(picks.count(k) <= 3 for k in set(picks))
-    assert ring.keys[:2] == ["r0", "r1"] and len(ring.keys) >= 10
+    assert ring.keys[:2] == ["ar0", "hr1"] and len(ring.keys) >= 10
     assert set(picks) <= set(ring.keys)
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4, 8, 26])
+@pytest.mark.parametrize("name", ["register", "append", "session"])
+def test_workload_keys_spread_over_the_default_shards(name: str, shards: int) -> None:
+    """A sharded run must hit every shard of the default split, not one of them."""
+    from kvstore.shard.layout import initial_map
+
+    shard_map = initial_map([1, 2, 3], shards)
+    w = make(name, keys=4, concurrency=26, per_key=1)
+    rng = random.Random(3)
+    for i in range(200):
+        w.generate(i % 26, i % 26, rng)
+    owner = [shard_map.lookup(k.encode()) for k in w.keys]
+    assert {d.id for d in owner if d} == set(range(1, shards + 1))
+    if shards == 4:
+        # consecutive keys land in different shards: the keys in use at once spread too
+        assert all(a != b for a, b in itertools.pairwise(owner))
 
 
 def test_session_checker_monotonic_reads_and_phantoms() -> None:

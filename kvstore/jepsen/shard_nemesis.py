@@ -1,0 +1,138 @@
+"""The ``shard`` nemesis: online shard operations at random while the workload runs.
+
+Faults (a window of one kind is a burst: one operation when it starts, then another every
+0.5-1.5 s until it ends; nothing to heal, the shard map only moves forward):
+- ``shard-split``: split the shard holding a recently written key, at that key or just
+  after it (CockroachDB's Jepsen tests split where the traffic is: a split there catches
+  writes in flight on both sides). Past ``max_shards`` shards a split becomes a transfer.
+- ``shard-transfer-leader``: move the leadership of a random group (a shard's or the meta
+  group's) to another of its voters.
+
+Rule: an operation that fails (no leader during a partition, a split racing another) is
+recorded with its error and is not an anomaly: the nemesis tests the store's safety under
+these operations, not their availability. Only the workload's checkers decide validity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+SHARD_FAULTS = ("shard-split", "shard-transfer-leader")
+MAX_SHARDS = 16
+ACTION_TIMEOUT = 15.0
+
+
+class ShardAdmin(Protocol):
+    """The slice of kvstore.client.AsyncClient the shard nemesis uses."""
+
+    async def shards(self) -> list[dict[str, Any]]: ...
+
+    async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]: ...
+
+    async def transfer_leader(self, to: int, group: int = 1) -> int: ...
+
+    async def status(
+        self, sizes: bool = False, endpoints: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+def split_point(
+    shards: Sequence[dict[str, Any]], key: str, rng: random.Random
+) -> tuple[int, str] | None:
+    """(shard id, split key) for a split at or just after ``key``: strictly inside the
+    range of the shard holding it, as a split requires; None if no such key."""
+    for at in rng.sample([key, key + "\x00"], 2):
+        for s in shards:
+            start, end = s["start"], s["end"]
+            if start < at and (not end or at < end):
+                return int(s["id"]), at
+    return None
+
+
+def _leaders(statuses: Sequence[dict[str, Any]]) -> list[tuple[int, int, list[int]]]:
+    """(group, leader node, voters) of every group some node leads."""
+    out: dict[int, tuple[int, int, list[int]]] = {}
+    for st in statuses:
+        for g in st.get("groups", []):
+            if g.get("role") == "leader":
+                out[int(g["group"])] = (int(g["group"]), int(st["id"]), list(g["voters"]))
+    return [out[k] for k in sorted(out)]
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:160]
+
+
+class ShardNemesis:
+    """Runs shard operations through an admin client. ``recent``: keys the workload
+    wrote lately, newest last (split points are chosen among them)."""
+
+    def __init__(
+        self,
+        admin: ShardAdmin,
+        recent: Callable[[], Sequence[str]],
+        rng: random.Random,
+        max_shards: int = MAX_SHARDS,
+    ) -> None:
+        self.admin = admin
+        self.recent = recent
+        self.rng = rng
+        self.max_shards = max_shards
+
+    async def act(self, kind: str) -> str:
+        """One operation of ``kind``; returns what it did (or why it did nothing)."""
+        try:
+            if kind == "shard-split":
+                return await asyncio.wait_for(self._split(), ACTION_TIMEOUT)
+            if kind == "shard-transfer-leader":
+                return await asyncio.wait_for(self._transfer(), ACTION_TIMEOUT)
+        except Exception as e:
+            return f"{kind} failed: {_err(e)}"
+        raise ValueError(f"unknown shard fault {kind!r}")
+
+    async def _split(self) -> str:
+        shards = await self.admin.shards()
+        if not shards:
+            return "split: the cluster is not sharded"
+        if len(shards) >= self.max_shards:
+            return f"{len(shards)} shards, no split; " + await self._transfer()
+        keys = list(self.recent())
+        point = split_point(shards, self.rng.choice(keys), self.rng) if keys else None
+        if point is None:
+            sid = int(self.rng.choice(shards)["id"])
+            try:
+                out = await self.admin.split_shard(sid)
+            except Exception as e:
+                return f"split shard {sid} at its middle failed: {_err(e)}"
+            return f"split shard {sid} at its middle: new shard {out['right']['id']}"
+        sid, at = point
+        try:
+            out = await self.admin.split_shard(sid, at)
+        except Exception as e:
+            return f"split shard {sid} at {at!r} failed: {_err(e)}"
+        return f"split shard {sid} at {at!r}: new shard {out['right']['id']}"
+
+    async def _transfer(self) -> str:
+        groups = [g for g in _leaders(await self.admin.status()) if len(g[2]) > 1]
+        if not groups:
+            return "transfer-leader: no group with a leader and another voter"
+        group, leader, voters = self.rng.choice(groups)
+        to = self.rng.choice([v for v in voters if v != leader])
+        try:
+            now = await self.admin.transfer_leader(to, group=group)
+        except Exception as e:
+            return f"transfer group {group} n{leader}->n{to} failed: {_err(e)}"
+        return f"transfer group {group} n{leader}->n{to}: leader n{now}"
+
+    async def burst(self, kind: str, now: Callable[[], float], end: float) -> list[str]:
+        """Operations of ``kind`` one after another, 0.5-1.5 s apart, until ``now()``
+        reaches ``end``."""
+        done: list[str] = []
+        while True:
+            await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+            if now() >= end:
+                return done
+            done.append(await self.act(kind))
