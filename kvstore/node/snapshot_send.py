@@ -49,6 +49,8 @@ WINDOW = 8 << 20
 SYNC_EVERY = 8 << 20
 STALL_S = 30.0
 """A transfer whose receiver acknowledges nothing for this long has failed."""
+VERIFY_BYTES_PER_S = 20e6
+"""A slow disk's pace for the receiver's final pass over the image."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,9 @@ class SnapshotSender:
                     )
                     sent += len(data)
                 await call.done_writing()
-                await acks.wait_done()
+                # The receiver now verifies the whole image before it answers: allow for
+                # reading it at VERIFY_BYTES_PER_S on top of the usual silence.
+                await acks.wait_done(STALL_S + img.size / VERIFY_BYTES_PER_S)
                 return sent - start
             finally:
                 acks.close()
@@ -272,14 +276,14 @@ class _Acks:
         finally:
             self._changed.set()
 
-    async def _next(self) -> None:
+    async def _next(self, timeout: float = STALL_S) -> None:
         if self.error:
             raise ConnectionError(f"snapshot refused: {self.error}")
         self._changed.clear()
         try:
-            await asyncio.wait_for(self._changed.wait(), STALL_S)
+            await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
-            raise ConnectionError(f"no ack from the receiver for {STALL_S} s") from None
+            raise ConnectionError(f"no ack from the receiver for {timeout:.0f} s") from None
         if self.error:
             raise ConnectionError(f"snapshot refused: {self.error}")
 
@@ -292,9 +296,9 @@ class _Acks:
         while self.offset < offset:
             await self._next()
 
-    async def wait_done(self) -> None:
+    async def wait_done(self, timeout: float) -> None:
         while not self.done:
-            await self._next()
+            await self._next(timeout)
 
     def close(self) -> None:
         self._task.cancel()
