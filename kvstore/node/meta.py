@@ -70,10 +70,15 @@ class MetaClient:
     def _stub(self, endpoint: str) -> admin_pb2_grpc.AdminStub:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ids = [i for i, e in self.endpoints.items() if e == endpoint]
-            name = node_name(ids[0]) if ids and self.tls is not None else None
-            ch = self._channels[endpoint] = open_channel(endpoint, (), self.tls, name)
+            ch = self._channels[endpoint] = self.node_channel(endpoint)
         return admin_pb2_grpc.AdminStub(ch)
+
+    def node_channel(self, endpoint: str) -> grpc.aio.Channel:
+        """A channel to another node's port: with TLS this node's certificate, and the
+        other side must prove it is the node at that address (node-<id>)."""
+        ids = [i for i, e in self.endpoints.items() if e == endpoint]
+        name = node_name(ids[0]) if ids and self.tls is not None else None
+        return open_channel(endpoint, (), self.tls, name)
 
     def local_map(self) -> list[Descriptor]:
         """The shard map as this node's meta replica has applied it."""

@@ -95,7 +95,7 @@ class PlacementLoop:
     def _stub(self, endpoint: str) -> admin_pb2_grpc.AdminStub:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            ch = self._channels[endpoint] = self.meta.node_channel(endpoint)  # TLS too
         return admin_pb2_grpc.AdminStub(ch)
 
     async def _run(self) -> None:

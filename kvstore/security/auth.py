@@ -2,8 +2,9 @@
 
 Rules (in force whenever the port runs TLS, which always verifies client certificates):
 - Every certificate the port accepted may read and write keys (role ``readwrite``).
-- Calls that change the cluster (membership, leadership, shard splits and moves, the
-  meta group's proposals) need role ``admin``: a certificate whose subject has
+- Calls that change the cluster (every admin call but Status, ShardMap and NodeList:
+  membership, leadership, shard splits and moves, the meta group's proposals, backups) need
+  role ``admin``: a certificate whose subject has
   ``OU=admin``, or a node's certificate. Others get PERMISSION_DENIED naming the role.
 - The peer service needs a node's certificate: one that names ``node-<id>`` (SAN DNS or
   CN) and that a peer CA issued, so a client certificate (even one signed by the same
@@ -25,19 +26,10 @@ from cryptography.exceptions import InvalidSignature
 
 from kvstore.security.tls import cert_names
 
-ADMIN_METHODS = frozenset(
-    f"/kvstore.v1.Admin/{m}"
-    for m in (
-        "TransferLeadership",
-        "AddLearner",
-        "PromoteLearner",
-        "RemoveMember",
-        "SplitShard",
-        "MetaPropose",
-        "AddReplica",
-        "Backup",
-    )
-)
+ADMIN_PREFIX = "/kvstore.v1.Admin/"
+OPEN_ADMIN_METHODS = frozenset(f"{ADMIN_PREFIX}{m}" for m in ("Status", "ShardMap", "NodeList"))
+"""The admin service's read-only calls (clients route with the shard map); every other
+admin call, including any added later, needs the admin role."""
 PEER_PREFIX = "/kvstore.v1.Peer/"
 ADMIN_OU = "admin"
 _NODE_NAME = re.compile(r"node-([1-9][0-9]{0,18})")
@@ -101,6 +93,10 @@ class Authority:
         return ident.node if ident is not None else None
 
 
+def needs_admin(method: str) -> bool:
+    return method.startswith(ADMIN_PREFIX) and method not in OPEN_ADMIN_METHODS
+
+
 def _denial(method: str, ident: Identity | None) -> str | None:
     """Why ``ident`` may not call ``method`` (None: it may)."""
     who = (
@@ -114,7 +110,7 @@ def _denial(method: str, ident: Identity | None) -> str | None:
                 f"{method} is for nodes only: it needs a certificate naming node-<id> "
                 f"issued by the peer CA; {who} is not one"
             )
-    elif method in ADMIN_METHODS and (ident is None or not ident.admin):
+    elif needs_admin(method) and (ident is None or not ident.admin):
         return f"{method} needs the admin role (a certificate with OU={ADMIN_OU}); {who} lacks it"
     return None
 
@@ -132,7 +128,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or not (method in ADMIN_METHODS or method.startswith(PEER_PREFIX)):
+        if handler is None or not (needs_admin(method) or method.startswith(PEER_PREFIX)):
             return handler
         authority = self.authority
 

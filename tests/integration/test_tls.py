@@ -180,3 +180,25 @@ def test_bad_certificates_stop_the_node_with_a_clear_error(tmp_path: Path) -> No
     assert r.returncode == 3 and "does not belong to certificate" in r.stderr
     r = _serve(tmp_path, flags[:4])  # client TLS without peer TLS on a shared port
     assert r.returncode == 2 and "--peer-cert-file" in r.stderr
+
+
+def test_a_sharded_cluster_over_tls(tmp_path: Path) -> None:
+    """Node-to-node admin calls (meta group, shard reports, splits) use the nodes'
+    certificates: a read/write client may not split, an admin may."""
+    certs.init(str(tmp_path / "certs"), 3)
+    c = TLSCluster(tmp_path, tmp_path / "certs", extra=["--shards", "2"])
+    try:
+        c.start()
+        c.wait_leader()
+        with c.tls_client("client", timeout=15) as kv:
+            for k in ("a", "m", "z"):
+                kv.put(k, k)
+            assert [k for k, _ in kv.scan()] == [b"a", b"m", b"z"]
+            with pytest.raises(PermissionDenied, match="SplitShard needs the admin role"):
+                kv.split_shard(2, "x")
+        with c.tls_client("admin", timeout=15) as kv:
+            wait_for(lambda: kv.split_shard(2, "x"), 30, "a split over TLS")
+            assert len(kv.shards()) == 3
+            assert kv.get("z") == b"z"
+    finally:
+        c.close()
