@@ -79,6 +79,7 @@ from kvstore.node.shards import (
     snapshot_fits,
     start_created,
 )
+from kvstore.node.zombies import destroy_pending
 from kvstore.statemachine import ApplyResult, Command, adds_data, encode_batch
 from kvstore.storage import NodeStorage, StorageFullError
 
@@ -148,6 +149,8 @@ class NodeDriver:
         self.on_shards_changed: Callable[[], None] = lambda: None
         """Called after a persist that may have changed a shard (the router rebuilds)."""
         self._seed = int.from_bytes(os.urandom(8), "big")
+        self._destroy: set[int] = set()
+        """Zombie replicas to destroy at the start of the next iteration (zombies.py)."""
         for g in config.groups:
             self.groups[g] = self._make_group(g)
         if config.unsafe_ack_before_commit:
@@ -337,6 +340,11 @@ class NodeDriver:
         g.core.transfer_leadership(to)
         self._poke()
 
+    def destroy_replica(self, group: int) -> None:
+        """Destroy this node's replica of ``group`` (a zombie) between two persists."""
+        self._destroy.add(group)
+        self._poke()
+
     def status(self, group: int) -> Status:
         return self._group(group).core.status()
 
@@ -366,6 +374,8 @@ class NodeDriver:
     async def _iteration(self) -> bool:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if self._destroy:
+            destroy_pending(self, self._destroy)
         inbox, self._inbox = self._inbox, []
         ticks, self._ticks = min(self._ticks, MAX_TICKS_PER_ITERATION), 0
         self._step_inbox(inbox)

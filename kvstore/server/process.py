@@ -30,6 +30,7 @@ from kvstore.node.routing import LocalRouter
 from kvstore.node.snapshot_recv import SnapshotReceiver
 from kvstore.node.snapshot_send import SnapshotSender
 from kvstore.node.transport import PeerTransport
+from kvstore.node.zombies import ZombieReaper
 from kvstore.security.tls import TLSError, TLSFiles
 from kvstore.server import sharding
 from kvstore.server.admin import AdminService
@@ -278,6 +279,7 @@ class Node:
         self.meta: MetaClient | None = None
         self.reporter: Reporter | None = None
         self.placement: PlacementLoop | None = None
+        self.reaper: ZombieReaper | None = None
         if shard_info.sharded:
             self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
@@ -288,6 +290,7 @@ class Node:
                 replicas=o.replicas,
                 down_after=o.down_after,
             )
+            self.reaper = ZombieReaper(self.driver, self.meta)
             reporter = self.reporter
 
             def shards_changed() -> None:
@@ -382,6 +385,8 @@ class Node:
             self.reporter.start()
         if self.placement is not None:
             self.placement.start()
+        if self.reaper is not None:
+            self.reaper.start()
         log.event(
             "node_started",
             id=o.id,
@@ -432,6 +437,8 @@ class Node:
             await self.reporter.stop()
         if self.placement is not None:
             await self.placement.stop()
+        if self.reaper is not None:
+            await self.reaper.stop()
         if self.meta is not None:
             await self.meta.close()
         await self.transport.stop()

@@ -5,7 +5,8 @@ down by the failure detector; after --down-after its replicas are re-created on 
 nodes (add learner, catch up, promote, remove) while writes and reads keep working, and
 `kvstore node list` shows it dead with no replicas. Then a decommission moves everything
 off a live node; a decommission that would leave shards short is refused with the reason.
-Both consensus cores. The repair time is printed (pytest -s) for the report.
+The dead node, restarted at last, and the decommissioned one destroy their removed
+replicas (zombies). Both consensus cores. The repair time is printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -121,6 +122,26 @@ def test_a_dead_node_is_repaired_and_a_decommission_moves_everything(
         refused = _cli(c, "node", "decommission", "5")
         assert refused.returncode == 3 and "only 2 live nodes would remain" in refused.stderr
         assert not _nodes(c)[5]["draining"]
+
+        # Zombies: the decommissioned node (alive) and the dead node, back after its
+        # replicas were replaced, keep no replica its group no longer counts (placement
+        # may give the returned node new ones, built afresh).
+        c.start(victim)
+
+        def no_zombies() -> bool:
+            members = {gid: {*g["voters"], *g["learners"]} for gid, g in _groups(c, set()).items()}
+            for n in c.status():
+                if not n["reachable"]:
+                    return False
+                for g in n["groups"]:
+                    if g["group"] != 0 and n["id"] not in members.get(g["group"], set()):
+                        return False
+            return True
+
+        wait_for(lambda: c.node_status(victim)["reachable"], 20, "the returned node up")
+        time.sleep(3)
+        wait_for(no_zombies, 30, "every removed replica destroyed")
+        assert not [g for g in c.node_status(4)["groups"] if g["group"] != 0]
 
         stop.set()
         for t in threads:

@@ -1,0 +1,48 @@
+"""Which local replicas a node destroys as zombies (kvstore.node.zombies.zombies)."""
+
+from __future__ import annotations
+
+from kvstore.node.zombies import zombies
+from kvstore.shard.descriptor import Descriptor, Epoch
+
+ME = 2
+
+
+def d(
+    gid: int, voters: tuple[int, ...], conf_ver: int, start: bytes = b"", end: bytes = b""
+) -> Descriptor:
+    return Descriptor(id=gid, start=start, end=end, epoch=Epoch(1, conf_ver), voters=voters)
+
+
+def test_a_replica_the_map_removed_is_a_zombie() -> None:
+    local = {1: d(1, (1, 2, 3), 1, end=b"m"), 2: d(2, (2, 3, 4), 1, start=b"m")}
+    shard_map = [d(1, (1, 3, 5), 4, end=b"m"), d(2, (2, 3, 4), 1, start=b"m")]
+    assert zombies(local, shard_map, ME) == [1]
+
+
+def test_a_replica_that_applied_its_own_removal_is_a_zombie() -> None:
+    local = {1: d(1, (1, 3, 5), 4)}
+    assert zombies(local, [d(1, (1, 3, 5), 4)], ME) == [1]
+
+
+def test_a_map_older_than_the_replica_does_not_condemn_it() -> None:
+    # Just added back as a learner: the map has not caught up with conf_ver 5 yet.
+    added = Descriptor(id=1, epoch=Epoch(1, 5), voters=(1, 3, 5), learners=(ME,))
+    assert zombies({1: added}, [d(1, (1, 3, 5), 4)], ME) == []
+
+
+def test_members_meta_unknown_and_unbuilt_replicas_are_kept() -> None:
+    local = {0: None, 1: d(1, (1, 2, 3), 1), 7: None, 9: d(9, (1, 3, 4), 2)}
+    shard_map = [d(1, (1, 2, 3), 1)]  # 9: not in the map (e.g. merged away): kept
+    assert zombies(local, shard_map, ME) == []
+
+
+def test_nothing_is_destroyed_while_another_local_replica_overlaps_it() -> None:
+    # A stale parent [a, z) and the new right half [m, z) it split off: dropping the
+    # parent would delete [m, z)'s keys.
+    local = {
+        1: d(1, (1, 2, 3), 1, start=b"a", end=b"z"),
+        5: d(5, (2, 3, 4), 1, start=b"m", end=b"z"),
+    }
+    shard_map = [d(1, (1, 3, 4), 3, start=b"a", end=b"m"), d(5, (2, 3, 4), 1, start=b"m", end=b"z")]
+    assert zombies(local, shard_map, ME) == []
