@@ -122,7 +122,11 @@ def _campaign(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop_on_anomaly=args.stop_on_anomaly,
             base=RunConfig(
-                nodes=args.nodes, concurrency=args.concurrency, interval=args.nemesis_interval
+                nodes=args.nodes,
+                concurrency=args.concurrency,
+                interval=args.nemesis_interval,
+                shards=args.shards,
+                replicas=args.replicas,
             ),
         )
     except argparse.ArgumentTypeError as e:
@@ -223,6 +227,8 @@ def _add_commands(sub: Any) -> None:
     camp.add_argument("--nodes", type=int, default=5)
     camp.add_argument("--concurrency", type=int, default=10)
     camp.add_argument("--nemesis-interval", type=float, default=5.0)
+    camp.add_argument("--shards", type=int, default=0, help="pre-split every run's cluster")
+    camp.add_argument("--replicas", type=int, default=3, help="replicas per shard (with --shards)")
     camp.set_defaults(func=_campaign)
 
     clean = sub.add_parser("clean", help="remove namespaces, bridge, rules and processes left over")
