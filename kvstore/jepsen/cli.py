@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         server_cmd=args.server_cmd,
         shards=args.shards,
         replicas=args.replicas,
+        tls=args.tls,
     )
     return run_cli(config)
 
@@ -213,6 +214,11 @@ def _add_commands(sub: Any) -> None:
         help="start the cluster pre-split into K shards (0: one unsharded group)",
     )
     run.add_argument("--replicas", type=int, default=3, help="replicas per shard (with --shards)")
+    run.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between nodes and clients (certificates in OUT/certs)",
+    )
     run.set_defaults(func=_run)
 
     camp = sub.add_parser("campaign", help="many seeded runs one after another, one index page")

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from kvstore.jepsen.hosts import HarnessError, Host, in_ns
 
@@ -57,6 +58,16 @@ class NodeSpec:
     default split keys a..z); 0: one unsharded group."""
     replicas: int = 3
     """Replicas per shard (sharded clusters only)."""
+    tls: bool = False
+    """Mutual TLS: certificates made in RUN_DIR/certs (`kvstore jepsen run --tls`)."""
+
+
+class ClientTLS(TypedDict, total=False):
+    """AsyncClient's TLS options; empty: plaintext."""
+
+    cacert: str
+    cert: str
+    key: str
 
 
 def endpoint(host: Host) -> str:
@@ -123,7 +134,32 @@ class Cluster:
             *("--cluster-id", "jepsen", "--tick-ms", str(self.spec.tick_ms)),
             *join,
             *self._shard_flags(),
+            *self._tls_flags(host),
         ]
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.run_dir / "certs"
+
+    def _tls_flags(self, host: Host) -> list[str]:
+        if not self.spec.tls:
+            return []
+        from kvstore.security import certs
+
+        certs.init(str(self.cert_dir), len(self.hosts), [h.ip for h in self.hosts])
+        return certs.serve_flags(str(self.cert_dir), host.index)
+
+    @property
+    def client_options(self) -> ClientTLS:
+        """TLS options for the clients of the run (admin role: the nemeses need it)."""
+        if not self.spec.tls:
+            return {}
+        d = self.cert_dir
+        return {
+            "cacert": str(d / "ca.pem"),
+            "cert": str(d / "admin.pem"),
+            "key": str(d / "admin-key.pem"),
+        }
 
     def _shard_flags(self) -> list[str]:
         if not self.spec.shards:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from kvstore.jepsen.cluster import endpoint
+from kvstore.jepsen.cluster import ClientTLS, endpoint
 from kvstore.jepsen.hosts import Host
 
 T = TypeVar("T")
@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 class JoinableCluster(Protocol):
     hosts: list[Host]
+
+    @property
+    def client_options(self) -> ClientTLS: ...
 
     def forget(self, host: Host) -> None: ...
 
@@ -54,7 +57,11 @@ class Members:
         from kvstore.client import AsyncClient
 
         async def go() -> T:
-            client = AsyncClient([endpoint(h) for h in hosts], timeout=self.op_timeout)
+            client = AsyncClient(
+                [endpoint(h) for h in hosts],
+                timeout=self.op_timeout,
+                **self.cluster.client_options,
+            )
             try:
                 return await work(client)
             finally:

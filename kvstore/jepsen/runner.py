@@ -61,6 +61,7 @@ class RunConfig:
     server_cmd: str | None = None
     shards: int = 0
     replicas: int = 3
+    tls: bool = False
     op_timeout: float = 2.0
     recovery: float = 60.0
     check_timeout: float = 60.0
@@ -197,10 +198,10 @@ async def drive(
     # Each client process reads from its own node, as Jepsen binds clients to nodes: which
     # replica a process's eventual/causal reads hit is part of the seeded run.
     clients = [
-        AsyncClient(cluster.endpoints, timeout=cfg.op_timeout, replica=i)
+        AsyncClient(cluster.endpoints, timeout=cfg.op_timeout, replica=i, **cluster.client_options)
         for i in range(cfg.concurrency)
     ]
-    admin = AsyncClient(cluster.endpoints, timeout=cfg.op_timeout)
+    admin = AsyncClient(cluster.endpoints, timeout=cfg.op_timeout, **cluster.client_options)
     recorder = Recorder()
     # drawn after the others: adding it left the seeded schedules of unsharded runs alone
     shard_rng = random.Random(rng.random()) if cfg.shards else None
@@ -349,6 +350,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         clock="clock" in KINDS[cfg.nemesis],
         shards=cfg.shards,
         replicas=cfg.replicas,
+        tls=cfg.tls,
     )
     t_start = time.monotonic()
     with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:
