@@ -59,6 +59,8 @@ def plan(path: str, nodes: Mapping[int, str], dirs: Mapping[int, str], cluster_i
     if not backup.sections:
         raise BackupError(f"backup file {path} holds no groups")
     if backup.sharded:
+        if not any(s.group == META_GROUP for s in backup.sections):
+            raise BackupError(f"backup file {path} is sharded but holds no meta group")
         need = set(backup.meta_voters)
         for s in backup.sections:
             need |= set(s.voters) | set(s.learners)
@@ -103,7 +105,12 @@ def restore_node(p: Plan, node: int, cluster_id: str, map_size: int) -> list[int
                 w.set_meta(b"consensus", p.backup.consensus.encode())
                 if p.backup.sharded:
                     w.set_meta(sharding.SHARDED, b"1")
-                    voters = ",".join(map(str, p.backup.meta_voters)).encode()
+                    # The meta group's membership as of its image (placement may have
+                    # changed it since the cluster's first start).
+                    metas = [s.voters for s in p.backup.sections if s.group == META_GROUP]
+                    voters = ",".join(
+                        map(str, metas[0] if metas else p.backup.meta_voters)
+                    ).encode()
                     w.set_meta(sharding.META_VOTERS, voters)
         if os.path.isdir(target):
             os.rmdir(target)  # checked empty
