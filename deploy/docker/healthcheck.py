@@ -2,6 +2,8 @@
 
 Exit 0 when the node reports SERVING, 1 otherwise (Docker's HEALTHCHECK contract). The
 address comes from argv[1] or KVSTORE_LISTEN; a wildcard host is probed on loopback.
+With TLS (KVSTORE_PEER_CERT_FILE and friends set, as the node has them) the probe
+presents the node's own certificate and expects node-<KVSTORE_ID>.
 """
 
 from __future__ import annotations
@@ -20,11 +22,28 @@ def probe_target(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def _read(name: str) -> bytes:
+    with open(os.environ[name], "rb") as f:
+        return f.read()
+
+
+def _channel(target: str) -> grpc.Channel:
+    if not os.environ.get("KVSTORE_PEER_CERT_FILE"):
+        return grpc.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(
+        _read("KVSTORE_PEER_TRUSTED_CA_FILE"),
+        _read("KVSTORE_PEER_KEY_FILE"),
+        _read("KVSTORE_PEER_CERT_FILE"),
+    )
+    name = f"node-{os.environ.get('KVSTORE_ID', '1')}"
+    return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", name)])
+
+
 def main() -> int:
     listen = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("KVSTORE_LISTEN", ":7001")
     timeout = float(os.environ.get("KVSTORE_HEALTH_TIMEOUT", "3"))
     try:
-        with grpc.insecure_channel(probe_target(listen)) as ch:
+        with _channel(probe_target(listen)) as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
