@@ -5,7 +5,8 @@
 ``--seed``+1, ... (run i of every pair has the same seed), interleaved so that a campaign
 cut short still covers every pair. Each run is an ordinary ``kvstore jepsen run`` with its
 report in ``DIR/<core>-<nemesis>-<workload>-<seed>/``. ``--stop-on-anomaly`` ends the
-campaign at the first invalid run.
+campaign at the first invalid run. A run that finds another Jepsen run holding the
+machine's run lock waits for it (up to 15 minutes) instead of failing.
 
 Written into DIR, and rewritten after every run (so an interrupted campaign still leaves
 them): ``index.html`` (one row per run: seed, core, nemesis, workload, operations, verdict,
@@ -26,10 +27,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kvstore.jepsen.hosts import HarnessError
+from kvstore.jepsen.hosts import HarnessError, LockBusy
 from kvstore.jepsen.runner import Progress, RunConfig, RunResult
 
 Runner = Callable[[RunConfig, Progress], RunResult]
+LOCK_POLL = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +44,8 @@ class CampaignConfig:
     out: Path = Path("jepsen-campaign")
     seed: int = 1
     stop_on_anomaly: bool = False
+    lock_wait: float = 900.0
+    """Seconds a run waits for another Jepsen run (on this machine) to finish."""
     base: RunConfig = field(default_factory=RunConfig)
     """Everything else a run takes (nodes, concurrency, interval...)."""
 
@@ -183,12 +187,22 @@ def run_campaign(cfg: CampaignConfig, runner: Runner, progress: Progress = print
             f"seed {rc.seed}"
         )
         t0 = time.monotonic()
-        try:
-            result = runner(rc, lambda s: None)
-            verdict, anomalies = result.verdict, tuple(result.anomalies)
-            ops = result.counts.get("ok", 0) + result.counts.get("info", 0)
-        except HarnessError as e:
-            verdict, anomalies, ops = "harness-failure", (str(e),), 0
+        waited = 0.0
+        while True:
+            try:
+                result = runner(rc, lambda s: None)
+                verdict, anomalies = result.verdict, tuple(result.anomalies)
+                ops = result.counts.get("ok", 0) + result.counts.get("info", 0)
+            except LockBusy as e:
+                # someone else's run: wait for it rather than lose this one
+                if waited < cfg.lock_wait:
+                    time.sleep(LOCK_POLL)
+                    waited += LOCK_POLL
+                    continue
+                verdict, anomalies, ops = "harness-failure", (str(e),), 0
+            except HarnessError as e:
+                verdict, anomalies, ops = "harness-failure", (str(e),), 0
+            break
         rows.append(
             Row(
                 seed=rc.seed,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from kvstore.jepsen import disk
 from kvstore.jepsen.hosts import HarnessError, Host, in_ns
 
 PORT = 27000
@@ -60,6 +62,8 @@ class NodeSpec:
     """Replicas per shard (sharded clusters only)."""
     tls: bool = False
     """Mutual TLS: certificates made in RUN_DIR/certs (`kvstore jepsen run --tls`)."""
+    disk_mb: int = 0
+    """When > 0, each node's data directory is a tmpfs of this size (the disk nemesis)."""
 
 
 class ClientTLS(TypedDict, total=False):
@@ -185,6 +189,8 @@ class Cluster:
         old = self.procs.get(host.index)
         if old is not None and old.poll() is None:
             return
+        if self.spec.disk_mb:
+            disk.mount(self.data_dir(host), self.spec.disk_mb)
         log = (self.run_dir / "nodes" / f"n{host.index}.log").open("ab")
         try:
             self.procs[host.index] = subprocess.Popen(
@@ -239,6 +245,27 @@ class Cluster:
             raise HarnessError("clock faults need the nodes started under libfaketime")
         self._clock_file(host).write_text(f"{seconds:+.3f}\n")
 
+    def fill_disk(self, host: Host) -> str:
+        if not self.spec.disk_mb:
+            raise HarnessError("disk faults need the nodes' data on small tmpfs disks")
+        return disk.fill(self.data_dir(host))
+
+    def free_disk(self, host: Host) -> None:
+        disk.free(self.data_dir(host))
+
+    def damage(self, host: Host, rng: random.Random) -> str:
+        """Stops the node, damages its data, starts it again; says what the node did."""
+        self.kill(host)
+        what = disk.damage(self.data_dir(host), rng)
+        self.start(host)
+        time.sleep(3.0)
+        p = self.procs[host.index]
+        if p.poll() is None:
+            return f"{what}; n{host.index} still running"
+        log = (self.run_dir / "nodes" / f"n{host.index}.log").read_text(errors="replace")
+        last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
+        return f"{what}; n{host.index} refused to start (exit {p.returncode}): {last[0][-160:]}"
+
     def heal_all(self) -> None:
         """Every node running, resumed, with its clock back at zero."""
         for h in self.hosts:
@@ -283,3 +310,6 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
         self.paused.clear()
+        if self.spec.disk_mb:
+            for h in self.hosts:
+                disk.unmount(self.data_dir(h))

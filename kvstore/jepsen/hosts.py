@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,10 @@ _FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
 
 class HarnessError(RuntimeError):
     """The harness could not set up or drive the test hosts."""
+
+
+class LockBusy(HarnessError):
+    """Another run holds the machine-wide run lock (nothing was started)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +96,7 @@ def run_lock() -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HarnessError(f"another Jepsen run holds {LOCK_PATH}") from None
+            raise LockBusy(f"another Jepsen run holds {LOCK_PATH}") from None
         try:
             yield
         finally:
@@ -146,7 +151,24 @@ def clean_leftovers() -> list[str]:
     while _run(["iptables", "-C", *_FORWARD_RULE], check=False).returncode == 0:
         _run(["iptables", "-D", *_FORWARD_RULE], check=False)
         done.append(f"removed iptables FORWARD rule for {BRIDGE}")
+    for mountpoint in _our_disks():
+        _run(["umount", "-l", mountpoint], check=False)
+        done.append(f"unmounted the tmpfs disk {mountpoint}")
     return done
+
+
+def _our_disks() -> list[str]:
+    """tmpfs data directories of the disk nemesis (``.../nodes/nN/data``) still mounted."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "tmpfs" and re.search(r"/nodes/n\d+/data$", parts[1]):
+            out.append(parts[1])
+    return out
 
 
 class Network:

@@ -23,10 +23,13 @@ Faults (each with a start and a heal):
   network fault.
 - ``shard``: splits at recently written keys and leader transfers of shards
   (:mod:`kvstore.jepsen.shard_nemesis`); only on a sharded cluster (``--shards``).
+- ``disk-full``: the (tmpfs) disk of one node fills up; heal frees it.
+  ``disk-damage``: stop one node (the leader half of the time), flip a byte in or cut the
+  tail of its data file, start it again (it must refuse the damaged data and say so; the
+  fault records what it did); heal removes it, wipes it and adds it back
+  (:mod:`kvstore.jepsen.disk`); unsharded clusters only, as ``member``.
 - ``all``: any of the above that fit the cluster, and three times in ten a network fault
   and a process fault (or a membership change, or sharded a shard operation) together.
-  Unsharded, ``all`` leaves the shard faults out and draws exactly the schedule it drew
-  before they existed.
 """
 
 from __future__ import annotations
@@ -50,7 +53,12 @@ KINDS: dict[str, tuple[str, ...]] = {
     "loss": ("loss",),
     "member": ("member",),
     "shard": SHARD_FAULTS,
-    "all": (*PARTITIONS, "kill", "pause", "clock", "loss", "member", *SHARD_FAULTS),
+    "disk": ("disk-full", "disk-damage"),
+    "all": (
+        *PARTITIONS,
+        *("kill", "pause", "clock", "loss", "member", "disk-full", "disk-damage"),
+        *SHARD_FAULTS,
+    ),
 }
 
 
@@ -70,9 +78,9 @@ def schedule(
     nemesis: str, time_limit: float, interval: float, rng: random.Random, *, sharded: bool = False
 ) -> list[Window]:
     """Fault windows for a run. ``interval``: mean seconds a fault lasts (and between faults).
-    ``sharded``: the cluster has shards (then the member fault is left out, else the shard
-    faults are)."""
-    left_out = ("member",) if sharded else SHARD_FAULTS
+    ``sharded``: the cluster has shards (then the faults that wipe a node are left out,
+    else the shard faults are)."""
+    left_out = ("member", "disk-damage") if sharded else SHARD_FAULTS
     kinds = tuple(k for k in KINDS[nemesis] if k not in left_out)
     procs = tuple(
         k for k in ("kill", "pause", "clock", "member", *SHARD_FAULTS) if k not in left_out
@@ -138,6 +146,12 @@ class Processes(Protocol):
 
     def set_clock_offset(self, host: Host, seconds: float) -> None: ...
 
+    def fill_disk(self, host: Host) -> str: ...
+
+    def free_disk(self, host: Host) -> None: ...
+
+    def damage(self, host: Host, rng: random.Random) -> str: ...
+
 
 class MemberOps(Protocol):
     """Membership changes, as an operator makes them (kvstore.jepsen.members.Members)."""
@@ -155,6 +169,8 @@ class Undo(enum.Enum):
     RESUME = "SIGCONT"
     CLOCK = "clock reset"
     MEMBER = "added back"
+    DISK = "disk freed"
+    REJOIN = "wiped and added back"
 
 
 def _names(hosts: Sequence[Host]) -> str:
@@ -221,6 +237,16 @@ class Nemesis:
             victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(others)
             self._heal.append((Undo.MEMBER, victim))
             return self.members.remove(victim)
+        if kind == "disk-full":
+            one = rng.choice(hosts)
+            self._heal.append((Undo.DISK, one))
+            return f"n{one.index}: {self.procs.fill_disk(one)}"
+        if kind == "disk-damage":
+            if self.members is None:
+                raise ValueError("the disk nemesis needs membership operations")
+            one = leader if leader is not None and rng.random() < 0.5 else rng.choice(hosts)
+            self._heal.append((Undo.REJOIN, one))
+            return self.procs.damage(one, rng)
         targets = minority(hosts, leader, rng)
         if kind == "kill":
             for h in targets:
@@ -258,6 +284,13 @@ class Nemesis:
                 self.procs.resume(host)
             elif undo is Undo.MEMBER:
                 assert self.members is not None
+                done.append(self.members.add_back(host))
+                continue
+            elif undo is Undo.DISK:
+                self.procs.free_disk(host)
+            elif undo is Undo.REJOIN:
+                assert self.members is not None
+                done.append(self.members.remove(host))
                 done.append(self.members.add_back(host))
                 continue
             else:

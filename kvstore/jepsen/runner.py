@@ -297,7 +297,10 @@ def check_history(
         model = RegisterModel()
     if model is not None:
         t0 = time.monotonic()
-        result = check_linearizable(ops, model, timeout=cfg.check_timeout, shrink_budget=30.0)
+        # in this process (grpc's threads make forking workers unwise); keys still take turns
+        result = check_linearizable(
+            ops, model, timeout=cfg.check_timeout, shrink_budget=30.0, workers=1
+        )
         seconds["linearizability"] = time.monotonic() - t0
         for f in result.failures:
             lines = [
@@ -351,6 +354,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         shards=cfg.shards,
         replicas=cfg.replicas,
         tls=cfg.tls,
+        disk_mb=256 if "disk-full" in KINDS[cfg.nemesis] else 0,
     )
     t_start = time.monotonic()
     with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from kvstore.jepsen import campaign
 from kvstore.jepsen.campaign import CampaignConfig, exit_code, plan, run_campaign
-from kvstore.jepsen.hosts import HarnessError
+from kvstore.jepsen.hosts import HarnessError, LockBusy
 from kvstore.jepsen.runner import Progress, RunConfig, RunResult
 
 
@@ -88,3 +91,26 @@ def test_harness_failures_are_rows_not_crashes(tmp_path: Path) -> None:
     rows = run_campaign(cfg, _by_seed(set(), {10}), progress=lambda s: None)  # type: ignore[arg-type]
     assert [r.verdict for r in rows].count("harness-failure") == 4
     assert exit_code(rows) == 2
+
+
+def test_a_run_waits_for_the_lock_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(campaign, "LOCK_POLL", 0.01)
+    busy = {"left": 3}
+    inner = _by_seed(set(), set())
+
+    def runner(rc: RunConfig, progress: Progress) -> RunResult:
+        if busy["left"]:
+            busy["left"] -= 1
+            raise LockBusy("another Jepsen run holds the lock")
+        return inner(rc, progress)  # type: ignore[operator,no-any-return]
+
+    rows = run_campaign(_cfg(tmp_path, runs=1), runner, progress=lambda s: None)
+    assert [r.verdict for r in rows] == ["valid"] * 4
+    rows = run_campaign(
+        _cfg(tmp_path, runs=1, lock_wait=0.0),
+        lambda rc, p: (_ for _ in ()).throw(LockBusy("held")),
+        progress=lambda s: None,
+    )
+    assert {r.verdict for r in rows} == {"harness-failure"}

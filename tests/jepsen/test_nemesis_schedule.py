@@ -116,6 +116,8 @@ class FakeProcs:
         self.down: set[int] = set()
         self.paused: set[int] = set()
         self.clock: dict[int, float] = {}
+        self.full: set[int] = set()
+        self.damaged: set[int] = set()
 
     def kill(self, h: Host) -> None:
         self.down.add(h.index)
@@ -131,6 +133,17 @@ class FakeProcs:
 
     def set_clock_offset(self, h: Host, s: float) -> None:
         self.clock[h.index] = s
+
+    def fill_disk(self, h: Host) -> str:
+        self.full.add(h.index)
+        return "filled"
+
+    def free_disk(self, h: Host) -> None:
+        self.full.discard(h.index)
+
+    def damage(self, h: Host, rng: random.Random) -> str:
+        self.damaged.add(h.index)
+        return f"flipped a bit of n{h.index}"
 
 
 class FakeMembers:
@@ -165,6 +178,8 @@ def test_every_fault_starts_and_heals(kind: str) -> None:
         or procs.paused
         or any(procs.clock.values())
         or members.removed
+        or procs.full
+        or procs.damaged
     )
     if kind == "partition-leader":
         assert "n3" in what and all(h == HOSTS[2] or HOSTS[2] in o for h, o in net.cuts)
@@ -172,7 +187,9 @@ def test_every_fault_starts_and_heals(kind: str) -> None:
         assert len(members.removed) == 1
     healed = nem.heal()
     assert not net.cuts and not net.losses and not procs.down and not procs.paused
-    assert not any(procs.clock.values()) and not members.removed
+    assert not any(procs.clock.values()) and not members.removed and not procs.full
+    if kind == "disk-damage":  # the damaged node is wiped and added back
+        assert "removed" in healed and "back" in healed
     if "member" in kind:
         assert "back" in healed
     if kind == "partition-halves+member":  # the network first: adding back needs it

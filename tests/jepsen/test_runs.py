@@ -75,6 +75,15 @@ def test_ack_before_commit_loses_writes_under_member_changes(tmp_path: Path) -> 
     assert any(a.startswith("lost-write") for a in res["anomalies"])
 
 
+def test_ack_before_commit_loses_writes_under_disk_faults(tmp_path: Path) -> None:
+    """A node stopped for damage (the leader half the time) loses what it acked early."""
+    code, res = _run(
+        tmp_path, "--workload", "append", "--nemesis", "disk", "--unsafe-ack-before-commit"
+    )
+    assert code == 1, res
+    assert any(a.startswith("lost-write") for a in res["anomalies"])
+
+
 def test_eventual_reads_break_session_guarantees(tmp_path: Path) -> None:
     code, res = _run(
         tmp_path, "--workload", "session", "--nemesis", "partition", "--read-mode", "eventual"
@@ -92,6 +101,7 @@ def test_eventual_reads_break_session_guarantees(tmp_path: Path) -> None:
         ("register", "clock"),
         ("register", "loss"),
         ("register", "member"),
+        ("register", "disk"),
         ("session", "partition"),
         ("append", "all"),
     ],
