@@ -118,7 +118,8 @@ def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
     code, res = _run(
         tmp_path,
         *("--workload", "register", "--nemesis", "shard", "--shards", "4"),
-        *("--nemesis-interval", "3"),
+        # seed 7 at this interval plans both splits and transfers (the schedule is seeded)
+        *("--nemesis-interval", "2"),
     )
     assert code == 0, res
     assert res["verdict"] == "valid"
