@@ -33,6 +33,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
                         f"{r['leader'] or '-'}  {r['keys']}  {r['bytes']}"
                     )
             return EXIT_OK
+        if args.shard_command in ("move", "transfer-leader"):
+            return _move(c, args)
         out = c.split_shard(args.id, args.at)
         left, right = out["left"], out["right"]
         end = repr(right["end"]) if right["end"] else "+inf"
@@ -46,10 +48,27 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return _with_client(args, f)
 
 
-def register(sub: Any) -> None:
-    from kvstore.cli import _client_flags
+def _move(c: Any, args: argparse.Namespace) -> int:
+    from kvstore.cli import EXIT_OK
+    from kvstore.client._nodes import move_shard, transfer_shard_leader
 
-    p = sub.add_parser("shard", help="shards: list, split")
+    if args.shard_command == "transfer-leader":
+        leader = c._run(transfer_shard_leader(c._async, args.id, args.to))
+        print(f"shard {args.id}: leader is now node {leader}")
+        return EXIT_OK
+    out = c._run(move_shard(c._async, args.id, args.from_node, args.to, args.wait))
+    print(
+        f"moved shard {args.id} from node {args.from_node} to node {args.to}: "
+        f"voters {','.join(map(str, out['voters']))}"
+    )
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    from kvstore.cli import _client_flags, _positive_float
+
+    p = sub.add_parser("shard", help="shards: list, split, move, transfer-leader")
     ssub = p.add_subparsers(dest="shard_command", required=True, metavar="ACTION")
     q = ssub.add_parser("list", help="id, range, version, replicas, leader, size of each shard")
     q.add_argument("--json", action="store_true", help="print JSON")
@@ -58,5 +77,21 @@ def register(sub: Any) -> None:
     q = ssub.add_parser("split", help="split shard ID online at --at KEY (default: its middle)")
     q.add_argument("id", type=int)
     q.add_argument("--at", default=None, help="first key of the new right-hand shard")
+    _client_flags(q)
+    q.set_defaults(func=cmd_shard)
+    q = ssub.add_parser(
+        "move", help="move shard ID's replica --from NODE --to NODE (learner, promote, remove)"
+    )
+    q.add_argument("id", type=int)
+    q.add_argument("--from", dest="from_node", type=int, required=True, help="node id")
+    q.add_argument("--to", type=int, required=True, help="node id")
+    q.add_argument(
+        "--wait", type=_positive_float, default=120.0, help="seconds to wait for the move"
+    )
+    _client_flags(q)
+    q.set_defaults(func=cmd_shard)
+    q = ssub.add_parser("transfer-leader", help="move shard ID's leadership to --to NODE")
+    q.add_argument("id", type=int)
+    q.add_argument("--to", type=int, required=True, help="node id (a voter of the shard)")
     _client_flags(q)
     q.set_defaults(func=cmd_shard)

@@ -99,6 +99,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
                 _registered_method=True)
+        self.MoveShard = channel.unary_unary(
+                '/kvstore.v1.Admin/MoveShard',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.MoveShardRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.MoveShardResponse.FromString,
+                _registered_method=True)
         self.Backup = channel.unary_stream(
                 '/kvstore.v1.Admin/Backup',
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
@@ -191,6 +196,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Backup(self, request, context):
         """kvstore snapshot save: one group's image at a linearizable point, in chunks.
         """
@@ -265,6 +276,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Decommission,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.SerializeToString,
+            ),
+            'MoveShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveShard,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.MoveShardRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.MoveShardResponse.SerializeToString,
             ),
             'Backup': grpc.unary_stream_rpc_method_handler(
                     servicer.Backup,
@@ -623,6 +639,33 @@ class Admin:
             '/kvstore.v1.Admin/Decommission',
             kvstore_dot_v1_dot_admin__pb2.DecommissionRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.DecommissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/MoveShard',
+            kvstore_dot_v1_dot_admin__pb2.MoveShardRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.MoveShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,7 @@ class AdminStub:
     AddReplica: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]
     NodeList: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]
     Decommission: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]
+    MoveShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MoveShardRequest, _admin_pb2.MoveShardResponse]
     Backup: _grpc.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupChunk]
     """kvstore snapshot save: one group's image at a linearizable point, in chunks."""
 
@@ -73,6 +74,7 @@ class AdminAsyncStub(AdminStub):
     AddReplica: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]  # type: ignore[assignment]
     NodeList: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]  # type: ignore[assignment]
     Decommission: _aio.UnaryUnaryMultiCallable[_admin_pb2.DecommissionRequest, _admin_pb2.DecommissionResponse]  # type: ignore[assignment]
+    MoveShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.MoveShardRequest, _admin_pb2.MoveShardResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupChunk]  # type: ignore[assignment]
     """kvstore snapshot save: one group's image at a linearizable point, in chunks."""
 
@@ -172,6 +174,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DecommissionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DecommissionResponse, _abc.Awaitable[_admin_pb2.DecommissionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MoveShard(
+        self,
+        request: _admin_pb2.MoveShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MoveShardResponse, _abc.Awaitable[_admin_pb2.MoveShardResponse]]: ...
 
     @_abc_1.abstractmethod
     def Backup(

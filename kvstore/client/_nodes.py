@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from kvstore.client._async import AsyncClient
 
 
-async def _meta_call(c: AsyncClient, method: str, request: Any, timeout: float) -> Any:
+async def _meta_call(
+    c: AsyncClient, method: str, request: Any, timeout: float, attempt: float = 5.0
+) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
@@ -34,7 +36,7 @@ async def _meta_call(c: AsyncClient, method: str, request: Any, timeout: float) 
     while loop.time() < deadline:
         ep = candidates[turn % len(candidates)]
         try:
-            return await c._admin_call(ep, method, request, min(deadline - loop.time(), 5.0))
+            return await c._admin_call(ep, method, request, min(deadline - loop.time(), attempt))
         except grpc.aio.AioRpcError as e:
             last = from_code(e.code().value[0], e.details() or "", definite=True)
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -82,3 +84,31 @@ async def decommission(c: AsyncClient, node: int, timeout: float) -> int:
         if r.replicas_left == 0 or loop.time() >= deadline:
             return int(r.replicas_left)
         await asyncio.sleep(1.0)
+
+
+async def move_shard(c: AsyncClient, shard: int, frm: int, to: int, timeout: float) -> Any:
+    """Move ``shard``'s replica from node ``frm`` to node ``to``; returns the members."""
+    req = admin_pb2.MoveShardRequest(shard=shard, from_node=frm, to_node=to)
+    r = await _meta_call(c, "MoveShard", req, timeout, attempt=timeout)
+    return {"voters": list(r.voters), "learners": list(r.learners)}
+
+
+async def transfer_shard_leader(c: AsyncClient, shard: int, to: int) -> int:
+    """Move the leadership of ``shard`` to node ``to`` (a voter); returns the leader."""
+    loop = asyncio.get_running_loop()
+    await c._router.fetch(loop.time() + c.timeout)
+    every = sorted({*c.endpoints, *c._router.cache.nodes.values()})
+    for st in await c.status(endpoints=every):
+        for g in st.get("groups", []):
+            if g["group"] == shard and g["role"] == "leader":
+                try:
+                    r = await c._admin_call(
+                        st["endpoint"],
+                        "TransferLeadership",
+                        admin_pb2.TransferLeadershipRequest(group=shard, to=to),
+                        c.timeout,
+                    )
+                except grpc.aio.AioRpcError as e:
+                    raise from_code(e.code().value[0], e.details() or "", definite=False) from e
+                return int(r.leader_id)
+    raise Unavailable(f"no leader of shard {shard} found", definite=True)

@@ -32,7 +32,7 @@ from kvstore._pb import admin_pb2, admin_pb2_grpc
 from kvstore.consensus.types import ConfChange, ConfChangeType, ConsensusError
 from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import OpError
+from kvstore.node.errors import DeadlineOp, InvalidOp, OpError
 from kvstore.node.members import with_address
 from kvstore.node.meta import MetaClient
 from kvstore.node.transport import PeerTransport
@@ -75,6 +75,8 @@ class PlacementLoop:
         self.down_after = down_after
         self.period = period
         self.draining: set[int] = set()
+        self.moves: dict[int, tuple[int, int]] = {}
+        """shard -> (from, to): operator moves under way (``move``)."""
         self._since: dict[int, float] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
@@ -104,6 +106,7 @@ class PlacementLoop:
             if not self.meta.leads_meta():
                 self._since.clear()
                 self.draining.clear()
+                self.moves.clear()
                 self.last = None
                 continue
             try:
@@ -171,7 +174,7 @@ class PlacementLoop:
     # -- acting ----------------------------------------------------------------------
     async def round(self) -> list[pl.Op]:
         obs = await self.observe()
-        ops = pl.plan(obs.groups, obs.nodes, down_after=self.down_after)
+        ops = pl.plan(obs.groups, obs.nodes, down_after=self.down_after, moves=self.moves)
         # The meta group is found by its founding voters (MetaClient): repair it, but
         # never move it for balance.
         ops = [op for op in ops if op.group != META_GROUP or "rebalance" not in op.reason]
@@ -243,6 +246,50 @@ class PlacementLoop:
         return True
 
     # -- operator requests -----------------------------------------------------------
+    async def move(self, shard: int, frm: int, to: int, timeout: float) -> pl.GroupInfo:
+        """Move ``shard``'s replica from ``frm`` to ``to`` and wait until it is done.
+        Raises InvalidOp (nothing changed) for bad input, DeadlineOp when it does not
+        finish in time (the steps taken stay: the shard is valid, maybe with a learner
+        or an extra voter that placement then settles)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        obs = await self.observe()
+        g = next((x for x in obs.groups if x.id == shard), None)
+        node = {n.id: n for n in obs.nodes}.get(to)
+        why = ""
+        if shard == META_GROUP or g is None:
+            why = f"shard {shard} is unknown or has no leader now"
+        elif frm not in g.voters and frm not in g.learners:
+            why = f"node {frm} holds no replica of shard {shard} (replicas {list(g.voters)})"
+        elif node is None:
+            why = f"node {to} is not a node of this cluster"
+        elif to in g.voters or to in g.learners:
+            why = f"node {to} already holds a replica of shard {shard}"
+        elif not node.alive:
+            why = f"node {to} is not alive ({node.liveness}, phi {node.phi:.1f})"
+        elif node.draining:
+            why = f"node {to} is being decommissioned"
+        elif shard in self.moves and self.moves[shard] != (frm, to):
+            why = (
+                f"shard {shard} is already moving {self.moves[shard][0]} -> {self.moves[shard][1]}"
+            )
+        if why and self.moves.get(shard) != (frm, to):  # a retried call joins its move
+            raise InvalidOp(f"cannot move: {why}", definite=True)
+        self.moves[shard] = (frm, to)
+        log.event("move_started", shard=shard, from_node=frm, to_node=to)
+        try:
+            while loop.time() < deadline:
+                if g is not None and to in g.voters and frm not in {*g.voters, *g.learners}:
+                    return g
+                await asyncio.sleep(min(self.period / 2, 0.5))
+                last = self.last
+                if last is not None:
+                    g = next((x for x in last.groups if x.id == shard), None)
+            raise DeadlineOp(f"move of shard {shard} did not finish in time", definite=False)
+        finally:
+            if self.moves.get(shard) == (frm, to):
+                del self.moves[shard]
+
     async def decommission(self, node: int) -> tuple[int, list[str]]:
         """Start (or keep) draining ``node``: (replicas it still holds, reasons it may
         not go; with reasons nothing changes)."""

@@ -80,3 +80,19 @@ class NodeAdmin:
             await self._abort(context, e)
             raise AssertionError("unreachable") from e
         return admin_pb2.DecommissionResponse(replicas_left=left)
+
+    async def MoveShard(
+        self, request: admin_pb2.MoveShardRequest, context: Any
+    ) -> admin_pb2.MoveShardResponse:
+        try:
+            p = self._placement()
+            g = await p.move(
+                request.shard,
+                request.from_node,
+                request.to_node,
+                context.time_remaining() or 60.0,
+            )
+        except OpError as e:
+            await self._abort(context, e)
+            raise AssertionError("unreachable") from e
+        return admin_pb2.MoveShardResponse(voters=g.voters, learners=g.learners)

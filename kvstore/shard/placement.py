@@ -26,7 +26,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DISK_FULL = 0.9
@@ -133,8 +133,16 @@ class _View:
         return (self.replicas.get(n, 0), info.disk_used, n)
 
 
-def plan(groups: Sequence[GroupInfo], nodes: Sequence[NodeInfo], *, down_after: float) -> list[Op]:
-    """The next step of every group that needs one (see the module rules)."""
+def plan(
+    groups: Sequence[GroupInfo],
+    nodes: Sequence[NodeInfo],
+    *,
+    down_after: float,
+    moves: Mapping[int, tuple[int, int]] | None = None,
+) -> list[Op]:
+    """The next step of every group that needs one (see the module rules). ``moves``:
+    group -> (from, to) asked by an operator; such a group takes only the move's steps."""
+    moves = moves or {}
     v = _View({n.id: n for n in nodes}, down_after)
     for g in groups:
         for r in {*g.voters, *g.learners}:
@@ -144,7 +152,11 @@ def plan(groups: Sequence[GroupInfo], nodes: Sequence[NodeInfo], *, down_after: 
     ops: list[Op] = []
     busy: set[int] = set()
     for g in sorted(groups, key=lambda g: g.id):
-        op = _repair(g, v)
+        if g.id in moves:
+            busy.add(g.id)
+            op = move_step(g, v, *moves[g.id])
+        else:
+            op = _repair(g, v)
         if op is not None:
             ops.append(op)
             busy.add(g.id)
@@ -207,6 +219,29 @@ def _repair(g: GroupInfo, v: _View) -> Op | None:
         if target is not None:
             why = f"replace node {gone[0]}" if gone else "under-replicated"
             return AddLearner(g.id, target, why)
+    return None
+
+
+def move_step(g: GroupInfo, v: _View, frm: int, to: int) -> Op | None:
+    """The next step of moving ``g``'s replica from ``frm`` to ``to`` (None: wait, or
+    done): add ``to`` as a learner, promote it once caught up, move leadership off
+    ``frm``, remove ``frm``; each under the quorum rule."""
+    if not g.leader or g.leader not in g.voters:
+        return None
+    voters = set(g.voters)
+    if to in g.learners:
+        if to in g.caught_up and v.quorum_ok(voters | {to}):
+            return Promote(g.id, to, f"move from node {frm}")
+        return None
+    if to not in voters:
+        return AddLearner(g.id, to, f"move from node {frm}")
+    if frm in g.learners:
+        return Remove(g.id, frm, f"move to node {to}")
+    if frm in voters:
+        if frm == g.leader:
+            return _transfer_away(g, v, f"before moving off node {frm}")
+        if v.quorum_ok(voters - {frm}):
+            return Remove(g.id, frm, f"move to node {to}")
     return None
 
 

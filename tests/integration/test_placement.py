@@ -54,6 +54,19 @@ def _placed(c: LocalCluster, away: int) -> bool:
     )
 
 
+def _settled(c: LocalCluster, away: int) -> dict[int, dict[str, Any]] | None:
+    """The groups, once placement has taken no step for over a round."""
+
+    def members() -> dict[int, Any]:
+        return {i: (g["voters"], g["learners"]) for i, g in _groups(c, {away}).items()}
+
+    before = members()
+    time.sleep(2.5)
+    after = _groups(c, {away})
+    same = {i: (g["voters"], g["learners"]) for i, g in after.items()} == before
+    return after if same and all(not g["learners"] for g in after.values()) else None
+
+
 def _nodes(c: LocalCluster) -> dict[int, dict[str, Any]]:
     out = _cli(c, "node", "list", "--json")
     assert out.returncode == 0, out.stderr
@@ -112,6 +125,30 @@ def test_a_dead_node_is_repaired_and_a_decommission_moves_everything(
         assert rows[victim]["liveness"] != "alive" and rows[victim]["replicas"] == 0, rows
         assert sum(r["replicas"] for r in rows.values()) == 3 * (SHARDS + 1)
         assert all(r["disk_capacity_bytes"] > 0 for i, r in rows.items() if i != victim)
+
+        # An operator move, then a leadership transfer; bad moves change nothing.
+        gs = wait_for(lambda: _settled(c, victim), 30, "placement settled")
+        sid = min(i for i in gs if i != 0)
+        frm = gs[sid]["voters"][0]
+        to = next(n for n in (1, 3, 4, 5) if n not in gs[sid]["voters"])
+        bad = _cli(c, "shard", "move", str(sid), "--from", str(frm), "--to", "9")
+        assert bad.returncode == 3 and "node 9 is not a node of this cluster" in bad.stderr
+        bad = _cli(c, "shard", "move", str(sid), "--from", str(frm), "--to", str(victim))
+        assert bad.returncode == 3 and f"node {victim} is not alive" in bad.stderr
+        out = _cli(c, "shard", "move", str(sid), "--from", str(frm), "--to", str(to))
+        assert out.returncode == 0, out.stderr
+        voters = _groups(c, {victim})[sid]["voters"]
+        assert to in voters and frm not in voters and len(voters) == 3, voters
+        # A transfer may lose its election under load (the old leader wins again): retry.
+        to = str(voters[-1])
+        out = wait_for(
+            lambda: (
+                _cli(c, "shard", "transfer-leader", str(sid), "--to", to, "--timeout", "8").stdout
+            ),
+            40,
+            "a leadership transfer",
+        )
+        assert f"leader is now node {to}" in out
 
         # 4 live nodes, 3 replicas: one more decommission would leave 3 nodes, enough;
         # then a second would leave 2, refused.

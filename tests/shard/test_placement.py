@@ -240,3 +240,22 @@ def test_repeated_plans_converge_and_never_lose_a_quorum(m: Model) -> None:
     spread = [counts[n.id] for n in usable]
     assert max(spread) - min(spread) <= 1, counts
     assert all(counts[n] == 0 for n in m.nodes if m.nodes[n] not in usable)
+
+
+def test_an_operator_move_takes_its_steps_in_order() -> None:
+    nodes = [NodeInfo(i) for i in range(1, 6)]
+    m = Model(nodes, [G(1, {1, 2, 3}, leader=1), G(2, {1, 2, 3}, leader=2)])
+    moves = {1: (1, 5)}
+    steps: list[Op] = []
+    for _ in range(10):
+        infos = [g.info() for g in m.groups.values()]
+        ops = [op for op in plan(infos, nodes, down_after=DOWN_AFTER, moves=moves) if op.group == 1]
+        if not ops:
+            break
+        steps += ops
+        for op in ops:
+            m.apply(op)
+        m.groups[1].caught = set(m.groups[1].learners)
+    assert [type(op) for op in steps] == [AddLearner, Promote, TransferLeader, Remove]
+    assert steps[-1] == Remove(1, 1, "move to node 5")
+    assert m.groups[1].voters == {2, 3, 5}
