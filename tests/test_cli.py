@@ -206,3 +206,34 @@ def test_no_environment_variable_turns_off_commit_before_ack(
     assert main([*_SERVE, "/x"]) == 0
     assert main([*_SERVE, "/x"], unsafe_ack_before_commit=True) == 0  # kvstore.jepsen.unsafe_node
     assert [o.unsafe_ack_before_commit for o in served] == [False, True]  # type: ignore[attr-defined]
+
+
+def test_tls_flags_come_from_every_source_alike(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: object,
+    served: list[object],
+) -> None:
+    """etcd's TLS flags as TOML keys and KVSTORE_* variables (issue 14), checked together."""
+    path = f"{tmp_path}/kv.toml"
+    with open(path, "w") as f:
+        f.write(
+            'id = 1\nlisten = "127.0.0.1:0"\ndata-dir = "/x"\n'
+            'cert-file = "n.pem"\nkey-file = "n-key.pem"\ntrusted-ca-file = "ca.pem"\n'
+        )
+    assert main(["serve", "--config", path]) == 2  # client TLS without the peer flags
+    assert "--peer-cert-file" in capsys.readouterr().err
+    monkeypatch.setenv("KVSTORE_PEER_CERT_FILE", "n.pem")
+    monkeypatch.setenv("KVSTORE_PEER_KEY_FILE", "n-key.pem")
+    monkeypatch.setenv("KVSTORE_PEER_TRUSTED_CA_FILE", "ca.pem")
+    monkeypatch.setenv("KVSTORE_CLIENT_CERT_AUTH", "yes")
+    assert main(["serve", "--config", path]) == 0
+    tls = served[0].tls  # type: ignore[attr-defined]
+    assert (tls.cert_file, tls.peer_trusted_ca_file, tls.client_cert_auth) == (
+        "n.pem",
+        "ca.pem",
+        True,
+    )
+    monkeypatch.setenv("KVSTORE_CLIENT_CERT_AUTH", "maybe")
+    assert main(["serve", "--config", path]) == 2
+    assert "KVSTORE_CLIENT_CERT_AUTH: expected true or false" in capsys.readouterr().err
