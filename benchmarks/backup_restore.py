@@ -63,7 +63,12 @@ async def load(endpoints: list[str], n: int, size: int, conc: int) -> None:
             while nxt < n:
                 i = nxt
                 nxt += 1
-                await c.put(b"key%09d" % i, value)
+                for _ in range(5):  # a put is idempotent here: retry what timed out
+                    try:
+                        await c.put(b"key%09d" % i, value)
+                        break
+                    except Exception as e:
+                        print(f"  retrying key {i}: {e}", file=sys.stderr)
                 if i % 50_000 == 0:
                     print(f"  loaded {i} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
 
