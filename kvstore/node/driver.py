@@ -71,6 +71,7 @@ from kvstore.node.persist import (
     needs_write,
     persist_plans,
 )
+from kvstore.node.quiesce import Quiescence
 from kvstore.node.shards import (
     adopt_unknown,
     parent_led,
@@ -151,6 +152,8 @@ class NodeDriver:
         self._seed = int.from_bytes(os.urandom(8), "big")
         self._destroy: set[int] = set()
         """Zombie replicas to destroy at the start of the next iteration (zombies.py)."""
+        self.quiesce = Quiescence(config.sharded)
+        """Idle groups of a sharded node stop ticking (quiesce.py)."""
         for g in config.groups:
             self.groups[g] = self._make_group(g)
         if config.unsafe_ack_before_commit:
@@ -378,11 +381,13 @@ class NodeDriver:
             destroy_pending(self, self._destroy)
         inbox, self._inbox = self._inbox, []
         ticks, self._ticks = min(self._ticks, MAX_TICKS_PER_ITERATION), 0
+        self.quiesce.now += ticks
         self._step_inbox(inbox)
         self.feedback.report({gid: g.core for gid, g in self.groups.items()})
         for g in self.groups.values():
-            for _ in range(ticks):
-                g.core.tick()
+            if ticks and self.quiesce.should_tick(g):
+                for _ in range(ticks):
+                    g.core.tick()
             self._propose_writes(g)
             self._propose_confs(g)
             if g.admin:
@@ -399,7 +404,9 @@ class NodeDriver:
         readies: list[tuple[_Group, Ready]] = []
         for g in self.groups.values():
             if g.core.has_ready():
-                readies.append((g, g.core.ready()))
+                rd = g.core.ready()
+                self.quiesce.on_ready(g.id, rd)
+                readies.append((g, rd))
         if not readies:
             self._replies.flush()
             return False
@@ -544,6 +551,7 @@ class NodeDriver:
             if g is None:
                 self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
                 continue
+            self.quiesce.on_message(m)
             if m.snapshot is not None and self.config.sharded and not snapshot_fits(self, m):
                 self.metrics.dropped.labels(str(m.group), "snapshot_overlaps").inc()
                 continue

@@ -292,6 +292,11 @@ class PeerTransport:
         return None
 
     # -- status ----------------------------------------------------------------
+    def peer_alive(self, peer: int) -> bool:
+        """Whether the failure detector judges ``peer`` alive now."""
+        det = self._detectors.get(peer)
+        return det is not None and det.state(time.monotonic()) == "alive"
+
     def peer_status(self) -> list[PeerInfo]:
         now = time.monotonic()
         out = []

@@ -299,6 +299,7 @@ class Node:
 
             self.driver.on_shards_changed = shards_changed
         self.driver.on_fatal = lambda e: self.failed.set()
+        self.driver.quiesce.peer_alive = self.transport.peer_alive
         self.driver.on_member_address = self.transport.add_peer
         limits = Limits()
         interceptors = None

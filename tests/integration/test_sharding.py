@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,5 +233,30 @@ def test_a_node_down_during_a_split_catches_up_by_snapshots(tmp_path: Path, cons
         wait_for(caught_up, 60, "node 3 holding both halves of the split")
         with Client([c.endpoint(3)], timeout=10) as only3:
             assert only3.get("y98", read_mode="eventual") == b"98"
+    finally:
+        c.close()
+
+
+def test_quiet_shards_still_fail_over_and_wake_for_writes(tmp_path: Path, consensus: str) -> None:
+    """Idle shards stop ticking (quiesce.py); a write wakes one at once, and when a
+    leader's node dies the failure detector wakes its followers, which elect anew."""
+    c = LocalCluster(tmp_path, nodes=5, consensus=consensus, extra=["--shards", "4"])
+    try:
+        c.start()
+        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2, 3, 4}, 40, "a leader per shard")
+        with c.client(timeout=15) as kv:
+            for k in ("apple", "kiwi", "pear", "zebra"):
+                kv.put(k, "1")
+        time.sleep(3.0)  # idle for longer than QUIET_AFTER_TICKS
+        leaders = _leaders(c)
+        victim = leaders[1]
+        with c.client(timeout=15) as kv:
+            assert kv.get("apple") == b"1"  # a read wakes a quiet shard
+        c.kill(victim)
+        with c.client(timeout=20) as kv:
+            for k in ("apple", "kiwi", "pear", "zebra"):
+                kv.put(k, "2")
+                assert kv.get(k) == b"2"
+        assert _leaders(c).get(1) not in (None, victim)
     finally:
         c.close()
