@@ -195,6 +195,7 @@ class ShardRouter:
         last: KVError | None = None
         turn = 0
         pause = False
+        hinted: set[str] = set()
         read = op.get if op.HasField("get") else op.scan if op.HasField("scan") else None
         for attempt in itertools.count():
             remaining = deadline - loop.time()
@@ -202,7 +203,7 @@ class ShardRouter:
                 break
             if pause:
                 await asyncio.sleep(
-                    min(remaining, random.uniform(0.5, 1.0) * min(0.02 * 2**attempt, 0.5))
+                    min(remaining, random.uniform(0.5, 1.0) * min(0.02 * 2 ** min(attempt, 8), 0.5))
                 )
             pause = True
             d = route(op, self.cache)
@@ -270,7 +271,10 @@ class ShardRouter:
                 if err.leader_endpoint and err.leader_endpoint != endpoint:
                     self.cache.leaders[d.id] = err.leader_endpoint
                     turn = 0
-                    pause = False
+                    # Follow a fresh hint at once; hints that go round in circles (an
+                    # election under way) back off.
+                    pause = err.leader_endpoint in hinted
+                    hinted.add(err.leader_endpoint)
                 else:
                     self.cache.leaders.pop(d.id, None)
                     turn += 1
