@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -41,6 +41,14 @@ from kvstore.shard.descriptor import META_GROUP
 
 PERIOD_S = 2.0
 DOWN_AFTER_S = 30.0
+REBALANCE_AFTER_S = 30.0
+"""A new meta leader repairs at once but balances only after leading this long: its
+view of the cluster is young, and a cluster just started is left as its operator
+laid it out for a while."""
+ADOPT_LEARNER_S = 30.0
+"""A learner this loop did not add (an operator's, or one a former meta leader added) is
+promoted only after being seen this long, so an operator's own membership steps are
+not raced."""
 STATUS_TIMEOUT_S = 1.5
 STEP_TIMEOUT_S = 10.0
 CATCHUP_SLACK = 64
@@ -78,6 +86,10 @@ class PlacementLoop:
         self.moves: dict[int, tuple[int, int]] = {}
         """shard -> (from, to): operator moves under way (``move``)."""
         self._since: dict[int, float] = {}
+        self._led_since: float | None = None
+        self._ours: set[tuple[int, int]] = set()
+        """(group, node) learners this loop added."""
+        self._learner_seen: dict[tuple[int, int], float] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
         self.last: Observed | None = None
@@ -104,6 +116,9 @@ class PlacementLoop:
         while True:
             await asyncio.sleep(self.period)
             if not self.meta.leads_meta():
+                self._led_since = None
+                self._ours.clear()
+                self._learner_seen.clear()
                 self._since.clear()
                 self.draining.clear()
                 self.moves.clear()
@@ -167,14 +182,43 @@ class PlacementLoop:
             )
             for x in nodes
         ]
-        obs = Observed(nodes, groups_from(statuses, self.replicas), endpoints)
+        obs = Observed(nodes, self._adopted(groups_from(statuses, self.replicas)), endpoints)
         self.last = obs
         return obs
+
+    def _adopted(self, groups: list[pl.GroupInfo]) -> list[pl.GroupInfo]:
+        """Count as caught up only learners this loop added or has seen for
+        ADOPT_LEARNER_S (see there)."""
+        now = time.monotonic()
+        seen = {
+            (g.id, n): self._learner_seen.get((g.id, n), now) for g in groups for n in g.learners
+        }
+        self._learner_seen = seen
+        return [
+            replace(
+                g,
+                caught_up=frozenset(
+                    n
+                    for n in g.caught_up
+                    if (g.id, n) in self._ours or now - seen[(g.id, n)] >= ADOPT_LEARNER_S
+                ),
+            )
+            for g in groups
+        ]
 
     # -- acting ----------------------------------------------------------------------
     async def round(self) -> list[pl.Op]:
         obs = await self.observe()
-        ops = pl.plan(obs.groups, obs.nodes, down_after=self.down_after, moves=self.moves)
+        now = time.monotonic()
+        if self._led_since is None:
+            self._led_since = now
+        ops = pl.plan(
+            obs.groups,
+            obs.nodes,
+            down_after=self.down_after,
+            moves=self.moves,
+            rebalance=now - self._led_since >= REBALANCE_AFTER_S,
+        )
         # The meta group is found by its founding voters (MetaClient): repair it, but
         # never move it for balance.
         ops = [op for op in ops if op.group != META_GROUP or "rebalance" not in op.reason]
@@ -192,6 +236,7 @@ class PlacementLoop:
         log.event("placement_step", step=kind, group=op.group, node=op.node, reason=op.reason)
         try:
             if isinstance(op, pl.AddLearner):
+                self._ours.add((op.group, op.node))
                 await stub.AddLearner(member, timeout=STEP_TIMEOUT_S)
             elif isinstance(op, pl.Promote):
                 await stub.PromoteLearner(member, timeout=STEP_TIMEOUT_S)
@@ -224,6 +269,7 @@ class PlacementLoop:
                 self.driver.transfer_leadership(META_GROUP, op.node)
                 return True
             if isinstance(op, pl.AddLearner):
+                self._ours.add((op.group, op.node))
                 cc = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=op.node)
             elif isinstance(op, pl.Promote):
                 cc = ConfChange(type=ConfChangeType.ADD_NODE, node_id=op.node)

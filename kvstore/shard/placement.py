@@ -139,9 +139,11 @@ def plan(
     *,
     down_after: float,
     moves: Mapping[int, tuple[int, int]] | None = None,
+    rebalance: bool = True,
 ) -> list[Op]:
     """The next step of every group that needs one (see the module rules). ``moves``:
-    group -> (from, to) asked by an operator; such a group takes only the move's steps."""
+    group -> (from, to) asked by an operator; such a group takes only the move's steps.
+    ``rebalance`` False: repairs and moves only."""
     moves = moves or {}
     v = _View({n.id: n for n in nodes}, down_after)
     for g in groups:
@@ -162,7 +164,7 @@ def plan(
             busy.add(g.id)
             _account(op, v)
     for g in sorted(groups, key=lambda g: g.id):
-        if g.id in busy or not _healthy(g, v):
+        if not rebalance or g.id in busy or not _healthy(g, v):
             continue
         op = _rebalance_replica(g, groups, v)
         if op is None:
