@@ -141,7 +141,7 @@ def test_backup_under_load_restores_into_a_new_cluster(tmp_path: Path) -> None:
 
 
 def test_bad_backup_files_and_targets_are_refused(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path / "src")
+    c = LocalCluster(tmp_path / "src", nodes=1)  # only a valid file is needed
     (tmp_path / "src").mkdir()
     c.start()
     good = str(tmp_path / "b.kvs")
