@@ -269,6 +269,23 @@ async def drive(
     return recorder, final
 
 
+def crashes(nodes_dir: Path, hosts: Sequence[Host]) -> list[str]:
+    """The first CRITICAL line of each node's log (a crashed driver: the process may live on
+    and the cluster may still be valid, but a node must never crash)."""
+    out = []
+    for h in hosts:
+        log = nodes_dir / f"n{h.index}.log"
+        try:
+            lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "level=CRITICAL" in line:
+                out.append(f"node n{h.index} crashed: {line.split(' traceback=')[0][:300]}")
+                break
+    return out
+
+
 def _open_fault(events: Sequence[Event]) -> bool:
     state = False
     for ev in events:
@@ -378,6 +395,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         anomalies.append("no operation completed: the run tested nothing")
     for h, code in died:
         anomalies.append(f"node n{h.index} exited on its own with code {code}")
+    anomalies += crashes(out / "nodes", net.hosts)
     seconds["run"] = time.monotonic() - t_start
     result = RunResult(
         verdict=verdict,
