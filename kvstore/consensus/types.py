@@ -439,8 +439,8 @@ class Status:
     last_index: int
     conf_state: ConfState
     progress: tuple[PeerProgress, ...] = ()
-    """On a leader: every member's replication progress, by id; empty elsewhere (and
-    from a core that does not track it)."""
+    """With ``status(progress=True)`` on a leader: every member's replication progress,
+    by id; empty otherwise (and from a core that does not track it)."""
 
 
 class Core(Protocol):
@@ -491,4 +491,7 @@ class Core(Protocol):
 
     def advance(self, rd: Ready) -> None: ...
 
-    def status(self) -> Status: ...
+    def status(self, *, progress: bool = False) -> Status:
+        """``progress``: also fill ``Status.progress`` (a leader's view of each member;
+        built on demand, as status() is called often)."""
+        ...

@@ -348,8 +348,8 @@ class NodeDriver:
         self._destroy.add(group)
         self._poke()
 
-    def status(self, group: int) -> Status:
-        return self._group(group).core.status()
+    def status(self, group: int, *, progress: bool = False) -> Status:
+        return self._group(group).core.status(progress=progress)
 
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:

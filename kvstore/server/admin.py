@@ -102,7 +102,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
     def status(self, sizes: bool = False) -> admin_pb2.StatusResponse:
         groups = []
         for gid, g in sorted(self.driver.groups.items()):
-            st = self.driver.status(gid)
+            st = self.driver.status(gid, progress=True)
             shard = self.driver.storage.group(gid).view.shard
             n_keys, n_bytes = shard_size(self.driver.storage, gid) if sizes and shard else (0, 0)
             groups.append(

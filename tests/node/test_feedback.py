@@ -28,7 +28,7 @@ def leader_of_two() -> RawNode:
 
 
 def states(n: RawNode) -> dict[int, tuple[str, int]]:
-    return {p.id: (p.state, p.next) for p in n.status().progress}
+    return {p.id: (p.state, p.next) for p in n.status(progress=True).progress}
 
 
 def test_lost_messages_make_the_leader_probe() -> None:
@@ -52,5 +52,5 @@ def test_a_failed_snapshot_transfer_ends_the_wait() -> None:
     fb = TransportFeedback(lambda: None)
     fb.snapshot(3, 2, False)
     fb.report({3: n})
-    p = {x.id: x for x in n.status().progress}[2]
+    p = {x.id: x for x in n.status(progress=True).progress}[2]
     assert (p.state, p.next) == ("probe", p.match + 1)

@@ -243,7 +243,7 @@ class FixedLeaderCore:
         if rd.committed:
             self.applied = rd.committed[-1].index
 
-    def status(self) -> Status:
+    def status(self, *, progress: bool = False) -> Status:
         return Status(
             id=self.id,
             group=self.group,
@@ -303,8 +303,8 @@ class Wrapper:
     def advance(self, rd: Ready) -> None:
         self.inner.advance(rd)
 
-    def status(self) -> Status:
-        return self.inner.status()
+    def status(self, *, progress: bool = False) -> Status:
+        return self.inner.status(progress=progress)
 
 
 class CorruptApply(Wrapper):

@@ -44,6 +44,8 @@ class Reads:
         self.counter = 0
         self.at_leader: list[ReadAttempt] = []
         """Reads made at a leader before healing (the ones a lost round must not strand)."""
+        self.healed = False
+        """Set at healing: later reads are tracked by the liveness loop itself."""
         self.stats: Counter[str] = Counter()
 
     def issue(self, node: SimNode) -> ReadAttempt | None:
@@ -62,7 +64,7 @@ class Reads:
             return None
         self.stats["read_requests"] += 1
         a = ReadAttempt(ctx, node.id, node.boots, s.term, s.leader)
-        if s.role == Role.LEADER:
+        if s.role == Role.LEADER and not self.healed:
             self.at_leader.append(a)
         return a
 

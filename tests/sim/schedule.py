@@ -191,7 +191,7 @@ def leader_churn(rng: random.Random, opts: SimOptions) -> list[Fault]:
     win over the nodes that took the older tail. That is Figure 8 of the Raft paper
     (section 5.4.2): only a core that commits an earlier term's entries by counting
     replicas loses a committed entry in it. Random faults alone reached it at 1 of 3000
-    default seeds; with this episode in a third of the schedules, at ~4% (issue 10).
+    default seeds; with this episode in a third of the schedules, at 110 of 3000 (FINDINGS.md).
     """
     e = opts.params.election_tick
     t = rng.randint(5, max(6, opts.steps // 2))
@@ -420,8 +420,12 @@ class Run:
         if not self.cuts:
             return
         c = self.cluster
-        leader, term = c.leader(), self._leader_term()
-        if not leader or term <= self.cut_term:
+        leader = c.leader()
+        core = c.nodes[leader].core if leader else None
+        if core is None:
+            return
+        term = core.status().term
+        if term <= self.cut_term:
             return
         if self.cut_at is None:
             self.cut_at = c.now + self.cuts[0]
@@ -508,6 +512,7 @@ class Run:
         op_bound = OP_BOUND_E * e_ticks + BACKLOG_TICKS * backlog
         converge_bound = CONVERGE_BOUND_E * e_ticks + BACKLOG_TICKS * backlog
         c.note(f"healed: perfect network, all members up, backlog {backlog}")
+        self.reads.healed = True
         start = c.now
         leader_at = -1
         ops: list[tuple[int, Attempt | None]] = []  # (issued at, current attempt)

@@ -5,7 +5,9 @@ healing phase); every step runs all safety checkers, every schedule ends with th
 liveness check. A failure names its seed and the pytest command that replays it.
 Measured on the shared 2-core machine (2c5ced6): raft 3000 schedules, ~495k steps, ~55-70 s
 CPU; paxos 2000 schedules, ~328k steps, ~35-45 s CPU (the driver-interleaving simulation
-in this folder adds its own ~41 s).
+in this folder adds its own ~41 s). Issue 10 added strong reads to the liveness phase,
+leader-churn episodes and joint-consensus faults: the same 600 raft seeds, run side by
+side with the simulator of 0a58bb3, took 16.3 s against 15.1 s of CPU (+8%, load ~25).
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ class PaxosNode:
             self.lead.self_match = self.log.stable_last()
             leading.maybe_commit(self, self.lead)
 
-    def status(self) -> Status:
+    def status(self, *, progress: bool = False) -> Status:
         return Status(
             id=self.id,
             group=self.group,

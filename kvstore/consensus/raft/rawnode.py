@@ -123,7 +123,7 @@ class RawNode:
         if rd.committed:
             r.on_applied(rd.committed)
 
-    def status(self) -> Status:
+    def status(self, *, progress: bool = False) -> Status:
         r = self.raft
         return Status(
             id=r.id,
@@ -135,7 +135,7 @@ class RawNode:
             applied=r.log.applied,
             last_index=r.log.last_index(),
             conf_state=r.tracker.conf_state(),
-            progress=r.tracker.peer_progress() if r.role is Role.LEADER else (),
+            progress=r.tracker.peer_progress() if progress and r.role is Role.LEADER else (),
         )
 
     @property
