@@ -114,6 +114,9 @@ class BackupAdmin:
                 out = storage.group(group).write_image_to(sink)
                 sink.flush()
                 return out
+            except _Cancelled:  # the caller went away: the read txn is closed, done
+                log.event("backup_cancelled", group=group, read_index=read_index)
+                return None
             finally:
                 # The stream's end marker, also after a failure (the stream then fails).
                 if not gone.is_set():
