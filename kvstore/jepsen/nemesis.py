@@ -21,7 +21,7 @@ Faults (each with a start and a heal):
   promotes it (:mod:`kvstore.jepsen.members`); unsharded clusters only (wiping a node
   would wipe replicas of other shards too). With ``all`` it also runs together with a
   network fault.
-- ``shard``: splits at recently written keys and leader transfers of shards
+- ``shard``: splits at recently written keys, leader transfers and moves of shards
   (:mod:`kvstore.jepsen.shard_nemesis`); only on a sharded cluster (``--shards``).
 - ``disk-full``: the (tmpfs) disk of one node fills up; heal frees it.
   ``disk-damage``: stop one node (the leader half of the time), flip a byte in or cut the

@@ -37,7 +37,7 @@ from kvstore.jepsen.hosts import HarnessError, Host, Network, require_root, run_
 from kvstore.jepsen.members import Members
 from kvstore.jepsen.nemesis import KINDS, Nemesis, Window, schedule
 from kvstore.jepsen.report import write_report
-from kvstore.jepsen.shard_nemesis import SHARD_FAULTS, ShardNemesis
+from kvstore.jepsen.shard_nemesis import SHARD_FAULTS, ClientAdmin, ShardNemesis
 from kvstore.jepsen.workloads import Recorder, Store, Workload, final_reads, make, run_worker
 
 FINAL_PROCESS = 1_000_000
@@ -217,7 +217,7 @@ async def drive(
         ticker = asyncio.create_task(_report_progress(recorder, progress))
         rec = recorder
         shard = (
-            ShardNemesis(admin, lambda: _recent_writes(rec), shard_rng)
+            ShardNemesis(ClientAdmin(admin), lambda: _recent_writes(rec), shard_rng)
             if shard_rng is not None
             else None
         )

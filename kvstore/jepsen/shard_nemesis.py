@@ -5,6 +5,9 @@ Faults (a window of one kind is a burst: one operation when it starts, then anot
 - ``shard-split``: split the shard holding a recently written key, at that key or just
   after it (CockroachDB's Jepsen tests split where the traffic is: a split there catches
   writes in flight on both sides). Past ``max_shards`` shards a split becomes a transfer.
+- ``shard-move``: move a random replica of a random shard to a node that holds none
+  (``kvstore shard move``: learner, catch up, promote, leadership off, remove; run by the
+  placement loop on the meta leader, which also moves replicas on its own to balance).
 - ``shard-transfer-leader``: move the leadership of a random shard to another of its
   voters. Not the meta group's: the admin API reads group 0 as group 1 (a proto3 default),
   so it cannot name the meta group.
@@ -21,7 +24,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-SHARD_FAULTS = ("shard-split", "shard-transfer-leader")
+SHARD_FAULTS = ("shard-split", "shard-transfer-leader", "shard-move")
 MAX_SHARDS = 16
 ACTION_TIMEOUT = 15.0
 
@@ -34,6 +37,8 @@ class ShardAdmin(Protocol):
     async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]: ...
 
     async def transfer_leader(self, to: int, group: int = 1) -> int: ...
+
+    async def move_shard(self, shard: int, frm: int, to: int) -> dict[str, Any]: ...
 
     async def status(
         self, sizes: bool = False, endpoints: Sequence[str] | None = None
@@ -67,6 +72,37 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:160]
 
 
+class ClientAdmin:
+    """A :class:`ShardAdmin` over an ``AsyncClient`` (moves go through the meta leader)."""
+
+    def __init__(self, client: Any, move_timeout: float = 10.0) -> None:
+        self.client = client
+        self.move_timeout = move_timeout
+
+    async def shards(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self.client.shards()
+        return out
+
+    async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = await self.client.split_shard(shard, at)
+        return out
+
+    async def transfer_leader(self, to: int, group: int = 1) -> int:
+        return int(await self.client.transfer_leader(to, group=group))
+
+    async def move_shard(self, shard: int, frm: int, to: int) -> dict[str, Any]:
+        from kvstore.client._nodes import move_shard
+
+        out: dict[str, Any] = await move_shard(self.client, shard, frm, to, self.move_timeout)
+        return out
+
+    async def status(
+        self, sizes: bool = False, endpoints: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self.client.status(sizes, endpoints)
+        return out
+
+
 class ShardNemesis:
     """Runs shard operations through an admin client. ``recent``: keys the workload
     wrote lately, newest last (split points are chosen among them)."""
@@ -90,6 +126,8 @@ class ShardNemesis:
                 return await asyncio.wait_for(self._split(), ACTION_TIMEOUT)
             if kind == "shard-transfer-leader":
                 return await asyncio.wait_for(self._transfer(), ACTION_TIMEOUT)
+            if kind == "shard-move":
+                return await asyncio.wait_for(self._move(), ACTION_TIMEOUT)
         except Exception as e:
             return f"{kind} failed: {_err(e)}"
         raise ValueError(f"unknown shard fault {kind!r}")
@@ -115,6 +153,24 @@ class ShardNemesis:
         except Exception as e:
             return f"split shard {sid} at {at!r} failed: {_err(e)}"
         return f"split shard {sid} at {at!r}: new shard {out['right']['id']}"
+
+    async def _move(self) -> str:
+        shards = await self.admin.shards()
+        nodes = {int(st["id"]) for st in await self.admin.status() if st.get("reachable", True)}
+        moves = [
+            (int(s["id"]), frm, to)
+            for s in shards
+            for frm in s["voters"]
+            for to in sorted(nodes - {*s["voters"], *s.get("learners", ())})
+        ]
+        if not moves:
+            return "move: no shard with a replica to move to a free node"
+        sid, frm, to = self.rng.choice(moves)
+        try:
+            out = await self.admin.move_shard(sid, frm, to)
+        except Exception as e:
+            return f"move shard {sid} n{frm}->n{to} failed: {_err(e)}"
+        return f"move shard {sid} n{frm}->n{to}: voters {out['voters']}"
 
     async def _transfer(self) -> str:
         groups = [g for g in _leaders(await self.admin.status()) if g[0] != 0 and len(g[2]) > 1]

@@ -114,11 +114,12 @@ def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
 
 
 def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
-    """Splits at written keys and leader transfers during traffic, 4 shards x 3 replicas."""
+    """Splits at written keys, leader transfers and moves during traffic, 4 shards x 3
+    replicas."""
     code, res = _run(
         tmp_path,
         *("--workload", "register", "--nemesis", "shard", "--shards", "4"),
-        # seed 7 at this interval plans both splits and transfers (the schedule is seeded)
+        # seed 7 at this interval plans splits, transfers and moves (the schedule is seeded)
         *("--nemesis-interval", "2"),
     )
     assert code == 0, res
@@ -126,7 +127,7 @@ def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
     assert res["counts"]["ok"] > 100
     events = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     done = " ".join(str(e["value"]) for e in events if e["process"] == NEMESIS)
-    assert "new shard" in done and "leader n" in done, done
+    assert "new shard" in done and "leader n" in done and "move shard" in done, done
 
 
 def test_short_campaign(tmp_path: Path) -> None:

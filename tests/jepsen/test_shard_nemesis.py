@@ -27,6 +27,7 @@ class FakeAdmin:
         self.leaders = {0: 1, **{r["id"]: 1 + i % 3 for i, r in enumerate(self.rows)}}
         self.fail = fail
         self.splits: list[tuple[int, str | bytes | None]] = []
+        self.moves: list[tuple[int, int, int]] = []
 
     async def shards(self) -> list[dict[str, Any]]:
         if self.fail:
@@ -50,6 +51,13 @@ class FakeAdmin:
         self.leaders[group] = to
         return to
 
+    async def move_shard(self, shard: int, frm: int, to: int) -> dict[str, Any]:
+        row = next(r for r in self.rows if r["id"] == shard)
+        assert frm in row["voters"] and to not in row["voters"]
+        row["voters"] = sorted({*row["voters"], to} - {frm})
+        self.moves.append((shard, frm, to))
+        return {"voters": row["voters"], "learners": []}
+
     async def status(
         self, sizes: bool = False, endpoints: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
@@ -63,7 +71,7 @@ class FakeAdmin:
                     for g, lead in self.leaders.items()
                 ],
             }
-            for n in (1, 2, 3)
+            for n in (1, 2, 3, 4)
         ]
 
 
@@ -95,7 +103,15 @@ def test_transfer_moves_a_shard_leader_to_another_voter() -> None:
     assert moved == {1, 2}, "shards only: the admin API cannot name the meta group (0)"
 
 
-@pytest.mark.parametrize("kind", ["shard-split", "shard-transfer-leader"])
+def test_move_takes_a_replica_to_a_node_without_one() -> None:
+    admin = FakeAdmin(["n"])
+    nem = ShardNemesis(admin, list, random.Random(4))
+    outs = [asyncio.run(nem.act("shard-move")) for _ in range(6)]
+    assert len(admin.moves) == 6, outs
+    assert all(len(r["voters"]) == 3 for r in admin.rows)
+
+
+@pytest.mark.parametrize("kind", ["shard-split", "shard-transfer-leader", "shard-move"])
 def test_a_failed_operation_is_reported_not_raised(kind: str) -> None:
     nem = ShardNemesis(FakeAdmin(["n"], fail=True), lambda: ["ar0"], random.Random(1))
     assert "failed" in asyncio.run(nem.act(kind))
