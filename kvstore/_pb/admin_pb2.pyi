@@ -234,18 +234,23 @@ class TransferLeadershipRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     TO_FIELD_NUMBER: _builtins.int
     group: _builtins.int
+    """Unset: group 1 (an unsharded cluster's only group). Explicit so that group 0, the
+    meta group, can be named: a plain proto3 0 read as "unset" moved group 1 instead.
+    """
     to: _builtins.int
     def __init__(
         self,
         *,
-        group: _builtins.int = ...,
+        group: _builtins.int | None = ...,
         to: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_group", b"_group", "group", b"group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group", b"_group", "group", b"group", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__group: _TypeAlias = _typing.Literal["group"]  # noqa: Y015
+    _WhichOneofArgType__group: _TypeAlias = _typing.Literal["_group", b"_group"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group) -> _WhichOneofReturnType__group | None: ...
 
 Global___TransferLeadershipRequest: _TypeAlias = TransferLeadershipRequest  # noqa: Y015
 
@@ -277,6 +282,7 @@ class MemberRequest(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     OLD_ID_FIELD_NUMBER: _builtins.int
     group: _builtins.int
+    """Unset: group 1; explicit so the meta group 0 can be named (see above)."""
     node_id: _builtins.int
     endpoint: _builtins.str
     """HOST:PORT of the node (needed when adding it)."""
@@ -285,16 +291,18 @@ class MemberRequest(_message.Message):
     def __init__(
         self,
         *,
-        group: _builtins.int = ...,
+        group: _builtins.int | None = ...,
         node_id: _builtins.int = ...,
         endpoint: _builtins.str = ...,
         old_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_group", b"_group", "group", b"group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "group", b"group", "node_id", b"node_id", "old_id", b"old_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group", b"_group", "endpoint", b"endpoint", "group", b"group", "node_id", b"node_id", "old_id", b"old_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__group: _TypeAlias = _typing.Literal["group"]  # noqa: Y015
+    _WhichOneofArgType__group: _TypeAlias = _typing.Literal["_group", b"_group"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group) -> _WhichOneofReturnType__group | None: ...
 
 Global___MemberRequest: _TypeAlias = MemberRequest  # noqa: Y015
 

@@ -164,7 +164,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
     async def TransferLeadership(
         self, request: admin_pb2.TransferLeadershipRequest, context: Any
     ) -> admin_pb2.TransferLeadershipResponse:
-        group = request.group or 1
+        group = request.group if request.HasField("group") else 1
         try:
             if request.to not in self.driver.status(group).conf_state.voters:
                 raise InvalidOp(f"node {request.to} is not a voter of group {group}", definite=True)
@@ -195,7 +195,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
         *,
         demote: bool = False,
     ) -> admin_pb2.MemberResponse:
-        group = request.group or 1
+        group = request.group if request.HasField("group") else 1
         try:
             if kind == ConfChangeType.JOINT:
                 change = self._replacement(group, request)

@@ -60,3 +60,42 @@ def test_refused_promote_on_followers_changes_nothing(tmp_path: Path) -> None:
                 await n.stop()
 
     asyncio.run(main())
+
+
+def test_a_call_naming_group_0_never_acts_on_group_1(tmp_path: Path) -> None:
+    """Group 0 (the meta group) is a real group id: a transfer or membership call that
+    names it must act on group 0 or be refused, never fall back to group 1 (a proto3 0
+    used to read as "unset", so a meta-group transfer moved shard 1's leader instead)."""
+
+    async def main() -> None:
+        ports = _ports(3)
+        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+        nodes = [
+            Node(ServeOptions(id=i, listen=peers[i], peers=peers, data_dir=str(tmp_path / f"{i}")))
+            for i in peers
+        ]
+        for n in nodes:
+            await n.start()
+        try:
+            leader = await _leader(nodes)
+            lid = leader.opts.id
+            other = next(i for i in peers if i != lid)
+            async with grpc.aio.insecure_channel(peers[lid]) as ch:
+                stub = admin_pb2_grpc.AdminStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.TransferLeadership(
+                        admin_pb2.TransferLeadershipRequest(group=0, to=other), timeout=5
+                    )
+                assert "group 0" in (e.value.details() or "")
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.RemoveMember(
+                        admin_pb2.MemberRequest(group=0, node_id=other), timeout=5
+                    )
+                assert "group 0" in (e.value.details() or "")
+            assert leader.driver.groups[1].leader == lid
+            assert other in leader.driver.status(1).conf_state.voters
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(main())
