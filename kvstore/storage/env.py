@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -167,6 +168,18 @@ class NodeStorage:
                 used, size = self.usage()
                 self.live = max(self.live, self.high_water + 1)
                 raise StorageFullError(f"LMDB map full ({used} of {size} bytes used): {e}") from e
+            except lmdb.Error as e:
+                # A full (or failing) file system fails the commit while LMDB writes the
+                # transaction's pages (ENOSPC, or EIO on tmpfs), before its meta page: the
+                # durable state is the previous transaction's and a retry writes every page
+                # again (no writemap). Refuse like a full map (writers get
+                # RESOURCE_EXHAUSTED, the persist retries) instead of stopping the node; a
+                # failure that broke the environment raises PanicError on the next begin.
+                _abort(txn)
+                if not _UNWRITABLE.search(str(e)):
+                    raise
+                self.live = max(self.live, self.high_water + 1)
+                raise StorageFullError(f"disk write failed (file system full?): {e}") from e
             except BaseException:
                 _abort(txn)
                 raise
@@ -258,6 +271,9 @@ def _lock_dir(path: str) -> IO[bytes]:
         f.close()
         raise StorageError(f"data directory {path} is in use by another NodeStorage") from e
     return f
+
+
+_UNWRITABLE = re.compile(r"No space left on device|Input/output error")
 
 
 def _abort(txn: lmdb.Transaction) -> None:
