@@ -10,7 +10,10 @@ Rules:
 - A write keeps its (client_id, incarnation, seq) across retries once an attempt may have
   taken effect, so a retry that reaches a state machine which already applied it returns
   the original answer (exactly-once). Until then (every attempt certainly failed) a retry
-  takes a fresh seq, which the session window cannot have passed by.
+  takes a fresh seq, which the session window cannot have passed by. Seqs are handed
+  out in a window (WRITE_WINDOW, half the session window): a new write waits while it
+  would be that far past the oldest write in flight, so no seq in use can fall out of the
+  session window however many writes one client has going.
   The incarnation is drawn afresh for every client object: a restarted process that
   reuses its client_id starts a new session and never gets an old process's answers.
 - An error is ``definite`` only if no attempt may have taken effect.
@@ -30,7 +33,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
-from kvstore.client._attempts import RetryStats, Watch, renumber
+from kvstore.client._attempts import RetryStats, Watch, renumber, seq_of
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._limits import check_sizes
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
@@ -48,6 +51,10 @@ from kvstore.security.tls import PathOrPem, client_tls, open_channel
 ATTEMPT_FRACTION = 0.2
 MIN_ATTEMPT_S = 0.25
 MAX_ATTEMPT_S = 1.0
+WRITE_WINDOW = 512
+"""Writes one client has in flight at most: half the node's session window
+(kvstore.statemachine.apply.SESSION_WINDOW, 1024), so a write's seq is always one the
+session still remembers or can take."""
 """One attempt gets ATTEMPT_FRACTION of the call's timeout, within these bounds (about one
 election timeout at the default timing), so a paused node costs one attempt, not the call."""
 WRITE_ATTEMPTS = 2.0
@@ -121,7 +128,9 @@ class AsyncClient:
         )
         self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
         self.incarnation = random.SystemRandom().randrange(1, 1 << 64)
-        self._seq = itertools.count(1)
+        self._next_seq = 1
+        self._live_seqs: dict[int, None] = {}  # seqs in flight, oldest first
+        self._seq_window: asyncio.Condition | None = None
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
         self._health = Endpoints(self.endpoints, tls=self.tls)
@@ -211,6 +220,50 @@ class AsyncClient:
         without a usable hint, unavailable) back off first. On a sharded cluster the op
         goes to its shard (_routing.py).
         """
+        if write and self.client_id:
+            # Seqs are handed out in a window: a new write waits while it would be
+            # WRITE_WINDOW or more seqs past the oldest write still in flight. Without it a
+            # write queued behind thousands of others, or retried after a node went
+            # silent while the other callers' writes went on, carried a seq the session
+            # window (SESSION_WINDOW applied seqs) had passed, and was refused as "may
+            # have applied" until its deadline.
+            await self._take_seq(op)
+            try:
+                return await self._execute_op(op, write=write, anywhere=anywhere)
+            finally:
+                await self._release_seq(op)
+        return await self._execute_op(op, write=write, anywhere=anywhere)
+
+    async def _take_seq(self, op: kv_pb2.Op) -> None:
+        if self._seq_window is None:
+            self._seq_window = asyncio.Condition()
+        async with self._seq_window:
+            await self._seq_window.wait_for(
+                lambda: (
+                    not self._live_seqs
+                    or self._next_seq - next(iter(self._live_seqs)) < WRITE_WINDOW
+                )
+            )
+            renumber(op, self._issue_seq())
+
+    def _issue_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._live_seqs[seq] = None
+        return seq
+
+    def reissue_seq(self, op: kv_pb2.Op) -> None:
+        """A fresh seq for a write no attempt can have applied (see _execute_unrouted)."""
+        self._live_seqs.pop(seq_of(op), None)
+        renumber(op, self._issue_seq())
+
+    async def _release_seq(self, op: kv_pb2.Op) -> None:
+        self._live_seqs.pop(seq_of(op), None)
+        assert self._seq_window is not None
+        async with self._seq_window:
+            self._seq_window.notify_all()
+
+    async def _execute_op(self, op: kv_pb2.Op, *, write: bool, anywhere: bool) -> kv_pb2.OpResult:
         sub = getattr(op, op.WhichOneof("request") or "get")
         if not await self._sharded():
             try:
@@ -264,7 +317,7 @@ class AsyncClient:
                     # No attempt can have applied, so a fresh seq is as safe as the old
                     # one, and it cannot have fallen out of the session window while
                     # this op waited (the other callers' writes move the window on).
-                    renumber(op, next(self._seq))
+                    self.reissue_seq(op)
             # How long the node may take: a read gets one attempt; a write, which the
             # node proposes and must commit, gets more (a slow node that is answering
             # would otherwise see each retry re-proposed and time out again).
@@ -362,7 +415,6 @@ class AsyncClient:
                 value=_b(value),
                 client_id=self.client_id,
                 incarnation=self.incarnation,
-                seq=next(self._seq),
             )
         )
         r = (await self._execute(op, write=True)).put
@@ -391,7 +443,6 @@ class AsyncClient:
                 key=_b(key),
                 client_id=self.client_id,
                 incarnation=self.incarnation,
-                seq=next(self._seq),
             )
         )
         r = (await self._execute(op, write=True)).delete
@@ -404,9 +455,7 @@ class AsyncClient:
         """Set ``key`` to ``new`` (None: delete it) iff its value is ``expected``
         (None: iff it is absent). Returns whether the swap happened."""
         check_sizes(_b(key), *(_b(v) for v in (expected, new) if v is not None))
-        req = kv_pb2.CasRequest(
-            key=_b(key), client_id=self.client_id, incarnation=self.incarnation, seq=next(self._seq)
-        )
+        req = kv_pb2.CasRequest(key=_b(key), client_id=self.client_id, incarnation=self.incarnation)
         if expected is None:
             req.expect_absent = True
         else:

@@ -30,6 +30,11 @@ class RetryStats:
         return {"requests": self.requests, **self.reasons}
 
 
+def seq_of(op: kv_pb2.Op) -> int:
+    kind = op.WhichOneof("request")
+    return int(getattr(op, kind).seq) if kind in ("put", "delete", "cas") else 0
+
+
 def renumber(op: kv_pb2.Op, seq: int) -> None:
     kind = op.WhichOneof("request")
     if kind == "put":

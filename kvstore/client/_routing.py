@@ -187,7 +187,6 @@ class ShardRouter:
     ) -> kv_pb2.OpResult:
         """Run one op on the shard ``route`` picks, with redirects, map refreshes and
         retries until it succeeds or the client's deadline passes."""
-        from kvstore.client._attempts import renumber as _renumber
 
         c = self.client
         loop = asyncio.get_running_loop()
@@ -222,7 +221,7 @@ class ShardRouter:
             endpoint = self._pick(d, anywhere, turn)
             if attempt and write and not maybe_applied:
                 # Every attempt certainly failed: a fresh seq is as safe (see _async.py).
-                _renumber(op, next(c._seq))
+                c.reissue_seq(op)
             budget = min(deadline - loop.time(), c.attempt_timeout)
             op.timeout_ms = max(1, int(budget * 1000))
             stream = c._stream(endpoint)
