@@ -20,7 +20,7 @@ import random
 import subprocess
 from pathlib import Path
 
-from kvstore.jepsen.hosts import HarnessError
+from kvstore.jepsen.hosts import DISK_SOURCE, HarnessError
 
 FILLER = "jepsen-disk-filler"
 
@@ -30,7 +30,7 @@ def mount(path: Path, size_mb: int) -> None:
     if os.path.ismount(path):
         return
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", DISK_SOURCE, str(path)],
         capture_output=True,
         text=True,
     )

@@ -14,6 +14,10 @@ between nodes, as in Jepsen.
 Invariant: everything this module creates carries the ``kvj`` prefix, and
 :func:`clean_leftovers` removes all of it (processes in the namespaces first), so a crashed
 run is cleaned by the next one. One run at a time holds :data:`LOCK_PATH`.
+
+Slots: ``KVSTORE_JEPSEN_SLOT=S`` (1-9) gives a run its own names, subnet and lock
+(``kvjbrS``, ``kvjsS-N``, ``10.77.S.0/24``), so a long campaign in one slot does not lock
+out other runs; slot 0 (the default) is the layout above. Cleanup only touches its slot.
 """
 
 from __future__ import annotations
@@ -28,12 +32,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-BRIDGE = "kvjbr0"
-NS_PREFIX = "kvj"
-VETH_PREFIX = "kvjv"
-SUBNET = "10.77.0"
+
+def _slot() -> int:
+    raw = os.environ.get("KVSTORE_JEPSEN_SLOT", "0").strip() or "0"
+    if not raw.isdigit() or not 0 <= int(raw) <= 9:
+        raise ValueError(f"KVSTORE_JEPSEN_SLOT must be a digit 0-9, not {raw!r}")
+    return int(raw)
+
+
+SLOT = _slot()
+BRIDGE = f"kvjbr{SLOT}"
+NS_PREFIX = "kvj" if SLOT == 0 else f"kvjs{SLOT}-"
+VETH_PREFIX = "kvjv" if SLOT == 0 else f"kvjs{SLOT}v"
+SUBNET = f"10.77.{SLOT}"
 HOST_IP = f"{SUBNET}.1"
-LOCK_PATH = Path("/run/lock/kvstore-jepsen.lock")
+LOCK_PATH = Path(
+    "/run/lock/kvstore-jepsen.lock" if SLOT == 0 else f"/run/lock/kvstore-jepsen-{SLOT}.lock"
+)
+# the tmpfs source name marks a slot's data disks, so cleanup never unmounts another slot's
+DISK_SOURCE = f"kvjdisk{SLOT}"
 _FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
 
 
@@ -166,7 +183,13 @@ def _our_disks() -> list[str]:
     out = []
     for line in mounts:
         parts = line.split()
-        if len(parts) > 2 and parts[2] == "tmpfs" and re.search(r"/nodes/n\d+/data$", parts[1]):
+        if (
+            len(parts) > 2
+            and parts[2] == "tmpfs"
+            # slot 0 also takes plain "tmpfs" sources, left by runs from before slots
+            and (parts[0] == DISK_SOURCE or (SLOT == 0 and parts[0] == "tmpfs"))
+            and re.search(r"/nodes/n\d+/data$", parts[1])
+        ):
             out.append(parts[1])
     return out
 
