@@ -52,7 +52,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from kvstore.cli import _client_flags, _positive_float
+    from kvstore.cli_flags import _client_flags, _positive_float
 
     p = sub.add_parser("node", help="nodes: list, decommission")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")

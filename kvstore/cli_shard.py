@@ -66,7 +66,7 @@ def _move(c: Any, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from kvstore.cli import _client_flags, _positive_float
+    from kvstore.cli_flags import _client_flags, _positive_float
 
     p = sub.add_parser("shard", help="shards: list, split, move, transfer-leader")
     ssub = p.add_subparsers(dest="shard_command", required=True, metavar="ACTION")

@@ -119,7 +119,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from kvstore.cli import _client_flags, _int_at_least
+    from kvstore.cli_flags import _client_flags, _int_at_least
 
     p = sub.add_parser("snapshot", help="backups: save, restore, status")
     ssub = p.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")

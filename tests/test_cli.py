@@ -91,6 +91,7 @@ def test_toml_config_file(
     tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import kvstore.cli as cli
+    import kvstore.cli_serve as cli_serve
 
     cfg = tmp_path / "node.toml"  # type: ignore[operator]
     cfg.write_text(
@@ -98,7 +99,7 @@ def test_toml_config_file(
         '[peers]\n1 = "a:1"\n4 = "127.0.0.1:7004"\n'
     )
     seen = {}
-    monkeypatch.setattr(cli, "cmd_serve", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(cli_serve, "cmd_serve", lambda args: seen.update(vars(args)) or 0)
     monkeypatch.setenv("KVSTORE_TICK_MS", "30")
     assert cli.main(["serve", "--config", str(cfg), "--listen", "127.0.0.1:9"]) == 0
     assert seen["id"] == 4 and seen["data_dir"] == "/var/lib/kv"
