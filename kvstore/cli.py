@@ -341,13 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "kvstore.bench.cli",
         "kvstore.jepsen.cli",
     ):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        register = getattr(mod, "register", None)
-        if register is not None:
-            register(sub)
+        # no ImportError guard: a command module that fails to import is a bug to see,
+        # not a command that silently vanishes from --help
+        __import__(module, fromlist=["register"]).register(sub)
     return parser
 
 

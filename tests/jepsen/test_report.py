@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pytest
 
 from kvstore.jepsen.history import NEMESIS, Event
 from kvstore.jepsen.report import fault_windows, render_html, spans, write_report
@@ -63,3 +66,22 @@ def test_write_report_leaves_html_and_plots(tmp_path: Path) -> None:
     for png in ("latency.png", "throughput.png"):
         data = (tmp_path / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000
+
+
+def test_a_report_without_matplotlib_keeps_its_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes `import matplotlib` raise ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    page = write_report(
+        tmp_path,
+        title="t",
+        verdict="valid",
+        summary=[],
+        anomalies=[],
+        events=EVENTS,
+        concurrency=3,
+    )
+    text = page.read_text()
+    assert "valid" in text and "need matplotlib" in text
+    assert not (tmp_path / "latency.png").exists()
