@@ -144,12 +144,12 @@ if hasattr(D, "_persist"):  # older drivers: a method on the driver
         return out
 
     DA._persist = persist
-else:  # newer drivers: kvstore.node.persist.persist_plans(storage, metrics, plans)
+else:  # newer drivers: kvstore.node.persist.persist_plans(storage, metrics, plans, ...)
     _persist_plans = MOD.persist_plans
 
-    def persist_plans(storage: Any, metrics: Any, plans: list[Any]) -> Any:
+    def persist_plans(storage: Any, metrics: Any, plans: list[Any], *args: Any) -> Any:
         t0 = now()
-        out = _persist_plans(storage, metrics, plans)
+        out = _persist_plans(storage, metrics, plans, *args)
         _stamp_persisted(plans, t0, now())
         return out
 

@@ -477,3 +477,30 @@ def test_streamed_snapshots_leave_the_image_to_the_node(st: NodeStorage, tmp_pat
             w.save(1, snapshot=Snapshot(metadata=meta, data=buf.getvalue()))
         assert b.kv(1).get(b"b") is not None and b.kv(1).get(b"c") is None
         assert b.kv(1).applied_index() == 2
+
+
+def test_tight_above_the_high_water_mark_and_not_after_deletes(store_path: str) -> None:
+    """``tight`` follows the live pages: set once the data passes the mark, cleared once
+    deletes free pages (the file keeps its size, so the cheap bound no longer decides)."""
+    st = NodeStorage(store_path, map_size=32 << 20)
+    try:
+        assert st.group(1).bootstrap({1, 2, 3})
+        assert not st.tight
+        assert st.live >= st.live_bytes()  # below the mark: an upper bound
+        value = b"v" * 4000
+        index = 0
+        while not st.tight:
+            puts = [Put(b"k%06d" % (index * 500 + i), value) for i in range(500)]
+            index += 1
+            commit(st, 1, batch(index, *puts))
+            assert index < 20, "never tight"
+        assert st.live == st.live_bytes() > st.high_water
+        dels = [Delete(b"k%06d" % k) for k in range(index * 500)]
+        index += 1
+        commit(st, 1, batch(index, *dels))
+        with st.write() as w:
+            w.compact(1, index)
+        assert not st.tight
+        assert st.live == st.live_bytes() < st.high_water
+    finally:
+        st.close()
