@@ -99,8 +99,10 @@ class ShardAdmin:
                 cmd = cmds.decode(request.command)
             except ValueError as e:
                 raise InvalidOp(f"not a meta command: {e}", definite=True) from e
-            if isinstance(cmd, cmds.Split):
-                raise InvalidOp("Split belongs in a data shard's log", definite=True)
+            if isinstance(cmd, (cmds.Split, *cmds.MERGE_COMMANDS)):
+                raise InvalidOp(
+                    f"{type(cmd).__name__} belongs in a data shard's log", definite=True
+                )
             result = await self.driver.propose_admin(
                 META_GROUP, request.command, context.time_remaining() or 5.0
             )

@@ -9,6 +9,11 @@ index in the same way.
     Split(new_id, at, epoch)   data group: keep [start, at), create new_id for [at, end)
     AllocIds(n)                meta group: reserve n shard ids; result: the first
     Report(descriptors)        meta group: merge into the shard map (ShardMap.report)
+    PrepareMerge(target, source_epoch, target_epoch)
+                               source (right) group: freeze for a merge into ``target``
+    CommitMerge(source)        target (left) group: absorb the prepared source replica
+    RollbackMerge(epoch)       source group: unfreeze, version + 1
+(kvstore.shard.merging holds the merge rules.)
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ _U32 = struct.Struct("<I")
 _KIND_SPLIT = 1
 _KIND_ALLOC = 2
 _KIND_REPORT = 3
+_KIND_PREPARE_MERGE = 4
+_KIND_COMMIT_MERGE = 5
+_KIND_ROLLBACK_MERGE = 6
+_PREPARE = struct.Struct("<QQQQQ")
+_EPOCH = struct.Struct("<QQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,36 @@ class Report:
     shards: tuple[Descriptor, ...]
 
 
-AdminCommand = Split | AllocIds | Report
+@dataclass(frozen=True, slots=True)
+class PrepareMerge:
+    """In the source's log: freeze it for a merge into ``target`` (result: the entry's
+    index, the source's last index with data; 0 when refused)."""
+
+    target: int
+    source_epoch: Epoch
+    """The source's epoch the merge was decided with; another one applies nothing."""
+    target_epoch: Epoch
+    """The target's epoch; the CommitMerge applies only while the target has it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMerge:
+    """In the target's log: absorb ``source`` (its descriptor as the PrepareMerge left
+    it). Result: the merged version, 0 when refused."""
+
+    source: Descriptor
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackMerge:
+    """In the source's log: give up a prepared merge (result: the new version, 0 when
+    refused)."""
+
+    source_epoch: Epoch
+
+
+MERGE_COMMANDS = (PrepareMerge, CommitMerge, RollbackMerge)
+AdminCommand = Split | AllocIds | Report | PrepareMerge | CommitMerge | RollbackMerge
 
 
 def is_admin(data: bytes) -> bool:
@@ -64,6 +103,16 @@ def encode(cmd: AdminCommand) -> bytes:
         )
     if isinstance(cmd, AllocIds):
         return _HEAD.pack(ADMIN_MAGIC, _KIND_ALLOC) + _U64.pack(cmd.n)
+    if isinstance(cmd, PrepareMerge):
+        s, t = cmd.source_epoch, cmd.target_epoch
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_PREPARE_MERGE) + _PREPARE.pack(
+            cmd.target, s.version, s.conf_ver, t.version, t.conf_ver
+        )
+    if isinstance(cmd, CommitMerge):
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_COMMIT_MERGE) + desc.encode(cmd.source)
+    if isinstance(cmd, RollbackMerge):
+        e = cmd.source_epoch
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_ROLLBACK_MERGE) + _EPOCH.pack(e.version, e.conf_ver)
     parts = [_HEAD.pack(ADMIN_MAGIC, _KIND_REPORT), _U32.pack(len(cmd.shards))]
     parts += [desc.encode(d) for d in cmd.shards]
     return b"".join(parts)
@@ -96,6 +145,18 @@ def decode(data: bytes) -> AdminCommand:
             if pos != len(data):
                 raise ValueError("trailing bytes after a report")
             return Report(tuple(shards))
+        if kind == _KIND_PREPARE_MERGE:
+            if len(data) != pos + _PREPARE.size:
+                raise ValueError("prepare-merge command length")
+            t, sv, sc, tv, tc = _PREPARE.unpack_from(data, pos)
+            return PrepareMerge(t, Epoch(sv, sc), Epoch(tv, tc))
+        if kind == _KIND_COMMIT_MERGE:
+            return CommitMerge(desc.decode(bytes(data[pos:])))
+        if kind == _KIND_ROLLBACK_MERGE:
+            if len(data) != pos + _EPOCH.size:
+                raise ValueError("rollback-merge command length")
+            v, c = _EPOCH.unpack_from(data, pos)
+            return RollbackMerge(Epoch(v, c))
     except struct.error as e:
         raise ValueError(f"malformed admin command: {e}") from e
     raise ValueError(f"unknown admin command kind {kind}")

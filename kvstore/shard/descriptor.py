@@ -6,7 +6,10 @@ Rules this module keeps:
   membership change; neither ever goes back, so of two descriptors of one id the one with
   the higher (version, conf_ver) is newer, and of two overlapping descriptors the one with
   the higher version is newer (see ``newer``).
-- ``decode(encode(d)) == d``; anything else raises ValueError.
+- ``decode(encode(d)) == d``; anything else raises ValueError. A descriptor with no merge
+  state and revision offset 0 encodes as format 1 (as written before merges existed).
+- While ``merging_into`` is set (a PrepareMerge applied in the shard's log) the shard is
+  frozen: it applies no write, so its data is final at ``merge_index``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ _LEN = struct.Struct("<I")
 _COUNT = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
 _FORMAT = 1
+_FORMAT_MERGE = 2
+_MERGE = struct.Struct("<QQQQQ")
 META_GROUP = 0
 """The group that holds the shard map; it owns no user keys."""
 
@@ -40,6 +45,16 @@ class Descriptor:
     epoch: Epoch = field(default_factory=Epoch)
     voters: tuple[int, ...] = ()
     learners: tuple[int, ...] = ()
+    revision_offset: int = 0
+    """A write applied at log index i has revision i + revision_offset (0 until a merge
+    raises it past the absorbed shard's revisions, so revisions never go back per key)."""
+    merging_into: int = 0
+    """While a merge is prepared: the id of the left neighbour that will absorb this
+    shard (0: none). The shard then applies no write and serves no strong read."""
+    merge_index: int = 0
+    """The index of the PrepareMerge entry (the source's last index with data)."""
+    merge_target_epoch: Epoch = field(default_factory=Epoch)
+    """The target's epoch the merge was prepared against; CommitMerge applies only then."""
 
     def __post_init__(self) -> None:
         if self.end and self.start >= self.end:
@@ -83,9 +98,16 @@ def newer(a: Descriptor, b: Descriptor) -> bool:
     return a.epoch.version > b.epoch.version
 
 
+def _has_merge_fields(d: Descriptor) -> bool:
+    return bool(d.revision_offset or d.merging_into or d.merge_index) or (
+        d.merge_target_epoch != Epoch()
+    )
+
+
 def encode(d: Descriptor) -> bytes:
+    fmt = _FORMAT_MERGE if _has_merge_fields(d) else _FORMAT
     parts = [
-        _HEAD.pack(_FORMAT, d.id, d.epoch.version, d.epoch.conf_ver),
+        _HEAD.pack(fmt, d.id, d.epoch.version, d.epoch.conf_ver),
         _LEN.pack(len(d.start)),
         d.start,
         _LEN.pack(len(d.end)),
@@ -94,6 +116,11 @@ def encode(d: Descriptor) -> bytes:
     for ids in (d.voters, d.learners):
         parts.append(_COUNT.pack(len(ids)))
         parts.extend(_U64.pack(i) for i in ids)
+    if fmt == _FORMAT_MERGE:
+        t = d.merge_target_epoch
+        parts.append(
+            _MERGE.pack(d.revision_offset, d.merging_into, d.merge_index, t.version, t.conf_ver)
+        )
     return b"".join(parts)
 
 
@@ -108,7 +135,7 @@ def decode_from(data: bytes, pos: int) -> tuple[Descriptor, int]:
     """Decode one descriptor at ``pos``; returns it and the position after it."""
     try:
         fmt, ident, version, conf_ver = _HEAD.unpack_from(data, pos)
-        if fmt != _FORMAT:
+        if fmt not in (_FORMAT, _FORMAT_MERGE):
             raise ValueError(f"unknown shard descriptor format {fmt}")
         pos += _HEAD.size
         start, pos = _take(data, pos)
@@ -119,6 +146,10 @@ def decode_from(data: bytes, pos: int) -> tuple[Descriptor, int]:
             pos += _COUNT.size
             lists.append(tuple(_U64.unpack_from(data, pos + 8 * i)[0] for i in range(n)))
             pos += 8 * n
+        merge = (0, 0, 0, 1, 1)
+        if fmt == _FORMAT_MERGE:
+            merge = _MERGE.unpack_from(data, pos)
+            pos += _MERGE.size
     except struct.error as e:
         raise ValueError(f"malformed shard descriptor: {e}") from e
     d = Descriptor(
@@ -128,6 +159,10 @@ def decode_from(data: bytes, pos: int) -> tuple[Descriptor, int]:
         epoch=Epoch(version, conf_ver),
         voters=lists[0],
         learners=lists[1],
+        revision_offset=merge[0],
+        merging_into=merge[1],
+        merge_index=merge[2],
+        merge_target_epoch=Epoch(merge[3], merge[4]),
     )
     return d, pos
 

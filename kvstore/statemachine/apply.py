@@ -108,11 +108,13 @@ def apply_commands(
     commands: Sequence[Command],
     owns: Callable[[bytes], bool] | None = None,
     time_ms: int = 0,
+    revision_offset: int = 0,
 ) -> list[ApplyResult]:
     """Apply one entry's commands in order; one result per command. ``owns``: the
     group's key range at this index (None: every key); a command on another key applies
     as nothing (WRONG_SHARD), unless its session already holds its answer. ``time_ms``:
-    the entry's time stamp (0 = none)."""
+    the entry's time stamp (0 = none). ``revision_offset``: writes get revision
+    ``index + revision_offset`` (a merged shard's, see kvstore.shard.merging)."""
     now = advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
     for cmd in commands:
@@ -140,7 +142,7 @@ def apply_commands(
         if owns is not None and not owns(cmd.key):
             out.append(ApplyResult(index, index, False, None, None, ApplyError.WRONG_SHARD))
             continue
-        result = _apply_one(txn, index, cmd)
+        result = _apply_one(txn, index, cmd, index + revision_offset)
         if cid:
             txn.session_record((cid, cmd.incarnation), cmd.seq, result, now)
         out.append(result)
@@ -162,28 +164,28 @@ def stored(result: ApplyResult) -> ApplyResult:
     return ApplyResult(result.index, result.revision, result.ok, None, None, result.error)
 
 
-def _apply_one(txn: KVTxn, index: int, cmd: Command) -> ApplyResult:
+def _apply_one(txn: KVTxn, index: int, cmd: Command, rev: int) -> ApplyResult:
     if len(cmd.key) > MAX_KEY_SIZE:
-        return ApplyResult(index, index, False, None, None, ApplyError.KEY_TOO_LARGE)
+        return ApplyResult(index, rev, False, None, None, ApplyError.KEY_TOO_LARGE)
     prev = txn.get(cmd.key)
     if isinstance(cmd, Put):
-        kv = _written(cmd.key, cmd.value, prev, index)
+        kv = _written(cmd.key, cmd.value, prev, rev)
         txn.put(kv)
-        return ApplyResult(index, index, True, prev, kv)
+        return ApplyResult(index, rev, True, prev, kv)
     if isinstance(cmd, Delete):
         if prev is not None:
             txn.delete(cmd.key)
-        return ApplyResult(index, index, prev is not None, prev, None)
+        return ApplyResult(index, rev, prev is not None, prev, None)
     assert isinstance(cmd, Cas)
     if not _compare(cmd, prev):
-        return ApplyResult(index, index, False, prev, prev)
+        return ApplyResult(index, rev, False, prev, prev)
     if cmd.new_value is None:
         if prev is not None:
             txn.delete(cmd.key)
-        return ApplyResult(index, index, True, prev, None)
-    kv = _written(cmd.key, cmd.new_value, prev, index)
+        return ApplyResult(index, rev, True, prev, None)
+    kv = _written(cmd.key, cmd.new_value, prev, rev)
     txn.put(kv)
-    return ApplyResult(index, index, True, prev, kv)
+    return ApplyResult(index, rev, True, prev, kv)
 
 
 def _written(key: bytes, value: bytes, prev: KeyValue | None, index: int) -> KeyValue:

@@ -1,7 +1,8 @@
 """Values the state machine hands out: KeyValue (etcd's mvccpb.KeyValue) and ApplyResult.
 
 Invariant: both are immutable; ``revision`` of a write is the log index of the entry
-that carried it (per shard, monotonic), so ``mod_revision <= applied index`` always.
+that carried it plus the shard's revision offset (0 until a merge; per shard, monotonic,
+see kvstore.shard.merging), so ``mod_revision <= applied index + offset`` always.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class ApplyResult:
     index: int
     """Log index of the entry that carried the command."""
     revision: int
-    """Store revision the answer reflects; equals ``index`` (one revision per entry)."""
+    """Store revision the answer reflects: ``index`` plus the shard's revision offset
+    (one revision per entry)."""
     ok: bool
     """Put: always True. Delete: the key existed. Cas: the comparison held."""
     prev: KeyValue | None

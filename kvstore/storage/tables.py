@@ -294,6 +294,37 @@ class GroupTables:
         lo, hi = self.owned
         return delete_range(self.txn, self.dbs.kv, keys.kv_key(lo), keys.kv_end(hi))
 
+    def merge_sessions_from(self, source: int, index: int) -> None:
+        """Take ``source``'s sessions into this group (a merge at entry ``index``): its
+        outcomes are added (a seq this group also holds keeps this group's), a session
+        both hold keeps the higher last seq, and every session the source held counts as
+        active at ``index`` (the source's indexes mean nothing in this log; being kept
+        longer never changes an answer). The log clock becomes the later of the two."""
+        self.flush()
+        src = GroupTables(self.txn, self.dbs, source, None)
+        clock = max(self.clock(), src.clock())
+        if clock != self.clock():
+            self.set_clock(clock)
+        state_len = len(keys.session_key(source, 0, 0)) - len(keys.group_prefix(source))
+        prefix = keys.group_prefix(self.group)
+        for suffix, record in list(src.raw_sessions()):
+            if not suffix:
+                continue  # the log clock, merged above
+            if len(suffix) != state_len:
+                if self.txn.get(prefix + suffix, db=self.dbs.sessions) is None:
+                    self.txn.put(prefix + suffix, record, db=self.dbs.sessions)
+                continue
+            sid = keys.session_id(prefix + suffix)
+            theirs = src._decode(decode_session, record, f"session {sid}")
+            mine = self.session(sid)
+            last_seq = theirs.last_seq if mine is None else max(mine.last_seq, theirs.last_seq)
+            last_time = (
+                theirs.last_time_ms if mine is None else max(mine.last_time_ms, theirs.last_time_ms)
+            )
+            self._states[sid] = SessionState(last_seq, index, last_time)
+            self._dirty.add(sid)
+        self.flush()
+
     def copy_sessions_to(self, group: int) -> None:
         """Copy this group's session records (and log clock) to ``group`` (a split's new
         shard)."""

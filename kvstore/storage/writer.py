@@ -7,7 +7,7 @@ the transaction each group's pending view tracks exactly what the transaction wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -25,6 +25,7 @@ from kvstore.consensus.types import (
 )
 from kvstore.shard import commands as shard_cmds
 from kvstore.shard import descriptor as desc
+from kvstore.shard import merging as shard_merge
 from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
 from kvstore.shard.split import SplitError
 from kvstore.shard.split import split as split_shard
@@ -68,6 +69,10 @@ class _Pending:
         )
 
 
+def _frozen(key: bytes) -> bool:
+    return False
+
+
 class Writer:
     """Stages writes in one LMDB write transaction; get one from ``NodeStorage.write()``."""
 
@@ -94,6 +99,12 @@ class Writer:
         """NORMAL entries whose data did not decode as a batch (applied as nothing)."""
         self.created: list[int] = []
         """Groups a split created on this node in this transaction (the driver starts them)."""
+        self.merged: list[tuple[int, int]] = []
+        """(target, source) of merges applied here in this transaction: the source's
+        replica is gone from storage (the driver stops it)."""
+        self.merge_anomalies: list[str] = []
+        """CommitMerges applied while the local source replica was not as the coordinator
+        saw it (impossible unless a node lost durable state; the driver logs them)."""
         self.admin_results: dict[int, dict[int, int]] = {}
         """group -> entry index -> result of the admin command there (see shard.commands;
         a refused split: 0)."""
@@ -273,8 +284,17 @@ class Writer:
                     self.undecodable += 1
                 else:
                     owned = tables.owned
-                    check = None if owned == WHOLE else partial(owns, owned)
-                    out += apply_commands(tables, e.index, batch.commands, check, batch.time_ms)
+                    check: Callable[[bytes], bool] | None = (
+                        None if owned == WHOLE else partial(owns, owned)
+                    )
+                    offset = 0
+                    if p.shard is not None:
+                        offset = p.shard.revision_offset
+                        if p.shard.merging_into:
+                            check = _frozen  # a prepared merge source takes no write
+                    out += apply_commands(
+                        tables, e.index, batch.commands, check, batch.time_ms, offset
+                    )
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
         if applied != p.applied:
@@ -297,6 +317,12 @@ class Writer:
         result = 0
         if isinstance(cmd, shard_cmds.Split):
             result = self._apply_split(group, p, e, cmd)
+        elif isinstance(cmd, shard_cmds.PrepareMerge):
+            result = self._apply_prepare_merge(group, p, e, cmd)
+        elif isinstance(cmd, shard_cmds.CommitMerge):
+            result = self._apply_commit_merge(group, p, e, cmd)
+        elif isinstance(cmd, shard_cmds.RollbackMerge):
+            result = self._apply_rollback_merge(group, p, cmd)
         elif group == META_GROUP:
             key = keys.meta_key(group, keys.TAG_META_STATE)
             record = self._txn.get(key, db=self._dbs.meta)
@@ -312,7 +338,7 @@ class Writer:
         (no copy) and a copy of the sessions. Returns the new id, or 0 when refused (the
         epoch moved on or the key is not inside the range)."""
         d = p.shard
-        if d is None or d.epoch != cmd.epoch:
+        if d is None or d.epoch != cmd.epoch or d.merging_into:
             return 0
         try:
             left, right = split_shard(d, cmd.at, cmd.new_id)
@@ -338,6 +364,62 @@ class Writer:
         GroupTables(self._txn, self._dbs, group).copy_sessions_to(cmd.new_id)
         self.created.append(cmd.new_id)
         return cmd.new_id
+
+    def _apply_prepare_merge(
+        self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.PrepareMerge
+    ) -> int:
+        """Freeze this group (the source) for a merge into ``cmd.target``: from this entry
+        on it applies no write. Returns this entry's index (0: refused, the epoch moved
+        on or a merge is already prepared)."""
+        d = p.shard
+        if d is None or d.epoch != cmd.source_epoch:
+            return 0
+        try:
+            frozen = shard_merge.prepare(d, cmd.target, e.index, cmd.target_epoch)
+        except SplitError:
+            return 0
+        self._set_shard(group, p, frozen)
+        return e.index
+
+    def _apply_commit_merge(
+        self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.CommitMerge
+    ) -> int:
+        """This group (the target) absorbs the prepared source, in this transaction:
+        range extended, version max + 1, revision offset raised, sessions merged, and the
+        local source replica's state destroyed (its user keys stay: this group owns them
+        now). Whether it applies depends only on this group's state and the command
+        (every replica decides alike); the coordinator proposed it only after every
+        source replica had applied the PrepareMerge, so the local one is complete.
+        Returns the merged version (0: refused)."""
+        d, src = p.shard, cmd.source
+        if d is None:
+            return 0
+        try:
+            merged = shard_merge.commit(d, src, e.index)
+        except SplitError:
+            return 0
+        s = self._group(keys.check_group(src.id))
+        if s.shard != src or s.applied < src.merge_index:
+            self.merge_anomalies.append(
+                f"group {group} merged {src.describe()} at {e.index} while the local "
+                f"replica of {src.id} was {s.shard and s.shard.describe()} applied {s.applied}"
+            )
+        if s.shard is not None and s.shard.id == src.id:
+            GroupTables(self._txn, self._dbs, group, owned_range(group, d)).merge_sessions_from(
+                src.id, e.index
+            )
+            self._destroy_state(src.id, s)
+        self._set_shard(group, p, merged)
+        self.merged.append((group, src.id))
+        return merged.epoch.version
+
+    def _apply_rollback_merge(self, group: int, p: _Pending, cmd: shard_cmds.RollbackMerge) -> int:
+        d = p.shard
+        if d is None or d.epoch != cmd.source_epoch or not d.merging_into:
+            return 0
+        back = shard_merge.rollback(d)
+        self._set_shard(group, p, back)
+        return back.epoch.version
 
     def _bump_conf_ver(self, group: int, p: _Pending, data: bytes) -> None:
         """A membership change raises the descriptor's conf_ver, entry by entry."""
@@ -414,10 +496,14 @@ class Writer:
         """Delete everything of ``group`` (a replica moved away): log, metadata, log base,
         kv and sessions. The group then looks brand new (and may be bootstrapped again)."""
         p = self._group(group)
+        GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).delete_owned()
+        self._destroy_state(group, p)
+
+    def _destroy_state(self, group: int, p: _Pending) -> None:
+        """Delete ``group``'s log, metadata, log base and sessions, not its user keys."""
         self.dropped.add(group)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
-        GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace([], [])
-        for db in (self._dbs.log, self._dbs.meta):
+        for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions):
             delete_range(self._txn, db, lo, hi)
         self._txn.delete(lo, db=self._dbs.snapshot)
         fresh = LogView()

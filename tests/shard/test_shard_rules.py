@@ -234,3 +234,61 @@ def test_shard_modules_are_pure() -> None:
                 names = [node.module]
             bad += [f"{f.name}: {n}" for n in names if n.split(".")[0] in forbidden]
     assert not bad, bad
+
+
+def test_merge_rules_check_prepare_commit_rollback() -> None:
+    from kvstore.shard import merging as m
+
+    left = Descriptor(id=1, end=b"m", voters=(1, 2, 3))
+    right = Descriptor(id=2, start=b"m", voters=(3, 2, 1), epoch=Epoch(4, 2))
+    m.check_merge(left, right)
+    with pytest.raises(m.MergeError, match="last shard"):
+        m.check_merge(right, left)
+    with pytest.raises(m.MergeError, match="not adjacent"):
+        m.check_merge(left, Descriptor(id=3, start=b"n", voters=(1, 2, 3)))
+    with pytest.raises(m.MergeError, match="not on the same nodes"):
+        m.check_merge(left, Descriptor(id=3, start=b"m", voters=(1, 2, 4)))
+    with pytest.raises(m.MergeError, match="move is under way"):
+        m.check_merge(left, Descriptor(id=3, start=b"m", voters=(1, 2, 3), learners=(4,)))
+    src = m.prepare(right, 1, 40, left.epoch)
+    with pytest.raises(m.MergeError, match="already merging"):
+        m.check_merge(left, src)
+    with pytest.raises(m.MergeError, match="already merging"):
+        m.prepare(src, 1, 41, left.epoch)
+    # The source wrote revisions up to 40; the target commits at its index 10, so the
+    # next write (index 11) must be above 40.
+    merged = m.commit(left, src, 10)
+    assert (merged.start, merged.end, merged.epoch) == (b"", b"", Epoch(5, 1))
+    assert 11 + merged.revision_offset > 40 and merged.merging_into == 0
+    assert m.commit(left, src, 100).revision_offset == 0  # the target is already above
+    with pytest.raises(m.MergeError, match="changed since"):
+        m.commit(split(left, b"c", 9)[0], src, 10)
+    with pytest.raises(m.MergeError, match="not prepared"):
+        m.commit(left, right, 10)
+    back = m.rollback(src)
+    assert back.epoch == Epoch(5, 2) and back.merging_into == 0 and desc.newer(back, right)
+    with pytest.raises(m.MergeError, match="not merging"):
+        m.rollback(back)
+
+
+def test_merge_commands_and_merge_descriptors_roundtrip() -> None:
+    src = Descriptor(
+        id=2,
+        start=b"m",
+        voters=(1, 2, 3),
+        revision_offset=7,
+        merging_into=1,
+        merge_index=40,
+        merge_target_epoch=Epoch(3, 2),
+    )
+    assert desc.decode(desc.encode(src)) == src
+    plain = Descriptor(id=2, start=b"m")
+    assert desc.encode(plain)[0] == 1  # no merge fields: the format written before merges
+    for c in (
+        cmds.PrepareMerge(1, Epoch(4, 2), Epoch(3, 2)),
+        cmds.CommitMerge(src),
+        cmds.RollbackMerge(Epoch(4, 2)),
+    ):
+        assert cmds.decode(cmds.encode(c)) == c
+    with pytest.raises(ValueError):
+        cmds.decode(cmds.encode(cmds.RollbackMerge(Epoch(1, 1)))[:-1])

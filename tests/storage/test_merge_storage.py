@@ -1,0 +1,141 @@
+"""Merge applied in the groups' logs (docs/sharding.md, "Merge"): PrepareMerge freezes
+the source, CommitMerge makes the target absorb it in one transaction (range, version,
+revision offset, sessions, source state destroyed, user keys kept), RollbackMerge
+unfreezes the source one version up; refused commands change nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvstore.consensus.types import Entry, EntryType
+from kvstore.shard import Descriptor, Epoch
+from kvstore.shard import commands as cmds
+from kvstore.statemachine import ApplyError, ApplyResult, Put, encode_batch
+from kvstore.storage import NodeStorage
+from kvstore.storage.snapshot import read_image
+
+L, R = 1, 2
+VOTERS = (1, 2, 3)
+
+
+def entry(index: int, data: bytes, term: int = 1) -> Entry:
+    return Entry(term=term, index=index, type=EntryType.NORMAL, data=data)
+
+
+def run(st: NodeStorage, group: int, *ents: Entry) -> tuple[list[ApplyResult], dict[int, int]]:
+    with st.write() as w:
+        w.save(group, entries=list(ents))
+        out = list(w.apply(group, list(ents)))
+        return out, w.admin_results.get(group, {})
+
+
+def puts(*kvs: tuple[bytes, bytes, int]) -> bytes:
+    """Puts of (key, value, seq) in client 5's session."""
+    return encode_batch([Put(k, v, 5, seq, 1) for k, v, seq in kvs])
+
+
+@pytest.fixture
+def st(tmp_path: object) -> NodeStorage:
+    """Two adjacent shards on the same nodes: L = [b"", b"m"), R = [b"m", +inf)."""
+    s = NodeStorage(str(tmp_path), map_size=16 << 20, sync=False)
+    s.group(L).bootstrap(set(VOTERS), Descriptor(id=L, end=b"m", voters=VOTERS))
+    s.group(R).bootstrap(set(VOTERS), Descriptor(id=R, start=b"m", voters=VOTERS))
+    return s
+
+
+def prepare(st: NodeStorage, index: int) -> Descriptor:
+    src = st.group(R).view.shard
+    tgt = st.group(L).view.shard
+    assert src is not None and tgt is not None
+    c = cmds.PrepareMerge(L, src.epoch, tgt.epoch)
+    _, res = run(st, R, entry(index, cmds.encode(c)))
+    assert res == {index: index}
+    d = st.group(R).view.shard
+    assert d is not None and (d.merging_into, d.merge_index) == (L, index)
+    return d
+
+
+def test_merge_absorbs_the_source_in_one_transaction(st: NodeStorage) -> None:
+    run(st, L, entry(1, puts((b"apple", b"1", 1))))
+    # R's log runs far ahead of L's: its revisions are higher than L's next index.
+    for i in range(1, 9):
+        run(st, R, entry(i, puts((b"pear", b"%d" % i, 1 + i))))
+    src = prepare(st, 9)
+    # A write that reaches the frozen source applies as nothing (a stale route the client
+    # retries on the target), and a retry of an applied write still gets its answer.
+    late, _ = run(st, R, entry(10, puts((b"plum", b"x", 20), (b"pear", b"8", 9))))
+    assert late[0].error == ApplyError.WRONG_SHARD
+    assert late[1].ok and late[1].revision == 8
+    assert st.kv(R).get(b"plum") is None
+
+    _, res = run(st, L, entry(2, cmds.encode(cmds.CommitMerge(src))))
+    merged = st.group(L).view.shard
+    assert merged is not None and res == {2: merged.epoch.version}
+    assert (merged.start, merged.end, merged.epoch) == (b"", b"", Epoch(2, 1))
+    assert merged.merging_into == 0
+    # The source replica is gone (log, metadata, sessions), its keys now belong to L.
+    assert R not in st.groups() and st.group(R).view.shard is None
+    assert [kv.key for kv in st.kv(L).scan()] == [b"apple", b"pear"]
+    pear = st.kv(L).get(b"pear")
+    assert pear is not None and pear.mod_revision == 8
+    # Revisions keep rising for every key, and the retry of a write the source applied
+    # finds its answer in the merged session table.
+    out, _ = run(
+        st, L, entry(3, puts((b"pear", b"9", 30), (b"pear", b"8", 9), (b"apple", b"2", 1)))
+    )
+    assert out[0].ok and out[0].revision > 8
+    assert out[1].revision == 8  # the stored answer, not applied again
+    assert out[2].revision == 1  # L's own session record survived the merge
+    assert st.kv(L).get(b"pear").value == b"9"  # type: ignore[union-attr]
+    # A snapshot of the merged shard carries the offset (a new replica keeps rising too).
+    image = read_image(L, 3, st.group(L).snapshot().data)
+    assert [k for k, _ in image.kv] == [b"apple", b"pear"]
+
+
+def test_commit_is_refused_when_the_target_changed(st: NodeStorage) -> None:
+    src = prepare(st, 1)
+    split = cmds.encode(cmds.Split(7, b"c", Epoch(1, 1)))
+    _, res = run(st, L, entry(1, split))
+    assert res == {1: 7}
+    _, res = run(st, L, entry(2, cmds.encode(cmds.CommitMerge(src))))
+    assert res == {2: 0}
+    assert st.group(R).view.shard == src  # the source is untouched (still frozen)
+    # Once refused, always refused: a rollback is now safe, one version up.
+    _, res = run(st, R, entry(2, cmds.encode(cmds.RollbackMerge(src.epoch))))
+    back = st.group(R).view.shard
+    assert back is not None and res == {2: 2} and back.epoch == Epoch(2, 1)
+    assert back.merging_into == 0
+    out, _ = run(st, R, entry(3, puts((b"plum", b"1", 1))))
+    assert out[0].ok  # writable again
+    # The old prepare can never be committed: the target epoch it names is gone.
+    _, res = run(st, L, entry(3, cmds.encode(cmds.CommitMerge(src))))
+    assert res == {3: 0}
+
+
+def test_prepare_refused_on_a_stale_epoch_or_twice(st: NodeStorage) -> None:
+    bad = cmds.PrepareMerge(L, Epoch(5, 1), Epoch(1, 1))
+    _, res = run(st, R, entry(1, cmds.encode(bad)))
+    assert res == {1: 0} and st.group(R).view.shard == Descriptor(id=R, start=b"m", voters=VOTERS)
+    prepare(st, 2)
+    again = cmds.PrepareMerge(3, Epoch(1, 1), Epoch(1, 1))
+    _, res = run(st, R, entry(3, cmds.encode(again)))
+    assert res == {3: 0}
+    d = st.group(R).view.shard
+    assert d is not None and d.merging_into == L
+    # A frozen source does not split either (its epoch still matches).
+    _, res = run(st, R, entry(4, cmds.encode(cmds.Split(9, b"x", Epoch(1, 1)))))
+    assert res == {4: 0}
+
+
+def test_commit_of_an_unprepared_source_is_refused(st: NodeStorage) -> None:
+    src = st.group(R).view.shard
+    assert src is not None
+    _, res = run(st, L, entry(1, cmds.encode(cmds.CommitMerge(src))))
+    assert res == {1: 0}
+    assert R in st.groups()
+
+
+def test_rollback_needs_a_prepared_merge(st: NodeStorage) -> None:
+    _, res = run(st, R, entry(1, cmds.encode(cmds.RollbackMerge(Epoch(1, 1)))))
+    assert res == {1: 0}
+    assert st.group(R).view.shard == Descriptor(id=R, start=b"m", voters=VOTERS)
