@@ -3,14 +3,15 @@
 Rules this module keeps:
 - A core is only touched from the driver task, and never between ``ready()`` and
   ``advance()`` except for ``apply_conf_change`` of that Ready's committed entries.
-- Each loop iteration: feed inputs (messages, ticks, proposals, reads), collect one Ready
-  per group, persist all of them in ONE storage write transaction on the single writer
-  thread (save + apply = one fsync, group commit across groups), then send the messages,
-  then answer clients, then advance.
+- Each loop iteration: feed inputs (messages, ticks, proposals, reads), then run the
+  replica loop (replica.py, shared with the simulation) over every group: ``begin``
+  collects one Ready per group, this module persists all of them in ONE storage write
+  transaction on the single writer thread (save + apply = one fsync, group commit across
+  groups), ``finish`` sends, answers clients and advances.
 - Client commands that arrive while a Ready is being persisted queue up and are proposed
   as ONE log entry (encode_batch) in the next iteration: batching is the throughput plan.
-- A write is answered when the entry at its ProposalId's index applies with the same
-  term; another term there means the proposal was lost (definite, retryable).
+- What is the node's own stays here: the inbox and ticker, the writer thread and the
+  storage-full retry, groups that start (splits, snapshots) or end (zombies).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import itertools
 import os
 import random
 import time
@@ -32,61 +32,30 @@ from kvstore.consensus import new_core
 from kvstore.consensus.types import (
     ConfChange,
     Config,
-    ConfState,
-    ConsensusError,
-    Entry,
-    EntryType,
     Message,
-    NotLeaderError,
-    ProposalDroppedError,
-    ProposalId,
-    Ready,
     Role,
     Status,
 )
 from kvstore.node import log
-from kvstore.node.errors import (
-    ExhaustedOp,
-    InvalidOp,
-    NotLeaderOp,
-    OpError,
-    UnavailableOp,
-)
+from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
-from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
-from kvstore.node.pending import Completion, Replies, pack_entries
+from kvstore.node.pending import Completion
 from kvstore.node.pending import ConfProposal as _ConfProposal
 from kvstore.node.pending import GroupState as _Group
-from kvstore.node.pending import Inflight as _Inflight
 from kvstore.node.pending import Waiter as _Waiter
 from kvstore.node.pending import Write as _Write
-from kvstore.node.pending import fail as _fail
-from kvstore.node.pending import ok as _ok
 from kvstore.node.persist import Plan as _Plan
-from kvstore.node.persist import (
-    ShardChanges,
-    may_send_before_persist,
-    needs_write,
-    persist_plans,
-)
+from kvstore.node.persist import ShardChanges, needs_write, persist_plans
 from kvstore.node.quiesce import Quiescence
-from kvstore.node.shards import (
-    adopt_unknown,
-    parent_led,
-    propose_admin_entries,
-    resolve_admin,
-    snapshot_fits,
-    start_created,
-)
+from kvstore.node.replica import ReplicaLoop
+from kvstore.node.shards import adopt_unknown, parent_led, snapshot_fits, start_created
 from kvstore.node.zombies import destroy_pending
-from kvstore.statemachine import ApplyResult, Command, adds_data, encode_batch
+from kvstore.statemachine import ApplyResult, Command, adds_data
 from kvstore.storage import NodeStorage, StorageFullError
 
 MAX_INBOX = 100_000
-MAX_ENTRY_BYTES = 4 << 20
-MAX_ENTRY_OPS = 4096
 MAX_TICKS_PER_ITERATION = 2
 """A stalled loop does not replay all the ticks it missed (as Go's ticker drops ticks):
 an overloaded node would otherwise start elections the moment it wakes up."""
@@ -130,9 +99,19 @@ class NodeDriver:
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
         self.on_member_address: Callable[[int, str], None] = lambda node, address: None
         self._next_usage = 0.0
-        self._replies = Replies()
-        """Answers of the last Ready, sent once the next persist is under way (so the
-        per-op reply work overlaps the next fsync instead of delaying it)."""
+        self.replica = ReplicaLoop(
+            node_id=config.node_id,
+            storage=_StorageView(storage),
+            send=lambda msgs: self.send(msgs),
+            clock=_LoopClock(),
+            metrics=metrics,
+            endpoints=endpoints,
+            snapshot_entries=config.snapshot_entries,
+            unsafe_ack_before_commit=config.unsafe_ack_before_commit,
+            ctx_nonce=os.urandom(8),
+            on_member_address=lambda node, address: self.on_member_address(node, address),
+        )
+        """The per-group Ready loop (replica.py), run here for every hosted group."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-writer")
         self._inbox: list[Message] = []
         self.feedback = TransportFeedback(self._poke)
@@ -141,9 +120,6 @@ class NodeDriver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._ctx = itertools.count(1)
-        self._ctx_prefix = config.node_id.to_bytes(8, "big") + os.urandom(8)
-        self._seq = itertools.count()
         self._stopped = False
         self.storage_full = False
         self.groups: dict[int, _Group] = {}
@@ -204,7 +180,7 @@ class NodeDriver:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         self._writer.shutdown(wait=True)
-        self._replies.flush()
+        self.replica.replies.flush()
         err = UnavailableOp("node is shutting down", definite=False)
         for g in self.groups.values():
             g.fail_all(err)
@@ -241,13 +217,7 @@ class NodeDriver:
         return g
 
     def not_leader(self, g: _Group) -> NotLeaderOp:
-        return NotLeaderOp(
-            f"node {self.config.node_id} is not the leader of group {g.id}"
-            + (f"; leader is {g.leader}" if g.leader else "; no leader known"),
-            definite=True,
-            leader_id=g.leader,
-            leader_endpoint=self.endpoints.get(g.leader, ""),
-        )
+        return self.replica.not_leader(g)
 
     def propose(
         self,
@@ -299,7 +269,7 @@ class NodeDriver:
             fut.set_result(g.applied)
         elif mode == "causal":
             w = _Waiter(fut, now + min(timeout, self.config.causal_wait_s))
-            heapq.heappush(g.applied_waiters, (token, next(self._seq), w))
+            heapq.heappush(g.applied_waiters, (token, next(self.replica.seq), w))
         else:
             if g.leader == 0:
                 fut.set_exception(self.not_leader(g))
@@ -388,11 +358,7 @@ class NodeDriver:
             if ticks and self.quiesce.should_tick(g):
                 for _ in range(ticks):
                     g.core.tick()
-            self._propose_writes(g)
-            self._propose_confs(g)
-            if g.admin:
-                propose_admin_entries(g, self.not_leader)
-            self._start_reads(g)
+            self.replica.propose_queued(g)
             if ticks:
                 g.expire(now)
                 g.export_drops(self.metrics)
@@ -401,40 +367,19 @@ class NodeDriver:
             used, cap = self.storage.usage()
             self.metrics.storage_used.set(used)
             self.metrics.storage_cap.set(cap)
-        readies: list[tuple[_Group, Ready]] = []
-        for g in self.groups.values():
-            if g.core.has_ready():
-                rd = g.core.ready()
-                self.quiesce.on_ready(g.id, rd)
-                readies.append((g, rd))
-        if not readies:
-            self._replies.flush()
+        batch = self.replica.begin(self.groups.values())
+        if batch is None:
+            self.replica.replies.flush()
             return False
-        plans = [self._plan(g, rd) for g, rd in readies]
-        early: list[Message] = []
-        out: list[Message] = []
-        for g, rd in readies:
-            if may_send_before_persist(g.role, g.persisted_term, g.persisted_vote, rd):
-                early.extend(rd.messages)
-            else:
-                out.extend(rd.messages)
-        if early:
-            self.send(early)
+        for g, rd in batch.readies:
+            self.quiesce.on_ready(g.id, rd)
         results: dict[int, list[ApplyResult]] = {}
         shards = ShardChanges()
-        if any(needs_write(p) for p in plans):
-            results = await self._persist_until_done(plans, shards)
+        if any(needs_write(p) for p in batch.plans):
+            results = await self._persist_until_done(batch.plans, shards)
         else:
-            self._replies.flush()
-        if out:
-            self.send(out)
-        for g, rd in readies:
-            self._after_persist(g, rd, results.get(g.id, []))
-            if g.admin_inflight and rd.committed:
-                done = shards.admin_results.get(g.id, {})
-                resolve_admin(g, rd.committed, done, self._replies.defer)
-        for g, rd in readies:
-            g.core.advance(rd)
+            self.replica.replies.flush()
+        self.replica.finish(batch, results, shards.admin_results)
         if shards.changed:
             for gid, parent in start_created(self, shards):
                 self.groups[gid] = self._make_group(gid)
@@ -445,46 +390,6 @@ class NodeDriver:
             self._poke()
             self.on_shards_changed()
         return True
-
-    def _plan(self, g: _Group, rd: Ready) -> _Plan:
-        # Conf changes take effect in the core now, before the persist, so the membership
-        # the storage records in this transaction is the one after these entries.
-        cs: ConfState | None = None
-        addresses: dict[int, str] = {}
-        for e in rd.committed:
-            if e.type == EntryType.CONF_CHANGE:
-                cc = ConfChange.decode(e.data)
-                cs = g.core.apply_conf_change(cc)
-                log.event(
-                    "conf_change_applied", group=g.id, index=e.index, voters=sorted(cs.voters)
-                )
-                for part in cc.singles():  # a joint change adds and removes several
-                    address = address_change(part, cs)
-                    if address is not None:
-                        addresses[part.node_id] = address
-                        self._learn_address(part.node_id, address)
-        applied = g.applied
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            applied = max(applied, rd.snapshot.metadata.index)
-        if rd.committed:
-            applied = max(applied, rd.committed[-1].index)
-        compact_to = 0
-        n = self.config.snapshot_entries
-        if n > 0 and applied - g.compacted >= n:
-            # Keep a tail so briefly lagging followers still catch up from the log.
-            compact_to = applied - n // 4
-        if self.storage.tight and applied > g.compacted:
-            # Nearly full: the log's old entries may hold most of the data; followers
-            # that lag will need a snapshot.
-            compact_to = applied
-        return _Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
-
-    def _learn_address(self, node: int, address: str) -> None:
-        """A member's address from the log or a snapshot: reach it there from now on."""
-        if address and self.endpoints.get(node) != address:
-            log.event("member_address", node=node, address=address)
-            self.endpoints[node] = address
-            self.on_member_address(node, address)
 
     async def _persist_until_done(
         self, plans: list[_Plan], shards: ShardChanges
@@ -497,12 +402,12 @@ class NodeDriver:
             try:
                 if self.config.inline_persist:
                     results = persist_plans(self.storage, self.metrics, plans, shards)
-                    self._replies.flush()
+                    self.replica.replies.flush()
                 else:
                     fut = loop.run_in_executor(
                         self._writer, persist_plans, self.storage, self.metrics, plans, shards
                     )
-                    self._replies.flush()
+                    self.replica.replies.flush()
                     if self.config.consensus == "raft":
                         await self._step_while(fut)
                     results = await fut
@@ -557,170 +462,33 @@ class NodeDriver:
                 continue
             g.core.step(m)
 
-    # -- proposals -------------------------------------------------------------------
-    def _propose_writes(self, g: _Group) -> None:
-        if not g.writes:
-            return
-        writes, g.writes = g.writes, []
-        if g.role != Role.LEADER:
-            refused = self.not_leader(g)
-            for w in writes:
-                _fail(w.fut, refused)
-            return
-        # The wall clock stamped into the entry is the state machine's only time (session
-        # expiry); replicas take it from the log, never from their own clocks.
-        now_ms = time.time_ns() // 1_000_000
-        for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
-            try:
-                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms))
-            except (NotLeaderError, ProposalDroppedError) as e:
-                lost: OpError = (
-                    self.not_leader(g)
-                    if isinstance(e, NotLeaderError)
-                    else UnavailableOp(f"proposal dropped: {e}", definite=True)
-                )
-                for w in chunk:
-                    _fail(w.fut, lost)
-                continue
-            self.metrics.batch_ops.observe(len(chunk))
-            deadline = max(w.deadline for w in chunk)
-            older = g.inflight.get(pid.index)
-            if older is not None:
-                # Our own earlier entry at this index was truncated away: it never commits.
-                lost_old = UnavailableOp("proposal lost: its log entry was replaced", definite=True)
-                for w in older.writes:
-                    _fail(w.fut, lost_old)
-            g.inflight[pid.index] = _Inflight(pid.term, chunk, deadline)
-            if self.config.unsafe_ack_before_commit:
-                self._unsafe_ack(pid, chunk)
 
-    def _unsafe_ack(self, pid: ProposalId, chunk: list[_Write]) -> None:
-        for w in chunk:
-            if not w.fut.done():
-                w.fut.set_result(ApplyResult(pid.index, pid.index, True, None, None))
+class _StorageView:
+    """The LMDB storage as the replica loop reads it (replica.ReplicaStorage)."""
 
-    def _propose_confs(self, g: _Group) -> None:
-        confs, g.confs = g.confs, []
-        for c in confs:
-            try:
-                pid = g.core.propose_conf_change(c.change)
-            except NotLeaderError:
-                _fail(c.fut, self.not_leader(g))
-                continue
-            except ProposalDroppedError as e:
-                _fail(c.fut, UnavailableOp(f"conf change dropped: {e}", definite=True))
-                continue
-            except ConsensusError as e:  # the core's own checks (e.g. already a learner)
-                _fail(c.fut, InvalidOp(f"conf change refused: {e}", definite=True))
-                continue
-            g.conf_inflight[pid.index] = (pid.term, c)
+    __slots__ = ("_storage",)
 
-    def _start_reads(self, g: _Group) -> None:
-        if not g.reads:
-            return
-        reads, g.reads = g.reads, []
-        # Read contexts must be unique cluster-wide and across restarts: the leader keys
-        # pending reads by ctx, and a duplicate would be answered with the read index of
-        # an earlier request (a stale read). Node id + per-process nonce + counter.
-        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
-        try:
-            g.core.read_index(ctx)
-        except NotLeaderError:
-            err = self.not_leader(g)
-            for r in reads:
-                _fail(r.fut, err)
-            return
-        g.read_ctx[ctx] = reads
+    def __init__(self, storage: NodeStorage) -> None:
+        self._storage = storage
 
-    # -- after the persist -----------------------------------------------------------
-    def _after_persist(self, g: _Group, rd: Ready, results: list[ApplyResult]) -> None:
-        leadership_changed = rd.soft_state is not None and self._on_soft_state(
-            g, rd.soft_state.leader, rd.soft_state.role
-        )
-        if rd.hard_state is not None:
-            g.term = g.persisted_term = rd.hard_state.term
-            g.persisted_vote = rd.hard_state.vote
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            for node, address in self.storage.group(g.id).member_addresses().items():
-                self._learn_address(node, address)
-            snap_index = rd.snapshot.metadata.index
-            g.applied = max(g.applied, snap_index)
-            g.compacted = max(g.compacted, snap_index)
-            for idx in [i for i in g.inflight if i <= snap_index]:
-                for w in g.inflight.pop(idx).writes:
-                    _fail(w.fut, UnavailableOp("replaced by a snapshot", definite=False))
-        if rd.committed:
-            self._resolve_writes(g, rd.committed, results)
-            g.applied = max(g.applied, rd.committed[-1].index)
-        for rs in rd.read_states:
-            for r in g.read_ctx.pop(rs.request_ctx, []):
-                if g.applied >= rs.index:
-                    self._replies.defer(r.fut, g.applied)
-                else:
-                    heapq.heappush(g.applied_waiters, (rs.index, next(self._seq), r))
-        while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
-            self._replies.defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
-        if leadership_changed:
-            g.fail_unconfirmed_reads(self.not_leader(g))
-        st = None
-        if rd.hard_state is not None or rd.committed:
-            st = g.core.status()
-            self.metrics.term.labels(str(g.id)).set(st.term)
-            self.metrics.commit.labels(str(g.id)).set(st.commit)
-            self.metrics.applied.labels(str(g.id)).set(g.applied)
-        if st is not None and g.compacted < st.applied:
-            g.compacted = max(g.compacted, self.storage.group(g.id).first_index() - 1)
+    @property
+    def tight(self) -> bool:
+        return self._storage.tight
 
-    def _on_soft_state(self, g: _Group, leader: int, role: Role) -> bool:
-        """Record the new leader/role; True when either changed."""
-        changed = leader != g.leader or role != g.role
-        if leader != g.leader:
-            self.metrics.leader_changes.labels(str(g.id)).inc()
-            log.event("leader_changed", group=g.id, leader=leader, role=role.name.lower())
-        g.leader = leader
-        if role != g.role:
-            log.event("role_changed", group=g.id, role=role.name.lower(), leader=leader)
-        g.role = role
-        self.metrics.is_leader.labels(str(g.id)).set(1 if role == Role.LEADER else 0)
-        if role != Role.LEADER and g.writes:
-            err = self.not_leader(g)
-            for w in g.writes:
-                _fail(w.fut, err)
-            g.writes = []
-        return changed
+    def first_index(self, group: int) -> int:
+        return self._storage.group(group).first_index()
 
-    def _resolve_writes(
-        self, g: _Group, committed: tuple[Entry, ...], results: list[ApplyResult]
-    ) -> None:
-        by_index: dict[int, list[ApplyResult]] = {}
-        for r in results:
-            by_index.setdefault(r.index, []).append(r)
-        now = asyncio.get_running_loop().time()
-        hist = self.metrics.proposal_latency.labels(str(g.id))
-        for e in committed:
-            conf = g.conf_inflight.pop(e.index, None)
-            if conf is not None:
-                if conf[0] == e.term:
-                    _ok(conf[1].fut, e.index)
-                else:
-                    _fail(conf[1].fut, UnavailableOp("conf change lost", definite=True))
-            inf = g.inflight.pop(e.index, None)
-            if inf is None:
-                continue
-            if inf.term != e.term:
-                err = UnavailableOp(
-                    f"proposal lost: index {e.index} holds term {e.term}, not {inf.term}",
-                    definite=True,
-                )
-                for w in inf.writes:
-                    _fail(w.fut, err)
-                continue
-            rs = by_index.get(e.index, [])
-            if len(rs) != len(inf.writes):  # shifted answers lie (jepsen r7): say "unknown"
-                rs = []
-            for i, w in enumerate(inf.writes):
-                if i < len(rs):
-                    hist.observe(now - w.queued_at)
-                    self._replies.defer(w.fut, rs[i])
-                else:
-                    _fail(w.fut, UnavailableOp("no apply result", definite=False))
+    def member_addresses(self, group: int) -> dict[int, str]:
+        return self._storage.group(group).member_addresses()
+
+
+class _LoopClock:
+    """The event loop's clock and the wall clock (replica.Clock)."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000

@@ -1,0 +1,385 @@
+"""The replica loop: what one node does with one consensus group's Ready, written once and
+run by the node (LMDB, gRPC peers, the event loop's clock) and by the seeded simulation
+(in-memory storage, simulated network and time, tests/sim/cluster.py) alike.
+
+Rules this module keeps (the Ready contract of kvstore/consensus/types.py):
+- One batch is ``begin`` -> the host persists ``Batch.plans`` in ONE storage transaction
+  (save, apply, membership, compaction) -> ``finish``. Nothing else touches a core of the
+  batch between its ``ready()`` and its ``advance()`` except ``step`` of peer messages
+  (etcd allows it) and ``apply_conf_change`` of the Ready's committed conf changes, which
+  ``begin`` calls so the persisted membership is the one after them.
+- Messages leave before the persist only where ``may_send_before_persist`` allows (a
+  leader's appends and heartbeats); all others after it, before any client is answered.
+- A write is answered when the entry at its ProposalId's index applies with the same
+  term; another term there means the proposal was lost (definite, retryable). A read
+  index is answered once the group applied up to it. Answers are deferred (``replies``)
+  and flushed by the host once its next persist is under way.
+- The I/O lives behind three small boundaries the host implements: ``ReplicaStorage``
+  (what a replica reads between persists), ``send`` (the transport) and ``Clock``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfState,
+    ConsensusError,
+    Entry,
+    EntryType,
+    Message,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalId,
+    Ready,
+    Role,
+)
+from kvstore.node import log
+from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
+from kvstore.node.members import address_change
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import GroupState, Inflight, Replies, Write, fail, ok, pack_entries
+from kvstore.node.persist import Plan, may_send_before_persist
+from kvstore.node.shards import propose_admin_entries, resolve_admin
+from kvstore.statemachine import ApplyResult, encode_batch
+
+MAX_ENTRY_BYTES = 4 << 20
+MAX_ENTRY_OPS = 4096
+
+
+class ReplicaStorage(Protocol):
+    """The storage as a replica reads it between persists (the node: LMDB's NodeStorage;
+    the simulation: its in-memory twin). Writing is the host's one-transaction persist of
+    a batch's plans."""
+
+    @property
+    def tight(self) -> bool:
+        """Nearly full: compact the whole applied log at every persist."""
+        ...
+
+    def first_index(self, group: int) -> int: ...
+
+    def member_addresses(self, group: int) -> dict[int, str]:
+        """Members' addresses as the group's durable state (a snapshot) records them."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds: request deadlines and latencies."""
+        ...
+
+    def wall_ms(self) -> int:
+        """The wall clock stamped into a proposed entry: the state machine's only time
+        (session expiry); replicas take it from the log, never from their own clocks."""
+        ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """One iteration's Readies between ``begin`` and ``finish``."""
+
+    readies: list[tuple[GroupState, Ready]]
+    plans: list[Plan]
+    late: list[Message]
+    """Messages that may leave only after the persist."""
+
+
+class ReplicaLoop:
+    """The per-group replica loop of one node; the node runs it for all of its groups."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        storage: ReplicaStorage,
+        send: Callable[[list[Message]], None],
+        clock: Clock,
+        metrics: NodeMetrics,
+        endpoints: dict[int, str],
+        snapshot_entries: int,
+        unsafe_ack_before_commit: bool = False,
+        ctx_nonce: bytes = b"",
+        on_member_address: Callable[[int, str], None] = lambda node, address: None,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.send = send
+        self.clock = clock
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self.snapshot_entries = snapshot_entries
+        """Compact the log after this many applied entries (lagging nodes get a snapshot)."""
+        self.unsafe_ack_before_commit = unsafe_ack_before_commit
+        self.on_member_address = on_member_address
+        self.replies = Replies()
+        """Answers of the last batch; the host flushes them once its next persist is under
+        way (so the per-op reply work overlaps the next fsync instead of delaying it)."""
+        self.seq = itertools.count()
+        """Tie-breaker of the applied-index waiter heaps."""
+        # Read contexts must be unique cluster-wide and across restarts: the leader keys
+        # pending reads by ctx, and a duplicate would be answered with the read index of
+        # an earlier request (a stale read). Node id + per-process nonce + counter.
+        self._ctx_prefix = node_id.to_bytes(8, "big") + ctx_nonce
+        self._ctx = itertools.count(1)
+
+    def not_leader(self, g: GroupState) -> NotLeaderOp:
+        return NotLeaderOp(
+            f"node {self.node_id} is not the leader of group {g.id}"
+            + (f"; leader is {g.leader}" if g.leader else "; no leader known"),
+            definite=True,
+            leader_id=g.leader,
+            leader_endpoint=self.endpoints.get(g.leader, ""),
+        )
+
+    # -- proposals (outside ready()/advance()) ----------------------------------------
+    def propose_queued(self, g: GroupState) -> None:
+        """Hand the group's queued writes (as few entries as fit), conf changes, admin
+        commands and reads to its core."""
+        self._propose_writes(g)
+        self._propose_confs(g)
+        if g.admin:
+            propose_admin_entries(g, self.not_leader)
+        self._start_reads(g)
+
+    def _propose_writes(self, g: GroupState) -> None:
+        if not g.writes:
+            return
+        writes, g.writes = g.writes, []
+        if g.role != Role.LEADER:
+            refused = self.not_leader(g)
+            for w in writes:
+                fail(w.fut, refused)
+            return
+        now_ms = self.clock.wall_ms()
+        for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
+            try:
+                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms))
+            except (NotLeaderError, ProposalDroppedError) as e:
+                lost: OpError = (
+                    self.not_leader(g)
+                    if isinstance(e, NotLeaderError)
+                    else UnavailableOp(f"proposal dropped: {e}", definite=True)
+                )
+                for w in chunk:
+                    fail(w.fut, lost)
+                continue
+            self.metrics.batch_ops.observe(len(chunk))
+            deadline = max(w.deadline for w in chunk)
+            older = g.inflight.get(pid.index)
+            if older is not None:
+                # Our own earlier entry at this index was truncated away: it never commits.
+                lost_old = UnavailableOp("proposal lost: its log entry was replaced", definite=True)
+                for w in older.writes:
+                    fail(w.fut, lost_old)
+            g.inflight[pid.index] = Inflight(pid.term, chunk, deadline)
+            if self.unsafe_ack_before_commit:
+                _unsafe_ack(pid, chunk)
+
+    def _propose_confs(self, g: GroupState) -> None:
+        confs, g.confs = g.confs, []
+        for c in confs:
+            try:
+                pid = g.core.propose_conf_change(c.change)
+            except NotLeaderError:
+                fail(c.fut, self.not_leader(g))
+                continue
+            except ProposalDroppedError as e:
+                fail(c.fut, UnavailableOp(f"conf change dropped: {e}", definite=True))
+                continue
+            except ConsensusError as e:  # the core's own checks (e.g. already a learner)
+                fail(c.fut, InvalidOp(f"conf change refused: {e}", definite=True))
+                continue
+            g.conf_inflight[pid.index] = (pid.term, c)
+
+    def _start_reads(self, g: GroupState) -> None:
+        if not g.reads:
+            return
+        reads, g.reads = g.reads, []
+        ctx = self._ctx_prefix + next(self._ctx).to_bytes(8, "big")
+        try:
+            g.core.read_index(ctx)
+        except NotLeaderError:
+            err = self.not_leader(g)
+            for r in reads:
+                fail(r.fut, err)
+            return
+        g.read_ctx[ctx] = reads
+
+    # -- one batch: begin, (host persists), finish --------------------------------------
+    def begin(self, groups: Iterable[GroupState]) -> Batch | None:
+        """Take each group's Ready, plan its persist and send what may leave before it.
+        None: no group has a Ready."""
+        readies = [(g, g.core.ready()) for g in groups if g.core.has_ready()]
+        if not readies:
+            return None
+        plans = [self.plan(g, rd) for g, rd in readies]
+        early: list[Message] = []
+        late: list[Message] = []
+        for g, rd in readies:
+            if may_send_before_persist(g.role, g.persisted_term, g.persisted_vote, rd):
+                early.extend(rd.messages)
+            else:
+                late.extend(rd.messages)
+        if early:
+            self.send(early)
+        return Batch(readies, plans, late)
+
+    def finish(
+        self,
+        batch: Batch,
+        results: dict[int, list[ApplyResult]],
+        admin_results: dict[int, dict[int, int]],
+    ) -> None:
+        """After the batch's persist: send the rest, answer clients, advance every core."""
+        if batch.late:
+            self.send(batch.late)
+        for g, rd in batch.readies:
+            self.after_persist(g, rd, results.get(g.id, []))
+            if g.admin_inflight and rd.committed:
+                resolve_admin(g, rd.committed, admin_results.get(g.id, {}), self.replies.defer)
+        for g, rd in batch.readies:
+            g.core.advance(rd)
+
+    def plan(self, g: GroupState, rd: Ready) -> Plan:
+        # Conf changes take effect in the core now, before the persist, so the membership
+        # the storage records in this transaction is the one after these entries.
+        cs: ConfState | None = None
+        addresses: dict[int, str] = {}
+        for e in rd.committed:
+            if e.type == EntryType.CONF_CHANGE:
+                cc = ConfChange.decode(e.data)
+                cs = g.core.apply_conf_change(cc)
+                log.event(
+                    "conf_change_applied", group=g.id, index=e.index, voters=sorted(cs.voters)
+                )
+                for part in cc.singles():  # a joint change adds and removes several
+                    address = address_change(part, cs)
+                    if address is not None:
+                        addresses[part.node_id] = address
+                        self.learn_address(part.node_id, address)
+        applied = g.applied
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            applied = max(applied, rd.snapshot.metadata.index)
+        if rd.committed:
+            applied = max(applied, rd.committed[-1].index)
+        compact_to = 0
+        n = self.snapshot_entries
+        if n > 0 and applied - g.compacted >= n:
+            # Keep a tail so briefly lagging followers still catch up from the log.
+            compact_to = applied - n // 4
+        if self.storage.tight and applied > g.compacted:
+            # Nearly full: the log's old entries may hold most of the data; followers
+            # that lag will need a snapshot.
+            compact_to = applied
+        return Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
+
+    def learn_address(self, node: int, address: str) -> None:
+        """A member's address from the log or a snapshot: reach it there from now on."""
+        if address and self.endpoints.get(node) != address:
+            log.event("member_address", node=node, address=address)
+            self.endpoints[node] = address
+            self.on_member_address(node, address)
+
+    def after_persist(self, g: GroupState, rd: Ready, results: list[ApplyResult]) -> None:
+        leadership_changed = rd.soft_state is not None and self._on_soft_state(
+            g, rd.soft_state.leader, rd.soft_state.role
+        )
+        if rd.hard_state is not None:
+            g.term = g.persisted_term = rd.hard_state.term
+            g.persisted_vote = rd.hard_state.vote
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            for node, address in self.storage.member_addresses(g.id).items():
+                self.learn_address(node, address)
+            snap_index = rd.snapshot.metadata.index
+            g.applied = max(g.applied, snap_index)
+            g.compacted = max(g.compacted, snap_index)
+            for idx in [i for i in g.inflight if i <= snap_index]:
+                for w in g.inflight.pop(idx).writes:
+                    fail(w.fut, UnavailableOp("replaced by a snapshot", definite=False))
+        if rd.committed:
+            self._resolve_writes(g, rd.committed, results)
+            g.applied = max(g.applied, rd.committed[-1].index)
+        for rs in rd.read_states:
+            for r in g.read_ctx.pop(rs.request_ctx, []):
+                if g.applied >= rs.index:
+                    self.replies.defer(r.fut, g.applied)
+                else:
+                    heapq.heappush(g.applied_waiters, (rs.index, next(self.seq), r))
+        while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
+            self.replies.defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+        if leadership_changed:
+            g.fail_unconfirmed_reads(self.not_leader(g))
+        st = None
+        if rd.hard_state is not None or rd.committed:
+            st = g.core.status()
+            self.metrics.term.labels(str(g.id)).set(st.term)
+            self.metrics.commit.labels(str(g.id)).set(st.commit)
+            self.metrics.applied.labels(str(g.id)).set(g.applied)
+        if st is not None and g.compacted < st.applied:
+            g.compacted = max(g.compacted, self.storage.first_index(g.id) - 1)
+
+    def _on_soft_state(self, g: GroupState, leader: int, role: Role) -> bool:
+        """Record the new leader/role; True when either changed."""
+        changed = leader != g.leader or role != g.role
+        if leader != g.leader:
+            self.metrics.leader_changes.labels(str(g.id)).inc()
+            log.event("leader_changed", group=g.id, leader=leader, role=role.name.lower())
+        g.leader = leader
+        if role != g.role:
+            log.event("role_changed", group=g.id, role=role.name.lower(), leader=leader)
+        g.role = role
+        self.metrics.is_leader.labels(str(g.id)).set(1 if role == Role.LEADER else 0)
+        if role != Role.LEADER and g.writes:
+            err = self.not_leader(g)
+            for w in g.writes:
+                fail(w.fut, err)
+            g.writes = []
+        return changed
+
+    def _resolve_writes(
+        self, g: GroupState, committed: tuple[Entry, ...], results: list[ApplyResult]
+    ) -> None:
+        by_index: dict[int, list[ApplyResult]] = {}
+        for r in results:
+            by_index.setdefault(r.index, []).append(r)
+        now = self.clock.now()
+        hist = self.metrics.proposal_latency.labels(str(g.id))
+        for e in committed:
+            conf = g.conf_inflight.pop(e.index, None)
+            if conf is not None:
+                if conf[0] == e.term:
+                    ok(conf[1].fut, e.index)
+                else:
+                    fail(conf[1].fut, UnavailableOp("conf change lost", definite=True))
+            inf = g.inflight.pop(e.index, None)
+            if inf is None:
+                continue
+            if inf.term != e.term:
+                err = UnavailableOp(
+                    f"proposal lost: index {e.index} holds term {e.term}, not {inf.term}",
+                    definite=True,
+                )
+                for w in inf.writes:
+                    fail(w.fut, err)
+                continue
+            rs = by_index.get(e.index, [])
+            if len(rs) != len(inf.writes):  # shifted answers lie (jepsen r7): say "unknown"
+                rs = []
+            for i, w in enumerate(inf.writes):
+                if i < len(rs):
+                    hist.observe(now - w.queued_at)
+                    self.replies.defer(w.fut, rs[i])
+                else:
+                    fail(w.fut, UnavailableOp("no apply result", definite=False))
+
+
+def _unsafe_ack(pid: ProposalId, chunk: list[Write]) -> None:
+    for w in chunk:
+        if not w.fut.done():
+            w.fut.set_result(ApplyResult(pid.index, pid.index, True, None, None))
