@@ -1,4 +1,5 @@
-"""`kvstore shard list|split`: the shard map and online splits (docs/sharding.md).
+"""`kvstore shard list|split|merge|move|transfer-leader`: the shard map, online splits
+and merges, moves (docs/sharding.md).
 
 Exit codes as the other client commands: 0 success, 2 usage error, 3 the cluster
 answered with an error or could not be reached.
@@ -35,6 +36,16 @@ def cmd_shard(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.shard_command in ("move", "transfer-leader"):
             return _move(c, args)
+        if args.shard_command == "merge":
+            out = c.merge_shard(args.id)
+            m = out["merged"]
+            end = repr(m["end"]) if m["end"] else "+inf"
+            print(
+                f"merged shard {out['source']} into shard {m['id']}: "
+                f"{m['id']}=[{m['start']!r}, {end}) version={m['version']}"
+            )
+            sys.stdout.flush()
+            return EXIT_OK
         out = c.split_shard(args.id, args.at)
         left, right = out["left"], out["right"]
         end = repr(right["end"]) if right["end"] else "+inf"
@@ -68,7 +79,7 @@ def _move(c: Any, args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     from kvstore.cli_flags import _client_flags, _positive_float
 
-    p = sub.add_parser("shard", help="shards: list, split, move, transfer-leader")
+    p = sub.add_parser("shard", help="shards: list, split, merge, move, transfer-leader")
     ssub = p.add_subparsers(dest="shard_command", required=True, metavar="ACTION")
     q = ssub.add_parser("list", help="id, range, version, replicas, leader, size of each shard")
     q.add_argument("--json", action="store_true", help="print JSON")
@@ -77,6 +88,13 @@ def register(sub: Any) -> None:
     q = ssub.add_parser("split", help="split shard ID online at --at KEY (default: its middle)")
     q.add_argument("id", type=int)
     q.add_argument("--at", default=None, help="first key of the new right-hand shard")
+    _client_flags(q)
+    q.set_defaults(func=cmd_shard)
+    q = ssub.add_parser(
+        "merge",
+        help="merge shard ID with its right neighbour online (both on the same nodes)",
+    )
+    q.add_argument("id", type=int, help="the left shard")
     _client_flags(q)
     q.set_defaults(func=cmd_shard)
     q = ssub.add_parser(

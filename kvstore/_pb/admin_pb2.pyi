@@ -447,6 +447,61 @@ class SplitShardResponse(_message.Message):
 Global___SplitShardResponse: _TypeAlias = SplitShardResponse  # noqa: Y015
 
 @_typing.final
+class MergeShardRequest(_message.Message):
+    """Merge shard `shard` (the left one) with its right neighbour, online
+    (docs/sharding.md, "Merge"); answered by the left shard's leader.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    source: _builtins.int
+    """The right neighbour the caller expects (0: whichever it is). A retry of a merge that
+    already happened then finds another neighbour and is refused instead of merging it.
+    """
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        source: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeShardRequest: _TypeAlias = MergeShardRequest  # noqa: Y015
+
+@_typing.final
+class MergeShardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERGED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: _builtins.int
+    """The id of the right neighbour it absorbed (gone from the map)."""
+    @_builtins.property
+    def merged(self) -> _kv_pb2.ShardDescriptor:
+        """The left shard after the merge (its range now covers both)."""
+
+    def __init__(
+        self,
+        *,
+        merged: _kv_pb2.ShardDescriptor | None = ...,
+        source: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["merged", b"merged"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged", b"merged", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeShardResponse: _TypeAlias = MergeShardResponse  # noqa: Y015
+
+@_typing.final
 class AddReplicaRequest(_message.Message):
     """Start an empty replica of a shard on the node that receives this (before adding the
     node as a learner of the shard): it owns nothing until the shard's leader sends it a

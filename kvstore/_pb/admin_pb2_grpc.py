@@ -79,6 +79,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.FromString,
                 _registered_method=True)
+        self.MergeShard = channel.unary_unary(
+                '/kvstore.v1.Admin/MergeShard',
+                request_serializer=kvstore_dot_v1_dot_admin__pb2.MergeShardRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_admin__pb2.MergeShardResponse.FromString,
+                _registered_method=True)
         self.MetaPropose = channel.unary_unary(
                 '/kvstore.v1.Admin/MetaPropose',
                 request_serializer=kvstore_dot_v1_dot_admin__pb2.MetaProposeRequest.SerializeToString,
@@ -172,6 +177,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def MetaPropose(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -256,6 +267,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SplitShard,
                     request_deserializer=kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.SerializeToString,
+            ),
+            'MergeShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeShard,
+                    request_deserializer=kvstore_dot_v1_dot_admin__pb2.MergeShardRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_admin__pb2.MergeShardResponse.SerializeToString,
             ),
             'MetaPropose': grpc.unary_unary_rpc_method_handler(
                     servicer.MetaPropose,
@@ -531,6 +547,33 @@ class Admin:
             '/kvstore.v1.Admin/SplitShard',
             kvstore_dot_v1_dot_admin__pb2.SplitShardRequest.SerializeToString,
             kvstore_dot_v1_dot_admin__pb2.SplitShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/MergeShard',
+            kvstore_dot_v1_dot_admin__pb2.MergeShardRequest.SerializeToString,
+            kvstore_dot_v1_dot_admin__pb2.MergeShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,7 @@ class AdminStub:
     ShardMap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]
     """Sharding (docs/sharding.md)."""
     SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
+    MergeShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MergeShardRequest, _admin_pb2.MergeShardResponse]
     MetaPropose: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]
     AddReplica: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]
     NodeList: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]
@@ -70,6 +71,7 @@ class AdminAsyncStub(AdminStub):
     ShardMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.ShardMapRequest, _admin_pb2.ShardMapResponse]  # type: ignore[assignment]
     """Sharding (docs/sharding.md)."""
     SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
+    MergeShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.MergeShardRequest, _admin_pb2.MergeShardResponse]  # type: ignore[assignment]
     MetaPropose: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetaProposeRequest, _admin_pb2.MetaProposeResponse]  # type: ignore[assignment]
     AddReplica: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddReplicaRequest, _admin_pb2.AddReplicaResponse]  # type: ignore[assignment]
     NodeList: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeListRequest, _admin_pb2.NodeListResponse]  # type: ignore[assignment]
@@ -146,6 +148,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.SplitShardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SplitShardResponse, _abc.Awaitable[_admin_pb2.SplitShardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MergeShard(
+        self,
+        request: _admin_pb2.MergeShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MergeShardResponse, _abc.Awaitable[_admin_pb2.MergeShardResponse]]: ...
 
     @_abc_1.abstractmethod
     def MetaPropose(

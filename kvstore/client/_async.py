@@ -37,7 +37,7 @@ from kvstore.client._attempts import RetryStats, Watch, renumber, seq_of
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._limits import check_sizes
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
-from kvstore.client._shards import shard_dict, shard_list, split_shard
+from kvstore.client._shards import merge_shard, shard_dict, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
 from kvstore.client.errors import (
     DeadlineExceeded,
@@ -612,6 +612,11 @@ class AsyncClient:
     async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
         """Split ``shard`` at ``at`` (None: the middle of its data); returns both halves."""
         return await split_shard(self, shard, None if at is None else _b(at))
+
+    async def merge_shard(self, shard: int) -> dict[str, Any]:
+        """Merge ``shard`` with its right neighbour online; returns the merged shard and
+        the id of the one it absorbed."""
+        return await merge_shard(self, shard)
 
     async def members(self) -> dict[str, Any]:
         for st in await self.status():

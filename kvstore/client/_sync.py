@@ -126,6 +126,9 @@ class Client:
     def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
         return self._run(self._async.split_shard(shard, at))
 
+    def merge_shard(self, shard: int) -> dict[str, Any]:
+        return self._run(self._async.merge_shard(shard))
+
     def transfer_leader(self, to: int, group: int = 1) -> int:
         return self._run(self._async.transfer_leader(to, group))
 

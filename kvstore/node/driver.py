@@ -50,7 +50,14 @@ from kvstore.node.persist import Plan as _Plan
 from kvstore.node.persist import ShardChanges, needs_write, persist_plans
 from kvstore.node.quiesce import Quiescence
 from kvstore.node.replica import ReplicaLoop
-from kvstore.node.shards import adopt_unknown, parent_led, snapshot_fits, start_created
+from kvstore.node.shards import (
+    adopt_unknown,
+    frozen_merge_source,
+    parent_led,
+    snapshot_fits,
+    start_created,
+    stop_merged,
+)
 from kvstore.node.zombies import destroy_pending
 from kvstore.statemachine import ApplyResult, Command, adds_data
 from kvstore.storage import NodeStorage, StorageFullError
@@ -284,8 +291,11 @@ class NodeDriver:
         g = self._group(group)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
+        frozen = frozen_merge_source(self, group) if self.config.sharded else None
         if g.role != Role.LEADER:
             fut.set_exception(self.not_leader(g))
+        elif frozen is not None:
+            fut.set_exception(frozen)
         else:
             g.confs.append(_ConfProposal(change, fut, loop.time() + timeout))
             self._poke()
@@ -381,6 +391,7 @@ class NodeDriver:
             self.replica.replies.flush()
         self.replica.finish(batch, results, shards.admin_results)
         if shards.changed:
+            stop_merged(self, shards)
             for gid, parent in start_created(self, shards):
                 self.groups[gid] = self._make_group(gid)
                 log.event("shard_started", group=gid, parent=parent)

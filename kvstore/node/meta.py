@@ -67,6 +67,10 @@ class MetaClient:
         me = self.endpoints.get(self.driver.config.node_id, "")
         return [e for i, e in enumerate(out) if e and e not in out[:i] and e != me]
 
+    def admin_stub(self, endpoint: str) -> admin_pb2_grpc.AdminStub:
+        """An admin stub for another node (its channel kept for reuse)."""
+        return self._stub(endpoint)
+
     def _stub(self, endpoint: str) -> admin_pb2_grpc.AdminStub:
         ch = self._channels.get(endpoint)
         if ch is None:

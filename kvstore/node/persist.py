@@ -37,6 +37,9 @@ class ShardChanges:
     """Groups a split created on this node."""
     admin_results: dict[int, dict[int, int]] = field(default_factory=dict)
     """group -> entry index -> result of the admin command applied there."""
+    merged: list[tuple[int, int]] = field(default_factory=list)
+    """(target, source) of merges applied here: the source replica is gone."""
+    merge_anomalies: list[str] = field(default_factory=list)
     changed: bool = False
     """Some group's shard descriptor may have changed (split, snapshot, conf change)."""
 
@@ -103,10 +106,13 @@ def persist_plans(
                 w.compact(p.group, p.compact_to)
         if shards is not None:
             shards.created += w.created
+            shards.merged += w.merged
+            shards.merge_anomalies += w.merge_anomalies
             for g, rs in w.admin_results.items():
                 shards.admin_results.setdefault(g, {}).update(rs)
             shards.changed = shards.changed or bool(
                 w.created
+                or w.merged
                 or w.admin_results
                 or any(p.conf_state is not None or p.rd.snapshot is not None for p in plans)
             )

@@ -1,9 +1,13 @@
-"""The driver's shard chores: admin entries in a group's log, and groups a split starts.
+"""The driver's shard chores: admin entries in a group's log, groups a split starts and
+merge sources a merge ends.
 
 Rules: an admin command (kvstore.shard.commands) is one log entry of its own, answered
 with its apply result when the entry at its ProposalId's index applies with the same
 term (another term there: lost, definite). A group created by a split on this node starts
 after the persist that created it; where this node led the parent, it campaigns at once.
+A merge source whose replica a CommitMerge destroyed stops after that persist; what was
+pending on it fails as a stale route (nothing after its PrepareMerge could apply). A
+frozen merge source takes no membership change (its members must all reach the merge).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from kvstore.consensus.types import (
     Role,
 )
 from kvstore.node import log
-from kvstore.node.errors import NotLeaderOp, UnavailableOp
+from kvstore.node.errors import InvalidOp, NotLeaderOp, StaleRouteOp, UnavailableOp
 from kvstore.node.pending import GroupState, fail
 from kvstore.node.persist import ShardChanges
 from kvstore.shard import descriptor as desc
@@ -70,6 +74,30 @@ def start_created(driver: NodeDriver, shards: ShardChanges) -> Iterator[tuple[in
     for gid in shards.created:
         if gid not in driver.groups:
             yield gid, parent.get(gid, 0)
+
+
+def stop_merged(driver: NodeDriver, shards: ShardChanges) -> None:
+    """Stop the replicas of merge sources this persist destroyed."""
+    for problem in shards.merge_anomalies:
+        log.event("merge_source_incomplete", level=50, problem=problem)
+    for target, source in shards.merged:
+        g = driver.groups.pop(source, None)
+        if g is not None:
+            g.fail_all(StaleRouteOp(f"stale route: shard {source} merged into shard {target}"))
+        log.event("shard_merged", group=target, source=source)
+
+
+def frozen_merge_source(driver: NodeDriver, group: int) -> InvalidOp | None:
+    """The refusal of a membership change when ``group`` is a merge source frozen by a
+    PrepareMerge (None: not frozen)."""
+    d = driver.storage.group(group).view.shard
+    if d is None or not d.merging_into:
+        return None
+    return InvalidOp(
+        f"shard {group} is merging into shard {d.merging_into}: no membership change "
+        "until the merge commits or rolls back",
+        definite=True,
+    )
 
 
 def parent_led(driver: NodeDriver, parent: int) -> bool:

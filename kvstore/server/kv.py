@@ -173,6 +173,11 @@ class KVService(kv_pb2_grpc.KVServicer):
                 sink.park(lambda: self._answer(op_id, kind, lambda: build(res), sink))
 
         cb: Callback[ApplyResult] = Callback(done)
+        if self.router.sharded:
+            frozen = self._frozen(group)
+            if frozen is not None:
+                self._fail(op_id, kind, frozen, sink)
+                return
         try:
             self.driver.propose(group, cmd, timeout, cb)
         except Exception as e:  # one-shot: harmless if the driver already answered
@@ -200,6 +205,8 @@ class KVService(kv_pb2_grpc.KVServicer):
 
         def serve() -> None:
             moved = self._still_owned(group, kind, req) if self.router.sharded else None
+            if moved is None and self.router.sharded and mode not in ("eventual", "causal"):
+                moved = self._frozen(group)
             if moved is not None:
                 # A split applied while the read waited: serve only what the group owns.
                 self._fail(op_id, kind, moved, sink)
@@ -221,6 +228,18 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.driver.read_barrier(group, mode, req.causal_token, timeout, cb)
         except Exception as e:
             cb.set_exception(e)
+
+    def _frozen(self, group: int) -> OpError | None:
+        """A merge source frozen by a PrepareMerge takes no write and serves no strong
+        read (its range may already be the target's, TiKV #8034): a stale route, which
+        the client retries until the map shows the merge (or its rollback)."""
+        d = self.storage.group(group).view.shard
+        if d is None or not d.merging_into:
+            return None
+        return StaleRouteOp(
+            f"stale route: shard {group} is merging into shard {d.merging_into}",
+            self.router.overlapping(d.start, d.end or d.start + b"\0"),
+        )
 
     def _still_owned(self, group: int, kind: str, req: Any) -> OpError | None:
         d = self.storage.group(group).view.shard

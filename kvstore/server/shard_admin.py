@@ -14,6 +14,7 @@ from kvstore._pb import admin_pb2
 from kvstore.consensus.types import Role
 from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
+from kvstore.node.merge_coordinator import MergeCoordinator
 from kvstore.node.meta import FORWARDED, MetaClient
 from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
@@ -131,6 +132,26 @@ class ShardAdmin:
             await self._abort(context, e)
             raise AssertionError("unreachable") from e
         return admin_pb2.SplitShardResponse(left=shard_pb(left), right=shard_pb(right))
+
+    async def MergeShard(
+        self, request: admin_pb2.MergeShardRequest, context: Any
+    ) -> admin_pb2.MergeShardResponse:
+        try:
+            if self.meta is None or self.router is None:
+                raise InvalidOp(
+                    "the cluster is not sharded (start it with --shards)", definite=True
+                )
+            merger = getattr(self, "_merger", None)
+            if merger is None:
+                merger = MergeCoordinator(self.driver, self.router, self.meta, self.reporter)
+                self._merger = merger
+            merged, source = await merger.merge(
+                request.shard, request.source, context.time_remaining() or 30.0
+            )
+        except OpError as e:
+            await self._abort(context, e)
+            raise AssertionError("unreachable") from e
+        return admin_pb2.MergeShardResponse(merged=shard_pb(merged), source=source)
 
     async def _split(
         self, request: admin_pb2.SplitShardRequest, timeout: float
