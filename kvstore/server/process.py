@@ -22,6 +22,7 @@ from kvstore._pb import admin_pb2_grpc, kv_pb2_grpc, peer_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.limits import Limits
+from kvstore.node.merge_coordinator import MergeCoordinator
 from kvstore.node.meta import MetaClient
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.placement_loop import PlacementLoop
@@ -280,6 +281,7 @@ class Node:
         self.reporter: Reporter | None = None
         self.placement: PlacementLoop | None = None
         self.reaper: ZombieReaper | None = None
+        self.merger: MergeCoordinator | None = None
         if shard_info.sharded:
             self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
@@ -291,6 +293,7 @@ class Node:
                 down_after=o.down_after,
             )
             self.reaper = ZombieReaper(self.driver, self.meta)
+            self.merger = MergeCoordinator(self.driver, self.router, self.meta, self.reporter)
             reporter = self.reporter
 
             def shards_changed() -> None:
@@ -346,6 +349,7 @@ class Node:
                 meta=self.meta,
                 reporter=self.reporter,
                 placement=self.placement,
+                merger=self.merger,
             ),
             server,
         )
@@ -388,6 +392,8 @@ class Node:
             self.placement.start()
         if self.reaper is not None:
             self.reaper.start()
+        if self.merger is not None:
+            self.merger.start()
         log.event(
             "node_started",
             id=o.id,
@@ -440,6 +446,8 @@ class Node:
             await self.placement.stop()
         if self.reaper is not None:
             await self.reaper.stop()
+        if self.merger is not None:
+            await self.merger.stop()
         if self.meta is not None:
             await self.meta.close()
         await self.transport.stop()
