@@ -31,7 +31,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2
 from kvstore.consensus.types import Role
 from kvstore.node import log
-from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
+from kvstore.node.errors import AbortedOp, InvalidOp, OpError, UnavailableOp
 from kvstore.shard import commands as cmds
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.merging import check_merge
@@ -174,11 +174,10 @@ class MergeCoordinator:
             done = await self._give_up(src, deadline)
             if done is not None:
                 return done, right.id  # a CommitMerge of another coordinator applied
-            raise UnavailableOp(
+            raise AbortedOp(
                 f"merge of shard {right.id} into shard {left.id} rolled back: the replicas on "
                 f"nodes {lagging} did not apply the PrepareMerge (index {src.merge_index}) "
-                "in time (a merge needs every replica of both shards up); retry",
-                definite=True,
+                "in time (a merge needs every replica of both shards up); nothing changed"
             )
         try:
             version = await self.driver.propose_admin(
@@ -197,10 +196,9 @@ class MergeCoordinator:
             done = await self._give_up(src, deadline)
             if done is not None:
                 return done, right.id  # an earlier CommitMerge of this prepare applied
-            raise UnavailableOp(
+            raise AbortedOp(
                 f"shard {left.id} changed while merging (now "
-                f"{merged.describe() if merged else 'gone'}); the merge was rolled back; retry",
-                definite=True,
+                f"{merged.describe() if merged else 'gone'}); the merge was rolled back; retry"
             )
         assert merged is not None
         log.event("merge_committed", group=left.id, source=right.id, version=version)
