@@ -14,8 +14,11 @@ from kvstore.consensus.types import (
     Entry,
     EntryType,
     HardState,
+    Ready,
     Snapshot,
 )
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.persist import Plan, persist_plans
 from kvstore.shard import Descriptor, Epoch
 from kvstore.shard import commands as cmds
 from kvstore.statemachine import ApplyError, Put, encode_batch
@@ -142,6 +145,25 @@ def test_membership_changes_raise_conf_ver_entry_by_entry(st: NodeStorage) -> No
     d = st.group(P).view.shard
     assert d is not None and d.epoch == Epoch(1, 4)
     assert (d.voters, d.learners) == ((2, 3, 4), ())
+
+
+def test_split_after_a_membership_change_in_the_same_persist(st: NodeStorage) -> None:
+    """The new group's membership is the parent's at the split index, however the
+    entries were batched: a conf change and a split applied in one persist gave the new
+    group the membership from BEFORE the change (the driver records the new membership
+    only after the apply), while a replica that applied them in two persists gave it the
+    one after, so replicas of one group disagreed on its voters (found by the sharded
+    simulation, tests/sim/FINDINGS.md F7)."""
+    remove = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=3)
+    split = cmds.encode(cmds.Split(C, b"m", Epoch(1, 2)))
+    ents = (entry(1, remove.encode(), type=EntryType.CONF_CHANGE), entry(2, split))
+    after = ConfState(voters=frozenset({1, 2}))
+    plan = Plan(group=P, rd=Ready(entries=ents, committed=ents), compact_to=0, conf_state=after)
+    persist_plans(st, NodeMetrics(), [plan])
+    child = st.group(C).view
+    assert child.conf_state == after == child.base.conf_state
+    assert child.shard is not None and (child.shard.voters, child.shard.learners) == ((1, 2), ())
+    assert st.group(P).view.conf_state == after
 
 
 def test_meta_group_applies_alloc_and_report(st: NodeStorage) -> None:

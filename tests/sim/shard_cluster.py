@@ -1,0 +1,498 @@
+"""A simulated sharded cluster: many consensus groups per node over the REAL node storage.
+
+Each node is one ``NodeStorage`` (LMDB in a scratch directory, no fsync: a crash is the
+loss of the node's in-memory cores, committed transactions survive as they would a
+process crash) hosting any number of groups, each a real core (Raft or Multi-Paxos).
+So the split rule, the range check at apply, the range snapshots, the conf_ver bumps
+and the session copy tested here are the production code's (kvstore/storage/writer.py,
+kvstore/shard/*); only the loop that drives them is this module's.
+
+The loop keeps the node driver's rules (kvstore/node/driver.py and shards.py):
+- per node, ONE write transaction per Ready round for all of its groups: save, apply,
+  record the membership, compact; the committed conf changes are applied to the core
+  before the persist; messages leave after it; then ``advance``;
+- a group a split created starts after the persist that created it, and where this
+  node led the parent it campaigns at once;
+- a message for a group the node does not run: a snapshot that overlaps no other local
+  replica creates the replica, a leader's append or heartbeat is answered as an empty
+  replica would answer it ("send me a snapshot"), anything else is dropped; a snapshot
+  for a running group that overlaps another local replica is dropped too;
+- zombie replicas are destroyed by the real rule (kvstore/node/zombies.py ``zombies``).
+
+Every persisted Ready feeds the per-group checkers (tests/sim/checkers.py: election
+safety, log matching, leader completeness, state machine safety by digest) and the
+shard checkers (shard_checkers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvstore.consensus.types import (
+    JOINING,
+    ConfChange,
+    Config,
+    ConfState,
+    Core,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    Snapshot,
+)
+from kvstore.shard import descriptor as desc
+from kvstore.shard.descriptor import Descriptor
+from kvstore.shard.layout import initial_map
+from kvstore.statemachine.types import ApplyResult
+from kvstore.storage import NodeStorage
+from kvstore.storage.errors import CorruptionError
+from kvstore.storage.log import GroupLog
+from kvstore.storage.snapshot import image_shard
+
+from .checkers import GENESIS_DIGEST, Checker, SafetyViolation, Traits, chain
+from .cluster import CoreFactory, CoreParams
+from .network import Network
+from .shard_checkers import KVModel, RangeChecker
+
+INITIAL_INDEX = 5
+"""Sharded groups start their logs here (kvstore/server/sharding.py), so a replica added
+later always takes a snapshot, which carries the descriptor."""
+READY_ROUNDS = 2000
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+class StorageView:
+    """What the per-group Checker reads of a log (it was written for MemoryStorage):
+    the base as ``snapshot().metadata`` without building an image."""
+
+    def __init__(self, glog: GroupLog) -> None:
+        self.glog = glog
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(metadata=self.glog.view.base)
+
+    def first_index(self) -> int:
+        return self.glog.first_index()
+
+    def last_index(self) -> int:
+        return self.glog.last_index()
+
+    def term(self, index: int) -> int:
+        return self.glog.term(index)
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        return self.glog.entries(lo, hi, max_size)
+
+
+@dataclass(slots=True)
+class ShardNode:
+    id: int
+    storage: NodeStorage
+    cores: dict[int, Core] = field(default_factory=dict)
+    up: bool = True
+    digest: dict[int, bytes] = field(default_factory=dict)
+    """group -> digest of the applied history (tests/sim/checkers.py ``chain``)."""
+    role: dict[int, Role] = field(default_factory=dict)
+
+    def descriptors(self, also: tuple[int, ...] = ()) -> dict[int, Descriptor | None]:
+        return {g: self.storage.group(g).view.shard for g in (*self.cores, *also)}
+
+    def applied(self, also: tuple[int, ...] = ()) -> dict[int, tuple[int, ConfState]]:
+        """group -> (applied index, membership there)."""
+        views = {g: self.storage.group(g).view for g in (*self.cores, *also)}
+        return {g: (v.applied, v.conf_state) for g, v in views.items()}
+
+
+ResultHook = Callable[[int, int, Entry, ApplyResult], None]
+"""(node, group, entry, result) for every command applied."""
+
+
+class ShardCluster:
+    def __init__(
+        self,
+        *,
+        factory: CoreFactory,
+        traits: Traits,
+        nodes: int,
+        shards: int,
+        replicas: int,
+        split_keys: list[bytes],
+        rng: random.Random,
+        net: Network,
+        params: CoreParams,
+    ) -> None:
+        self.factory = factory
+        self.traits = traits
+        self.rng = rng
+        self.net = net
+        self.params = params
+        self.now = 0
+        self.stats: Counter[str] = Counter()
+        self.trace: deque[str] = deque(maxlen=80)
+        self.checkers: dict[int, Checker] = {}
+        self.ranges = RangeChecker()
+        self.kv = KVModel()
+        self.on_result: list[ResultHook] = []
+        self._dir = tempfile.mkdtemp(prefix="shardsim-", dir=SCRATCH)
+        self.nodes: dict[int, ShardNode] = {}
+        ids = list(range(1, nodes + 1))
+        smap = initial_map(ids, shards, replicas, split_keys)
+        self.next_id = max(d.id for d in smap) + 1
+        for i in ids:
+            st = NodeStorage(os.path.join(self._dir, str(i)), map_size=64 << 20, sync=False)
+            self.nodes[i] = ShardNode(i, st)
+        for d in smap:
+            ck = self.checker(d.id)
+            ck.digest_at[INITIAL_INDEX] = GENESIS_DIGEST
+            for v in d.voters:
+                n = self.nodes[v]
+                n.storage.group(d.id).bootstrap(set(d.voters), shard=d, initial_index=INITIAL_INDEX)
+                n.digest[d.id] = GENESIS_DIGEST
+                n.cores[d.id] = self._core(n, d.id)
+        self.ranges.start(smap)
+        for n in self.nodes.values():
+            self.check_ranges(n)
+
+    def check_ranges(self, node: ShardNode, also: tuple[int, ...] = ()) -> None:
+        self.ranges.after_persist(node.id, node.descriptors(also), node.applied(also))
+
+    def close(self) -> None:
+        for n in self.nodes.values():
+            n.storage.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def checker(self, group: int) -> Checker:
+        ck = self.checkers.get(group)
+        if ck is None:
+            ck = self.checkers[group] = Checker(self.traits)
+        return ck
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _core(self, node: ShardNode, group: int) -> Core:
+        p = self.params
+        glog = node.storage.group(group)
+        cfg = Config(
+            id=node.id,
+            group=group,
+            election_tick=p.election_tick,
+            heartbeat_tick=p.heartbeat_tick,
+            pre_vote=p.pre_vote,
+            check_quorum=p.check_quorum,
+            max_size_per_msg=p.max_size_per_msg,
+            max_inflight_msgs=p.max_inflight_msgs,
+            applied=glog.view.applied,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+        node.role[group] = Role.FOLLOWER
+        return self.factory(cfg, glog)
+
+    def crash(self, node_id: int) -> None:
+        n = self.nodes[node_id]
+        if not n.up:
+            return
+        n.up = False
+        n.cores.clear()
+        self.stats["crashes"] += 1
+        self.note(f"crash {node_id}")
+
+    def restart(self, node_id: int) -> None:
+        """Boot from storage: every group with state there gets a core (as a node's start)."""
+        n = self.nodes[node_id]
+        if n.up:
+            return
+        n.up = True
+        for g in n.storage.groups():
+            glog = n.storage.group(g)
+            if glog.view.shard is None and not glog.view.last_index:
+                continue
+            applied = glog.view.applied
+            n.digest[g] = self._known_digest(g, applied, node_id)
+            n.cores[g] = self._core(n, g)
+        self.stats["restarts"] += 1
+        self.note(f"restart {node_id} groups={sorted(n.cores)}")
+
+    def _known_digest(self, group: int, index: int, node: int) -> bytes:
+        d = self.checker(group).digest_at.get(index)
+        if d is None:
+            raise SafetyViolation(
+                f"node {node} holds group {group} at applied index {index}, which no "
+                "replica applied or installed"
+            )
+        return d
+
+    def destroy(self, node: ShardNode, group: int) -> None:
+        """Drop a replica and its range's data in one transaction (zombies.py)."""
+        node.cores.pop(group, None)
+        node.role.pop(group, None)
+        node.digest.pop(group, None)
+        # A replica created here again starts from nothing (term 0, commit 0): a new
+        # incarnation, whose term and commit are checked afresh (its votes are not).
+        ck = self.checker(group)
+        ck.persisted_term.pop(node.id, None)
+        ck.persisted_commit.pop(node.id, None)
+        self.ranges.forget(node.id, group)
+        with node.storage.write() as w:
+            w.drop_group(group)
+        self.stats["replicas_destroyed"] += 1
+        self.note(f"destroy replica of group {group} on {node.id}")
+        self.check_ranges(node)
+
+    def snapshot_and_compact(self, node_id: int, group: int, keep: int) -> None:
+        """Drop log entries up to ``keep`` before the applied index (lagging replicas
+        then need a snapshot)."""
+        n = self.nodes[node_id]
+        if group not in n.cores:
+            return
+        view = n.storage.group(group).view
+        to = min(view.applied, view.last_index) - keep
+        if to <= view.base.index:
+            return
+        with n.storage.write() as w:
+            w.compact(group, to)
+        self.stats["compactions"] += 1
+        self.note(f"compact group {group} on {node_id} to {to}")
+
+    # -- messages -----------------------------------------------------------------------
+    def up_nodes(self) -> list[ShardNode]:
+        return [n for n in self.nodes.values() if n.up]
+
+    def deliver_due(self) -> None:
+        for m in self.net.due(self.now):
+            node = self.nodes.get(m.to)
+            if node is None or not node.up:
+                self.net.stats["to_down_node"] += 1
+                continue
+            core = node.cores.get(m.group)
+            if core is None:
+                core = self._adopt_unknown(node, m)
+                if core is None:
+                    continue
+            elif m.snapshot is not None and not self._snapshot_fits(node, m):
+                self.stats["snapshot_refused_overlap"] += 1
+                continue
+            core.step(m)
+            self.stats["delivered"] += 1
+
+    def _snapshot_fits(self, node: ShardNode, m: Message) -> bool:
+        """kvstore/node/shards.py ``snapshot_fits``: no other local replica overlaps."""
+        assert m.snapshot is not None
+        if not m.snapshot.data:
+            return True
+        try:
+            shard = image_shard(m.group, m.snapshot.metadata.index, m.snapshot.data)
+            d = desc.decode(shard) if shard else None
+        except (CorruptionError, ValueError):
+            return True
+        if d is None:
+            return True
+        for g in node.cores:
+            other = node.storage.group(g).view.shard
+            if g != m.group and other is not None and other.overlaps(d):
+                return False
+        return True
+
+    def _adopt_unknown(self, node: ShardNode, m: Message) -> Core | None:
+        """kvstore/node/shards.py ``adopt_unknown``."""
+        if m.snapshot is not None:
+            if not self._snapshot_fits(node, m):
+                self.stats["snapshot_refused_overlap"] += 1
+                return None
+            node.digest[m.group] = GENESIS_DIGEST
+            core = node.cores[m.group] = self._core(node, m.group)
+            self.stats["replicas_adopted"] += 1
+            self.note(f"node {node.id} starts an empty replica of group {m.group}")
+            return core
+        me, g = node.id, m.group
+        if m.type == MessageType.APPEND:
+            ask = Message(
+                type=MessageType.APPEND_RESP,
+                group=g,
+                from_=me,
+                to=m.from_,
+                term=m.term,
+                index=0,
+                reject=True,
+            )
+        elif m.type in (MessageType.HEARTBEAT, MessageType.PAXOS_HEARTBEAT):
+            kind = (
+                MessageType.HEARTBEAT_RESP
+                if m.type == MessageType.HEARTBEAT
+                else MessageType.PAXOS_HEARTBEAT_RESP
+            )
+            ask = Message(type=kind, group=g, from_=me, to=m.from_, term=m.term, context=m.context)
+        elif m.type == MessageType.ACCEPT:
+            ask = Message(
+                type=MessageType.ACCEPTED,
+                group=g,
+                from_=me,
+                to=m.from_,
+                term=m.term,
+                index=0,
+                reject=True,
+                context=JOINING,
+            )
+        else:
+            return None
+        self.net.send(ask, self.now)
+        return None
+
+    # -- the Ready loop -------------------------------------------------------------------
+    def handle_ready(self, node: ShardNode, *, crash_after_persist: bool = False) -> None:
+        for _ in range(READY_ROUNDS):
+            if not node.up:
+                return
+            readies = [(g, c, c.ready()) for g, c in list(node.cores.items()) if c.has_ready()]
+            if not readies:
+                return
+            self._round(node, readies, crash_after_persist)
+            crash_after_persist = False
+        raise AssertionError(f"node {node.id} still has Readies after {READY_ROUNDS} rounds")
+
+    def _round(self, node: ShardNode, readies: list[tuple[int, Core, Ready]], crash: bool) -> None:
+        st = node.storage
+        confs: dict[int, ConfState] = {}
+        for g, core, rd in readies:
+            for e in rd.committed:
+                if e.type == EntryType.CONF_CHANGE:
+                    confs[g] = core.apply_conf_change(ConfChange.decode(e.data))
+        before = {g: st.group(g).view.applied for g, _, _ in readies}
+        results: dict[int, list[ApplyResult]] = {}
+        with st.write() as w:
+            for g, _, rd in readies:
+                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                    w.save(g, hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
+                if rd.committed:
+                    results[g] = w.apply(g, rd.committed)
+                if g in confs:
+                    w.set_conf_state(g, confs[g])
+            created = list(w.created)
+            admin = {g: dict(r) for g, r in w.admin_results.items()}
+        for g, _, rd in readies:
+            try:
+                self._check_ready(node, g, rd, before[g], results.get(g, []), admin.get(g, {}))
+            except SafetyViolation as e:
+                raise SafetyViolation(f"group {g}: {e}") from e
+        self.check_ranges(node, tuple(created))
+        if crash:
+            self.note(f"crash {node.id} after persist, before send")
+            self.crash(node.id)
+            return
+        for _, _, rd in readies:
+            for m in rd.messages:
+                self.net.send(m, self.now)
+        for g, core, rd in readies:
+            if rd.soft_state is not None:
+                node.role[g] = rd.soft_state.role
+                if rd.soft_state.role == Role.LEADER:
+                    s = core.status()
+                    self.checker(g).on_leader(node.id, s.term, StorageView(st.group(g)))  # type: ignore[arg-type]
+            core.advance(rd)
+        for g in created:
+            if g in node.cores:
+                continue
+            parent = next((p for p, r in admin.items() if g in r.values()), 0)
+            node.cores[g] = self._core(node, g)
+            self.stats["split_groups_started"] += 1
+            self.note(f"node {node.id} starts group {g} (split of {parent})")
+            if parent and node.role.get(parent) == Role.LEADER:
+                node.cores[g].campaign()
+
+    def _check_ready(
+        self,
+        node: ShardNode,
+        g: int,
+        rd: Ready,
+        applied_before: int,
+        results: list[ApplyResult],
+        admin: dict[int, int],
+    ) -> None:
+        ck = self.checker(g)
+        glog = node.storage.group(g)
+        view = glog.view
+        sv = StorageView(glog)
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            index = rd.snapshot.metadata.index
+            if index > applied_before:
+                ck.checks += 1
+                node.digest[g] = self._known_digest(g, index, node.id)
+                self.stats["installs"] += 1
+                self.note(f"install group {g} on {node.id} at {index}")
+                applied_before = index
+        if rd.entries:
+            ck.on_append(node.id, sv, rd.entries)  # type: ignore[arg-type]
+        if rd.hard_state is not None:
+            ck.on_hard_state(node.id, rd.hard_state)
+        durable_commit = max(view.hard_state.commit, view.base.index)
+        by_index: dict[int, list[ApplyResult]] = {}
+        for r in results:
+            by_index.setdefault(r.index, []).append(r)
+        applied = applied_before
+        digest = node.digest.get(g, GENESIS_DIGEST)
+        for e in rd.committed:
+            if e.index <= applied:
+                continue
+            digest = chain(digest, e)
+            ck.on_apply(node.id, e, applied, digest, durable_commit)
+            applied = e.index
+            self.stats["applied"] += 1
+            new = admin.get(e.index, 0)
+            if new:
+                # The new group's history starts with its parent's at the split index.
+                self.checker(new)._agree(node.id, e.index, digest)
+                if new not in node.digest or new not in node.cores:
+                    node.digest[new] = digest
+                self.stats["splits_applied"] += 1
+            for r in by_index.get(e.index, ()):
+                self.kv.on_result(node.id, g, e, r)
+                for hook in self.on_result:
+                    hook(node.id, g, e, r)
+        node.digest[g] = digest
+        if applied != view.applied:
+            raise SafetyViolation(
+                f"node {node.id} group {g}: storage applied {view.applied}, the Ready "
+                f"applied up to {applied}"
+            )
+
+    def settle(self, crash_after_persist: set[int] | None = None) -> None:
+        nodes = self.up_nodes()
+        self.rng.shuffle(nodes)
+        for n in nodes:
+            crash = crash_after_persist is not None and n.id in crash_after_persist
+            if crash and any(c.has_ready() for c in n.cores.values()):
+                crash_after_persist.discard(n.id)  # type: ignore[union-attr]
+                self.handle_ready(n, crash_after_persist=True)
+            else:
+                self.handle_ready(n)
+        for n in self.up_nodes():
+            for g, core in n.cores.items():
+                s = core.status()
+                if s.role == Role.LEADER:
+                    self.checker(g).on_leader(n.id, s.term, StorageView(n.storage.group(g)))  # type: ignore[arg-type]
+
+    # -- views ---------------------------------------------------------------------------
+    def leader(self, group: int) -> int:
+        """The live leader of ``group`` with the highest term, or 0."""
+        best = (0, 0)
+        for n in self.up_nodes():
+            core = n.cores.get(group)
+            if core is None:
+                continue
+            s = core.status()
+            if s.role == Role.LEADER and s.term > best[0]:
+                best = (s.term, n.id)
+        return best[1]
+
+    def groups(self) -> list[int]:
+        """The live shards (the newest map's ids)."""
+        return sorted(d.id for d in self.ranges.map)
+
+    def note(self, what: str) -> None:
+        self.trace.append(f"[{self.now}] {what}")
