@@ -6,8 +6,11 @@ Rules this module keeps:
 - A local replica is a zombie only if the map (read linearizably from the meta group)
   holds a descriptor of the same id that does not list this node and that is at least
   as new as the local one, or the local descriptor itself no longer lists this node
-  (it applied its own removal). A map older than the local replica never condemns it
-  (the node may just have been added back), and a replica with no descriptor yet (being
+  (it applied its own removal), or it is a merge source frozen into a target that the
+  map shows merged (covering it, newer) while no local replica of that target remains
+  (the node slept through the CommitMerge and lost its target replica to a repair). A
+  map older than the local replica never condemns it (the node may just have been added
+  back), and a replica with no descriptor yet (being
   built from a snapshot) or of the meta group is never touched.
 - Nothing is destroyed while another local replica overlaps its range: dropping a group
   deletes the user keys of its range, which that replica may own now.
@@ -48,14 +51,34 @@ def zombies(
     out = []
     for gid, d in sorted(local.items()):
         m = by_id.get(gid)
-        if gid == META_GROUP or d is None or m is None or me in m.replicas:
+        if gid == META_GROUP or d is None:
             continue
-        if _epoch(m) < _epoch(d) and me in d.replicas:
+        if m is None:
+            if not _absorbed(d, by_id, local):
+                continue
+        elif me in m.replicas:
+            continue
+        if m is not None and _epoch(m) < _epoch(d) and me in d.replicas:
             continue  # the map lags behind this replica
         if any(o is not None and other != gid and o.overlaps(d) for other, o in local.items()):
             continue
         out.append(gid)
     return out
+
+
+def _absorbed(
+    d: Descriptor, by_id: Mapping[int, Descriptor], local: Mapping[int, Descriptor | None]
+) -> bool:
+    """Is ``d`` a frozen merge source whose merge committed (the map's target covers it,
+    newer) while this node holds no replica of the target, which could still need it
+    (its CommitMerge destroys the source itself, a snapshot of it absorbs it)?"""
+    t = by_id.get(d.merging_into) if d.merging_into else None
+    return (
+        t is not None
+        and d.merging_into not in local
+        and t.covers(d.start, d.end)
+        and t.epoch.version > d.epoch.version
+    )
 
 
 def destroy_pending(driver: NodeDriver, groups: set[int]) -> None:

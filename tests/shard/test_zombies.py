@@ -46,3 +46,18 @@ def test_nothing_is_destroyed_while_another_local_replica_overlaps_it() -> None:
     }
     shard_map = [d(1, (1, 3, 4), 3, start=b"a", end=b"m"), d(5, (2, 3, 4), 1, start=b"m", end=b"z")]
     assert zombies(local, shard_map, ME) == []
+
+
+def test_a_frozen_merge_source_whose_merge_committed_elsewhere_is_a_zombie() -> None:
+    """The node slept through the CommitMerge and its target replica was repaired away:
+    its frozen source, gone from the map, is destroyed; not while a local target replica
+    remains (its CommitMerge or a merged snapshot takes the source with it)."""
+    src = Descriptor(
+        id=5, start=b"m", epoch=Epoch(2, 1), voters=(1, 2, 3), merging_into=1, merge_index=9
+    )
+    merged = Descriptor(id=1, epoch=Epoch(3, 2), voters=(1, 3, 4))
+    assert zombies({5: src}, [merged], ME) == [5]
+    target = Descriptor(id=1, end=b"m", epoch=Epoch(2, 1), voters=(1, 2, 3))
+    assert zombies({1: target, 5: src}, [merged], ME) == [1]  # the target first
+    # Not merged (the map still has the target's old range): kept.
+    assert zombies({5: src}, [Descriptor(id=1, end=b"m", epoch=Epoch(2, 2))], ME) == []
