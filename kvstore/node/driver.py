@@ -390,6 +390,7 @@ class NodeDriver:
         else:
             self.replica.replies.flush()
         self.replica.finish(batch, results, shards.admin_results)
+        self.replica.advance(batch)
         if shards.changed:
             stop_merged(self, shards)
             for gid, parent in start_created(self, shards):

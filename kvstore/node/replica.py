@@ -4,10 +4,11 @@ run by the node (LMDB, gRPC peers, the event loop's clock) and by the seeded sim
 
 Rules this module keeps (the Ready contract of kvstore/consensus/types.py):
 - One batch is ``begin`` -> the host persists ``Batch.plans`` in ONE storage transaction
-  (save, apply, membership, compaction) -> ``finish``. Nothing else touches a core of the
-  batch between its ``ready()`` and its ``advance()`` except ``step`` of peer messages
-  (etcd allows it) and ``apply_conf_change`` of the Ready's committed conf changes, which
-  ``begin`` calls so the persisted membership is the one after them.
+  (save, apply, membership, compaction) -> ``finish`` -> ``advance``. Nothing else
+  touches a core of the batch between its ``ready()`` and its ``advance()`` except
+  ``step`` of peer messages (etcd allows it) and ``apply_conf_change`` of the Ready's
+  committed conf changes, which ``begin`` calls so the persisted membership is the one
+  after them.
 - Messages leave before the persist only where ``may_send_before_persist`` allows (a
   leader's appends and heartbeats); all others after it, before any client is answered.
 - A write is answered when the entry at its ProposalId's index applies with the same
@@ -236,13 +237,17 @@ class ReplicaLoop:
         results: dict[int, list[ApplyResult]],
         admin_results: dict[int, dict[int, int]],
     ) -> None:
-        """After the batch's persist: send the rest, answer clients, advance every core."""
+        """After the batch's persist: send the rest, answer clients (``advance`` next)."""
         if batch.late:
             self.send(batch.late)
         for g, rd in batch.readies:
             self.after_persist(g, rd, results.get(g.id, []))
             if g.admin_inflight and rd.committed:
                 resolve_admin(g, rd.committed, admin_results.get(g.id, {}), self.replies.defer)
+
+    @staticmethod
+    def advance(batch: Batch) -> None:
+        """The batch is done: every core may hand out its next Ready."""
         for g, rd in batch.readies:
             g.core.advance(rd)
 

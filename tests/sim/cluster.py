@@ -1,12 +1,17 @@
-"""A simulated cluster: N cores, each over its own MemoryStorage, driven as types.py says.
+"""A simulated cluster: N cores, each over its own MemoryStorage, each node running the
+node's own replica loop (kvstore/node/replica.py) over an in-memory twin of its I/O.
 
-Rules this driver keeps (the Ready contract): for each Ready it persists the snapshot,
-entries and hard state to the node's MemoryStorage, then sends the messages, then
-applies the committed entries, then calls advance. MemoryStorage is the disk: a crash
-throws away the core (its volatile state, unsent messages, unapplied work) and a restart
-builds a new core from the storage. The state machine (applied index, a digest of the
-applied history, membership) is durable too, as in the LMDB design where apply shares
-the write transaction; a restart may also rebuild it from the last snapshot instead.
+Rules this module keeps: every Ready goes through ``ReplicaLoop`` exactly as on a real
+node (``begin``: conf changes into the core and the leader's early sends; the persist;
+``finish``: the other sends and the answers; ``advance``), so the simulation checks the
+production Ready handling, not a copy of it. Only the I/O is the simulation's: ``_persist``
+is the one storage transaction (save the snapshot, entries and hard state to the node's
+MemoryStorage, apply the committed entries to the state machine, record the membership),
+the network is ``Network``, the clock is the step counter. MemoryStorage is the disk: a
+crash throws away the core (its volatile state, unsent messages) and a restart builds a
+new core from the storage. The state machine (applied index, a digest of the applied
+history, membership) is durable and applied in the persist's transaction, as in the LMDB
+design; a restart may also rebuild it from the last snapshot instead.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from kvstore.consensus.types import (
     EntryType,
     HardState,
     LogStorage,
+    Message,
     NotLeaderError,
     ProposalDroppedError,
     ProposalId,
@@ -37,6 +43,10 @@ from kvstore.consensus.types import (
     Status,
     has_membership,
 )
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import GroupState
+from kvstore.node.persist import Plan
+from kvstore.node.replica import Batch, ReplicaLoop
 
 from .checkers import (
     GENESIS_DIGEST,
@@ -59,6 +69,9 @@ CORE_MODULES = {
 READY_ROUNDS = 5000
 """Ready rounds one node may need in a row before the driver calls it a livelock (a
 restarted node re-applying its log in small pages needs one round per page)."""
+
+_METRICS = NodeMetrics()
+"""The replica loops' metrics sink (never read in the simulation): one for all nodes."""
 
 EXTRA_FACTORIES: dict[str, tuple[CoreFactory, Traits]] = {}
 """Test-only cores (fakes, deliberately broken wrappers) registered by name."""
@@ -99,9 +112,9 @@ class CrashPoint(enum.Enum):
     """Where inside a Ready a node may crash (between Readies is the plain case)."""
 
     AFTER_PERSIST = "after-persist"
-    """Persisted, but nothing sent or applied."""
+    """Persisted and applied (one transaction); only a leader's early messages sent."""
     BEFORE_ADVANCE = "before-advance"
-    """Persisted, sent and applied; the core never heard of it (Config.applied tells it)."""
+    """Persisted, applied and sent; the core never heard of it (Config.applied tells it)."""
 
 
 @dataclass(slots=True)
@@ -128,12 +141,46 @@ class SimNode:
     id: int
     storage: SimStorage
     sm: StateMachine
-    core: Core | None = None
+    group: GroupState | None = None
+    """The replica's in-memory side (its core included); None while the node is down."""
+    loop: ReplicaLoop | None = None
     boots: int = 0
 
     @property
+    def core(self) -> Core | None:
+        return self.group.core if self.group is not None else None
+
+    @property
     def up(self) -> bool:
-        return self.core is not None
+        return self.group is not None
+
+
+class SimClock:
+    """The replica loop's clock: the cluster's step counter (replica.Clock)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def now(self) -> float:
+        return float(self._cluster.now)
+
+    def wall_ms(self) -> int:
+        return self._cluster.now
+
+
+class SimStorageView:
+    """A node's MemoryStorage as the replica loop reads it (replica.ReplicaStorage)."""
+
+    tight = False
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+
+    def first_index(self, group: int) -> int:
+        return self._node.storage.first_index()
+
+    def member_addresses(self, group: int) -> dict[int, str]:
+        return {}
 
 
 class Cluster:
@@ -187,14 +234,42 @@ class Cluster:
             applied=node.sm.index,
             rng=random.Random(self.rng.getrandbits(64)),
         )
-        node.core = self.factory(cfg, node.storage)
+        core = self.factory(cfg, node.storage)
+        hs = node.storage.hard_state
+        node.group = GroupState(
+            id=cfg.group,
+            core=core,
+            applied=node.sm.index,
+            compacted=node.storage.first_index() - 1,
+            term=hs.term,
+            persisted_term=hs.term,
+            persisted_vote=hs.vote,
+        )
+        node.loop = ReplicaLoop(
+            node_id=node.id,
+            storage=SimStorageView(node),
+            send=self._sender(),
+            clock=SimClock(self),
+            metrics=_METRICS,
+            endpoints={},
+            snapshot_entries=0,  # compaction is a fault of its own (snapshot_and_compact)
+            ctx_nonce=node.boots.to_bytes(8, "big"),
+        )
         node.boots += 1
+
+    def _sender(self) -> Callable[[list[Message]], None]:
+        def send(msgs: list[Message]) -> None:
+            for m in msgs:
+                self.net.send(m, self.now)
+
+        return send
 
     def crash(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.core is None:
+        if node.group is None:
             return
-        node.core = None
+        node.group = None
+        node.loop = None
         self.stats["crashes"] += 1
         self.note(f"crash {node_id}")
 
@@ -202,7 +277,7 @@ class Cluster:
         """Boot a down node from its storage; optionally rebuild its state machine from the
         storage's snapshot (so the core must re-emit entries after it)."""
         node = self.nodes[node_id]
-        if node.core is not None:
+        if node.group is not None:
             return
         if not keep_state_machine:
             snap = node.storage.snapshot()
@@ -245,14 +320,43 @@ class Cluster:
                 self.handle_ready(node)
 
     def handle_ready(self, node: SimNode, *, crash_at: CrashPoint | None = None) -> None:
-        """Drive one node's Ready loop until it is quiet (persist, send, apply, advance).
+        """Run one node's replica loop until it is quiet (begin, persist, finish, advance).
         ``crash_at``: crash the node inside its first Ready at that point."""
         for _ in range(READY_ROUNDS):
-            core = node.core
-            if core is None or not core.has_ready():
+            g, loop = node.group, node.loop
+            if g is None or loop is None:
                 return
-            rd = core.ready()
-            st = node.storage
+            batch = loop.begin((g,))
+            if batch is None:
+                return
+            self._persist(node, batch)
+            if crash_at is CrashPoint.AFTER_PERSIST:
+                self.note(f"crash {node.id} after persist, before the late sends")
+                self.crash(node.id)
+                return
+            loop.finish(batch, {}, {})
+            loop.replies.flush()
+            rd = batch.readies[0][1]
+            for rs in rd.read_states:
+                self.checker.on_read_state(node.id, rs)
+                self.stats["reads"] += 1
+            if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
+                self.checker.on_leader(node.id, g.core.status().term, node.storage)
+            if crash_at is CrashPoint.BEFORE_ADVANCE:
+                self.note(f"crash {node.id} after apply, before advance")
+                self.crash(node.id)
+                return
+            loop.advance(batch)
+        raise AssertionError(
+            f"node {node.id} still has a Ready after {READY_ROUNDS} rounds (livelock?)"
+        )
+
+    def _persist(self, node: SimNode, batch: Batch) -> None:
+        """The node's one storage transaction for ``batch`` (the in-memory twin of
+        kvstore/node/persist.py): save, then apply, then record the membership."""
+        st = node.storage
+        for p in batch.plans:
+            rd = p.rd
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 self._install(node, rd.snapshot)
             elif rd.snapshot is not None:
@@ -263,29 +367,14 @@ class Cluster:
             if rd.hard_state is not None:
                 st.set_hard_state(rd.hard_state)
                 self.checker.on_hard_state(node.id, rd.hard_state)
-            if crash_at is CrashPoint.AFTER_PERSIST:
-                self.note(f"crash {node.id} after persist, before send and apply")
-                self.crash(node.id)
-                return
-            for m in rd.messages:
-                self.net.send(m, self.now)
             durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
             for e in rd.committed:
-                self._apply(node, core, e, durable_commit)
-            for rs in rd.read_states:
-                self.checker.on_read_state(node.id, rs)
-                self.stats["reads"] += 1
-            if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
-                s = core.status()
-                self.checker.on_leader(node.id, s.term, st)
-            if crash_at is CrashPoint.BEFORE_ADVANCE:
-                self.note(f"crash {node.id} after apply, before advance")
-                self.crash(node.id)
-                return
-            core.advance(rd)
-        raise AssertionError(
-            f"node {node.id} still has a Ready after {READY_ROUNDS} rounds (livelock?)"
-        )
+                self._apply(node, e, durable_commit)
+            self._record_membership(node, p)
+
+    def _record_membership(self, node: SimNode, p: Plan) -> None:
+        if p.conf_state is not None:
+            node.sm.conf_state = p.conf_state
 
     def _install(self, node: SimNode, snap: Snapshot) -> None:
         self.checker.on_install(node.id, snap, node.sm.index)
@@ -302,13 +391,14 @@ class Cluster:
             node.sm.conf_state = node.storage.conf_state
         self.note(f"adopt {node.id} membership {sorted(node.sm.conf_state.voters)}")
 
-    def _apply(self, node: SimNode, core: Core, e: Entry, durable_commit: int) -> None:
+    def _apply(self, node: SimNode, e: Entry, durable_commit: int) -> None:
+        """Apply one committed entry (its conf change already took effect in the core, in
+        ``ReplicaLoop.begin``; the plan carries the membership after it)."""
         digest = chain(node.sm.digest, e)
         self.checker.on_apply(node.id, e, node.sm.index, digest, durable_commit)
         node.sm.index = e.index
         node.sm.digest = digest
         if e.type == EntryType.CONF_CHANGE:
-            node.sm.conf_state = core.apply_conf_change(ConfChange.decode(e.data))
             self.stats["conf_changes_applied"] += 1
         self.stats["applied"] += 1
 
