@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Gauge, Histogram
+
 from kvstore.consensus.types import (
     ConfChange,
     ConfState,
@@ -91,6 +93,14 @@ class Batch:
     """Messages that may leave only after the persist."""
 
 
+@dataclass(frozen=True, slots=True)
+class _GroupMetrics:
+    term: Gauge
+    commit: Gauge
+    applied: Gauge
+    latency: Histogram
+
+
 class ReplicaLoop:
     """The per-group replica loop of one node; the node runs it for all of its groups."""
 
@@ -118,6 +128,9 @@ class ReplicaLoop:
         """Compact the log after this many applied entries (lagging nodes get a snapshot)."""
         self.unsafe_ack_before_commit = unsafe_ack_before_commit
         self.on_member_address = on_member_address
+        self.may_send_early = may_send_before_persist
+        """The early-send rule (persist.py); the simulation's sabotage replaces it to prove
+        its checks catch a driver that sends too early."""
         self.replies = Replies()
         """Answers of the last batch; the host flushes them once its next persist is under
         way (so the per-op reply work overlaps the next fsync instead of delaying it)."""
@@ -128,6 +141,20 @@ class ReplicaLoop:
         # an earlier request (a stale read). Node id + per-process nonce + counter.
         self._ctx_prefix = node_id.to_bytes(8, "big") + ctx_nonce
         self._ctx = itertools.count(1)
+        self._metrics_of: dict[int, _GroupMetrics] = {}
+
+    def _group_metrics(self, group: int) -> _GroupMetrics:
+        """The group's labelled metrics, looked up once (a label lookup per Ready costs)."""
+        m = self._metrics_of.get(group)
+        if m is None:
+            label = str(group)
+            m = self._metrics_of[group] = _GroupMetrics(
+                term=self.metrics.term.labels(label),
+                commit=self.metrics.commit.labels(label),
+                applied=self.metrics.applied.labels(label),
+                latency=self.metrics.proposal_latency.labels(label),
+            )
+        return m
 
     def not_leader(self, g: GroupState) -> NotLeaderOp:
         return NotLeaderOp(
@@ -223,7 +250,7 @@ class ReplicaLoop:
         early: list[Message] = []
         late: list[Message] = []
         for g, rd in readies:
-            if may_send_before_persist(g.role, g.persisted_term, g.persisted_vote, rd):
+            if self.may_send_early(g.role, g.persisted_term, g.persisted_vote, rd):
                 early.extend(rd.messages)
             else:
                 late.extend(rd.messages)
@@ -323,9 +350,10 @@ class ReplicaLoop:
         st = None
         if rd.hard_state is not None or rd.committed:
             st = g.core.status()
-            self.metrics.term.labels(str(g.id)).set(st.term)
-            self.metrics.commit.labels(str(g.id)).set(st.commit)
-            self.metrics.applied.labels(str(g.id)).set(g.applied)
+            m = self._group_metrics(g.id)
+            m.term.set(st.term)
+            m.commit.set(st.commit)
+            m.applied.set(g.applied)
         if st is not None and g.compacted < st.applied:
             g.compacted = max(g.compacted, self.storage.first_index(g.id) - 1)
 
@@ -354,7 +382,7 @@ class ReplicaLoop:
         for r in results:
             by_index.setdefault(r.index, []).append(r)
         now = self.clock.now()
-        hist = self.metrics.proposal_latency.labels(str(g.id))
+        hist = self._group_metrics(g.id).latency
         for e in committed:
             conf = g.conf_inflight.pop(e.index, None)
             if conf is not None:

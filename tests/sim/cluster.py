@@ -21,44 +21,33 @@ import importlib
 import random
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from kvstore.consensus.memory import MemoryStorage
 from kvstore.consensus.types import (
     ConfChange,
     Config,
-    ConfState,
     ConsensusError,
     Core,
-    Entry,
-    EntryType,
-    HardState,
     LogStorage,
-    Message,
     NotLeaderError,
     ProposalDroppedError,
     ProposalId,
     Role,
-    Snapshot,
     Status,
-    has_membership,
 )
-from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import GroupState
-from kvstore.node.persist import Plan
-from kvstore.node.replica import Batch, ReplicaLoop
+from kvstore.node.replica import ReplicaLoop
 
 from .checkers import (
-    GENESIS_DIGEST,
     PAXOS_TRAITS,
     RAFT_TRAITS,
     Checker,
     Traits,
-    chain,
     decode_image,
     encode_image,
 )
 from .network import Network
+from .twin import METRICS, Clock, SimStorage, StateMachine, StorageView, Twin, sender
 
 CoreFactory = Callable[[Config, LogStorage], Core]
 
@@ -69,9 +58,6 @@ CORE_MODULES = {
 READY_ROUNDS = 5000
 """Ready rounds one node may need in a row before the driver calls it a livelock (a
 restarted node re-applying its log in small pages needs one round per page)."""
-
-_METRICS = NodeMetrics()
-"""The replica loops' metrics sink (never read in the simulation): one for all nodes."""
 
 EXTRA_FACTORIES: dict[str, tuple[CoreFactory, Traits]] = {}
 """Test-only cores (fakes, deliberately broken wrappers) registered by name."""
@@ -90,24 +76,6 @@ def load_core(kind: str) -> tuple[CoreFactory, Traits] | None:
     return factory, traits
 
 
-class SimStorage(MemoryStorage):
-    """MemoryStorage whose ``initial_state`` reports the membership as of the applied
-    index, as the LMDB storage does (its meta holds the conf state the apply wrote).
-
-    Without this a core restarted with ``Config.applied`` past the snapshot would boot
-    with the snapshot's membership and never see the conf changes in between, since
-    entries up to ``applied`` are not re-emitted.
-    """
-
-    def __init__(self, voters: frozenset[int]) -> None:
-        super().__init__(voters)
-        self.boot_conf: ConfState | None = None
-
-    def initial_state(self) -> tuple[HardState, ConfState]:
-        hs, cs = super().initial_state()
-        return hs, self.boot_conf if self.boot_conf is not None else cs
-
-
 class CrashPoint(enum.Enum):
     """Where inside a Ready a node may crash (between Readies is the plain case)."""
 
@@ -115,15 +83,6 @@ class CrashPoint(enum.Enum):
     """Persisted and applied (one transaction); only a leader's early messages sent."""
     BEFORE_ADVANCE = "before-advance"
     """Persisted, applied and sent; the core never heard of it (Config.applied tells it)."""
-
-
-@dataclass(slots=True)
-class StateMachine:
-    """The applied state: index, digest of the applied history, membership."""
-
-    index: int = 0
-    digest: bytes = GENESIS_DIGEST
-    conf_state: ConfState = field(default_factory=ConfState)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,34 +114,6 @@ class SimNode:
         return self.group is not None
 
 
-class SimClock:
-    """The replica loop's clock: the cluster's step counter (replica.Clock)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self._cluster = cluster
-
-    def now(self) -> float:
-        return float(self._cluster.now)
-
-    def wall_ms(self) -> int:
-        return self._cluster.now
-
-
-class SimStorageView:
-    """A node's MemoryStorage as the replica loop reads it (replica.ReplicaStorage)."""
-
-    tight = False
-
-    def __init__(self, node: SimNode) -> None:
-        self._node = node
-
-    def first_index(self, group: int) -> int:
-        return self._node.storage.first_index()
-
-    def member_addresses(self, group: int) -> dict[int, str]:
-        return {}
-
-
 class Cluster:
     """Holds the nodes, the network and the checker; one ``step`` is one unit of time."""
 
@@ -206,6 +137,7 @@ class Cluster:
         self.trace: deque[str] = deque(maxlen=60)
         self.genesis = frozenset(range(1, n + 1))
         self.nodes: dict[int, SimNode] = {}
+        self.twin = Twin(checker, self.stats, self.note)
         for i in sorted(self.genesis):
             self.add_node(i)
 
@@ -247,22 +179,15 @@ class Cluster:
         )
         node.loop = ReplicaLoop(
             node_id=node.id,
-            storage=SimStorageView(node),
-            send=self._sender(),
-            clock=SimClock(self),
-            metrics=_METRICS,
+            storage=StorageView(node),
+            send=sender(self.net, lambda: self.now),
+            clock=Clock(lambda: self.now),
+            metrics=METRICS,
             endpoints={},
             snapshot_entries=0,  # compaction is a fault of its own (snapshot_and_compact)
             ctx_nonce=node.boots.to_bytes(8, "big"),
         )
         node.boots += 1
-
-    def _sender(self) -> Callable[[list[Message]], None]:
-        def send(msgs: list[Message]) -> None:
-            for m in msgs:
-                self.net.send(m, self.now)
-
-        return send
 
     def crash(self, node_id: int) -> None:
         node = self.nodes[node_id]
@@ -329,7 +254,7 @@ class Cluster:
             batch = loop.begin((g,))
             if batch is None:
                 return
-            self._persist(node, batch)
+            self.twin.persist(node, batch.plans)
             if crash_at is CrashPoint.AFTER_PERSIST:
                 self.note(f"crash {node.id} after persist, before the late sends")
                 self.crash(node.id)
@@ -350,57 +275,6 @@ class Cluster:
         raise AssertionError(
             f"node {node.id} still has a Ready after {READY_ROUNDS} rounds (livelock?)"
         )
-
-    def _persist(self, node: SimNode, batch: Batch) -> None:
-        """The node's one storage transaction for ``batch`` (the in-memory twin of
-        kvstore/node/persist.py): save, then apply, then record the membership."""
-        st = node.storage
-        for p in batch.plans:
-            rd = p.rd
-            if rd.snapshot is not None and not rd.snapshot.is_empty():
-                self._install(node, rd.snapshot)
-            elif rd.snapshot is not None:
-                self._adopt(node, rd.snapshot)
-            if rd.entries:
-                st.append(rd.entries)
-                self.checker.on_append(node.id, st, rd.entries)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-                self.checker.on_hard_state(node.id, rd.hard_state)
-            durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
-            for e in rd.committed:
-                self._apply(node, e, durable_commit)
-            self._record_membership(node, p)
-
-    def _record_membership(self, node: SimNode, p: Plan) -> None:
-        if p.conf_state is not None:
-            node.sm.conf_state = p.conf_state
-
-    def _install(self, node: SimNode, snap: Snapshot) -> None:
-        self.checker.on_install(node.id, snap, node.sm.index)
-        node.storage.apply_snapshot(snap)
-        index, digest = decode_image(snap.data)
-        node.sm = StateMachine(index, digest, snap.metadata.conf_state)
-        self.stats["installs"] += 1
-        self.note(f"install {node.id} snapshot at {index}")
-
-    def _adopt(self, node: SimNode, snap: Snapshot) -> None:
-        """A snapshot at index 0: a joiner's base membership, no data (the join contract)."""
-        node.storage.apply_snapshot(snap)
-        if not has_membership(node.sm.conf_state):
-            node.sm.conf_state = node.storage.conf_state
-        self.note(f"adopt {node.id} membership {sorted(node.sm.conf_state.voters)}")
-
-    def _apply(self, node: SimNode, e: Entry, durable_commit: int) -> None:
-        """Apply one committed entry (its conf change already took effect in the core, in
-        ``ReplicaLoop.begin``; the plan carries the membership after it)."""
-        digest = chain(node.sm.digest, e)
-        self.checker.on_apply(node.id, e, node.sm.index, digest, durable_commit)
-        node.sm.index = e.index
-        node.sm.digest = digest
-        if e.type == EntryType.CONF_CHANGE:
-            self.stats["conf_changes_applied"] += 1
-        self.stats["applied"] += 1
 
     def check_step(self) -> None:
         """Per-step checks that read every live node's status."""

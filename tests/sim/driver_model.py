@@ -1,36 +1,39 @@
-"""A model of the real node driver's Ready protocol (kvstore/node/driver.py), over a real
-core (Raft's RawNode or the PaxosNode), MemoryStorage, the seeded network and crashes at
-any point.
+"""The real node driver's interleavings (kvstore/node/driver.py) around the node's own
+replica loop (kvstore/node/replica.py), over a real core (Raft's RawNode or the
+PaxosNode), the in-memory twin of the node's I/O (twin.py), the seeded network and
+crashes at any point.
 
-What tests/sim/cluster.py drives atomically (ready -> persist -> send -> apply -> advance)
-the real driver spreads over time; this model keeps each of its moves a separate,
-randomly scheduled action:
-- ITERATE (no Ready in flight): step the inbox, tick (at most 2), propose the queued
-  writes as ONE entry, start queued reads, take ``ready()``, apply the committed conf
-  changes to the core (``_plan``, before the persist), send at once what
-  ``may_send_before_persist`` (the real one, for either core) allows, and hand the
-  transaction to the writer;
+What tests/sim/cluster.py runs back to back (begin -> persist -> finish -> advance) the
+real driver spreads over time; this model keeps each of its moves a separate, randomly
+scheduled action, and leaves every Ready decision to ``ReplicaLoop``:
+- ITERATE (no Ready in flight): step the inbox, tick (at most 2), ``propose_queued``
+  (the queued writes as ONE entry, the queued reads), ``begin`` (take ``ready()``, apply
+  the committed conf changes to the core, send at once what ``may_send_before_persist``
+  allows) and hand the transaction to the writer;
 - STEP (a Ready in flight): a delivered peer message is stepped into the core between
   ``ready()`` and ``advance()`` (``_step_while``), before or after the writer commits
   (the driver does this for Raft only; modelled for Paxos too, a superset);
 - COMMIT: the writer's transaction lands atomically: snapshot, entries, hard state, the
   committed entries applied, the membership, a compaction;
-- FINISH: send the rest, answer clients (a write is acknowledged when its entry applied
-  with its proposal's term), serve read states, ``advance()``;
+- FINISH: ``finish`` (send the rest, answer clients: a write is acknowledged when its
+  entry applied with its proposal's term, a read with the applied index once it reached
+  the read index), then ``advance``;
 - CRASH: at any moment; a transaction not yet committed is lost, early sends are not.
 
-The checkers of tests/sim/checkers.py watch the storage, applies and leaders; this module
-adds the acknowledgement checks: at its answer an acknowledged write is durable on a
-majority of voters, and at the end every member applied it at the same index. Nodes that
-join start with no membership, as ``kvstore serve --join`` does.
+The checkers of tests/sim/checkers.py watch the storage, applies, leaders and the index
+each read is served at; this module adds the acknowledgement checks: at its answer an
+acknowledged write is durable on a majority of voters, and at the end every member
+applied it at the same index. Nodes that join start with no membership, as
+``kvstore serve --join`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from kvstore.consensus.paxos import PaxosNode, value
 from kvstore.consensus.raft import RawNode
@@ -42,20 +45,19 @@ from kvstore.consensus.types import (
     ConsensusError,
     Core,
     Entry,
-    EntryType,
     Message,
-    NotLeaderError,
-    ProposalDroppedError,
-    Ready,
+    ReadState,
     Role,
-    Snapshot,
-    has_membership,
 )
-from kvstore.node.persist import may_send_before_persist
+from kvstore.node.pending import GroupState, Waiter, Write
+from kvstore.node.replica import ReplicaLoop
+from kvstore.statemachine import Put, decode_batch
 
-from .checkers import Checker, SafetyViolation, chain, decode_image, encode_image
-from .cluster import CoreParams, SimStorage, StateMachine, load_core
-from .network import PERFECT, NetConfig, Network
+from .checkers import Checker, SafetyViolation, encode_image
+from .cluster import load_core
+from .driver_parts import Answer, DNode, DriverOptions, InFlight, random_options
+from .network import PERFECT, Network
+from .twin import METRICS, Clock, SimStorage, StateMachine, StorageView, Twin
 
 MAX_TICKS_PER_ITERATION = 2
 SLOW_COMMIT_PROB = 0.01
@@ -63,92 +65,6 @@ MAX_NODES = 7
 HEAL_BOUND_E = 400
 """Healing (perfect network, all up, no new writes) must converge within this many
 election timeouts."""
-
-
-@dataclass(slots=True)
-class InFlight:
-    """One Ready between ``ready()`` and ``advance()``."""
-
-    rd: Ready
-    conf_state: ConfState | None
-    out: list[Message]
-    committed: bool = False
-    """The writer's transaction landed."""
-    replaced: bool = False
-    prior_conf: ConfState = field(default_factory=ConfState)
-
-
-@dataclass(slots=True)
-class DNode:
-    id: int
-    storage: SimStorage
-    sm: StateMachine
-    core: Core | None = None
-    role: Role = Role.FOLLOWER
-    leader: int = 0
-    persisted_term: int = 0
-    persisted_vote: int = 0
-    inbox: list[Message] = field(default_factory=list)
-    ticks: int = 0
-    writes: list[bytes] = field(default_factory=list)
-    reads: list[bytes] = field(default_factory=list)
-    inflight: dict[int, tuple[int, list[bytes]]] = field(default_factory=dict)
-    flight: InFlight | None = None
-    crash_in: str = ""
-    """Crash at this point of the next Ready: 'early' (after the early sends, before the
-    commit), 'committed' (after the commit, before the sends)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverOptions:
-    nodes: int = 3
-    steps: int = 200
-    net: NetConfig = field(default_factory=lambda: NetConfig(drop=0.02, max_delay=3))
-    params: CoreParams = field(default_factory=CoreParams)
-    propose_prob: float = 0.5
-    read_prob: float = 0.1
-    crash_prob: float = 0.02
-    partition_prob: float = 0.02
-    snapshot_prob: float = 0.05
-    membership_prob: float = 0.0
-    transfer_prob: float = 0.01
-    commit_prob: float = 0.5
-    """Chance per action slot that a pending transaction lands (slow disks: low)."""
-    finish_prob: float = 0.7
-    slow_disk: int = 0
-    """This node's transactions land with SLOW_COMMIT_PROB per action slot: peers' messages
-    (a new leader's conflicting appends) pile into its core while a Ready is in flight."""
-    unsafe_send_all_early: bool = False
-    """Sabotage, for the test that proves the checks can fail: send every Ready's
-    messages before its persist (votes and append answers included)."""
-
-
-def random_options(rng: random.Random, steps: int) -> DriverOptions:
-    return DriverOptions(
-        nodes=rng.choice((3, 3, 5)),
-        steps=steps,
-        net=NetConfig(
-            drop=rng.choice((0.0, 0.02, 0.1)),
-            duplicate=rng.choice((0.0, 0.05)),
-            max_delay=rng.choice((1, 2, 3, 5)),
-        ),
-        params=CoreParams(
-            election_tick=rng.choice((5, 10)),
-            pre_vote=rng.random() < 0.75,
-            check_quorum=rng.random() < 0.75,
-            max_size_per_msg=rng.choice((64, 256, 1 << 20)),
-            max_inflight_msgs=rng.choice((1, 4, 256)),
-        ),
-        propose_prob=rng.choice((0.2, 0.5, 0.9)),
-        crash_prob=rng.choice((0.01, 0.03, 0.06)),
-        partition_prob=rng.choice((0.0, 0.02, 0.05)),
-        snapshot_prob=rng.choice((0.0, 0.05, 0.2)),
-        membership_prob=rng.choice((0.0, 0.0, 0.03)),
-        transfer_prob=rng.choice((0.0, 0.02)),
-        commit_prob=rng.choice((0.03, 0.15, 0.5, 0.9)),
-        finish_prob=rng.choice((0.3, 0.7, 1.0)),
-        slow_disk=rng.choice((0, 0, 1, 2)),
-    )
 
 
 class DriverSim:
@@ -175,6 +91,8 @@ class DriverSim:
         self.commit_prob, self.finish_prob = opts.commit_prob, opts.finish_prob
         self.acked: dict[bytes, tuple[int, int]] = {}
         """value -> (index, term) of the entry whose apply answered it."""
+        self.twin = Twin(self.checker, self.stats, self.note)
+        self.boots = itertools.count()
         for i in sorted(self.genesis):
             self._add_node(i)
 
@@ -201,19 +119,57 @@ class DriverSim:
             applied=node.sm.index,
             rng=random.Random(self.rng.getrandbits(64)),
         )
-        node.core = self.factory(cfg, node.storage)
+        core = self.factory(cfg, node.storage)
         hs = node.storage.hard_state
-        node.role, node.leader = Role.FOLLOWER, 0
-        node.persisted_term, node.persisted_vote = hs.term, hs.vote
-        node.inbox, node.writes, node.reads, node.inflight = [], [], [], {}
-        node.flight, node.ticks, node.crash_in = None, 0, ""
+        node.group = GroupState(
+            id=cfg.group,
+            core=core,
+            applied=node.sm.index,
+            compacted=node.storage.first_index() - 1,
+            term=hs.term,
+            persisted_term=hs.term,
+            persisted_vote=hs.vote,
+        )
+        node.loop = ReplicaLoop(
+            node_id=node.id,
+            storage=StorageView(node),
+            send=self._sender(node),
+            clock=Clock(lambda: self.now),
+            metrics=METRICS,
+            endpoints={},
+            snapshot_entries=0,  # compaction is a fault of its own (commit)
+            ctx_nonce=next(self.boots).to_bytes(8, "big"),  # read contexts stay unique
+        )
+        if self.opts.unsafe_send_all_early:
+            node.loop.may_send_early = lambda *_: True
+        node.inbox, node.flight, node.ticks, node.crash_in = [], None, 0, ""
+
+    def _sender(self, node: DNode) -> Callable[[list[Message]], None]:
+        def send(msgs: list[Message]) -> None:
+            reached: set[int] | None = None
+            if node.in_begin:
+                self.stats["early_sends"] += len(msgs)
+                if node.crash_in == "early":
+                    # kill -9 while the transport writes: some peers got the appends.
+                    peers = sorted({m.to for m in msgs})
+                    reached = set(self.rng.sample(peers, self.rng.randint(0, len(peers))))
+                    if self.opts.slow_disk in peers and self.rng.random() < 0.5:
+                        # only the slow follower: it is still persisting that tail when a
+                        # leader elected without it sends its conflicting entries
+                        reached = {self.opts.slow_disk}
+            for m in msgs:
+                if reached is None or m.to in reached:
+                    self.net.send(m, self.now)
+
+        return send
 
     def crash(self, node: DNode, why: str) -> None:
-        if node.core is None:
+        if node.group is None:
             return
         lost = node.flight is not None and not node.flight.committed
         self.note(f"crash {node.id} ({why}{'; in-flight transaction lost' if lost else ''})")
-        node.core = None
+        node.group = None
+        node.loop = None
         node.flight = None
         self.stats["crashes"] += 1
         if lost:
@@ -232,52 +188,33 @@ class DriverSim:
     # -- the driver's moves ----------------------------------------------------------
     def iterate(self, node: DNode) -> None:
         """``_iteration`` up to the hand-off to the writer."""
-        core = node.core
-        assert core is not None and node.flight is None
+        g, loop = node.group, node.loop
+        assert g is not None and loop is not None and node.flight is None
         inbox, node.inbox = node.inbox, []
         for m in inbox:
-            core.step(m)
+            g.core.step(m)
         ticks, node.ticks = min(node.ticks, MAX_TICKS_PER_ITERATION), 0
         for _ in range(ticks):
-            core.tick()
-        self._propose_writes(node)
-        self._start_reads(node)
-        if not core.has_ready():
-            return
-        rd = core.ready()
+            g.core.tick()
+        loop.propose_queued(g)
         prior = node.sm.conf_state
-        cs: ConfState | None = None
-        for e in rd.committed:
-            if e.type == EntryType.CONF_CHANGE:
-                cs = core.apply_conf_change(ConfChange.decode(e.data))
-        early = self.opts.unsafe_send_all_early or may_send_before_persist(
-            node.role, node.persisted_term, node.persisted_vote, rd
-        )
-        out: list[Message] = []
-        if not early and node.role == Role.LEADER and rd.messages and rd.hard_state is None:
+        was_leader = g.role == Role.LEADER
+        node.in_begin = True
+        try:
+            batch = loop.begin((g,))
+        finally:
+            node.in_begin = False
+        if batch is None:
+            return
+        rd = batch.readies[0][1]
+        if was_leader and batch.late and rd.hard_state is None:
             # A leader's appends wait for the fsync because of a message riding along.
             self.stats["leader_sends_held"] += 1
-        if early:
-            reached: set[int] | None = None
-            if node.crash_in == "early":
-                # kill -9 while the transport writes: some peers got the appends, some not.
-                peers = sorted({m.to for m in rd.messages})
-                reached = set(self.rng.sample(peers, self.rng.randint(0, len(peers))))
-                if self.opts.slow_disk in peers and self.rng.random() < 0.5:
-                    # only the slow follower: it is still persisting that tail when a
-                    # leader elected without it sends its conflicting entries
-                    reached = {self.opts.slow_disk}
-            for m in rd.messages:
-                if reached is None or m.to in reached:
-                    self.net.send(m, self.now)
-            self.stats["early_sends"] += len(rd.messages)
-        else:
-            out = list(rd.messages)
-        node.flight = InFlight(rd, cs, out, prior_conf=prior)
+        node.flight = InFlight(batch, prior_conf=prior)
         self.note(
-            f"ready {node.id}: role={node.role.name} hs={rd.hard_state} "
+            f"ready {node.id}: role={g.role.name} hs={rd.hard_state} "
             f"ents={[(e.index, e.term) for e in rd.entries]} "
-            f"committed={[e.index for e in rd.committed]} early={early} "
+            f"committed={[e.index for e in rd.committed]} late={len(batch.late)} "
             f"msgs={[(m.type.name, m.to, m.index) for m in rd.messages]}"
         )
         if node.crash_in == "early" and (rd.entries or rd.hard_state is not None):
@@ -287,33 +224,7 @@ class DriverSim:
         """The writer's transaction: ``persist_plans`` for this node, atomically."""
         f = node.flight
         assert f is not None and not f.committed
-        rd, st = f.rd, node.storage
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self._install(node, rd.snapshot)
-        elif rd.snapshot is not None:  # index 0: a joiner's membership (the join contract)
-            st.apply_snapshot(rd.snapshot)
-            if not has_membership(node.sm.conf_state):
-                node.sm.conf_state = st.conf_state
-        if rd.entries:
-            st.append(rd.entries)
-            self.checker.on_append(node.id, st, rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-            self.checker.on_hard_state(node.id, rd.hard_state)
-        durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
-        for e in rd.committed:
-            if e.index <= node.sm.index:
-                raise SafetyViolation(
-                    f"node {node.id} re-applies index {e.index} (applied {node.sm.index})"
-                )
-            digest = chain(node.sm.digest, e)
-            self.checker.on_apply(node.id, e, node.sm.index, digest, durable_commit)
-            node.sm.index, node.sm.digest = e.index, digest
-            self.checker.max_applied = max(self.checker.max_applied, e.index)
-            self.stats["applied"] += 1
-        if f.conf_state is not None:
-            node.sm.conf_state = f.conf_state
-            self.stats["conf_changes_applied"] += 1
+        f.results = self.twin.persist(node, f.batch.plans)
         if self.rng.random() < self.opts.snapshot_prob:
             self._compact(node, self.rng.choice((0, 0, 2, 5)))
         f.committed = True
@@ -321,44 +232,29 @@ class DriverSim:
             self.crash(node, "after the persist landed, before sends, answers and advance")
 
     def finish(self, node: DNode) -> None:
-        """After ``await fut``: send, ``_after_persist``, ``advance``."""
-        f, core = node.flight, node.core
-        assert f is not None and f.committed and core is not None
-        rd = f.rd
-        for m in f.out:
-            self.net.send(m, self.now)
-        if rd.soft_state is not None:
-            node.leader, node.role = rd.soft_state.leader, rd.soft_state.role
-            if node.role != Role.LEADER:
-                node.writes = []
-        if rd.hard_state is not None:
-            node.persisted_term, node.persisted_vote = rd.hard_state.term, rd.hard_state.vote
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            for idx in [i for i in node.inflight if i <= rd.snapshot.metadata.index]:
-                del node.inflight[idx]
-        for e in rd.committed:
-            inf = node.inflight.pop(e.index, None)
-            if inf is not None and inf[0] == e.term:
-                self._ack(node, e, inf[1], f)
-        for rs in rd.read_states:
-            self.checker.on_read_state(node.id, rs)
-            self.stats["reads"] += 1
-        core.advance(rd)
+        """After ``await fut``: ``finish`` (sends, answers), then ``advance``."""
+        f, loop = node.flight, node.loop
+        assert f is not None and f.committed and loop is not None
+        loop.finish(f.batch, f.results, {})
+        loop.replies.flush()  # at once: the strictest moment for the acknowledgement check
+        loop.advance(f.batch)
         node.flight = None
 
-    def _ack(self, node: DNode, e: Entry, values: list[bytes], f: InFlight) -> None:
-        """The driver answers these clients now: the entry must already be durable on a
+    def _ack(self, node: DNode, value: bytes, index: int) -> None:
+        """The driver answers this client now: the entry must already be durable on a
         majority (of the membership before or after this Ready's conf changes)."""
+        f = node.flight
+        assert f is not None, "a write answered outside finish()"
+        e = next(c for c in f.rd.committed if c.index == index)
         configs = [f.prior_conf, node.sm.conf_state]
         if not any(self._durable_on_quorum(e, cs) for cs in configs):
             holders = sorted(n.id for n in self.nodes.values() if self._holds(n, e))
             raise SafetyViolation(
-                f"node {node.id} acknowledged {values} at index {e.index} term {e.term}, "
+                f"node {node.id} acknowledged {value!r} at index {e.index} term {e.term}, "
                 f"durable only on {holders} (voters {sorted(node.sm.conf_state.voters)})"
             )
-        for v in values:
-            self.acked[v] = (e.index, e.term)
-        self.stats["acked"] += len(values)
+        self.acked[value] = (e.index, e.term)
+        self.stats["acked"] += 1
 
     def _holds(self, n: DNode, e: Entry) -> bool:
         """Node ``n`` durably holds committed entry ``e`` (Paxos: the same value, in
@@ -381,15 +277,6 @@ class DriverSim:
                     return False
         return bool(cs.voters)
 
-    def _install(self, node: DNode, snap: Snapshot) -> None:
-        self.checker.on_install(node.id, snap, node.sm.index)
-        node.storage.apply_snapshot(snap)
-        index, digest = decode_image(snap.data)
-        node.sm = StateMachine(index, digest, snap.metadata.conf_state)
-        self.checker.max_applied = max(self.checker.max_applied, index)
-        self.stats["installs"] += 1
-        self.note(f"install {node.id} snapshot at {index}")
-
     def _compact(self, node: DNode, keep: int) -> None:
         st, index = node.storage, node.sm.index
         if index <= st.snapshot().metadata.index or index > st.last_index():
@@ -398,56 +285,46 @@ class DriverSim:
         st.compact(max(index - keep, st.first_index() - 1))
         self.stats["snapshots"] += 1
 
-    def _propose_writes(self, node: DNode) -> None:
-        core = node.core
-        assert core is not None
-        if not node.writes:
-            return
-        writes, node.writes = node.writes, []
-        if node.role != Role.LEADER:
-            return
-        try:
-            pid = core.propose(b",".join(writes))
-        except (NotLeaderError, ProposalDroppedError):
-            return
-        # An older proposal of ours displaced at this index fails (never answered ok).
-        node.inflight[pid.index] = (pid.term, writes)
-        self.stats["proposed"] += 1
-
-    def _start_reads(self, node: DNode) -> None:
-        core = node.core
-        assert core is not None
-        reads, node.reads = node.reads, []
-        for ctx in reads:
-            try:
-                core.read_index(ctx)
-            except ConsensusError:
-                self.stats["read_refused"] += 1
-
     # -- the client ------------------------------------------------------------------
     def client_write(self) -> None:
         node = self.nodes.get(self.hint)
-        if node is None or node.core is None:
-            up = [n for n in self.nodes.values() if n.core is not None]
+        if node is None or node.group is None:
+            up = [n for n in self.nodes.values() if n.group is not None]
             if not up:
                 return
             node = self.rng.choice(up)
-        if node.role != Role.LEADER:
-            self.hint = node.leader
+        g = node.group
+        assert g is not None
+        if g.role != Role.LEADER:
+            self.hint = g.leader
             return
         self.hint = node.id
         self.counter += 1
-        node.writes.append(b"w%d" % self.counter)
+        key = b"w%d" % self.counter
+
+        def acked(index: int, node: DNode = node) -> None:
+            self._ack(node, key, index)
+
+        g.writes.append(Write(Put(key, b""), Answer(acked), float("inf"), self.now))
+        self.stats["proposed"] += 1
 
     def client_read(self) -> None:
-        up = [n for n in self.nodes.values() if n.core is not None and n.leader]
+        up = [n for n in self.nodes.values() if n.group is not None and n.leader]
         if not up:
             return
         node = self.rng.choice(up)
+        assert node.group is not None
         self.counter += 1
         ctx = b"r%d" % self.counter
         self.checker.on_read_request(ctx)
-        node.reads.append(ctx)
+
+        def served(index: int, node_id: int = node.id) -> None:
+            # The index the replica loop serves the read at must cover every write
+            # applied anywhere before the read was requested.
+            self.checker.on_read_state(node_id, ReadState(index=index, request_ctx=ctx))
+            self.stats["reads"] += 1
+
+        node.group.reads.append(Waiter(Answer(served), float("inf")))
 
     # -- faults ------------------------------------------------------------------------
     def faults(self) -> None:
@@ -638,7 +515,7 @@ class DriverSim:
         self.checker.full_log_matching({n.id: n.storage for n in self.nodes.values()})
         for v, (index, term) in self.acked.items():
             e = self.checker.chosen.get(index)
-            if e is None or e.term != term or v not in e.data.split(b","):
+            if e is None or e.term != term or v not in [c.key for c in decode_batch(e.data)]:
                 raise SafetyViolation(
                     f"acknowledged write {v!r} (index {index}, term {term}) lost: "
                     f"index {index} holds {e}"
