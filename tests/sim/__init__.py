@@ -10,7 +10,10 @@ function of the seed.
     pytest tests/sim --sim-schedules 200                fewer (or more) schedules per test
     pytest tests/sim -k soak --soak                     long soak, fresh random seeds
 
-Modules: network.py (the seeded network), cluster.py (nodes, Ready driver, client),
-checkers.py (the invariants), schedule.py (fault plans, the run loop, liveness),
-fakecore.py (a safe fake core and deliberately broken ones). Findings: FINDINGS.md.
+Modules: network.py (the seeded network), cluster.py (nodes running the node's own
+replica loop, kvstore/node/replica.py, and the client), twin.py (the in-memory twin of a
+node's storage, transport and clock under that loop), checkers.py (the invariants),
+schedule.py (fault plans, the run loop, liveness), driver_model.py and driver_parts.py
+(the real driver's interleavings around the same loop), fakecore.py (a safe fake core
+and deliberately broken ones). Findings: FINDINGS.md.
 """
