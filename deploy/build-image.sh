@@ -22,12 +22,25 @@ if [ -z "$base" ]; then
     base=kvstore-local/python:3.11-bookworm
   fi
 fi
+# The source the image is built from: the commit's tree plus any uncommitted change to
+# tracked files. An image of TAG built from the same source is kept (no rebuild): running
+# `up` again, or a second clone of the same commit, costs nothing. KVSTORE_REBUILD=1 forces.
+stamp=""
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  stamp="$(git rev-parse 'HEAD^{tree}')-$(git diff HEAD -- . | sha256sum | cut -c1-16)-$base"
+  have=$(docker image inspect -f '{{index .Config.Labels "kvstore.source"}}' "$TAG" 2>/dev/null || true)
+  if [ "${KVSTORE_REBUILD:-0}" != 1 ] && [ "$have" = "$stamp" ]; then
+    echo "== $TAG is up to date (built from this source)" >&2
+    exit 0
+  fi
+fi
 bash deploy/prepare-wheels.sh
 t0=$(date +%s)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # The legacy builder: BuildKit needs the buildx plugin, which Debian's docker.io lacks.
-if ! DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE="$base" -t "$TAG" . >"$out" 2>&1; then
+if ! DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE="$base" \
+     --label "kvstore.source=$stamp" -t "$TAG" . >"$out" 2>&1; then
   grep -v -e 'legacy builder is deprecated' -e 'buildx' "$out" | tail -30 >&2
   die "docker build failed"
 fi

@@ -3,7 +3,9 @@
     python deploy/cluster-status.py 10.37.0.11:7001,10.37.0.12:7001 [--wait 600]
 
 Exit status 0 when every consensus group seen has a leader that a reachable node reports,
-1 otherwise (after --wait seconds). Used by deploy/vm.sh; needs kvstore importable.
+3 otherwise (after --wait seconds); anything else (1 for a Python traceback, 2 for bad
+arguments) means the check itself failed, which deploy/vm.sh reports as such instead of
+"no leader". Used by deploy/vm.sh; needs kvstore importable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from typing import Any
 
 from kvstore.client import Client
+
+NO_LEADER = 3
 
 
 def leaders(status: list[dict[str, Any]]) -> tuple[dict[int, int], set[int]]:
@@ -46,11 +50,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("endpoints", help="HOST:PORT,HOST:PORT,...")
     ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for leaders")
+    ap.add_argument("--cacert", default=None, help="CA certificate (TLS clusters)")
+    ap.add_argument("--cert", default=None, help="client certificate (mutual TLS)")
+    ap.add_argument("--key", default=None, help="client key (mutual TLS)")
     args = ap.parse_args()
     endpoints = [e for e in args.endpoints.split(",") if e]
     deadline = time.monotonic() + args.wait
     last = ""
-    with Client(endpoints, timeout=5.0) as c:
+    with Client(endpoints, timeout=5.0, cacert=args.cacert, cert=args.cert, key=args.key) as c:
         while True:
             status = c.status()
             found, groups = leaders(status)
@@ -64,7 +71,7 @@ def main() -> int:
                     )
                 else:
                     print("no leader yet" if not found else f"leaders only for {sorted(found)}")
-                return 0 if ok else 1
+                return 0 if ok else NO_LEADER
             if text != last and args.wait:
                 print(
                     f"waiting for a leader ({deadline - time.monotonic():.0f} s left):\n{text}",

@@ -90,8 +90,19 @@ def _run(args: argparse.Namespace) -> int:
         shards=args.shards,
         replicas=args.replicas,
         tls=args.tls,
+        hosts=args.hosts,
+        **_deployment_timeouts(args.hosts),
     )
     return run_cli(config)
+
+
+def _deployment_timeouts(hosts: str) -> dict[str, float]:
+    """VM nodes run 25-30x slower under emulation: longer client deadlines and recovery."""
+    if hosts == "vms":
+        return {"op_timeout": 10.0, "recovery": 600.0}
+    if hosts == "compose":
+        return {"recovery": 120.0}
+    return {}
 
 
 def _list(text: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
@@ -218,6 +229,14 @@ def _add_commands(sub: Any) -> None:
         "--tls",
         action="store_true",
         help="mutual TLS between nodes and clients (certificates in OUT/certs)",
+    )
+    run.add_argument(
+        "--hosts",
+        choices=("netns", "compose", "vms"),
+        default="netns",
+        help="netns: namespaces made here; compose: the docker-compose cluster (docker "
+        "kill/pause, partitions on its network); vms: deploy/vm.sh (virsh destroy/suspend, "
+        "partitions on its bridge)",
     )
     run.set_defaults(func=_run)
 

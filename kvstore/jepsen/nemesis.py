@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvstore.jepsen.hosts import Host, Network
+from kvstore.jepsen.hosts import Host
 from kvstore.jepsen.shard_nemesis import SHARD_FAULTS
 
 PARTITIONS = ("partition-halves", "partition-leader", "partition-ring", "partition-one")
@@ -75,12 +75,18 @@ class Window:
 
 
 def schedule(
-    nemesis: str, time_limit: float, interval: float, rng: random.Random, *, sharded: bool = False
+    nemesis: str,
+    time_limit: float,
+    interval: float,
+    rng: random.Random,
+    *,
+    sharded: bool = False,
+    unsupported: tuple[str, ...] = (),
 ) -> list[Window]:
     """Fault windows for a run. ``interval``: mean seconds a fault lasts (and between faults).
     ``sharded``: the cluster has shards (then the faults that wipe a node are left out,
-    else the shard faults are)."""
-    left_out = ("member", "disk-damage") if sharded else SHARD_FAULTS
+    else the shard faults are). ``unsupported``: faults the hosts cannot make (left out)."""
+    left_out = (("member", "disk-damage") if sharded else SHARD_FAULTS) + unsupported
     kinds = tuple(k for k in KINDS[nemesis] if k not in left_out)
     procs = tuple(
         k for k in ("kill", "pause", "clock", "member", *SHARD_FAULTS) if k not in left_out
@@ -133,6 +139,20 @@ def minority(hosts: Sequence[Host], leader: Host | None, rng: random.Random) -> 
     return sorted(chosen, key=lambda h: h.index)
 
 
+class Faults(Protocol):
+    """What the nemesis needs from the network (hosts.Network, deployments.BridgeFaults)."""
+
+    hosts: list[Host]
+
+    def cut(self, host: Host, others: Sequence[Host]) -> None: ...
+
+    def partition(self, components: Sequence[Sequence[Host]]) -> None: ...
+
+    def lose(self, host: Host, probability: float) -> None: ...
+
+    def heal(self, hosts: Sequence[Host] | None = None) -> None: ...
+
+
 class Processes(Protocol):
     """What the nemesis needs from the cluster of node processes."""
 
@@ -182,7 +202,7 @@ class Nemesis:
 
     def __init__(
         self,
-        net: Network,
+        net: Faults,
         procs: Processes,
         rng: random.Random,
         members: MemberOps | None = None,

@@ -25,17 +25,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kvstore.jepsen.checker.linearizable import check as check_linearizable
 from kvstore.jepsen.checker.lostwrite import check_appends
 from kvstore.jepsen.checker.models import RegisterModel
 from kvstore.jepsen.checker.session import check_sessions
-from kvstore.jepsen.cluster import Cluster, NodeSpec
+from kvstore.jepsen.cluster import ClientTLS, Cluster, NodeSpec
+from kvstore.jepsen.deployments import UNSUPPORTED, open_deployment
 from kvstore.jepsen.history import NEMESIS, Event, Value, pair, write_jsonl
 from kvstore.jepsen.hosts import HarnessError, Host, Network, require_root, run_lock
 from kvstore.jepsen.members import Members
-from kvstore.jepsen.nemesis import KINDS, Nemesis, Window, schedule
+from kvstore.jepsen.nemesis import KINDS, Faults, Nemesis, Processes, Window, schedule
 from kvstore.jepsen.report import write_report
 from kvstore.jepsen.shard_nemesis import SHARD_FAULTS, ClientAdmin, ShardNemesis
 from kvstore.jepsen.workloads import Recorder, Store, Workload, final_reads, make, run_worker
@@ -65,6 +66,8 @@ class RunConfig:
     op_timeout: float = 2.0
     recovery: float = 60.0
     check_timeout: float = 60.0
+    hosts: str = "netns"
+    """netns (namespaces the harness makes), compose or vms (kvstore.jepsen.deployments)."""
 
     def effective_read_mode(self) -> str:
         if self.read_mode:
@@ -82,6 +85,20 @@ class RunResult:
 
 
 Progress = Callable[[str], None]
+
+
+class Nodes(Processes, Protocol):
+    """What a run drives: the namespace Cluster or a deployment (compose, VMs)."""
+
+    hosts: list[Host]
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    @property
+    def client_options(self) -> ClientTLS: ...
+
+    def heal_all(self) -> None: ...
 
 
 def _leader_host(statuses: Sequence[dict[str, Any]], hosts: Sequence[Host]) -> Host | None:
@@ -177,8 +194,8 @@ async def _report_progress(recorder: Recorder, progress: Progress, every: float 
 async def drive(
     cfg: RunConfig,
     *,
-    net: Network,
-    cluster: Cluster,
+    net: Faults,
+    cluster: Nodes,
     workload: Workload,
     seed: int,
     progress: Progress,
@@ -193,8 +210,10 @@ async def drive(
         cfg.interval,
         random.Random(rng.random()),
         sharded=cfg.shards > 0,
+        unsupported=UNSUPPORTED if cfg.hosts != "netns" else (),
     )
-    nemesis = Nemesis(net, cluster, random.Random(rng.random()), Members(cluster, cfg.op_timeout))
+    members = Members(cluster, cfg.op_timeout) if isinstance(cluster, Cluster) else None
+    nemesis = Nemesis(net, cluster, random.Random(rng.random()), members)
     # Each client process reads from its own node, as Jepsen binds clients to nodes: which
     # replica a process's eventual/causal reads hit is part of the seeded run.
     clients = [
@@ -208,7 +227,7 @@ async def drive(
     final: dict[str, Value] = {}
     try:
         progress(f"waiting for the cluster at {', '.join(cluster.endpoints)}")
-        await _await_ready(admin, 60.0)
+        await _await_ready(admin, max(60.0, cfg.recovery))
         recorder = Recorder()
         progress(
             f"running {cfg.workload} for {cfg.time_limit:.0f}s with {cfg.concurrency} workers, "
@@ -294,7 +313,7 @@ def _open_fault(events: Sequence[Event]) -> bool:
     return state
 
 
-def _heal_everything(nemesis: Nemesis, cluster: Cluster, net: Network) -> str:
+def _heal_everything(nemesis: Nemesis, cluster: Nodes, net: Faults) -> str:
     done = nemesis.heal()
     net.heal()
     cluster.heal_all()
@@ -354,6 +373,12 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         raise HarnessError("the shard nemesis needs a sharded cluster: add --shards K")
     if cfg.nemesis == "member" and cfg.shards:
         raise HarnessError("the member nemesis runs on unsharded clusters only (drop --shards)")
+    if cfg.hosts != "netns" and (
+        set(KINDS[cfg.nemesis]) <= set(UNSUPPORTED) and KINDS[cfg.nemesis]
+    ):
+        raise HarnessError(f"--hosts {cfg.hosts} cannot run the {cfg.nemesis} nemesis")
+    if cfg.hosts != "netns" and (cfg.server_cmd or cfg.unsafe_ack):
+        raise HarnessError(f"--hosts {cfg.hosts} runs the deployment's own image")
     require_root()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1 << 31)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -374,15 +399,40 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         disk_mb=256 if "disk-full" in KINDS[cfg.nemesis] else 0,
     )
     t_start = time.monotonic()
-    with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:
-        progress(f"hosts up: {', '.join(f'n{h.index}={h.ip}' for h in net.hosts)}")
-        cluster.start_all()
-        cluster.wait_listening()
-        recorder, final = asyncio.run(
-            drive(cfg, net=net, cluster=cluster, workload=workload, seed=seed, progress=progress)
-        )
-        died = cluster.exited()
-    for h in net.hosts:
+    if cfg.hosts == "netns":
+        with run_lock(), Network(cfg.nodes) as net, Cluster(net.hosts, out, spec) as cluster:
+            progress(f"hosts up: {', '.join(f'n{h.index}={h.ip}' for h in net.hosts)}")
+            cluster.start_all()
+            cluster.wait_listening()
+            recorder, final = asyncio.run(
+                drive(
+                    cfg, net=net, cluster=cluster, workload=workload, seed=seed, progress=progress
+                )
+            )
+            died = cluster.exited()
+        hosts = list(net.hosts)
+    else:
+        with open_deployment(
+            cfg.hosts, cfg.nodes, out, shards=cfg.shards, replicas=cfg.replicas, tls=cfg.tls
+        ) as dep:
+            progress(f"bringing up the {cfg.hosts} deployment ({cfg.nodes} nodes)")
+            dep.start_all()
+            assert dep.faults is not None
+            progress(f"hosts up: {', '.join(f'n{i}={ip}' for i, ip in sorted(dep.ips.items()))}")
+            dep.wait_listening(max(60.0, cfg.recovery))
+            recorder, final = asyncio.run(
+                drive(
+                    cfg,
+                    net=dep.faults,
+                    cluster=dep,
+                    workload=workload,
+                    seed=seed,
+                    progress=progress,
+                )
+            )
+            died = dep.exited()
+        hosts = list(dep.hosts)
+    for h in hosts:
         shutil.rmtree(out / "nodes" / f"n{h.index}" / "data", ignore_errors=True)
     events = recorder.events
     with (out / "history.jsonl").open("w", encoding="utf-8") as fh:
@@ -395,7 +445,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         anomalies.append("no operation completed: the run tested nothing")
     for h, code in died:
         anomalies.append(f"node n{h.index} exited on its own with code {code}")
-    anomalies += crashes(out / "nodes", net.hosts)
+    anomalies += crashes(out / "nodes", hosts)
     seconds["run"] = time.monotonic() - t_start
     result = RunResult(
         verdict=verdict,
@@ -429,7 +479,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
         ("nemesis", cfg.nemesis),
         (
             "cluster",
-            f"{cfg.nodes} nodes, {cfg.consensus}"
+            f"{cfg.nodes} nodes ({cfg.hosts}), {cfg.consensus}"
             + (f", {cfg.shards} shards x {cfg.replicas} replicas" if cfg.shards else "")
             + (", UNSAFE ack" if cfg.unsafe_ack else ""),
         ),

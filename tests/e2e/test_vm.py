@@ -3,6 +3,9 @@
 - test_vm_joins_host_cluster (--e2e, in CI): one VM whose node is the third member of a
   cluster with two host processes; it boots, joins and catches up, and then stands in the
   quorum when a host node is killed.
+- test_shard_moves_to_a_vm_and_is_repaired_when_the_vm_is_lost (--e2e --vm-full): a
+  sharded cluster of 3 host nodes and 1 VM; a shard move to the VM, then the VM destroyed
+  for good and its replicas re-created on the host nodes.
 - test_three_vms_survive_leader_destroy (--e2e --vm-full): `vm.sh up` with 3 VMs, the
   client from the host against the VMs' addresses, `virsh destroy` of the leader's VM,
   writes resume, the VM starts again and its node catches up, `vm.sh down`.
@@ -14,8 +17,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +44,7 @@ from .infra import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 E2E_CACHE = DEPLOY / ".cache" / "e2e"
+VM_IMAGES = Path(os.environ.get("KVSTORE_VM_IMAGES", "/var/lib/libvirt/images/kvstore"))
 SLOW = [
     "--tick-ms",
     str(SLOW_TICK_MS),
@@ -91,7 +96,7 @@ def vm_sh(request: pytest.FixtureRequest) -> Iterator[list[tuple[str, dict[str, 
     for name, env in made:
         rep = getattr(request.node, "rep_call", None)
         if rep is None or rep.failed:
-            for log in sorted((E2E_CACHE / "vm" / name).glob("*.serial.log")):
+            for log in sorted((VM_IMAGES / name).glob("*.serial.log")):
                 tail = log.read_bytes()[-3000:].decode(errors="replace").replace("\r", "")
                 print(f"--- {log.name}\n{tail}")
         with timed(f"vm.sh down ({name})"):
@@ -113,7 +118,9 @@ class HostNodes:
         self.root = root
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, node_id: int, listen: str, peers: str, cluster_id: str) -> None:
+    def start(
+        self, node_id: int, listen: str, peers: str, cluster_id: str, extra: Sequence[str] = ()
+    ) -> None:
         log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 (the child owns it)
         argv = [
             sys.executable,
@@ -131,6 +138,7 @@ class HostNodes:
             "--cluster-id",
             cluster_id,
             *SLOW,
+            *extra,
         ]
         self.procs[node_id] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ}
@@ -245,3 +253,138 @@ def test_three_vms_survive_leader_destroy(
         for k, v in data.items():
             got = wait_for(f"read of {k}", lambda k=k: [c.get(k, read_mode="strong")], OP_TIMEOUT)
             assert got[0] == v.encode(), k
+
+
+def _groups(c: Client, skip: set[int]) -> dict[int, dict[str, Any]]:
+    """Each consensus group (0 = the shard map) as its leader reports it, from live nodes."""
+    out: dict[int, dict[str, Any]] = {}
+    for n in c.status():
+        if not n.get("reachable") or n["id"] in skip:
+            continue
+        for g in n["groups"]:
+            if g["role"] == "leader":
+                out[g["group"]] = g
+    return out
+
+
+def _cli(endpoints: list[str], *args: str, timeout: float = 900, check: bool = True) -> str:
+    """A kvstore command; with check=False, "" when it fails (for wait_for)."""
+    argv = [sys.executable, "-m", "kvstore.cli", *args, "--endpoints", ",".join(endpoints)]
+    p = run(argv, timeout=timeout, check=check)
+    return p.stdout if p.returncode == 0 else ""
+
+
+def test_shard_moves_to_a_vm_and_is_repaired_when_the_vm_is_lost(
+    request: pytest.FixtureRequest, guest_disk: str, vm_sh: list, tmp_path: Path
+) -> None:
+    """A sharded cluster of 3 host nodes and 1 VM (node 4): `kvstore shard move` puts a
+    replica on the VM, which catches up and leads the shard; then the VM is destroyed and
+    undefined for good, and after --down-after the cluster re-creates its replicas on the
+    host nodes with every write still there."""
+    if not request.config.getoption("vm_full"):
+        pytest.skip("the sharded VM test runs with --vm-full")
+    name, subnet, shards, down_after = "kvse2e-shard", "10.37.4", 2, 20
+    env = deployment_env(name, subnet, guest_disk)
+    host_ip = f"{subnet}.1"
+    ports = free_ports(3)
+    host_peers = ",".join(f"{i + 1}={host_ip}:{p}" for i, p in enumerate(ports))
+    host_endpoints = [f"{host_ip}:{p}" for p in ports]
+    vm_endpoint = f"{subnet}.11:7001"
+    sharding = ["--shards", str(shards), "--replicas", "3", "--down-after", str(down_after)]
+    vm_sh.append((name, env))
+    with timed("vm shard: vm.sh up (1 domain, sharded)"):
+        run(
+            [
+                VM_SH,
+                "up",
+                "--vms",
+                "1",
+                "--no-build",
+                "--no-wait",
+                "--host-peers",
+                host_peers,
+                *sharding,
+                *SLOW,
+            ],
+            env=env,
+            timeout=300,
+        )
+    nodes = HostNodes(tmp_path)
+    try:
+        peers = f"{host_peers},4={vm_endpoint}"
+        for i, ep in enumerate(host_endpoints, start=1):
+            nodes.start(i, ep, peers, name, extra=sharding)
+        endpoints = [*host_endpoints, vm_endpoint]
+        with Client(endpoints, timeout=30.0) as c:
+            data = write_and_read(c, "shard", 26, OP_TIMEOUT)
+            with timed("vm shard: the VM boots and its node joins the shard map"):
+                wait_for(
+                    "the VM's node to answer",
+                    lambda: [s for s in c.status() if s["id"] == 4 and s.get("reachable")],
+                    BOOT_TIMEOUT,
+                    every=3.0,
+                )
+            gs = wait_for(
+                "every group led", lambda: (g := _groups(c, set())) and len(g) > shards and g, 300
+            )
+            sid = min(g for g in gs if g != 0)
+            if 4 in gs[sid]["voters"]:  # move it off the VM first, so the move is *to* the VM
+                away = next(n for n in (1, 2, 3) if n not in gs[sid]["voters"])
+                _cli(endpoints, "shard", "move", str(sid), "--from", "4", "--to", str(away))
+            frm = next(n for n in _groups(c, set())[sid]["voters"] if n != 4)
+            with timed("vm shard: kvstore shard move to the VM"):
+                _cli(endpoints, "shard", "move", str(sid), "--from", str(frm), "--to", "4")
+            assert 4 in _groups(c, set())[sid]["voters"]
+            with timed("vm shard: the VM's replica takes the shard's leadership"):
+                wait_for(
+                    "a leadership transfer to the VM",
+                    lambda: (
+                        "4"
+                        in _cli(
+                            endpoints,
+                            "shard",
+                            "transfer-leader",
+                            str(sid),
+                            "--to",
+                            "4",
+                            "--timeout",
+                            "30",
+                        )
+                    ),
+                    600,
+                    every=5.0,
+                )
+            for k, v in data.items():
+                got = wait_for(
+                    f"read of {k}", lambda k=k: [c.get(k, read_mode="strong")], OP_TIMEOUT
+                )
+                assert got[0] == v.encode(), k
+
+            virsh = ["virsh", "-q", "-c", "qemu:///system"]
+            run([*virsh, "destroy", f"{name}1"])
+            run([*virsh, "undefine", f"{name}1"])
+            with timed("vm shard: replicas of the lost VM re-created on the host nodes"):
+                wait_for(
+                    "repair without node 4",
+                    lambda: (
+                        (g := _groups(c, {4}))
+                        and set(g) >= set(range(shards + 1))
+                        and all(
+                            len(x["voters"]) == 3 and 4 not in x["voters"] and not x["learners"]
+                            for x in g.values()
+                        )
+                    ),
+                    down_after + 600,
+                    every=3.0,
+                )
+            data |= write_and_read(c, "after-loss", 10, OP_TIMEOUT)
+            for k, v in data.items():
+                got = wait_for(
+                    f"read of {k}", lambda k=k: [c.get(k, read_mode="strong")], OP_TIMEOUT
+                )
+                assert got[0] == v.encode(), k
+    except BaseException:
+        print(nodes.logs())
+        raise
+    finally:
+        nodes.close()

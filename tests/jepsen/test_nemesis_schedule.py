@@ -205,3 +205,17 @@ def test_member_removes_the_leader_about_half_the_time() -> None:
         nem.start("member", leader=HOSTS[0])
         victims.append(members.removed.pop())
     assert 8 <= victims.count(1) <= 32 and len(set(victims)) >= 3
+
+
+def test_deployments_leave_out_the_faults_they_cannot_make() -> None:
+    """--hosts compose|vms: no clock, member or disk fault is planned, alone or combined,
+    and the namespace hosts' plans for a seed are unchanged by the new parameter."""
+    from kvstore.jepsen.deployments import UNSUPPORTED
+
+    plan = schedule("all", 2000.0, 5.0, random.Random(7), unsupported=UNSUPPORTED)
+    kinds = {part for w in plan for part in w.kind.split("+")}
+    assert kinds and not kinds & set(UNSUPPORTED), kinds
+    assert {"kill", "pause", "partition-leader"} <= kinds
+    same = schedule("all", 300.0, 5.0, random.Random(3))
+    assert same == schedule("all", 300.0, 5.0, random.Random(3), unsupported=())
+    assert any(k in w.kind for w in same for k in UNSUPPORTED)
