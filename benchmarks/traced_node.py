@@ -29,6 +29,10 @@ sys.path.insert(0, os.environ.get("KVSTORE_TREE") or str(Path(__file__).resolve(
 from kvstore.node import driver as driver_mod
 
 D = driver_mod.NodeDriver
+try:  # newer nodes: the per-group Ready loop is its own class (node/replica.py)
+    from kvstore.node.replica import ReplicaLoop as R
+except ImportError:
+    R = D
 now = time.monotonic
 OUT = os.environ.get("KVSTORE_TRACE_OUT", "")
 MAX_RECORDS = 200_000
@@ -84,7 +88,7 @@ def propose(self: Any, *args: Any, **kwargs: Any) -> Any:
     return fut
 
 
-_propose_writes = D._propose_writes
+_propose_writes = R._propose_writes
 
 
 def propose_writes(self: Any, g: Any) -> None:
@@ -105,7 +109,7 @@ def propose_writes(self: Any, g: Any) -> None:
         pass
 
 
-_plan = D._plan
+_plan = R.plan if hasattr(R, "plan") else R._plan
 
 
 def plan(self: Any, g: Any, rd: Any, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +162,7 @@ else:  # newer drivers: kvstore.node.persist.persist_plans(storage, metrics, pla
 
 entries_persist: list[tuple[float, float]] = []
 
-_resolve = D._resolve_writes
+_resolve = R._resolve_writes
 
 
 def resolve(self: Any, g: Any, committed: Any, *args: Any, **kwargs: Any) -> Any:
@@ -200,9 +204,12 @@ async def iteration(self: Any) -> bool:
 
 
 D.propose = propose  # type: ignore[method-assign]
-D._propose_writes = propose_writes  # type: ignore[method-assign]
-D._plan = plan  # type: ignore[method-assign]
-D._resolve_writes = resolve  # type: ignore[method-assign]
+R._propose_writes = propose_writes  # type: ignore[method-assign]
+if hasattr(R, "plan"):
+    R.plan = plan  # type: ignore[method-assign]
+else:
+    R._plan = plan  # type: ignore[method-assign]
+R._resolve_writes = resolve  # type: ignore[method-assign]
 D.deliver = deliver  # type: ignore[method-assign]
 D._iteration = iteration  # type: ignore[method-assign]
 

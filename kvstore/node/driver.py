@@ -46,10 +46,9 @@ from kvstore.node.pending import ConfProposal as _ConfProposal
 from kvstore.node.pending import GroupState as _Group
 from kvstore.node.pending import Waiter as _Waiter
 from kvstore.node.pending import Write as _Write
-from kvstore.node.persist import Plan as _Plan
 from kvstore.node.persist import ShardChanges, needs_write, persist_plans
 from kvstore.node.quiesce import Quiescence
-from kvstore.node.replica import ReplicaLoop
+from kvstore.node.replica import Batch, ReplicaLoop
 from kvstore.node.shards import (
     adopt_unknown,
     frozen_merge_source,
@@ -386,7 +385,7 @@ class NodeDriver:
         results: dict[int, list[ApplyResult]] = {}
         shards = ShardChanges()
         if any(needs_write(p) for p in batch.plans):
-            results = await self._persist_until_done(batch.plans, shards)
+            results = await self._persist_until_done(batch, shards)
         else:
             self.replica.replies.flush()
         self.replica.finish(batch, results, shards.admin_results)
@@ -404,12 +403,18 @@ class NodeDriver:
         return True
 
     async def _persist_until_done(
-        self, plans: list[_Plan], shards: ShardChanges
+        self, batch: Batch, shards: ShardChanges
     ) -> dict[int, list[ApplyResult]]:
         """Persist, retrying the same Ready while the storage is full: the core already
         handed it out, so it must land before anything else. Meanwhile writes are refused
         with RESOURCE_EXHAUSTED and, with no heartbeats leaving, a leader loses its role."""
         loop = asyncio.get_running_loop()
+        plans = batch.plans
+
+        def applied(results: dict[int, list[ApplyResult]]) -> None:
+            # Writer thread, the transaction staged but not yet committed.
+            loop.call_soon_threadsafe(self.replica.answer_applied, batch, results)
+
         while True:
             try:
                 if self.config.inline_persist:
@@ -417,7 +422,13 @@ class NodeDriver:
                     self.replica.replies.flush()
                 else:
                     fut = loop.run_in_executor(
-                        self._writer, persist_plans, self.storage, self.metrics, plans, shards
+                        self._writer,
+                        persist_plans,
+                        self.storage,
+                        self.metrics,
+                        plans,
+                        shards,
+                        applied,
                     )
                     self.replica.replies.flush()
                     if self.config.consensus == "raft":

@@ -8,6 +8,7 @@ compact. It runs on the single writer thread and touches nothing but the storage
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvstore.consensus.types import ConfState, MessageType, Ready, Role
@@ -86,9 +87,12 @@ def persist_plans(
     metrics: NodeMetrics,
     plans: list[Plan],
     shards: ShardChanges | None = None,
+    on_applied: Callable[[dict[int, list[ApplyResult]]], None] | None = None,
 ) -> dict[int, list[ApplyResult]]:
     """One transaction, one fsync, for all groups; returns each group's apply results
-    (and fills ``shards`` when given)."""
+    (and fills ``shards`` when given). ``on_applied(results)`` is called with them once
+    the transaction is staged, just before its commit (ReplicaLoop.answer_applied says
+    why answering then is safe), so the commit's fsync overlaps the replies."""
     t0 = time.perf_counter()
     results: dict[int, list[ApplyResult]] = {}
     with storage.write() as w:
@@ -116,6 +120,8 @@ def persist_plans(
                 or w.admin_results
                 or any(p.conf_state is not None or p.rd.snapshot is not None for p in plans)
             )
+        if on_applied is not None and results:
+            on_applied(results)
     metrics.fsync_latency.observe(time.perf_counter() - t0)
     for p in plans:
         if p.rd.snapshot is not None:

@@ -278,6 +278,30 @@ class ReplicaLoop:
         for g, rd in batch.readies:
             g.core.advance(rd)
 
+    def answer_applied(self, batch: Batch, results: dict[int, list[ApplyResult]]) -> None:
+        """Answer the writes of the batch's committed entries from their apply results
+        while the transaction that applies them is still committing (its fsync), then
+        ``finish`` does the rest. Without this a write waited for a whole persist more
+        (the one that applies it, which also carries the next batch's append).
+
+        Safe for durability and linearizability: an entry reaches ``apply`` only once
+        committed, i.e. durable in a quorum's logs, so every replica applies it whatever
+        becomes of this transaction; and the state machine is deterministic (an outcome
+        depends only on the log prefix, statemachine/apply.py), so a crash before the
+        commit, or a retried commit (storage full), re-applies the same entries to the
+        same state with these same results. The log is never compacted past what a
+        committed transaction applied (compaction runs in the applying transaction, up
+        to its applied index), so the re-apply always finds its entries. No read sees the
+        state before the write once it is answered: strong and causal reads wait for
+        ``g.applied``, which moves only in ``after_persist``, after the commit (eventual
+        reads may be stale by contract). Conf changes are still answered after the
+        commit."""
+        for g, rd in batch.readies:
+            rs = results.get(g.id)
+            if rs and rd.committed:
+                self._resolve_writes(g, rd.committed, rs, confs=False)
+        self.replies.flush()
+
     def plan(self, g: GroupState, rd: Ready) -> Plan:
         # Conf changes take effect in the core now, before the persist, so the membership
         # the storage records in this transaction is the one after these entries.
@@ -376,7 +400,12 @@ class ReplicaLoop:
         return changed
 
     def _resolve_writes(
-        self, g: GroupState, committed: tuple[Entry, ...], results: list[ApplyResult]
+        self,
+        g: GroupState,
+        committed: tuple[Entry, ...],
+        results: list[ApplyResult],
+        *,
+        confs: bool = True,
     ) -> None:
         by_index: dict[int, list[ApplyResult]] = {}
         for r in results:
@@ -384,7 +413,7 @@ class ReplicaLoop:
         now = self.clock.now()
         hist = self._group_metrics(g.id).latency
         for e in committed:
-            conf = g.conf_inflight.pop(e.index, None)
+            conf = g.conf_inflight.pop(e.index, None) if confs else None
             if conf is not None:
                 if conf[0] == e.term:
                     ok(conf[1].fut, e.index)
