@@ -22,6 +22,36 @@ class ClusterError(RuntimeError):
     pass
 
 
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metric_is_one(url: str, name: str) -> bool:
+    """True when the Prometheus text at ``url`` has the sample ``name`` (with its labels,
+    as printed) equal to 1."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == name:
+            try:
+                if float(value) == 1.0:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 def ensure_etcd() -> str:
     """Path of Debian's etcd 3.4 server binary, installing etcd-server with apt if missing."""
     path = shutil.which("etcd")
@@ -164,6 +194,13 @@ class EtcdCluster:
             raise
         return self
 
+    def leader_pid(self) -> int | None:
+        """The pid of the member that leads now (its `etcd_server_is_leader` is 1)."""
+        for port, pid in zip(self.client_ports, self.group.pids(), strict=True):
+            if _metric_is_one(f"http://127.0.0.1:{port}/metrics", "etcd_server_is_leader"):
+                return pid
+        return None
+
     def _ready(self) -> bool:
         from kvstore.bench.etcd_target import probe_etcd
 
@@ -230,6 +267,13 @@ class KvstoreCluster:
             self.group.stop()
             raise
         return self
+
+    def leader_pid(self) -> int | None:
+        """The pid of the node that leads group 1 now (its `kvstore_is_leader` is 1)."""
+        for port, pid in zip(self.metrics_ports, self.group.pids(), strict=True):
+            if _metric_is_one(f"http://127.0.0.1:{port}/metrics", 'kvstore_is_leader{group="1"}'):
+                return pid
+        return None
 
     def _ready(self) -> bool:
         from kvstore.bench.kvstore_target import probe_kvstore
