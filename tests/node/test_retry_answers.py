@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,20 @@ def test_answers_that_do_not_line_up_are_unknown_never_shifted(
     answers the entry's commands "unknown" rather than each with its neighbour's answer."""
     real = persist.persist_plans
 
-    def stale_first_index(*args: Any) -> dict[int, list[ApplyResult]]:
-        out = real(*args)
+    def shift(out: dict[int, list[ApplyResult]]) -> None:
         for rs in out.values():
             if len(rs) >= 2 and rs[0].index == rs[1].index:
                 rs[0] = dataclasses.replace(rs[0], index=rs[0].index - 1)
+
+    def stale_first_index(*args: Any) -> dict[int, list[ApplyResult]]:
+        # The results reach the driver twice: early (on_applied, before the commit) and
+        # as the return value; both see the shifted answers.
+        a = list(args)
+        if len(a) > 4 and a[4] is not None:
+            early = a[4]
+            a[4] = lambda out: (shift(out), early(out))
+        out = real(*a)
+        shift(out)
         return out
 
     async def main() -> None:
@@ -105,6 +115,49 @@ def test_answers_that_do_not_line_up_are_unknown_never_shifted(
             second = _propose(driver, Cas(b"a", b"2", expected_value=b"9"))
             answers = await asyncio.gather(first, second, return_exceptions=True)
             assert all(isinstance(a, UnavailableOp) and not a.definite for a in answers), answers
+        finally:
+            await driver.stop()
+            storage.close()
+
+    asyncio.run(main())
+
+
+def test_a_write_is_answered_before_the_commit_that_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer leaves once the apply is staged, while its transaction commits (the
+    fsync); a strong read after it still waits for the commit (g.applied)."""
+    real = persist.persist_plans
+    committed_at: list[float] = []
+
+    def slow_commit(*args: Any) -> dict[int, list[ApplyResult]]:
+        a = list(args)
+        if len(a) > 4 and a[4] is not None:
+            early = a[4]
+
+            def then_slow(out: dict[int, list[ApplyResult]]) -> None:
+                early(out)
+                time.sleep(0.3)  # a slow fsync, in the writer thread
+
+            a[4] = then_slow
+        out = real(*a)
+        committed_at.append(time.monotonic())
+        return out
+
+    async def main() -> None:
+        driver, storage = await _single_node_leader(tmp_path / "n1")
+        try:
+            monkeypatch.setattr(driver_module, "persist_plans", slow_commit)
+            write = _propose(driver, Put(b"k", b"v"))
+            res = await write
+            answered = time.monotonic()
+            assert storage.kv(1).applied_index() < res.index  # not committed yet
+            read: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            driver.read_barrier(1, "strong", 0, 5.0, read)
+            applied = await read
+            assert applied >= res.index
+            assert storage.kv(1).get(b"k") is not None
+            assert any(t > answered for t in committed_at), "answered after its commit"
         finally:
             await driver.stop()
             storage.close()
