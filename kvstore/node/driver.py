@@ -412,8 +412,10 @@ class NodeDriver:
         plans = batch.plans
 
         def applied(results: dict[int, list[ApplyResult]]) -> None:
-            # Writer thread, the transaction staged but not yet committed.
-            loop.call_soon_threadsafe(self.replica.answer_applied, batch, results)
+            # Writer thread, the transaction staged but not yet committed. A loop closed
+            # meanwhile (the node stopping) must not abort the transaction.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.replica.answer_applied, batch, results)
 
         while True:
             try:
