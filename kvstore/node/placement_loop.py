@@ -12,6 +12,10 @@ Rules this module keeps:
   RemoveMember, TransferLeadership), so each is a conf change committed in the group's
   log; the next round plans again from what the groups report. A step that fails is
   simply planned again (or differently) next round.
+- Balancing is held down (``pl.HOLD_DOWN_S``) for a group whose leader or membership
+  this loop saw change recently, so a user's ``shard transfer-leader`` or ``move`` (which
+  the meta leader does not otherwise hear of) and the loop's own last step are not undone
+  at once; a new meta leader treats everything as just changed.
 - Draining (decommission) is held by the loop in memory: the operator's command keeps
   asserting it until the node holds nothing (``kvstore node decommission`` waits).
 """
@@ -90,6 +94,10 @@ class PlacementLoop:
         self._ours: set[tuple[int, int]] = set()
         """(group, node) learners this loop added."""
         self._learner_seen: dict[tuple[int, int], float] = {}
+        self._leader_seen: dict[int, tuple[int, float]] = {}
+        """group -> (leader, first seen leading)"""
+        self._members_seen: dict[int, tuple[tuple[int, ...], tuple[int, ...], float]] = {}
+        """group -> (voters, learners, first seen so)"""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._task: asyncio.Task[None] | None = None
         self.last: Observed | None = None
@@ -119,6 +127,8 @@ class PlacementLoop:
                 self._led_since = None
                 self._ours.clear()
                 self._learner_seen.clear()
+                self._leader_seen.clear()
+                self._members_seen.clear()
                 self._since.clear()
                 self.draining.clear()
                 self.moves.clear()
@@ -182,7 +192,8 @@ class PlacementLoop:
             )
             for x in nodes
         ]
-        obs = Observed(nodes, self._adopted(groups_from(statuses, self.replicas)), endpoints)
+        groups = self._held(self._adopted(groups_from(statuses, self.replicas)))
+        obs = Observed(nodes, groups, endpoints)
         self.last = obs
         return obs
 
@@ -206,6 +217,25 @@ class PlacementLoop:
             for g in groups
         ]
 
+    def _held(self, groups: list[pl.GroupInfo]) -> list[pl.GroupInfo]:
+        """Each group with how long its leader and its membership have been as they are
+        now, as this loop has seen them (the planner's hold-down)."""
+        now = time.monotonic()
+        out = []
+        leaders, members = {}, {}
+        for g in groups:
+            lead = self._leader_seen.get(g.id)
+            if lead is None or lead[0] != g.leader:
+                lead = (g.leader, now)
+            voters, learners = tuple(sorted(g.voters)), tuple(sorted(g.learners))
+            mem = self._members_seen.get(g.id)
+            if mem is None or mem[:2] != (voters, learners):
+                mem = (voters, learners, now)
+            leaders[g.id], members[g.id] = lead, mem
+            out.append(replace(g, leader_for=now - lead[1], members_for=now - mem[2]))
+        self._leader_seen, self._members_seen = leaders, members
+        return out
+
     # -- acting ----------------------------------------------------------------------
     async def round(self) -> list[pl.Op]:
         obs = await self.observe()
@@ -218,11 +248,10 @@ class PlacementLoop:
             down_after=self.down_after,
             moves=self.moves,
             rebalance=now - self._led_since >= REBALANCE_AFTER_S,
+            # The meta group is found by its founding voters (MetaClient): repair it,
+            # but never move it for balance.
+            pinned=(META_GROUP,),
         )
-        # The meta group is found by its founding voters (MetaClient): repair it, but
-        # never move it for balance.
-        ops = [op for op in ops if op.group != META_GROUP or "rebalance" not in op.reason]
-        ops = [op for op in ops if op.group != META_GROUP or "leader balance" not in op.reason]
         leaders = {g.id: g.leader for g in obs.groups}
         await asyncio.gather(*(self.execute(op, leaders[op.group], obs.endpoints) for op in ops))
         return ops

@@ -22,15 +22,25 @@ Rules this module keeps:
   loaded usable node while they differ by 2 or more, and leadership from a node leading 2
   or more groups above one of the group's other voters. Both only move towards balance,
   so repeated plans converge.
+- Balancing never thrashes: one replica rebalance at a time in the whole cluster, and
+  none while any group carries a learner or an extra voter (a repair, a move or the
+  previous rebalance is still settling), so the counts it decides on are never stale
+  and no move overshoots; the over-replicated step drops a voter on the most loaded node,
+  a non-leader before the leader among equals, decided by replica counts and ids only
+  (never by disk use, which changes every round); a group whose leader or membership
+  changed less than ``hold`` seconds ago (a user's transfer or move, an election, our
+  own last step) is not balanced; ``pinned`` groups are repaired but never balanced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DISK_FULL = 0.9
 """A node whose disk use is above this fraction of its capacity receives no replicas."""
+HOLD_DOWN_S = 60.0
+"""A group whose leader or membership changed this recently is left alone by balancing."""
 
 ALIVE = "alive"
 
@@ -66,6 +76,10 @@ class GroupInfo:
     """Learners whose log has reached the leader's commit index."""
     want: int = 3
     """Replica count to keep."""
+    leader_for: float = float("inf")
+    """Seconds the current leader has been seen leading (the caller's observation)."""
+    members_for: float = float("inf")
+    """Seconds since the group's voters or learners last changed (as observed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +154,14 @@ def plan(
     down_after: float,
     moves: Mapping[int, tuple[int, int]] | None = None,
     rebalance: bool = True,
+    hold: float = HOLD_DOWN_S,
+    pinned: Collection[int] = (),
 ) -> list[Op]:
     """The next step of every group that needs one (see the module rules). ``moves``:
     group -> (from, to) asked by an operator; such a group takes only the move's steps.
-    ``rebalance`` False: repairs and moves only."""
+    ``rebalance`` False: repairs and moves only. ``hold``: seconds a group's leader or
+    membership must have been unchanged before balancing touches it. ``pinned``: groups
+    never balanced (the meta group, found by its founding voters)."""
     moves = moves or {}
     v = _View({n.id: n for n in nodes}, down_after)
     for g in groups:
@@ -163,16 +181,24 @@ def plan(
             ops.append(op)
             busy.add(g.id)
             _account(op, v)
+    # One replica rebalance at a time, and only once every group has settled: counts
+    # that still include a pending add (or miss a pending remove) would make several
+    # groups leave the same node at once and then drop whichever replica ties.
+    settled = not busy and all(len(g.voters) <= g.want and not g.learners for g in groups)
     for g in sorted(groups, key=lambda g: g.id):
-        if not rebalance or g.id in busy or not _healthy(g, v):
+        if not rebalance or g.id in busy or g.id in pinned or not _healthy(g, v):
             continue
-        op = _rebalance_replica(g, groups, v)
-        if op is None:
-            op = _rebalance_leader(g, v)
-        if op is not None:
-            ops.append(op)
+        step: Op | None = None
+        if settled and g.members_for >= hold:
+            step = _rebalance_replica(g, groups, v)
+            if step is not None:
+                settled = False
+        if step is None and g.leader_for >= hold:
+            step = _rebalance_leader(g, v)
+        if step is not None:
+            ops.append(step)
             busy.add(g.id)
-            _account(op, v)
+            _account(step, v)
     return ops
 
 
@@ -208,12 +234,23 @@ def _repair(g: GroupInfo, v: _View) -> Op | None:
     kept = len(voters) - len(gone)
     if len(voters) > g.want:
         # Over-replicated (a move's add is done): drop a gone replica first, then one
-        # on a node not alive now, else the one on the most loaded node.
-        victims = gone or sorted(voters, key=lambda n: (not v.up(n), *v.load(n)), reverse=True)
+        # on a node not alive now, else the one on the most loaded node; among equals a
+        # non-leader (no transfer needed), then the highest id. Never by disk use: it
+        # changes between rounds, and a tie broken differently next round would move
+        # leadership back and forth instead of removing anything.
+        # A leader that cannot hand over (no other live, staying voter) is skipped for
+        # the next victim rather than blocking the group.
+        victims = sorted(gone, key=lambda n: (n == g.leader, v.up(n), n)) or sorted(
+            voters,
+            key=lambda n: (not v.up(n), v.replicas.get(n, 0), n != g.leader, n),
+            reverse=True,
+        )
         for n in victims:
             if n == g.leader:
-                return _transfer_away(g, v, f"before removing node {n}'s replica")
-            if v.quorum_ok(voters - {n}):
+                step = _transfer_away(g, v, f"before removing node {n}'s replica")
+                if step is not None:
+                    return step
+            elif v.quorum_ok(voters - {n}):
                 return Remove(g.id, n, "gone" if n in gone else "over-replicated")
         return None
     if kept < g.want:
