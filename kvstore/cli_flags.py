@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvstore.client._async import DEFAULT_ENDPOINTS
+from kvstore.shard.split import DEFAULT_SPLIT_KEY_COUNT, DEFAULT_SPLIT_SIZE
 
 EXIT_OK = 0
 EXIT_FALSE = 1
@@ -205,6 +206,22 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         "--split-keys",
         default="",
         help="comma-separated first keys of shards 2..K (default: spread over a..z)",
+    )
+    _add(
+        p,
+        "--split-size",
+        type=_int_at_least(0),
+        default=DEFAULT_SPLIT_SIZE,
+        help="split a shard automatically at the middle of its data once its keys and "
+        "values pass this many bytes (0: never; sharded clusters)",
+    )
+    _add(
+        p,
+        "--split-key-count",
+        type=_int_at_least(0),
+        default=DEFAULT_SPLIT_KEY_COUNT,
+        help="split a shard automatically once it holds more than this many keys "
+        "(0: never; sharded clusters)",
     )
 
 

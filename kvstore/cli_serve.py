@@ -55,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             split_keys=_split_keys(args.split_keys),
             tls=_tls_files(args),
             down_after=args.down_after,
+            split_size=args.split_size,
+            split_key_count=args.split_key_count,
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
@@ -110,6 +112,8 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
     if args.shards:
         argv += ["--shards", str(args.shards), "--replicas", str(args.replicas)]
         argv += ["--down-after", str(args.down_after)]
+        argv += ["--split-size", str(args.split_size)]
+        argv += ["--split-key-count", str(args.split_key_count)]
         if args.split_keys:
             argv += ["--split-keys", args.split_keys]
     if args.metrics_port:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kvstore._pb import admin_pb2_grpc, kv_pb2_grpc, peer_pb2_grpc
 from kvstore.node import log
+from kvstore.node.autosplit import AutoSplitter
 from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.limits import Limits
 from kvstore.node.meta import MetaClient
@@ -36,6 +37,9 @@ from kvstore.server import sharding
 from kvstore.server.admin import AdminService
 from kvstore.server.kv import KVService
 from kvstore.server.peer import PeerService
+from kvstore.server.shard_admin import split_shard
+from kvstore.shard.descriptor import Descriptor
+from kvstore.shard.split import DEFAULT_SPLIT_KEY_COUNT, DEFAULT_SPLIT_SIZE
 from kvstore.storage import NodeStorage
 
 
@@ -71,6 +75,10 @@ class ServeOptions:
     """etcd's --cert-file ... --peer-trusted-ca-file (security/tls.py); empty: plaintext."""
     down_after: float = 30.0
     """Seconds a node must be judged down before placement replaces its replicas."""
+    split_size: int = DEFAULT_SPLIT_SIZE
+    """A shard led here whose keys and values pass this many bytes is split (0: never)."""
+    split_key_count: int = DEFAULT_SPLIT_KEY_COUNT
+    """... or that holds more than this many keys (0: never)."""
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -96,6 +104,8 @@ class ServeOptions:
                 ("shards", self.shards, 0 <= self.shards <= 676, "0..676"),
                 ("replicas", self.replicas, self.replicas >= 1, ">= 1"),
                 ("down_after", self.down_after, 0 < self.down_after < 1e9, "> 0 seconds"),
+                ("split_size", self.split_size, self.split_size >= 0, ">= 0"),
+                ("split_key_count", self.split_key_count, self.split_key_count >= 0, ">= 0"),
                 (
                     "split_keys",
                     self.split_keys,
@@ -280,6 +290,7 @@ class Node:
         self.reporter: Reporter | None = None
         self.placement: PlacementLoop | None = None
         self.reaper: ZombieReaper | None = None
+        self.autosplit: AutoSplitter | None = None
         if shard_info.sharded:
             self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
@@ -292,6 +303,20 @@ class Node:
             )
             self.reaper = ZombieReaper(self.driver, self.meta)
             reporter = self.reporter
+            meta = self.meta
+
+            async def split_middle(shard: int, timeout: float) -> tuple[Descriptor, Descriptor]:
+                return await split_shard(
+                    self.driver, self.router, meta, reporter, shard, None, timeout
+                )
+
+            self.autosplit = AutoSplitter(
+                self.driver,
+                self.router,
+                split_middle,
+                max_bytes=o.split_size,
+                max_keys=o.split_key_count,
+            )
 
             def shards_changed() -> None:
                 self.router.refresh()
@@ -388,6 +413,8 @@ class Node:
             self.placement.start()
         if self.reaper is not None:
             self.reaper.start()
+        if self.autosplit is not None:
+            self.autosplit.start()
         log.event(
             "node_started",
             id=o.id,
@@ -440,6 +467,8 @@ class Node:
             await self.placement.stop()
         if self.reaper is not None:
             await self.reaper.stop()
+        if self.autosplit is not None:
+            await self.autosplit.stop()
         if self.meta is not None:
             await self.meta.close()
         await self.transport.stop()

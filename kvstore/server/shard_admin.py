@@ -158,34 +158,52 @@ class ShardAdmin:
     ) -> tuple[Descriptor, Descriptor]:
         if self.meta is None or self.router is None:
             raise InvalidOp("the cluster is not sharded (start it with --shards)", definite=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        g = self.driver.groups.get(request.shard)
-        d = self.router.get(request.shard)
-        if g is None or d is None:
-            raise UnavailableOp(f"shard {request.shard} has no replica here", definite=True)
-        if g.role != Role.LEADER:
-            raise self.driver.not_leader(g)
-        if request.HasField("at"):
-            try:
-                check_split_key(d, request.at)
-            except SplitError as e:
-                raise InvalidOp(str(e), definite=True) from e
-            at = request.at
-        else:
-            at = median_key(self.driver.storage, request.shard, d)
-        new_id = await self.meta.propose(cmds.AllocIds(1), max(deadline - loop.time(), 0.1))
-        data = cmds.encode(cmds.Split(new_id, at, d.epoch))
-        got = await self.driver.propose_admin(request.shard, data, max(deadline - loop.time(), 0.1))
-        if got != new_id:
-            raise UnavailableOp(
-                f"shard {d.id} changed while splitting (no longer {d.describe()}); retry",
-                definite=True,
-            )
-        left, right = split(d, at, new_id)
-        if self.reporter is not None:
-            try:
-                await self.reporter.report_now(max(deadline - loop.time(), 0.1))
-            except OpError:
-                self.reporter.poke()  # the split stands; the map catches up in the background
-        return left, right
+        at = request.at if request.HasField("at") else None
+        return await split_shard(
+            self.driver, self.router, self.meta, self.reporter, request.shard, at, timeout
+        )
+
+
+async def split_shard(
+    driver: NodeDriver,
+    router: LocalRouter,
+    meta: MetaClient,
+    reporter: Reporter | None,
+    shard: int,
+    at: bytes | None,
+    timeout: float,
+) -> tuple[Descriptor, Descriptor]:
+    """Split ``shard`` (led here) at ``at`` (None: the middle of its data): reserve an id
+    in the meta group, propose Split in the shard's log, report the halves. Raises
+    OpError (InvalidOp for bad input: nothing changed). Used by the admin RPC and by
+    the automatic splitter."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    g = driver.groups.get(shard)
+    d = router.get(shard)
+    if g is None or d is None:
+        raise UnavailableOp(f"shard {shard} has no replica here", definite=True)
+    if g.role != Role.LEADER:
+        raise driver.not_leader(g)
+    if at is not None:
+        try:
+            check_split_key(d, at)
+        except SplitError as e:
+            raise InvalidOp(str(e), definite=True) from e
+    else:
+        at = median_key(driver.storage, shard, d)
+    new_id = await meta.propose(cmds.AllocIds(1), max(deadline - loop.time(), 0.1))
+    data = cmds.encode(cmds.Split(new_id, at, d.epoch))
+    got = await driver.propose_admin(shard, data, max(deadline - loop.time(), 0.1))
+    if got != new_id:
+        raise UnavailableOp(
+            f"shard {d.id} changed while splitting (no longer {d.describe()}); retry",
+            definite=True,
+        )
+    left, right = split(d, at, new_id)
+    if reporter is not None:
+        try:
+            await reporter.report_now(max(deadline - loop.time(), 0.1))
+        except OpError:
+            reporter.poke()  # the split stands; the map catches up in the background
+    return left, right

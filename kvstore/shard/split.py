@@ -12,6 +12,12 @@ from dataclasses import replace
 
 from kvstore.shard.descriptor import Descriptor, Epoch
 
+DEFAULT_SPLIT_SIZE = 64 * 1024 * 1024
+"""``serve --split-size`` default: a shard whose keys and values pass this many bytes is
+split automatically at the middle of its data (TiKV splits regions near 96 MiB)."""
+DEFAULT_SPLIT_KEY_COUNT = 500_000
+"""``serve --split-key-count`` default: the same for a shard holding this many keys."""
+
 
 class SplitError(ValueError):
     """The split or merge is not allowed (the message says why)."""

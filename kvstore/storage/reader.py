@@ -37,6 +37,19 @@ class KVReader:
         with self._st.env.begin() as txn:
             return self._tables(txn).scan(start, end, limit)
 
+    def measure(self, max_keys: int = 0, max_bytes: int = 0) -> tuple[int, int]:
+        """(keys, bytes of keys and stored records) in the owned range, without decoding;
+        counting stops once either passes its cap (``<= 0``: no cap), so the cost is
+        bounded by the caps, not by the shard's size."""
+        n = size = 0
+        with self._st.env.begin() as txn:
+            for key, record in self._tables(txn).raw_kv():
+                n += 1
+                size += len(key) + len(record)
+                if 0 < max_keys < n or 0 < max_bytes < size:
+                    break
+        return n, size
+
     def applied_index(self) -> int:
         """The applied index as of the last committed write (from memory)."""
         return self._st.group(self.group).view.applied
