@@ -168,6 +168,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
         try:
             if request.to not in self.driver.status(group).conf_state.voters:
                 raise InvalidOp(f"node {request.to} is not a voter of group {group}", definite=True)
+            self._check_alive(request.to, "leadership stays")
             self.driver.transfer_leadership(group, request.to)
         except ConsensusError as e:
             await abort(context, InvalidOp(str(e), definite=True))
@@ -186,6 +187,20 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
             f"leadership did not move to {request.to} in time",
         )
         raise AssertionError("unreachable")
+
+    def _check_alive(self, node: int, outcome: str) -> None:
+        """InvalidOp naming the failure detector's verdict when ``node`` is judged down
+        (suspect or dead): handing it leadership would stall the group until the
+        transfer times out. A peer not heard from yet ("unknown") is given the benefit."""
+        if node == self.node_id:
+            return
+        peer = next((p for p in self.transport.peer_status() if p.id == node), None)
+        if peer is not None and peer.state in ("suspect", "dead"):
+            raise InvalidOp(
+                f"node {node} is not alive ({peer.state}, phi {min(peer.phi, 1e9):.1f}): "
+                f"{outcome}",
+                definite=True,
+            )
 
     async def _change(
         self,
