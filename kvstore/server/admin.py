@@ -197,8 +197,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
         peer = next((p for p in self.transport.peer_status() if p.id == node), None)
         if peer is not None and peer.state in ("suspect", "dead"):
             raise InvalidOp(
-                f"node {node} is not alive ({peer.state}, phi {min(peer.phi, 1e9):.1f}): "
-                f"{outcome}",
+                f"node {node} is not alive ({peer.state}, phi {min(peer.phi, 1e9):.1f}): {outcome}",
                 definite=True,
             )
 
