@@ -162,6 +162,8 @@ class Deployment:
     """Nodes of a deployment, driven from the host: the nemesis' Processes and more."""
 
     name = "deployment"
+    fault_names: dict[str, str] = {}
+    """How kill, restart, pause and resume are made here (for the history and report)."""
 
     def __init__(self, n: int, run_dir: Path, *, shards: int, replicas: int, tls: bool) -> None:
         self.hosts = [Host(index=i) for i in range(1, n + 1)]
@@ -268,6 +270,12 @@ class ComposeDeployment(Deployment):
     """docker-compose.yml (3 nodes; 5 with docker-compose.5.yml) as project kvsjepsen."""
 
     name = "compose"
+    fault_names = {
+        "kill": "docker kill",
+        "restart": "docker start",
+        "pause": "docker pause",
+        "resume": "docker unpause",
+    }
 
     def __init__(self, n: int, run_dir: Path, *, shards: int, replicas: int, tls: bool) -> None:
         if n not in (3, 5):
@@ -420,6 +428,12 @@ class VmDeployment(Deployment):
     """deploy/vm.sh with its own names (kvsjepvm1..N on 10.39.0.0/24, bridge virbr-kvsjep)."""
 
     name = "vms"
+    fault_names = {
+        "kill": "virsh destroy",
+        "restart": "virsh start",
+        "pause": "virsh suspend",
+        "resume": "virsh resume",
+    }
 
     def __init__(self, n: int, run_dir: Path, *, shards: int, replicas: int, tls: bool) -> None:
         super().__init__(n, run_dir, shards=shards, replicas=replicas, tls=tls)

@@ -272,12 +272,12 @@ class Nemesis:
             for h in targets:
                 self.procs.kill(h)
                 self._heal.append((Undo.RESTART, h))
-            return f"kill -9 {_names(targets)}"
+            return f"{self._name('kill', 'kill -9')} {_names(targets)}"
         if kind == "pause":
             for h in targets:
                 self.procs.pause(h)
                 self._heal.append((Undo.RESUME, h))
-            return f"SIGSTOP {_names(targets)}"
+            return f"{self._name('pause', 'SIGSTOP')} {_names(targets)}"
         if kind == "clock":
             parts = []
             for h in targets:
@@ -289,6 +289,11 @@ class Nemesis:
                 parts.append(f"n{h.index}{offset:+.1f}s")
             return "clock " + " ".join(parts)
         raise ValueError(f"unknown fault {kind!r}")
+
+    def _name(self, fault: str, default: str) -> str:
+        """How the hosts make a fault, for the history (deployments: ``docker pause``...)."""
+        names: dict[str, str] = getattr(self.procs, "fault_names", {})
+        return names.get(fault, default)
 
     def heal(self) -> str:
         """Undoes whatever is in force (safe to call when nothing is)."""
@@ -315,6 +320,7 @@ class Nemesis:
                 continue
             else:
                 self.procs.set_clock_offset(host, 0.0)
-            done.append(f"{undo.value} n{host.index}")
+            what = {Undo.RESTART: "restart", Undo.RESUME: "resume"}.get(undo, "")
+            done.append(f"{self._name(what, undo.value)} n{host.index}")
         self._heal.clear()
         return ", ".join(dict.fromkeys(done)) or "nothing to heal"

@@ -219,3 +219,23 @@ def test_deployments_leave_out_the_faults_they_cannot_make() -> None:
     same = schedule("all", 300.0, 5.0, random.Random(3))
     assert same == schedule("all", 300.0, 5.0, random.Random(3), unsupported=())
     assert any(k in w.kind for w in same for k in UNSUPPORTED)
+
+
+def test_the_history_names_the_deployments_own_faults() -> None:
+    """--hosts compose/vms: the history says docker pause / virsh destroy, not SIGSTOP."""
+    from kvstore.jepsen.deployments import ComposeDeployment, VmDeployment
+
+    for cls in (ComposeDeployment, VmDeployment):
+
+        class Procs(FakeProcs):
+            fault_names = cls.fault_names
+
+        nem = Nemesis(FakeNet(HOSTS), Procs(), random.Random(1))  # type: ignore[arg-type]
+        kill = nem.start("kill")
+        assert kill.startswith(cls.fault_names["kill"] + " {"), kill
+        assert nem.heal().startswith(cls.fault_names["restart"] + " n"), cls
+        pause = nem.start("pause")
+        assert pause.startswith(cls.fault_names["pause"] + " {"), pause
+        assert nem.heal().startswith(cls.fault_names["resume"] + " n"), cls
+    nem = Nemesis(FakeNet(HOSTS), FakeProcs(), random.Random(1))  # type: ignore[arg-type]
+    assert nem.start("pause").startswith("SIGSTOP {") and nem.heal().startswith("SIGCONT n")
