@@ -46,7 +46,7 @@ from kvstore.node.pending import ConfProposal as _ConfProposal
 from kvstore.node.pending import GroupState as _Group
 from kvstore.node.pending import Waiter as _Waiter
 from kvstore.node.pending import Write as _Write
-from kvstore.node.persist import ShardChanges, needs_write, persist_plans
+from kvstore.node.persist import NodeStorageView, ShardChanges, needs_write, persist_plans
 from kvstore.node.quiesce import Quiescence
 from kvstore.node.replica import Batch, ReplicaLoop
 from kvstore.node.shards import (
@@ -107,7 +107,7 @@ class NodeDriver:
         self._next_usage = 0.0
         self.replica = ReplicaLoop(
             node_id=config.node_id,
-            storage=_StorageView(storage),
+            storage=NodeStorageView(storage),
             send=lambda msgs: self.send(msgs),
             clock=_LoopClock(),
             metrics=metrics,
@@ -486,25 +486,6 @@ class NodeDriver:
                 self.metrics.dropped.labels(str(m.group), "snapshot_overlaps").inc()
                 continue
             g.core.step(m)
-
-
-class _StorageView:
-    """The LMDB storage as the replica loop reads it (replica.ReplicaStorage)."""
-
-    __slots__ = ("_storage",)
-
-    def __init__(self, storage: NodeStorage) -> None:
-        self._storage = storage
-
-    @property
-    def tight(self) -> bool:
-        return self._storage.tight
-
-    def first_index(self, group: int) -> int:
-        return self._storage.group(group).first_index()
-
-    def member_addresses(self, group: int) -> dict[int, str]:
-        return self._storage.group(group).member_addresses()
 
 
 class _LoopClock:

@@ -69,6 +69,25 @@ def may_send_before_persist(
     return all(m.type in _LEADER_EARLY for m in rd.messages)
 
 
+class NodeStorageView:
+    """The node storage as the replica loop reads it (replica.ReplicaStorage)."""
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: NodeStorage) -> None:
+        self._storage = storage
+
+    @property
+    def tight(self) -> bool:
+        return self._storage.tight
+
+    def first_index(self, group: int) -> int:
+        return self._storage.group(group).first_index()
+
+    def member_addresses(self, group: int) -> dict[int, str]:
+        return self._storage.group(group).member_addresses()
+
+
 def needs_write(p: Plan) -> bool:
     rd = p.rd
     return bool(

@@ -8,9 +8,11 @@ and the session copy tested here are the production code's (kvstore/storage/writ
 kvstore/shard/*); only the loop that drives them is this module's.
 
 The loop keeps the node driver's rules (kvstore/node/driver.py and shards.py):
-- per node, ONE write transaction per Ready round for all of its groups: save, apply,
-  record the membership, compact; the committed conf changes are applied to the core
-  before the persist; messages leave after it; then ``advance``;
+- per node, the node's own replica loop (kvstore/node/replica.py) over all of its groups
+  and the node's own persist (kvstore/node/persist.py ``persist_plans``): ONE write
+  transaction per Ready round for all of its groups (save, apply, record the
+  membership); the committed conf changes are applied to the core before the persist;
+  a leader's appends may leave before it, everything else after; then ``advance``;
 - a group a split created starts after the persist that created it, and where this
   node led the parent it campaigns at once;
 - a message for a group the node does not run: a snapshot that overlaps no other local
@@ -36,18 +38,19 @@ from dataclasses import dataclass, field
 
 from kvstore.consensus.types import (
     JOINING,
-    ConfChange,
     Config,
     ConfState,
     Core,
     Entry,
-    EntryType,
     Message,
     MessageType,
     Ready,
     Role,
     Snapshot,
 )
+from kvstore.node.pending import GroupState
+from kvstore.node.persist import NodeStorageView, ShardChanges, persist_plans
+from kvstore.node.replica import Batch, ReplicaLoop
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
@@ -61,6 +64,7 @@ from .checkers import GENESIS_DIGEST, Checker, SafetyViolation, Traits, chain
 from .cluster import CoreFactory, CoreParams
 from .network import Network
 from .shard_checkers import KVModel, RangeChecker
+from .twin import METRICS, Clock, sender
 
 INITIAL_INDEX = 5
 """Sharded groups start their logs here (kvstore/server/sharding.py), so a replica added
@@ -96,7 +100,10 @@ class StorageView:
 class ShardNode:
     id: int
     storage: NodeStorage
+    loop: ReplicaLoop
     cores: dict[int, Core] = field(default_factory=dict)
+    states: dict[int, GroupState] = field(default_factory=dict)
+    """The replica loop's side of each group (rebuilt for a core it has not seen)."""
     up: bool = True
     digest: dict[int, bytes] = field(default_factory=dict)
     """group -> digest of the applied history (tests/sim/checkers.py ``chain``)."""
@@ -148,7 +155,16 @@ class ShardCluster:
         self.next_id = max(d.id for d in smap) + 1
         for i in ids:
             st = NodeStorage(os.path.join(self._dir, str(i)), map_size=64 << 20, sync=False)
-            self.nodes[i] = ShardNode(i, st)
+            loop = ReplicaLoop(
+                node_id=i,
+                storage=NodeStorageView(st),
+                send=sender(self.net, lambda: self.now),
+                clock=Clock(lambda: self.now),
+                metrics=METRICS,
+                endpoints={},
+                snapshot_entries=0,  # compaction is a fault of its own
+            )
+            self.nodes[i] = ShardNode(i, st, loop)
         for d in smap:
             ck = self.checker(d.id)
             ck.digest_at[INITIAL_INDEX] = GENESIS_DIGEST
@@ -200,6 +216,7 @@ class ShardCluster:
             return
         n.up = False
         n.cores.clear()
+        n.states.clear()
         self.stats["crashes"] += 1
         self.note(f"crash {node_id}")
 
@@ -231,6 +248,7 @@ class ShardCluster:
     def destroy(self, node: ShardNode, group: int) -> None:
         """Drop a replica and its range's data in one transaction (zombies.py)."""
         node.cores.pop(group, None)
+        node.states.pop(group, None)
         node.role.pop(group, None)
         node.digest.pop(group, None)
         # A replica created here again starts from nothing (term 0, commit 0): a new
@@ -349,32 +367,38 @@ class ShardCluster:
         for _ in range(READY_ROUNDS):
             if not node.up:
                 return
-            readies = [(g, c, c.ready()) for g, c in list(node.cores.items()) if c.has_ready()]
-            if not readies:
+            batch = node.loop.begin([self._state(node, g) for g in list(node.cores)])
+            if batch is None:
                 return
-            self._round(node, readies, crash_after_persist)
+            self._round(node, batch, crash_after_persist)
             crash_after_persist = False
         raise AssertionError(f"node {node.id} still has Readies after {READY_ROUNDS} rounds")
 
-    def _round(self, node: ShardNode, readies: list[tuple[int, Core, Ready]], crash: bool) -> None:
+    def _state(self, node: ShardNode, g: int) -> GroupState:
+        core = node.cores[g]
+        gs = node.states.get(g)
+        if gs is None or gs.core is not core:
+            view = node.storage.group(g).view
+            hs = view.hard_state
+            gs = node.states[g] = GroupState(
+                id=g,
+                core=core,
+                applied=view.applied,
+                compacted=view.base.index,
+                term=hs.term,
+                persisted_term=hs.term,
+                persisted_vote=hs.vote,
+            )
+        return gs
+
+    def _round(self, node: ShardNode, batch: Batch, crash: bool) -> None:
         st = node.storage
-        confs: dict[int, ConfState] = {}
-        for g, core, rd in readies:
-            for e in rd.committed:
-                if e.type == EntryType.CONF_CHANGE:
-                    confs[g] = core.apply_conf_change(ConfChange.decode(e.data))
+        readies = [(gs.id, gs.core, rd) for gs, rd in batch.readies]
         before = {g: st.group(g).view.applied for g, _, _ in readies}
-        results: dict[int, list[ApplyResult]] = {}
-        with st.write() as w:
-            for g, _, rd in readies:
-                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    w.save(g, hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
-                if rd.committed:
-                    results[g] = w.apply(g, rd.committed)
-                if g in confs:
-                    w.set_conf_state(g, confs[g])
-            created = list(w.created)
-            admin = {g: dict(r) for g, r in w.admin_results.items()}
+        changes = ShardChanges()
+        results = persist_plans(st, METRICS, batch.plans, changes)
+        created = list(changes.created)
+        admin = changes.admin_results
         for g, _, rd in readies:
             try:
                 self._check_ready(node, g, rd, before[g], results.get(g, []), admin.get(g, {}))
@@ -382,19 +406,17 @@ class ShardCluster:
                 raise SafetyViolation(f"group {g}: {e}") from e
         self.check_ranges(node, tuple(created))
         if crash:
-            self.note(f"crash {node.id} after persist, before send")
+            self.note(f"crash {node.id} after persist, before the late sends")
             self.crash(node.id)
             return
-        for _, _, rd in readies:
-            for m in rd.messages:
-                self.net.send(m, self.now)
+        node.loop.finish(batch, results, admin)
         for g, core, rd in readies:
             if rd.soft_state is not None:
                 node.role[g] = rd.soft_state.role
                 if rd.soft_state.role == Role.LEADER:
                     s = core.status()
                     self.checker(g).on_leader(node.id, s.term, StorageView(st.group(g)))  # type: ignore[arg-type]
-            core.advance(rd)
+        node.loop.advance(batch)
         for g in created:
             if g in node.cores:
                 continue
