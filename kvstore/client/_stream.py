@@ -47,6 +47,9 @@ class BatchStream:
         self._ids = itertools.count(1)
         self._queue: list[tuple[kv_pb2.Op, asyncio.Future[kv_pb2.OpResult]]] = []
         self._pending: dict[int, asyncio.Future[kv_pb2.OpResult]] = {}
+        self._answered_late: set[int] = set()
+        """Ops handed to the stream whose answer came after their caller stopped waiting
+        and before it called ``forget``: they left this client (see ``forget``)."""
         self._wake = asyncio.Event()
         self.broken: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,8 +77,28 @@ class BatchStream:
 
     def forget(self, op_id: int) -> bool:
         """Stop waiting for op ``op_id``; True if it had been handed to the stream (its
-        outcome is unknown), False if it never left this client."""
-        return self._pending.pop(op_id, None) is not None
+        outcome is unknown), False if it never left this client.
+
+        An answer that arrives after the caller's timer failed the op but before the
+        caller gets here has already taken the op out of ``_pending``: that op was sent
+        (and may have applied), so it must not read as never sent, or the caller would
+        retry the write under a fresh seq and apply it twice (seen in a Jepsen kill run
+        under load: a cas answered false although it had applied)."""
+        if self._pending.pop(op_id, None) is not None:
+            return True
+        if op_id in self._answered_late:
+            self._answered_late.discard(op_id)
+            return True
+        return False
+
+    def _deliver(self, r: kv_pb2.OpResult) -> None:
+        fut = self._pending.pop(r.id, None)
+        if fut is None:
+            return
+        if fut.done():
+            self._answered_late.add(r.id)
+        else:
+            fut.set_result(r)
 
     async def _sender(self) -> None:
         assert self._call is not None
@@ -114,9 +137,7 @@ class BatchStream:
             async for resp in self._call:
                 self.heard_at = loop.time()
                 for r in resp.results:
-                    fut = self._pending.pop(r.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(r)
+                    self._deliver(r)
             self._break(f"stream to {self.endpoint} ended")
         except asyncio.CancelledError:
             raise
@@ -131,6 +152,7 @@ class BatchStream:
             if not fut.done():
                 fut.set_exception(StreamBroken(why, sent=True))
         self._pending.clear()
+        self._answered_late.clear()
         for _, fut in self._queue:
             if not fut.done():
                 fut.set_exception(StreamBroken(why, sent=False))

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 import pytest
@@ -192,3 +193,50 @@ def test_an_attempt_ends_on_silence_but_a_node_that_keeps_answering_keeps_it() -
             await stream.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_racing_the_attempt_timer_still_counts_as_sent() -> None:
+    """Regression (Jepsen kill run under load: a cas answered false although it had
+    applied): the attempt timer fails the op, the node's answer arrives before the caller
+    resumes and takes the op off the stream's pending table, and ``forget`` then said
+    "never sent", so the write was retried under a fresh seq and applied twice."""
+    from kvstore._pb import kv_pb2
+    from kvstore.client._stream import BatchStream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stream = BatchStream("127.0.0.1:1")  # never connected: the tables are ours to drive
+        try:
+            sent: asyncio.Future[kv_pb2.OpResult] = loop.create_future()
+            stream._pending[41] = sent  # what the sender does when it writes op 41
+            sent.set_exception(TimeoutError())  # the attempt timer fires first
+            stream._call = _OneAnswer(kv_pb2.BatchResponse(results=[kv_pb2.OpResult(id=41)]))
+            receiver = asyncio.create_task(stream._receiver())  # then the answer arrives
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert stream.forget(41), "op 41 left this client: its outcome is unknown"
+            assert not stream.forget(41)
+            queued = stream.submit(kv_pb2.Op())  # never handed to the stream
+            queued.set_exception(TimeoutError())
+            op_id = stream._queue[-1][0].id
+            assert not stream.forget(op_id)
+            receiver.cancel()
+        finally:
+            stream._call = None
+            await stream.close()
+
+    asyncio.run(main())
+
+
+class _OneAnswer:
+    """A Batch call that delivers one response, then stays open."""
+
+    def __init__(self, resp: object) -> None:
+        self.resp = resp
+
+    async def __aiter__(self) -> Any:
+        yield self.resp
+        await asyncio.Event().wait()
+
+    def cancel(self) -> None:
+        pass
