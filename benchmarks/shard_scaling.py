@@ -13,9 +13,10 @@ Configurations, each a fresh cluster on loopback (ports 47001-...; data on disk,
   three different nodes, and checks they are still there after the run.
 The closed-loop generator (kvstore.bench.runner: async Python clients in ``--processes``
 load processes) writes 256-byte values over 1,000 keys. Every point records the CPU each
-node process and the generator used (from /proc), and the machine's load average, to say
-where the scaling stops. Writes bench-out/shard_scaling/{results.json, table.md,
-scaling.png}.
+node process and the generator used (from /proc), each node's persist transactions (one
+fsync each) per second and the share of the run spent in them (from its metrics), and
+the machine's load average, to say where the scaling stops. Writes
+bench-out/shard_scaling/{results.json, table.md, scaling.png}.
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / TICKS
 
 
+def persist_totals(ports: list[int]) -> list[tuple[float, float]]:
+    """(transactions, seconds) each node has spent persisting (one fsync each), from its
+    ``kvstore_persist_seconds`` histogram; (0, 0) when the metrics cannot be read."""
+    import urllib.request
+
+    out = []
+    for port in ports:
+        count = total = 0.0
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            out.append((0.0, 0.0))
+            continue
+        for line in text.splitlines():
+            if line.startswith("kvstore_persist_seconds_count"):
+                count += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("kvstore_persist_seconds_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+        out.append((count, total))
+    return out
+
+
 def shard_leaders(endpoints: list[str]) -> dict[int, int]:
     from kvstore.client import Client
 
@@ -138,6 +162,7 @@ def run_config(name: str, nodes: int, shards: int, args: argparse.Namespace) -> 
         ).validate()
         pids = kv.group.pids()
         cpu0 = [cpu_seconds(p) for p in pids]
+        fsync0 = persist_totals(kv.metrics_ports)
         load0 = os.getloadavg()[0]
         t0 = time.monotonic()
         result = run(
@@ -149,6 +174,10 @@ def run_config(name: str, nodes: int, shards: int, args: argparse.Namespace) -> 
         )
         wall = time.monotonic() - t0
         cpu = [(cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
+        fsync = [
+            ((n1 - n0) / wall, (t1 - t0) / wall)
+            for (n0, t0), (n1, t1) in zip(fsync0, persist_totals(kv.metrics_ports), strict=True)
+        ]
         after = shard_leaders(kv.endpoints) if shards else {}
     s = result.summary()
     row = {
@@ -157,6 +186,8 @@ def run_config(name: str, nodes: int, shards: int, args: argparse.Namespace) -> 
         "shards": shards,
         **{k: s[k] for k in ("throughput", "p50_ms", "p99_ms", "errors", "load_cores")},
         "node_cores": [round(c, 2) for c in cpu],
+        "fsyncs_per_s": [round(n, 1) for n, _ in fsync],
+        "fsync_busy": [round(b, 2) for _, b in fsync],
         "leaders_before": leaders,
         "leaders_after": after,
         "loadavg_before": load0,
@@ -166,6 +197,8 @@ def run_config(name: str, nodes: int, shards: int, args: argparse.Namespace) -> 
         f"   {name} on {nodes} nodes: {s['throughput']:,.0f} writes/s, p50 {s['p50_ms']:.1f} ms, "
         f"p99 {s['p99_ms']:.1f} ms, errors {s['errors']}, nodes {sum(cpu):.2f} cores "
         f"({', '.join(f'{c:.2f}' for c in cpu)}), generator {s['load_cores']:.2f} cores, "
+        f"fsyncs/s {', '.join(f'{n:.0f}' for n, _ in fsync)} "
+        f"(busy {', '.join(f'{b:.0%}' for _, b in fsync)}), "
         f"load {load0:.1f} -> {row['loadavg_after']:.1f}"
     )
     return row
@@ -175,17 +208,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     base = {r["nodes"]: r["throughput"] for r in rows if r["shards"] == 1}
     lines = [
         "| config | nodes | writes/s | vs 1 shard | p50 ms | p99 ms | errors | node cores "
-        "(sum: per node) | generator cores | leaders | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(sum: per node) | fsyncs/s per node (time in fsync) | generator cores | leaders "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         one = base.get(r["nodes"])
         ratio = f"{r['throughput'] / one:.2f}x" if one and r["shards"] else "-"
         leaders = ",".join(f"{s}@{n}" for s, n in sorted(r["leaders_after"].items())) or "-"
         cores = f"{sum(r['node_cores']):.2f}: " + " ".join(f"{c:.2f}" for c in r["node_cores"])
+        fs = " ".join(
+            f"{n:.0f} ({b:.0%})" for n, b in zip(r["fsyncs_per_s"], r["fsync_busy"], strict=True)
+        )
         lines.append(
             f"| {r['config']} | {r['nodes']} | {r['throughput']:,.0f} | {ratio} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {cores} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {cores} | {fs} | "
             f"{r['load_cores']:.2f} | {leaders} | {r['loadavg_before']:.1f} -> "
             f"{r['loadavg_after']:.1f} |"
         )
