@@ -8,6 +8,10 @@ Faults (a window of one kind is a burst: one operation when it starts, then anot
 - ``shard-move``: move a random replica of a random shard to a node that holds none
   (``kvstore shard move``: learner, catch up, promote, leadership off, remove; run by the
   placement loop on the meta leader, which also moves replicas on its own to balance).
+- ``shard-merge``: merge a random shard with its right neighbour (``kvstore shard
+  merge``) when both sit on the same nodes; when no adjacent pair does, align one pair
+  whose voters differ in one node with a move (the merge comes in a later operation).
+  Merges undo splits, so splits and merges keep each other going.
 - ``shard-transfer-leader``: move the leadership of a random shard to another of its
   voters. Not the meta group's: the admin API reads group 0 as group 1 (a proto3 default),
   so it cannot name the meta group.
@@ -20,11 +24,12 @@ these operations, not their availability. Only the workload's checkers decide va
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-SHARD_FAULTS = ("shard-split", "shard-transfer-leader", "shard-move")
+SHARD_FAULTS = ("shard-split", "shard-transfer-leader", "shard-move", "shard-merge")
 MAX_SHARDS = 16
 ACTION_TIMEOUT = 15.0
 
@@ -39,6 +44,8 @@ class ShardAdmin(Protocol):
     async def transfer_leader(self, to: int, group: int = 1) -> int: ...
 
     async def move_shard(self, shard: int, frm: int, to: int) -> dict[str, Any]: ...
+
+    async def merge_shard(self, shard: int) -> dict[str, Any]: ...
 
     async def status(
         self, sizes: bool = False, endpoints: Sequence[str] | None = None
@@ -90,6 +97,10 @@ class ClientAdmin:
     async def transfer_leader(self, to: int, group: int = 1) -> int:
         return int(await self.client.transfer_leader(to, group=group))
 
+    async def merge_shard(self, shard: int) -> dict[str, Any]:
+        out: dict[str, Any] = await self.client.merge_shard(shard)
+        return out
+
     async def move_shard(self, shard: int, frm: int, to: int) -> dict[str, Any]:
         from kvstore.client._nodes import move_shard
 
@@ -128,6 +139,8 @@ class ShardNemesis:
                 return await asyncio.wait_for(self._transfer(), ACTION_TIMEOUT)
             if kind == "shard-move":
                 return await asyncio.wait_for(self._move(), ACTION_TIMEOUT)
+            if kind == "shard-merge":
+                return await asyncio.wait_for(self._merge(), ACTION_TIMEOUT)
         except Exception as e:
             return f"{kind} failed: {_err(e)}"
         raise ValueError(f"unknown shard fault {kind!r}")
@@ -153,6 +166,43 @@ class ShardNemesis:
         except Exception as e:
             return f"split shard {sid} at {at!r} failed: {_err(e)}"
         return f"split shard {sid} at {at!r}: new shard {out['right']['id']}"
+
+    async def _merge(self) -> str:
+        shards = sorted(await self.admin.shards(), key=lambda s: s["start"])
+        pairs = [(a, b) for a, b in itertools.pairwise(shards) if a["end"] == b["start"]]
+        if not pairs:
+            return "merge: fewer than two shards"
+        aligned = [
+            (a, b)
+            for a, b in pairs
+            if set(a["voters"]) == set(b["voters"])
+            and not a.get("learners")
+            and not b.get("learners")
+        ]
+        if aligned:
+            left, right = self.rng.choice(aligned)
+            try:
+                out = await self.admin.merge_shard(int(left["id"]))
+            except Exception as e:
+                return f"merge shard {left['id']} with {right['id']} failed: {_err(e)}"
+            return f"merged shard {out['source']} into shard {out['merged']['id']}"
+        close = [
+            (a, b)
+            for a, b in pairs
+            if len(set(a["voters"]) ^ set(b["voters"])) == 2
+            and len(a["voters"]) == len(b["voters"])
+        ]
+        if not close:
+            return "merge: no adjacent shards on the same nodes, none one move away"
+        left, right = self.rng.choice(close)
+        (frm,) = set(right["voters"]) - set(left["voters"])
+        (to,) = set(left["voters"]) - set(right["voters"])
+        sid = int(right["id"])
+        try:
+            out = await self.admin.move_shard(sid, frm, to)
+        except Exception as e:
+            return f"align shard {sid} n{frm}->n{to} for a merge failed: {_err(e)}"
+        return f"align shard {sid} n{frm}->n{to} for a merge: voters {out['voters']}"
 
     async def _move(self) -> str:
         shards = await self.admin.shards()

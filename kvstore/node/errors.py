@@ -62,6 +62,16 @@ class UnimplementedOp(OpError):
     code = UNIMPLEMENTED
 
 
+class AbortedOp(OpError):
+    """An admin operation gave up and undid what it had started (a merge rolled back):
+    nothing changed; retrying at once would likely meet the same cause. Definite."""
+
+    code = ABORTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, definite=True)
+
+
 class StaleRouteOp(OpError):
     """Routed with a stale shard map: this node has no replica of the shard that owns the
     key, or the shard's version differs. ``shards``: the node's current descriptors that

@@ -9,17 +9,20 @@ replica has applied L with the prepared epoch (a quorum is not enough: TiKV #646
 (5) CommitMerge in the left (target) log; (6) report the result to the meta group.
 
 Rules this module keeps:
-- A RollbackMerge is proposed only when no CommitMerge can ever apply: before any
-  CommitMerge was proposed, or after one was refused (the target's epoch moved on, so
-  every later one is refused too). A CommitMerge whose outcome is unknown (timeout, lost
-  leadership) is never rolled back: the source stays frozen and running the merge again
-  resumes it (it finishes, or rolls back if it cannot).
+- A RollbackMerge is proposed only when no CommitMerge can ever apply: after a FenceMerge
+  in the target's log raised its version (a CommitMerge carries the epoch the prepare
+  recorded) and the target does not cover the source (no CommitMerge applied before the
+  fence). So two coordinators of one merge (a retry on a new leader, the watchdog) can
+  never commit and roll back the same merge. A step whose outcome is unknown leaves the
+  source frozen; running the merge again resumes it (it finishes, or gives up as above),
+  and so does the node leading a source frozen for RESUME_AFTER_S with no merge running.
 - Bad input and merges that cannot start change nothing and name why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,7 +31,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2
 from kvstore.consensus.types import Role
 from kvstore.node import log
-from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
+from kvstore.node.errors import AbortedOp, InvalidOp, OpError, UnavailableOp
 from kvstore.shard import commands as cmds
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.merging import check_merge
@@ -40,6 +43,11 @@ if TYPE_CHECKING:
     from kvstore.node.reporter import Reporter
     from kvstore.node.routing import LocalRouter
 
+WATCH_S = 2.0
+RESUME_AFTER_S = 10.0
+"""A merge source frozen this long while its leader runs no merge of it is resumed by
+that leader (its coordinator died or gave up with an unknown outcome)."""
+RESUME_TIMEOUT_S = 30.0
 APPLY_WAIT_S = 10.0
 """How long every source replica gets to apply the PrepareMerge before the merge rolls
 back (a replica down or cut off blocks a merge: it must not miss the source's data)."""
@@ -61,6 +69,9 @@ class MergeCoordinator:
         self.reporter = reporter
         self._busy: set[int] = set()
         """Shards with a merge run by this node."""
+        self._seen: dict[tuple[int, int], float] = {}
+        """(frozen source led here, its merge index) -> when first seen frozen."""
+        self._task: asyncio.Task[None] | None = None
 
     async def merge(self, left_id: int, source: int, timeout: float) -> tuple[Descriptor, int]:
         """Merge ``left_id`` with its right neighbour (which must be ``source`` when
@@ -160,12 +171,13 @@ class MergeCoordinator:
         wait_until = min(deadline - 1.0, loop.time() + APPLY_WAIT_S)
         lagging = await self._wait_applied(src, wait_until)
         if lagging:
-            await self._rollback(src, deadline)
-            raise UnavailableOp(
+            done = await self._give_up(src, deadline)
+            if done is not None:
+                return done, right.id  # a CommitMerge of another coordinator applied
+            raise AbortedOp(
                 f"merge of shard {right.id} into shard {left.id} rolled back: the replicas on "
                 f"nodes {lagging} did not apply the PrepareMerge (index {src.merge_index}) "
-                "in time (a merge needs every replica of both shards up); retry",
-                definite=True,
+                "in time (a merge needs every replica of both shards up); nothing changed"
             )
         try:
             version = await self.driver.propose_admin(
@@ -174,19 +186,19 @@ class MergeCoordinator:
         except OpError as e:
             raise UnavailableOp(
                 f"merge of shard {right.id} into shard {left.id}: outcome unknown "
-                f"({e.message}); shard {right.id} stays frozen until `kvstore shard merge "
-                f"{left.id}` runs again, which finishes it or rolls it back",
+                f"({e.message}); shard {right.id} stays frozen until the merge is resumed "
+                f"(`kvstore shard merge {left.id}`, or by the node leading it after "
+                f"{RESUME_AFTER_S:.0f} s)",
                 definite=False,
             ) from e
         merged = self.router.get(left.id) or self.driver.storage.group(left.id).view.shard
         if version == 0:
-            if merged is not None and merged.covers(src.start, src.end):
-                return merged, right.id  # an earlier CommitMerge of this prepare applied
-            await self._rollback(src, deadline)
-            raise UnavailableOp(
+            done = await self._give_up(src, deadline)
+            if done is not None:
+                return done, right.id  # an earlier CommitMerge of this prepare applied
+            raise AbortedOp(
                 f"shard {left.id} changed while merging (now "
-                f"{merged.describe() if merged else 'gone'}); the merge was rolled back; retry",
-                definite=True,
+                f"{merged.describe() if merged else 'gone'}); the merge was rolled back; retry"
             )
         assert merged is not None
         log.event("merge_committed", group=left.id, source=right.id, version=version)
@@ -262,16 +274,89 @@ class MergeCoordinator:
                 )
         return False
 
-    async def _rollback(self, src: Descriptor, deadline: float) -> None:
-        """Unfreeze the source (safe: no CommitMerge of this prepare can apply)."""
+    async def _give_up(self, src: Descriptor, deadline: float) -> Descriptor | None:
+        """End the merge of ``src`` without committing it: fence the target (so no
+        CommitMerge can apply after that entry), then, unless one applied before it (the
+        target then covers the source: returned), roll the source back. Raises OpError
+        (the source stays frozen, to be resumed) when a step's outcome is unknown."""
         loop = asyncio.get_running_loop()
+        target = src.merging_into
+        until = max(deadline, loop.time() + 3.0)
         try:
-            await self._lead(src.id, max(deadline, loop.time() + 1.0))
+            await self._lead(target, until)
             await self.driver.propose_admin(
-                src.id,
-                cmds.encode(cmds.RollbackMerge(src.epoch)),
-                max(deadline - loop.time(), 2.0),
+                target, cmds.encode(cmds.FenceMerge(src.id)), max(until - loop.time(), 1.0)
             )
-            log.event("merge_rolled_back", group=src.id, target=src.merging_into)
+            t = self.router.get(target) or self.driver.storage.group(target).view.shard
+            if t is not None and t.covers(src.start, src.end):
+                return t
+            await self._lead(src.id, until)
+            await self.driver.propose_admin(
+                src.id, cmds.encode(cmds.RollbackMerge(src.epoch)), max(until - loop.time(), 1.0)
+            )
         except OpError as e:
             log.event("merge_rollback_failed", level=30, group=src.id, error=e.message)
+            raise UnavailableOp(
+                f"merge of shard {src.id} into shard {target} could not be rolled back "
+                f"({e.message}); it stays frozen until resumed",
+                definite=False,
+            ) from e
+        log.event("merge_rolled_back", group=src.id, target=target)
+        return None
+
+    # -- resuming merges whose coordinator went away --------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="merge-watchdog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                await self.resume_stale(asyncio.get_running_loop().time())
+            except Exception as e:  # never let the watchdog end: the next period retries
+                log.event("merge_resume_failed", level=30, error=repr(e))
+
+    async def resume_stale(self, now: float) -> list[int]:
+        """Resume every merge source this node leads that has been frozen for
+        RESUME_AFTER_S with no merge of it running here; returns those it resumed."""
+        frozen = {}
+        for gid, g in list(self.driver.groups.items()):
+            d = self.driver.storage.group(gid).view.shard
+            if d is not None and d.merging_into and g.role == Role.LEADER:
+                frozen[(gid, d.merge_index)] = d
+        self._seen = {k: self._seen.get(k, now) for k in frozen}
+        out = []
+        for key, d in frozen.items():
+            if now - self._seen[key] < RESUME_AFTER_S or {d.id, d.merging_into} & self._busy:
+                continue
+            self._seen.pop(key)
+            out.append(d.id)
+            log.event("merge_resuming", group=d.id, target=d.merging_into)
+            try:
+                await self._resume(d)
+            except OpError as e:
+                log.event("merge_resume_failed", level=20, group=d.id, error=e.message)
+        return out
+
+    async def _resume(self, src: Descriptor) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESUME_TIMEOUT_S
+        target = self.router.get(src.merging_into)
+        if target is None:
+            raise UnavailableOp(f"no replica of shard {src.merging_into} here", definite=True)
+        if target.epoch != src.merge_target_epoch or target.merging_into:
+            # No CommitMerge of this prepare can apply any more.
+            self._busy |= {src.id, target.id}
+            try:
+                await self._give_up(src, deadline)
+            finally:
+                self._busy -= {src.id, target.id}
+            return
+        await self._lead(target.id, deadline)
+        await self.merge(target.id, src.id, deadline - loop.time())

@@ -19,6 +19,7 @@ from kvstore.consensus.types import (
 from kvstore.node.driver import NodeDriver
 from kvstore.node.errors import InvalidOp, OpError, UnavailableOp
 from kvstore.node.members import with_address
+from kvstore.node.merge_coordinator import MergeCoordinator
 from kvstore.node.meta import MetaClient
 from kvstore.node.placement_loop import PlacementLoop
 from kvstore.node.reporter import Reporter
@@ -84,8 +85,10 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
         meta: MetaClient | None = None,
         reporter: Reporter | None = None,
         placement: PlacementLoop | None = None,
+        merger: MergeCoordinator | None = None,
     ) -> None:
         self.placement = placement
+        self._merger = merger
         self.router = router
         self.meta = meta
         self.reporter = reporter

@@ -23,6 +23,7 @@ from kvstore.node import log
 from kvstore.node.autosplit import AutoSplitter
 from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.limits import Limits
+from kvstore.node.merge_coordinator import MergeCoordinator
 from kvstore.node.meta import MetaClient
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.placement_loop import PlacementLoop
@@ -291,6 +292,7 @@ class Node:
         self.placement: PlacementLoop | None = None
         self.reaper: ZombieReaper | None = None
         self.autosplit: AutoSplitter | None = None
+        self.merger: MergeCoordinator | None = None
         if shard_info.sharded:
             self.meta = MetaClient(self.driver, endpoints, shard_info.meta_voters, peer_tls)
             self.reporter = Reporter(self.router, self.meta)
@@ -302,6 +304,7 @@ class Node:
                 down_after=o.down_after,
             )
             self.reaper = ZombieReaper(self.driver, self.meta)
+            self.merger = MergeCoordinator(self.driver, self.router, self.meta, self.reporter)
             reporter = self.reporter
             meta = self.meta
 
@@ -371,6 +374,7 @@ class Node:
                 meta=self.meta,
                 reporter=self.reporter,
                 placement=self.placement,
+                merger=self.merger,
             ),
             server,
         )
@@ -415,6 +419,8 @@ class Node:
             self.reaper.start()
         if self.autosplit is not None:
             self.autosplit.start()
+        if self.merger is not None:
+            self.merger.start()
         log.event(
             "node_started",
             id=o.id,
@@ -469,6 +475,8 @@ class Node:
             await self.reaper.stop()
         if self.autosplit is not None:
             await self.autosplit.stop()
+        if self.merger is not None:
+            await self.merger.stop()
         if self.meta is not None:
             await self.meta.close()
         await self.transport.stop()

@@ -61,6 +61,7 @@ class ShardAdmin:
     router: LocalRouter | None
     meta: MetaClient | None
     reporter: Reporter | None
+    _merger: MergeCoordinator | None
 
     async def _abort(self, context: Any, e: OpError) -> None:
         raise NotImplementedError
@@ -141,10 +142,11 @@ class ShardAdmin:
                 raise InvalidOp(
                     "the cluster is not sharded (start it with --shards)", definite=True
                 )
-            merger = getattr(self, "_merger", None)
-            if merger is None:
-                merger = MergeCoordinator(self.driver, self.router, self.meta, self.reporter)
-                self._merger = merger
+            merger = self._merger
+            if merger is None:  # an admin service built without one (tests)
+                merger = self._merger = MergeCoordinator(
+                    self.driver, self.router, self.meta, self.reporter
+                )
             merged, source = await merger.merge(
                 request.shard, request.source, context.time_remaining() or 30.0
             )

@@ -13,6 +13,8 @@ index in the same way.
                                source (right) group: freeze for a merge into ``target``
     CommitMerge(source)        target (left) group: absorb the prepared source replica
     RollbackMerge(epoch)       source group: unfreeze, version + 1
+    FenceMerge(source)         target group: version + 1, so no CommitMerge prepared
+                               against the old epoch can apply after it
 (kvstore.shard.merging holds the merge rules.)
 """
 
@@ -36,6 +38,7 @@ _KIND_REPORT = 3
 _KIND_PREPARE_MERGE = 4
 _KIND_COMMIT_MERGE = 5
 _KIND_ROLLBACK_MERGE = 6
+_KIND_FENCE_MERGE = 7
 _PREPARE = struct.Struct("<QQQQQ")
 _EPOCH = struct.Struct("<QQ")
 
@@ -86,8 +89,17 @@ class RollbackMerge:
     source_epoch: Epoch
 
 
-MERGE_COMMANDS = (PrepareMerge, CommitMerge, RollbackMerge)
-AdminCommand = Split | AllocIds | Report | PrepareMerge | CommitMerge | RollbackMerge
+@dataclass(frozen=True, slots=True)
+class FenceMerge:
+    """In the target's log, before a RollbackMerge of ``source``: raise the target's
+    version, so no CommitMerge ordered after this entry can apply (result: the new
+    version, 0 when refused)."""
+
+    source: int
+
+
+MERGE_COMMANDS = (PrepareMerge, CommitMerge, RollbackMerge, FenceMerge)
+AdminCommand = Split | AllocIds | Report | PrepareMerge | CommitMerge | RollbackMerge | FenceMerge
 
 
 def is_admin(data: bytes) -> bool:
@@ -113,6 +125,8 @@ def encode(cmd: AdminCommand) -> bytes:
     if isinstance(cmd, RollbackMerge):
         e = cmd.source_epoch
         return _HEAD.pack(ADMIN_MAGIC, _KIND_ROLLBACK_MERGE) + _EPOCH.pack(e.version, e.conf_ver)
+    if isinstance(cmd, FenceMerge):
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_FENCE_MERGE) + _U64.pack(cmd.source)
     parts = [_HEAD.pack(ADMIN_MAGIC, _KIND_REPORT), _U32.pack(len(cmd.shards))]
     parts += [desc.encode(d) for d in cmd.shards]
     return b"".join(parts)
@@ -157,6 +171,10 @@ def decode(data: bytes) -> AdminCommand:
                 raise ValueError("rollback-merge command length")
             v, c = _EPOCH.unpack_from(data, pos)
             return RollbackMerge(Epoch(v, c))
+        if kind == _KIND_FENCE_MERGE:
+            if len(data) != pos + _U64.size:
+                raise ValueError("fence-merge command length")
+            return FenceMerge(_U64.unpack_from(data, pos)[0])
     except struct.error as e:
         raise ValueError(f"malformed admin command: {e}") from e
     raise ValueError(f"unknown admin command kind {kind}")

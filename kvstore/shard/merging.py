@@ -12,7 +12,10 @@ Rules this module keeps:
   offset that puts every later revision above everything either side wrote, so revisions
   never go back for any key.
 - ``rollback`` unfreezes the source and raises its version, so nothing from the first
-  attempt can be mistaken for a later one (TiKV #6460).
+  attempt can be mistaken for a later one (TiKV #6460). It is safe only once no
+  CommitMerge can apply: ``fence`` raises the target's version first (a CommitMerge
+  ordered before the fence has then applied, and the target covers the source; none
+  ordered after it can apply).
 """
 
 from __future__ import annotations
@@ -79,6 +82,13 @@ def commit(target: Descriptor, source: Descriptor, index: int) -> Descriptor:
     # + its offset. The next entry (index + 1) must be above both.
     offset = max(target.revision_offset, source.merge_index + source.revision_offset - index)
     return replace(merged, revision_offset=offset)
+
+
+def fence(target: Descriptor) -> Descriptor:
+    """The target after a FenceMerge: one version up, nothing else changed."""
+    if target.merging_into:
+        raise MergeError(f"shard {target.id} is itself merging into {target.merging_into}")
+    return replace(target, epoch=Epoch(target.epoch.version + 1, target.epoch.conf_ver))
 
 
 def rollback(source: Descriptor) -> Descriptor:

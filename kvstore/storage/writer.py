@@ -211,6 +211,7 @@ class Writer:
             lo, hi = keys.group_prefix(group), keys.group_end(group)
             delete_range(self._txn, self._dbs.log, lo, hi)
             if shard is not None:
+                self._absorb_frozen_sources(group, shard)
                 self._set_shard(group, p, shard)
             GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace(
                 image.kv(), image.sessions()
@@ -225,6 +226,24 @@ class Writer:
         self._set_applied(group, p, meta.index)
         self._store_conf(group, p, meta.conf_state)
         p.last_index, p.last_term, p.tail = meta.index, meta.term, []
+
+    def _absorb_frozen_sources(self, group: int, shard: Descriptor) -> None:
+        """A snapshot of a merge target that covers a local merge source frozen into it
+        (this replica lagged past the CommitMerge): destroy that source in this same
+        transaction (TiKV #7002: never one without the other); the image holds its
+        range's data. Scans the stored descriptors: snapshots are rare."""
+        tag = keys.TAG_SHARD
+        cur = self._txn.cursor(db=self._dbs.meta)
+        found = []
+        for k in cur.iternext(values=False):
+            if len(k) == 9 and k[8:] == tag and not k.startswith(keys.NODE_META_PREFIX):
+                found.append(int.from_bytes(k[:8], "big"))
+        for gid in found:
+            q = self._group(gid)
+            d = q.shard
+            if gid != group and d is not None and d.merging_into == group and d.overlaps(shard):
+                self._destroy_state(gid, q)
+                self.merged.append((group, gid))
 
     def _set_shard(self, group: int, p: _Pending, shard: Descriptor) -> None:
         key = keys.meta_key(group, keys.TAG_SHARD)
@@ -323,6 +342,8 @@ class Writer:
             result = self._apply_commit_merge(group, p, e, cmd)
         elif isinstance(cmd, shard_cmds.RollbackMerge):
             result = self._apply_rollback_merge(group, p, cmd)
+        elif isinstance(cmd, shard_cmds.FenceMerge):
+            result = self._apply_fence_merge(group, p)
         elif group == META_GROUP:
             key = keys.meta_key(group, keys.TAG_META_STATE)
             record = self._txn.get(key, db=self._dbs.meta)
@@ -418,6 +439,16 @@ class Writer:
         self._set_shard(group, p, merged)
         self.merged.append((group, src.id))
         return merged.epoch.version
+
+    def _apply_fence_merge(self, group: int, p: _Pending) -> int:
+        if p.shard is None:
+            return 0
+        try:
+            fenced = shard_merge.fence(p.shard)
+        except SplitError:
+            return 0
+        self._set_shard(group, p, fenced)
+        return fenced.epoch.version
 
     def _apply_rollback_merge(self, group: int, p: _Pending, cmd: shard_cmds.RollbackMerge) -> int:
         d = p.shard

@@ -114,13 +114,14 @@ def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
 
 
 def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
-    """Splits at written keys, leader transfers and moves during traffic, 4 shards x 3
-    replicas."""
+    """Splits at written keys, merges, leader transfers and moves during traffic, 4
+    shards x 3 replicas."""
     code, res = _run(
         tmp_path,
         *("--workload", "register", "--nemesis", "shard", "--shards", "4"),
-        # seed 7 at this interval plans splits, transfers and moves (the schedule is seeded)
-        *("--nemesis-interval", "2"),
+        # seed 9 at this interval plans a split, then merges, transfers and a move (the
+        # schedule is seeded; the split's halves share nodes, so a merge can follow)
+        *("--nemesis-interval", "2", "--seed", "9"),
     )
     assert code == 0, res
     assert res["verdict"] == "valid"
@@ -128,6 +129,7 @@ def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
     events = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     done = " ".join(str(e["value"]) for e in events if e["process"] == NEMESIS)
     assert "new shard" in done and "leader n" in done and "move shard" in done, done
+    assert "merged shard" in done, done
 
 
 def test_short_campaign(tmp_path: Path) -> None:

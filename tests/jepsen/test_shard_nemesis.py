@@ -28,6 +28,7 @@ class FakeAdmin:
         self.fail = fail
         self.splits: list[tuple[int, str | bytes | None]] = []
         self.moves: list[tuple[int, int, int]] = []
+        self.merges: list[tuple[int, int]] = []
 
     async def shards(self) -> list[dict[str, Any]]:
         if self.fail:
@@ -57,6 +58,16 @@ class FakeAdmin:
         row["voters"] = sorted({*row["voters"], to} - {frm})
         self.moves.append((shard, frm, to))
         return {"voters": row["voters"], "learners": []}
+
+    async def merge_shard(self, shard: int) -> dict[str, Any]:
+        i = next(i for i, r in enumerate(self.rows) if r["id"] == shard)
+        left, right = self.rows[i], self.rows[i + 1]
+        assert left["end"] == right["start"] and set(left["voters"]) == set(right["voters"])
+        left["end"] = right["end"]
+        del self.rows[i + 1]
+        self.leaders.pop(right["id"])
+        self.merges.append((shard, right["id"]))
+        return {"merged": left, "source": right["id"]}
 
     async def status(
         self, sizes: bool = False, endpoints: Sequence[str] | None = None
@@ -111,7 +122,26 @@ def test_move_takes_a_replica_to_a_node_without_one() -> None:
     assert all(len(r["voters"]) == 3 for r in admin.rows)
 
 
-@pytest.mark.parametrize("kind", ["shard-split", "shard-transfer-leader", "shard-move"])
+def test_merges_keep_the_map_tiled_and_align_shards_first() -> None:
+    admin = FakeAdmin(["g", "n", "t"])
+    admin.rows[2]["voters"] = [1, 2, 4]  # [n, t) is one move away from its neighbours
+    admin.rows[3]["voters"] = [4, 5, 6]  # [t, +inf) three moves away
+    nem = ShardNemesis(admin, list, random.Random(3))
+    outs = [asyncio.run(nem.act("shard-merge")) for _ in range(5)]
+    assert [r["start"] for r in admin.rows] == ["", "t"], outs
+    assert admin.rows[0]["end"] == "t" and admin.merges and admin.moves, outs
+    assert "no adjacent shards on the same nodes, none one move away" in asyncio.run(
+        nem.act("shard-merge")
+    )
+    starts = [r["start"] for r in admin.rows]
+    for a, b in zip(admin.rows, admin.rows[1:], strict=False):
+        assert a["end"] == b["start"]
+    assert starts == sorted(starts)
+
+
+@pytest.mark.parametrize(
+    "kind", ["shard-split", "shard-transfer-leader", "shard-move", "shard-merge"]
+)
 def test_a_failed_operation_is_reported_not_raised(kind: str) -> None:
     nem = ShardNemesis(FakeAdmin(["n"], fail=True), lambda: ["ar0"], random.Random(1))
     assert "failed" in asyncio.run(nem.act(kind))

@@ -39,3 +39,28 @@ def test_overlap_is_found_in_streamed_and_inline_images(tmp_path: Path) -> None:
             assert snapshot_fits(driver, message(Descriptor(id=7, start=b"m", end=b"z"), streamed))
     finally:
         st.close()
+
+
+def test_a_merge_source_frozen_into_the_snapshots_group_does_not_stop_it(tmp_path: Path) -> None:
+    """A target replica that lagged past its CommitMerge gets the merged snapshot although
+    its local source (frozen into it) overlaps: the install absorbs the source."""
+    st = NodeStorage(str(tmp_path / "db"), map_size=64 << 20)
+    try:
+        frozen = Descriptor(id=5, start=b"m", merging_into=7, merge_index=9)
+        st.group(5).bootstrap({1, 2, 3}, shard=frozen)
+        driver = cast(Any, SimpleNamespace(groups={5: None}, storage=st))
+
+        def message(shard: Descriptor) -> Message:
+            image = write_image(9, [], [], shard=desc.encode(shard))
+            snap = Snapshot(metadata=SnapshotMetadata(index=9, term=1), data=image)
+            return Message(type=MessageType.SNAPSHOT, group=shard.id, from_=2, to=1, snapshot=snap)
+
+        merged = Descriptor(id=7, start=b"a", epoch=desc.Epoch(2, 1))
+        assert snapshot_fits(driver, message(merged))
+        # Not another group's snapshot, nor one no newer than the source.
+        assert not snapshot_fits(
+            driver, message(Descriptor(id=8, start=b"a", epoch=desc.Epoch(2, 1)))
+        )
+        assert not snapshot_fits(driver, message(Descriptor(id=7, start=b"a")))
+    finally:
+        st.close()

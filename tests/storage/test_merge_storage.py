@@ -139,3 +139,50 @@ def test_rollback_needs_a_prepared_merge(st: NodeStorage) -> None:
     _, res = run(st, R, entry(1, cmds.encode(cmds.RollbackMerge(Epoch(1, 1)))))
     assert res == {1: 0}
     assert st.group(R).view.shard == Descriptor(id=R, start=b"m", voters=VOTERS)
+
+
+def test_a_lagging_target_installs_the_merged_snapshot_and_drops_its_frozen_source(
+    st: NodeStorage, tmp_path: object
+) -> None:
+    """A replica whose target lagged past the CommitMerge (and was compacted away) gets a
+    snapshot of the merged shard: the install destroys the local frozen source in the
+    same transaction (TiKV #7002), and the image holds the source's keys."""
+    from kvstore.consensus.types import Snapshot
+
+    lag = NodeStorage(str(tmp_path) + "-lag", map_size=16 << 20, sync=False)
+    try:
+        for s in (st, lag):
+            s.group(L).bootstrap(set(VOTERS), Descriptor(id=L, end=b"m", voters=VOTERS))
+            s.group(R).bootstrap(set(VOTERS), Descriptor(id=R, start=b"m", voters=VOTERS))
+            run(s, R, entry(1, puts((b"pear", b"1", 1))))
+            prepare(s, 2)
+        src = st.group(R).view.shard
+        assert src is not None and lag.group(R).view.shard == src
+        run(st, L, entry(1, cmds.encode(cmds.CommitMerge(src))))
+        run(st, L, entry(2, puts((b"plum", b"2", 2))))
+        snap = st.group(L).snapshot()
+        with lag.write() as w:
+            w.save(L, snapshot=Snapshot(metadata=snap.metadata, data=snap.data))
+            assert w.merged == [(L, R)]
+        assert lag.group(L).view.shard == st.group(L).view.shard
+        assert R not in lag.groups()
+        assert [kv.key for kv in lag.kv(L).scan()] == [b"pear", b"plum"]
+    finally:
+        lag.close()
+
+
+def test_a_fence_makes_every_later_commit_refused_then_rollback_is_safe(
+    st: NodeStorage,
+) -> None:
+    """Two coordinators of one merge: the one giving up fences the target first. A
+    CommitMerge ordered after the fence is refused; the source rolls back."""
+    src = prepare(st, 1)
+    _, res = run(st, L, entry(1, cmds.encode(cmds.FenceMerge(R))))
+    fenced = st.group(L).view.shard
+    assert fenced is not None and res == {1: 2} and fenced.epoch == Epoch(2, 1)
+    assert (fenced.start, fenced.end) == (b"", b"m")  # nothing but the version changed
+    _, res = run(st, L, entry(2, cmds.encode(cmds.CommitMerge(src))))
+    assert res == {2: 0} and R in st.groups()
+    _, res = run(st, R, entry(2, cmds.encode(cmds.RollbackMerge(src.epoch))))
+    assert res == {2: 2}
+    assert cmds.decode(cmds.encode(cmds.FenceMerge(R))) == cmds.FenceMerge(R)

@@ -1,0 +1,126 @@
+"""The merge coordinator's recovery paths with three in-process nodes (real gRPC on
+loopback, real LMDB), two shards on the same nodes: a merge whose coordinator went away
+after the PrepareMerge is finished by the node leading the frozen source (the watchdog),
+and one that can no longer commit (the target changed) is fenced and rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kvstore.consensus.types import Role
+from kvstore.node import merge_coordinator as mc
+from kvstore.server.process import Node, ServeOptions
+from kvstore.shard import commands as cmds
+from kvstore.shard.descriptor import Descriptor
+
+from .test_inprocess import _ports
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _cluster(tmp_path: Path) -> list[Node]:
+    ports = _ports(3)
+    peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    nodes = [
+        Node(
+            ServeOptions(
+                id=i,
+                listen=peers[i],
+                peers=peers,
+                data_dir=str(tmp_path / f"n{i}"),
+                tick_ms=50,
+                shards=2,
+                split_keys=(b"m",),
+            )
+        )
+        for i in peers
+    ]
+    for n in nodes:
+        await n.start()
+    return nodes
+
+
+async def _leader(nodes: list[Node], group: int) -> Node:
+    for _ in range(400):
+        for n in nodes:
+            g = n.driver.groups.get(group)
+            if g is not None and g.role == Role.LEADER:
+                return n
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no leader of group {group}")
+
+
+def _shard(n: Node, group: int) -> Descriptor | None:
+    return n.driver.storage.group(group).view.shard
+
+
+async def _prepare(nodes: list[Node]) -> tuple[Node, Descriptor]:
+    """A PrepareMerge of shard 2 into shard 1, as a coordinator that then died left it."""
+    src_leader = await _leader(nodes, 2)
+    tgt = _shard(src_leader, 1)
+    src = _shard(src_leader, 2)
+    assert tgt is not None and src is not None
+    data = cmds.encode(cmds.PrepareMerge(1, src.epoch, tgt.epoch))
+    assert await src_leader.driver.propose_admin(2, data, 5.0) > 0
+    frozen = _shard(src_leader, 2)
+    assert frozen is not None and frozen.merging_into == 1
+    return src_leader, frozen
+
+
+async def _resume(n: Node) -> list[int]:
+    merger = n.merger
+    assert merger is not None
+    now = asyncio.get_running_loop().time()
+    assert await merger.resume_stale(now) == []  # first seen frozen now
+    return await merger.resume_stale(now + mc.RESUME_AFTER_S)
+
+
+def test_the_source_leader_finishes_an_orphaned_merge(tmp_path: Path) -> None:
+    async def main() -> None:
+        nodes = await _cluster(tmp_path)
+        try:
+            leader, _ = await _prepare(nodes)
+            assert await _resume(leader) == [2]
+            for _ in range(200):  # every replica applies the CommitMerge
+                if all(2 not in n.driver.groups for n in nodes):
+                    break
+                await asyncio.sleep(0.05)
+            for n in nodes:
+                merged = _shard(n, 1)
+                assert 2 not in n.driver.groups and merged is not None
+                assert (merged.start, merged.end) == (b"", b"")
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(main())
+
+
+def test_a_merge_that_can_no_longer_commit_is_fenced_and_rolled_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        nodes = await _cluster(tmp_path)
+        try:
+            leader, frozen = await _prepare(nodes)
+            # The target changes after the prepare (here: another coordinator's fence).
+            tgt_leader = await _leader(nodes, 1)
+            fence = cmds.encode(cmds.FenceMerge(2))
+            assert await tgt_leader.driver.propose_admin(1, fence, 5.0) > 0
+            for _ in range(200):
+                t = _shard(leader, 1)
+                if t is not None and t.epoch != frozen.merge_target_epoch:
+                    break
+                await asyncio.sleep(0.05)
+            assert await _resume(leader) == [2]
+            back = _shard(await _leader(nodes, 2), 2)
+            assert back is not None and back.merging_into == 0
+            assert back.epoch.version == frozen.epoch.version + 1
+            t = _shard(leader, 1)
+            assert t is not None and t.end == b"m"  # not merged
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(main())
