@@ -472,10 +472,12 @@ class VmDeployment(Deployment):
             extra.append("--no-build")
         self._vm_sh("down", timeout=300, check=False)
         self.up = True
+        # Emulated guests on a loaded host: boots of 6-7 minutes and slow container starts
+        # were seen here, so the leader wait is long (vm.sh up fails fast on anything else).
         self._vm_sh(
             *("up", "--vms", str(len(self.hosts)), "--memory", "512", "--cpus", "1"),
-            *extra,
-            timeout=2400,
+            *("--timeout", "3000", *extra),
+            timeout=3600,
         )
         self.faults = BridgeFaults(self.hosts, self.ips, "KVS-VMS-FAULTS")
         self.faults.install()
