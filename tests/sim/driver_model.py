@@ -14,7 +14,9 @@ scheduled action, and leaves every Ready decision to ``ReplicaLoop``:
   ``ready()`` and ``advance()`` (``_step_while``), before or after the writer commits
   (the driver does this for Raft only; modelled for Paxos too, a superset);
 - COMMIT: the writer's transaction lands atomically: snapshot, entries, hard state, the
-  committed entries applied, the membership, a compaction;
+  committed entries applied, the membership, a compaction; the writes it applies are
+  answered from its results while it commits (``answer_applied``), and a crash right
+  after those answers loses the transaction;
 - FINISH: ``finish`` (send the rest, answer clients: a write is acknowledged when its
   entry applied with its proposal's term, a read with the applied index once it reached
   the read index), then ``advance``;
@@ -221,10 +223,22 @@ class DriverSim:
             self.crash(node, "after early send, before the persist landed")
 
     def commit(self, node: DNode) -> None:
-        """The writer's transaction: ``persist_plans`` for this node, atomically."""
-        f = node.flight
-        assert f is not None and not f.committed
+        """The writer's transaction: ``persist_plans`` for this node, atomically. The
+        writes of its committed entries are answered from its apply results while it
+        commits (``ReplicaLoop.answer_applied``); a crash then loses the transaction, not
+        the answers."""
+        f, loop = node.flight, node.loop
+        assert f is not None and not f.committed and loop is not None
+        if node.crash_in == "staged" and f.rd.committed:
+            acked = self.stats["acked"]
+            loop.answer_applied(f.batch, self.twin.results(f.batch.plans))
+            self.stats["acked_then_txn_lost"] += self.stats["acked"] - acked
+            self.stats["crash_after_early_answers"] += 1
+            self.crash(node, "answered from the staged transaction, before its commit")
+            return
         f.results = self.twin.persist(node, f.batch.plans)
+        if f.results:
+            loop.answer_applied(f.batch, f.results)
         if self.rng.random() < self.opts.snapshot_prob:
             self._compact(node, self.rng.choice((0, 0, 2, 5)))
         f.committed = True
@@ -244,9 +258,10 @@ class DriverSim:
         """The driver answers this client now: the entry must already be durable on a
         majority (of the membership before or after this Ready's conf changes)."""
         f = node.flight
-        assert f is not None, "a write answered outside finish()"
+        assert f is not None, "a write answered outside its batch"
         e = next(c for c in f.rd.committed if c.index == index)
         configs = [f.prior_conf, node.sm.conf_state]
+        configs += [p.conf_state for p in f.batch.plans if p.conf_state is not None]
         if not any(self._durable_on_quorum(e, cs) for cs in configs):
             holders = sorted(n.id for n in self.nodes.values() if self._holds(n, e))
             raise SafetyViolation(
@@ -336,7 +351,7 @@ class DriverSim:
         if up and rng.random() < o.crash_prob:
             leaders = [n for n in up if n.role == Role.LEADER]
             victim = rng.choice(leaders if leaders and rng.random() < 0.5 else up)
-            how = rng.choice(("now", "early", "early", "early", "committed"))
+            how = rng.choice(("now", "early", "early", "early", "staged", "committed"))
             if how == "now":
                 self.crash(victim, "kill -9")
             else:

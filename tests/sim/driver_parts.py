@@ -51,7 +51,8 @@ class DNode:
     flight: InFlight | None = None
     crash_in: str = ""
     """Crash at this point of the next Ready: 'early' (after the early sends, before the
-    commit), 'committed' (after the commit, before the sends)."""
+    commit), 'staged' (after the answers from the staged transaction, before its commit:
+    the transaction is lost), 'committed' (after the commit, before the sends)."""
     in_begin: bool = False
     """``ReplicaLoop.begin`` is running: what it sends is the early send."""
 

@@ -1,7 +1,8 @@
 """The real driver's Ready protocol (early leader sends, steps between ready() and advance(),
-conf changes applied before the persist, apply in the persist's transaction, crashes at any
-point) over the real Raft and Multi-Paxos cores: seeded schedules, every safety checker,
-and no lost acknowledged write (tests/sim/driver_model.py says what is modelled). The
+conf changes applied before the persist, apply in the persist's transaction, writes
+answered from the transaction before its commit, crashes at any point) over the real Raft
+and Multi-Paxos cores: seeded schedules, every safety checker, and no lost acknowledged
+write (tests/sim/driver_model.py says what is modelled). The
 Paxos leader's early ACCEPTs (issue 10) were enabled in the node after these passed.
 
 Replay one seed: pytest tests/sim/test_driver_interleaving.py -k 'schedules and raft'
@@ -55,7 +56,9 @@ def test_driver_interleaving_schedules(kind: str, sim_args: SimArgs) -> None:
         f"\n{kind} driver interleaving: {n} schedules of {STEPS} steps, {totals['delivered']} "
         f"messages ({totals['stepped_in_flight']} stepped between ready and advance), "
         f"{totals['early_sends']} early sends, {totals['crashes']} crashes "
-        f"({totals['crash_lost_txn']} lost an in-flight transaction), {totals['acked']} "
+        f"({totals['crash_lost_txn']} lost an in-flight transaction, "
+        f"{totals['crash_after_early_answers']} after answering from it, "
+        f"{totals['acked_then_txn_lost']} writes acknowledged so), {totals['acked']} "
         f"writes acknowledged, {totals['in_flight_entries_replaced']} in-flight Readies whose "
         f"entries a step replaced, {time.process_time() - t0:.1f}s CPU"
     )
@@ -65,6 +68,8 @@ def test_driver_interleaving_schedules(kind: str, sim_args: SimArgs) -> None:
             "stepped_in_flight",
             "early_sends",
             "crash_lost_txn",
+            "crash_after_early_answers",
+            "acked_then_txn_lost",
             "acked",
             "installs",
             "snapshots",

@@ -128,7 +128,6 @@ class Twin:
         """One transaction for ``plans``; returns each group's apply results (one per
         command of an entry that holds a command batch, as the LMDB apply answers)."""
         st = node.storage
-        results: dict[int, list[ApplyResult]] = {}
         for p in plans:
             rd = p.rd
             if rd.snapshot is not None and not rd.snapshot.is_empty():
@@ -142,14 +141,20 @@ class Twin:
                 st.set_hard_state(rd.hard_state)
                 self.checker.on_hard_state(node.id, rd.hard_state)
             durable_commit = max(st.hard_state.commit, st.snapshot().metadata.index)
-            out: list[ApplyResult] = []
             for e in rd.committed:
                 self.apply(node, e, durable_commit)
-                out += _answers(e)
-            if out:
-                results[p.group] = out
             if p.conf_state is not None:
                 node.sm.conf_state = p.conf_state
+        return self.results(plans)
+
+    @staticmethod
+    def results(plans: list[Plan]) -> dict[int, list[ApplyResult]]:
+        """The apply results of ``plans``' transaction (staged or committed)."""
+        results: dict[int, list[ApplyResult]] = {}
+        for p in plans:
+            out = [r for e in p.rd.committed for r in _answers(e)]
+            if out:
+                results[p.group] = out
         return results
 
     def apply(self, node: TwinNode, e: Entry, durable_commit: int) -> None:
