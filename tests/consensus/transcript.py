@@ -416,6 +416,19 @@ def cmd_restart(h: Harness, args: list[str], out: list[str]) -> None:
     out.append(f"restarted {st.id}: {fmt_status(st.core)}")
 
 
+def cmd_wipe(h: Harness, args: list[str], out: list[str]) -> None:
+    """wipe ID voters=(1,2,3): the node lost its disk and restarts as on its first start
+    (bootstrapped from the same peer list: empty log, term 0, no vote)."""
+    pos, kw = kwargs(args)
+    st = h.nodes[int(pos[0])]
+    st.storage = HarnessStorage(parse_ids(kw["voters"]), parse_ids(kw.get("learners", "()")))
+    st.applied = []
+    st.config.applied = 0
+    st.config.rng = random.Random(st.id * 7919)
+    st.core = h.factory(st.config, st.storage)
+    out.append(f"wiped {st.id}: {fmt_status(st.core)}")
+
+
 def fmt_status(core: Core) -> str:
     s = core.status()
     return (
@@ -540,6 +553,7 @@ COMMANDS: dict[str, Command] = {
     "heal": cmd_heal,
     "crash": cmd_crash,
     "restart": cmd_restart,
+    "wipe": cmd_wipe,
     "status": cmd_status,
     "raft-state": cmd_raft_state,
     "log": cmd_log,

@@ -92,6 +92,13 @@ def handle_append_resp(r: Raft, m: Message, pr: Progress) -> None:
 
 
 def handle_heartbeat_resp(r: Raft, m: Message, pr: Progress) -> None:
+    if m.reject and m.reject_hint < pr.match:
+        # The follower's log ends before entries it acknowledged (raft.py,
+        # _handle_heartbeat): replicate from where it really ends. Lowering match is
+        # always safe (the commit index never goes back); keeping it would leave the
+        # follower empty for good.
+        r.drop("follower_lost_log")
+        pr.lost_log(m.reject_hint)
     pr.heartbeat_resp()
     if pr.match < r.log.last_index():
         if pr.state is ProgressState.REPLICATE and pr.inflights.full():

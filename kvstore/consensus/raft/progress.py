@@ -191,6 +191,15 @@ class Progress:
         self._fire(ProgressEvent.REJECT)
         return True
 
+    def lost_log(self, last: int) -> None:
+        """The follower's log ends at ``last``, below ``match``: it lost acknowledged
+        entries. Probe from there (a snapshot in flight goes on: it brings them back)."""
+        self.match = last
+        if self.state is not ProgressState.SNAPSHOT:
+            self._fire(ProgressEvent.REJECT)
+            self.next = last + 1
+            self.probe_sent = False
+
     def need_snapshot(self, index: int) -> None:
         self.pending_snapshot = index
         self._fire(ProgressEvent.NEED_SNAPSHOT)

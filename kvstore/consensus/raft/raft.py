@@ -461,10 +461,16 @@ class Raft:
         )
 
     def _handle_heartbeat(self, m: Message) -> None:
-        if m.commit > self.log.last_index():
+        last = self.log.last_index()
+        if m.commit > last:
+            # A leader sends a commit index up to what we acknowledged, and acknowledged
+            # entries never leave our log: we lost them (a wiped disk, or one restored
+            # from an older copy). Say where our log ends; the leader believes we hold
+            # up to that commit and would otherwise never send us anything below it.
             self.drop("commit_past_log")
-        else:
-            self.log.commit_to(m.commit)
+            self._send(MT.HEARTBEAT_RESP, m.from_, context=m.context, reject=True, reject_hint=last)
+            return
+        self.log.commit_to(m.commit)
         self._send(MT.HEARTBEAT_RESP, m.from_, context=m.context)
 
     def _handle_snapshot(self, m: Message) -> None:
