@@ -252,10 +252,20 @@ class AsyncClient:
         self._live_seqs[seq] = None
         return seq
 
-    def reissue_seq(self, op: kv_pb2.Op) -> None:
-        """A fresh seq for a write no attempt can have applied (see _execute_unrouted)."""
-        self._live_seqs.pop(seq_of(op), None)
-        renumber(op, self._issue_seq())
+    async def reissue_seq(self, op: kv_pb2.Op, deadline: float) -> bool:
+        """A fresh seq for a write no attempt can have applied (see _execute_unrouted),
+        taken in the window like a new write's: callers that retry through an election
+        would otherwise hand out seqs without bound while an older write that may have
+        applied waits for its answer, and that write's retry fell out of the node's
+        session window ("may have applied before"). False: ``deadline`` passed first."""
+        await self._release_seq(op)
+        try:
+            await asyncio.wait_for(
+                self._take_seq(op), max(0.0, deadline - asyncio.get_running_loop().time())
+            )
+        except TimeoutError:
+            return False
+        return True
 
     async def _release_seq(self, op: kv_pb2.Op) -> None:
         self._live_seqs.pop(seq_of(op), None)
@@ -313,11 +323,11 @@ class AsyncClient:
             if attempt:
                 if attempt == 1:
                     self.retries.requests += 1
-                if write and not maybe_applied:
+                if write and not maybe_applied and not await self.reissue_seq(op, deadline):
                     # No attempt can have applied, so a fresh seq is as safe as the old
                     # one, and it cannot have fallen out of the session window while
                     # this op waited (the other callers' writes move the window on).
-                    self.reissue_seq(op)
+                    break
             # How long the node may take: a read gets one attempt; a write, which the
             # node proposes and must commit, gets more (a slow node that is answering
             # would otherwise see each retry re-proposed and time out again).

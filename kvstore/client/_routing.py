@@ -219,9 +219,10 @@ class ShardRouter:
             if read is not None:
                 read.causal_token = self.tokens.get(d.id, 0)
             endpoint = self._pick(d, anywhere, turn)
-            if attempt and write and not maybe_applied:
-                # Every attempt certainly failed: a fresh seq is as safe (see _async.py).
-                c.reissue_seq(op)
+            if attempt and write and not maybe_applied and not await c.reissue_seq(op, deadline):
+                # Every attempt certainly failed: a fresh seq is as safe (see _async.py);
+                # none came before the deadline.
+                break
             budget = min(deadline - loop.time(), c.attempt_timeout)
             op.timeout_ms = max(1, int(budget * 1000))
             stream = c._stream(endpoint)
