@@ -114,6 +114,9 @@ class Raft:
         self.uncommitted_size = 0
         self.read_only = ReadOnly()
         self.pending_reads: list[tuple[int, bytes]] = []
+        self.lost_through = 0
+        """A leader's heartbeat showed we lost acknowledged entries up to here (see
+        _handle_heartbeat): no vote until our log holds them again."""
         self._step: Callable[[Message], None] = self._step_follower
 
         hs, cs = storage.initial_state()
@@ -382,7 +385,12 @@ class Raft:
             or (self.vote == NONE and self.lead == NONE)
             or (m.type is MT.PRE_VOTE and m.term > self.term)
         )
-        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+        if self.log.last_index() < self.lost_through:
+            # Entries we acknowledged may exist nowhere else but on the leader: a vote
+            # now could elect a node that lacks them. Wait until we hold them again.
+            self.drop("vote_lost_log")
+            self._send(resp, m.from_, reject=True)
+        elif can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(resp, m.from_, term=m.term)
             if m.type is MT.VOTE:
                 self.election_elapsed = 0
@@ -468,6 +476,7 @@ class Raft:
             # from an older copy). Say where our log ends; the leader believes we hold
             # up to that commit and would otherwise never send us anything below it.
             self.drop("commit_past_log")
+            self.lost_through = max(self.lost_through, m.commit)
             self._send(MT.HEARTBEAT_RESP, m.from_, context=m.context, reject=True, reject_hint=last)
             return
         self.log.commit_to(m.commit)
