@@ -27,6 +27,7 @@ from kvstore.statemachine import (
     decode_batch,
     decode_entry,
     encode_batch,
+    entry_stamp,
 )
 from kvstore.statemachine.commands import Batch
 from kvstore.statemachine.records import decode_kv, decode_result, encode_kv, encode_result
@@ -60,9 +61,10 @@ stored_results = st.builds(
 
 # -- codec ------------------------------------------------------------------------
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
-@given(st.lists(commands(), max_size=8), U64)
-def test_batch_roundtrip(batch: list[Command], time_ms: int) -> None:
-    assert decode_entry(encode_batch(batch, time_ms)) == Batch(batch, time_ms)
+@given(st.lists(commands(), max_size=8), U64, U64)
+def test_batch_roundtrip(batch: list[Command], time_ms: int, stamp: int) -> None:
+    assert decode_entry(encode_batch(batch, time_ms, stamp)) == Batch(batch, time_ms, stamp)
+    assert entry_stamp(encode_batch(batch, time_ms, stamp)) == stamp
     assert decode_batch(encode_batch(batch)) == batch
 
 
@@ -79,6 +81,14 @@ def test_version_1_batches_still_decode() -> None:
     assert decode_entry(v1) == Batch([Put(b"k", b"v", 7, 3), Delete(b"d")], 0)
 
 
+def test_version_2_batches_still_decode_unstamped() -> None:
+    # Logs written before hybrid clock stamps: the version 3 layout without the stamp.
+    v3 = encode_batch([Put(b"k", b"v", 7, 3, 9)], 1234, 5678)
+    v2 = b"\x02" + v3[1:13] + v3[21:]
+    assert decode_entry(v2) == Batch([Put(b"k", b"v", 7, 3, 9)], 1234, 0)
+    assert entry_stamp(v2) == 0
+
+
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
 @given(st.binary(max_size=64))
 def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
@@ -86,8 +96,9 @@ def test_junk_raises_only_batch_decode_error(junk: bytes) -> None:
         batch = decode_batch(junk)
     except BatchDecodeError:
         return
-    if junk[0] == 2:
-        assert encode_batch(batch, decode_entry(junk).time_ms) == junk, "canonical form"
+    if junk[0] == 3:
+        e = decode_entry(junk)
+        assert encode_batch(batch, e.time_ms, e.stamp) == junk, "canonical form"
 
 
 @settings(deadline=None)  # a loaded CI machine must not fail a correct example
@@ -108,7 +119,7 @@ def test_huge_count_is_rejected_before_looping() -> None:
 
 def test_unknown_version_is_rejected() -> None:
     with pytest.raises(BatchDecodeError, match="version"):
-        decode_batch(b"\x03" + encode_batch([])[1:])
+        decode_batch(b"\x04" + encode_batch([])[1:])
     with pytest.raises(BatchDecodeError, match="version"):
         decode_batch(b"")
 

@@ -134,6 +134,7 @@ class ResponseHeader(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
     SHARD_VERSION_FIELD_NUMBER: _builtins.int
+    CAUSAL_TIME_FIELD_NUMBER: _builtins.int
     group: _builtins.int
     """The shard (consensus group) that answered."""
     node_id: _builtins.int
@@ -146,6 +147,10 @@ class ResponseHeader(_message.Message):
     leader_id: _builtins.int
     shard_version: _builtins.int
     """Sharded clusters: the shard's version (0 on an unsharded node)."""
+    causal_time: _builtins.int
+    """The causal token of this answer: the group's applied time (a hybrid logical clock
+    time) the answer reflects; a write's is at or above the time of its entry.
+    """
     def __init__(
         self,
         *,
@@ -155,10 +160,11 @@ class ResponseHeader(_message.Message):
         index: _builtins.int = ...,
         leader_id: _builtins.int = ...,
         shard_version: _builtins.int = ...,
+        causal_time: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "index", b"index", "leader_id", b"leader_id", "node_id", b"node_id", "shard_version", b"shard_version", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal_time", b"causal_time", "group", b"group", "index", b"index", "leader_id", b"leader_id", "node_id", b"node_id", "shard_version", b"shard_version", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +551,7 @@ class Op(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     SHARD_FIELD_NUMBER: _builtins.int
     SHARD_VERSION_FIELD_NUMBER: _builtins.int
+    CAUSAL_TIME_FIELD_NUMBER: _builtins.int
     PUT_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
@@ -558,6 +565,11 @@ class Op(_message.Message):
     routes by key). A mismatch is answered with Error.stale_route.
     """
     shard_version: _builtins.int
+    causal_time: _builtins.int
+    """Causal token (a hybrid logical clock time, docs/sharding.md): a causal read is
+    served once the replica's applied time reaches it; a write is stamped above it.
+    0 = none. When set it replaces the index token of GetRequest/ScanRequest.
+    """
     @_builtins.property
     def put(self) -> Global___PutRequest: ...
     @_builtins.property
@@ -575,6 +587,7 @@ class Op(_message.Message):
         timeout_ms: _builtins.int = ...,
         shard: _builtins.int = ...,
         shard_version: _builtins.int = ...,
+        causal_time: _builtins.int = ...,
         put: Global___PutRequest | None = ...,
         get: Global___GetRequest | None = ...,
         delete: Global___DeleteRequest | None = ...,
@@ -583,7 +596,7 @@ class Op(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "id", b"id", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "causal_time", b"causal_time", "delete", b"delete", "get", b"get", "id", b"id", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015

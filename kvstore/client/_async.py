@@ -11,13 +11,12 @@ Rules:
   taken effect, so a retry that reaches a state machine which already applied it returns
   the original answer (exactly-once). Until then (every attempt certainly failed) a retry
   takes a fresh seq, which the session window cannot have passed by. Seqs are handed
-  out in a window (WRITE_WINDOW, half the session window): a new write waits while it
-  would be that far past the oldest write in flight, so no seq in use can fall out of the
-  session window however many writes one client has going.
-  The incarnation is drawn afresh for every client object: a restarted process that
-  reuses its client_id starts a new session and never gets an old process's answers.
+  out in a window (_session.py). The incarnation is drawn afresh for every client
+  object: a restarted process that reuses its client_id starts a new session and never
+  gets an old process's answers.
 - An error is ``definite`` only if no attempt may have taken effect.
 - Concurrent calls share one Batch stream per endpoint (see _stream.py).
+- Every answer's causal token is kept; writes and causal reads carry it (_session.py).
 """
 
 from __future__ import annotations
@@ -33,11 +32,13 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
-from kvstore.client._attempts import RetryStats, Watch, renumber, seq_of
+from kvstore.client._attempts import RetryStats, Watch
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._limits import check_sizes
+from kvstore.client._members import member_change, status_dict, transfer_leader
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
-from kvstore.client._shards import merge_shard, shard_dict, shard_list, split_shard
+from kvstore.client._session import Session, read_mode
+from kvstore.client._shards import merge_shard, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
 from kvstore.client.errors import (
     DeadlineExceeded,
@@ -51,10 +52,6 @@ from kvstore.security.tls import PathOrPem, client_tls, open_channel
 ATTEMPT_FRACTION = 0.2
 MIN_ATTEMPT_S = 0.25
 MAX_ATTEMPT_S = 1.0
-WRITE_WINDOW = 512
-"""Writes one client has in flight at most: half the node's session window
-(kvstore.statemachine.apply.SESSION_WINDOW, 1024), so a write's seq is always one the
-session still remembers or can take."""
 """One attempt gets ATTEMPT_FRACTION of the call's timeout, within these bounds (about one
 election timeout at the default timing), so a paused node costs one attempt, not the call."""
 WRITE_ATTEMPTS = 2.0
@@ -75,11 +72,6 @@ _RETRYABLE = {
 _REASONS = {
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: "node deadline",
     grpc.StatusCode.ABORTED.value[0]: "node aborted",
-}
-_READ_MODES = {
-    "strong": kv_pb2.READ_MODE_STRONG,
-    "eventual": kv_pb2.READ_MODE_EVENTUAL,
-    "causal": kv_pb2.READ_MODE_CAUSAL,
 }
 
 
@@ -128,9 +120,8 @@ class AsyncClient:
         )
         self.client_id = client_id or random.SystemRandom().randrange(1, 1 << 64)
         self.incarnation = random.SystemRandom().randrange(1, 1 << 64)
-        self._next_seq = 1
-        self._live_seqs: dict[int, None] = {}  # seqs in flight, oldest first
-        self._seq_window: asyncio.Condition | None = None
+        self._session = Session()
+        """Write seqs and the causal token (_session.py)."""
         self._streams: dict[str, BatchStream] = {}
         self._leader: str | None = None
         self._health = Endpoints(self.endpoints, tls=self.tls)
@@ -140,12 +131,20 @@ class AsyncClient:
         self._replica: str = self._home or random.choice(self.endpoints)
         """Where non-strong reads go: one replica per client, kept until it fails, so its
         ops share one stream and pack into big batches."""
-        self.causal_token = 0
-        """The highest log index this client has written or observed (causal reads)."""
         self.retries = RetryStats()
         """What this client retried and why (``kvstore bench`` reports it)."""
         self._router = ShardRouter(self)
         """Shard routing on a sharded cluster (the map is fetched at the first call)."""
+
+    @property
+    def causal_token(self) -> int:
+        """The causal token: the highest hybrid clock time this client has written or
+        observed, on any shard (_session.py)."""
+        return self._session.token
+
+    @causal_token.setter
+    def causal_token(self, t: int) -> None:
+        self._session.token = t
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -227,54 +226,20 @@ class AsyncClient:
             # silent while the other callers' writes went on, carried a seq the session
             # window (SESSION_WINDOW applied seqs) had passed, and was refused as "may
             # have applied" until its deadline.
-            await self._take_seq(op)
+            await self._session.take_seq(op)
             try:
                 return await self._execute_op(op, write=write, anywhere=anywhere)
             finally:
-                await self._release_seq(op)
+                await self._session.release_seq(op)
         return await self._execute_op(op, write=write, anywhere=anywhere)
 
-    async def _take_seq(self, op: kv_pb2.Op) -> None:
-        if self._seq_window is None:
-            self._seq_window = asyncio.Condition()
-        async with self._seq_window:
-            await self._seq_window.wait_for(
-                lambda: (
-                    not self._live_seqs
-                    or self._next_seq - next(iter(self._live_seqs)) < WRITE_WINDOW
-                )
-            )
-            renumber(op, self._issue_seq())
-
-    def _issue_seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        self._live_seqs[seq] = None
-        return seq
-
     async def reissue_seq(self, op: kv_pb2.Op, deadline: float) -> bool:
-        """A fresh seq for a write no attempt can have applied (see _execute_unrouted),
-        taken in the window like a new write's: callers that retry through an election
-        would otherwise hand out seqs without bound while an older write that may have
-        applied waits for its answer, and that write's retry fell out of the node's
-        session window ("may have applied before"). False: ``deadline`` passed first."""
-        await self._release_seq(op)
-        try:
-            await asyncio.wait_for(
-                self._take_seq(op), max(0.0, deadline - asyncio.get_running_loop().time())
-            )
-        except TimeoutError:
-            return False
-        return True
-
-    async def _release_seq(self, op: kv_pb2.Op) -> None:
-        self._live_seqs.pop(seq_of(op), None)
-        assert self._seq_window is not None
-        async with self._seq_window:
-            self._seq_window.notify_all()
+        """A fresh seq for a write no attempt can have applied (_session.py)."""
+        return await self._session.reissue_seq(op, deadline)
 
     async def _execute_op(self, op: kv_pb2.Op, *, write: bool, anywhere: bool) -> kv_pb2.OpResult:
         sub = getattr(op, op.WhichOneof("request") or "get")
+        self._session.carry(op, write=write)
         if not await self._sharded():
             try:
                 return await self._execute_unrouted(op, write=write, anywhere=anywhere)
@@ -411,8 +376,7 @@ class AsyncClient:
         )
 
     def _observe(self, hdr: kv_pb2.ResponseHeader) -> None:
-        if hdr.index > self.causal_token:
-            self.causal_token = hdr.index
+        self._session.observe(hdr)
         self._router.observe(hdr)
 
     # -- the KV API -------------------------------------------------------------------
@@ -439,9 +403,7 @@ class AsyncClient:
         """Like get, with the key's metadata (version, create/mod revision)."""
         mode = _mode(read_mode)
         check_sizes(_b(key))
-        op = kv_pb2.Op(
-            get=kv_pb2.GetRequest(key=_b(key), read_mode=mode, causal_token=self.causal_token)
-        )
+        op = kv_pb2.Op(get=kv_pb2.GetRequest(key=_b(key), read_mode=mode))
         r = (await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)).get
         self._observe(r.header)
         return r.kv if r.HasField("kv") else None
@@ -504,7 +466,6 @@ class AsyncClient:
                     end=_b(end),
                     limit=cap - len(out),
                     read_mode=mode,
-                    causal_token=self.causal_token,
                 )
             )
             try:
@@ -554,46 +515,12 @@ class AsyncClient:
 
     async def transfer_leader(self, to: int, group: int = 1) -> int:
         """Move leadership of ``group`` to node ``to``; returns the new leader id."""
-        leader = None
-        for st in await self.status():
-            for g in st.get("groups", []):
-                if g["group"] == group and g["role"] == "leader":
-                    leader = st["endpoint"]
-        if leader is None:
-            raise Unavailable("no leader found to transfer from", definite=True)
-        try:
-            r = await self._admin_call(
-                leader,
-                "TransferLeadership",
-                admin_pb2.TransferLeadershipRequest(group=group, to=to),
-                self.timeout,
-            )
-        except grpc.aio.AioRpcError as e:
-            raise from_code(e.code().value[0], e.details() or "", definite=False) from e
-        return int(r.leader_id)
+        return await transfer_leader(self, to, group)
 
     async def _member_change(
         self, method: str, node_id: int, endpoint: str = "", old_id: int = 0
     ) -> dict[str, Any]:
-        """Send the change to every node: each learns the endpoint (``endpoint`` given);
-        the leader also proposes the change and answers with the new membership."""
-        req = admin_pb2.MemberRequest(group=1, node_id=node_id, endpoint=endpoint, old_id=old_id)
-
-        async def one(ep: str) -> Any:
-            try:
-                return await self._admin_call(ep, method, req, self.timeout)
-            except grpc.aio.AioRpcError as e:
-                return e
-
-        answers = await asyncio.gather(*(one(ep) for ep in self.endpoints))
-        for a in answers:
-            if isinstance(a, admin_pb2.MemberResponse):
-                return {"voters": list(a.voters), "learners": list(a.learners), "index": a.index}
-        errors = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
-        not_leader = grpc.StatusCode.FAILED_PRECONDITION
-        real = [e for e in errors if e.code() != not_leader] or errors
-        e = real[0]
-        raise from_code(e.code().value[0], e.details() or "", definite=False)
+        return await member_change(self, method, node_id, endpoint, old_id)
 
     async def add_learner(self, node_id: int, endpoint: str) -> dict[str, Any]:
         """Add node ``node_id`` (started with ``serve --join``) as a learner."""
@@ -644,61 +571,4 @@ class _ShardedCluster(Exception):
         self.maybe_applied = maybe_applied
 
 
-def status_dict(endpoint: str, st: admin_pb2.StatusResponse) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "reachable": True,
-        "id": st.node_id,
-        "listen": st.endpoint,
-        "cluster_id": st.cluster_id,
-        "consensus": st.consensus,
-        "groups": [
-            {
-                "group": g.group,
-                "role": g.role,
-                "term": g.term,
-                "leader": g.leader_id,
-                "leader_endpoint": g.leader_endpoint,
-                "commit": g.commit,
-                "applied": g.applied,
-                "last_index": g.last_index,
-                "first_index": g.first_index,
-                "voters": list(g.voters),
-                "learners": list(g.learners),
-                "shard": shard_dict(g.shard) if g.HasField("shard") else None,
-                "keys": g.keys,
-                "bytes": g.bytes,
-                "progress": [
-                    {
-                        "id": p.id,
-                        "match": p.match,
-                        "next": p.next,
-                        "state": p.state,
-                        "inflight": p.inflight,
-                        "learner": p.learner,
-                    }
-                    for p in g.progress
-                ],
-            }
-            for g in st.groups
-        ],
-        "peers": [
-            {
-                "id": p.id,
-                "endpoint": p.endpoint,
-                "connected": p.connected,
-                "phi": round(p.phi, 2),
-                "state": p.state,
-            }
-            for p in st.peers
-        ],
-    }
-
-
-def _mode(read_mode: str) -> kv_pb2.ReadMode.ValueType:
-    try:
-        return _READ_MODES[read_mode]
-    except KeyError:
-        raise ValueError(
-            f"read_mode must be one of {', '.join(_READ_MODES)}, got {read_mode!r}"
-        ) from None
+_mode = read_mode

@@ -1,4 +1,4 @@
-"""Client-side shard routing: the cached shard map, per-shard leaders and causal tokens.
+"""Client-side shard routing: the cached shard map and per-shard leaders.
 
 Rules:
 - The map is fetched once (admin ShardMap from any endpoint) and then corrected from the
@@ -8,9 +8,8 @@ Rules:
 - Every op carries the shard id and version it was routed with, inside the caller's one
   deadline; a stale route is certain not to have applied, so retrying it is always safe,
   and a write keeps its (client_id, seq) across retries (exactly-once).
-- Causal reads carry the token of their shard (one log index per shard the client has
-  seen); a new shard's replica exists only after applying its parent's log up to the
-  split, so a missing entry (0) is correct after a split.
+- Causal tokens are not per shard: one hybrid clock time serves every shard
+  (_session.py), set on the op before it is routed.
 """
 
 from __future__ import annotations
@@ -108,7 +107,6 @@ class ShardRouter:
         self.detected = False
         """A node showed the cluster is sharded (fetch the map before the next call)."""
         self._fetching: asyncio.Future[None] | None = None
-        self.tokens: dict[int, int] = {}
         self._next = random.randrange(1 << 16)
 
     async def fetch(self, deadline: float) -> None:
@@ -160,8 +158,6 @@ class ShardRouter:
     def observe(self, hdr: kv_pb2.ResponseHeader) -> None:
         if hdr.shard_version and not self.sharded:
             self.detected = True
-        if hdr.index > self.tokens.get(hdr.group, 0):
-            self.tokens[hdr.group] = hdr.index
 
     def _pick(self, d: Descriptor, anywhere: bool, turn: int) -> str:
         every = self.cache.endpoints(d)
@@ -195,7 +191,6 @@ class ShardRouter:
         turn = 0
         pause = False
         hinted: set[str] = set()
-        read = op.get if op.HasField("get") else op.scan if op.HasField("scan") else None
         for attempt in itertools.count():
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -216,8 +211,6 @@ class ShardRouter:
                 if d is None:
                     continue
             op.shard, op.shard_version = d.id, d.epoch.version
-            if read is not None:
-                read.causal_token = self.tokens.get(d.id, 0)
             endpoint = self._pick(d, anywhere, turn)
             if attempt and write and not maybe_applied and not await c.reissue_seq(op, deadline):
                 # Every attempt certainly failed: a fresh seq is as safe (see _async.py);
@@ -305,6 +298,7 @@ class ShardRouter:
             op = kv_pb2.Op(
                 scan=kv_pb2.ScanRequest(start=cursor, end=end, limit=want, read_mode=mode)
             )
+            self.client._session.carry(op, write=False)
             r = (
                 await self.execute(
                     op,
@@ -313,7 +307,7 @@ class ShardRouter:
                     route=route_scan(end),
                 )
             ).scan
-            self.observe(r.header)
+            self.client._observe(r.header)
             out.extend(r.kvs)
             if len(out) >= cap:
                 return out[:cap]

@@ -87,7 +87,13 @@ class Client:
 
     @property
     def causal_token(self) -> int:
+        """One hybrid clock time for every shard; hand it to another client (set it
+        there) to pass on what this one has seen."""
         return self._async.causal_token
+
+    @causal_token.setter
+    def causal_token(self, t: int) -> None:
+        self._async.causal_token = t
 
     @property
     def retries(self) -> RetryStats:

@@ -242,6 +242,10 @@ class MessageType(enum.IntEnum):
     PAXOS_HEARTBEAT = 25
     PAXOS_HEARTBEAT_RESP = 26
     PAXOS_TIMEOUT_NOW = 27
+    # Node level (the driver handles it; cores never see it)
+    TIME_REQUEST = 40
+    """A replica asks its group's leader for an entry stamped at or above ``index`` (a
+    hybrid clock time a causal read waits for, kvstore/node/hlc.py)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,12 +33,14 @@ from kvstore.consensus.types import (
     ConfChange,
     Config,
     Message,
+    MessageType,
     Role,
     Status,
 )
 from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
+from kvstore.node.hlc import log_stamp
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
 from kvstore.node.pending import Completion
@@ -159,7 +161,7 @@ class NodeDriver:
         )
         core = new_core(self.config.consensus, cfg, glog)
         hs, _ = glog.initial_state()
-        return _Group(
+        group = _Group(
             id=g,
             core=core,
             applied=applied,
@@ -168,6 +170,11 @@ class NodeDriver:
             persisted_term=hs.term,
             persisted_vote=hs.vote,
         )
+        self.metrics.host_shard(g)
+        group.time.applied = self.storage.kv(g).applied_time()
+        # The clock starts above every stamp in the log (a restarted leader too).
+        self.replica.hlc.observe(max(group.time.applied, log_stamp(glog)))
+        return group
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -211,7 +218,7 @@ class NodeDriver:
             # A stalled loop (storage full) must not buffer without bound; consensus
             # tolerates the loss (the senders retry).
             for m in msgs:
-                self.metrics.dropped.labels(str(m.group), "inbox_full").inc()
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "inbox_full").inc()
             return
         self._inbox.extend(msgs)
         self._poke()
@@ -264,15 +271,24 @@ class NodeDriver:
         token: int,
         timeout: float,
         fut: Completion[int] | None = None,
+        time: int = 0,
     ) -> Completion[int]:
-        """Completes with the applied index once a read in ``mode`` may be served."""
+        """Completes with the applied index once a read in ``mode`` may be served.
+        ``time``: a causal read's hybrid clock token (hlc.py), replacing the index
+        ``token`` when set."""
         g = self._group(group)
         loop = self._loop or asyncio.get_running_loop()
         if fut is None:
             fut = loop.create_future()
         now = loop.time()
-        if mode == "eventual" or (mode == "causal" and g.applied >= token):
+        if mode == "eventual" or (
+            mode == "causal" and (g.time.applied >= time if time else g.applied >= token)
+        ):
             fut.set_result(g.applied)
+        elif mode == "causal" and time:
+            w = _Waiter(fut, now + min(timeout, self.config.causal_wait_s))
+            self.replica.wait_for_time(g, time, w)
+            self._poke()
         elif mode == "causal":
             w = _Waiter(fut, now + min(timeout, self.config.causal_wait_s))
             heapq.heappush(g.applied_waiters, (token, next(self.replica.seq), w))
@@ -283,6 +299,10 @@ class NodeDriver:
                 g.reads.append(_Waiter(fut, now + timeout))
                 self._poke()
         return fut
+
+    def observe_time(self, t: int) -> None:
+        """A write's causal token: its entry is stamped above it (hlc.py)."""
+        self.replica.hlc.observe(t)
 
     def propose_conf_change(
         self, group: int, change: ConfChange, timeout: float
@@ -479,11 +499,14 @@ class NodeDriver:
                     g.core.step(m)
                     continue
             if g is None:
-                self.metrics.dropped.labels(str(m.group), "unknown_group").inc()
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "unknown_group").inc()
                 continue
             self.quiesce.on_message(m)
+            if m.type == MessageType.TIME_REQUEST:
+                self.replica.on_time_request(g, m)
+                continue
             if m.snapshot is not None and self.config.sharded and not snapshot_fits(self, m):
-                self.metrics.dropped.labels(str(m.group), "snapshot_overlaps").inc()
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "snapshot_overlaps").inc()
                 continue
             g.core.step(m)
 

@@ -1,9 +1,19 @@
 """Prometheus metrics of one node, in a registry of its own (many nodes may share a process
-in tests). kvstore.server.process serves the registry over HTTP."""
+in tests). kvstore.server.process serves the registry over HTTP.
+
+Rule (bounded cardinality): per-shard series carry the label ``group``, the shard id (0:
+the meta group), for at most MAX_SHARD_SERIES shards a node hosts, given out first come
+first served as the node starts hosting them. Past the cap, and for groups the node does
+not host (messages for an unknown group), counters and histograms add up under
+``group="other"`` and gauges are not exported. ``forget_shard`` removes every series
+of a shard that left the node (moved away, merged, destroyed) and frees its slot, so a
+node's series never grow with the shards it has ever hosted.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,8 +37,33 @@ _LATENCY_BUCKETS = (
 )
 
 
+MAX_SHARD_SERIES = 64
+OTHER = "other"
+
+
+class _NoGauge:
+    """A gauge child that exports nothing (a shard past the cap)."""
+
+    def set(self, value: float) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSeries:
+    """A shard's per-Ready series, looked up once (a label lookup per Ready costs)."""
+
+    term: Any
+    commit: Any
+    applied: Any
+    latency: Any
+
+
 class NodeMetrics:
-    def __init__(self) -> None:
+    def __init__(self, max_shard_series: int = MAX_SHARD_SERIES) -> None:
+        self.max_shard_series = max_shard_series
+        self._shards: dict[int, None] = {}
+        """Shards with series of their own (at most max_shard_series)."""
+        self._series: dict[int, ShardSeries] = {}
         r = self.registry = CollectorRegistry()
         self.term = Gauge(
             "kvstore_term", "Current term (Raft) or ballot (Paxos)", ["group"], registry=r
@@ -114,7 +149,64 @@ class NodeMetrics:
             registry=r,
         )
 
+    def host_shard(self, group: int) -> None:
+        """This node now hosts shard ``group``: it gets series of its own if a slot is
+        free."""
+        if len(self._shards) < self.max_shard_series:
+            self._shards[group] = None
+
+    def shard(self, group: int) -> str:
+        """The ``group`` label value for a counter or histogram of shard ``group``."""
+        return str(group) if group in self._shards else OTHER
+
+    def shard_gauge(self, gauge: Gauge, group: int) -> Any:
+        """The child of a per-shard gauge (a no-op past the cap: a sum means nothing)."""
+        label = self.shard(group)
+        return _NoGauge() if label == OTHER else gauge.labels(label)
+
+    def series(self, group: int) -> ShardSeries:
+        s = self._series.get(group)
+        if s is None:
+            s = self._series[group] = ShardSeries(
+                term=self.shard_gauge(self.term, group),
+                commit=self.shard_gauge(self.commit, group),
+                applied=self.shard_gauge(self.applied, group),
+                latency=self.proposal_latency.labels(self.shard(group)),
+            )
+        return s
+
+    def forget_shard(self, group: int) -> None:
+        """Drop every series of shard ``group`` (it left this node) and free its slot."""
+        self._shards.pop(group, None)
+        self._series.pop(group, None)
+        label = str(group)
+        for metric in self._per_shard():
+            for labels in [k for k in _children(metric) if k and k[0] == label]:
+                metric.remove(*labels)
+
+    def _per_shard(self) -> list[Any]:
+        return [
+            self.term,
+            self.commit,
+            self.applied,
+            self.is_leader,
+            self.leader_changes,
+            self.proposal_latency,
+            self.sent,
+            self.received,
+            self.dropped,
+            self.snapshots_rejected,
+            self.snapshots_sent,
+        ]
+
     def watch_budget(self, budget: NodeBudget) -> None:
         """Read the node's in-flight budget at every scrape."""
         self.inflight_ops.set_function(lambda: budget.ops)
         self.inflight_bytes.set_function(lambda: budget.bytes)
+
+
+def _children(metric: Any) -> list[tuple[str, ...]]:
+    """The label values of a labelled metric's children (prometheus_client keeps them in
+    ``_metrics``; no public accessor)."""
+    with metric._lock:
+        return list(metric._metrics)

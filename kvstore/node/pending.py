@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from kvstore.consensus.types import ConfChange, Core, Role
 from kvstore.node import log
 from kvstore.node.errors import DeadlineOp, ExhaustedOp, InternalOp, OpError, UnavailableOp
+from kvstore.node.hlc import GroupTime
 from kvstore.node.metrics import NodeMetrics
 from kvstore.statemachine import ApplyResult, Command
 
@@ -132,13 +133,15 @@ class GroupState:
     admin: list[AdminProposal] = field(default_factory=list)
     admin_inflight: dict[int, tuple[int, AdminProposal]] = field(default_factory=dict)
     drops_seen: dict[str, int] = field(default_factory=dict)
+    time: GroupTime = field(default_factory=GroupTime)
+    """Causal time: the applied time and the reads waiting for it (hlc.py)."""
 
     def export_drops(self, metrics: NodeMetrics) -> None:
         """Mirror the core's drop counters (stale term, unknown sender ...) into metrics."""
         for reason, n in self.core.dropped.items():
             seen = self.drops_seen.get(reason, 0)
             if n > seen:
-                metrics.dropped.labels(str(self.id), reason).inc(n - seen)
+                metrics.dropped.labels(metrics.shard(self.id), reason).inc(n - seen)
                 self.drops_seen[reason] = n
 
     def fail_writes(self, why: str) -> None:
@@ -175,6 +178,16 @@ class GroupState:
                     keep.append(item)
             heapq.heapify(keep)
             self.applied_waiters = keep
+        self.time.expire(
+            now,
+            lambda w, t: fail(
+                w.fut,
+                UnavailableOp(
+                    f"replica's applied time {self.time.applied} < causal token {t}",
+                    definite=True,
+                ),
+            ),
+        )
         for idx in [i for i, (_, c) in self.conf_inflight.items() if late(c.deadline)]:
             fail(
                 self.conf_inflight.pop(idx)[1].fut,
@@ -215,6 +228,9 @@ class GroupState:
         for _, _, w2 in self.applied_waiters:
             fail(w2.fut, err)
         self.applied_waiters = []
+        for _, _, w3 in self.time.waiters:
+            fail(w3.fut, err)
+        self.time.waiters = []
         for a in self.admin:
             fail(a.fut, err)
         self.admin = []

@@ -87,6 +87,9 @@ class NodeStorageView:
     def member_addresses(self, group: int) -> dict[int, str]:
         return self._storage.group(group).member_addresses()
 
+    def applied_time(self, group: int) -> int:
+        return self._storage.kv(group).applied_time()
+
 
 def needs_write(p: Plan) -> bool:
     rd = p.rd

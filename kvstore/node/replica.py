@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import Gauge, Histogram
-
 from kvstore.consensus.types import (
     ConfChange,
     ConfState,
@@ -36,6 +34,7 @@ from kvstore.consensus.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     NotLeaderError,
     ProposalDroppedError,
     ProposalId,
@@ -44,12 +43,22 @@ from kvstore.consensus.types import (
 )
 from kvstore.node import log
 from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
+from kvstore.node.hlc import HybridClock
 from kvstore.node.members import address_change
-from kvstore.node.metrics import NodeMetrics
-from kvstore.node.pending import GroupState, Inflight, Replies, Write, fail, ok, pack_entries
+from kvstore.node.metrics import NodeMetrics, ShardSeries
+from kvstore.node.pending import (
+    GroupState,
+    Inflight,
+    Replies,
+    Waiter,
+    Write,
+    fail,
+    ok,
+    pack_entries,
+)
 from kvstore.node.persist import Plan, may_send_before_persist
 from kvstore.node.shards import propose_admin_entries, resolve_admin
-from kvstore.statemachine import ApplyResult, encode_batch
+from kvstore.statemachine import ApplyResult, encode_batch, entry_stamp
 
 MAX_ENTRY_BYTES = 4 << 20
 MAX_ENTRY_OPS = 4096
@@ -69,6 +78,10 @@ class ReplicaStorage(Protocol):
 
     def member_addresses(self, group: int) -> dict[int, str]:
         """Members' addresses as the group's durable state (a snapshot) records them."""
+        ...
+
+    def applied_time(self, group: int) -> int:
+        """The group's applied time as of the last persist (statemachine/apply.py)."""
         ...
 
 
@@ -91,14 +104,6 @@ class Batch:
     plans: list[Plan]
     late: list[Message]
     """Messages that may leave only after the persist."""
-
-
-@dataclass(frozen=True, slots=True)
-class _GroupMetrics:
-    term: Gauge
-    commit: Gauge
-    applied: Gauge
-    latency: Histogram
 
 
 class ReplicaLoop:
@@ -136,25 +141,17 @@ class ReplicaLoop:
         way (so the per-op reply work overlaps the next fsync instead of delaying it)."""
         self.seq = itertools.count()
         """Tie-breaker of the applied-index waiter heaps."""
+        self.hlc = HybridClock()
+        """The node's hybrid logical clock: every proposed entry carries a stamp (hlc.py)."""
         # Read contexts must be unique cluster-wide and across restarts: the leader keys
         # pending reads by ctx, and a duplicate would be answered with the read index of
         # an earlier request (a stale read). Node id + per-process nonce + counter.
         self._ctx_prefix = node_id.to_bytes(8, "big") + ctx_nonce
         self._ctx = itertools.count(1)
-        self._metrics_of: dict[int, _GroupMetrics] = {}
 
-    def _group_metrics(self, group: int) -> _GroupMetrics:
+    def _group_metrics(self, group: int) -> ShardSeries:
         """The group's labelled metrics, looked up once (a label lookup per Ready costs)."""
-        m = self._metrics_of.get(group)
-        if m is None:
-            label = str(group)
-            m = self._metrics_of[group] = _GroupMetrics(
-                term=self.metrics.term.labels(label),
-                commit=self.metrics.commit.labels(label),
-                applied=self.metrics.applied.labels(label),
-                latency=self.metrics.proposal_latency.labels(label),
-            )
-        return m
+        return self.metrics.series(group)
 
     def not_leader(self, g: GroupState) -> NotLeaderOp:
         return NotLeaderOp(
@@ -170,6 +167,8 @@ class ReplicaLoop:
         """Hand the group's queued writes (as few entries as fit), conf changes, admin
         commands and reads to its core."""
         self._propose_writes(g)
+        if g.time.wanted > g.time.proposed and g.role == Role.LEADER:
+            self._propose_stamp(g)
         self._propose_confs(g)
         if g.admin:
             propose_admin_entries(g, self.not_leader)
@@ -186,8 +185,9 @@ class ReplicaLoop:
             return
         now_ms = self.clock.wall_ms()
         for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
+            stamp = g.time.proposed = self.hlc.tick(now_ms)
             try:
-                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms))
+                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms, stamp))
             except (NotLeaderError, ProposalDroppedError) as e:
                 lost: OpError = (
                     self.not_leader(g)
@@ -208,6 +208,42 @@ class ReplicaLoop:
             g.inflight[pid.index] = Inflight(pid.term, chunk, deadline)
             if self.unsafe_ack_before_commit:
                 _unsafe_ack(pid, chunk)
+
+    def _propose_stamp(self, g: GroupState) -> None:
+        """An empty stamped entry: moves the group's applied time for a causal read."""
+        now_ms = self.clock.wall_ms()
+        stamp = self.hlc.tick(now_ms)
+        try:
+            g.core.propose(encode_batch([], now_ms, stamp))
+        except (NotLeaderError, ProposalDroppedError):
+            return  # the waiting reads time out and retry elsewhere
+        g.time.proposed = stamp
+
+    def wait_for_time(self, g: GroupState, t: int, waiter: Waiter) -> None:
+        """Answer ``waiter`` once the group's applied time reaches ``t``; ask for an
+        entry that gets it there (hlc.py)."""
+        heapq.heappush(g.time.waiters, (t, next(self.seq), waiter))
+        self.hlc.observe(t)
+        if g.role == Role.LEADER:
+            g.time.wanted = max(g.time.wanted, t)
+        elif g.leader and g.time.should_ask(t, self.clock.now()):
+            self.send(
+                [
+                    Message(
+                        type=MessageType.TIME_REQUEST,
+                        group=g.id,
+                        from_=self.node_id,
+                        to=g.leader,
+                        index=t,
+                    )
+                ]
+            )
+
+    def on_time_request(self, g: GroupState, m: Message) -> None:
+        """A follower waits for time ``m.index``: a leader stamps an entry above it."""
+        self.hlc.observe(m.index)
+        if g.role == Role.LEADER and m.index > g.time.applied:
+            g.time.wanted = max(g.time.wanted, m.index)
 
     def _propose_confs(self, g: GroupState) -> None:
         confs, g.confs = g.confs, []
@@ -358,6 +394,12 @@ class ReplicaLoop:
             for idx in [i for i in g.inflight if i <= snap_index]:
                 for w in g.inflight.pop(idx).writes:
                     fail(w.fut, UnavailableOp("replaced by a snapshot", definite=False))
+        for e in rd.entries:
+            if e.type == EntryType.NORMAL:
+                self.hlc.observe(entry_stamp(e.data))
+        if rd.committed or (rd.snapshot is not None and not rd.snapshot.is_empty()):
+            g.time.applied = self.storage.applied_time(g.id)
+            self.hlc.observe(g.time.applied)
         if rd.committed:
             self._resolve_writes(g, rd.committed, results)
             g.applied = max(g.applied, rd.committed[-1].index)
@@ -369,6 +411,9 @@ class ReplicaLoop:
                     heapq.heappush(g.applied_waiters, (rs.index, next(self.seq), r))
         while g.applied_waiters and g.applied_waiters[0][0] <= g.applied:
             self.replies.defer(heapq.heappop(g.applied_waiters)[2].fut, g.applied)
+        if g.time.waiters:
+            for w in g.time.due():
+                self.replies.defer(w.fut, g.applied)
         if leadership_changed:
             g.fail_unconfirmed_reads(self.not_leader(g))
         st = None
@@ -385,13 +430,13 @@ class ReplicaLoop:
         """Record the new leader/role; True when either changed."""
         changed = leader != g.leader or role != g.role
         if leader != g.leader:
-            self.metrics.leader_changes.labels(str(g.id)).inc()
+            self.metrics.leader_changes.labels(self.metrics.shard(g.id)).inc()
             log.event("leader_changed", group=g.id, leader=leader, role=role.name.lower())
         g.leader = leader
         if role != g.role:
             log.event("role_changed", group=g.id, role=role.name.lower(), leader=leader)
         g.role = role
-        self.metrics.is_leader.labels(str(g.id)).set(1 if role == Role.LEADER else 0)
+        self.metrics.shard_gauge(self.metrics.is_leader, g.id).set(1 if role == Role.LEADER else 0)
         if role != Role.LEADER and g.writes:
             err = self.not_leader(g)
             for w in g.writes:

@@ -82,6 +82,7 @@ def stop_merged(driver: NodeDriver, shards: ShardChanges) -> None:
         log.event("merge_source_incomplete", level=50, problem=problem)
     for target, source in shards.merged:
         g = driver.groups.pop(source, None)
+        driver.metrics.forget_shard(source)
         if g is not None:
             g.fail_all(StaleRouteOp(f"stale route: shard {source} merged into shard {target}"))
         log.event("shard_merged", group=target, source=source)

@@ -151,7 +151,7 @@ class SnapshotReceiver:
                     os.unlink(os.path.join(self.dir, name))
 
     def _reject(self, group: int, reason: str, error: str) -> None:
-        self.metrics.snapshots_rejected.labels(str(group), reason).inc()
+        self.metrics.snapshots_rejected.labels(self.metrics.shard(group), reason).inc()
         log.event("snapshot_rejected", level=40, group=group, reason=reason, error=error[:300])
 
 

@@ -111,7 +111,7 @@ class SnapshotSender:
         key = (m.group, m.to)
         running = self._active.get(key)
         if running is not None and not running.done():
-            self.metrics.dropped.labels(str(m.group), "snapshot_in_flight").inc()
+            self.metrics.dropped.labels(self.metrics.shard(m.group), "snapshot_in_flight").inc()
             return
         self._active[key] = asyncio.create_task(
             self._transfer(m), name=f"snapshot-{m.group}-{m.to}"
@@ -149,7 +149,9 @@ class SnapshotSender:
         except Exception as e:  # peer down, refused, stalled: the core asks again
             log.event("snapshot_send_failed", level=30, group=m.group, to=m.to, error=repr(e)[:300])
         finally:
-            self.metrics.snapshots_sent.labels(str(m.group), "ok" if ok else "failed").inc()
+            self.metrics.snapshots_sent.labels(
+                self.metrics.shard(m.group), "ok" if ok else "failed"
+            ).inc()
             self.report(m.group, m.to, ok)
 
     async def _image(self, group: int, want: SnapshotMetadata) -> tuple[BuiltImage, BinaryIO]:

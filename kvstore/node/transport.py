@@ -244,11 +244,11 @@ class PeerTransport:
 
     def count_sent(self, msgs: list[Message]) -> None:
         for group, n in _by_group(msgs).items():
-            self.metrics.sent.labels(str(group)).inc(n)
+            self.metrics.sent.labels(self.metrics.shard(group)).inc(n)
 
     def count_drop(self, msgs: list[Message], reason: str) -> None:
         for group, n in _by_group(msgs).items():
-            self.metrics.dropped.labels(str(group), reason).inc(n)
+            self.metrics.dropped.labels(self.metrics.shard(group), reason).inc(n)
         if reason in ("unreachable", "queue_full"):
             self.on_lost(msgs)
 
@@ -275,19 +275,19 @@ class PeerTransport:
             try:
                 m = message_from_pb(pb)
             except WireError:
-                self.metrics.dropped.labels(str(pb.group), "malformed").inc()
+                self.metrics.dropped.labels(self.metrics.shard(pb.group), "malformed").inc()
                 continue
             if m.from_ != sender or m.to != self.node_id:
-                self.metrics.dropped.labels(str(m.group), "bad_address").inc()
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "bad_address").inc()
                 continue
             if m.snapshot is not None:
                 # Snapshots come only by SendSnapshot (node/snapshot_recv.py), verified.
-                self.metrics.dropped.labels(str(m.group), "snapshot_inline").inc()
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "snapshot_inline").inc()
                 continue
             msgs.append(m)
         if msgs:
             for group, n in _by_group(msgs).items():
-                self.metrics.received.labels(str(group)).inc(n)
+                self.metrics.received.labels(self.metrics.shard(group)).inc(n)
             self._deliver(msgs)
         return None
 

@@ -90,6 +90,7 @@ def destroy_pending(driver: NodeDriver, groups: set[int]) -> None:
         if g is None:
             continue
         g.fail_all(err)
+        driver.metrics.forget_shard(gid)
         dropped.append(gid)
     groups.clear()
     if not dropped:

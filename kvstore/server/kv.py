@@ -59,7 +59,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.node_id = node_id
         self.budget = budget if budget is not None else NodeBudget(limits)
         self._counters: dict[tuple[str, int], Any] = {}
-        self._last_header_key: tuple[int, int, int, int] | None = None
+        self._last_header_key: tuple[int, int, int, int, int] | None = None
         self._last_header = kv_pb2.ResponseHeader()
         self._scans = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-scan")
 
@@ -67,14 +67,19 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._scans.shutdown(wait=True, cancel_futures=True)
 
     # -- dispatch -------------------------------------------------------------------
-    def _header(self, group: int, index: int) -> kv_pb2.ResponseHeader:
-        """The header for answers at ``index``; the ops of one entry share one."""
+    def _header(self, group: int, index: int, time: int = -1) -> kv_pb2.ResponseHeader:
+        """The header for answers at ``index`` and applied time ``time`` (-1: the
+        group's now, which is at or above the time of any entry it applied: a write's
+        answer); the ops of one entry share one."""
         g = self.driver.groups.get(group)
         term = g.term if g is not None else 0
         leader = g.leader if g is not None else 0
-        key = (group, index, term, leader)
+        if time < 0:
+            time = g.time.applied if g is not None else 0
+        key = (group, index, term, leader, time)
         if key != self._last_header_key:
             self._last_header = convert.header(group, self.node_id, term, index, leader)
+            self._last_header.causal_time = time
             d = self.router.get(group)
             if d is not None:
                 self._last_header.shard_version = d.epoch.version
@@ -87,6 +92,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         kind = op.WhichOneof("request")
         try:
             route = self.router
+            if op.causal_time and kind in ("put", "delete", "cas"):
+                self.driver.observe_time(op.causal_time)  # stamped after what it saw
             if kind == "put":
                 cmd: Command = convert.put_command(op.put, self.limits)
                 group = route.for_key(cmd.key, op.shard, op.shard_version)
@@ -102,10 +109,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             elif kind == "get":
                 self.limits.check_key(op.get.key)
                 group = route.for_key(op.get.key, op.shard, op.shard_version)
-                self._read(op.id, "get", op.get, timeout, sink, group)
+                self._read(op.id, "get", op.get, timeout, sink, group, op.causal_time)
             elif kind == "scan":
                 group = route.for_range(op.scan.start, op.scan.end, op.shard, op.shard_version)
-                self._read(op.id, "scan", op.scan, timeout, sink, group)
+                self._read(op.id, "scan", op.scan, timeout, sink, group, op.causal_time)
             else:
                 raise InvalidOp("empty op: set one of put, get, delete, scan, cas", definite=True)
         except OpError as e:
@@ -161,7 +168,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         def build(res: ApplyResult) -> kv_pb2.OpResult:
             result = kv_pb2.OpResult(id=op_id)
-            convert.fill_write_result(result, cmd, res, self._header(group, res.index), want_prev)
+            # The entry's time, or the group's when unknown (both at or above the write's).
+            hdr = self._header(group, res.index, res.time or -1)
+            convert.fill_write_result(result, cmd, res, hdr, want_prev)
             return result
 
         def done(res: ApplyResult | None, error: OpError | None) -> None:
@@ -184,15 +193,24 @@ class KVService(kv_pb2_grpc.KVServicer):
             cb.set_exception(e)
 
     def _read(
-        self, op_id: int, kind: str, req: Any, timeout: float, sink: Sink, group: int
+        self,
+        op_id: int,
+        kind: str,
+        req: Any,
+        timeout: float,
+        sink: Sink,
+        group: int,
+        causal_time: int = 0,
     ) -> None:
         mode = convert.read_mode(req.read_mode)
 
         def get() -> kv_pb2.OpResult:
-            kv, applied = self.storage.kv(group).get_with_applied(req.key)
+            # The applied time from the same LMDB snapshot as the value: the token
+            # handed back must cover what the client saw (monotonic reads).
+            kv, applied, time = self.storage.kv(group).get_at(req.key)
             result = kv_pb2.OpResult(id=op_id)
             got = result.get
-            got.header.CopyFrom(self._header(group, applied))
+            got.header.CopyFrom(self._header(group, applied, time))
             if kv is not None:
                 convert.set_kv(got.kv, kv)
             return result
@@ -225,7 +243,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
         cb: Callback[int] = Callback(done)
         try:
-            self.driver.read_barrier(group, mode, req.causal_token, timeout, cb)
+            self.driver.read_barrier(group, mode, req.causal_token, timeout, cb, causal_time)
         except Exception as e:
             cb.set_exception(e)
 
@@ -257,19 +275,19 @@ class KVService(kv_pb2_grpc.KVServicer):
         limit = self.limits.scan_limit(req.limit)
         reader = self.storage.kv(group)
 
-        def rows() -> tuple[kv_pb2.OpResult, int]:
-            kvs, more, applied = reader.scan_page_with_applied(
+        def rows() -> tuple[kv_pb2.OpResult, int, int]:
+            kvs, more, applied, time = reader.scan_page_at(
                 req.start, req.end, limit, self.limits.max_scan_bytes
             )
             result = kv_pb2.OpResult(id=op_id)
             page = result.scan
             page.kvs.extend(convert.kv_pb(kv) for kv in kvs)
             page.more = more
-            return result, applied
+            return result, applied, time
 
-        def with_header(built: tuple[kv_pb2.OpResult, int]) -> kv_pb2.OpResult:
-            result, applied = built
-            result.scan.header.CopyFrom(self._header(group, applied))
+        def with_header(built: tuple[kv_pb2.OpResult, int, int]) -> kv_pb2.OpResult:
+            result, applied, time = built
+            result.scan.header.CopyFrom(self._header(group, applied, time))
             return result
 
         if limit <= INLINE_SCAN_ROWS:
@@ -279,7 +297,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         held = self.limits.max_scan_bytes + self.limits.max_value_bytes
         sink.reserve(held)
 
-        def finished(f: asyncio.Future[tuple[kv_pb2.OpResult, int]]) -> None:
+        def finished(f: asyncio.Future[tuple[kv_pb2.OpResult, int, int]]) -> None:
             sink.reserve(-held)
             self._answer(op_id, "scan", lambda: with_header(f.result()), sink)
 

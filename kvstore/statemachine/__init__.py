@@ -14,6 +14,7 @@ from kvstore.statemachine.apply import (
     MemoryKV,
     SessionId,
     SessionState,
+    advance_applied_time,
     apply_commands,
 )
 from kvstore.statemachine.commands import (
@@ -27,6 +28,7 @@ from kvstore.statemachine.commands import (
     decode_batch,
     decode_entry,
     encode_batch,
+    entry_stamp,
 )
 from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
@@ -49,8 +51,10 @@ __all__ = [
     "SessionId",
     "SessionState",
     "adds_data",
+    "advance_applied_time",
     "apply_commands",
     "decode_batch",
     "decode_entry",
     "encode_batch",
+    "entry_stamp",
 ]

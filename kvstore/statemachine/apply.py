@@ -23,6 +23,12 @@ absent wherever it is met, so WHEN a replica physically deletes it (storage swee
 incrementally, MemoryKV at once) changes no answer. A retry that arrives after its
 session expired applies again: the idle bounds are kept far above any client's retry
 deadline (seconds) and any clock jump a replica may see.
+
+Applied time (causal tokens, docs/sharding.md): every batch entry gets the time
+``max(stamp, applied time + 1)``, where ``stamp`` is the leader's hybrid clock in the
+entry, and that becomes the group's applied time. It is a function of the log alone (the
+same on every replica), rises strictly with the index whatever any clock did, and a
+replica whose applied time reached ``t`` has applied every entry whose time is <= ``t``.
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ class KVTxn(Protocol):
         ...
 
     def set_clock(self, now_ms: int) -> None: ...
+
+    def applied_time(self) -> int:
+        """The time of the last batch entry applied (0 before any; see the module doc)."""
+        ...
+
+    def set_applied_time(self, t: int) -> None: ...
 
     def session(self, sid: SessionId) -> SessionState | None:
         """The stored session (perhaps expired and not yet swept), or None."""
@@ -159,6 +171,14 @@ def advance_clock(txn: KVTxn, time_ms: int) -> int:
     return now
 
 
+def advance_applied_time(txn: KVTxn, stamp: int) -> int:
+    """The time of a batch entry stamped ``stamp`` (0: unstamped), made the applied
+    time; call once for every batch entry, in log order, before its commands apply."""
+    t = max(stamp, txn.applied_time() + 1)
+    txn.set_applied_time(t)
+    return t
+
+
 def stored(result: ApplyResult) -> ApplyResult:
     """What a session keeps of an answer: everything but the values."""
     return ApplyResult(result.index, result.revision, result.ok, None, None, result.error)
@@ -219,14 +239,25 @@ class MemoryKV:
         self.sessions: dict[SessionId, _MemSession] = {}
         self.applied = 0
         self.now_ms = 0
+        self.time = 0
 
-    def apply(self, index: int, commands: Sequence[Command], time_ms: int = 0) -> list[ApplyResult]:
-        """Apply one entry's commands (use ``apply(index, [])`` for NOOP entries)."""
-        results = apply_commands(self, index, commands, time_ms=time_ms)
+    def apply(
+        self, index: int, commands: Sequence[Command], time_ms: int = 0, stamp: int = 0
+    ) -> list[ApplyResult]:
+        """Apply one batch entry's commands (``apply(index, [])``: a batch of none)."""
+        t = advance_applied_time(self, stamp)
+        results = [
+            dataclasses.replace(r, time=t)
+            for r in apply_commands(self, index, commands, time_ms=time_ms)
+        ]
+        self.skip(index)
+        return results
+
+    def skip(self, index: int) -> None:
+        """Pass entry ``index`` that holds no batch (a NOOP, a conf change)."""
         for sid in [s for s, m in self.sessions.items() if m.state.expired(index, self.now_ms)]:
             del self.sessions[sid]
         self.applied = index
-        return results
 
     def scan(self, start: bytes, end: bytes = b"", limit: int = 0) -> list[KeyValue]:
         keys = sorted(self.data)
@@ -250,6 +281,12 @@ class MemoryKV:
 
     def set_clock(self, now_ms: int) -> None:
         self.now_ms = now_ms
+
+    def applied_time(self) -> int:
+        return self.time
+
+    def set_applied_time(self, t: int) -> None:
+        self.time = t
 
     def session(self, sid: SessionId) -> SessionState | None:
         m = self.sessions.get(sid)

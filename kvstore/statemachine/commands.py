@@ -3,13 +3,17 @@
 Rule: ``decode_batch(encode_batch(cs)) == cs`` for every valid batch, and any other input
 raises BatchDecodeError (a ValueError) rather than a struct or index error. Performs no I/O.
 
-Layout (little-endian): ``u8 version=2, u32 count, u64 time_ms``, then per command
+Layout (little-endian): ``u8 version=3, u32 count, u64 time_ms, u64 stamp``, then per command
 ``u8 op, u8 flags, u64 client_id, u64 incarnation, u64 seq, u32 key_len, key`` followed by
 Put: ``u32 len, value``; Delete: nothing; Cas: in flag order
 ``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version]``.
 ``time_ms`` is the proposing leader's wall clock (0 = none): the state machine's only
-notion of time, the same on every replica because it travels in the log.
-Version 1 (no time, no incarnation) is still decoded: logs written before it exist.
+notion of time, the same on every replica because it travels in the log. ``stamp`` is
+the leader's hybrid logical clock (kvstore/node/hlc.py; 0 = none): what causal tokens
+compare (docs/sharding.md). A batch of no commands is a valid entry: a leader proposes
+one to move its group's applied time when a causal read waits on an idle group.
+Versions 1 (no time, no incarnation) and 2 (no stamp) are still decoded: logs written
+before them exist.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_VERSION = 2
+_VERSION = 3
 _HEAD_V1 = struct.Struct("<BI")
 _CMD_V1 = struct.Struct("<BBQQI")
-_HEAD = struct.Struct("<BIQ")
+_HEAD_V2 = struct.Struct("<BIQ")
+_HEAD = struct.Struct("<BIQQ")
 _CMD = struct.Struct("<BBQQQI")
 _LEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -98,13 +103,16 @@ class Batch:
     commands: list[Command]
     time_ms: int = 0
     """The proposer's wall clock in ms since the epoch; 0 = not stamped."""
+    stamp: int = 0
+    """The proposer's hybrid logical clock (kvstore/node/hlc.py); 0 = not stamped."""
 
 
-def encode_batch(commands: Sequence[Command], time_ms: int = 0) -> bytes:
-    """Encode commands (in order) as one entry's data, stamped with ``time_ms``. Raises
-    ValueError on an id, seq, version or time outside 0..2**64-1."""
+def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) -> bytes:
+    """Encode commands (in order) as one entry's data, stamped with ``time_ms`` and the
+    hybrid clock ``stamp``. Raises ValueError on an id, seq, version, time or stamp
+    outside 0..2**64-1."""
     try:
-        parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands), time_ms)]
+        parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands), time_ms, stamp)]
         for c in commands:
             if isinstance(c, Put):
                 parts.append(_CMD.pack(_OP_PUT, 0, c.client_id, c.incarnation, c.seq, len(c.key)))
@@ -156,6 +164,15 @@ def decode_entry(data: bytes) -> Batch:
         raise BatchDecodeError(f"malformed batch: {e}") from e
 
 
+def entry_stamp(data: bytes) -> int:
+    """The hybrid clock stamp of an encoded batch without decoding its commands (0: none,
+    or not a batch)."""
+    if len(data) >= _HEAD.size and data[0] == _VERSION:
+        stamp: int = _HEAD.unpack_from(data, 0)[3]
+        return stamp
+    return 0
+
+
 def _take(mv: memoryview, pos: int) -> tuple[bytes, int]:
     (n,) = _LEN.unpack_from(mv, pos)
     pos += 4
@@ -167,9 +184,13 @@ def _take(mv: memoryview, pos: int) -> tuple[bytes, int]:
 
 def _decode(mv: memoryview) -> Batch:
     version = mv[0] if len(mv) else 0
+    stamp = 0
     if version == _VERSION:
-        _, count, time_ms = _HEAD.unpack_from(mv, 0)
+        _, count, time_ms, stamp = _HEAD.unpack_from(mv, 0)
         pos, cmd_size = _HEAD.size, _CMD.size
+    elif version == 2:
+        _, count, time_ms = _HEAD_V2.unpack_from(mv, 0)
+        pos, cmd_size = _HEAD_V2.size, _CMD.size
     elif version == 1:
         _, count = _HEAD_V1.unpack_from(mv, 0)
         time_ms, pos, cmd_size = 0, _HEAD_V1.size, _CMD_V1.size
@@ -181,7 +202,7 @@ def _decode(mv: memoryview) -> Batch:
     out: list[Command] = []
     incarnation = 0
     for _ in range(count):
-        if version == _VERSION:
+        if version != 1:
             op, flags, client_id, incarnation, seq, klen = _CMD.unpack_from(mv, pos)
         else:
             op, flags, client_id, seq, klen = _CMD_V1.unpack_from(mv, pos)
@@ -213,4 +234,4 @@ def _decode(mv: memoryview) -> Batch:
             raise BatchDecodeError(f"unknown op {op} with flags {flags} at {pos}")
     if pos != len(mv):
         raise BatchDecodeError(f"{len(mv) - pos} trailing bytes after {count} commands")
-    return Batch(out, time_ms)
+    return Batch(out, time_ms, stamp)

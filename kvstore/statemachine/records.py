@@ -64,3 +64,18 @@ def decode_u64(buf: bytes) -> int:
         raise ValueError(f"u64 record of {len(buf)} bytes")
     n: int = _U64.unpack(buf)[0]
     return n
+
+
+def encode_clock(time_ms: int, applied_time: int) -> bytes:
+    """A group's log clock record: log time in ms, then its applied time (apply.py)."""
+    return _U64.pack(time_ms) + _U64.pack(applied_time)
+
+
+def decode_clock(buf: bytes) -> tuple[int, int]:
+    """(log time ms, applied time); a record from before applied times has only the
+    first (applied time 0: the next entry's time is its stamp)."""
+    if len(buf) == _U64.size:
+        return decode_u64(buf), 0
+    if len(buf) != 2 * _U64.size:
+        raise ValueError(f"clock record of {len(buf)} bytes")
+    return _U64.unpack_from(buf, 0)[0], _U64.unpack_from(buf, 8)[0]

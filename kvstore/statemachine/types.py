@@ -8,7 +8,7 @@ see kvstore.shard.merging), so ``mod_revision <= applied index + offset`` always
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,7 @@ class ApplyResult:
     prev: KeyValue | None
     kv: KeyValue | None
     error: ApplyError = ApplyError.NONE
+    time: int = field(default=0, compare=False)
+    """The entry's time (the causal token of the answer, apply.py); 0: not known. Not
+    stored with a session's outcome (a replayed answer takes its retry entry's time),
+    nor compared: it does not change the outcome."""

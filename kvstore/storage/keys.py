@@ -13,7 +13,7 @@ owns the range its shard descriptor says, so a split moves no data.
               0xFF | name                        -> node-level metadata (cluster id, ...)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
     kv        DATA_PREFIX | user key             -> KeyValue record
-    sessions  group u64                          -> log clock (records.encode_u64)
+    sessions  group u64                          -> log clock, applied time (records.encode_clock)
               group u64 | client u64 | incarnation u64            -> session state
               group u64 | client u64 | incarnation u64 | seq u64  -> stored outcome
 

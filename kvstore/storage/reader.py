@@ -1,7 +1,8 @@
 """KVReader: the read side of one group's key-value state (``NodeStorage.kv(group)``).
 
 Invariant: every call reads one committed LMDB snapshot, so a scan is consistent and the
-``*_with_applied`` variants return the applied index that the answer reflects. Scans stay
+``*_with_applied`` variants return the applied index that the answer reflects, and the
+``*_at`` variants also its applied time (the causal token, statemachine/apply.py). Scans stay
 inside the range the group owns (its shard descriptor as of the last committed write);
 ``get`` reads the key as asked (the server checks the range before reading).
 """
@@ -59,6 +60,17 @@ class KVReader:
         with self._st.env.begin() as txn:
             return self._tables(txn).get(key), self._applied(txn)
 
+    def applied_time(self) -> int:
+        """The group's applied time as of the last committed write."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).applied_time()
+
+    def get_at(self, key: bytes) -> tuple[KeyValue | None, int, int]:
+        """``get`` plus the applied index and applied time it reflects (one transaction)."""
+        with self._st.env.begin() as txn:
+            tables = self._tables(txn)
+            return tables.get(key), self._applied(txn), tables.applied_time()
+
     def scan_with_applied(
         self, start: bytes = b"", end: bytes = b"", limit: int = 0
     ) -> tuple[list[KeyValue], int]:
@@ -75,6 +87,15 @@ class KVReader:
             tables = GroupTables(txn, self._st.dbs, self.group)
             kvs, more = tables.scan_page(start, end, limit, max_bytes)
             return kvs, more, self._applied(txn)
+
+    def scan_page_at(
+        self, start: bytes, end: bytes, limit: int, max_bytes: int
+    ) -> tuple[list[KeyValue], bool, int, int]:
+        """``scan_page_with_applied`` plus the applied time (one transaction)."""
+        with self._st.env.begin() as txn:
+            tables = GroupTables(txn, self._st.dbs, self.group)
+            kvs, more = tables.scan_page(start, end, limit, max_bytes)
+            return kvs, more, self._applied(txn), tables.applied_time()
 
     def _applied(self, txn: Any) -> int:
         record = txn.get(keys.meta_key(self.group, keys.TAG_APPLIED), db=self._st.dbs.meta)

@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 from kvstore.shard.descriptor import META_GROUP, Descriptor
 from kvstore.statemachine.apply import SESSION_WINDOW, SessionId, SessionState
 from kvstore.statemachine.records import (
+    decode_clock,
     decode_kv,
     decode_result,
     decode_session,
-    decode_u64,
+    encode_clock,
     encode_kv,
     encode_result,
     encode_session,
-    encode_u64,
 )
 from kvstore.statemachine.types import ApplyResult, KeyValue
 from kvstore.storage import keys
@@ -74,6 +74,7 @@ class GroupTables:
         """Sessions as of this transaction (read-through, write-back: see flush)."""
         self._dirty: set[SessionId] = set()
         self._clock: int | None = None
+        self._time = 0
         self._clock_dirty = False
         self._scur: Any = None
 
@@ -143,11 +144,24 @@ class GroupTables:
     def clock(self) -> int:
         if self._clock is None:
             record = self.txn.get(keys.session_clock_key(self.group), db=self.dbs.sessions)
-            self._clock = 0 if record is None else self._decode(decode_u64, record, "clock")
+            self._clock, self._time = (
+                (0, 0) if record is None else self._decode(decode_clock, record, "clock")
+            )
         return self._clock
 
     def set_clock(self, now_ms: int) -> None:
+        self.clock()
         self._clock = now_ms
+        self._clock_dirty = True
+
+    def applied_time(self) -> int:
+        """Kept in the log clock's record, so snapshots and splits carry it with it."""
+        self.clock()
+        return self._time
+
+    def set_applied_time(self, t: int) -> None:
+        self.clock()
+        self._time = t
         self._clock_dirty = True
 
     def session(self, sid: SessionId) -> SessionState | None:
@@ -209,7 +223,8 @@ class GroupTables:
             put(keys.session_key(self.group, *sid), encode_session(state), db=db)
         self._dirty.clear()
         if self._clock_dirty:
-            put(keys.session_clock_key(self.group), encode_u64(self.clock()), db=db)
+            record = encode_clock(self.clock(), self._time)
+            put(keys.session_clock_key(self.group), record, db=db)
             self._clock_dirty = False
 
     def sweep_sessions(self, start: bytes, index: int, budget: int) -> bytes:
@@ -279,7 +294,7 @@ class GroupTables:
         delete_range(self.txn, self.dbs.sessions, group, keys.group_end(self.group))
         self._states.clear()
         self._dirty.clear()
-        self._clock, self._clock_dirty = None, False
+        self._clock, self._time, self._clock_dirty = None, 0, False
         put = self.txn.put
         for key, record in kv:
             if owns(self.owned, key):
@@ -299,12 +314,19 @@ class GroupTables:
         outcomes are added (a seq this group also holds keeps this group's), a session
         both hold keeps the higher last seq, and every session the source held counts as
         active at ``index`` (the source's indexes mean nothing in this log; being kept
-        longer never changes an answer). The log clock becomes the later of the two."""
+        longer never changes an answer). The log clock and the applied time become the later
+        of the two."""
         self.flush()
         src = GroupTables(self.txn, self.dbs, source, None)
         clock = max(self.clock(), src.clock())
         if clock != self.clock():
             self.set_clock(clock)
+        # The applied time too (docs/sharding.md): the source's is fixed from its
+        # PrepareMerge on (a frozen source's entries do not move it), so every replica
+        # of the target reaches the same time here.
+        t = max(self.applied_time(), src.applied_time())
+        if t != self.applied_time():
+            self.set_applied_time(t)
         state_len = len(keys.session_key(source, 0, 0)) - len(keys.group_prefix(source))
         prefix = keys.group_prefix(self.group)
         for suffix, record in list(src.raw_sessions()):

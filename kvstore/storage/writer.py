@@ -29,7 +29,7 @@ from kvstore.shard import merging as shard_merge
 from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
 from kvstore.shard.split import SplitError
 from kvstore.shard.split import split as split_shard
-from kvstore.statemachine.apply import apply_commands
+from kvstore.statemachine.apply import advance_applied_time, apply_commands
 from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
@@ -311,9 +311,15 @@ class Writer:
                         offset = p.shard.revision_offset
                         if p.shard.merging_into:
                             check = _frozen  # a prepared merge source takes no write
-                    out += apply_commands(
+                    rs = apply_commands(
                         tables, e.index, batch.commands, check, batch.time_ms, offset
                     )
+                    if check is not _frozen:  # a frozen source's time stays at its prepare
+                        t = advance_applied_time(tables, batch.stamp)
+                        # Writes may be answered before the commit (replica.answer_applied):
+                        # each answer carries its entry's time, the client's causal token.
+                        rs = [replace(r, time=t) for r in rs]
+                    out += rs
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
         if applied != p.applied:

@@ -104,6 +104,9 @@ class StorageView:
     def member_addresses(self, group: int) -> dict[int, str]:
         return {}
 
+    def applied_time(self, group: int) -> int:
+        return 0  # the simulated state machine keeps no causal time (no causal reads)
+
 
 def sender(net: Network, now: Callable[[], int]) -> Callable[[list[Message]], None]:
     """The replica loop's transport: hand every message to the simulated network."""

@@ -9,47 +9,49 @@ from __future__ import annotations
 
 from kvstore.statemachine import ApplyResult, MemoryKV, SessionId, SessionState
 from kvstore.statemachine.records import (
+    decode_clock,
     decode_result,
     decode_session,
-    decode_u64,
+    encode_clock,
     encode_result,
     encode_session,
-    encode_u64,
 )
 from kvstore.storage import NodeStorage
 from kvstore.storage.tables import GroupTables
 
 Sessions = dict[SessionId, tuple[SessionState, dict[int, ApplyResult]]]
+Clock = tuple[int, int]
+"""(log time ms, applied time)."""
 
 
 def _u64(b: bytes, at: int) -> int:
     return int.from_bytes(b[at : at + 8], "big")
 
 
-def from_rows(rows: list[tuple[bytes, bytes]], applied: int) -> tuple[int, Sessions]:
+def from_rows(rows: list[tuple[bytes, bytes]], applied: int) -> tuple[Clock, Sessions]:
     """(log clock, live sessions) of a group's raw session rows (a snapshot image's too)."""
-    clock = 0
+    clock = (0, 0)
     out: Sessions = {}
     for key, record in rows:
         if not key:
-            clock = decode_u64(record)
+            clock = decode_clock(record)
         elif len(key) == 16:
             out[_u64(key, 0), _u64(key, 8)] = (decode_session(record), {})
         else:
             assert len(key) == 24, key
             out[_u64(key, 0), _u64(key, 8)][1][_u64(key, 16)] = decode_result(record)
-    live = {sid: s for sid, s in out.items() if not s[0].expired(applied, clock)}
+    live = {sid: s for sid, s in out.items() if not s[0].expired(applied, clock[0])}
     return clock, live
 
 
-def stored(st: NodeStorage, group: int) -> tuple[int, Sessions]:
+def stored(st: NodeStorage, group: int) -> tuple[Clock, Sessions]:
     with st.env.begin() as txn:
         rows = list(GroupTables(txn, st.dbs, group).raw_sessions())
     return from_rows(rows, st.kv(group).applied_index())
 
 
-def model(m: MemoryKV) -> tuple[int, Sessions]:
-    return m.now_ms, {
+def model(m: MemoryKV) -> tuple[Clock, Sessions]:
+    return (m.now_ms, m.time), {
         sid: (s.state, dict(s.results))
         for sid, s in m.sessions.items()
         if not s.state.expired(m.applied, m.now_ms)
@@ -58,7 +60,7 @@ def model(m: MemoryKV) -> tuple[int, Sessions]:
 
 def rows(m: MemoryKV) -> list[tuple[bytes, bytes]]:
     """MemoryKV's sessions as the session rows of a snapshot image, in key order."""
-    out = [(b"", encode_u64(m.now_ms))]
+    out = [(b"", encode_clock(m.now_ms, m.time))]
     for (client, inc), s in sorted(m.sessions.items()):
         sid = client.to_bytes(8, "big") + inc.to_bytes(8, "big")
         out.append((sid, encode_session(s.state)))

@@ -125,7 +125,7 @@ class LogModel(RuleBasedStateMachine):
             if e.type == EntryType.NORMAL and e.data:
                 try:
                     batch = decode_entry(e.data)
-                    want += self.kv.apply(e.index, batch.commands, batch.time_ms)
+                    want += self.kv.apply(e.index, batch.commands, batch.time_ms, batch.stamp)
                 except ValueError:
                     self.undecodable += 1
         self.kv.applied = upto
