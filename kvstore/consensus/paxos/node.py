@@ -90,6 +90,9 @@ class PaxosNode:
         self.candidate: Candidate | None = None
         self.lead: Leader | None = None
         self.elapsed = 0
+        self.lost_through = 0
+        """A leader's heartbeat showed we lost accepted values up to here (a wiped disk,
+        or one restored from an older copy): no promise until the log holds them again."""
         self.timeout = self._random_timeout()
         self.msgs: list[Message] = []
         self.read_states: list[ReadState] = []
@@ -367,6 +370,12 @@ class PaxosNode:
 
     # -- phase 1 ----------------------------------------------------------------
     def _campaign(self, *, transfer: bool) -> None:
+        if self.log.last_index() < self.lost_through:
+            # Any voter may lead in Paxos (no log comparison as in Raft's votes): with our
+            # own promise counted, a quorum lacking the lost values could fill their slots.
+            self.dropped["campaign_lost_log"] += 1
+            self.elapsed = 0
+            return
         b = ballots.next_after(max(self.max_seen, self.acceptor.promised), self.id)
         self.max_seen = b
         self.acceptor.promise(b)
@@ -426,6 +435,10 @@ class PaxosNode:
             and (self.lead is not None or self.elapsed < self.cfg.election_tick)
         ):
             return "leader_lease"
+        if self.log.last_index() < self.lost_through:
+            # Values we accepted may be chosen and held by the leader alone: a promise now
+            # could let a leader that lacks them fill their slots with others.
+            return "prepare_lost_log"
         before = self.acceptor.promised
         if not self.acceptor.promise(m.term):
             self._send(MT.PROMISE, m.from_, term=self.acceptor.promised, index=m.index, reject=True)
@@ -497,6 +510,11 @@ class PaxosNode:
             self._send(MT.PAXOS_HEARTBEAT_RESP, m.from_, term=self.acceptor.promised, reject=True)
             return None
         self._observe(m.term, sender_leads=True)
+        if m.commit > self.log.last_index():
+            # The leader sends a commit up to what we acknowledged in its ballot, and no
+            # acknowledged value leaves our log while we hold that promise: we lost them.
+            self.lost_through = max(self.lost_through, m.commit)
+            self.dropped["commit_past_log"] += 1
         self.acceptor.learn(m.commit)
         self._send(
             MT.PAXOS_HEARTBEAT_RESP,
