@@ -118,12 +118,12 @@ async def _find_leader(client: Any, hosts: Sequence[Host]) -> Host | None:
     return _leader_host(statuses, hosts)
 
 
-async def _await_ready(store: Store, timeout: float) -> None:
+async def _await_ready(store: Store, timeout: float, attempt: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            await asyncio.wait_for(store.put("jepsen-ready", "1"), 5.0)
+            await asyncio.wait_for(store.put("jepsen-ready", "1"), attempt)
             return
         except Exception as e:
             last = e
@@ -227,7 +227,8 @@ async def drive(
     final: dict[str, Value] = {}
     try:
         progress(f"waiting for the cluster at {', '.join(cluster.endpoints)}")
-        await _await_ready(admin, max(60.0, cfg.recovery))
+        # emulated VMs on a loaded host: one write can take longer than 5 s
+        await _await_ready(admin, max(60.0, cfg.recovery), max(5.0, 3 * cfg.op_timeout))
         recorder = Recorder()
         progress(
             f"running {cfg.workload} for {cfg.time_limit:.0f}s with {cfg.concurrency} workers, "
