@@ -102,6 +102,12 @@ class Writer:
         self.merged: list[tuple[int, int]] = []
         """(target, source) of merges applied here in this transaction: the source's
         replica is gone from storage (the driver stops it)."""
+        self.merged_away: set[int] = set()
+        """Merge sources whose state a CommitMerge destroyed in this transaction. The
+        driver persists every group's Ready in one transaction, so the source's own Ready
+        may come after the target's CommitMerge: it must change nothing (the replica is
+        gone; the driver stops it after the persist), not write into the destroyed state
+        (a log with a gap: the transaction failed and the driver stopped)."""
         self.merge_anomalies: list[str] = []
         """CommitMerges applied while the local source replica was not as the coordinator
         saw it (impossible unless a node lost durable state; the driver logs them)."""
@@ -151,7 +157,11 @@ class Writer:
         kv and sessions (older ones are ignored, as in MemoryStorage). Entries at or below
         the log base are dropped; an entry at an index already stored replaces it and
         everything after it (the Ready rule). Raises ValueError on a gap after the last
-        index, CorruptionError on a snapshot image that does not verify."""
+        index, CorruptionError on a snapshot image that does not verify. A group a
+        CommitMerge destroyed earlier in this transaction is left alone (see
+        ``merged_away``)."""
+        if group in self.merged_away:
+            return
         p = self._group(group)
         if snapshot is not None and not snapshot.is_empty():
             self._install(group, p, snapshot)
@@ -282,6 +292,8 @@ class Writer:
         Then drops expired client sessions, a bounded number per call (SWEEP_SESSIONS, or
         as many as commands applied when more, so the sweep keeps pace with new sessions):
         a persist never pays for the whole session table."""
+        if group in self.merged_away:
+            return []
         p = self._group(group)
         tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
         out: list[ApplyResult] = []
@@ -442,6 +454,7 @@ class Writer:
                 src.id, e.index
             )
             self._destroy_state(src.id, s)
+            self.merged_away.add(src.id)
         self._set_shard(group, p, merged)
         self.merged.append((group, src.id))
         return merged.epoch.version
@@ -492,6 +505,8 @@ class Writer:
 
     def set_conf_state(self, group: int, conf_state: ConfState) -> None:
         """Persist the membership in effect (after applying a CONF_CHANGE entry)."""
+        if group in self.merged_away:
+            return
         p = self._group(group)
         if conf_state != p.conf_state:
             self._store_conf(group, p, conf_state)
@@ -499,6 +514,8 @@ class Writer:
     def set_member_address(self, group: int, node_id: int, address: str) -> None:
         """Record (``address`` "": forget) a member's address, with the membership change
         that gave it, in this transaction."""
+        if group in self.merged_away:
+            return
         members = read_members(self._txn, self._dbs, group)
         if address:
             members[node_id] = address
@@ -516,6 +533,8 @@ class Writer:
     def compact(self, group: int, index: int) -> None:
         """Drop log entries <= ``index``; the entry at ``index`` becomes the log base.
         No-op at or below the current base; ValueError past the applied index."""
+        if group in self.merged_away:
+            return
         p = self._group(group)
         if index <= p.base.index:
             return

@@ -22,6 +22,11 @@ NO_SESSION_COPY = "no-session-copy"
 """A split does not copy the parent's client sessions to the new shard: a write that
 applied in the parent and is retried against the new shard applies again."""
 
+EARLY_MERGE = "early-merge"
+"""The merge coordinator commits once the source's leader applied the PrepareMerge,
+not every source replica (TiKV #6460): a lagging replica's data is merged incomplete.
+(A coordinator rule: run_shard_schedule(wait_all=False); nothing is patched.)"""
+
 
 @contextmanager
 def broken(name: str) -> Iterator[None]:
@@ -31,5 +36,7 @@ def broken(name: str) -> Iterator[None]:
     elif name == NO_SESSION_COPY:
         with mock.patch.object(tables.GroupTables, "copy_sessions_to", lambda self, group: None):
             yield
+    elif name == EARLY_MERGE:
+        yield
     else:
         raise ValueError(f"unknown broken variant {name!r}")

@@ -21,6 +21,7 @@ Invariants checked (Raft paper figure 3; for Multi-Paxos, term = ballot, index =
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvstore.consensus.memory import MemoryStorage
@@ -100,6 +101,9 @@ class Checker:
     """read request context -> the highest index applied anywhere when it was made."""
     reads_confirmed: set[bytes] = field(default_factory=set)
     """Contexts of the read requests answered by a ReadState (liveness: schedule.py)."""
+    repeatable: Callable[[bytes], bool] | None = None
+    """Entry data that may be proposed again (the sharded simulation's admin commands:
+    a coordinator repeats one whose outcome it did not see); not a client value."""
     completeness_checked: set[tuple[int, int]] = field(default_factory=set)
     checks: int = 0
 
@@ -243,7 +247,11 @@ class Checker:
                 f"state machine safety: node {node} applied {e} at index {e.index}, "
                 f"another node applied {first}"
             )
-        if e.type == EntryType.NORMAL and e.data:
+        if (
+            e.type == EntryType.NORMAL
+            and e.data
+            and not (self.repeatable and self.repeatable(e.data))
+        ):
             at = self.value_index.setdefault(e.data, e.index)
             if at != e.index:
                 raise SafetyViolation(f"value {e.data!r} chosen at index {at} and at {e.index}")

@@ -51,6 +51,7 @@ from kvstore.consensus.types import (
 from kvstore.node.pending import GroupState
 from kvstore.node.persist import NodeStorageView, ShardChanges, persist_plans
 from kvstore.node.replica import Batch, ReplicaLoop
+from kvstore.shard import commands as shard_cmds
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
@@ -148,6 +149,8 @@ class ShardCluster:
         self.ranges = RangeChecker()
         self.kv = KVModel()
         self.on_result: list[ResultHook] = []
+        self.parents: dict[int, int] = {}
+        """group -> the group whose split created it."""
         self._dir = tempfile.mkdtemp(prefix="shardsim-", dir=SCRATCH)
         self.nodes: dict[int, ShardNode] = {}
         ids = list(range(1, nodes + 1))
@@ -188,7 +191,7 @@ class ShardCluster:
     def checker(self, group: int) -> Checker:
         ck = self.checkers.get(group)
         if ck is None:
-            ck = self.checkers[group] = Checker(self.traits)
+            ck = self.checkers[group] = Checker(self.traits, repeatable=shard_cmds.is_admin)
         return ck
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -399,7 +402,12 @@ class ShardCluster:
         results = persist_plans(st, METRICS, batch.plans, changes)
         created = list(changes.created)
         admin = changes.admin_results
+        merged = list(changes.merged)
+        self.stats["merge_anomalies"] += len(changes.merge_anomalies)
+        gone = {source for _, source in merged}
         for g, _, rd in readies:
+            if g in gone:
+                continue  # merged away in this transaction (checked below)
             try:
                 self._check_ready(node, g, rd, before[g], results.get(g, []), admin.get(g, {}))
             except SafetyViolation as e:
@@ -411,16 +419,26 @@ class ShardCluster:
             return
         node.loop.finish(batch, results, admin)
         for g, core, rd in readies:
-            if rd.soft_state is not None:
+            if rd.soft_state is not None and g not in gone:
                 node.role[g] = rd.soft_state.role
                 if rd.soft_state.role == Role.LEADER:
                     s = core.status()
                     self.checker(g).on_leader(node.id, s.term, StorageView(st.group(g)))  # type: ignore[arg-type]
         node.loop.advance(batch)
+        for target, source in merged:
+            # The CommitMerge destroyed the local source replica (kvstore/node/shards.py
+            # ``stop_merged``).
+            node.cores.pop(source, None)
+            node.states.pop(source, None)
+            node.role.pop(source, None)
+            node.digest.pop(source, None)
+            self.ranges.forget(node.id, source)
+            self.stats["merges_applied"] += 1
+            self.note(f"node {node.id}: group {target} absorbed group {source}")
         for g in created:
             if g in node.cores:
                 continue
-            parent = next((p for p, r in admin.items() if g in r.values()), 0)
+            parent = self.parents.get(g, 0)
             node.cores[g] = self._core(node, g)
             self.stats["split_groups_started"] += 1
             self.note(f"node {node.id} starts group {g} (split of {parent})")
@@ -465,8 +483,9 @@ class ShardCluster:
             ck.on_apply(node.id, e, applied, digest, durable_commit)
             applied = e.index
             self.stats["applied"] += 1
-            new = admin.get(e.index, 0)
+            new = admin.get(e.index, 0) if _is_split(e) else 0
             if new:
+                self.parents[new] = g
                 # The new group's history starts with its parent's at the split index.
                 self.checker(new)._agree(node.id, e.index, digest)
                 if new not in node.digest or new not in node.cores:
@@ -518,3 +537,12 @@ class ShardCluster:
 
     def note(self, what: str) -> None:
         self.trace.append(f"[{self.now}] {what}")
+
+
+def _is_split(e: Entry) -> bool:
+    if not shard_cmds.is_admin(e.data):
+        return False
+    try:
+        return isinstance(shard_cmds.decode(e.data), shard_cmds.Split)
+    except ValueError:
+        return False

@@ -19,42 +19,25 @@ compared with the KV model (shard_checkers.py).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from kvstore.consensus.types import (
-    ConfChange,
-    ConfChangeType,
-    ConsensusError,
-    Entry,
-    NotLeaderError,
-    ProposalId,
-    Role,
-)
+from kvstore.consensus.types import ConsensusError
 from kvstore.node.zombies import zombies
 from kvstore.shard import commands as shard_cmds
-from kvstore.shard.shardmap import ShardMap
 from kvstore.shard.split import SplitError, check_split_key
-from kvstore.statemachine.commands import Put, encode_batch
-from kvstore.statemachine.types import ApplyError, ApplyResult
 
 from .checkers import SafetyViolation
 from .cluster import CoreParams, load_core
 from .network import PERFECT, NetConfig, Network
 from .schedule import SimFailure
+from .shard_actors import KEYS, Merger, Mover, Writers
 from .shard_cluster import ShardCluster, StorageView
 
 CONVERGE_BOUND_E = 120
 MAX_GROUPS = 8
-MAX_PENDING = 6
-RETRY_AFTER = 6
-"""Steps after which a client may give up waiting on an attempt and send it again."""
-MOVE_STEPS = 300
-"""A move not done after this many steps is abandoned (the placement loop retries)."""
-KEYS = [bytes([a, b]) for a in b"abcdefgh" for b in b"abcd"]
 SPLIT_KEYS = sorted({k[:1] for k in KEYS} | set(KEYS))
 INITIAL_SPLITS = {1: [], 2: [b"e"], 3: [b"c", b"f"]}
 
@@ -72,6 +55,7 @@ class ShardFault(enum.Enum):
     TRANSFER = "transfer"
     SPLIT = "split"
     MOVE = "move"
+    MERGE = "merge"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +125,7 @@ def random_plan(rng: random.Random, opts: ShardOptions) -> list[Fault]:
         ShardFault.TRANSFER: 2,
         ShardFault.SPLIT: 5,
         ShardFault.MOVE: 3,
+        ShardFault.MERGE: 4,
     }
     plan: list[Fault] = []
     t = 0
@@ -171,231 +156,6 @@ def random_plan(rng: random.Random, opts: ShardOptions) -> list[Fault]:
             plan.append(Fault(at=t, kind=kind, node=node))
 
 
-# -- writers ---------------------------------------------------------------------------
-@dataclass(slots=True)
-class PendingWrite:
-    key: bytes
-    value: bytes
-    client: int
-    seq: int
-    issued: int
-    data: bytes = b""
-    at: tuple[int, int, ProposalId] | None = None
-    """(node, group, proposal) of the attempt in flight (the last one: an earlier one
-    may still apply, and the session must then answer the later one from its record)."""
-    sent: int = 0
-    tries: int = 0
-
-
-class Writers:
-    """Clients putting unique values with exactly-once sessions, routed by a cached map."""
-
-    def __init__(self, cluster: ShardCluster, rng: random.Random, opts: ShardOptions) -> None:
-        self.c = cluster
-        self.rng = rng
-        self.opts = opts
-        self.cache = ShardMap(list(cluster.ranges.map))
-        self.pending: list[PendingWrite] = []
-        self.seqs: Counter[int] = Counter()
-        self.stamp = 0
-        self.stats: Counter[str] = Counter()
-        self.slowest = 0
-        cluster.on_result.append(self.on_result)
-
-    def issue(self) -> None:
-        if len(self.pending) >= MAX_PENDING:
-            return
-        client = self.rng.randint(1, 3)
-        self.seqs[client] += 1
-        seq = self.seqs[client]
-        key = self.rng.choice(KEYS)
-        value = b"%s=%d.%d" % (key, client, seq)
-        self.pending.append(PendingWrite(key, value, client, seq, self.c.now))
-
-    def drive(self) -> None:
-        for w in self.pending:
-            if w.at is None or self._stale(w):
-                self._propose(w)
-            elif self.c.now - w.sent > RETRY_AFTER and self.rng.random() < 0.2:
-                # The client's attempt timed out: retry with the same seq while the first
-                # may still apply (the session must make it apply once).
-                self.stats["retried_in_flight"] += 1
-                self._propose(w)
-
-    def _stale(self, w: PendingWrite) -> bool:
-        assert w.at is not None
-        node_id, group, pid = w.at
-        node = self.c.nodes[node_id]
-        core = node.cores.get(group) if node.up else None
-        if core is None:
-            return True
-        s = core.status()
-        return s.role != Role.LEADER or s.term != pid.term
-
-    def _propose(self, w: PendingWrite) -> None:
-        c = self.c
-        w.at = None
-        if w.tries and self.rng.random() < 0.5:
-            # A retry after a timeout often starts from a fresh map (the client asked
-            # around): it may then go to the shard that took the key meanwhile.
-            self.cache.report(c.ranges.map, keep_tiling=False)
-        d = self.cache.lookup(w.key)
-        if d is None:
-            self.cache = ShardMap(list(c.ranges.map))
-            return
-        leader = c.leader(d.id)
-        if not leader:
-            if self.rng.random() < 0.2:
-                self.cache = ShardMap(list(c.ranges.map))
-            return
-        node = c.nodes[leader]
-        if self.rng.random() < self.opts.route_check:
-            mine = node.storage.group(d.id).view.shard
-            if mine is None or not mine.contains(w.key):
-                self.stats["stale_route_at_request"] += 1
-                self.cache.report(c.ranges.map, keep_tiling=False)
-                return
-        self.stamp += 1
-        put = Put(w.key, w.value, client_id=w.client, seq=w.seq, incarnation=1)
-        w.data = encode_batch([put], time_ms=self.stamp)
-        try:
-            pid = node.cores[d.id].propose(w.data)
-        except NotLeaderError:
-            return
-        except ConsensusError:
-            self.stats["dropped"] += 1
-            return
-        w.at = (leader, d.id, pid)
-        w.sent = self.c.now
-        w.tries += 1
-        self.stats["proposed"] += 1
-
-    def on_result(self, node: int, group: int, e: Entry, r: ApplyResult) -> None:
-        for w in self.pending:
-            if w.at is None or w.at[:2] != (node, group) or w.at[2].index != e.index:
-                continue
-            pid = w.at[2]
-            if e.term != pid.term or e.data != w.data:
-                w.at = None  # another entry took the slot: propose again
-                return
-            if r.ok:
-                self.pending.remove(w)
-                self.stats["acknowledged"] += 1
-                if w.tries > 1:
-                    self.stats["acknowledged_after_retry"] += 1
-                self.slowest = max(self.slowest, self.c.now - w.issued)
-            elif r.error == ApplyError.WRONG_SHARD:
-                self.stats["wrong_shard_at_apply"] += 1
-                self.cache.report(self.c.ranges.map, keep_tiling=False)
-                w.at = None
-            else:
-                raise SafetyViolation(f"write {w.value!r} failed at apply: {r}")
-            return
-
-
-# -- moves -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class Move:
-    group: int
-    src: int
-    dst: int
-    started: int
-    phase: str = "learner"
-    last_try: int = -100
-
-
-class Mover:
-    """Runs moves the way the placement loop does (kvstore/shard/placement.py)."""
-
-    def __init__(self, cluster: ShardCluster, rng: random.Random) -> None:
-        self.c = cluster
-        self.rng = rng
-        self.moves: list[Move] = []
-        self.stats: Counter[str] = Counter()
-
-    def start(self) -> None:
-        c = self.c
-        busy = {m.group for m in self.moves}
-        free = [g for g in c.groups() if g not in busy]
-        if not free:
-            return
-        g = self.rng.choice(free)
-        leader = c.leader(g)
-        if not leader:
-            return
-        core = c.nodes[leader].cores[g]
-        cs = core.status().conf_state
-        members = cs.voters | cs.learners | cs.voters_outgoing
-        if cs.learners or cs.voters_outgoing:
-            return
-        others = sorted(set(c.nodes) - members)
-        if not others:
-            return
-        m = Move(g, self.rng.choice(sorted(cs.voters)), self.rng.choice(others), c.now)
-        self.moves.append(m)
-        self.stats["moves_started"] += 1
-        c.note(f"move group {g}: {m.src} -> {m.dst}")
-
-    def drive(self) -> None:
-        for m in list(self.moves):
-            if self.c.now - m.started > MOVE_STEPS:
-                self.moves.remove(m)
-                self.stats["moves_abandoned"] += 1
-                continue
-            if self._step(m):
-                self.moves.remove(m)
-                self.stats["moves_done"] += 1
-                self.c.note(f"move group {m.group} done: {m.src} -> {m.dst}")
-
-    def _step(self, m: Move) -> bool:
-        c = self.c
-        leader = c.leader(m.group)
-        if not leader:
-            return False
-        core = c.nodes[leader].cores[m.group]
-        s = core.status()
-        cs = s.conf_state
-        retry = c.now - m.last_try >= 10
-        change: ConfChange | None = None
-        if m.phase == "learner":
-            if m.dst in cs.learners:
-                m.phase = "catchup"
-            elif m.dst in cs.voters:
-                m.phase = "remove"
-            elif retry:
-                change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=m.dst)
-        if m.phase == "catchup":
-            dst = c.nodes[m.dst]
-            glog = dst.storage.group(m.group) if m.group in dst.cores else None
-            if glog is not None and glog.view.applied >= s.commit:
-                m.phase = "promote"
-        if m.phase == "promote":
-            if m.dst in cs.voters:
-                m.phase = "remove"
-            elif m.dst not in cs.learners:
-                m.phase = "learner"
-            elif retry:
-                change = ConfChange(type=ConfChangeType.ADD_NODE, node_id=m.dst)
-        if m.phase == "remove":
-            if m.src not in cs.voters | cs.learners:
-                return True
-            if retry and leader == m.src:
-                m.last_try = c.now
-                with contextlib.suppress(ConsensusError, NotImplementedError):
-                    core.transfer_leadership(m.dst)
-                return False
-            if retry:
-                change = ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=m.src)
-        if change is not None:
-            m.last_try = c.now
-            try:
-                core.propose_conf_change(change)
-                self.stats[f"{change.type.name.lower()}_proposed"] += 1
-            except (ConsensusError, NotImplementedError):
-                pass
-        return False
-
-
 # -- running ---------------------------------------------------------------------------
 @dataclass(slots=True)
 class ShardResult:
@@ -407,7 +167,9 @@ class ShardResult:
 
 
 class ShardRun:
-    def __init__(self, kind: str, seed: int, opts: ShardOptions, plan: list[Fault]) -> None:
+    def __init__(
+        self, kind: str, seed: int, opts: ShardOptions, plan: list[Fault], *, wait_all: bool = True
+    ) -> None:
         loaded = load_core(kind)
         if loaded is None:
             raise LookupError(f"consensus core {kind!r} does not import")
@@ -426,8 +188,9 @@ class ShardRun:
             net=self.net,
             params=opts.params,
         )
-        self.writers = Writers(self.c, random.Random(self.rng.getrandbits(64)), opts)
+        self.writers = Writers(self.c, random.Random(self.rng.getrandbits(64)), opts.route_check)
         self.mover = Mover(self.c, random.Random(self.rng.getrandbits(64)))
+        self.merger = Merger(self.c, random.Random(self.rng.getrandbits(64)), wait_all=wait_all)
         self.crash_after_persist: set[int] = set()
 
     def run(self) -> ShardResult:
@@ -458,8 +221,7 @@ class ShardRun:
             self.step(opts.tick_prob)
             if self.rng.random() < opts.write_prob:
                 self.writers.issue()
-            self.writers.drive()
-            self.mover.drive()
+            self.drive()
             c.settle(self.crash_after_persist)
             if step % 10 == 9:
                 self.reap()
@@ -467,10 +229,15 @@ class ShardRun:
                 self.full_log_matching()
         heal = self.heal_and_check()
         self.full_log_matching()
-        stats = c.stats + self.net.stats + self.writers.stats + self.mover.stats
+        stats = c.stats + self.net.stats + self.writers.stats + self.mover.stats + self.merger.stats
         stats["resurrected_older"] += c.ranges.resurrected_older
         checks = sum(ck.checks for ck in c.checkers.values()) + c.ranges.checks + c.kv.checks
         return ShardResult(self.seed, c.now + 1, heal, checks, stats)
+
+    def drive(self) -> None:
+        self.writers.drive()
+        self.mover.drive(self.merger.busy())
+        self.merger.drive()
 
     def step(self, tick_prob: float) -> None:
         c = self.c
@@ -525,7 +292,9 @@ class ShardRun:
         elif k == ShardFault.SPLIT:
             self.split()
         elif k == ShardFault.MOVE:
-            self.mover.start()
+            self.mover.start(self.merger.busy())
+        elif k == ShardFault.MERGE:
+            self.merger.start(self.mover.busy())
 
     def transfer(self) -> None:
         c = self.c
@@ -592,12 +361,12 @@ class ShardRun:
             c.now += 1
             t = c.now - start
             self.step(1.0)
-            self.writers.drive()
-            self.mover.drive()
+            self.drive()
             c.settle()
             if t % 10 == 0:
                 self.reap()
-            if not self.writers.pending and not self.mover.moves and self._converged():
+            idle = not (self.writers.pending or self.mover.moves or self.merger.merges)
+            if idle and self._converged():
                 return t
             if t > bound:
                 state = {
@@ -611,7 +380,8 @@ class ShardRun:
                 raise self._failure(
                     f"liveness: not converged {t} ticks after healing (bound "
                     f"{CONVERGE_BOUND_E}*election_tick={bound}): {len(self.writers.pending)} "
-                    f"writes pending, moves {self.mover.moves}, applied per group {state}"
+                    f"writes pending, moves {self.mover.moves}, merges {self.merger.merges}, "
+                    f"applied per group {state}"
                 )
 
     def _converged(self) -> bool:
@@ -648,11 +418,13 @@ def run_shard_schedule(
     steps: int = 150,
     opts: ShardOptions | None = None,
     plan: list[Fault] | None = None,
+    wait_all: bool = True,
 ) -> ShardResult:
-    """Run one sharded schedule; raises SimFailure naming the seed."""
+    """Run one sharded schedule; raises SimFailure naming the seed. ``wait_all=False``:
+    the broken merge coordinator (test_shard_broken.py)."""
     rng = random.Random(seed)
     if opts is None:
         opts = random_options(rng, steps)
     if plan is None:
         plan = random_plan(rng, opts)
-    return ShardRun(kind, seed, opts, plan).run()
+    return ShardRun(kind, seed, opts, plan, wait_all=wait_all).run()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .broken_shards import NO_SESSION_COPY, UNFENCED_SPLIT, broken
+from .broken_shards import EARLY_MERGE, NO_SESSION_COPY, UNFENCED_SPLIT, broken
 from .conftest import SimArgs
 from .schedule import SimFailure
 from .shards import run_shard_schedule
@@ -28,6 +28,7 @@ SEEDS = 30
             r"applied twice|another replica with|two shards took the key|holds other data",
         ),
         (NO_SESSION_COPY, r"applied twice"),
+        (EARLY_MERGE, r"another replica with|two shards took the key|holds other data"),
     ],
 )
 def test_broken_shard_rule_is_caught(variant: str, expect: str, sim_args: SimArgs) -> None:
@@ -37,7 +38,7 @@ def test_broken_shard_rule_is_caught(variant: str, expect: str, sim_args: SimArg
     with broken(variant):
         for seed in range(n):
             try:
-                run_shard_schedule("raft", seed)
+                run_shard_schedule("raft", seed, wait_all=variant != EARLY_MERGE)
             except SimFailure as e:
                 if not re.search(expect, e.reason):
                     pytest.fail(f"{variant} seed {seed} failed otherwise: {e.reason}")

@@ -37,6 +37,8 @@ EXERCISED = (
     "wrong_shard_at_apply",
     "acknowledged_after_retry",
     "snapshot_refused_overlap",
+    "merges_applied",
+    "merges_committed",
 )
 
 
@@ -65,7 +67,8 @@ def test_sharded_schedules(kind: str, sim_args: SimArgs) -> None:
     print(
         f"\nsharded {kind}: {n} schedules, {totals['applied']} entries applied, "
         f"{totals['splits_applied']} splits applied, {totals['moves_done']} moves, "
-        f"{totals['acknowledged']} writes acknowledged, {time.process_time() - t0:.1f}s CPU"
+        f"{totals['acknowledged']} writes acknowledged, {totals['merges_applied']} merges applied "
+        f"({totals['merge_anomalies']} anomalies), {time.process_time() - t0:.1f}s CPU"
     )
     if n >= 50:
         # The schedules must really exercise what they claim to.

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.consensus.types import Entry, EntryType
+from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, Ready
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.persist import Plan, ShardChanges, persist_plans
 from kvstore.shard import Descriptor, Epoch
 from kvstore.shard import commands as cmds
 from kvstore.statemachine import ApplyError, ApplyResult, Put, encode_batch
@@ -90,6 +92,34 @@ def test_merge_absorbs_the_source_in_one_transaction(st: NodeStorage) -> None:
     # A snapshot of the merged shard carries the offset (a new replica keeps rising too).
     image = read_image(L, 3, st.group(L).snapshot().data)
     assert [k for k, _ in image.kv] == [b"apple", b"pear"]
+
+
+def test_source_ready_in_the_persist_that_merges_it_away(st: NodeStorage) -> None:
+    """One persist holds the target's CommitMerge and, after it (the driver persists its
+    groups in the order it made them, a split's right half last), a Ready of the source
+    (a late write reaching the frozen source). The source's state is gone by then: its
+    Ready must change nothing; it made the transaction fail ("gap, appending 10 after 0")
+    and so stopped the node's driver (found by the sharded simulation, FINDINGS.md F8)."""
+    run(st, R, entry(1, puts((b"pear", b"1", 1))))
+    src = prepare(st, 2)
+    commit = entry(1, cmds.encode(cmds.CommitMerge(src)))
+    late = entry(3, puts((b"plum", b"x", 2)))
+    plans = [
+        Plan(group=L, rd=Ready(entries=(commit,), committed=(commit,)), compact_to=0),
+        Plan(
+            group=R,
+            rd=Ready(hard_state=HardState(term=1, commit=3), entries=(late,), committed=(late,)),
+            compact_to=0,
+            conf_state=ConfState(voters=frozenset(VOTERS)),
+        ),
+    ]
+    shards = ShardChanges()
+    results = persist_plans(st, NodeMetrics(), plans, shards)
+    assert shards.merged == [(L, R)] and results.get(R, []) == []
+    assert R not in st.groups() and st.group(R).view == st.group(99).view  # nothing left
+    merged = st.group(L).view.shard
+    assert merged is not None and (merged.start, merged.end) == (b"", b"")
+    assert [kv.key for kv in st.kv(L).scan()] == [b"pear"]
 
 
 def test_commit_is_refused_when_the_target_changed(st: NodeStorage) -> None:
