@@ -48,8 +48,9 @@ class BatchStream:
         self._queue: list[tuple[kv_pb2.Op, asyncio.Future[kv_pb2.OpResult]]] = []
         self._pending: dict[int, asyncio.Future[kv_pb2.OpResult]] = {}
         self._answered_late: set[int] = set()
-        """Ops handed to the stream whose answer came after their caller stopped waiting
-        and before it called ``forget``: they left this client (see ``forget``)."""
+        """Ops handed to the stream that the stream settled (answer or break) after their
+        caller stopped waiting and before it called ``forget``: they left this client
+        (see ``forget``)."""
         self._wake = asyncio.Event()
         self.broken: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,11 +80,12 @@ class BatchStream:
         """Stop waiting for op ``op_id``; True if it had been handed to the stream (its
         outcome is unknown), False if it never left this client.
 
-        An answer that arrives after the caller's timer failed the op but before the
-        caller gets here has already taken the op out of ``_pending``: that op was sent
-        (and may have applied), so it must not read as never sent, or the caller would
-        retry the write under a fresh seq and apply it twice (seen in a Jepsen kill run
-        under load: a cas answered false although it had applied)."""
+        An answer, or the stream breaking, after the caller's timer failed the op but
+        before the caller gets here has already taken the op out of ``_pending``: that op
+        was sent (and may have applied), so it must not read as never sent, or the caller
+        would retry the write under a fresh seq and apply it twice, or report it as
+        certainly failed (seen in Jepsen kill and pause runs under load: a cas answered
+        false although it had applied, a write reported failed whose value was read)."""
         if self._pending.pop(op_id, None) is not None:
             return True
         if op_id in self._answered_late:
@@ -96,7 +98,8 @@ class BatchStream:
         if fut is None:
             return
         if fut.done():
-            self._answered_late.add(r.id)
+            if not fut.cancelled():  # a cancelled caller never asks
+                self._answered_late.add(r.id)
         else:
             fut.set_result(r)
 
@@ -148,11 +151,13 @@ class BatchStream:
         if self.broken is not None:
             return
         self.broken = why
-        for fut in self._pending.values():
+        for op_id, fut in self._pending.items():
             if not fut.done():
                 fut.set_exception(StreamBroken(why, sent=True))
+            elif not fut.cancelled():
+                # Its caller's timer fired and the caller has not asked yet: still sent.
+                self._answered_late.add(op_id)
         self._pending.clear()
-        self._answered_late.clear()
         for _, fut in self._queue:
             if not fut.done():
                 fut.set_exception(StreamBroken(why, sent=False))

@@ -240,3 +240,29 @@ class _OneAnswer:
 
     def cancel(self) -> None:
         pass
+
+
+def test_a_stream_breaking_after_the_attempt_timer_leaves_the_op_sent() -> None:
+    """Regression (Jepsen pause/kill runs under load: writes reported as certain failures
+    whose values were read later): the attempt timer fails a sent op, the stream breaks
+    (node killed) before the caller resumes, and the break cleared the pending table, so
+    ``forget`` said "never sent": the write was retried under a fresh seq or reported
+    ``definite`` although it may have applied."""
+    from kvstore._pb import kv_pb2
+    from kvstore.client._stream import BatchStream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stream = BatchStream("127.0.0.1:1")  # never connected: the tables are ours to drive
+        try:
+            sent: asyncio.Future[kv_pb2.OpResult] = loop.create_future()
+            stream._pending[7] = sent  # what the sender does when it writes op 7
+            sent.set_exception(TimeoutError())  # the attempt timer fires first
+            stream._break("stream to 127.0.0.1:1 ended")  # then the node goes away
+            assert stream.forget(7), "op 7 left this client: its outcome is unknown"
+            assert not stream.forget(7)
+            assert isinstance(sent.exception(), TimeoutError)
+        finally:
+            await stream.close()
+
+    asyncio.run(main())
