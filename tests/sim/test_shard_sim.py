@@ -22,7 +22,7 @@ from .schedule import SimFailure
 from .shards import run_shard_schedule
 
 KINDS = ("raft", "paxos")
-DEFAULT_SCHEDULES = 100
+DEFAULT_SCHEDULES = 50  # ~20 s of CPU a core; --sim-schedules or --soak for more
 STEPS = 150
 SOAK_SCHEDULES = 2000
 SOAK_STEPS = 400
