@@ -51,7 +51,7 @@ def test_shard_faults_only_on_a_sharded_cluster() -> None:
     assert {k for w in sharded for k in w.split("+")} >= set(SHARD_FAULTS)
     assert any("+shard-" in w for w in sharded), "a shard operation under a network fault"
     assert schedule("shard", 120, 5, random.Random(4)) == []
-    assert {w.kind for w in schedule("shard", 120, 5, random.Random(4), sharded=True)} == set(
+    assert {w.kind for w in schedule("shard", 600, 5, random.Random(4), sharded=True)} == set(
         SHARD_FAULTS
     )
 
