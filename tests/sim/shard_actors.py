@@ -446,6 +446,8 @@ class Merger:
                     self.stats["commits_proposed"] += 1
             return ""
         # rollback
+        if not self.c.leader(m.right):
+            return ""
         held = self._held(m.right)
         if held is None or not held.merging_into:
             return "rolled_back"

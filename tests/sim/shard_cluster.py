@@ -35,6 +35,7 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from kvstore.consensus.types import (
     JOINING,
@@ -51,15 +52,13 @@ from kvstore.consensus.types import (
 from kvstore.node.pending import GroupState
 from kvstore.node.persist import NodeStorageView, ShardChanges, persist_plans
 from kvstore.node.replica import Batch, ReplicaLoop
+from kvstore.node.shards import snapshot_fits
 from kvstore.shard import commands as shard_cmds
-from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import NodeStorage
-from kvstore.storage.errors import CorruptionError
 from kvstore.storage.log import GroupLog
-from kvstore.storage.snapshot import image_shard
 
 from .checkers import GENESIS_DIGEST, Checker, SafetyViolation, Traits, chain
 from .cluster import CoreFactory, CoreParams
@@ -303,22 +302,9 @@ class ShardCluster:
             self.stats["delivered"] += 1
 
     def _snapshot_fits(self, node: ShardNode, m: Message) -> bool:
-        """kvstore/node/shards.py ``snapshot_fits``: no other local replica overlaps."""
-        assert m.snapshot is not None
-        if not m.snapshot.data:
-            return True
-        try:
-            shard = image_shard(m.group, m.snapshot.metadata.index, m.snapshot.data)
-            d = desc.decode(shard) if shard else None
-        except (CorruptionError, ValueError):
-            return True
-        if d is None:
-            return True
-        for g in node.cores:
-            other = node.storage.group(g).view.shard
-            if g != m.group and other is not None and other.overlaps(d):
-                return False
-        return True
+        """The node's own rule (kvstore/node/shards.py ``snapshot_fits``)."""
+        view = SimpleNamespace(groups=node.cores, storage=node.storage)
+        return snapshot_fits(view, m)  # type: ignore[arg-type]
 
     def _adopt_unknown(self, node: ShardNode, m: Message) -> Core | None:
         """kvstore/node/shards.py ``adopt_unknown``."""
