@@ -156,6 +156,17 @@ def adopt_unknown(driver: NodeDriver, m: Message) -> GroupState | None:
             return None
         add_empty_replica(driver, m.group)
         return driver.groups[m.group]
+    ask = empty_replica_answer(me, m)
+    if ask is None:
+        return None
+    driver.send([ask])
+    return None
+
+
+def empty_replica_answer(me: int, m: Message) -> Message | None:
+    """What an empty replica answers a leader's APPEND, HEARTBEAT or ACCEPT for a group
+    node ``me`` does not run (the cores' join contract: "I have nothing, send a
+    snapshot"); None for any other message. Pure: the node and the simulation share it."""
     if m.type == MessageType.APPEND:
         ask = Message(
             type=MessageType.APPEND_RESP,
@@ -190,5 +201,4 @@ def adopt_unknown(driver: NodeDriver, m: Message) -> GroupState | None:
         )
     else:
         return None
-    driver.send([ask])
-    return None
+    return ask

@@ -38,13 +38,11 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from kvstore.consensus.types import (
-    JOINING,
     Config,
     ConfState,
     Core,
     Entry,
     Message,
-    MessageType,
     Ready,
     Role,
     Snapshot,
@@ -52,7 +50,7 @@ from kvstore.consensus.types import (
 from kvstore.node.pending import GroupState
 from kvstore.node.persist import NodeStorageView, ShardChanges, persist_plans
 from kvstore.node.replica import Batch, ReplicaLoop
-from kvstore.node.shards import snapshot_fits
+from kvstore.node.shards import empty_replica_answer, snapshot_fits
 from kvstore.shard import commands as shard_cmds
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
@@ -317,36 +315,8 @@ class ShardCluster:
             self.stats["replicas_adopted"] += 1
             self.note(f"node {node.id} starts an empty replica of group {m.group}")
             return core
-        me, g = node.id, m.group
-        if m.type == MessageType.APPEND:
-            ask = Message(
-                type=MessageType.APPEND_RESP,
-                group=g,
-                from_=me,
-                to=m.from_,
-                term=m.term,
-                index=0,
-                reject=True,
-            )
-        elif m.type in (MessageType.HEARTBEAT, MessageType.PAXOS_HEARTBEAT):
-            kind = (
-                MessageType.HEARTBEAT_RESP
-                if m.type == MessageType.HEARTBEAT
-                else MessageType.PAXOS_HEARTBEAT_RESP
-            )
-            ask = Message(type=kind, group=g, from_=me, to=m.from_, term=m.term, context=m.context)
-        elif m.type == MessageType.ACCEPT:
-            ask = Message(
-                type=MessageType.ACCEPTED,
-                group=g,
-                from_=me,
-                to=m.from_,
-                term=m.term,
-                index=0,
-                reject=True,
-                context=JOINING,
-            )
-        else:
+        ask = empty_replica_answer(node.id, m)
+        if ask is None:
             return None
         self.net.send(ask, self.now)
         return None
