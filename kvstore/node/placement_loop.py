@@ -360,6 +360,15 @@ class PlacementLoop:
                 last = self.last
                 if last is not None:
                     g = next((x for x in last.groups if x.id == shard), None)
+                    dest = {n.id: n for n in last.nodes}.get(to)
+                    # A destination judged down mid-move never catches up: say so now
+                    # rather than at the deadline (placement removes its learner).
+                    if dest is not None and dest.liveness == "dead":
+                        raise InvalidOp(
+                            f"cannot move: node {to} is not alive ({dest.liveness}, phi "
+                            f"{dest.phi:.1f}); the move stopped",
+                            definite=False,
+                        )
             raise DeadlineOp(f"move of shard {shard} did not finish in time", definite=False)
         finally:
             if self.moves.get(shard) == (frm, to):

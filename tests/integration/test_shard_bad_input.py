@@ -74,9 +74,9 @@ def test_bad_shard_requests_are_refused_with_the_reason_and_change_nothing(
         wait_for(
             lambda: (
                 "node 4 is not alive"
-                in _cli(c, "shard", "move", "1", "--from", "1", "--to", "4").stderr
+                in _cli(c, "shard", "move", "1", "--from", "1", "--to", "4", "--wait", "20").stderr
             ),
-            30,
+            60,
             "the move to the killed node refused as not alive",
         )
         wait_for(
