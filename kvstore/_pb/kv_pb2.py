@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"~\n\x0fShardDescriptor\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x10\n\x08\x63onf_ver\x18\x05 \x01(\x04\x12\x0e\n\x06voters\x18\x06 \x03(\x04\x12\x10\n\x08learners\x18\x07 \x03(\x04\"\x8c\x01\n\x0eResponseHeader\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x04\x12\x15\n\rshard_version\x18\x06 \x01(\x04\x12\x13\n\x0b\x63\x61usal_time\x18\x07 \x01(\x04\"n\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07prev_kv\x18\x05 \x01(\x08\x12\x13\n\x0bincarnation\x18\x06 \x01(\x04\"r\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12%\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\tread_mode\x18\x02 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x03 \x01(\x04\"[\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"Q\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\"\x86\x01\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"w\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\'\n\tread_mode\x18\x04 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x05 \x01(\x04\"k\n\x0cScanResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\xcf\x01\n\nCasRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x18\n\x0e\x65xpected_value\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65xpected_version\x18\x03 \x01(\x04H\x00\x12\x17\n\rexpect_absent\x18\x04 \x01(\x08H\x00\x12\x11\n\tnew_value\x18\x05 \x01(\x0c\x12\x12\n\ndelete_key\x18\x06 \x01(\x08\x12\x11\n\tclient_id\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x12\x13\n\x0bincarnation\x18\t \x01(\x04\x42\t\n\x07\x63ompare\"\x85\x01\n\x0b\x43\x61sResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"\xa6\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x66inite\x18\x05 \x01(\x08\x12\x13\n\x0bstale_route\x18\x06 \x01(\x08\x12+\n\x06shards\x18\x07 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"\xb5\x02\n\x02Op\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12\r\n\x05shard\x18\x03 \x01(\x04\x12\x15\n\rshard_version\x18\x04 \x01(\x04\x12\x13\n\x0b\x63\x61usal_time\x18\x05 \x01(\x04\x12%\n\x03put\x18\n \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x0b \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\'\n\x04scan\x18\r \x01(\x0b\x32\x17.kvstore.v1.ScanRequestH\x00\x12%\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x16.kvstore.v1.CasRequestH\x00\x42\t\n\x07request\"\x94\x02\n\x08OpResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.kvstore.v1.Error\x12&\n\x03put\x18\n \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x0b \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12(\n\x04scan\x18\r \x01(\x0b\x32\x18.kvstore.v1.ScanResponseH\x00\x12&\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x17.kvstore.v1.CasResponseH\x00\x42\n\n\x08response\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult*N\n\x08ReadMode\x12\x14\n\x10READ_MODE_STRONG\x10\x00\x12\x16\n\x12READ_MODE_EVENTUAL\x10\x01\x12\x14\n\x10READ_MODE_CAUSAL\x10\x02\x32\xf5\x02\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse\x12\x41\n\x0e\x43ompareAndSwap\x12\x16.kvstore.v1.CasRequest\x1a\x17.kvstore.v1.CasResponse\x12@\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"~\n\x0fShardDescriptor\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x10\n\x08\x63onf_ver\x18\x05 \x01(\x04\x12\x0e\n\x06voters\x18\x06 \x03(\x04\x12\x10\n\x08learners\x18\x07 \x03(\x04\"\x8c\x01\n\x0eResponseHeader\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x04\x12\x15\n\rshard_version\x18\x06 \x01(\x04\x12\x13\n\x0b\x63\x61usal_time\x18\x07 \x01(\x04\"}\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07prev_kv\x18\x05 \x01(\x08\x12\x13\n\x0bincarnation\x18\x06 \x01(\x04\x12\r\n\x05lease\x18\x07 \x01(\x04\"r\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12%\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\tread_mode\x18\x02 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x03 \x01(\x04\"[\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"Q\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\"\x86\x01\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"w\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\'\n\tread_mode\x18\x04 \x01(\x0e\x32\x14.kvstore.v1.ReadMode\x12\x14\n\x0c\x63\x61usal_token\x18\x05 \x01(\x04\"k\n\x0cScanResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\xde\x01\n\nCasRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x18\n\x0e\x65xpected_value\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65xpected_version\x18\x03 \x01(\x04H\x00\x12\x17\n\rexpect_absent\x18\x04 \x01(\x08H\x00\x12\x11\n\tnew_value\x18\x05 \x01(\x0c\x12\x12\n\ndelete_key\x18\x06 \x01(\x08\x12\x11\n\tclient_id\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x12\x13\n\x0bincarnation\x18\t \x01(\x04\x12\r\n\x05lease\x18\n \x01(\x04\x42\t\n\x07\x63ompare\"\x85\x01\n\x0b\x43\x61sResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12%\n\x07prev_kv\x18\x04 \x01(\x0b\x32\x14.kvstore.v1.KeyValue\"d\n\x11LeaseGrantRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x04\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x13\n\x0bincarnation\x18\x05 \x01(\x04\"\\\n\x12LeaseGrantResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\"#\n\x15LeaseKeepAliveRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"`\n\x16LeaseKeepAliveResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\"U\n\x12LeaseRevokeRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\"d\n\x13LeaseRevokeResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x04\"M\n\x0bLeaseStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x04\x12\x14\n\x0cremaining_ms\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x03(\x0c\"2\n\x16LeaseTimeToLiveRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x08\"m\n\x17LeaseTimeToLiveResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12&\n\x05lease\x18\x02 \x01(\x0b\x32\x17.kvstore.v1.LeaseStatus\"\x12\n\x10LeaseListRequest\"h\n\x11LeaseListResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.kvstore.v1.ResponseHeader\x12\'\n\x06leases\x18\x02 \x03(\x0b\x32\x17.kvstore.v1.LeaseStatus\"\xa6\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x17\n\x0fleader_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x66inite\x18\x05 \x01(\x08\x12\x13\n\x0bstale_route\x18\x06 \x01(\x08\x12+\n\x06shards\x18\x07 \x03(\x0b\x32\x1b.kvstore.v1.ShardDescriptor\"\xd8\x04\n\x02Op\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12\r\n\x05shard\x18\x03 \x01(\x04\x12\x15\n\rshard_version\x18\x04 \x01(\x04\x12\x13\n\x0b\x63\x61usal_time\x18\x05 \x01(\x04\x12%\n\x03put\x18\n \x01(\x0b\x32\x16.kvstore.v1.PutRequestH\x00\x12%\n\x03get\x18\x0b \x01(\x0b\x32\x16.kvstore.v1.GetRequestH\x00\x12+\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x19.kvstore.v1.DeleteRequestH\x00\x12\'\n\x04scan\x18\r \x01(\x0b\x32\x17.kvstore.v1.ScanRequestH\x00\x12%\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x16.kvstore.v1.CasRequestH\x00\x12\x34\n\x0blease_grant\x18\x0f \x01(\x0b\x32\x1d.kvstore.v1.LeaseGrantRequestH\x00\x12=\n\x10lease_keep_alive\x18\x10 \x01(\x0b\x32!.kvstore.v1.LeaseKeepAliveRequestH\x00\x12\x36\n\x0clease_revoke\x18\x11 \x01(\x0b\x32\x1e.kvstore.v1.LeaseRevokeRequestH\x00\x12@\n\x12lease_time_to_live\x18\x12 \x01(\x0b\x32\".kvstore.v1.LeaseTimeToLiveRequestH\x00\x12\x32\n\nlease_list\x18\x13 \x01(\x0b\x32\x1c.kvstore.v1.LeaseListRequestH\x00\x42\t\n\x07request\"\xbc\x04\n\x08OpResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.kvstore.v1.Error\x12&\n\x03put\x18\n \x01(\x0b\x32\x17.kvstore.v1.PutResponseH\x00\x12&\n\x03get\x18\x0b \x01(\x0b\x32\x17.kvstore.v1.GetResponseH\x00\x12,\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x1a.kvstore.v1.DeleteResponseH\x00\x12(\n\x04scan\x18\r \x01(\x0b\x32\x18.kvstore.v1.ScanResponseH\x00\x12&\n\x03\x63\x61s\x18\x0e \x01(\x0b\x32\x17.kvstore.v1.CasResponseH\x00\x12\x35\n\x0blease_grant\x18\x0f \x01(\x0b\x32\x1e.kvstore.v1.LeaseGrantResponseH\x00\x12>\n\x10lease_keep_alive\x18\x10 \x01(\x0b\x32\".kvstore.v1.LeaseKeepAliveResponseH\x00\x12\x37\n\x0clease_revoke\x18\x11 \x01(\x0b\x32\x1f.kvstore.v1.LeaseRevokeResponseH\x00\x12\x41\n\x12lease_time_to_live\x18\x12 \x01(\x0b\x32#.kvstore.v1.LeaseTimeToLiveResponseH\x00\x12\x33\n\nlease_list\x18\x13 \x01(\x0b\x32\x1d.kvstore.v1.LeaseListResponseH\x00\x42\n\n\x08response\"+\n\x0c\x42\x61tchRequest\x12\x1b\n\x03ops\x18\x01 \x03(\x0b\x32\x0e.kvstore.v1.Op\"6\n\rBatchResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.OpResult*N\n\x08ReadMode\x12\x14\n\x10READ_MODE_STRONG\x10\x00\x12\x16\n\x12READ_MODE_EVENTUAL\x10\x01\x12\x14\n\x10READ_MODE_CAUSAL\x10\x02\x32\x91\x06\n\x02KV\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse\x12\x41\n\x0e\x43ompareAndSwap\x12\x16.kvstore.v1.CasRequest\x1a\x17.kvstore.v1.CasResponse\x12K\n\nLeaseGrant\x12\x1d.kvstore.v1.LeaseGrantRequest\x1a\x1e.kvstore.v1.LeaseGrantResponse\x12W\n\x0eLeaseKeepAlive\x12!.kvstore.v1.LeaseKeepAliveRequest\x1a\".kvstore.v1.LeaseKeepAliveResponse\x12N\n\x0bLeaseRevoke\x12\x1e.kvstore.v1.LeaseRevokeRequest\x1a\x1f.kvstore.v1.LeaseRevokeResponse\x12Z\n\x0fLeaseTimeToLive\x12\".kvstore.v1.LeaseTimeToLiveRequest\x1a#.kvstore.v1.LeaseTimeToLiveResponse\x12H\n\tLeaseList\x12\x1c.kvstore.v1.LeaseListRequest\x1a\x1d.kvstore.v1.LeaseListResponse\x12@\n\x05\x42\x61tch\x12\x18.kvstore.v1.BatchRequest\x1a\x19.kvstore.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READMODE']._serialized_start=2478
-  _globals['_READMODE']._serialized_end=2556
+  _globals['_READMODE']._serialized_start=3983
+  _globals['_READMODE']._serialized_end=4061
   _globals['_KEYVALUE']._serialized_start=35
   _globals['_KEYVALUE']._serialized_end=137
   _globals['_SHARDDESCRIPTOR']._serialized_start=139
@@ -40,35 +40,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSEHEADER']._serialized_start=268
   _globals['_RESPONSEHEADER']._serialized_end=408
   _globals['_PUTREQUEST']._serialized_start=410
-  _globals['_PUTREQUEST']._serialized_end=520
-  _globals['_PUTRESPONSE']._serialized_start=522
-  _globals['_PUTRESPONSE']._serialized_end=636
-  _globals['_GETREQUEST']._serialized_start=638
-  _globals['_GETREQUEST']._serialized_end=726
-  _globals['_GETRESPONSE']._serialized_start=728
-  _globals['_GETRESPONSE']._serialized_end=819
-  _globals['_DELETEREQUEST']._serialized_start=821
-  _globals['_DELETEREQUEST']._serialized_end=902
-  _globals['_DELETERESPONSE']._serialized_start=905
-  _globals['_DELETERESPONSE']._serialized_end=1039
-  _globals['_SCANREQUEST']._serialized_start=1041
-  _globals['_SCANREQUEST']._serialized_end=1160
-  _globals['_SCANRESPONSE']._serialized_start=1162
-  _globals['_SCANRESPONSE']._serialized_end=1269
-  _globals['_CASREQUEST']._serialized_start=1272
-  _globals['_CASREQUEST']._serialized_end=1479
-  _globals['_CASRESPONSE']._serialized_start=1482
-  _globals['_CASRESPONSE']._serialized_end=1615
-  _globals['_ERROR']._serialized_start=1618
-  _globals['_ERROR']._serialized_end=1784
-  _globals['_OP']._serialized_start=1787
-  _globals['_OP']._serialized_end=2096
-  _globals['_OPRESULT']._serialized_start=2099
-  _globals['_OPRESULT']._serialized_end=2375
-  _globals['_BATCHREQUEST']._serialized_start=2377
-  _globals['_BATCHREQUEST']._serialized_end=2420
-  _globals['_BATCHRESPONSE']._serialized_start=2422
-  _globals['_BATCHRESPONSE']._serialized_end=2476
-  _globals['_KV']._serialized_start=2559
-  _globals['_KV']._serialized_end=2932
+  _globals['_PUTREQUEST']._serialized_end=535
+  _globals['_PUTRESPONSE']._serialized_start=537
+  _globals['_PUTRESPONSE']._serialized_end=651
+  _globals['_GETREQUEST']._serialized_start=653
+  _globals['_GETREQUEST']._serialized_end=741
+  _globals['_GETRESPONSE']._serialized_start=743
+  _globals['_GETRESPONSE']._serialized_end=834
+  _globals['_DELETEREQUEST']._serialized_start=836
+  _globals['_DELETEREQUEST']._serialized_end=917
+  _globals['_DELETERESPONSE']._serialized_start=920
+  _globals['_DELETERESPONSE']._serialized_end=1054
+  _globals['_SCANREQUEST']._serialized_start=1056
+  _globals['_SCANREQUEST']._serialized_end=1175
+  _globals['_SCANRESPONSE']._serialized_start=1177
+  _globals['_SCANRESPONSE']._serialized_end=1284
+  _globals['_CASREQUEST']._serialized_start=1287
+  _globals['_CASREQUEST']._serialized_end=1509
+  _globals['_CASRESPONSE']._serialized_start=1512
+  _globals['_CASRESPONSE']._serialized_end=1645
+  _globals['_LEASEGRANTREQUEST']._serialized_start=1647
+  _globals['_LEASEGRANTREQUEST']._serialized_end=1747
+  _globals['_LEASEGRANTRESPONSE']._serialized_start=1749
+  _globals['_LEASEGRANTRESPONSE']._serialized_end=1841
+  _globals['_LEASEKEEPALIVEREQUEST']._serialized_start=1843
+  _globals['_LEASEKEEPALIVEREQUEST']._serialized_end=1878
+  _globals['_LEASEKEEPALIVERESPONSE']._serialized_start=1880
+  _globals['_LEASEKEEPALIVERESPONSE']._serialized_end=1976
+  _globals['_LEASEREVOKEREQUEST']._serialized_start=1978
+  _globals['_LEASEREVOKEREQUEST']._serialized_end=2063
+  _globals['_LEASEREVOKERESPONSE']._serialized_start=2065
+  _globals['_LEASEREVOKERESPONSE']._serialized_end=2165
+  _globals['_LEASESTATUS']._serialized_start=2167
+  _globals['_LEASESTATUS']._serialized_end=2244
+  _globals['_LEASETIMETOLIVEREQUEST']._serialized_start=2246
+  _globals['_LEASETIMETOLIVEREQUEST']._serialized_end=2296
+  _globals['_LEASETIMETOLIVERESPONSE']._serialized_start=2298
+  _globals['_LEASETIMETOLIVERESPONSE']._serialized_end=2407
+  _globals['_LEASELISTREQUEST']._serialized_start=2409
+  _globals['_LEASELISTREQUEST']._serialized_end=2427
+  _globals['_LEASELISTRESPONSE']._serialized_start=2429
+  _globals['_LEASELISTRESPONSE']._serialized_end=2533
+  _globals['_ERROR']._serialized_start=2536
+  _globals['_ERROR']._serialized_end=2702
+  _globals['_OP']._serialized_start=2705
+  _globals['_OP']._serialized_end=3305
+  _globals['_OPRESULT']._serialized_start=3308
+  _globals['_OPRESULT']._serialized_end=3880
+  _globals['_BATCHREQUEST']._serialized_start=3882
+  _globals['_BATCHREQUEST']._serialized_end=3925
+  _globals['_BATCHRESPONSE']._serialized_start=3927
+  _globals['_BATCHRESPONSE']._serialized_end=3981
+  _globals['_KV']._serialized_start=4064
+  _globals['_KV']._serialized_end=4849
 # @@protoc_insertion_point(module_scope)

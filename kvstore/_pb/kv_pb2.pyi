@@ -180,6 +180,7 @@ class PutRequest(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     PREV_KV_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
     client_id: _builtins.int
@@ -195,6 +196,11 @@ class PutRequest(_message.Message):
     the stored outcome (revision, success) but no prev_kv: sessions keep no values.
     """
     incarnation: _builtins.int
+    lease: _builtins.int
+    """Attach the key to this lease (0 = none): the key is deleted when the lease is
+    revoked or expires. A put without a lease detaches the key from its old one. An
+    unknown lease is refused (NOT_FOUND), nothing written.
+    """
     def __init__(
         self,
         *,
@@ -204,10 +210,11 @@ class PutRequest(_message.Message):
         seq: _builtins.int = ...,
         prev_kv: _builtins.bool = ...,
         incarnation: _builtins.int = ...,
+        lease: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "incarnation", b"incarnation", "key", b"key", "prev_kv", b"prev_kv", "seq", b"seq", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "incarnation", b"incarnation", "key", b"key", "lease", b"lease", "prev_kv", b"prev_kv", "seq", b"seq", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +433,7 @@ class CasRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     expected_value: _builtins.bytes
     expected_version: _builtins.int
@@ -437,6 +445,8 @@ class CasRequest(_message.Message):
     """Exactly-once session, as in PutRequest."""
     seq: _builtins.int
     incarnation: _builtins.int
+    lease: _builtins.int
+    """As PutRequest.lease, for the new value (a lock key held by a lease)."""
     def __init__(
         self,
         *,
@@ -449,10 +459,11 @@ class CasRequest(_message.Message):
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
         incarnation: _builtins.int = ...,
+        lease: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compare", b"compare", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "compare", b"compare", "delete_key", b"delete_key", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version", "incarnation", b"incarnation", "key", b"key", "new_value", b"new_value", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "compare", b"compare", "delete_key", b"delete_key", "expect_absent", b"expect_absent", "expected_value", b"expected_value", "expected_version", b"expected_version", "incarnation", b"incarnation", "key", b"key", "lease", b"lease", "new_value", b"new_value", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_compare: _TypeAlias = _typing.Literal["expected_value", "expected_version", "expect_absent"]  # noqa: Y015
     _WhichOneofArgType_compare: _TypeAlias = _typing.Literal["compare", b"compare"]  # noqa: Y015
@@ -493,6 +504,292 @@ class CasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CasResponse: _TypeAlias = CasResponse  # noqa: Y015
+
+@_typing.final
+class LeaseGrantRequest(_message.Message):
+    """Leases (docs/leases.md): a lease has an id and a TTL; keys put with it are deleted
+    when it is revoked or expires. Expiry is decided by the shard's leader and applied
+    through the log. Every lease op names the group in Op.shard on a sharded cluster
+    (0: the key space's only group on an unsharded one).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """0: the node picks one."""
+    ttl_ms: _builtins.int
+    """Time to live in milliseconds (bounds: docs/leases.md; outside them INVALID_ARGUMENT)."""
+    client_id: _builtins.int
+    """Exactly-once session, as in PutRequest."""
+    seq: _builtins.int
+    incarnation: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
+        client_id: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "id", b"id", "incarnation", b"incarnation", "seq", b"seq", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseGrantRequest: _TypeAlias = LeaseGrantRequest  # noqa: Y015
+
+@_typing.final
+class LeaseGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    ttl_ms: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        id: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "id", b"id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseGrantResponse: _TypeAlias = LeaseGrantResponse  # noqa: Y015
+
+@_typing.final
+class LeaseKeepAliveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseKeepAliveRequest: _TypeAlias = LeaseKeepAliveRequest  # noqa: Y015
+
+@_typing.final
+class LeaseKeepAliveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    ttl_ms: _builtins.int
+    """The TTL the lease has again from now."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        id: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "id", b"id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseKeepAliveResponse: _TypeAlias = LeaseKeepAliveResponse  # noqa: Y015
+
+@_typing.final
+class LeaseRevokeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    client_id: _builtins.int
+    seq: _builtins.int
+    incarnation: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        client_id: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "id", b"id", "incarnation", b"incarnation", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRevokeRequest: _TypeAlias = LeaseRevokeRequest  # noqa: Y015
+
+@_typing.final
+class LeaseRevokeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """False when no such lease existed."""
+    revision: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        revoked: _builtins.bool = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "revision", b"revision", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRevokeResponse: _TypeAlias = LeaseRevokeResponse  # noqa: Y015
+
+@_typing.final
+class LeaseStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    REMAINING_MS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    ttl_ms: _builtins.int
+    remaining_ms: _builtins.int
+    """What the leader's clock has left of it (at least this long before it may expire)."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The keys attached (LeaseTimeToLiveRequest.keys; at most 10,000)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
+        remaining_ms: _builtins.int = ...,
+        keys: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "keys", b"keys", "remaining_ms", b"remaining_ms", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseStatus: _TypeAlias = LeaseStatus  # noqa: Y015
+
+@_typing.final
+class LeaseTimeToLiveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    keys: _builtins.bool
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        keys: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTimeToLiveRequest: _TypeAlias = LeaseTimeToLiveRequest  # noqa: Y015
+
+@_typing.final
+class LeaseTimeToLiveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    @_builtins.property
+    def lease(self) -> Global___LeaseStatus:
+        """Unset when the lease does not exist (expired, revoked or never granted)."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        lease: Global___LeaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTimeToLiveResponse: _TypeAlias = LeaseTimeToLiveResponse  # noqa: Y015
+
+@_typing.final
+class LeaseListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseListRequest: _TypeAlias = LeaseListRequest  # noqa: Y015
+
+@_typing.final
+class LeaseListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseStatus]: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        leases: _abc.Iterable[Global___LeaseStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseListResponse: _TypeAlias = LeaseListResponse  # noqa: Y015
 
 @_typing.final
 class Error(_message.Message):
@@ -557,6 +854,11 @@ class Op(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     SCAN_FIELD_NUMBER: _builtins.int
     CAS_FIELD_NUMBER: _builtins.int
+    LEASE_GRANT_FIELD_NUMBER: _builtins.int
+    LEASE_KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    LEASE_REVOKE_FIELD_NUMBER: _builtins.int
+    LEASE_TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
+    LEASE_LIST_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     timeout_ms: _builtins.int
     """Server-side time budget for this op; 0 = the server default."""
@@ -580,6 +882,16 @@ class Op(_message.Message):
     def scan(self) -> Global___ScanRequest: ...
     @_builtins.property
     def cas(self) -> Global___CasRequest: ...
+    @_builtins.property
+    def lease_grant(self) -> Global___LeaseGrantRequest: ...
+    @_builtins.property
+    def lease_keep_alive(self) -> Global___LeaseKeepAliveRequest: ...
+    @_builtins.property
+    def lease_revoke(self) -> Global___LeaseRevokeRequest: ...
+    @_builtins.property
+    def lease_time_to_live(self) -> Global___LeaseTimeToLiveRequest: ...
+    @_builtins.property
+    def lease_list(self) -> Global___LeaseListRequest: ...
     def __init__(
         self,
         *,
@@ -593,12 +905,17 @@ class Op(_message.Message):
         delete: Global___DeleteRequest | None = ...,
         scan: Global___ScanRequest | None = ...,
         cas: Global___CasRequest | None = ...,
+        lease_grant: Global___LeaseGrantRequest | None = ...,
+        lease_keep_alive: Global___LeaseKeepAliveRequest | None = ...,
+        lease_revoke: Global___LeaseRevokeRequest | None = ...,
+        lease_time_to_live: Global___LeaseTimeToLiveRequest | None = ...,
+        lease_list: Global___LeaseListRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "causal_time", b"causal_time", "delete", b"delete", "get", b"get", "id", b"id", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "causal_time", b"causal_time", "delete", b"delete", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
@@ -615,6 +932,11 @@ class OpResult(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     SCAN_FIELD_NUMBER: _builtins.int
     CAS_FIELD_NUMBER: _builtins.int
+    LEASE_GRANT_FIELD_NUMBER: _builtins.int
+    LEASE_KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    LEASE_REVOKE_FIELD_NUMBER: _builtins.int
+    LEASE_TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
+    LEASE_LIST_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     @_builtins.property
     def error(self) -> Global___Error: ...
@@ -628,6 +950,16 @@ class OpResult(_message.Message):
     def scan(self) -> Global___ScanResponse: ...
     @_builtins.property
     def cas(self) -> Global___CasResponse: ...
+    @_builtins.property
+    def lease_grant(self) -> Global___LeaseGrantResponse: ...
+    @_builtins.property
+    def lease_keep_alive(self) -> Global___LeaseKeepAliveResponse: ...
+    @_builtins.property
+    def lease_revoke(self) -> Global___LeaseRevokeResponse: ...
+    @_builtins.property
+    def lease_time_to_live(self) -> Global___LeaseTimeToLiveResponse: ...
+    @_builtins.property
+    def lease_list(self) -> Global___LeaseListResponse: ...
     def __init__(
         self,
         *,
@@ -638,12 +970,17 @@ class OpResult(_message.Message):
         delete: Global___DeleteResponse | None = ...,
         scan: Global___ScanResponse | None = ...,
         cas: Global___CasResponse | None = ...,
+        lease_grant: Global___LeaseGrantResponse | None = ...,
+        lease_keep_alive: Global___LeaseKeepAliveResponse | None = ...,
+        lease_revoke: Global___LeaseRevokeResponse | None = ...,
+        lease_time_to_live: Global___LeaseTimeToLiveResponse | None = ...,
+        lease_list: Global___LeaseListResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "id", b"id", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 

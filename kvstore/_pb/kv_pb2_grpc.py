@@ -59,6 +59,31 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.CasRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.CasResponse.FromString,
                 _registered_method=True)
+        self.LeaseGrant = channel.unary_unary(
+                '/kvstore.v1.KV/LeaseGrant',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseGrantResponse.FromString,
+                _registered_method=True)
+        self.LeaseKeepAlive = channel.unary_unary(
+                '/kvstore.v1.KV/LeaseKeepAlive',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+                _registered_method=True)
+        self.LeaseRevoke = channel.unary_unary(
+                '/kvstore.v1.KV/LeaseRevoke',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseRevokeResponse.FromString,
+                _registered_method=True)
+        self.LeaseTimeToLive = channel.unary_unary(
+                '/kvstore.v1.KV/LeaseTimeToLive',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
+                _registered_method=True)
+        self.LeaseList = channel.unary_unary(
+                '/kvstore.v1.KV/LeaseList',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseListRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseListResponse.FromString,
+                _registered_method=True)
         self.Batch = channel.stream_stream(
                 '/kvstore.v1.KV/Batch',
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
@@ -99,6 +124,36 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseKeepAlive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseRevoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseTimeToLive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Batch(self, request_iterator, context):
         """Many ops per message both ways; results in any order, matched by Op.id.
         """
@@ -133,6 +188,31 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.CompareAndSwap,
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.CasRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.CasResponse.SerializeToString,
+            ),
+            'LeaseGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseGrant,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseGrantResponse.SerializeToString,
+            ),
+            'LeaseKeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseKeepAlive,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.SerializeToString,
+            ),
+            'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseRevoke,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseRevokeResponse.SerializeToString,
+            ),
+            'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseTimeToLive,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.SerializeToString,
+            ),
+            'LeaseList': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseList,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.LeaseListRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.LeaseListResponse.SerializeToString,
             ),
             'Batch': grpc.stream_stream_rpc_method_handler(
                     servicer.Batch,
@@ -275,6 +355,141 @@ class KV:
             '/kvstore.v1.KV/CompareAndSwap',
             kvstore_dot_v1_dot_kv__pb2.CasRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.CasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/LeaseGrant',
+            kvstore_dot_v1_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.LeaseGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseKeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/LeaseKeepAlive',
+            kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseRevoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/LeaseRevoke',
+            kvstore_dot_v1_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.LeaseRevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseTimeToLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/LeaseTimeToLive',
+            kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/LeaseList',
+            kvstore_dot_v1_dot_kv__pb2.LeaseListRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.LeaseListResponse.FromString,
             options,
             channel_credentials,
             insecure,

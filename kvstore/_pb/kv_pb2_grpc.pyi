@@ -43,6 +43,11 @@ class KVStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]
     Scan: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]
     CompareAndSwap: _grpc.UnaryUnaryMultiCallable[_kv_pb2.CasRequest, _kv_pb2.CasResponse]
+    LeaseGrant: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseGrantRequest, _kv_pb2.LeaseGrantResponse]
+    LeaseKeepAlive: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseKeepAliveRequest, _kv_pb2.LeaseKeepAliveResponse]
+    LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseRevokeRequest, _kv_pb2.LeaseRevokeResponse]
+    LeaseTimeToLive: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseTimeToLiveRequest, _kv_pb2.LeaseTimeToLiveResponse]
+    LeaseList: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseListRequest, _kv_pb2.LeaseListResponse]
     Batch: _grpc.StreamStreamMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]
     """Many ops per message both ways; results in any order, matched by Op.id."""
 
@@ -54,6 +59,11 @@ class KVAsyncStub(KVStub):
     Delete: _aio.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]  # type: ignore[assignment]
     Scan: _aio.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]  # type: ignore[assignment]
     CompareAndSwap: _aio.UnaryUnaryMultiCallable[_kv_pb2.CasRequest, _kv_pb2.CasResponse]  # type: ignore[assignment]
+    LeaseGrant: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseGrantRequest, _kv_pb2.LeaseGrantResponse]  # type: ignore[assignment]
+    LeaseKeepAlive: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseKeepAliveRequest, _kv_pb2.LeaseKeepAliveResponse]  # type: ignore[assignment]
+    LeaseRevoke: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseRevokeRequest, _kv_pb2.LeaseRevokeResponse]  # type: ignore[assignment]
+    LeaseTimeToLive: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseTimeToLiveRequest, _kv_pb2.LeaseTimeToLiveResponse]  # type: ignore[assignment]
+    LeaseList: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseListRequest, _kv_pb2.LeaseListResponse]  # type: ignore[assignment]
     Batch: _aio.StreamStreamMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]  # type: ignore[assignment]
     """Many ops per message both ways; results in any order, matched by Op.id."""
 
@@ -92,6 +102,41 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.CasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.CasResponse, _abc.Awaitable[_kv_pb2.CasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseGrant(
+        self,
+        request: _kv_pb2.LeaseGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseGrantResponse, _abc.Awaitable[_kv_pb2.LeaseGrantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseKeepAlive(
+        self,
+        request: _kv_pb2.LeaseKeepAliveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseKeepAliveResponse, _abc.Awaitable[_kv_pb2.LeaseKeepAliveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseRevoke(
+        self,
+        request: _kv_pb2.LeaseRevokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseRevokeResponse, _abc.Awaitable[_kv_pb2.LeaseRevokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseTimeToLive(
+        self,
+        request: _kv_pb2.LeaseTimeToLiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseTimeToLiveResponse, _abc.Awaitable[_kv_pb2.LeaseTimeToLiveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseList(
+        self,
+        request: _kv_pb2.LeaseListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseListResponse, _abc.Awaitable[_kv_pb2.LeaseListResponse]]: ...
 
     @_abc_1.abstractmethod
     def Batch(
