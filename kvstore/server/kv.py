@@ -22,7 +22,7 @@ import grpc.aio
 from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp
+from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp, UnimplementedOp
 from kvstore.node.limits import Limits, NodeBudget
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Callback
@@ -113,6 +113,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             elif kind == "scan":
                 group = route.for_range(op.scan.start, op.scan.end, op.shard, op.shard_version)
                 self._read(op.id, "scan", op.scan, timeout, sink, group, op.causal_time)
+            elif kind is not None and kind.startswith("lease_"):
+                raise UnimplementedOp(f"{kind} is not served yet", definite=True)
             else:
                 raise InvalidOp("empty op: set one of put, get, delete, scan, cas", definite=True)
         except OpError as e:
@@ -346,6 +348,32 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     async def CompareAndSwap(self, request: kv_pb2.CasRequest, context: Any) -> kv_pb2.CasResponse:
         return (await self._unary(kv_pb2.Op(cas=request), context)).cas
+
+    async def LeaseGrant(
+        self, request: kv_pb2.LeaseGrantRequest, context: Any
+    ) -> kv_pb2.LeaseGrantResponse:
+        return (await self._unary(kv_pb2.Op(lease_grant=request), context)).lease_grant
+
+    async def LeaseKeepAlive(
+        self, request: kv_pb2.LeaseKeepAliveRequest, context: Any
+    ) -> kv_pb2.LeaseKeepAliveResponse:
+        return (await self._unary(kv_pb2.Op(lease_keep_alive=request), context)).lease_keep_alive
+
+    async def LeaseRevoke(
+        self, request: kv_pb2.LeaseRevokeRequest, context: Any
+    ) -> kv_pb2.LeaseRevokeResponse:
+        return (await self._unary(kv_pb2.Op(lease_revoke=request), context)).lease_revoke
+
+    async def LeaseTimeToLive(
+        self, request: kv_pb2.LeaseTimeToLiveRequest, context: Any
+    ) -> kv_pb2.LeaseTimeToLiveResponse:
+        result = await self._unary(kv_pb2.Op(lease_time_to_live=request), context)
+        return result.lease_time_to_live
+
+    async def LeaseList(
+        self, request: kv_pb2.LeaseListRequest, context: Any
+    ) -> kv_pb2.LeaseListResponse:
+        return (await self._unary(kv_pb2.Op(lease_list=request), context)).lease_list
 
     # -- the batch stream -----------------------------------------------------------
     async def Batch(
