@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2
+from kvstore.client._shards import require_shard
 from kvstore.client.errors import KVError, Unavailable, from_code
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ async def decommission(c: AsyncClient, node: int, timeout: float) -> int:
 
 async def move_shard(c: AsyncClient, shard: int, frm: int, to: int, timeout: float) -> Any:
     """Move ``shard``'s replica from node ``frm`` to node ``to``; returns the members."""
+    await require_shard(c, shard)
     req = admin_pb2.MoveShardRequest(shard=shard, from_node=frm, to_node=to)
     r = await _meta_call(c, "MoveShard", req, timeout, attempt=timeout)
     return {"voters": list(r.voters), "learners": list(r.learners)}
@@ -95,8 +97,7 @@ async def move_shard(c: AsyncClient, shard: int, frm: int, to: int, timeout: flo
 
 async def transfer_shard_leader(c: AsyncClient, shard: int, to: int) -> int:
     """Move the leadership of ``shard`` to node ``to`` (a voter); returns the leader."""
-    loop = asyncio.get_running_loop()
-    await c._router.fetch(loop.time() + c.timeout)
+    await require_shard(c, shard)
     every = sorted({*c.endpoints, *c._router.cache.nodes.values()})
     for st in await c.status(endpoints=every):
         for g in st.get("groups", []):

@@ -63,9 +63,24 @@ async def shard_list(c: AsyncClient) -> list[dict[str, Any]]:
     return out
 
 
+async def require_shard(c: AsyncClient, shard: int) -> None:
+    """Raise InvalidArgument naming the shards there are when ``shard`` is not one of
+    them (the map is read from the meta group). The meta group (0) of a sharded cluster
+    and the one group (1) of an unsharded one pass: their own refusals are more precise."""
+    loop = asyncio.get_running_loop()
+    await c._router.fetch(loop.time() + c.timeout)
+    ids = sorted(d.id for d in c._router.cache.map)
+    if shard in ids or shard == (0 if ids else 1):
+        return
+    raise InvalidArgument(
+        f"shard {shard} does not exist (shards: {ids or 'none: unsharded'})", definite=True
+    )
+
+
 async def split_shard(c: AsyncClient, shard: int, at: bytes | None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(c.timeout, 10.0)
+    await require_shard(c, shard)
     req = admin_pb2.SplitShardRequest(shard=shard)
     if at is not None:
         req.at = at
@@ -77,14 +92,11 @@ async def merge_shard(c: AsyncClient, shard: int) -> dict[str, Any]:
     """Merge ``shard`` with its right neighbour (docs/sharding.md, "Merge")."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(c.timeout, 30.0)
-    await c._router.fetch(loop.time() + c.timeout)
+    await require_shard(c, shard)
     by_id = {d.id: d for d in c._router.cache.map}
     left = by_id.get(shard)
     if left is None:
-        raise InvalidArgument(
-            f"shard {shard} does not exist (shards: {sorted(by_id) or 'none: unsharded'})",
-            definite=True,
-        )
+        raise InvalidArgument(f"shard {shard} cannot be merged (the meta group)", definite=True)
     if not left.end:
         raise InvalidArgument(
             f"shard {shard} is the last shard: it has no right neighbour to merge with",

@@ -332,8 +332,13 @@ class PlacementLoop:
         g = next((x for x in obs.groups if x.id == shard), None)
         node = {n.id: n for n in obs.nodes}.get(to)
         why = ""
-        if shard == META_GROUP or g is None:
-            why = f"shard {shard} is unknown or has no leader now"
+        ids = sorted(d.id for d in self.meta.local_map())
+        if shard != META_GROUP and shard not in ids:
+            why = f"shard {shard} does not exist (shards: {ids})"
+        elif shard == META_GROUP:
+            why = "the meta group is not moved by command (placement repairs it)"
+        elif g is None:
+            why = f"shard {shard} has no leader now"
         elif frm not in g.voters and frm not in g.learners:
             why = f"node {frm} holds no replica of shard {shard} (replicas {list(g.voters)})"
         elif node is None:

@@ -1,11 +1,12 @@
 """Bad shard requests with real processes: each is refused (exit 3) with a message naming
 why, and the shard map is unchanged afterwards (issue 12, "Bad input").
 
-A split at a key outside the shard, of a shard that does not exist; a move to an unknown
-or a down node; a leadership transfer to a down voter (it would stall the shard until the
-transfer timed out); a decommission that would leave shards short of live replicas. (A
-decommission that would leave a shard without a quorum needs six nodes with two of one
-shard's voters down: tests/shard/test_placement.py checks that rule.)
+A split at a key outside the shard; a split, merge, move or leadership transfer of a
+shard that does not exist; a move to an unknown or a down node; a leadership transfer to
+a down voter (it would stall the shard until the transfer timed out); a decommission that
+would leave shards short of live replicas. (A decommission that would leave a shard
+without a quorum needs six nodes with two of one shard's voters down:
+tests/shard/test_placement.py checks that rule.)
 """
 
 from __future__ import annotations
@@ -68,7 +69,15 @@ def test_bad_shard_requests_are_refused_with_the_reason_and_change_nothing(
         refused(("shard", "split", "1", "--at", "x"), "not strictly inside shard 1's range")
         refused(("shard", "split", "2", "--at", "n"), "not strictly inside shard 2's range")
         refused(("shard", "move", "1", "--from", "1", "--to", "9"), "node 9 is not a node")
-        refused(("shard", "move", "7", "--from", "1", "--to", "4"), "shard 7 is unknown")
+        # An unknown shard id: every shard command names it (was "no node hosts shard 7",
+        # "no leader of shard 7 found", "shard 7 is unknown or has no leader now").
+        for args in (
+            ("split", "7"),
+            ("merge", "7"),
+            ("move", "7", "--from", "1", "--to", "4"),
+            ("transfer-leader", "7", "--to", "2"),
+        ):
+            refused(("shard", *args), "shard 7 does not exist (shards: [1, 2])")
 
         c.kill(4)
         wait_for(
