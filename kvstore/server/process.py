@@ -135,6 +135,8 @@ HEALTH_SERVICE = "kvstore.v1.KV"
 """Health is reported for the server ("") and under this service name, alike."""
 
 WATCH_PERIOD_S = 0.5
+STOP_STEP_S = 10.0
+"""How long stop() waits for each part before it logs the part and goes on."""
 
 
 def listen_host(listen: str) -> str:
@@ -458,37 +460,50 @@ class Node:
                 log.event("watch_failed", level=40, error=repr(e))
 
     async def stop(self) -> None:
+        """Stop every part, each within STOP_STEP_S: a shutdown that hangs on one part
+        (a gRPC server waiting on a stuck stream) must still end. Storage is closed only
+        after the driver, its only writer, has stopped: closing LMDB under a running
+        writer crashes the process instead."""
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()
+        steps: list[tuple[str, Any]] = []
         if self.server is not None:
-            await self.server.stop(grace=0.5)
-        await self.snapshots.stop()
-        if self.reporter is not None:
-            await self.reporter.stop()
-        if self.placement is not None:
-            await self.placement.stop()
-        if self.reaper is not None:
-            await self.reaper.stop()
-        if self.autosplit is not None:
-            await self.autosplit.stop()
-        if self.merger is not None:
-            await self.merger.stop()
+            steps.append(("server", self.server.stop(grace=0.5)))
+        steps.append(("snapshots", self.snapshots.stop()))
+        for name in ("reporter", "placement", "reaper", "autosplit", "merger"):
+            part = getattr(self, name)
+            if part is not None:
+                steps.append((name, part.stop()))
         if self.meta is not None:
-            await self.meta.close()
-        await self.transport.stop()
-        await self.driver.stop()
-        self.kv.close()
+            steps.append(("meta", self.meta.close()))
+        steps.append(("transport", self.transport.stop()))
+        for name, step in steps:
+            await _bounded(name, step)
+        driver_stopped = await _bounded("driver", self.driver.stop())
         if self._metrics_http is not None:
             http, thread = self._metrics_http
             http.shutdown()
             http.server_close()
             thread.join(timeout=5)
-        self.storage.close()
+        if driver_stopped:
+            self.kv.close()
+            self.storage.close()
         log.event("node_stopped", id=self.opts.id)
+
+
+async def _bounded(name: str, step: Any) -> bool:
+    """Await one stop step for at most STOP_STEP_S; False (and a log line naming the
+    part) when it did not finish."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_S)
+        return True
+    except TimeoutError:
+        log.event("stop_step_timeout", level=40, part=name, seconds=STOP_STEP_S)
+        return False
 
 
 async def run_until_signal(opts: ServeOptions) -> bool:

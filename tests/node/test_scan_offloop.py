@@ -21,7 +21,9 @@ from kvstore.server.process import Node, ServeOptions
 pytestmark = pytest.mark.timeout(120)
 
 SCANS = 10
-STALL_S = 0.05
+STALL_S = 0.025
+"""Loop CPU time between two 1 ms ticks counted as a stall: a 10,000-row scan built on
+the loop costs 40-100 ms of it; built on the scan threads the loop spends at most ~15 ms."""
 
 SCANNER = """
 import sys
@@ -73,10 +75,12 @@ def test_a_large_scan_does_not_stall_the_event_loop(tmp_path: Path) -> None:
             done = False
 
             async def monitor() -> None:
-                last = time.perf_counter()
+                # CPU time of the loop's own thread, not wall time: on a busy machine the
+                # loop is also preempted, and that is not work done on the loop.
+                last = time.thread_time()
                 while not done:
                     await asyncio.sleep(0.001)
-                    now = time.perf_counter()
+                    now = time.thread_time()
                     gaps.append(now - last)
                     last = now
 
@@ -92,6 +96,5 @@ def test_a_large_scan_does_not_stall_the_event_loop(tmp_path: Path) -> None:
 
     gaps = asyncio.run(main())
     stalls = [g for g in gaps if g >= STALL_S]
-    # Each scan stalled the loop once on the old code (66 ms on an idle machine, more on a
-    # busy one); a stall now and then from a busy machine is allowed.
+    # Each scan stalled the loop once on the old code.
     assert len(stalls) <= SCANS // 2, f"{len(stalls)} stalls over {STALL_S}s: {stalls}"
