@@ -30,6 +30,14 @@ from kvstore.statemachine.commands import (
     encode_batch,
     entry_stamp,
 )
+from kvstore.statemachine.leases import (
+    LeaseCheckpoint,
+    LeaseCommand,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRecord,
+    LeaseRevoke,
+)
 from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
 __all__ = [
@@ -46,6 +54,12 @@ __all__ = [
     "Delete",
     "KVTxn",
     "KeyValue",
+    "LeaseCheckpoint",
+    "LeaseCommand",
+    "LeaseGrant",
+    "LeaseKeepAlive",
+    "LeaseRecord",
+    "LeaseRevoke",
     "MemoryKV",
     "Put",
     "SessionId",

@@ -39,7 +39,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvstore.statemachine.commands import Cas, Command, Delete, Put
+from kvstore.statemachine.commands import Cas, Command, Delete, KeyCommand, Put
+from kvstore.statemachine.leases import (
+    LeaseRecord,
+    LeaseTxn,
+    apply_lease,
+    lease_missing,
+    reattach,
+)
 from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
 SESSION_WINDOW = 1024
@@ -75,7 +82,7 @@ class SessionState:
         )
 
 
-class KVTxn(Protocol):
+class KVTxn(LeaseTxn, Protocol):
     """The store one apply runs against (an LMDB write txn, or MemoryKV)."""
 
     def get(self, key: bytes) -> KeyValue | None: ...
@@ -121,12 +128,15 @@ def apply_commands(
     owns: Callable[[bytes], bool] | None = None,
     time_ms: int = 0,
     revision_offset: int = 0,
+    frozen: bool = False,
 ) -> list[ApplyResult]:
     """Apply one entry's commands in order; one result per command. ``owns``: the
     group's key range at this index (None: every key); a command on another key applies
     as nothing (WRONG_SHARD), unless its session already holds its answer. ``time_ms``:
     the entry's time stamp (0 = none). ``revision_offset``: writes get revision
-    ``index + revision_offset`` (a merged shard's, see kvstore.shard.merging)."""
+    ``index + revision_offset`` (a merged shard's, see kvstore.shard.merging).
+    ``frozen``: a merge source after its PrepareMerge; nothing applies (WRONG_SHARD), lease
+    commands included (they have no key, so ``owns`` does not judge them)."""
     now = advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
     for cmd in commands:
@@ -151,10 +161,15 @@ def apply_commands(
                         ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED)
                     )
                     continue
-        if owns is not None and not owns(cmd.key):
+        lease_cmd = not isinstance(cmd, Put | Delete | Cas)
+        if frozen or (not lease_cmd and owns is not None and not owns(cmd.key)):
             out.append(ApplyResult(index, index, False, None, None, ApplyError.WRONG_SHARD))
             continue
-        result = _apply_one(txn, index, cmd, index + revision_offset)
+        rev = index + revision_offset
+        if isinstance(cmd, Put | Delete | Cas):
+            result = _apply_one(txn, index, cmd, rev)
+        else:
+            result = apply_lease(txn, index, rev, cmd, owns)
         if cid:
             txn.session_record((cid, cmd.incarnation), cmd.seq, result, now)
         out.append(result)
@@ -184,27 +199,32 @@ def stored(result: ApplyResult) -> ApplyResult:
     return ApplyResult(result.index, result.revision, result.ok, None, None, result.error)
 
 
-def _apply_one(txn: KVTxn, index: int, cmd: Command, rev: int) -> ApplyResult:
+def _apply_one(txn: KVTxn, index: int, cmd: KeyCommand, rev: int) -> ApplyResult:
     if len(cmd.key) > MAX_KEY_SIZE:
         return ApplyResult(index, rev, False, None, None, ApplyError.KEY_TOO_LARGE)
+    if not isinstance(cmd, Delete) and lease_missing(txn, cmd.lease):
+        return ApplyResult(index, rev, False, None, None, ApplyError.LEASE_NOT_FOUND)
     prev = txn.get(cmd.key)
     if isinstance(cmd, Put):
         kv = _written(cmd.key, cmd.value, prev, rev)
         txn.put(kv)
+        reattach(txn, cmd.key, cmd.lease)
         return ApplyResult(index, rev, True, prev, kv)
     if isinstance(cmd, Delete):
         if prev is not None:
             txn.delete(cmd.key)
+            reattach(txn, cmd.key, 0)
         return ApplyResult(index, rev, prev is not None, prev, None)
-    assert isinstance(cmd, Cas)
     if not _compare(cmd, prev):
         return ApplyResult(index, rev, False, prev, prev)
     if cmd.new_value is None:
         if prev is not None:
             txn.delete(cmd.key)
+            reattach(txn, cmd.key, 0)
         return ApplyResult(index, rev, True, prev, None)
     kv = _written(cmd.key, cmd.new_value, prev, rev)
     txn.put(kv)
+    reattach(txn, cmd.key, cmd.lease)
     return ApplyResult(index, rev, True, prev, kv)
 
 
@@ -237,6 +257,9 @@ class MemoryKV:
     def __init__(self) -> None:
         self.data: dict[bytes, KeyValue] = {}
         self.sessions: dict[SessionId, _MemSession] = {}
+        self.leases: dict[int, LeaseRecord] = {}
+        self.lease_keys: dict[int, set[bytes]] = {}
+        self.key_leases: dict[bytes, int] = {}
         self.applied = 0
         self.now_ms = 0
         self.time = 0
@@ -310,3 +333,31 @@ class MemoryKV:
 
     def session_drop(self, sid: SessionId) -> None:
         self.sessions.pop(sid, None)
+
+    # -- LeaseTxn -----------------------------------------------------------
+    def lease(self, lease: int) -> LeaseRecord | None:
+        return self.leases.get(lease)
+
+    def set_lease(self, lease: int, record: LeaseRecord) -> None:
+        self.leases[lease] = record
+
+    def drop_lease(self, lease: int) -> list[bytes]:
+        self.leases.pop(lease, None)
+        keys = sorted(self.lease_keys.pop(lease, set()))
+        for k in keys:
+            del self.key_leases[k]
+        return keys
+
+    def has_leases(self) -> bool:
+        return bool(self.leases)
+
+    def key_lease(self, key: bytes) -> int:
+        return self.key_leases.get(key, 0)
+
+    def attach(self, key: bytes, lease: int) -> None:
+        old = self.key_leases.pop(key, 0)
+        if old:
+            self.lease_keys[old].discard(key)
+        if lease:
+            self.key_leases[key] = lease
+            self.lease_keys.setdefault(lease, set()).add(key)

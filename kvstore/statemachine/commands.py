@@ -5,8 +5,10 @@ raises BatchDecodeError (a ValueError) rather than a struct or index error. Perf
 
 Layout (little-endian): ``u8 version=3, u32 count, u64 time_ms, u64 stamp``, then per command
 ``u8 op, u8 flags, u64 client_id, u64 incarnation, u64 seq, u32 key_len, key`` followed by
-Put: ``u32 len, value``; Delete: nothing; Cas: in flag order
-``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version]``.
+Put: ``u32 len, value [u64 lease]``; Delete: nothing; Cas: in flag order
+``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version] [u64 lease]``;
+the lease commands (statemachine/leases.py; empty key): ``u64 lease, u64 argument`` (the
+TTL of a grant, the remaining TTL of a checkpoint, else 0).
 ``time_ms`` is the proposing leader's wall clock (0 = none): the state machine's only
 notion of time, the same on every replica because it travels in the log. ``stamp`` is
 the leader's hybrid logical clock (kvstore/node/hlc.py; 0 = none): what causal tokens
@@ -22,6 +24,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvstore.statemachine.leases import (
+    LeaseCheckpoint,
+    LeaseCommand,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+)
+
 _VERSION = 3
 _HEAD_V1 = struct.Struct("<BI")
 _CMD_V1 = struct.Struct("<BBQQI")
@@ -30,14 +40,27 @@ _HEAD = struct.Struct("<BIQQ")
 _CMD = struct.Struct("<BBQQQI")
 _LEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_LEASE_ARGS = struct.Struct("<QQ")
 
 _OP_PUT = 1
 _OP_DELETE = 2
 _OP_CAS = 3
+_OP_LEASE_GRANT = 4
+_OP_LEASE_KEEP_ALIVE = 5
+_OP_LEASE_REVOKE = 6
+_OP_LEASE_CHECKPOINT = 7
+_LEASE_OPS: dict[type, int] = {
+    LeaseGrant: _OP_LEASE_GRANT,
+    LeaseKeepAlive: _OP_LEASE_KEEP_ALIVE,
+    LeaseRevoke: _OP_LEASE_REVOKE,
+    LeaseCheckpoint: _OP_LEASE_CHECKPOINT,
+}
 
 _HAS_NEW = 1
 _HAS_EXPECTED_VALUE = 2
 _HAS_EXPECTED_VERSION = 4
+_HAS_LEASE = 8
+_PUT_HAS_LEASE = 1
 
 
 class BatchDecodeError(ValueError):
@@ -54,6 +77,8 @@ class Put:
     seq: int = 0
     incarnation: int = 0
     """Picked afresh by each client process, so a restarted client is a new session."""
+    lease: int = 0
+    """The lease the key is attached to from this write on (0: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +105,8 @@ class Cas:
     client_id: int = 0
     seq: int = 0
     incarnation: int = 0
+    lease: int = 0
+    """On success, the lease a written key is attached to (0: none)."""
 
     def __post_init__(self) -> None:
         if self.expected_value is None and self.expected_version is None:
@@ -88,12 +115,13 @@ class Cas:
             raise ValueError(f"expected_version must be >= 0, got {self.expected_version}")
 
 
-Command = Put | Delete | Cas
+KeyCommand = Put | Delete | Cas
+Command = Put | Delete | Cas | LeaseCommand
 
 
 def adds_data(cmd: Command) -> bool:
     """Whether the command may grow the store (what a nearly full store refuses)."""
-    return isinstance(cmd, Put) or (isinstance(cmd, Cas) and cmd.new_value is not None)
+    return isinstance(cmd, Put | LeaseGrant) or (isinstance(cmd, Cas) and cmd.new_value is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +143,15 @@ def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) 
         parts: list[bytes] = [_HEAD.pack(_VERSION, len(commands), time_ms, stamp)]
         for c in commands:
             if isinstance(c, Put):
-                parts.append(_CMD.pack(_OP_PUT, 0, c.client_id, c.incarnation, c.seq, len(c.key)))
+                flags = _PUT_HAS_LEASE if c.lease else 0
+                parts.append(
+                    _CMD.pack(_OP_PUT, flags, c.client_id, c.incarnation, c.seq, len(c.key))
+                )
                 parts.append(c.key)
                 parts.append(_LEN.pack(len(c.value)))
                 parts.append(c.value)
+                if c.lease:
+                    parts.append(_U64.pack(c.lease))
             elif isinstance(c, Delete):
                 parts.append(
                     _CMD.pack(_OP_DELETE, 0, c.client_id, c.incarnation, c.seq, len(c.key))
@@ -129,6 +162,7 @@ def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) 
                     (_HAS_NEW if c.new_value is not None else 0)
                     | (_HAS_EXPECTED_VALUE if c.expected_value is not None else 0)
                     | (_HAS_EXPECTED_VERSION if c.expected_version is not None else 0)
+                    | (_HAS_LEASE if c.lease else 0)
                 )
                 parts.append(
                     _CMD.pack(_OP_CAS, flags, c.client_id, c.incarnation, c.seq, len(c.key))
@@ -142,6 +176,19 @@ def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) 
                     parts.append(c.expected_value)
                 if c.expected_version is not None:
                     parts.append(_U64.pack(c.expected_version))
+                if c.lease:
+                    parts.append(_U64.pack(c.lease))
+            elif type(c) in _LEASE_OPS:
+                arg = (
+                    c.ttl_ms
+                    if isinstance(c, LeaseGrant)
+                    else c.remaining_ms
+                    if isinstance(c, LeaseCheckpoint)
+                    else 0
+                )
+                op = _LEASE_OPS[type(c)]
+                parts.append(_CMD.pack(op, 0, c.client_id, c.incarnation, c.seq, 0))
+                parts.append(_LEASE_ARGS.pack(c.lease, arg))
             else:
                 raise TypeError(f"not a command: {c!r}")
     except struct.error as e:
@@ -212,12 +259,16 @@ def _decode(mv: memoryview) -> Batch:
             raise BatchDecodeError(f"key of {klen} bytes runs past the end at {pos}")
         key = bytes(mv[pos:kend])
         pos = kend
-        if op == _OP_PUT and flags == 0:
+        if op == _OP_PUT and flags & ~_PUT_HAS_LEASE == 0:
             value, pos = _take(mv, pos)
-            out.append(Put(key, value, client_id, seq, incarnation))
+            lease = 0
+            if flags & _PUT_HAS_LEASE:
+                (lease,) = _U64.unpack_from(mv, pos)
+                pos += 8
+            out.append(Put(key, value, client_id, seq, incarnation, lease))
         elif op == _OP_DELETE and flags == 0:
             out.append(Delete(key, client_id, seq, incarnation))
-        elif op == _OP_CAS and flags & ~7 == 0:
+        elif op == _OP_CAS and flags & ~15 == 0:
             new_value = expected_value = None
             expected_version = None
             if flags & _HAS_NEW:
@@ -227,11 +278,44 @@ def _decode(mv: memoryview) -> Batch:
             if flags & _HAS_EXPECTED_VERSION:
                 (expected_version,) = _U64.unpack_from(mv, pos)
                 pos += 8
+            lease = 0
+            if flags & _HAS_LEASE:
+                (lease,) = _U64.unpack_from(mv, pos)
+                pos += 8
             out.append(
-                Cas(key, new_value, expected_value, expected_version, client_id, seq, incarnation)
+                Cas(
+                    key,
+                    new_value,
+                    expected_value,
+                    expected_version,
+                    client_id,
+                    seq,
+                    incarnation,
+                    lease,
+                )
             )
+        elif _OP_LEASE_GRANT <= op <= _OP_LEASE_CHECKPOINT and flags == 0 and klen == 0:
+            lease, arg = _LEASE_ARGS.unpack_from(mv, pos)
+            pos += _LEASE_ARGS.size
+            out.append(_lease_command(op, lease, arg, client_id, seq, incarnation))
         else:
             raise BatchDecodeError(f"unknown op {op} with flags {flags} at {pos}")
     if pos != len(mv):
         raise BatchDecodeError(f"{len(mv) - pos} trailing bytes after {count} commands")
     return Batch(out, time_ms, stamp)
+
+
+def _lease_command(
+    op: int, lease: int, arg: int, client_id: int, seq: int, incarnation: int
+) -> LeaseCommand:
+    if op == _OP_LEASE_GRANT:
+        return LeaseGrant(lease, arg, client_id, seq, incarnation)
+    if arg:
+        if op != _OP_LEASE_CHECKPOINT:
+            raise BatchDecodeError(f"lease op {op} with argument {arg}")
+        return LeaseCheckpoint(lease, arg, client_id, seq, incarnation)
+    if op == _OP_LEASE_KEEP_ALIVE:
+        return LeaseKeepAlive(lease, client_id, seq, incarnation)
+    if op == _OP_LEASE_REVOKE:
+        return LeaseRevoke(lease, client_id, seq, incarnation)
+    return LeaseCheckpoint(lease, 0, client_id, seq, incarnation)

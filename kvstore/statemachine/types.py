@@ -36,6 +36,12 @@ class ApplyError(enum.IntEnum):
     """The key is outside the group's range at apply time (a split or merge committed
     between routing and apply): nothing applied and no session record, so the client's
     retry to the right shard applies it exactly once."""
+    LEASE_NOT_FOUND = 4
+    """The lease named (a keep-alive's, a revoke's, a write's) is not held by the group."""
+    LEASE_EXISTS = 5
+    """A grant named a lease id the group already holds."""
+    LEASE_INVALID = 6
+    """A grant with an id or TTL outside the bounds (the node checks before proposing)."""
 
 
 @dataclass(frozen=True, slots=True)

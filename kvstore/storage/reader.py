@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kvstore.statemachine.leases import LeaseRecord
 from kvstore.statemachine.types import KeyValue
 from kvstore.storage import codec, keys
 from kvstore.storage.tables import GroupTables, owned_range
@@ -50,6 +51,16 @@ class KVReader:
                 if 0 < max_keys < n or 0 < max_bytes < size:
                     break
         return n, size
+
+    def leases(self) -> list[tuple[int, LeaseRecord]]:
+        """Every lease the group holds, by id (as of the last committed write)."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).leases.all()
+
+    def lease_keys(self, lease: int, limit: int = 0) -> list[bytes]:
+        """The keys attached to ``lease`` (``limit`` > 0: at most that many)."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).leases.keys_of(lease, limit)
 
     def applied_index(self) -> int:
         """The applied index as of the last committed write (from memory)."""

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from kvstore.shard.descriptor import META_GROUP, Descriptor
 from kvstore.statemachine.apply import SESSION_WINDOW, SessionId, SessionState
+from kvstore.statemachine.leases import LeaseRecord
 from kvstore.statemachine.records import (
     decode_clock,
     decode_kv,
@@ -28,6 +29,7 @@ from kvstore.statemachine.records import (
 from kvstore.statemachine.types import ApplyResult, KeyValue
 from kvstore.storage import keys
 from kvstore.storage.errors import CorruptionError
+from kvstore.storage.leases import LeaseTable, is_lease_key
 
 _T = TypeVar("_T")
 
@@ -77,6 +79,7 @@ class GroupTables:
         self._time = 0
         self._clock_dirty = False
         self._scur: Any = None
+        self.leases = LeaseTable(txn, dbs.sessions, group)
 
     # -- kv -----------------------------------------------------------------
     def get(self, key: bytes) -> KeyValue | None:
@@ -214,6 +217,28 @@ class GroupTables:
             keys.session_end(self.group, *sid),
         )
 
+    # -- leases (storage/leases.py) -------------------------------------------
+    def lease(self, lease: int) -> LeaseRecord | None:
+        try:
+            return self.leases.get(lease)
+        except ValueError as e:
+            raise CorruptionError(f"lease {lease}: {e}", group=self.group) from e
+
+    def set_lease(self, lease: int, record: LeaseRecord) -> None:
+        self.leases.put(lease, record)
+
+    def drop_lease(self, lease: int) -> list[bytes]:
+        return self.leases.drop(lease)
+
+    def has_leases(self) -> bool:
+        return self.leases.any()
+
+    def key_lease(self, key: bytes) -> int:
+        return self.leases.key_lease(key)
+
+    def attach(self, key: bytes, lease: int) -> None:
+        self.leases.attach(key, lease)
+
     def flush(self) -> None:
         """Write the staged session states and log clock into the transaction."""
         put, db = self.txn.put, self.dbs.sessions
@@ -247,6 +272,8 @@ class GroupTables:
                 continue
             sid = keys.session_id(k)
             at = keys.session_end(self.group, *sid)
+            if sid[0] == 0:  # client id 0: leases (storage/leases.py), not a session
+                continue
             if len(k) == len(keys.session_key(self.group, *sid)):
                 state = self._decode(decode_session, cur.value(), f"session {sid}")
                 if state.expired(index, now):
@@ -332,7 +359,9 @@ class GroupTables:
         for suffix, record in list(src.raw_sessions()):
             if not suffix:
                 continue  # the log clock, merged above
-            if len(suffix) != state_len:
+            if len(suffix) != state_len or is_lease_key(suffix):
+                # Outcomes, and leases: a lease both halves hold (granted on each shard)
+                # keeps this group's record; attachments are disjoint (leases.prune).
                 if self.txn.get(prefix + suffix, db=self.dbs.sessions) is None:
                     self.txn.put(prefix + suffix, record, db=self.dbs.sessions)
                 continue

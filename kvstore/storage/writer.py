@@ -323,10 +323,11 @@ class Writer:
                         offset = p.shard.revision_offset
                         if p.shard.merging_into:
                             check = _frozen  # a prepared merge source takes no write
+                    frozen = check is _frozen
                     rs = apply_commands(
-                        tables, e.index, batch.commands, check, batch.time_ms, offset
+                        tables, e.index, batch.commands, check, batch.time_ms, offset, frozen
                     )
-                    if check is not _frozen:  # a frozen source's time stays at its prepare
+                    if not frozen:  # a frozen source's time stays at its prepare
                         t = advance_applied_time(tables, batch.stamp)
                         # Writes may be answered before the commit (replica.answer_applied):
                         # each answer carries its entry's time, the client's causal token.
@@ -407,6 +408,11 @@ class Writer:
         c.hard_state = hs
         self._set_shard(cmd.new_id, c, right)
         GroupTables(self._txn, self._dbs, group).copy_sessions_to(cmd.new_id)
+        # Each half keeps the lease attachments of the keys it owns (storage/leases.py).
+        GroupTables(self._txn, self._dbs, group).leases.prune(partial(owns, (left.start, left.end)))
+        GroupTables(self._txn, self._dbs, cmd.new_id).leases.prune(
+            partial(owns, (right.start, right.end))
+        )
         self.created.append(cmd.new_id)
         return cmd.new_id
 

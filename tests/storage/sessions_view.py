@@ -35,6 +35,8 @@ def from_rows(rows: list[tuple[bytes, bytes]], applied: int) -> tuple[Clock, Ses
     for key, record in rows:
         if not key:
             clock = decode_clock(record)
+        elif _u64(key, 0) == 0:
+            continue  # client id 0: leases (kvstore/storage/leases.py)
         elif len(key) == 16:
             out[_u64(key, 0), _u64(key, 8)] = (decode_session(record), {})
         else:
