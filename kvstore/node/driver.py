@@ -281,7 +281,9 @@ class NodeDriver:
         if fut is None:
             fut = loop.create_future()
         now = loop.time()
-        if mode == "eventual" or (
+        if mode == "causal" and time and not self.replica.acceptable_time(time):
+            fut.set_exception(self.replica.time_refusal(time))
+        elif mode == "eventual" or (
             mode == "causal" and (g.time.applied >= time if time else g.applied >= token)
         ):
             fut.set_result(g.applied)
@@ -301,7 +303,10 @@ class NodeDriver:
         return fut
 
     def observe_time(self, t: int) -> None:
-        """A write's causal token: its entry is stamped above it (hlc.py)."""
+        """A write's causal token: its entry is stamped above it (hlc.py). Raises
+        InvalidOp for a time no node can have handed out (hlc.MAX_AHEAD_MS)."""
+        if not self.replica.acceptable_time(t):
+            raise self.replica.time_refusal(t)
         self.replica.hlc.observe(t)
 
     def propose_conf_change(

@@ -11,6 +11,13 @@ Rules this module keeps:
   Correctness does not rest on this: the state machine gives each entry the time
   ``max(stamp, applied time + 1)`` (statemachine/apply.py), so a slow or skewed clock
   only makes causal reads wait, never serves them early.
+- A time from outside (a client's token, a follower's TIME_REQUEST) is taken only when
+  ``acceptable``: at most MAX_AHEAD_MS ahead of this node's wall clock, or not above
+  what the clock already saw. The cluster hands out no later time (a leader stamps from
+  its own wall clock), and one far-future token observed would raise every later stamp
+  with it: near 2**64 the next stamp no longer fits the entry (every leader that saw it
+  in its log stopped on its first write). The bound is against the wall clock, not the
+  clock's last time, so repeated tokens cannot walk the clock forward.
 - A causal read with token ``t`` waits (bounded by its deadline) for the group's applied
   time to reach ``t``. A group with no writes would never get there, so the replica asks
   for an entry: a leader proposes an empty stamped batch itself; a follower sends its
@@ -31,6 +38,10 @@ LOGICAL_BITS = 16
 LOG_SCAN = 64
 """How far back from its last entry a restarting node looks for its log's last stamp
 (a new leader's term-start entries, conf changes and admin commands carry none)."""
+MAX_AHEAD_MS = 366 * 24 * 3600 * 1000
+"""How far ahead of the wall clock an outside time may be (as MongoDB's
+maxAcceptableLogicalClockDriftSecs, one year): far above any real clock skew, far
+below the 48-bit millisecond field's end (year 10889)."""
 ASK_AGAIN_S = 0.2
 """A follower repeats a request for the same time after this long (a lost message, a
 leader that changed)."""
@@ -54,6 +65,10 @@ class HybridClock:
         """A new time for a local event (a proposal): above every time seen so far."""
         self.last = max(self.last + 1, pack(wall_ms))
         return self.last
+
+    def acceptable(self, t: int, wall_ms: int) -> bool:
+        """May an outside time ``t`` be observed (see the module rules)?"""
+        return t <= max(self.last, pack(wall_ms + MAX_AHEAD_MS))
 
     def observe(self, t: int) -> None:
         """A time seen in the log or in a request: later ticks are above it."""

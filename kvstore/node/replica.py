@@ -43,7 +43,7 @@ from kvstore.consensus.types import (
 )
 from kvstore.node import log
 from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
-from kvstore.node.hlc import HybridClock
+from kvstore.node.hlc import MAX_AHEAD_MS, HybridClock
 from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics, ShardSeries
 from kvstore.node.pending import (
@@ -239,8 +239,22 @@ class ReplicaLoop:
                 ]
             )
 
+    def acceptable_time(self, t: int) -> bool:
+        """May a time from outside (a client's token, a peer's request) be observed?"""
+        return self.hlc.acceptable(t, self.clock.wall_ms())
+
+    def time_refusal(self, t: int) -> InvalidOp:
+        return InvalidOp(
+            f"causal token {t} is more than {MAX_AHEAD_MS // 1000} s (hlc.MAX_AHEAD_MS) "
+            f"ahead of node {self.node_id}'s clock: no node can have handed it out",
+            definite=True,
+        )
+
     def on_time_request(self, g: GroupState, m: Message) -> None:
         """A follower waits for time ``m.index``: a leader stamps an entry above it."""
+        if not self.acceptable_time(m.index):
+            self.metrics.dropped.labels(self.metrics.shard(g.id), "time_too_far").inc()
+            return
         self.hlc.observe(m.index)
         if g.role == Role.LEADER and m.index > g.time.applied:
             g.time.wanted = max(g.time.wanted, m.index)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kvstore.node.hlc import GroupTime, HybridClock, pack, physical_ms
+from kvstore.node.hlc import MAX_AHEAD_MS, GroupTime, HybridClock, pack, physical_ms
 from kvstore.node.pending import Waiter
 from kvstore.statemachine import MemoryKV, Put
 from kvstore.storage import NodeStorage
@@ -37,6 +37,18 @@ def test_clock_never_goes_back_and_ticks_above_all_it_saw(steps: list[tuple[bool
             clock.observe(pack(v, 7))
             seen = max(seen, pack(v, 7))
     assert clock.last >= max(last, seen)
+
+
+def test_outside_times_are_bounded_by_the_wall_clock() -> None:
+    now = 1_700_000_000_000
+    clock = HybridClock()
+    assert clock.acceptable(pack(now + MAX_AHEAD_MS), now)
+    assert not clock.acceptable(pack(now + MAX_AHEAD_MS + 1), now)
+    assert not clock.acceptable((1 << 64) - 1, now)
+    # Ahead of the wall clock but not of what this clock already saw (a skewed leader's
+    # stamps reached it): still acceptable.
+    clock.observe(pack(now + 2 * MAX_AHEAD_MS))
+    assert clock.acceptable(pack(now + 2 * MAX_AHEAD_MS), now)
 
 
 def test_pack_layout() -> None:
