@@ -4,18 +4,21 @@ Rule: a request no node would accept fails at once with InvalidArgument naming t
 limit, as the node would name it, instead of travelling: a 64 MiB value used to end in
 DeadlineExceeded after the whole timeout, with an internal gRPC error in its text. The
 nodes keep their own checks (kvstore/node/limits.py, whose defaults these equal; a test
-keeps them equal). Keys are left to the node: their limit depends on its storage layout.
+keeps them equal).
 """
 
 from __future__ import annotations
 
 from kvstore.client.errors import InvalidArgument
 
+MAX_KEY_BYTES = 8192
 MAX_VALUE_BYTES = 1 << 20
 MAX_REQUEST_BYTES = 4 << 20
 
 
 def check_sizes(key: bytes, *values: bytes) -> None:
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"key is {len(key)} bytes; limit max_key_bytes={MAX_KEY_BYTES}")
     for v in values:
         if len(v) > MAX_VALUE_BYTES:
             raise InvalidArgument(

@@ -1,11 +1,12 @@
 """Request limits and in-flight budgets (documented in the README); breaking a request
 limit is INVALID_ARGUMENT naming it, going past the node's budget is RESOURCE_EXHAUSTED.
 
-Defaults: key 510 bytes (LMDB's 511-byte key limit minus the 1-byte data prefix; the state
-machine's MAX_KEY_SIZE), value 1 MiB, 1000 ops per client batch message, scan limit
-10000 rows and 2 MiB of keys and values per answer, client gRPC messages 4 MiB both
-ways. The server's gRPC message limit is larger (64 MiB) because peer traffic shares
-the port; client messages are checked against ``max_request_bytes`` here.
+Defaults: key 8 KiB (the state machine's MAX_KEY_SIZE; storage keeps keys past LMDB's key
+limit under a prefix and a hash, kvstore/storage/keys.py), value 1 MiB, 1000 ops per
+client batch message, scan limit 10000 rows and 2 MiB of keys and values per answer,
+client gRPC messages 4 MiB both ways. The server's gRPC message limit is larger (64 MiB)
+because peer traffic shares the port; client messages are checked against
+``max_request_bytes`` here.
 
 Memory rule: a node holds at most ``max_node_inflight_*`` of client work (requests
 admitted and not yet answered, answers built and not yet sent); a batch stream stops

@@ -58,9 +58,10 @@ SESSION_IDLE_ENTRIES = 100_000
 SESSION_IDLE_MS = 300_000
 """A session with no command applied in this much log time (5 min) is expired."""
 
-MAX_KEY_SIZE = 510
-"""Longest key in bytes: LMDB's 511-byte key limit minus the 1-byte data prefix (user keys
-are stored under their own bytes, not under a group: see kvstore.storage.keys)."""
+MAX_KEY_SIZE = 8192
+"""Longest key in bytes (etcd and Consul users keep paths of a few KiB as keys). Storage
+keeps keys past LMDB's 511-byte key limit under a prefix and a hash, ordered by their full
+bytes (kvstore.storage.keys)."""
 
 SessionId = tuple[int, int]
 """(client_id, incarnation)."""

@@ -87,6 +87,7 @@ class NodeStorage:
             with self.env.begin(write=True) as txn:
                 dbs = [self.env.open_db(name, txn=txn) for name in _SUBDBS]
                 _migrate_kv_layout(txn, Dbs(*dbs))
+                _migrate_long_keys(txn, Dbs(*dbs))
                 _upgrade_sessions(txn, Dbs(*dbs))
         except BaseException:
             self.env.close()
@@ -253,8 +254,30 @@ def _migrate_kv_layout(txn: lmdb.Transaction, dbs: Dbs) -> None:
         txn.delete(k, db=dbs.kv)
     for k, v in old:
         if len(k) >= 8:
-            txn.put(keys.kv_key(bytes(k[8:])), v, db=dbs.kv)
+            txn.put(keys.DATA_PREFIX + bytes(k[8:]), v, db=dbs.kv)
     txn.put(marker, keys.LAYOUT_V2, db=dbs.meta)
+
+
+_LONG_KEYS = b"kv_long_keys"
+
+
+def _migrate_long_keys(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    """Re-store keys longer than KEY_INLINE that were written whole (up to 510 bytes,
+    before long keys) in the long form (keys.py), in the opening transaction; once. A
+    marker of its own (not a layout version) so that an older binary that knows only
+    layout 2 never takes this directory for a layout 1 one and re-keys it."""
+    marker = keys.node_meta_key(_LONG_KEYS)
+    if txn.get(marker, db=dbs.meta) == b"1":
+        return
+    inline = len(keys.DATA_PREFIX) + keys.KEY_INLINE
+    cur = txn.cursor(db=dbs.kv)
+    old = [bytes(k) for k in cur.iternext(keys=True, values=False) if len(k) > inline]
+    for k in old:
+        v = txn.pop(k, db=dbs.kv)
+        assert v is not None
+        key = k[len(keys.DATA_PREFIX) :]
+        txn.put(keys.kv_key(key), keys.long_value(key, bytes(v)), db=dbs.kv)
+    txn.put(marker, b"1", db=dbs.meta)
 
 
 _SESSIONS_FORMAT = b"sessions_format"

@@ -12,18 +12,32 @@ owns the range its shard descriptor says, so a split moves no data.
                                                     / member addresses
               0xFF | name                        -> node-level metadata (cluster id, ...)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
-    kv        DATA_PREFIX | user key             -> KeyValue record
+    kv        DATA_PREFIX | user key             -> KeyValue record   (key <= KEY_INLINE bytes)
+              DATA_PREFIX | key[:KEY_INLINE] | blake2b-128(key)
+                                                 -> u32 n | key[KEY_INLINE:] | record (longer)
     sessions  group u64                          -> log clock, applied time (records.encode_clock)
               group u64 | client u64 | incarnation u64            -> session state
               group u64 | client u64 | incarnation u64 | seq u64  -> stored outcome
 
 Group ids are below 2**63 so a group key never starts with the node-level 0xFF byte. The
-one-byte data prefix keeps the empty key storable (LMDB refuses empty keys) and leaves
-510 bytes for the user key.
+one-byte data prefix keeps the empty key storable (LMDB refuses empty keys).
+
+Long keys (LMDB keys stop at 511 bytes; users may send up to MAX_KEY_SIZE): a key longer
+than KEY_INLINE is stored under its first KEY_INLINE bytes and a 128-bit hash of all of
+it, the rest of the key in front of the record. memcmp order of the stored keys is then
+the order of the user keys, except among long keys that share their first KEY_INLINE
+bytes (a "bucket": stored keys of LONG_KV_KEY bytes with one KEY_INLINE prefix), which sit
+together, after the short key equal to their prefix and before anything greater, in hash
+order: readers sort a bucket by its full keys (tables.py). Why this and not an ordered
+chunked encoding: LMDB compares keys with memcmp and py-lmdb cannot set a comparator, so
+no order-preserving map of longer keys into 511 bytes exists; chunking would need a key
+tree over several tables for every read, while this costs nothing for keys up to
+KEY_INLINE bytes (all of today's data) and a sort only where long keys share 494 bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 MAX_GROUP = (1 << 63) - 1
@@ -77,13 +91,56 @@ def node_meta_key(name: bytes) -> bytes:
     return NODE_META_PREFIX + name
 
 
+KEY_INLINE = 494
+"""User key bytes kept in the stored key; a longer key adds a 16-byte hash (511 in all)."""
+LONG_KV_KEY = len(DATA_PREFIX) + KEY_INLINE + 16
+_U32 = struct.Struct("<I")
+
+
 def kv_key(key: bytes) -> bytes:
-    return DATA_PREFIX + key
+    """The kv-table key of a user key (see "Long keys" above)."""
+    if len(key) <= KEY_INLINE:
+        return DATA_PREFIX + key
+    return DATA_PREFIX + key[:KEY_INLINE] + hashlib.blake2b(key, digest_size=16).digest()
+
+
+def kv_seek(key: bytes) -> bytes:
+    """A kv-table key at or before the stored key of every user key >= ``key``."""
+    return DATA_PREFIX + key[:KEY_INLINE]
+
+
+def is_long(stored: bytes) -> bool:
+    return len(stored) == LONG_KV_KEY
+
+
+def bucket(stored: bytes) -> bytes:
+    """The prefix shared by a long stored key's bucket."""
+    return stored[: len(DATA_PREFIX) + KEY_INLINE]
+
+
+def long_value(key: bytes, record: bytes) -> bytes:
+    """What a long key stores: the rest of the key, then its record."""
+    tail = key[KEY_INLINE:]
+    return _U32.pack(len(tail)) + tail + record
+
+
+def split_long_value(stored: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """(user key, record) of a long key's stored key and value; ValueError if damaged."""
+    if len(value) < 4:
+        raise ValueError("long key record shorter than its length field")
+    (n,) = _U32.unpack_from(value)
+    if 4 + n > len(value):
+        raise ValueError(f"long key tail of {n} bytes runs past the record")
+    head = bytes(stored[len(DATA_PREFIX) : len(DATA_PREFIX) + KEY_INLINE])
+    return head + bytes(value[4 : 4 + n]), bytes(value[4 + n :])
 
 
 def kv_end(end: bytes) -> bytes:
-    """The kv-table key bounding a user range that ends at ``end`` (b"": unbounded)."""
-    return DATA_PREFIX + end if end else DATA_END
+    """The kv-table key bounding a user range that ends at ``end`` (b"": unbounded): every
+    user key below ``end`` is stored below it, every other at or above it. For an ``end``
+    longer than KEY_INLINE this holds except inside ``end``'s own bucket (and the short
+    key equal to its prefix), which readers filter by full key."""
+    return DATA_PREFIX + end[:KEY_INLINE] if end else DATA_END
 
 
 _U64x4 = struct.Struct(">QQQQ")

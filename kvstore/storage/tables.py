@@ -71,7 +71,6 @@ class GroupTables:
         self.dbs = dbs
         self.group = group
         self.owned = owned
-        self._prefix = keys.DATA_PREFIX
         self._states: dict[SessionId, SessionState | None] = {}
         """Sessions as of this transaction (read-through, write-back: see flush)."""
         self._dirty: set[SessionId] = set()
@@ -82,15 +81,30 @@ class GroupTables:
         self.leases = LeaseTable(txn, dbs.sessions, group)
 
     # -- kv -----------------------------------------------------------------
+    # Keys longer than keys.KEY_INLINE are stored under a prefix and a hash (keys.py):
+    # point reads find them directly, range reads sort each bucket of them by full key.
     def get(self, key: bytes) -> KeyValue | None:
-        record = self.txn.get(self._prefix + key, db=self.dbs.kv)
-        return None if record is None else self._kv(key, record)
+        stored = keys.kv_key(key)
+        record = self.txn.get(stored, db=self.dbs.kv)
+        if record is None:
+            return None
+        if keys.is_long(stored):
+            full, record = self._split(stored, record)
+            if full != key:
+                return None  # another key with the same 128-bit hash
+        return self._kv(key, record)
 
     def put(self, kv: KeyValue) -> None:
-        self.txn.put(self._prefix + kv.key, encode_kv(kv), db=self.dbs.kv)
+        self._put_record(kv.key, encode_kv(kv))
+
+    def _put_record(self, key: bytes, record: bytes) -> None:
+        stored = keys.kv_key(key)
+        if keys.is_long(stored):
+            record = keys.long_value(key, record)
+        self.txn.put(stored, record, db=self.dbs.kv)
 
     def delete(self, key: bytes) -> None:
-        self.txn.delete(self._prefix + key, db=self.dbs.kv)
+        self.txn.delete(keys.kv_key(key), db=self.dbs.kv)
 
     def scan(self, start: bytes, end: bytes = b"", limit: int = 0) -> list[KeyValue]:
         """Keys in [start, end) in order; ``end=b""``: to the end; ``limit<=0``: all."""
@@ -116,7 +130,8 @@ class GroupTables:
         return out, False
 
     def raw_kv(self, start: bytes = b"", end: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(user key, stored record) pairs in [start, end), within the owned range."""
+        """(user key, stored record) pairs in [start, end) in key order, within the owned
+        range."""
         if self.owned is None:
             return
         lo_own, hi_own = self.owned
@@ -125,15 +140,37 @@ class GroupTables:
             end = hi_own
         if end and start >= end:
             return
-        hi = keys.kv_end(end)
-        n = len(self._prefix)
         cur = self.txn.cursor(db=self.dbs.kv)
-        if not cur.set_range(self._prefix + start):
+        if not cur.set_range(keys.kv_seek(start)):
             return
-        for k, v in cur:
-            if k >= hi:
-                return
-            yield k[n:], v
+        past = _past(end)
+        n = len(keys.DATA_PREFIX)
+        k = cur.key()
+        while k and not past(k):
+            if not keys.is_long(k):
+                key = k[n:]
+                if key >= start and (not end or key < end):
+                    yield key, cur.value()
+                k = cur.key() if cur.next() else b""
+                continue
+            bucket, rows = keys.bucket(k), []
+            while k and keys.is_long(k) and k.startswith(bucket):
+                rows.append(self._split(k, cur.value()))
+                k = cur.key() if cur.next() else b""
+            rows.sort()
+            for key, record in rows:
+                if end and key >= end:
+                    return
+                if key >= start:
+                    yield key, record
+
+    def _split(self, stored: bytes, value: bytes) -> tuple[bytes, bytes]:
+        try:
+            return keys.split_long_value(stored, value)
+        except ValueError as e:
+            raise CorruptionError(
+                f"kv record under {stored[:40]!r}...: {e}", group=self.group
+            ) from e
 
     def _kv(self, key: bytes, record: bytes) -> KeyValue:
         try:
@@ -325,7 +362,7 @@ class GroupTables:
         put = self.txn.put
         for key, record in kv:
             if owns(self.owned, key):
-                put(self._prefix + key, record, db=self.dbs.kv)
+                self._put_record(key, record)
         for suffix, record in sessions:
             put(group + suffix, record, db=self.dbs.sessions)
 
@@ -334,7 +371,22 @@ class GroupTables:
         if self.owned is None:
             return 0
         lo, hi = self.owned
-        return delete_range(self.txn, self.dbs.kv, keys.kv_key(lo), keys.kv_end(hi))
+        if len(lo) <= keys.KEY_INLINE and len(hi) <= keys.KEY_INLINE:
+            return delete_range(self.txn, self.dbs.kv, keys.kv_key(lo), keys.kv_end(hi))
+        # A bound inside a bucket of long keys: judge each key by its full bytes.
+        cur = self.txn.cursor(db=self.dbs.kv)
+        cur.set_range(keys.kv_seek(lo))
+        past, n, deleted = _past(hi), len(keys.DATA_PREFIX), 0
+        while True:
+            k = cur.key()
+            if not k or past(k):
+                return deleted
+            key = self._split(k, cur.value())[0] if keys.is_long(k) else k[n:]
+            if owns(self.owned, key):
+                cur.delete()
+                deleted += 1
+            elif not cur.next():
+                return deleted
 
     def merge_sessions_from(self, source: int, index: int) -> None:
         """Take ``source``'s sessions into this group (a merge at entry ``index``): its
@@ -382,6 +434,16 @@ class GroupTables:
         put, prefix = self.txn.put, keys.group_prefix(group)
         for suffix, record in list(self.raw_sessions()):
             put(prefix + suffix, record, db=self.dbs.sessions)
+
+
+def _past(end: bytes) -> Callable[[bytes], bool]:
+    """Whether a stored kv key is past every user key below ``end`` (b"": unbounded).
+    A long ``end``'s own bucket (and the short key equal to its prefix) is not past: its
+    keys are judged by their full bytes."""
+    hi = keys.kv_end(end)
+    if len(end) <= keys.KEY_INLINE:
+        return lambda k: k >= hi
+    return lambda k: k >= hi and not k.startswith(hi)
 
 
 def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:

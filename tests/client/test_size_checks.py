@@ -15,6 +15,7 @@ from kvstore.node.limits import Limits
 def test_the_client_limits_are_the_nodes() -> None:
     assert Limits().max_value_bytes == _limits.MAX_VALUE_BYTES
     assert Limits().max_request_bytes == _limits.MAX_REQUEST_BYTES
+    assert Limits().max_key_bytes == _limits.MAX_KEY_BYTES
 
 
 def test_a_64_mib_value_fails_at_once_naming_the_limit() -> None:
@@ -27,8 +28,10 @@ def test_a_64_mib_value_fails_at_once_naming_the_limit() -> None:
             assert e.value.definite
             with pytest.raises(InvalidArgument, match="max_value_bytes"):
                 await c.cas(b"k", b"x" * ((1 << 20) + 1), None)
-            with pytest.raises(InvalidArgument, match="limit max_request_bytes=4194304"):
+            with pytest.raises(InvalidArgument, match="limit max_key_bytes=8192"):
                 await c.get(b"k" * (5 << 20))
+            with pytest.raises(InvalidArgument, match="key is 8193 bytes; limit max_key_bytes"):
+                await c.put(b"k" * 8193, b"v")
             assert time.monotonic() - start < 1.0
 
     asyncio.run(main())

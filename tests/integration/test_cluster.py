@@ -8,8 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.client import AsyncClient, InvalidArgument
 
 from .harness import LocalCluster, running_cluster, wait_for
@@ -54,15 +56,32 @@ def test_elects_one_leader_and_serves_reads_and_writes(cluster: LocalCluster) ->
 
 def test_limits_are_invalid_argument_naming_the_limit(cluster: LocalCluster) -> None:
     with cluster.client() as c:
-        with pytest.raises(InvalidArgument, match="max_key_bytes") as e:
-            c.put(b"k" * 5000, b"v")
+        with pytest.raises(InvalidArgument, match="max_key_bytes=8192") as e:
+            c.put(b"k" * 8193, b"v")
         assert e.value.definite
+        # Keys of a few KiB (past LMDB's 511 bytes) read, scan and delete in order.
+        long = [b"/registry/" + b"x" * 600 + s for s in (b"b", b"a" * 7000, b"c")]
+        for i, k in enumerate(long):
+            c.put(k, str(i))
+        c.put(b"/registry/" + b"x" * 600, "short")
+        assert c.get(long[1]) == b"1"
+        assert [k for k, _ in c.scan(b"/registry/", b"/registry0")] == sorted(
+            [*long, b"/registry/" + b"x" * 600]
+        )
+        assert c.delete(long[2]) is True
+        assert c.get(long[2]) is None
         with pytest.raises(InvalidArgument, match="max_value_bytes"):
             c.put(b"k", b"v" * ((1 << 20) + 1))
         with pytest.raises(InvalidArgument, match="empty"):
             c.get(b"")
         c.put("still", "fine")
         assert c.get("still") == b"fine"
+    # The node keeps its own check for clients that do not check.
+    leader = cluster.wait_leader()
+    with grpc.insecure_channel(cluster.endpoint(leader)) as ch, pytest.raises(grpc.RpcError) as err:
+        kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"k" * 8193, value=b"v"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_key_bytes=8192" in (err.value.details() or "")
 
 
 def test_leader_kill_failover_and_restart_catch_up(cluster: LocalCluster) -> None:
