@@ -8,10 +8,19 @@ Rules this module keeps:
   as new as the local one, or the local descriptor itself no longer lists this node
   (it applied its own removal), or it is a merge source frozen into a target that the
   map shows merged (covering it, newer) while no local replica of that target remains
-  (the node slept through the CommitMerge and lost its target replica to a repair). A
-  map older than the local replica never condemns it (the node may just have been added
-  back), and a replica with no descriptor yet (being
-  built from a snapshot) or of the meta group is never touched.
+  (the node slept through the CommitMerge and lost its target replica to a repair, or
+  the local target caught up by a snapshot of a later split of the merged shard that does
+  not cover the source: FINDINGS F9, which left the source there for ever, refusing every
+  snapshot of the shards now holding its range). A merged source is recognised by the
+  map: its id is gone and newer descriptors cover its whole range. A map older than the
+  local replica never condemns it (the node may just have been added back), and a
+  replica with no descriptor yet (being built from a snapshot) or of the meta group is
+  never touched.
+- A frozen merge source is never destroyed while its local target replica may still
+  apply the CommitMerge (the target's epoch has not moved past the one the prepare
+  recorded): that CommitMerge takes the source's keys as they are here, and destroying
+  the source deletes them (a membership change of the source after its PrepareMerge,
+  proposed by a leader that had not applied it yet, could make it look removed).
 - Nothing is destroyed while another local replica overlaps its range: dropping a group
   deletes the user keys of its range, which that replica may own now.
 - The destroy runs in the driver's loop, between two persists: the group leaves
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -47,14 +57,17 @@ def zombies(
     local: Mapping[int, Descriptor | None], shard_map: Iterable[Descriptor], me: int
 ) -> list[int]:
     """The local groups to destroy (see the module rules)."""
-    by_id = {d.id: d for d in shard_map}
+    descs = list(shard_map)
+    by_id = {d.id: d for d in descs}
     out = []
     for gid, d in sorted(local.items()):
         m = by_id.get(gid)
         if gid == META_GROUP or d is None:
             continue
+        if d.merging_into and _target_may_commit(d, local):
+            continue
         if m is None:
-            if not _absorbed(d, by_id, local):
+            if not _absorbed(d, descs):
                 continue
         elif me in m.replicas:
             continue
@@ -66,19 +79,35 @@ def zombies(
     return out
 
 
-def _absorbed(
-    d: Descriptor, by_id: Mapping[int, Descriptor], local: Mapping[int, Descriptor | None]
-) -> bool:
-    """Is ``d`` a frozen merge source whose merge committed (the map's target covers it,
-    newer) while this node holds no replica of the target, which could still need it
-    (its CommitMerge destroys the source itself, a snapshot of it absorbs it)?"""
-    t = by_id.get(d.merging_into) if d.merging_into else None
-    return (
-        t is not None
-        and d.merging_into not in local
-        and t.covers(d.start, d.end)
-        and t.epoch.version > d.epoch.version
-    )
+def _target_may_commit(d: Descriptor, local: Mapping[int, Descriptor | None]) -> bool:
+    """Is ``d`` a frozen merge source whose local target replica may still apply its
+    CommitMerge (it applies only at the epoch the prepare recorded; epochs only rise)?"""
+    if d.merging_into not in local:
+        return False
+    t = local[d.merging_into]
+    if t is None:
+        return True  # being built from a snapshot: cannot tell yet
+    want = d.merge_target_epoch
+    return t.epoch.version <= want.version and t.epoch.conf_ver <= want.conf_ver
+
+
+def _absorbed(d: Descriptor, shard_map: Iterable[Descriptor]) -> bool:
+    """Is ``d`` (absent from the map) a frozen merge source whose merge committed: the
+    map's descriptors overlapping its range are all newer and cover all of it? Only a
+    CommitMerge gives a frozen source's range to another group; a split not yet reported
+    leaves the older parent covering it, which does not count."""
+    if not d.merging_into:
+        return False
+    over = sorted((m for m in shard_map if m.overlaps(d)), key=lambda m: m.start)
+    if not over or any(m.epoch.version <= d.epoch.version for m in over):
+        return False
+    if over[0].start > d.start:
+        return False
+    for a, b in itertools.pairwise(over):
+        if a.end != b.start:
+            return False
+    last = over[-1].end
+    return not last or (bool(d.end) and last >= d.end)
 
 
 def destroy_pending(driver: NodeDriver, groups: set[int]) -> None:

@@ -53,7 +53,13 @@ def test_a_frozen_merge_source_whose_merge_committed_elsewhere_is_a_zombie() -> 
     its frozen source, gone from the map, is destroyed; not while a local target replica
     remains (its CommitMerge or a merged snapshot takes the source with it)."""
     src = Descriptor(
-        id=5, start=b"m", epoch=Epoch(2, 1), voters=(1, 2, 3), merging_into=1, merge_index=9
+        id=5,
+        start=b"m",
+        epoch=Epoch(2, 1),
+        voters=(1, 2, 3),
+        merging_into=1,
+        merge_index=9,
+        merge_target_epoch=Epoch(2, 1),
     )
     merged = Descriptor(id=1, epoch=Epoch(3, 2), voters=(1, 3, 4))
     assert zombies({5: src}, [merged], ME) == [5]
@@ -61,3 +67,52 @@ def test_a_frozen_merge_source_whose_merge_committed_elsewhere_is_a_zombie() -> 
     assert zombies({1: target, 5: src}, [merged], ME) == [1]  # the target first
     # Not merged (the map still has the target's old range): kept.
     assert zombies({5: src}, [Descriptor(id=1, end=b"m", epoch=Epoch(2, 2))], ME) == []
+
+
+def _frozen(start: bytes, end: bytes = b"") -> Descriptor:
+    return Descriptor(
+        id=2,
+        start=start,
+        end=end,
+        epoch=Epoch(4, 1),
+        voters=(1, 2, 3),
+        merging_into=1,
+        merge_index=20,
+        merge_target_epoch=Epoch(6, 1),
+    )
+
+
+def test_a_frozen_source_orphaned_by_a_split_of_its_merged_target_is_a_zombie() -> None:
+    """FINDINGS F9 (paxos seed 10026): node 2 applied the PrepareMerge of shard 2 into 1,
+    then lagged; shard 1 committed the merge and split twice; node 2's replica of shard 1
+    caught up by a snapshot of [b"", b"ab"), which does not cover the source. The source
+    must go (its range is shards 3's and 4's now, whose snapshots it blocked for ever)."""
+    src = _frozen(b"b")
+    target = Descriptor(id=1, end=b"ab", epoch=Epoch(9, 1), voters=(1, 2, 3))
+    shard_map = [
+        target,
+        Descriptor(id=3, start=b"ab", end=b"c", epoch=Epoch(9, 1), voters=(1, 2, 3)),
+        Descriptor(id=4, start=b"c", epoch=Epoch(8, 1), voters=(1, 2, 3)),
+    ]
+    assert zombies({1: target, 2: src}, shard_map, ME) == [2]
+    # The map does not cover all of it with newer shards (a split not reported yet: the
+    # parent, older, still covers part): kept.
+    older = [target, Descriptor(id=3, start=b"ab", epoch=Epoch(3, 1), voters=(1, 2, 3))]
+    assert zombies({1: target, 2: src}, older, ME) == []
+    gap = [target, Descriptor(id=4, start=b"c", epoch=Epoch(8, 1), voters=(1, 2, 3))]
+    assert zombies({1: target, 2: src}, gap, ME) == []
+
+
+def test_a_frozen_source_is_kept_while_its_local_target_may_still_commit_it() -> None:
+    """The source's membership changed after its PrepareMerge (the map no longer lists
+    this node), but the local target has not moved past the epoch the prepare recorded:
+    its CommitMerge will take the source's keys here, which destroying would delete."""
+    src = _frozen(b"m")
+    removed = Descriptor(id=2, start=b"m", epoch=Epoch(4, 3), voters=(1, 3, 4))
+    for t_epoch in (Epoch(6, 1), Epoch(5, 1)):  # at the prepared epoch, or behind it
+        target = Descriptor(id=1, end=b"m", epoch=t_epoch, voters=(1, 2, 3))
+        assert zombies({1: target, 2: src}, [target, removed], ME) == []
+        assert zombies({2: src, 1: None}, [removed], ME) == []
+    # Fenced (one version up): the CommitMerge can no longer apply here.
+    fenced = Descriptor(id=1, end=b"m", epoch=Epoch(7, 1), voters=(1, 2, 3))
+    assert zombies({1: fenced, 2: src}, [fenced, removed], ME) == [2]
