@@ -16,6 +16,9 @@ Rules this module keeps:
   never commit and roll back the same merge. A step whose outcome is unknown leaves the
   source frozen; running the merge again resumes it (it finishes, or gives up as above),
   and so does the node leading a source frozen for RESUME_AFTER_S with no merge running.
+  When the target itself was merged away meanwhile (a chain: it was frozen as another
+  merge's source), the map shows it (kvstore.shard.merging.target_merged_away) and the
+  source is rolled back without a fence (it stayed frozen for ever before).
 - Bad input and merges that cannot start change nothing and name why.
 """
 
@@ -34,7 +37,7 @@ from kvstore.node import log
 from kvstore.node.errors import AbortedOp, InvalidOp, OpError, UnavailableOp
 from kvstore.shard import commands as cmds
 from kvstore.shard.descriptor import Descriptor
-from kvstore.shard.merging import check_merge
+from kvstore.shard.merging import check_merge, target_merged_away
 from kvstore.shard.split import SplitError
 
 if TYPE_CHECKING:
@@ -290,10 +293,7 @@ class MergeCoordinator:
             t = self.router.get(target) or self.driver.storage.group(target).view.shard
             if t is not None and t.covers(src.start, src.end):
                 return t
-            await self._lead(src.id, until)
-            await self.driver.propose_admin(
-                src.id, cmds.encode(cmds.RollbackMerge(src.epoch)), max(until - loop.time(), 1.0)
-            )
+            await self._rollback(src, until)
         except OpError as e:
             log.event("merge_rollback_failed", level=30, group=src.id, error=e.message)
             raise UnavailableOp(
@@ -303,6 +303,14 @@ class MergeCoordinator:
             ) from e
         log.event("merge_rolled_back", group=src.id, target=target)
         return None
+
+    async def _rollback(self, src: Descriptor, until: float) -> None:
+        """Propose the RollbackMerge of ``src`` (only once no CommitMerge can apply)."""
+        loop = asyncio.get_running_loop()
+        await self._lead(src.id, until)
+        await self.driver.propose_admin(
+            src.id, cmds.encode(cmds.RollbackMerge(src.epoch)), max(until - loop.time(), 1.0)
+        )
 
     # -- resuming merges whose coordinator went away --------------------------------
     def start(self) -> None:
@@ -349,7 +357,17 @@ class MergeCoordinator:
         deadline = loop.time() + RESUME_TIMEOUT_S
         target = self.router.get(src.merging_into)
         if target is None:
-            raise UnavailableOp(f"no replica of shard {src.merging_into} here", definite=True)
+            # The target was merged away while this merge was pending (its replica here
+            # went with it): no fence is possible nor needed once the map shows it.
+            if not target_merged_away(src, await self.meta.shard_map()):
+                raise UnavailableOp(f"no replica of shard {src.merging_into} here", definite=True)
+            self._busy.add(src.id)
+            try:
+                await self._rollback(src, deadline)
+            finally:
+                self._busy.discard(src.id)
+            log.event("merge_rolled_back", group=src.id, target=src.merging_into)
+            return
         if target.epoch != src.merge_target_epoch or target.merging_into:
             # No CommitMerge of this prepare can apply any more.
             self._busy |= {src.id, target.id}

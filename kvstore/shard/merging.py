@@ -15,11 +15,13 @@ Rules this module keeps:
   attempt can be mistaken for a later one (TiKV #6460). It is safe only once no
   CommitMerge can apply: ``fence`` raises the target's version first (a CommitMerge
   ordered before the fence has then applied, and the target covers the source; none
-  ordered after it can apply).
+  ordered after it can apply). A target that no longer exists needs no fence, and the
+  shard map shows when (``target_merged_away``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from kvstore.shard.descriptor import Descriptor, Epoch
@@ -89,6 +91,23 @@ def fence(target: Descriptor) -> Descriptor:
     if target.merging_into:
         raise MergeError(f"shard {target.id} is itself merging into {target.merging_into}")
     return replace(target, epoch=Epoch(target.epoch.version + 1, target.epoch.conf_ver))
+
+
+def target_merged_away(source: Descriptor, shard_map: Iterable[Descriptor]) -> bool:
+    """Can no CommitMerge of the frozen ``source`` ever apply, nor have applied, because
+    its target was itself merged away (a merge chain: the target was frozen as another
+    merge's source while this one was pending)? From the shard map: the target's id is
+    gone (only a merge absorbing it removes an id, and a frozen target applies no
+    CommitMerge), the source's id is still there (had the target absorbed it first, the
+    report of the merge that absorbed the target covers the source too, and replaces it
+    in the same step), and the shard that now ends where the source starts is newer than
+    the target the prepare recorded (a target never reported yet, its parent still in
+    the map, is older)."""
+    ids = {d.id: d for d in shard_map}
+    if not source.merging_into or source.merging_into in ids or source.id not in ids:
+        return False
+    left = next((d for d in ids.values() if d.end == source.start), None)
+    return left is not None and left.epoch.version > source.merge_target_epoch.version
 
 
 def rollback(source: Descriptor) -> Descriptor:

@@ -21,7 +21,7 @@ from .test_inprocess import _ports
 pytestmark = pytest.mark.timeout(90)
 
 
-async def _cluster(tmp_path: Path) -> list[Node]:
+async def _cluster(tmp_path: Path, split_keys: tuple[bytes, ...] = (b"m",)) -> list[Node]:
     ports = _ports(3)
     peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
     nodes = [
@@ -32,8 +32,8 @@ async def _cluster(tmp_path: Path) -> list[Node]:
                 peers=peers,
                 data_dir=str(tmp_path / f"n{i}"),
                 tick_ms=50,
-                shards=2,
-                split_keys=(b"m",),
+                shards=len(split_keys) + 1,
+                split_keys=split_keys,
             )
         )
         for i in peers
@@ -119,6 +119,40 @@ def test_a_merge_that_can_no_longer_commit_is_fenced_and_rolled_back(tmp_path: P
             assert back.epoch.version == frozen.epoch.version + 1
             t = _shard(leader, 1)
             assert t is not None and t.end == b"m"  # not merged
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(main())
+
+
+def test_a_source_whose_target_merged_away_meanwhile_is_rolled_back(tmp_path: Path) -> None:
+    """A merge chain: shard 3 is frozen into shard 2 (its coordinator died), then shard 1
+    absorbs shard 2. Shard 2's log applies no CommitMerge once frozen and is gone: the
+    watchdog must roll shard 3 back (it waited for a replica of shard 2 for ever, and
+    shard 3's keys took no write again)."""
+
+    async def main() -> None:
+        nodes = await _cluster(tmp_path, split_keys=(b"g", b"t"))
+        try:
+            src_leader = await _leader(nodes, 3)
+            tgt, src = _shard(src_leader, 2), _shard(src_leader, 3)
+            assert tgt is not None and src is not None
+            data = cmds.encode(cmds.PrepareMerge(2, src.epoch, tgt.epoch))
+            assert await src_leader.driver.propose_admin(3, data, 5.0) > 0
+            left = await _leader(nodes, 1)
+            assert left.merger is not None
+            merged, gone = await left.merger.merge(1, 2, 30.0)
+            assert gone == 2 and merged.end == b"t"
+            leader = await _leader(nodes, 3)
+            for _ in range(200):  # the merge of 2 into 1 reaches shard 3's leader
+                if 2 not in leader.driver.groups:
+                    break
+                await asyncio.sleep(0.05)
+            assert await _resume(leader) == [3]
+            back = _shard(await _leader(nodes, 3), 3)
+            assert back is not None and back.merging_into == 0
+            assert back.epoch.version == src.epoch.version + 1
         finally:
             for n in nodes:
                 await n.stop()

@@ -292,3 +292,20 @@ def test_merge_commands_and_merge_descriptors_roundtrip() -> None:
         assert cmds.decode(cmds.encode(c)) == c
     with pytest.raises(ValueError):
         cmds.decode(cmds.encode(cmds.RollbackMerge(Epoch(1, 1)))[:-1])
+
+
+def test_a_target_merged_away_is_read_from_the_map() -> None:
+    from kvstore.shard.descriptor import Descriptor as D
+    from kvstore.shard.descriptor import Epoch as E
+    from kvstore.shard.merging import target_merged_away
+
+    src = D(id=3, start=b"t", epoch=E(2, 1), merging_into=2, merge_target_epoch=E(4, 1))
+    merged = D(id=1, end=b"t", epoch=E(5, 1))
+    assert target_merged_away(src, [merged, D(id=3, start=b"t", epoch=E(2, 1))])
+    # The target is still in the map, or the source is gone (absorbed first), or the
+    # shard ending at the source is older than the prepared target (never reported).
+    tgt = D(id=2, start=b"g", end=b"t", epoch=E(4, 1))
+    assert not target_merged_away(src, [D(id=1, end=b"g"), tgt, D(id=3, start=b"t")])
+    assert not target_merged_away(src, [D(id=1, epoch=E(6, 1))])
+    parent = D(id=1, end=b"t", epoch=E(3, 1))
+    assert not target_merged_away(src, [parent, D(id=3, start=b"t", epoch=E(2, 1))])
