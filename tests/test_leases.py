@@ -38,7 +38,7 @@ def lease_commands(draw: st.DrawFn) -> Command:
     if kind == "keep":
         return LeaseKeepAlive(lease, cid, seq, inc)
     if kind == "revoke":
-        return LeaseRevoke(lease, cid, seq, inc)
+        return LeaseRevoke(lease, cid, seq, inc, draw(st.sampled_from([0, 1, 2**64 - 1])))
     if kind == "checkpoint":
         return LeaseCheckpoint(lease, draw(U64), cid, seq, inc)
     key, value = draw(st.binary(max_size=8)), draw(st.binary(max_size=8))
@@ -141,3 +141,15 @@ def test_frozen_and_foreign_ranges() -> None:
     # A revoke deletes only keys the group owns (lease commands are not judged by key).
     [r] = apply_commands(m, 10, [LeaseRevoke(1)], owns=lambda k: k < b"m")
     assert r.ok and sorted(m.data) == [b"z"]
+
+
+def test_an_expiry_loses_to_a_keep_alive_ordered_before_it() -> None:
+    """The leader decided to expire from touched=1 while a keep-alive was already in the
+    log ahead of its revoke: the revoke applies as nothing."""
+    m = MemoryKV()
+    run(m, LeaseGrant(1, 5000), Put(b"a", b"1", lease=1))
+    run(m, LeaseKeepAlive(1))  # touched = 2
+    [r] = m.apply(3, [LeaseRevoke(1, if_touched=1)])
+    assert not r.ok and r.error == ApplyError.NONE and b"a" in m.data
+    [r] = m.apply(4, [LeaseRevoke(1, if_touched=2)])
+    assert r.ok and b"a" not in m.data

@@ -32,11 +32,12 @@ import grpc
 import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
+from kvstore.client import _lease
 from kvstore.client._attempts import RetryStats, Watch
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._limits import check_sizes
 from kvstore.client._members import member_change, status_dict, transfer_leader
-from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_key
+from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_op
 from kvstore.client._session import Session, read_mode
 from kvstore.client._shards import merge_shard, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
@@ -238,7 +239,6 @@ class AsyncClient:
         return await self._session.reissue_seq(op, deadline)
 
     async def _execute_op(self, op: kv_pb2.Op, *, write: bool, anywhere: bool) -> kv_pb2.OpResult:
-        sub = getattr(op, op.WhichOneof("request") or "get")
         self._session.carry(op, write=write)
         if not await self._sharded():
             try:
@@ -256,12 +256,10 @@ class AsyncClient:
                     op,
                     write=write,
                     anywhere=anywhere,
-                    route=route_key(sub.key),
+                    route=route_op(op),
                     maybe_applied=e.maybe_applied,
                 )
-        return await self._router.execute(
-            op, write=write, anywhere=anywhere, route=route_key(sub.key)
-        )
+        return await self._router.execute(op, write=write, anywhere=anywhere, route=route_op(op))
 
     async def _execute_unrouted(
         self, op: kv_pb2.Op, *, write: bool, anywhere: bool
@@ -380,8 +378,9 @@ class AsyncClient:
         self._router.observe(hdr)
 
     # -- the KV API -------------------------------------------------------------------
-    async def put(self, key: bytes | str, value: bytes | str) -> int:
-        """Write; returns the revision (the log index of the write)."""
+    async def put(self, key: bytes | str, value: bytes | str, lease: int = 0) -> int:
+        """Write; returns the revision (the log index of the write). ``lease``: the key
+        is deleted when that lease expires or is revoked (NotFound if it is gone)."""
         check_sizes(_b(key), _b(value))
         op = kv_pb2.Op(
             put=kv_pb2.PutRequest(
@@ -389,6 +388,7 @@ class AsyncClient:
                 value=_b(value),
                 client_id=self.client_id,
                 incarnation=self.incarnation,
+                lease=lease,
             )
         )
         r = (await self._execute(op, write=True)).put
@@ -422,12 +422,29 @@ class AsyncClient:
         return r.deleted
 
     async def cas(
-        self, key: bytes | str, expected: bytes | str | None, new: bytes | str | None
+        self,
+        key: bytes | str,
+        expected: bytes | str | None,
+        new: bytes | str | None,
+        lease: int = 0,
     ) -> bool:
         """Set ``key`` to ``new`` (None: delete it) iff its value is ``expected``
-        (None: iff it is absent). Returns whether the swap happened."""
+        (None: iff it is absent). Returns whether the swap happened. ``lease``: as put's."""
+        r = await self.cas_response(key, expected, new, lease)
+        return r.succeeded
+
+    async def cas_response(
+        self,
+        key: bytes | str,
+        expected: bytes | str | None,
+        new: bytes | str | None,
+        lease: int = 0,
+    ) -> kv_pb2.CasResponse:
+        """``cas`` with the whole answer (the revision, the key before)."""
         check_sizes(_b(key), *(_b(v) for v in (expected, new) if v is not None))
-        req = kv_pb2.CasRequest(key=_b(key), client_id=self.client_id, incarnation=self.incarnation)
+        req = kv_pb2.CasRequest(
+            key=_b(key), client_id=self.client_id, incarnation=self.incarnation, lease=lease
+        )
         if expected is None:
             req.expect_absent = True
         else:
@@ -438,7 +455,31 @@ class AsyncClient:
             req.new_value = _b(new)
         r = (await self._execute(kv_pb2.Op(cas=req), write=True)).cas
         self._observe(r.header)
-        return r.succeeded
+        return r
+
+    # -- leases (_lease.py, docs/leases.md) ---------------------------------------------
+    async def grant(self, ttl: float) -> int:
+        """A lease of ``ttl`` seconds (at least 1); returns its id."""
+        return await _lease.grant(self, ttl)
+
+    async def keep_alive(self, lease: int) -> float:
+        """Renew ``lease`` once; returns its TTL (s). NotFound when it is gone."""
+        return await _lease.keep_alive(self, lease)
+
+    def keep_alive_background(self, lease: int, ttl: float) -> _lease.KeepAlive:
+        """Start renewing ``lease`` every ttl/3 s; ``.stop()`` ends it, ``.lost`` is set
+        once the lease is gone."""
+        return _lease.KeepAlive(self, lease, ttl).start()
+
+    async def revoke(self, lease: int) -> bool:
+        """Revoke ``lease``, deleting its keys; False when it did not exist."""
+        return await _lease.revoke(self, lease)
+
+    async def time_to_live(self, lease: int, keys: bool = False) -> _lease.LeaseInfo | None:
+        return await _lease.time_to_live(self, lease, keys)
+
+    async def leases(self) -> list[_lease.LeaseInfo]:
+        return await _lease.leases(self)
 
     async def scan(
         self,

@@ -32,7 +32,7 @@ class RetryStats:
 
 def seq_of(op: kv_pb2.Op) -> int:
     kind = op.WhichOneof("request")
-    return int(getattr(op, kind).seq) if kind in ("put", "delete", "cas") else 0
+    return int(getattr(op, kind).seq) if kind in _SEQUENCED else 0
 
 
 def renumber(op: kv_pb2.Op, seq: int) -> None:
@@ -43,6 +43,13 @@ def renumber(op: kv_pb2.Op, seq: int) -> None:
         op.delete.seq = seq
     elif kind == "cas":
         op.cas.seq = seq
+    elif kind == "lease_grant":
+        op.lease_grant.seq = seq
+    elif kind == "lease_revoke":
+        op.lease_revoke.seq = seq
+
+
+_SEQUENCED = ("put", "delete", "cas", "lease_grant", "lease_revoke")
 
 
 class Watch:

@@ -85,6 +85,19 @@ def route_key(key: bytes) -> Route:
     return route
 
 
+def route_op(op: kv_pb2.Op) -> Route:
+    """A key op goes to its key's shard; a lease op to the shard it names (_lease.py)."""
+    kind = op.WhichOneof("request") or ""
+    if kind.startswith("lease_"):
+        shard = op.shard
+
+        def route(op: kv_pb2.Op, cache: ShardCache) -> Descriptor | None:
+            return cache.map.get(shard)
+
+        return route
+    return route_key(getattr(op, kind).key)
+
+
 def route_scan(end: bytes) -> Route:
     """A scan goes to the shard of its start, clipped to that shard's end."""
 

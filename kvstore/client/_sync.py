@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from kvstore._pb import kv_pb2
 from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
 from kvstore.client._attempts import RetryStats
+from kvstore.client._lease import KeepAlive, LeaseInfo
 from kvstore.security.tls import PathOrPem, client_tls
 
 T = TypeVar("T")
@@ -99,8 +100,8 @@ class Client:
     def retries(self) -> RetryStats:
         return self._async.retries
 
-    def put(self, key: bytes | str, value: bytes | str) -> int:
-        return self._run(self._async.put(key, value))
+    def put(self, key: bytes | str, value: bytes | str, lease: int = 0) -> int:
+        return self._run(self._async.put(key, value, lease))
 
     def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None:
         return self._run(self._async.get(key, read_mode=read_mode))
@@ -111,8 +112,47 @@ class Client:
     def delete(self, key: bytes | str) -> bool:
         return self._run(self._async.delete(key))
 
-    def cas(self, key: bytes | str, expected: bytes | str | None, new: bytes | str | None) -> bool:
-        return self._run(self._async.cas(key, expected, new))
+    def cas(
+        self,
+        key: bytes | str,
+        expected: bytes | str | None,
+        new: bytes | str | None,
+        lease: int = 0,
+    ) -> bool:
+        return self._run(self._async.cas(key, expected, new, lease))
+
+    def cas_response(
+        self,
+        key: bytes | str,
+        expected: bytes | str | None,
+        new: bytes | str | None,
+        lease: int = 0,
+    ) -> kv_pb2.CasResponse:
+        return self._run(self._async.cas_response(key, expected, new, lease))
+
+    # -- leases (see AsyncClient) ---------------------------------------------------
+    def grant(self, ttl: float) -> int:
+        return self._run(self._async.grant(ttl))
+
+    def keep_alive(self, lease: int) -> float:
+        return self._run(self._async.keep_alive(lease))
+
+    def keep_alive_background(self, lease: int, ttl: float) -> SyncKeepAlive:
+        """Renew ``lease`` on the client's loop thread until ``.stop()``."""
+
+        async def start() -> KeepAlive:
+            return self._async.keep_alive_background(lease, ttl)
+
+        return SyncKeepAlive(self, self._run(start()))
+
+    def revoke(self, lease: int) -> bool:
+        return self._run(self._async.revoke(lease))
+
+    def time_to_live(self, lease: int, keys: bool = False) -> LeaseInfo | None:
+        return self._run(self._async.time_to_live(lease, keys))
+
+    def leases(self) -> list[LeaseInfo]:
+        return self._run(self._async.leases())
 
     def scan(
         self,
@@ -155,3 +195,24 @@ class Client:
 
     def members(self) -> dict[str, Any]:
         return self._run(self._async.members())
+
+
+class SyncKeepAlive:
+    """A background keep-alive of a sync Client (runs on its loop thread)."""
+
+    def __init__(self, client: Client, task: KeepAlive) -> None:
+        self._client = client
+        self.task = task
+
+    @property
+    def lost(self) -> bool:
+        """The lease is gone (or could not be renewed for a whole TTL)."""
+        return self.task.lost.is_set()
+
+    @property
+    def lease(self) -> int:
+        return self.task.lease
+
+    def stop(self) -> None:
+        if not self._client._loop.is_closed():
+            self._client._run(self.task.stop())

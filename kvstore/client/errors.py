@@ -50,6 +50,16 @@ class InvalidArgument(KVError):
         super().__init__(message, definite=definite)
 
 
+class NotFound(KVError):
+    """What the call names does not exist: a lease that expired, was revoked or never
+    granted (nothing was written)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, message: str, *, definite: bool = True) -> None:
+        super().__init__(message, definite=definite)
+
+
 class ResourceExhausted(KVError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -77,6 +87,7 @@ _BY_CODE: dict[int, type[KVError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,
     grpc.StatusCode.INVALID_ARGUMENT.value[0]: InvalidArgument,
     grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: ResourceExhausted,
+    grpc.StatusCode.NOT_FOUND.value[0]: NotFound,
     grpc.StatusCode.UNIMPLEMENTED.value[0]: Unimplemented,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 # grpc.StatusCode values, kept as ints so kvstore.node does not import grpc here.
 INVALID_ARGUMENT = 3
 DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
 RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
 ABORTED = 10
@@ -52,6 +53,15 @@ class DeadlineOp(OpError):
 
 class InvalidOp(OpError):
     code = INVALID_ARGUMENT
+
+
+class NotFoundOp(OpError):
+    """What the op names does not exist (a lease). Definite: nothing happened."""
+
+    code = NOT_FOUND
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, definite=True)
 
 
 class ExhaustedOp(OpError):

@@ -7,7 +7,7 @@ reaches the driver; a violation is an InvalidOp naming the limit.
 from __future__ import annotations
 
 from kvstore._pb import kv_pb2
-from kvstore.node.errors import InvalidOp, OpError, StaleRouteOp
+from kvstore.node.errors import InvalidOp, NotFoundOp, OpError, StaleRouteOp
 from kvstore.node.limits import Limits
 from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine import ApplyError, ApplyResult, Cas, Command, Delete, KeyValue, Put
@@ -41,7 +41,7 @@ def put_command(req: kv_pb2.PutRequest, limits: Limits) -> Put:
     limits.check_key(req.key)
     limits.check_value(req.value)
     check_session(req.client_id, req.incarnation)
-    return Put(req.key, req.value, req.client_id, req.seq, req.incarnation)
+    return Put(req.key, req.value, req.client_id, req.seq, req.incarnation, req.lease)
 
 
 def delete_command(req: kv_pb2.DeleteRequest, limits: Limits) -> Delete:
@@ -56,13 +56,13 @@ def cas_command(req: kv_pb2.CasRequest, limits: Limits) -> Cas:
     check_session(req.client_id, req.incarnation)
     which = req.WhichOneof("compare")
     new_value = None if req.delete_key else req.new_value
-    cid, seq, inc = req.client_id, req.seq, req.incarnation
+    cid, seq, inc, lease = req.client_id, req.seq, req.incarnation, req.lease
     if which == "expected_value":
-        return Cas(req.key, new_value, req.expected_value, None, cid, seq, inc)
+        return Cas(req.key, new_value, req.expected_value, None, cid, seq, inc, lease)
     if which == "expected_version":
-        return Cas(req.key, new_value, None, req.expected_version, cid, seq, inc)
+        return Cas(req.key, new_value, None, req.expected_version, cid, seq, inc, lease)
     if which == "expect_absent":
-        return Cas(req.key, new_value, None, 0, cid, seq, inc)
+        return Cas(req.key, new_value, None, 0, cid, seq, inc, lease)
     raise InvalidOp("cas needs expected_value, expected_version or expect_absent", definite=True)
 
 
@@ -74,6 +74,12 @@ def check_result(res: ApplyResult) -> None:
         )
     if res.error == ApplyError.KEY_TOO_LARGE:
         raise InvalidOp("key over the state machine's key limit", definite=True)
+    if res.error == ApplyError.LEASE_NOT_FOUND:
+        raise NotFoundOp("lease not found (expired, revoked or never granted); nothing written")
+    if res.error == ApplyError.LEASE_EXISTS:
+        raise InvalidOp("lease id already in use", definite=True)
+    if res.error == ApplyError.LEASE_INVALID:
+        raise InvalidOp("lease id or TTL out of bounds", definite=True)
     if res.error == ApplyError.WRONG_SHARD:
         raise StaleRouteOp(
             f"stale route: the shard's range changed before the write applied (index {res.index})"

@@ -22,13 +22,15 @@ import grpc.aio
 from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp, UnimplementedOp
+from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp
+from kvstore.node.lease_expiry import LeaseExpiry
 from kvstore.node.limits import Limits, NodeBudget
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Callback
 from kvstore.node.routing import LocalRouter
 from kvstore.server import convert
 from kvstore.server.batch import BatchCall, Sink
+from kvstore.server.lease_ops import LeaseOps
 from kvstore.statemachine import ApplyResult, Command
 from kvstore.storage import NodeStorage
 
@@ -50,6 +52,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         node_id: int,
         budget: NodeBudget | None = None,
         router: LocalRouter | None = None,
+        leases: LeaseExpiry | None = None,
     ) -> None:
         self.driver = driver
         self.router = router or LocalRouter(storage, False, lambda: driver.groups)
@@ -62,6 +65,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._last_header_key: tuple[int, int, int, int, int] | None = None
         self._last_header = kv_pb2.ResponseHeader()
         self._scans = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-scan")
+        self.leases = LeaseOps(self, leases or LeaseExpiry(driver, storage))
 
     def close(self) -> None:
         self._scans.shutdown(wait=True, cancel_futures=True)
@@ -114,7 +118,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                 group = route.for_range(op.scan.start, op.scan.end, op.shard, op.shard_version)
                 self._read(op.id, "scan", op.scan, timeout, sink, group, op.causal_time)
             elif kind is not None and kind.startswith("lease_"):
-                raise UnimplementedOp(f"{kind} is not served yet", definite=True)
+                self.leases.dispatch(op, kind, timeout, sink)
             else:
                 raise InvalidOp("empty op: set one of put, get, delete, scan, cas", definite=True)
         except OpError as e:
@@ -175,6 +179,20 @@ class KVService(kv_pb2_grpc.KVServicer):
             convert.fill_write_result(result, cmd, res, hdr, want_prev)
             return result
 
+        self.propose_op(op_id, kind, group, cmd, timeout, sink, build)
+
+    def propose_op(
+        self,
+        op_id: int,
+        kind: str,
+        group: int,
+        cmd: Command,
+        timeout: float,
+        sink: Sink,
+        build: Callable[[ApplyResult], kv_pb2.OpResult],
+    ) -> None:
+        """Propose ``cmd`` to ``group``; answer with ``build(result)`` once it applied."""
+
         def done(res: ApplyResult | None, error: OpError | None) -> None:
             if error is not None or res is None:
                 self._fail(op_id, kind, error or OpError("no result", definite=False), sink)
@@ -192,6 +210,29 @@ class KVService(kv_pb2_grpc.KVServicer):
         try:
             self.driver.propose(group, cmd, timeout, cb)
         except Exception as e:  # one-shot: harmless if the driver already answered
+            cb.set_exception(e)
+
+    def read_op(
+        self,
+        op_id: int,
+        kind: str,
+        group: int,
+        timeout: float,
+        sink: Sink,
+        build: Callable[[int], kv_pb2.OpResult],
+    ) -> None:
+        """Answer with ``build(applied index)`` after a strong read barrier (ReadIndex)."""
+
+        def done(index: int | None, error: OpError | None) -> None:
+            if error is not None or index is None:
+                self._fail(op_id, kind, error or OpError("no index", definite=True), sink)
+            else:
+                self._answer(op_id, kind, lambda: build(index), sink)
+
+        cb: Callback[int] = Callback(done)
+        try:
+            self.driver.read_barrier(group, "strong", 0, timeout, cb)
+        except Exception as e:
             cb.set_exception(e)
 
     def _read(

@@ -22,6 +22,7 @@ from kvstore._pb import admin_pb2_grpc, kv_pb2_grpc, peer_pb2_grpc
 from kvstore.node import log
 from kvstore.node.autosplit import AutoSplitter
 from kvstore.node.driver import DriverConfig, NodeDriver
+from kvstore.node.lease_expiry import LeaseExpiry
 from kvstore.node.limits import Limits
 from kvstore.node.merge_coordinator import MergeCoordinator
 from kvstore.node.meta import MetaClient
@@ -354,6 +355,7 @@ class Node:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
+        self.leases = LeaseExpiry(self.driver, self.storage)
         self.kv = KVService(
             driver=self.driver,
             storage=self.storage,
@@ -361,6 +363,7 @@ class Node:
             metrics=self.metrics,
             node_id=o.id,
             router=self.router,
+            leases=self.leases,
         )
         self.metrics.watch_budget(self.kv.budget)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv, server)
@@ -410,6 +413,7 @@ class Node:
                 raise StartupError(f"cannot serve metrics on {host}:{o.metrics_port}: {e}") from e
         await server.start()
         self.driver.start()
+        self.leases.start()
         self.transport.start()
         await self._set_health()
         self._watcher = asyncio.create_task(self._watch(), name="watch")
@@ -474,6 +478,7 @@ class Node:
         if self.server is not None:
             steps.append(("server", self.server.stop(grace=0.5)))
         steps.append(("snapshots", self.snapshots.stop()))
+        steps.append(("leases", self.leases.stop()))
         for name in ("reporter", "placement", "reaper", "autosplit", "merger"):
             part = getattr(self, name)
             if part is not None:

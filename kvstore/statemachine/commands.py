@@ -8,7 +8,8 @@ Layout (little-endian): ``u8 version=3, u32 count, u64 time_ms, u64 stamp``, the
 Put: ``u32 len, value [u64 lease]``; Delete: nothing; Cas: in flag order
 ``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version] [u64 lease]``;
 the lease commands (statemachine/leases.py; empty key): ``u64 lease, u64 argument`` (the
-TTL of a grant, the remaining TTL of a checkpoint, else 0).
+TTL of a grant, the remaining TTL of a checkpoint, the touched index an expiry names,
+else 0).
 ``time_ms`` is the proposing leader's wall clock (0 = none): the state machine's only
 notion of time, the same on every replica because it travels in the log. ``stamp`` is
 the leader's hybrid logical clock (kvstore/node/hlc.py; 0 = none): what causal tokens
@@ -179,13 +180,13 @@ def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) 
                 if c.lease:
                     parts.append(_U64.pack(c.lease))
             elif type(c) in _LEASE_OPS:
-                arg = (
-                    c.ttl_ms
-                    if isinstance(c, LeaseGrant)
-                    else c.remaining_ms
-                    if isinstance(c, LeaseCheckpoint)
-                    else 0
-                )
+                arg = 0
+                if isinstance(c, LeaseGrant):
+                    arg = c.ttl_ms
+                elif isinstance(c, LeaseCheckpoint):
+                    arg = c.remaining_ms
+                elif isinstance(c, LeaseRevoke):
+                    arg = c.if_touched
                 op = _LEASE_OPS[type(c)]
                 parts.append(_CMD.pack(op, 0, c.client_id, c.incarnation, c.seq, 0))
                 parts.append(_LEASE_ARGS.pack(c.lease, arg))
@@ -310,12 +311,10 @@ def _lease_command(
 ) -> LeaseCommand:
     if op == _OP_LEASE_GRANT:
         return LeaseGrant(lease, arg, client_id, seq, incarnation)
-    if arg:
-        if op != _OP_LEASE_CHECKPOINT:
-            raise BatchDecodeError(f"lease op {op} with argument {arg}")
-        return LeaseCheckpoint(lease, arg, client_id, seq, incarnation)
-    if op == _OP_LEASE_KEEP_ALIVE:
-        return LeaseKeepAlive(lease, client_id, seq, incarnation)
     if op == _OP_LEASE_REVOKE:
-        return LeaseRevoke(lease, client_id, seq, incarnation)
-    return LeaseCheckpoint(lease, 0, client_id, seq, incarnation)
+        return LeaseRevoke(lease, client_id, seq, incarnation, arg)
+    if op == _OP_LEASE_CHECKPOINT:
+        return LeaseCheckpoint(lease, arg, client_id, seq, incarnation)
+    if arg:
+        raise BatchDecodeError(f"lease keep-alive with argument {arg}")
+    return LeaseKeepAlive(lease, client_id, seq, incarnation)

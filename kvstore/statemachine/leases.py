@@ -11,7 +11,9 @@ of the last grant or keep-alive. A new leader gives every lease ``remaining_ms``
 election on: at least what the lease had left (a checkpoint is only ever written below
 what remained, and a keep-alive resets it), so a leader change never expires a lease
 early, and checkpoints make a lease progress towards expiry across leader changes, so it
-is not kept for ever (etcd's lease checkpoints, etcd PR #9924).
+is not kept for ever (etcd's lease checkpoints). The leader's expiry names the ``touched``
+it saw, so a keep-alive ordered before it in the log (one the leader had not applied yet
+when it decided) cancels it.
 
 Keys: a write of a key detaches it from its old lease; a Put or Cas that writes with
 ``lease=L`` attaches it to L (an unknown L: nothing applies, LEASE_NOT_FOUND). A revoke
@@ -57,10 +59,15 @@ class LeaseKeepAlive:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRevoke:
+    """Revoke ``lease``; an expiry (``if_touched`` != 0) only if the lease was last granted
+    or kept alive at that index: the leader decided from that state, and a keep-alive
+    that reached the log first wins (then the revoke applies as nothing, ``ok`` False)."""
+
     lease: int
     client_id: int = 0
     seq: int = 0
     incarnation: int = 0
+    if_touched: int = 0
     key: bytes = b""
 
 
@@ -162,6 +169,8 @@ def apply_lease(
     elif isinstance(cmd, LeaseCheckpoint):
         if cmd.remaining_ms < cur.remaining_ms:
             txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cmd.remaining_ms, cur.touched))
+    elif cmd.if_touched and cmd.if_touched != cur.touched:
+        return ApplyResult(index, rev, False, None, None)
     else:
         for key in txn.drop_lease(cmd.lease):
             if owns is None or owns(key):

@@ -57,6 +57,10 @@ class KVReader:
         with self._st.env.begin() as txn:
             return GroupTables(txn, self._st.dbs, self.group).leases.all()
 
+    def lease(self, lease: int) -> LeaseRecord | None:
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).lease(lease)
+
     def lease_keys(self, lease: int, limit: int = 0) -> list[bytes]:
         """The keys attached to ``lease`` (``limit`` > 0: at most that many)."""
         with self._st.env.begin() as txn:

@@ -1,0 +1,81 @@
+"""Leases on a real 3-node cluster, Raft and Multi-Paxos: keys vanish after the TTL
+without keep-alives and stay with them, a revoke deletes at once, a leader kill neither
+expires a kept-alive lease early nor keeps an abandoned one for ever."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvstore.client import NotFound
+
+from .harness import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TTL = 2.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, consensus: str) -> Iterator[LocalCluster]:
+    """conftest's cluster, with a start-up wait for a loaded machine (25 s seen at load 40)."""
+    c = LocalCluster(tmp_path, consensus=consensus)
+    try:
+        c.start()
+        c.wait_leader(90)
+        yield c
+    finally:
+        c.close()
+
+
+def test_leases_expire_survive_keep_alive_and_failover(cluster: LocalCluster) -> None:
+    with cluster.client(timeout=10) as c:
+        granted_at = time.monotonic()
+        lapsed = c.grant(TTL)
+        kept = c.grant(TTL)
+        revoked = c.grant(30)
+        assert len({lapsed, kept, revoked}) == 3
+        background = c.keep_alive_background(kept, TTL)
+        c.put("lapsed", "1", lease=lapsed)
+        c.put("kept", "1", lease=kept)
+        c.put("revoked/a", "1", lease=revoked)
+        c.put("revoked/b", "1", lease=revoked)
+        c.put("plain", "1")
+        info = c.time_to_live(revoked, keys=True)
+        assert info is not None and info.keys == [b"revoked/a", b"revoked/b"]
+        assert 25 < info.remaining <= 30 and info.ttl == 30
+        assert {i.id for i in c.leases()} == {lapsed, kept, revoked}
+
+        assert c.revoke(revoked) is True
+        assert c.get("revoked/a") is None and c.get("revoked/b") is None  # at once
+        assert c.revoke(revoked) is False
+
+        wait_for(lambda: c.get("lapsed") is None, 20, "the lapsed lease's key to go")
+        assert time.monotonic() - granted_at >= TTL  # never before its TTL
+        assert c.time_to_live(lapsed) is None
+        with pytest.raises(NotFound):
+            c.put("late", "1", lease=lapsed)
+        assert c.get("late") is None
+        assert c.get("kept") == b"1" and c.get("plain") == b"1"
+
+        # The owner of `abandoned` dies (no keep-alive) just as the leader is killed.
+        abandoned = c.grant(TTL)
+        c.put("abandoned", "1", lease=abandoned)
+        old = cluster.wait_leader()
+        cluster.kill(old)
+        new = wait_for(lambda: (x := cluster.leader()) != old and x, 30, "a new leader")
+        assert new != old
+        wait_for(lambda: c.get("abandoned") is None, 30, "the abandoned lease to expire")
+        # The kept-alive lease outlived the failover and several TTLs after it.
+        settle = time.monotonic() + 3 * TTL
+        while time.monotonic() < settle:
+            assert c.get("kept") == b"1", "a kept-alive lease expired"
+            time.sleep(0.2)
+        assert not background.lost
+        background.stop()
+        cluster.start(old)
+        wait_for(lambda: c.get("kept") is None, 30, "the kept lease to expire once let go")
+        assert c.get("plain") == b"1"
