@@ -66,7 +66,7 @@ def _out(data: bytes) -> None:
 
 def cmd_put(args: argparse.Namespace) -> int:
     def f(c: Any) -> int:
-        rev = c.put(args.key, args.value)
+        rev = c.put(args.key, args.value, args.lease)
         print(f"OK revision={rev}")
         return EXIT_OK
 
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("put", help="write KEY=VALUE")
     p.add_argument("key")
     p.add_argument("value")
+    p.add_argument("--lease", type=int, default=0, help="attach the key to lease ID")
     _client_flags(p)
     p.set_defaults(func=cmd_put)
 
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kvstore.security.cli",
         "kvstore.cli_node",
         "kvstore.cli_snapshot",
+        "kvstore.cli_lease",
         "kvstore.bench.cli",
         "kvstore.jepsen.cli",
     ):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.client import NotFound
+from kvstore.cli import main
+from kvstore.client import Client, NotFound
 
 from .harness import LocalCluster, wait_for
 
@@ -31,8 +32,11 @@ def cluster(tmp_path: Path, consensus: str) -> Iterator[LocalCluster]:
         c.close()
 
 
-def test_leases_expire_survive_keep_alive_and_failover(cluster: LocalCluster) -> None:
+def test_leases_expire_survive_keep_alive_and_failover(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     with cluster.client(timeout=10) as c:
+        cli_lease(cluster, c, capsys)
         granted_at = time.monotonic()
         lapsed = c.grant(TTL)
         kept = c.grant(TTL)
@@ -79,3 +83,27 @@ def test_leases_expire_survive_keep_alive_and_failover(cluster: LocalCluster) ->
         cluster.start(old)
         wait_for(lambda: c.get("kept") is None, 30, "the kept lease to expire once let go")
         assert c.get("plain") == b"1"
+
+
+def cli_lease(cluster: LocalCluster, c: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kvstore lease ...` and `kvstore put --lease` (in process: a CLI start costs seconds)."""
+    ep = ["--endpoints", ",".join(cluster.endpoints), "--timeout", "30"]
+    assert main(["lease", "grant", "30", *ep]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lease ") and out.rstrip().endswith("granted with TTL 30s")
+    lease = out.split()[1]
+    assert main(["put", "cli/key", "v", "--lease", lease, *ep]) == 0
+    assert main(["lease", "list", *ep]) == 0
+    assert f"\n{lease}\tttl=30s\tremaining=" in capsys.readouterr().out
+    assert main(["lease", "keep-alive", lease, "--once", *ep]) == 0
+    assert main(["lease", "time-to-live", lease, "--keys", *ep]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "cli/key"
+    assert main(["lease", "revoke", lease, *ep]) == 0
+    assert c.get("cli/key") is None
+    assert main(["lease", "revoke", lease, *ep]) == 1
+    assert main(["lease", "keep-alive", lease, "--once", *ep]) == 1
+    assert main(["put", "cli/key", "v", "--lease", lease, *ep]) == 3
+    with pytest.raises(SystemExit) as e:
+        main(["lease", "grant", "0.5", *ep])
+    assert e.value.code == 2
+    assert "TTL must be 1 to" in capsys.readouterr().err
