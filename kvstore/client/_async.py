@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -33,6 +33,7 @@ import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client import _lease
+from kvstore.client import lock as _lock
 from kvstore.client._attempts import RetryStats, Watch
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._limits import check_sizes
@@ -41,6 +42,7 @@ from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_op
 from kvstore.client._session import Session, read_mode
 from kvstore.client._shards import merge_shard, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
+from kvstore.client.election import AsyncElection
 from kvstore.client.errors import (
     DeadlineExceeded,
     KVError,
@@ -480,6 +482,23 @@ class AsyncClient:
 
     async def leases(self) -> list[_lease.LeaseInfo]:
         return await _lease.leases(self)
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self, name: bytes | str, ttl: float = 10.0, timeout: float | None = None
+    ) -> AsyncIterator[_lock.Held]:
+        """Hold the lock ``name`` (kvstore/client/lock.py): waits for it (LockTimeout after
+        ``timeout`` s), keeps its lease alive while held, releases it on exit. Pass
+        ``.token`` (the fencing token) to whatever the lock guards."""
+        held = await _lock.acquire(self, _lock.lock_key(name), _lock.unique_value(), ttl, timeout)
+        try:
+            yield held
+        finally:
+            await _lock.release(self, held)
+
+    def election(self, name: bytes | str, ttl: float = 10.0) -> AsyncElection:
+        """A leader election ``name`` (kvstore/client/election.py)."""
+        return AsyncElection(self, name, ttl)
 
     async def scan(
         self,

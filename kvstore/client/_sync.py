@@ -7,14 +7,19 @@ the gRPC channels, and ``close()`` stops it (context manager or explicit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from kvstore._pb import kv_pb2
+from kvstore.client import lock as _lock
 from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
 from kvstore.client._attempts import RetryStats
 from kvstore.client._lease import KeepAlive, LeaseInfo
+from kvstore.client.election import AsyncElection, Leader
+from kvstore.client.lock import Held
 from kvstore.security.tls import PathOrPem, client_tls
 
 T = TypeVar("T")
@@ -154,6 +159,23 @@ class Client:
     def leases(self) -> list[LeaseInfo]:
         return self._run(self._async.leases())
 
+    @contextlib.contextmanager
+    def lock(
+        self, name: bytes | str, ttl: float = 10.0, timeout: float | None = None
+    ) -> Iterator[Held]:
+        """Hold the lock ``name`` while the block runs; see AsyncClient.lock. Pass
+        ``.token`` (the fencing token) to whatever the lock guards."""
+        key, value = _lock.lock_key(name), _lock.unique_value()
+        held = self._run(_lock.acquire(self._async, key, value, ttl, timeout))
+        try:
+            yield held
+        finally:
+            self._run(_lock.release(self._async, held))
+
+    def election(self, name: bytes | str, ttl: float = 10.0) -> Election:
+        """A leader election ``name`` (kvstore/client/election.py)."""
+        return Election(self, self._async.election(name, ttl))
+
     def scan(
         self,
         start: bytes | str = b"",
@@ -216,3 +238,35 @@ class SyncKeepAlive:
     def stop(self) -> None:
         if not self._client._loop.is_closed():
             self._client._run(self.task.stop())
+
+
+class Election:
+    """A sync Client's leader election (see AsyncElection)."""
+
+    def __init__(self, client: Client, inner: AsyncElection) -> None:
+        self._client = client
+        self.inner = inner
+
+    def campaign(self, value: bytes | str, timeout: float | None = None) -> int:
+        """Block until this candidate leads; returns the term's fencing token."""
+        return self._client._run(self.inner.campaign(value, timeout))
+
+    @property
+    def leading(self) -> bool:
+        return self.inner.leading
+
+    def resign(self) -> None:
+        self._client._run(self.inner.resign())
+
+    def leader(self) -> Leader | None:
+        return self._client._run(self.inner.leader())
+
+    def observe(self, poll: float = 0.2) -> Iterator[Leader | None]:
+        """Yield the leader now and on every change (None: no leader); polls."""
+        last: Leader | bool | None = False
+        while True:
+            now = self.leader()
+            if now != last:
+                last = now
+                yield now
+            time.sleep(poll)

@@ -12,6 +12,8 @@ import pytest
 
 from kvstore.cli import main
 from kvstore.client import Client, NotFound
+from kvstore.client.election import Leader
+from kvstore.client.lock import LockTimeout, acquire, lock_key, unique_value
 
 from .harness import LocalCluster, wait_for
 
@@ -37,6 +39,7 @@ def test_leases_expire_survive_keep_alive_and_failover(
 ) -> None:
     with cluster.client(timeout=10) as c:
         cli_lease(cluster, c, capsys)
+        lock_and_election(cluster, c)
         granted_at = time.monotonic()
         lapsed = c.grant(TTL)
         kept = c.grant(TTL)
@@ -107,3 +110,33 @@ def cli_lease(cluster: LocalCluster, c: Client, capsys: pytest.CaptureFixture[st
         main(["lease", "grant", "0.5", *ep])
     assert e.value.code == 2
     assert "TTL must be 1 to" in capsys.readouterr().err
+
+
+def lock_and_election(cluster: LocalCluster, c: Client) -> None:
+    """The lock excludes a second holder while held, hands over on release and after its
+    holder's lease lapses, with a larger fencing token each time; the election likewise."""
+    with cluster.client(timeout=10) as other:
+        with c.lock("job", ttl=TTL) as first:
+            with pytest.raises(LockTimeout), other.lock("job", ttl=TTL, timeout=0.5):
+                pass
+            assert not first.lost
+        with other.lock("job", ttl=TTL, timeout=10) as second:
+            assert second.token > first.token
+        # A holder that dies (stops renewing) loses the lock once its TTL has passed.
+        held = c._run(acquire(c._async, lock_key("job"), unique_value(), TTL, None))
+        c._run(held.keep_alive.stop())
+        with other.lock("job", ttl=TTL, timeout=20) as third:
+            assert third.token > held.token
+
+        e1, e2 = c.election("svc", ttl=TTL), other.election("svc", ttl=TTL)
+        assert e2.leader() is None
+        t1 = e1.campaign("node-a")
+        assert e1.leading and e2.leader() == Leader(b"node-a", t1)
+        with pytest.raises(LockTimeout):
+            e2.campaign("node-b", timeout=0.3)
+        seen = e2.observe(poll=0.05)
+        assert next(seen) == Leader(b"node-a", t1)
+        e1.resign()
+        t2 = e2.campaign("node-b", timeout=10)
+        assert t2 > t1 and next(seen) in (None, Leader(b"node-b", t2))
+        e2.resign()
