@@ -137,8 +137,11 @@ def apply_commands(
     the entry's time stamp (0 = none). ``revision_offset``: writes get revision
     ``index + revision_offset`` (a merged shard's, see kvstore.shard.merging).
     ``frozen``: a merge source after its PrepareMerge; nothing applies (WRONG_SHARD), lease
-    commands included (they have no key, so ``owns`` does not judge them)."""
-    now = advance_clock(txn, time_ms)
+    commands included (they have no key, so ``owns`` does not judge them), and nothing
+    changes: not the log clock, not the session table (an expired session is only read
+    as absent). Its replicas reach the CommitMerge at different entries after the
+    prepare, and the merge takes the source's clock and sessions as they stand."""
+    now = txn.clock() if frozen else advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
     for cmd in commands:
         cid = cmd.client_id
@@ -146,7 +149,8 @@ def apply_commands(
             sid = (cid, cmd.incarnation)
             s = txn.session(sid)
             if s is not None and s.expired(index, now):
-                txn.session_drop(sid)
+                if not frozen:
+                    txn.session_drop(sid)
                 s = None
             if s is not None:
                 seen = txn.session_result(sid, cmd.seq)

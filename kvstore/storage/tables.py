@@ -388,16 +388,20 @@ class GroupTables:
             elif not cur.next():
                 return deleted
 
-    def merge_sessions_from(self, source: int, index: int) -> None:
-        """Take ``source``'s sessions into this group (a merge at entry ``index``): its
-        outcomes are added (a seq this group also holds keeps this group's), a session
-        both hold keeps the higher last seq, and every session the source held counts as
-        active at ``index`` (the source's indexes mean nothing in this log; being kept
-        longer never changes an answer). The log clock and the applied time become the later
-        of the two."""
+    def merge_sessions_from(self, source: int, index: int, source_index: int = 0) -> None:
+        """Take ``source``'s sessions into this group (a merge at entry ``index``; the
+        source frozen at its entry ``source_index``): its outcomes are added (a seq this
+        group also holds keeps this group's), a session both hold keeps the higher last
+        seq, and every session the source held counts as active at ``index`` (the
+        source's indexes mean nothing in this log; being kept longer never changes an
+        answer). The log clock and the applied time become the later of the two.
+        Sessions expired on either side (at ``source_index`` and the source's clock, at
+        ``index`` and this group's) count as absent: whether a replica has swept one yet
+        differs between replicas, and taking it in would make them differ."""
         self.flush()
         src = GroupTables(self.txn, self.dbs, source, None)
-        clock = max(self.clock(), src.clock())
+        mine_now, src_now = self.clock(), src.clock()
+        clock = max(mine_now, src_now)
         if clock != self.clock():
             self.set_clock(clock)
         # The applied time too (docs/sharding.md): the source's is fixed from its
@@ -408,18 +412,28 @@ class GroupTables:
             self.set_applied_time(t)
         state_len = len(keys.session_key(source, 0, 0)) - len(keys.group_prefix(source))
         prefix = keys.group_prefix(self.group)
+        expired: set[SessionId] = set()
         for suffix, record in list(src.raw_sessions()):
             if not suffix:
                 continue  # the log clock, merged above
+            sid = keys.session_id(prefix + suffix)
             if len(suffix) != state_len or is_lease_key(suffix):
                 # Outcomes, and leases: a lease both halves hold (granted on each shard)
                 # keeps this group's record; attachments are disjoint (leases.prune).
+                # Outcomes of a session expired in the source stay behind.
+                if sid in expired:
+                    continue
                 if self.txn.get(prefix + suffix, db=self.dbs.sessions) is None:
                     self.txn.put(prefix + suffix, record, db=self.dbs.sessions)
                 continue
-            sid = keys.session_id(prefix + suffix)
             theirs = src._decode(decode_session, record, f"session {sid}")
+            if theirs.expired(source_index, src_now):
+                expired.add(sid)  # a state sorts before its outcomes
+                continue
             mine = self.session(sid)
+            if mine is not None and mine.expired(index, mine_now):
+                self._drop(sid)  # its outcomes must not come back with the source's
+                mine = None
             last_seq = theirs.last_seq if mine is None else max(mine.last_seq, theirs.last_seq)
             last_time = (
                 theirs.last_time_ms if mine is None else max(mine.last_time_ms, theirs.last_time_ms)

@@ -336,9 +336,12 @@ class Writer:
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
         if applied != p.applied:
-            budget = max(SWEEP_SESSIONS, len(out))
-            start = self._sweep_from.get(group, b"")
-            self._sweep_from[group] = tables.sweep_sessions(start, applied, budget)
+            if p.shard is None or not p.shard.merging_into:
+                # Not in a frozen merge source: its session table stays as at its prepare
+                # (statemachine.apply_commands' ``frozen``).
+                budget = max(SWEEP_SESSIONS, len(out))
+                start = self._sweep_from.get(group, b"")
+                self._sweep_from[group] = tables.sweep_sessions(start, applied, budget)
             tables.flush()
             self._set_applied(group, p, applied)
         return out
@@ -457,7 +460,7 @@ class Writer:
             )
         if s.shard is not None and s.shard.id == src.id:
             GroupTables(self._txn, self._dbs, group, owned_range(group, d)).merge_sessions_from(
-                src.id, e.index
+                src.id, e.index, src.merge_index
             )
             self._destroy_state(src.id, s)
             self.merged_away.add(src.id)

@@ -216,3 +216,38 @@ def test_a_fence_makes_every_later_commit_refused_then_rollback_is_safe(
     _, res = run(st, R, entry(2, cmds.encode(cmds.RollbackMerge(src.epoch))))
     assert res == {2: 2}
     assert cmds.decode(cmds.encode(cmds.FenceMerge(R))) == cmds.FenceMerge(R)
+
+
+def test_replicas_that_merged_at_different_points_of_the_frozen_source_agree(
+    tmp_path: object,
+) -> None:
+    """Two target replicas apply the CommitMerge while their source replicas stand at
+    different entries after the PrepareMerge (the coordinator only waits for L): here one
+    source applied an empty stamped entry (a causal read's TIME_REQUEST) from a leader
+    whose wall clock ran ahead. The source's log clock and session table must stay as
+    they were at L: the merge took the later clock, so the first replica found client 5's
+    session expired and applied its retry again while the other answered it from the
+    session (replicas diverged, and a write applied twice)."""
+    from kvstore.statemachine.apply import SESSION_IDLE_MS
+
+    def replica(name: str, late_entry: bool) -> NodeStorage:
+        s = NodeStorage(f"{tmp_path}/{name}", map_size=16 << 20, sync=False)
+        s.group(L).bootstrap(set(VOTERS), Descriptor(id=L, end=b"m", voters=VOTERS))
+        s.group(R).bootstrap(set(VOTERS), Descriptor(id=R, start=b"m", voters=VOTERS))
+        run(s, L, entry(1, encode_batch([Put(b"apple", b"1", 5, 1, 1)], 1_000)))
+        run(s, R, entry(1, encode_batch([Put(b"pear", b"1", 5, 1, 2)], 1_000)))
+        src = prepare(s, 2)
+        if late_entry:
+            run(s, R, entry(3, encode_batch([], 1_000 + SESSION_IDLE_MS + 1)))
+        run(s, L, entry(2, cmds.encode(cmds.CommitMerge(src))))
+        return s
+
+    answers, values = [], []
+    for name, late in (("x", True), ("y", False)):
+        s = replica(name, late)
+        # Client 5 retries seq 1 a few seconds later (by the target leader's clock).
+        out, _ = run(s, L, entry(3, encode_batch([Put(b"apple", b"2", 5, 1, 1)], 4_000)))
+        answers.append((out[0].ok, out[0].revision))
+        values.append(s.kv(L).get(b"apple"))
+    assert answers[0] == answers[1] == (True, 1), "the retry is answered, not applied again"
+    assert values[0] == values[1]
