@@ -353,6 +353,10 @@ def check_history(
         t0 = time.monotonic()
         anomalies += [a.describe() for a in check_appends(events, final, workload.keys)]
         seconds["lost-writes"] = time.monotonic() - t0
+    if workload.name == "lock":
+        from kvstore.jepsen.lock_workload import check_lock
+
+        anomalies += check_lock(events, final)
     if workload.name == "session":
         t0 = time.monotonic()
         found = check_sessions(ops, cfg.concurrency, final)
@@ -361,6 +365,12 @@ def check_history(
     if anomalies and not (undecided and len(anomalies) == 1):
         return "invalid", anomalies, seconds
     return ("unknown" if undecided else "valid"), anomalies, seconds
+
+
+def _lock_findings(events: Sequence[Event]) -> dict[str, Any]:
+    from kvstore.jepsen.lock_workload import findings
+
+    return findings(events)
 
 
 def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
@@ -467,6 +477,7 @@ def run(cfg: RunConfig, progress: Progress = print) -> RunResult:
                 "seconds": seconds,
                 "anomalies": anomalies,
                 "final": {k: v for k, v in final.items()},
+                **({"lock": _lock_findings(events)} if cfg.workload == "lock" else {}),
             },
             indent=2,
             default=str,

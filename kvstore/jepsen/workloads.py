@@ -5,6 +5,8 @@
 - ``append``: append unique integers to a few keys, each append a strong read then a cas
   of the list (retried while the compare fails); reads return the whole list. The final
   lists must hold every acknowledged append, each once, in an order that respects real time.
+- ``lock``: workers take one lock and append their fencing token to a guarded resource
+  (kvstore/jepsen/lock_workload.py).
 - ``session``: each client writes an increasing counter to a key only it writes, and reads
   its own key and the others' in the session's read mode (causal): reads must never go
   backwards (monotonic reads) nor miss the client's own acknowledged write
@@ -287,6 +289,10 @@ def make(name: str, *, keys: int, concurrency: int, per_key: int = 250) -> Workl
         return AppendWorkload(ring=KeyRing(prefix="a", slots=keys, per_key=per_key))
     if name == "session":
         return SessionWorkload(concurrency=concurrency)
+    if name == "lock":
+        from kvstore.jepsen.lock_workload import LockWorkload
+
+        return LockWorkload()
     raise ValueError(f"unknown workload {name!r}")
 
 
