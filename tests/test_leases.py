@@ -47,7 +47,7 @@ def lease_commands(draw: st.DrawFn) -> Command:
     return Cas(key, value, None, draw(st.integers(0, 3)), cid, seq, inc, lease)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(lease_commands(), max_size=8), st.integers(0, 2**64 - 1))
 def test_lease_commands_round_trip(cmds: list[Command], time_ms: int) -> None:
     assert decode_batch(encode_batch(cmds, time_ms)) == cmds

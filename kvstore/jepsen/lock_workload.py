@@ -2,8 +2,10 @@
 hold it, append their fencing token to a guarded resource twice, a fenced append each
 time (a strong read, then a cas that only succeeds if no larger token was appended yet).
 
-Each ``hold`` operation returns ``(token, accepted appends, acquired at, released at)``
-(monotonic seconds: when the lock was won and given up, as the holder saw it).
+With a small chance a holder stalls past its TTL with its keep-alive stopped (``stall``),
+as a paused process would. Each ``hold`` operation returns ``(token, accepted appends,
+acquired at, released at)`` (monotonic seconds: when the lock was won and given up, as
+the holder saw it).
 
 Checked (anomalies make the run invalid):
 - no two holds got the same token, and a hold that completed before another began has
@@ -53,11 +55,15 @@ async def fenced_append(store: Any, token: int, attempts: int = 8) -> bool:
 
 @dataclass(slots=True)
 class LockWorkload:
-    ttl: float = 2.0
-    hold: float = 0.3
+    ttl: float = 1.0
+    hold: float = 0.2
     """Mean seconds a holder waits between its two appends."""
-    wait: float = 5.0
-    """Seconds a worker waits for the lock before its hold fails."""
+    wait: float = 1.0
+    """Seconds a worker waits for the lock before its hold fails (definite). With the
+    run's operation timeout (2 s) a hold that takes longer is cancelled: unknown."""
+    stall: float = 0.2
+    """Chance that a holder stalls (a GC pause, a stopped VM: its keep-alive stops too)
+    for 1.5 TTLs between its appends, so its lease expires while it believes it holds."""
     name: str = "lock"
     model: Model | None = None
     keys: list[str] = field(default_factory=lambda: [RESOURCE])
@@ -72,7 +78,11 @@ class LockWorkload:
         async with client.lock(LOCK, ttl=self.ttl, timeout=self.wait) as held:
             acquired = time.monotonic()
             accepted = int(await fenced_append(client, held.token))
-            await asyncio.sleep(random.uniform(0, 2 * self.hold))
+            if random.random() < self.stall:
+                await held.keep_alive.stop()
+                await asyncio.sleep(1.5 * self.ttl)
+            else:
+                await asyncio.sleep(random.uniform(0, 2 * self.hold))
             accepted += int(await fenced_append(client, held.token))
             released = time.monotonic()
         return (held.token, accepted, acquired, released)

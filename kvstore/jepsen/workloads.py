@@ -331,7 +331,7 @@ async def run_worker(
                 process += concurrency
                 workload.on_new_process(worker, process)
         else:
-            value = out if inv.f in ("read", "cas") else inv.value
+            value = out if inv.f in ("read", "cas", "hold") else inv.value
             recorder.record("ok", process, inv.f, inv.key, value)
         if pace > 0:
             await asyncio.sleep(rng.uniform(0, 2 * pace))
