@@ -49,6 +49,21 @@ READ_MODE_CAUSAL: ReadMode.ValueType  # 2
 """Served once the replica has applied at least causal_token (bounded wait)."""
 Global___ReadMode: _TypeAlias = ReadMode  # noqa: Y015
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_PUT: _EventType.ValueType  # 0
+    EVENT_TYPE_DELETE: _EventType.ValueType  # 1
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper): ...
+
+EVENT_TYPE_PUT: EventType.ValueType  # 0
+EVENT_TYPE_DELETE: EventType.ValueType  # 1
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 @_typing.final
 class KeyValue(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -254,19 +269,26 @@ class GetRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     READ_MODE_FIELD_NUMBER: _builtins.int
     CAUSAL_TOKEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     read_mode: Global___ReadMode.ValueType
     causal_token: _builtins.int
+    revision: _builtins.int
+    """0: the latest value. Else the key as of that revision of its shard, while the
+    shard's history retains it (OUT_OF_RANGE with Error.compact_revision when compacted;
+    OUT_OF_RANGE when past the revision the replica has applied).
+    """
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
         read_mode: Global___ReadMode.ValueType = ...,
         causal_token: _builtins.int = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal_token", b"causal_token", "key", b"key", "read_mode", b"read_mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal_token", b"causal_token", "key", b"key", "read_mode", b"read_mode", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,6 +829,7 @@ class Error(_message.Message):
     DEFINITE_FIELD_NUMBER: _builtins.int
     STALE_ROUTE_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     message: _builtins.str
     leader_id: _builtins.int
@@ -818,6 +841,10 @@ class Error(_message.Message):
     """ABORTED because the op was routed with a stale shard map (the shard split, merged,
     moved, or does not own the key here): shards carries the node's current descriptors
     that overlap the op's keys. Refresh the map and retry; the op did not happen.
+    """
+    compact_revision: _builtins.int
+    """OUT_OF_RANGE because the revision asked for is compacted: the shard's history holds
+    the revisions after compact_revision (the oldest available is compact_revision + 1).
     """
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardDescriptor]: ...
@@ -831,10 +858,11 @@ class Error(_message.Message):
         definite: _builtins.bool = ...,
         stale_route: _builtins.bool = ...,
         shards: _abc.Iterable[Global___ShardDescriptor] | None = ...,
+        compact_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message", "shards", b"shards", "stale_route", b"stale_route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compact_revision", b"compact_revision", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message", "shards", b"shards", "stale_route", b"stale_route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,6 +887,7 @@ class Op(_message.Message):
     LEASE_REVOKE_FIELD_NUMBER: _builtins.int
     LEASE_TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
     LEASE_LIST_FIELD_NUMBER: _builtins.int
+    COMPACT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     timeout_ms: _builtins.int
     """Server-side time budget for this op; 0 = the server default."""
@@ -892,6 +921,8 @@ class Op(_message.Message):
     def lease_time_to_live(self) -> Global___LeaseTimeToLiveRequest: ...
     @_builtins.property
     def lease_list(self) -> Global___LeaseListRequest: ...
+    @_builtins.property
+    def compact(self) -> Global___CompactRequest: ...
     def __init__(
         self,
         *,
@@ -910,12 +941,13 @@ class Op(_message.Message):
         lease_revoke: Global___LeaseRevokeRequest | None = ...,
         lease_time_to_live: Global___LeaseTimeToLiveRequest | None = ...,
         lease_list: Global___LeaseListRequest | None = ...,
+        compact: Global___CompactRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "compact", b"compact", "delete", b"delete", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "causal_time", b"causal_time", "delete", b"delete", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "causal_time", b"causal_time", "compact", b"compact", "delete", b"delete", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "request", b"request", "scan", b"scan", "shard", b"shard", "shard_version", b"shard_version", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list", "compact"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
@@ -937,6 +969,7 @@ class OpResult(_message.Message):
     LEASE_REVOKE_FIELD_NUMBER: _builtins.int
     LEASE_TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
     LEASE_LIST_FIELD_NUMBER: _builtins.int
+    COMPACT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     @_builtins.property
     def error(self) -> Global___Error: ...
@@ -960,6 +993,8 @@ class OpResult(_message.Message):
     def lease_time_to_live(self) -> Global___LeaseTimeToLiveResponse: ...
     @_builtins.property
     def lease_list(self) -> Global___LeaseListResponse: ...
+    @_builtins.property
+    def compact(self) -> Global___CompactResponse: ...
     def __init__(
         self,
         *,
@@ -975,12 +1010,13 @@ class OpResult(_message.Message):
         lease_revoke: Global___LeaseRevokeResponse | None = ...,
         lease_time_to_live: Global___LeaseTimeToLiveResponse | None = ...,
         lease_list: Global___LeaseListResponse | None = ...,
+        compact: Global___CompactResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "compact", b"compact", "delete", b"delete", "error", b"error", "get", b"get", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "delete", b"delete", "error", b"error", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas", b"cas", "compact", b"compact", "delete", b"delete", "error", b"error", "get", b"get", "id", b"id", "lease_grant", b"lease_grant", "lease_keep_alive", b"lease_keep_alive", "lease_list", b"lease_list", "lease_revoke", b"lease_revoke", "lease_time_to_live", b"lease_time_to_live", "put", b"put", "response", b"response", "scan", b"scan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "get", "delete", "scan", "cas", "lease_grant", "lease_keep_alive", "lease_revoke", "lease_time_to_live", "lease_list", "compact"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
@@ -1025,3 +1061,172 @@ class BatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
+
+@_typing.final
+class CompactRequest(_message.Message):
+    """Drop a shard's history up to and including `revision` (etcd's Compact), through the
+    shard's log so every replica drops the same. A revision past the shard's current one
+    compacts to the current one. Gets at and watches from compacted revisions are
+    refused with Error.compact_revision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactRequest: _TypeAlias = CompactRequest  # noqa: Y015
+
+@_typing.final
+class CompactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    compact_revision: _builtins.int
+    """The shard's compacted revision after this call (at least the one asked for, unless
+    that was past the shard's current revision).
+    """
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        compact_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_revision", b"compact_revision", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactResponse: _TypeAlias = CompactResponse  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """One change of one key (etcd's mvccpb.Event). kv.mod_revision is the change's revision;
+    a delete's kv holds the key only (with mod_revision set).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    KV_FIELD_NUMBER: _builtins.int
+    PREV_KV_FIELD_NUMBER: _builtins.int
+    type: Global___EventType.ValueType
+    @_builtins.property
+    def kv(self) -> Global___KeyValue: ...
+    @_builtins.property
+    def prev_kv(self) -> Global___KeyValue:
+        """The key before the change (set when WatchRequest.prev_kv and the key existed)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___EventType.ValueType = ...,
+        kv: Global___KeyValue | None = ...,
+        prev_kv: Global___KeyValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "prev_kv", b"prev_kv"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "prev_kv", b"prev_kv", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    """Watch the keys in [key, range_end) of one shard (an empty range_end: key alone;
+    range_end "\\0": every key from key on), from start_revision (0: from now).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RANGE_END_FIELD_NUMBER: _builtins.int
+    START_REVISION_FIELD_NUMBER: _builtins.int
+    PREV_KV_FIELD_NUMBER: _builtins.int
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SHARD_VERSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    range_end: _builtins.bytes
+    start_revision: _builtins.int
+    prev_kv: _builtins.bool
+    progress_interval_ms: _builtins.int
+    """How often an idle stream gets a progress notification (0: the server's default, 1 s)."""
+    shard: _builtins.int
+    """The shard and version the client routed with (0: unrouted, the node routes by key)."""
+    shard_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        range_end: _builtins.bytes = ...,
+        start_revision: _builtins.int = ...,
+        prev_kv: _builtins.bool = ...,
+        progress_interval_ms: _builtins.int = ...,
+        shard: _builtins.int = ...,
+        shard_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "prev_kv", b"prev_kv", "progress_interval_ms", b"progress_interval_ms", "range_end", b"range_end", "shard", b"shard", "shard_version", b"shard_version", "start_revision", b"start_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchResponse(_message.Message):
+    """Events in revision order. Every event of one revision is in one message, unless
+    `fragment` says more of the same revision follow. progress_revision: every event of
+    the watched range with a revision <= it has been sent (a client resumes from
+    progress_revision + 1). A message with an error ends the stream: OUT_OF_RANGE with
+    compact_revision set when start_revision is compacted, ABORTED with stale_route when
+    the shard no longer covers the range (split, merge, move).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    PROGRESS_REVISION_FIELD_NUMBER: _builtins.int
+    FRAGMENT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    progress_revision: _builtins.int
+    fragment: _builtins.bool
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def error(self) -> Global___Error: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        progress_revision: _builtins.int = ...,
+        fragment: _builtins.bool = ...,
+        error: Global___Error | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "events", b"events", "fragment", b"fragment", "header", b"header", "progress_revision", b"progress_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015

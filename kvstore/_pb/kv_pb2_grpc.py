@@ -89,6 +89,16 @@ class KVStub:
                 request_serializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/kvstore.v1.KV/Watch',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/kvstore.v1.KV/Compact',
+                request_serializer=kvstore_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kv__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -161,6 +171,19 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """A stream of changes (etcd's Watch, one watch per call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +241,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=kvstore_dot_v1_dot_kv__pb2.BatchRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.WatchRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.WatchResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=kvstore_dot_v1_dot_kv__pb2.CompactRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kv__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +550,60 @@ class KV:
             '/kvstore.v1.KV/Batch',
             kvstore_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
             kvstore_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.v1.KV/Watch',
+            kvstore_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KV/Compact',
+            kvstore_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+            kvstore_dot_v1_dot_kv__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,

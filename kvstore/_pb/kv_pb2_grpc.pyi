@@ -50,6 +50,9 @@ class KVStub:
     LeaseList: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseListRequest, _kv_pb2.LeaseListResponse]
     Batch: _grpc.StreamStreamMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]
     """Many ops per message both ways; results in any order, matched by Op.id."""
+    Watch: _grpc.UnaryStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]
+    """A stream of changes (etcd's Watch, one watch per call)."""
+    Compact: _grpc.UnaryUnaryMultiCallable[_kv_pb2.CompactRequest, _kv_pb2.CompactResponse]
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -66,6 +69,9 @@ class KVAsyncStub(KVStub):
     LeaseList: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseListRequest, _kv_pb2.LeaseListResponse]  # type: ignore[assignment]
     Batch: _aio.StreamStreamMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]  # type: ignore[assignment]
     """Many ops per message both ways; results in any order, matched by Op.id."""
+    Watch: _aio.UnaryStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]  # type: ignore[assignment]
+    """A stream of changes (etcd's Watch, one watch per call)."""
+    Compact: _aio.UnaryUnaryMultiCallable[_kv_pb2.CompactRequest, _kv_pb2.CompactResponse]  # type: ignore[assignment]
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -145,5 +151,20 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kv_pb2.BatchResponse], _abc.AsyncIterator[_kv_pb2.BatchResponse]]:
         """Many ops per message both ways; results in any order, matched by Op.id."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _kv_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.WatchResponse], _abc.AsyncIterator[_kv_pb2.WatchResponse]]:
+        """A stream of changes (etcd's Watch, one watch per call)."""
+
+    @_abc_1.abstractmethod
+    def Compact(
+        self,
+        request: _kv_pb2.CompactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.CompactResponse, _abc.Awaitable[_kv_pb2.CompactResponse]]: ...
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -426,6 +426,16 @@ class KVService(kv_pb2_grpc.KVServicer):
             async for response in responses:
                 yield response
 
+    # -- history (watch.py) -----------------------------------------------------------
+    async def Watch(
+        self, request: kv_pb2.WatchRequest, context: Any
+    ) -> AsyncIterator[kv_pb2.WatchResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watch is not built yet")
+        yield kv_pb2.WatchResponse()  # pragma: no cover (abort raises)
+
+    async def Compact(self, request: kv_pb2.CompactRequest, context: Any) -> kv_pb2.CompactResponse:
+        return (await self._unary(kv_pb2.Op(compact=request), context)).compact
+
 
 class _UnarySink:
     """A unary call's one answer: no flow control beyond the node budget."""
