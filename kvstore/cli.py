@@ -75,7 +75,7 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     def f(c: Any) -> int:
-        value = c.get(args.key, read_mode=args.read_mode)
+        value = c.get(args.key, read_mode=args.read_mode, revision=args.rev)
         if value is None:
             print(f"kvstore get: key {args.key!r} not found", file=sys.stderr)
             return EXIT_FALSE
@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
             default="strong",
             help="consistency of the read",
         )
+        _add(
+            p,
+            "--rev",
+            type=_int_at_least(0),
+            default=0,
+            help="read KEY as of this revision of its shard (0: the latest)",
+        )
         _client_flags(p)
         p.set_defaults(func=cmd_get)
 
@@ -336,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         "kvstore.cli_shard",
+        "kvstore.cli_watch",
         "kvstore.security.cli",
         "kvstore.cli_node",
         "kvstore.cli_snapshot",

@@ -18,6 +18,7 @@ from typing import Any
 
 from kvstore.client._async import DEFAULT_ENDPOINTS
 from kvstore.shard.split import DEFAULT_SPLIT_KEY_COUNT, DEFAULT_SPLIT_SIZE
+from kvstore.storage.history import DEFAULT_HISTORY_REVISIONS
 
 EXIT_OK = 0
 EXIT_FALSE = 1
@@ -222,6 +223,14 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_SPLIT_KEY_COUNT,
         help="split a shard automatically once it holds more than this many keys "
         "(0: never; sharded clusters)",
+    )
+    _add(
+        p,
+        "--history-revisions",
+        type=_int_at_least(0),
+        default=DEFAULT_HISTORY_REVISIONS,
+        help="revisions of history each shard keeps for get --rev and watch (0: all, "
+        "until kvstore compact)",
     )
 
 

@@ -57,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             down_after=args.down_after,
             split_size=args.split_size,
             split_key_count=args.split_key_count,
+            history_revisions=args.history_revisions,
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)
@@ -109,6 +110,7 @@ def _serve_argv(args: argparse.Namespace, i: int, peers: str) -> list[str]:
     ]
     if args.inline_persist:
         argv.append("--inline-persist")
+    argv += ["--history-revisions", str(args.history_revisions)]
     if args.shards:
         argv += ["--shards", str(args.shards), "--replicas", str(args.replicas)]
         argv += ["--down-after", str(args.down_after)]

@@ -6,13 +6,16 @@ with Client(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]) as c:
 """
 
 from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
-from kvstore.client._sync import Client
+from kvstore.client._sync import Client, Watcher
+from kvstore.client._watch import AsyncWatcher, WatchEvent, WatchProgress
 from kvstore.client.errors import (
+    Compacted,
     DeadlineExceeded,
     InvalidArgument,
     KVError,
     NotFound,
     NotLeader,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
@@ -22,14 +25,20 @@ from kvstore.client.errors import (
 __all__ = [
     "DEFAULT_ENDPOINTS",
     "AsyncClient",
+    "AsyncWatcher",
     "Client",
+    "Compacted",
     "DeadlineExceeded",
     "InvalidArgument",
     "KVError",
     "NotFound",
     "NotLeader",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
+    "WatchEvent",
+    "WatchProgress",
+    "Watcher",
 ]

@@ -36,15 +36,18 @@ from kvstore.client import _lease
 from kvstore.client import lock as _lock
 from kvstore.client._attempts import RetryStats, Watch
 from kvstore.client._endpoints import Endpoints
+from kvstore.client._history import compact_history
 from kvstore.client._limits import check_sizes
 from kvstore.client._members import member_change, status_dict, transfer_leader
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_op
 from kvstore.client._session import Session, read_mode
 from kvstore.client._shards import merge_shard, shard_list, split_shard
 from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
+from kvstore.client._watch import AsyncWatcher, open_watch
 from kvstore.client.election import AsyncElection
 from kvstore.client.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     KVError,
     NotLeader,
     Unavailable,
@@ -347,6 +350,7 @@ class AsyncClient:
                 definite=err.definite and not maybe_applied,
                 leader_id=err.leader_id,
                 leader_endpoint=err.leader_endpoint,
+                compact_revision=err.compact_revision,
             )
             if err.code == _NOT_LEADER:
                 self.retries.count("not leader")
@@ -397,15 +401,23 @@ class AsyncClient:
         self._observe(r.header)
         return r.revision
 
-    async def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None:
-        kv = await self.get_kv(key, read_mode=read_mode)
+    async def get(
+        self, key: bytes | str, read_mode: str = "strong", revision: int = 0
+    ) -> bytes | None:
+        """The value (None: absent); ``revision``: as of that revision of the key's
+        shard (Compacted when its history no longer holds it, docs/watch.md)."""
+        kv = await self.get_kv(key, read_mode=read_mode, revision=revision)
         return None if kv is None else kv.value
 
-    async def get_kv(self, key: bytes | str, read_mode: str = "strong") -> kv_pb2.KeyValue | None:
+    async def get_kv(
+        self, key: bytes | str, read_mode: str = "strong", revision: int = 0
+    ) -> kv_pb2.KeyValue | None:
         """Like get, with the key's metadata (version, create/mod revision)."""
         mode = _mode(read_mode)
         check_sizes(_b(key))
-        op = kv_pb2.Op(get=kv_pb2.GetRequest(key=_b(key), read_mode=mode))
+        if revision < 0:
+            raise InvalidArgument(f"revision must be >= 0, got {revision}")
+        op = kv_pb2.Op(get=kv_pb2.GetRequest(key=_b(key), read_mode=mode, revision=revision))
         r = (await self._execute(op, write=False, anywhere=mode != kv_pb2.READ_MODE_STRONG)).get
         self._observe(r.header)
         return r.kv if r.HasField("kv") else None
@@ -609,6 +621,41 @@ class AsyncClient:
     async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
         """Split ``shard`` at ``at`` (None: the middle of its data); returns both halves."""
         return await split_shard(self, shard, None if at is None else _b(at))
+
+    def watch(
+        self,
+        key: bytes | str,
+        prefix: bool = False,
+        range_end: bytes | str | None = None,
+        start_revision: int | None = None,
+        *,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        progress_interval: float = 1.0,
+    ) -> AsyncWatcher:
+        """Changes of ``key`` (``prefix``: of every key starting with it; ``range_end``:
+        of [key, range_end), b"\\0" to the end) as an async iterator of WatchEvent, from
+        ``start_revision`` (None: from now) in each shard's revision order, resumed on
+        another node from the last revision seen when a stream breaks (no gap, no
+        duplicate). ``progress_notify``: also WatchProgress items (every change up to
+        their revision was yielded; at least every ``progress_interval`` s while idle).
+        Raises Compacted when the start revision is no longer held (docs/watch.md).
+        Close it (``async with`` or ``close()``) when done."""
+        return open_watch(
+            self,
+            _b(key),
+            prefix=prefix,
+            range_end=None if range_end is None else _b(range_end),
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            progress_interval=progress_interval,
+        )
+
+    async def compact(self, revision: int) -> dict[int, int]:
+        """Drop history up to ``revision`` in every shard (a shard whose revision is
+        lower compacts to its own); returns each shard's compacted revision."""
+        return await compact_history(self, revision)
 
     async def merge_shard(self, shard: int) -> dict[str, Any]:
         """Merge ``shard`` with its right neighbour online; returns the merged shard and

@@ -265,6 +265,7 @@ class ShardRouter:
                 definite=err.definite and not maybe_applied,
                 leader_id=err.leader_id,
                 leader_endpoint=err.leader_endpoint,
+                compact_revision=err.compact_revision,
             )
             if err.stale_route or err.code == _ABORTED:
                 if not self.cache.learn(err.shards):

@@ -18,6 +18,7 @@ from kvstore.client import lock as _lock
 from kvstore.client._async import DEFAULT_ENDPOINTS, AsyncClient
 from kvstore.client._attempts import RetryStats
 from kvstore.client._lease import KeepAlive, LeaseInfo
+from kvstore.client._watch import AsyncWatcher, WatchEvent, WatchProgress
 from kvstore.client.election import AsyncElection, Leader
 from kvstore.client.lock import Held
 from kvstore.security.tls import PathOrPem, client_tls
@@ -108,11 +109,39 @@ class Client:
     def put(self, key: bytes | str, value: bytes | str, lease: int = 0) -> int:
         return self._run(self._async.put(key, value, lease))
 
-    def get(self, key: bytes | str, read_mode: str = "strong") -> bytes | None:
-        return self._run(self._async.get(key, read_mode=read_mode))
+    def get(self, key: bytes | str, read_mode: str = "strong", revision: int = 0) -> bytes | None:
+        return self._run(self._async.get(key, read_mode=read_mode, revision=revision))
 
-    def get_kv(self, key: bytes | str, read_mode: str = "strong") -> kv_pb2.KeyValue | None:
-        return self._run(self._async.get_kv(key, read_mode=read_mode))
+    def get_kv(
+        self, key: bytes | str, read_mode: str = "strong", revision: int = 0
+    ) -> kv_pb2.KeyValue | None:
+        return self._run(self._async.get_kv(key, read_mode=read_mode, revision=revision))
+
+    def compact(self, revision: int) -> dict[int, int]:
+        return self._run(self._async.compact(revision))
+
+    def watch(
+        self,
+        key: bytes | str,
+        prefix: bool = False,
+        range_end: bytes | str | None = None,
+        start_revision: int | None = None,
+        *,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        progress_interval: float = 1.0,
+    ) -> Watcher:
+        """AsyncClient.watch as a blocking iterator (close it, or use ``with``)."""
+        aw = self._async.watch(
+            key,
+            prefix,
+            range_end,
+            start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            progress_interval=progress_interval,
+        )
+        return Watcher(self, aw)
 
     def delete(self, key: bytes | str) -> bool:
         return self._run(self._async.delete(key))
@@ -270,3 +299,57 @@ class Election:
                 last = now
                 yield now
             time.sleep(poll)
+
+
+class Watcher:
+    """A blocking iterator over an AsyncWatcher running on the client's loop thread."""
+
+    def __init__(self, client: Client, aw: AsyncWatcher) -> None:
+        self._client = client
+        self._aw = aw
+        self._fut: asyncio.Future[WatchEvent | WatchProgress] | None = None
+        """The item being waited for (a ``next`` that timed out leaves it running)."""
+
+    def __iter__(self) -> Watcher:
+        return self
+
+    def __next__(self) -> WatchEvent | WatchProgress:
+        try:
+            return self._client._run(self._pending())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def next(self, timeout: float) -> WatchEvent | WatchProgress | None:
+        """The next item, or None when none came within ``timeout`` seconds."""
+
+        async def one() -> WatchEvent | WatchProgress | None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._pending()), timeout)
+            except TimeoutError:
+                return None
+
+        return self._client._run(one())
+
+    async def _pending(self) -> WatchEvent | WatchProgress:
+        fut = self._fut
+        if fut is None:
+            fut = self._fut = asyncio.ensure_future(self._aw.__anext__())
+        try:
+            return await fut
+        finally:
+            if fut.done():
+                self._fut = None
+
+    @property
+    def pieces(self) -> list[Any]:
+        return self._aw.pieces
+
+    def close(self) -> None:
+        if not self._client._loop.is_closed():
+            self._client._run(self._aw.close())
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -80,6 +80,26 @@ class PermissionDenied(KVError):
         super().__init__(message, definite=definite)
 
 
+class OutOfRange(KVError):
+    """A revision outside the shard's history: past the current revision, or compacted
+    (then a Compacted)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+    def __init__(self, message: str, *, definite: bool = True, compact_revision: int = 0) -> None:
+        super().__init__(message, definite=definite)
+        self.compact_revision = compact_revision
+
+
+class Compacted(OutOfRange):
+    """The revision asked for was compacted: the shard's history holds the revisions
+    above ``compact_revision``; ``oldest`` is the oldest still available."""
+
+    @property
+    def oldest(self) -> int:
+        return self.compact_revision + 1
+
+
 _BY_CODE: dict[int, type[KVError]] = {
     grpc.StatusCode.PERMISSION_DENIED.value[0]: PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION.value[0]: NotLeader,
@@ -89,13 +109,24 @@ _BY_CODE: dict[int, type[KVError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: ResourceExhausted,
     grpc.StatusCode.NOT_FOUND.value[0]: NotFound,
     grpc.StatusCode.UNIMPLEMENTED.value[0]: Unimplemented,
+    grpc.StatusCode.OUT_OF_RANGE.value[0]: OutOfRange,
 }
 
 
 def from_code(
-    code: int, message: str, *, definite: bool, leader_id: int = 0, leader_endpoint: str = ""
+    code: int,
+    message: str,
+    *,
+    definite: bool,
+    leader_id: int = 0,
+    leader_endpoint: str = "",
+    compact_revision: int = 0,
 ) -> KVError:
     cls = _BY_CODE.get(code, KVError)
+    if cls is OutOfRange:
+        if compact_revision:
+            return Compacted(message, definite=definite, compact_revision=compact_revision)
+        return OutOfRange(message, definite=definite)
     if cls is NotLeader:
         return NotLeader(
             message, definite=definite, leader_id=leader_id, leader_endpoint=leader_endpoint

@@ -23,7 +23,7 @@ import os
 import random
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +131,9 @@ class NodeDriver:
         self._stopped = False
         self.storage_full = False
         self.groups: dict[int, _Group] = {}
+        self.on_applied: Callable[[Iterable[int]], None] = lambda groups: None
+        """Called with the groups that applied entries, after their persist committed
+        (watch streams wake; server/watch.py)."""
         self.on_shards_changed: Callable[[], None] = lambda: None
         """Called after a persist that may have changed a shard (the router rebuilds)."""
         self._seed = int.from_bytes(os.urandom(8), "big")
@@ -415,6 +418,8 @@ class NodeDriver:
             self.replica.replies.flush()
         self.replica.finish(batch, results, shards.admin_results)
         self.replica.advance(batch)
+        if results:
+            self.on_applied(results)
         if shards.changed:
             stop_merged(self, shards)
             for gid, parent in start_created(self, shards):

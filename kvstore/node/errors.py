@@ -14,6 +14,7 @@ NOT_FOUND = 5
 RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
 ABORTED = 10
+OUT_OF_RANGE = 11
 UNIMPLEMENTED = 12
 INTERNAL = 13
 UNAVAILABLE = 14
@@ -99,3 +100,14 @@ class InternalOp(OpError):
     gets this instead of waiting for an answer that will never come."""
 
     code = INTERNAL
+
+
+class OutOfRangeOp(OpError):
+    """A revision outside the shard's history: compacted (``compact_revision`` > 0, the
+    oldest available is one above it) or past what the replica applied. Definite."""
+
+    code = OUT_OF_RANGE
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message, definite=True)
+        self.compact_revision = compact_revision

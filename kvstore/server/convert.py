@@ -7,7 +7,7 @@ reaches the driver; a violation is an InvalidOp naming the limit.
 from __future__ import annotations
 
 from kvstore._pb import kv_pb2
-from kvstore.node.errors import InvalidOp, NotFoundOp, OpError, StaleRouteOp
+from kvstore.node.errors import InvalidOp, NotFoundOp, OpError, OutOfRangeOp, StaleRouteOp
 from kvstore.node.limits import Limits
 from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine import ApplyError, ApplyResult, Cas, Command, Delete, KeyValue, Put
@@ -125,6 +125,8 @@ def error_pb(e: OpError) -> kv_pb2.Error:
     if isinstance(e, StaleRouteOp):
         err.stale_route = True
         err.shards.extend(shard_pb(d) for d in e.shards if isinstance(d, Descriptor))
+    elif isinstance(e, OutOfRangeOp):
+        err.compact_revision = e.compact_revision
     return err
 
 

@@ -22,15 +22,16 @@ import grpc.aio
 from kvstore._pb import kv_pb2, kv_pb2_grpc
 from kvstore.node import log
 from kvstore.node.driver import NodeDriver
-from kvstore.node.errors import InternalOp, InvalidOp, OpError, StaleRouteOp
+from kvstore.node.errors import DeadlineOp, InternalOp, InvalidOp, OpError, StaleRouteOp
 from kvstore.node.lease_expiry import LeaseExpiry
 from kvstore.node.limits import Limits, NodeBudget
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import Callback
 from kvstore.node.routing import LocalRouter
-from kvstore.server import convert
+from kvstore.server import convert, history
 from kvstore.server.batch import BatchCall, Sink
 from kvstore.server.lease_ops import LeaseOps
+from kvstore.server.watch import WatchService
 from kvstore.statemachine import ApplyResult, Command
 from kvstore.storage import NodeStorage
 
@@ -66,6 +67,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._last_header = kv_pb2.ResponseHeader()
         self._scans = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-scan")
         self.leases = LeaseOps(self, leases or LeaseExpiry(driver, storage))
+        self.watches = WatchService(
+            driver=driver, storage=storage, router=self.router, limits=limits, node_id=node_id
+        )
+        driver.on_applied = self.watches.hub.notify
 
     def close(self) -> None:
         self._scans.shutdown(wait=True, cancel_futures=True)
@@ -117,6 +122,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             elif kind == "scan":
                 group = route.for_range(op.scan.start, op.scan.end, op.shard, op.shard_version)
                 self._read(op.id, "scan", op.scan, timeout, sink, group, op.causal_time)
+            elif kind == "compact":
+                self._compact(op, timeout, sink)
             elif kind is not None and kind.startswith("lease_"):
                 self.leases.dispatch(op, kind, timeout, sink)
             else:
@@ -250,7 +257,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         def get() -> kv_pb2.OpResult:
             # The applied time from the same LMDB snapshot as the value: the token
             # handed back must cover what the client saw (monotonic reads).
-            kv, applied, time = self.storage.kv(group).get_at(req.key)
+            if req.revision:
+                kv, applied, time = history.get_at_revision(
+                    self.storage, group, req.key, req.revision
+                )
+            else:
+                kv, applied, time = self.storage.kv(group).get_at(req.key)
             result = kv_pb2.OpResult(id=op_id)
             got = result.get
             got.header.CopyFrom(self._header(group, applied, time))
@@ -289,6 +301,32 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.driver.read_barrier(group, mode, req.causal_token, timeout, cb, causal_time)
         except Exception as e:
             cb.set_exception(e)
+
+    def _compact(self, op: kv_pb2.Op, timeout: float, sink: Sink) -> None:
+        group = history.shard_group(self.router, op)
+        task = asyncio.ensure_future(
+            history.compact(self.driver, group, op.compact.revision, timeout)
+        )
+
+        def done(f: asyncio.Future[kv_pb2.OpResult]) -> None:
+            try:
+                result = f.result()
+            except OpError as e:
+                self._fail(op.id, "compact", e, sink)
+                return
+            except TimeoutError:
+                err = DeadlineOp("compact did not apply in time", definite=False)
+                self._fail(op.id, "compact", err, sink)
+                return
+            except Exception as e:
+                self._internal(op.id, "compact", e, sink, definite=False)
+                return
+            result.id = op.id
+            result.compact.header.CopyFrom(self._header(group, 0))
+            self._count("compact", 0)
+            sink.emit(result)
+
+        task.add_done_callback(done)
 
     def _frozen(self, group: int) -> OpError | None:
         """A merge source frozen by a PrepareMerge takes no write and serves no strong
@@ -430,8 +468,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Watch(
         self, request: kv_pb2.WatchRequest, context: Any
     ) -> AsyncIterator[kv_pb2.WatchResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watch is not built yet")
-        yield kv_pb2.WatchResponse()  # pragma: no cover (abort raises)
+        async with contextlib.aclosing(self.watches.serve(request, context)) as responses:
+            async for response in responses:
+                yield response
 
     async def Compact(self, request: kv_pb2.CompactRequest, context: Any) -> kv_pb2.CompactResponse:
         return (await self._unary(kv_pb2.Op(compact=request), context)).compact

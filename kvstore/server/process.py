@@ -43,6 +43,7 @@ from kvstore.server.shard_admin import split_shard
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.split import DEFAULT_SPLIT_KEY_COUNT, DEFAULT_SPLIT_SIZE
 from kvstore.storage import NodeStorage
+from kvstore.storage.history import DEFAULT_HISTORY_REVISIONS
 
 
 class StartupError(Exception):
@@ -81,6 +82,9 @@ class ServeOptions:
     """A shard led here whose keys and values pass this many bytes is split (0: never)."""
     split_key_count: int = DEFAULT_SPLIT_KEY_COUNT
     """... or that holds more than this many keys (0: never)."""
+    history_revisions: int = DEFAULT_HISTORY_REVISIONS
+    """Revisions of history each shard keeps for gets at a revision and watches (0: all,
+    until ``kvstore compact``; storage/history.py)."""
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -108,6 +112,7 @@ class ServeOptions:
                 ("down_after", self.down_after, 0 < self.down_after < 1e9, "> 0 seconds"),
                 ("split_size", self.split_size, self.split_size >= 0, ">= 0"),
                 ("split_key_count", self.split_key_count, self.split_key_count >= 0, ">= 0"),
+                ("history_revisions", self.history_revisions, self.history_revisions >= 0, ">= 0"),
                 (
                     "split_keys",
                     self.split_keys,
@@ -206,6 +211,7 @@ class Node:
                 raise StartupError(f"consensus 'paxos' is not available: {e}") from e
         os.makedirs(o.data_dir, exist_ok=True)
         self.storage = NodeStorage(o.data_dir, map_size=o.map_size_mb << 20, sync=o.sync)
+        self.storage.history_revisions = o.history_revisions
         try:
             new = check_identity(self.storage, o)
         except StartupError:

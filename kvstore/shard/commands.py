@@ -15,6 +15,8 @@ index in the same way.
     RollbackMerge(epoch)       source group: unfreeze, version + 1
     FenceMerge(source)         target group: version + 1, so no CommitMerge prepared
                                against the old epoch can apply after it
+    Compact(revision)          any group: drop its history up to min(revision, this
+                               entry's revision) (kvstore.storage.history)
 (kvstore.shard.merging holds the merge rules.)
 """
 
@@ -39,6 +41,7 @@ _KIND_PREPARE_MERGE = 4
 _KIND_COMMIT_MERGE = 5
 _KIND_ROLLBACK_MERGE = 6
 _KIND_FENCE_MERGE = 7
+_KIND_COMPACT = 20
 _PREPARE = struct.Struct("<QQQQQ")
 _EPOCH = struct.Struct("<QQ")
 
@@ -98,8 +101,18 @@ class FenceMerge:
     source: int
 
 
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """In any group's log: its history keeps only revisions above ``revision`` (result:
+    the compacted revision, never above the entry's own)."""
+
+    revision: int
+
+
 MERGE_COMMANDS = (PrepareMerge, CommitMerge, RollbackMerge, FenceMerge)
-AdminCommand = Split | AllocIds | Report | PrepareMerge | CommitMerge | RollbackMerge | FenceMerge
+AdminCommand = (
+    Split | AllocIds | Report | PrepareMerge | CommitMerge | RollbackMerge | FenceMerge | Compact
+)
 
 
 def is_admin(data: bytes) -> bool:
@@ -127,6 +140,8 @@ def encode(cmd: AdminCommand) -> bytes:
         return _HEAD.pack(ADMIN_MAGIC, _KIND_ROLLBACK_MERGE) + _EPOCH.pack(e.version, e.conf_ver)
     if isinstance(cmd, FenceMerge):
         return _HEAD.pack(ADMIN_MAGIC, _KIND_FENCE_MERGE) + _U64.pack(cmd.source)
+    if isinstance(cmd, Compact):
+        return _HEAD.pack(ADMIN_MAGIC, _KIND_COMPACT) + _U64.pack(cmd.revision)
     parts = [_HEAD.pack(ADMIN_MAGIC, _KIND_REPORT), _U32.pack(len(cmd.shards))]
     parts += [desc.encode(d) for d in cmd.shards]
     return b"".join(parts)
@@ -175,6 +190,10 @@ def decode(data: bytes) -> AdminCommand:
             if len(data) != pos + _U64.size:
                 raise ValueError("fence-merge command length")
             return FenceMerge(_U64.unpack_from(data, pos)[0])
+        if kind == _KIND_COMPACT:
+            if len(data) != pos + _U64.size:
+                raise ValueError("compact command length")
+            return Compact(_U64.unpack_from(data, pos)[0])
     except struct.error as e:
         raise ValueError(f"malformed admin command: {e}") from e
     raise ValueError(f"unknown admin command kind {kind}")

@@ -28,12 +28,13 @@ import lmdb
 
 from kvstore.storage import keys
 from kvstore.storage.errors import StorageError, StorageFullError
+from kvstore.storage.history import DEFAULT_HISTORY_REVISIONS, start_history
 from kvstore.storage.log import TAIL_ENTRIES, GroupLog, LogView, load_view
 from kvstore.storage.reader import KVReader
 from kvstore.storage.tables import Dbs, delete_range
 from kvstore.storage.writer import Writer
 
-_SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions")
+_SUBDBS = (b"log", b"meta", b"snapshot", b"kv", b"sessions", b"history")
 
 
 def reserve_bytes(map_size: int) -> int:
@@ -62,6 +63,8 @@ class NodeStorage:
         self.path = path
         self.sync_writes = sync
         self.cache_entries = cache_entries
+        self.history_revisions = DEFAULT_HISTORY_REVISIONS
+        """Revisions of history each group keeps (0: all until compacted; storage/history.py)."""
         self.stream_snapshots = False
         """True (a node): ``GroupLog.snapshot()`` leaves the image out; the node builds
         and streams it off the event loop (node/snapshot_send.py)."""
@@ -89,6 +92,7 @@ class NodeStorage:
                 _migrate_kv_layout(txn, Dbs(*dbs))
                 _migrate_long_keys(txn, Dbs(*dbs))
                 _upgrade_sessions(txn, Dbs(*dbs))
+                start_history(txn, Dbs(*dbs))
         except BaseException:
             self.env.close()
             self._lockfile.close()
@@ -162,7 +166,14 @@ class NodeStorage:
         # the first has committed but not yet published.
         with self._write_lock:
             txn = self.env.begin(write=True)
-            w = Writer(txn, self.dbs, self._view, self.cache_entries, self._sweep_from)
+            w = Writer(
+                txn,
+                self.dbs,
+                self._view,
+                self.cache_entries,
+                self._sweep_from,
+                self.history_revisions,
+            )
             try:
                 yield w
                 txn.commit()

@@ -43,6 +43,7 @@ class Dbs:
     snapshot: Any
     kv: Any
     sessions: Any
+    history: Any
 
 
 Owned = tuple[bytes, bytes] | None

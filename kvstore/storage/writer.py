@@ -34,6 +34,7 @@ from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
+from kvstore.storage.history import GroupHistory, RecordingTables, retain
 from kvstore.storage.log import LogView, cap_tail, read_entry, read_members
 from kvstore.storage.snapshot import image_records
 from kvstore.storage.tables import WHOLE, Dbs, GroupTables, delete_range, owned_range, owns
@@ -83,8 +84,11 @@ class Writer:
         views: Any,
         cache_entries: int,
         sweep_from: dict[int, bytes] | None = None,
+        history_revisions: int = 0,
     ) -> None:
         self._txn = txn
+        self._history_revisions = history_revisions
+        """Revisions each group's history keeps (0: all, until compacted)."""
         self._sweep_from = {} if sweep_from is None else sweep_from
         """Per group, where the next session sweep starts (kept by NodeStorage across
         transactions; where the sweep stands changes no answer, see statemachine.apply)."""
@@ -227,6 +231,9 @@ class Writer:
                 image.kv(), image.sessions()
             )
             image.finish()
+        # The image carries no history: this replica's starts at the image's revision.
+        offset = p.shard.revision_offset if p.shard is not None else 0
+        GroupHistory(self._txn, self._dbs.history, group).reset(meta.index + offset)
         if image.meta_state:
             self._put_sealed(
                 self._dbs.meta, keys.meta_key(group, keys.TAG_META_STATE), group, image.meta_state
@@ -295,7 +302,8 @@ class Writer:
         if group in self.merged_away:
             return []
         p = self._group(group)
-        tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
+        tables = RecordingTables(self._txn, self._dbs, group, owned_range(group, p.shard))
+        history = GroupHistory(self._txn, self._dbs.history, group)
         out: list[ApplyResult] = []
         applied = p.applied
         for e in entries:
@@ -307,7 +315,7 @@ class Writer:
             if e.type == EntryType.NORMAL and shard_cmds.is_admin(e.data):
                 tables.flush()  # a split copies the sessions as stored
                 self._apply_admin(group, p, e)
-                tables = GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard))
+                tables = RecordingTables(self._txn, self._dbs, group, owned_range(group, p.shard))
             elif e.type == EntryType.NORMAL and e.data:
                 try:
                     batch = decode_entry(e.data)
@@ -324,6 +332,7 @@ class Writer:
                         if p.shard.merging_into:
                             check = _frozen  # a prepared merge source takes no write
                     frozen = check is _frozen
+                    tables.revision = e.index + offset
                     rs = apply_commands(
                         tables, e.index, batch.commands, check, batch.time_ms, offset, frozen
                     )
@@ -332,6 +341,9 @@ class Writer:
                         # Writes may be answered before the commit (replica.answer_applied):
                         # each answer carries its entry's time, the client's causal token.
                         rs = [replace(r, time=t) for r in rs]
+                    if tables.events:
+                        history.append(tables.events)
+                        tables.events = []
                     out += rs
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
                 self._bump_conf_ver(group, p, e.data)
@@ -344,6 +356,8 @@ class Writer:
                 self._sweep_from[group] = tables.sweep_sessions(start, applied, budget)
             tables.flush()
             self._set_applied(group, p, applied)
+            offset = p.shard.revision_offset if p.shard is not None else 0
+            retain(history, applied + offset, self._history_revisions, len(out))
         return out
 
     # -- shard admin commands ------------------------------------------------------
@@ -366,6 +380,11 @@ class Writer:
             result = self._apply_rollback_merge(group, p, cmd)
         elif isinstance(cmd, shard_cmds.FenceMerge):
             result = self._apply_fence_merge(group, p)
+        elif isinstance(cmd, shard_cmds.Compact):
+            # Never past this entry's revision: a future revision compacts to now.
+            now = e.index + (p.shard.revision_offset if p.shard is not None else 0)
+            history = GroupHistory(self._txn, self._dbs.history, group)
+            result = history.compact(min(cmd.revision, now))
         elif group == META_GROUP:
             key = keys.meta_key(group, keys.TAG_META_STATE)
             record = self._txn.get(key, db=self._dbs.meta)
@@ -416,6 +435,10 @@ class Writer:
         GroupTables(self._txn, self._dbs, cmd.new_id).leases.prune(
             partial(owns, (right.start, right.end))
         )
+        # The new shard's revisions continue this one's: its history starts as the
+        # parent's, for its range.
+        history = GroupHistory(self._txn, self._dbs.history, group)
+        history.copy_range_to(cmd.new_id, right.start, right.end)
         self.created.append(cmd.new_id)
         return cmd.new_id
 
@@ -464,6 +487,12 @@ class Writer:
             )
             self._destroy_state(src.id, s)
             self.merged_away.add(src.id)
+        # The source's history goes with it: no resume may start at or below its last
+        # revision (a watcher that had not seen all of it gets the compacted error
+        # instead of a silent gap; docs/watch.md).
+        GroupHistory(self._txn, self._dbs.history, group).compact(
+            src.merge_index + src.revision_offset
+        )
         self._set_shard(group, p, merged)
         self.merged.append((group, src.id))
         return merged.epoch.version
@@ -574,7 +603,7 @@ class Writer:
         """Delete ``group``'s log, metadata, log base and sessions, not its user keys."""
         self.dropped.add(group)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
-        for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions):
+        for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions, self._dbs.history):
             delete_range(self._txn, db, lo, hi)
         self._txn.delete(lo, db=self._dbs.snapshot)
         fresh = LogView()
