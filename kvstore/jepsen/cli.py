@@ -20,7 +20,7 @@ from typing import Any
 from kvstore.jepsen.formats import FORMATS
 from kvstore.jepsen.nemesis import KINDS
 
-WORKLOADS = ("register", "append", "session", "lock")
+WORKLOADS = ("register", "append", "session", "lock", "watch")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -357,6 +357,12 @@ def check_history(
         from kvstore.jepsen.lock_workload import check_lock
 
         anomalies += check_lock(events, final)
+    if workload.name == "watch":
+        from kvstore.jepsen.watch_workload import check_watch
+
+        t0 = time.monotonic()
+        anomalies += check_watch(events)
+        seconds["watch"] = time.monotonic() - t0
     if workload.name == "session":
         t0 = time.monotonic()
         found = check_sessions(ops, cfg.concurrency, final)

@@ -293,6 +293,10 @@ def make(name: str, *, keys: int, concurrency: int, per_key: int = 250) -> Workl
         from kvstore.jepsen.lock_workload import LockWorkload
 
         return LockWorkload()
+    if name == "watch":
+        from kvstore.jepsen.watch_workload import WatchWorkload
+
+        return WatchWorkload()
     raise ValueError(f"unknown workload {name!r}")
 
 
