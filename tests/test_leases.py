@@ -122,7 +122,8 @@ def test_keep_alive_resets_and_checkpoints_only_lower_the_remaining_ttl() -> Non
     assert m.leases[1] == LeaseRecord(5000, 3000, 1)
     run(m, LeaseCheckpoint(1, 4000))  # a late or repeated checkpoint never extends
     assert m.leases[1].remaining_ms == 3000
-    run(m, LeaseKeepAlive(1))
+    [r] = m.apply(4, [LeaseKeepAlive(1)])
+    assert r.ok and r.ttl_ms == 5000  # the answer carries the TTL
     assert m.leases[1] == LeaseRecord(5000, 5000, 4)
 
 

@@ -12,7 +12,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from kvstore._pb import kv_pb2
-from kvstore.node.errors import InvalidOp, NotFoundOp, OpError, StaleRouteOp
+from kvstore.node.errors import InvalidOp, StaleRouteOp
 from kvstore.node.lease_expiry import LeaseExpiry
 from kvstore.server.batch import Sink
 from kvstore.server.convert import check_result, check_session
@@ -86,12 +86,9 @@ class LeaseOps:
                 result.lease_grant.id = cmd.lease
                 result.lease_grant.ttl_ms = cmd.ttl_ms
             elif isinstance(cmd, LeaseKeepAlive):
-                record = svc.storage.kv(group).lease(cmd.lease)
-                if record is None:  # revoked or expired after this keep-alive applied
-                    raise lease_not_found(cmd.lease)
                 result.lease_keep_alive.header.CopyFrom(hdr)
                 result.lease_keep_alive.id = cmd.lease
-                result.lease_keep_alive.ttl_ms = record.ttl_ms
+                result.lease_keep_alive.ttl_ms = res.ttl_ms
             else:
                 result.lease_revoke.header.CopyFrom(hdr)
                 result.lease_revoke.revoked = res.ok
@@ -131,7 +128,3 @@ class LeaseOps:
             return result
 
         svc.read_op(op_id, kind, group, timeout, sink, build)
-
-
-def lease_not_found(lease: int) -> OpError:
-    return NotFoundOp(f"lease {lease} not found (expired, revoked or never granted)")

@@ -166,6 +166,7 @@ def apply_lease(
         return ApplyResult(index, rev, False, None, None, ApplyError.LEASE_NOT_FOUND)
     if isinstance(cmd, LeaseKeepAlive):
         txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cur.ttl_ms, index))
+        return ApplyResult(index, rev, True, None, None, ttl_ms=cur.ttl_ms)
     elif isinstance(cmd, LeaseCheckpoint):
         if cmd.remaining_ms < cur.remaining_ms:
             txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cmd.remaining_ms, cur.touched))

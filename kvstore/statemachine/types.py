@@ -66,3 +66,6 @@ class ApplyResult:
     """The entry's time (the causal token of the answer, apply.py); 0: not known. Not
     stored with a session's outcome (a replayed answer takes its retry entry's time),
     nor compared: it does not change the outcome."""
+    ttl_ms: int = field(default=0, compare=False)
+    """A lease keep-alive's: the lease's TTL (the answer may be built before the apply's
+    transaction commits, so it cannot be read back from storage)."""
