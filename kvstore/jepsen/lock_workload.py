@@ -4,8 +4,8 @@ time (a strong read, then a cas that only succeeds if no larger token was append
 
 With a small chance a holder stalls past its TTL with its keep-alive stopped (``stall``),
 as a paused process would. Each ``hold`` operation returns ``(token, accepted appends,
-acquired at, released at)`` (monotonic seconds: when the lock was won and given up, as
-the holder saw it).
+acquired at, released at, stalled)`` (monotonic seconds: when the lock was won and given
+up, as the holder saw it).
 
 Checked (anomalies make the run invalid):
 - no two holds got the same token, and a hold that completed before another began has
@@ -78,14 +78,15 @@ class LockWorkload:
         async with client.lock(LOCK, ttl=self.ttl, timeout=self.wait) as held:
             acquired = time.monotonic()
             accepted = int(await fenced_append(client, held.token))
-            if random.random() < self.stall:
+            stalled = random.random() < self.stall
+            if stalled:
                 await held.keep_alive.stop()
                 await asyncio.sleep(1.5 * self.ttl)
             else:
                 await asyncio.sleep(random.uniform(0, 2 * self.hold))
             accepted += int(await fenced_append(client, held.token))
             released = time.monotonic()
-        return (held.token, accepted, acquired, released)
+        return (held.token, accepted, acquired, released, stalled)
 
     def on_new_process(self, worker: int, process: int) -> None:
         pass
@@ -100,6 +101,7 @@ class _Hold:
     accepted: int
     acquired: float
     released: float
+    stalled: bool
 
 
 def _holds(events: Sequence[Event]) -> list[_Hold]:
@@ -111,7 +113,7 @@ def _holds(events: Sequence[Event]) -> list[_Hold]:
         if e.type == "invoke":
             invoked[e.process] = e.time
         elif e.type == "ok" and e.value is not None:
-            token, accepted, acquired, released = e.value
+            token, accepted, acquired, released, *rest = e.value
             out.append(
                 _Hold(
                     e.process,
@@ -121,6 +123,7 @@ def _holds(events: Sequence[Event]) -> list[_Hold]:
                     accepted,
                     acquired,
                     released,
+                    bool(rest and rest[0]),
                 )
             )
     return out
@@ -174,10 +177,12 @@ def findings(events: Sequence[Event]) -> dict[str, Any]:
         for b in holds[i + 1 :]:
             if b.acquired >= a.released:
                 break
-            overlaps.append((a.token, b.token, round(a.released - b.acquired, 3)))
+            overlaps.append((a.token, b.token, round(a.released - b.acquired, 3), a.stalled))
     return {
         "holds": len(holds),
+        "stalled_holds": sum(h.stalled for h in holds),
         "overlapping_holds": len(overlaps),
+        "overlapping_without_stall": sum(not o[3] for o in overlaps),
         "overlaps": overlaps[:20],
         "fenced_out_appends": sum(2 - h.accepted for h in holds),
     }
