@@ -8,7 +8,9 @@ Kleppmann's "How to do distributed locking"). Only a resource that remembers the
 highest token it has seen and refuses lower ones is safe: pass ``Lock.token`` with every
 action the lock guards.
 
-Waiting: a waiter polls the key with backoff (50 ms doubling to 1 s) until it is gone.
+Waiting: a waiter watches the key from the revision it saw (kvstore/client/_watch.py)
+until a delete, re-reading it at least every 5 s; where a watch fails (an older cluster,
+a compacted history) it polls with backoff (50 ms doubling to 1 s).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvstore.client._lease import KeepAlive
+from kvstore.client._watch import WatchEvent
 from kvstore.client.errors import DeadlineExceeded, KVError
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ LOCK_PREFIX = b"\x00lock/"
 ELECTION_PREFIX = b"\x00election/"
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 1.0
+WATCH_RECHECK_S = 5.0
+"""A waiter re-reads the key at least this often even if its watch reports nothing."""
 
 
 class LockTimeout(DeadlineExceeded):
@@ -80,21 +85,45 @@ async def acquire(
             held = await _try(c, key, value, lease, ka)
             if held is not None:
                 return held
-            while True:
-                if deadline is not None and loop.time() >= deadline:
-                    raise LockTimeout(f"{key!r} not acquired within {timeout}s")
-                wait = random.uniform(0.5, 1.0) * pause
-                if deadline is not None:
-                    wait = min(wait, max(0.0, deadline - loop.time()))
-                await asyncio.sleep(wait)
-                pause = min(pause * 2, POLL_MAX_S)
-                if await c.get_kv(key) is None:
-                    pause = POLL_FIRST_S
-                    break
+            if deadline is not None and loop.time() >= deadline:
+                raise LockTimeout(f"{key!r} not acquired within {timeout}s")
+            kv = await c.get_kv(key)
+            if kv is None:
+                continue  # released meanwhile: try again at once
+            limit = WATCH_RECHECK_S if deadline is None else deadline - loop.time()
+            if await _deleted(c, key, kv.mod_revision, min(limit, WATCH_RECHECK_S)):
+                pause = POLL_FIRST_S
+                continue
+            # No watch (an older cluster, compacted history, or it broke): poll.
+            wait = random.uniform(0.5, 1.0) * pause
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, POLL_MAX_S)
     except BaseException:
         await ka.stop()
         await _revoke_quietly(c, lease)
         raise
+
+
+async def _deleted(c: AsyncClient, key: bytes, revision: int, limit: float) -> bool:
+    """Wait up to ``limit`` s for ``key`` to be deleted after ``revision`` (a watch).
+    True once it was, or once the wait ran out (the caller retries either way); False
+    when the watch failed (the caller polls instead)."""
+    try:
+        async with c.watch(key, start_revision=revision + 1) as w:
+
+            async def first_delete() -> None:
+                async for ev in w:
+                    if isinstance(ev, WatchEvent) and ev.type == "delete":
+                        return
+
+            await asyncio.wait_for(first_delete(), max(0.0, limit))
+    except TimeoutError:
+        return True
+    except KVError:
+        return False
+    return True
 
 
 async def _try(c: AsyncClient, key: bytes, value: bytes, lease: int, ka: KeepAlive) -> Held | None:
