@@ -39,6 +39,8 @@ class WatchWorkload:
     """Revisions before its marker a watch starts at (segments overlap)."""
     name: str = "watch"
     model: Model | None = None
+    returns: tuple[str, ...] = ("write", "watch")
+    """Ops whose ok records the result (the revision, the segment), not the invocation."""
     keys: list[str] = field(default_factory=lambda: list(KEYS))
     _next: int = 0
 
