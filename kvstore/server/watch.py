@@ -18,7 +18,10 @@ Rules:
   stops moving, so the client moves instead).
 - Streams wake when their group applies (``WatchHub.notify``, from the driver) and read
   at most MAX_READ_EVENTS events per wake-up, so a watcher far behind does not stall the
-  event loop.
+  event loop. Streams of one group that ask for the same range from the same revision
+  between two applies share one read and one encoding (``WatchHub.cached``): what a
+  read returns depends only on the group's applied state, which only an apply changes, and
+  many watchers of one prefix all ask for exactly that.
 """
 
 from __future__ import annotations
@@ -100,17 +103,36 @@ def pack(events: list[Event], through: int, prev_kv: bool) -> list[kv_pb2.WatchR
     return out
 
 
+_Read = tuple[list[kv_pb2.WatchResponse], int, int, bool]
+"""Packed messages (never changed once built: streams share them), the revision they
+are complete through, the group's revision as of the read, whether it had events."""
+
+READ_CACHE_ENTRIES = 256
+
+
 class WatchHub:
-    """Wakes the streams of groups that applied entries."""
+    """Wakes the streams of groups that applied entries; keeps the reads of the current
+    applied state of each group for the streams that ask the same (see the module doc)."""
 
     def __init__(self) -> None:
         self._waiters: dict[int, set[asyncio.Event]] = {}
         self.streams = 0
+        self._generation: dict[int, int] = {}
+        self._reads: dict[tuple[int, int, bytes, bytes, int, bool], _Read] = {}
 
     def notify(self, groups: Iterable[int]) -> None:
         for g in groups:
+            self._generation[g] = self._generation.get(g, 0) + 1
             for ev in self._waiters.get(g, ()):
                 ev.set()
+
+    def cached(self, key: tuple[int, bytes, bytes, int, bool]) -> _Read | None:
+        return self._reads.get((self._generation.get(key[0], 0), *key))
+
+    def keep(self, key: tuple[int, bytes, bytes, int, bool], read: _Read) -> None:
+        if len(self._reads) >= READ_CACHE_ENTRIES:
+            self._reads.clear()  # entries of past generations are never asked for again
+        self._reads[(self._generation.get(key[0], 0), *key)] = read
 
     def subscribe(self, group: int) -> asyncio.Event:
         ev = asyncio.Event()
@@ -217,18 +239,24 @@ class WatchService:
                 if moved is not None:
                     yield kv_pb2.WatchResponse(error=convert.error_pb(moved))
                     return
-                try:
-                    events, through, upto = reader.events_now(
-                        nxt, lo, hi, MAX_READ_EVENTS, MAX_READ_BYTES
-                    )
-                except Compacted as e:
-                    yield kv_pb2.WatchResponse(error=convert.error_pb(out_of_range(e)))
-                    return
-                now = loop.time()
-                caught_up = through >= upto
-                if events or now - sent_at >= interval:
+                key = (group, lo, hi, nxt, req.prev_kv)
+                read = self.hub.cached(key)
+                if read is None:
+                    try:
+                        events, through, upto = reader.events_now(
+                            nxt, lo, hi, MAX_READ_EVENTS, MAX_READ_BYTES
+                        )
+                    except Compacted as e:
+                        yield kv_pb2.WatchResponse(error=convert.error_pb(out_of_range(e)))
+                        return
                     msgs = pack(events, through, req.prev_kv)
                     msgs[-1].header.CopyFrom(self._header(group))
+                    read = (msgs, through, upto, bool(events))
+                    self.hub.keep(key, read)
+                msgs, through, upto, has_events = read
+                now = loop.time()
+                caught_up = through >= upto
+                if has_events or now - sent_at >= interval:
                     for m in msgs:
                         yield m
                     sent_at = now
