@@ -260,3 +260,36 @@ def test_a_data_directory_from_before_history_starts_it_at_the_applied_revision(
     with pytest.raises(Compacted):
         reader.events(2, b"", b"", 0, 0)
     st.close()
+
+
+def test_merge_starts_the_target_history_after_the_source_and_freezes_its_revision(
+    tmp_path: object,
+) -> None:
+    L, R = 1, 2
+    voters = (1, 2, 3)
+    st = NodeStorage(str(tmp_path), map_size=16 << 20, sync=False)
+    st.group(L).bootstrap(set(voters), Descriptor(id=L, end=b"m", voters=voters))
+    st.group(R).bootstrap(set(voters), Descriptor(id=R, start=b"m", voters=voters))
+    run(st, L, 1, encode_batch([Put(b"apple", b"1")]))
+    for i in range(1, 9):
+        run(st, R, i, encode_batch([Put(b"pear", b"%d" % i)]))
+    src, tgt = st.group(R).view.shard, st.group(L).view.shard
+    assert src is not None and tgt is not None
+    run(st, R, 9, cmds.encode(cmds.PrepareMerge(L, src.epoch, tgt.epoch)))
+    run(st, R, 10, encode_batch([]))  # a frozen source's entries move no revision
+    source = HistoryReader(st, R)
+    assert source.revision() == 9
+    frozen = st.group(R).view.shard
+    assert frozen is not None
+    run(st, L, 2, cmds.encode(cmds.CommitMerge(frozen)))
+    target = HistoryReader(st, L)
+    # No resume at or below the source's last revision (its events went with it) ...
+    assert target.compacted() == 9
+    with pytest.raises(Compacted):
+        target.events(5, b"m", b"", 0, 0)
+    # ... and one above it misses nothing: every later revision is above it.
+    run(st, L, 3, encode_batch([Put(b"pear", b"after")]))
+    events, _ = target.events(10, b"", b"", 0, 0)
+    assert [(e.key, e.kv.value) for e in events if e.kv] == [(b"pear", b"after")]
+    assert events[0].revision > 9
+    st.close()
