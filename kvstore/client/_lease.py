@@ -116,8 +116,11 @@ async def leases(c: AsyncClient) -> list[LeaseInfo]:
 
 class KeepAlive:
     """Renews a lease every third of its TTL until stopped, or until the lease is gone
-    (``lost`` is set then: its keys may be deleted; a lock built on it is no longer held).
-    Transient errors are retried at once, then at a tenth of the TTL."""
+    (``lost`` is set then: its keys may be deleted; a lock built on it is no longer held;
+    also set, while renewals go on, once none has succeeded for a whole TTL). Renewals are
+    sent on that schedule whether or not the previous one answered: one that waits on a
+    slow shard or an election must not hold back the next (with a 1 s TTL, a renewal
+    stuck for the client's 2 s timeout let a lease lapse in a Jepsen run)."""
 
     def __init__(self, c: AsyncClient, lease: int, ttl: float) -> None:
         self.client = c
@@ -126,6 +129,7 @@ class KeepAlive:
         self.lost = asyncio.Event()
         self.error: KVError | None = None
         self._task: asyncio.Task[None] | None = None
+        self._renewed = 0.0
 
     def start(self) -> KeepAlive:
         if self._task is None:
@@ -143,20 +147,32 @@ class KeepAlive:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    async def _renew(self) -> None:
+        try:
+            ttl = await keep_alive(self.client, self.lease)
+        except NotFound as e:
+            self.error = e
+            self.lost.set()
+        except KVError as e:
+            self.error = e
+        else:
+            self.ttl = ttl
+            self._renewed = asyncio.get_running_loop().time()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        renewed = loop.time()
-        while True:
-            try:
-                self.ttl = await keep_alive(self.client, self.lease)
-                renewed = loop.time()
+        self._renewed = loop.time()
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                t = asyncio.create_task(self._renew())
+                pending.add(t)
+                t.add_done_callback(pending.discard)
                 await asyncio.sleep(self.ttl / 3)
-            except NotFound as e:
-                self.error = e
-                self.lost.set()
-                return
-            except KVError as e:
-                self.error = e
-                if loop.time() - renewed > self.ttl:
+                if self.lost.is_set() and isinstance(self.error, NotFound):
+                    return
+                if loop.time() - self._renewed > self.ttl:
                     self.lost.set()  # the leader may have expired it; keep trying anyway
-                await asyncio.sleep(self.ttl / 10)
+        finally:
+            for t in list(pending):
+                t.cancel()

@@ -73,9 +73,9 @@ def test_leases_expire_survive_keep_alive_and_failover(
         c.put("abandoned", "1", lease=abandoned)
         old = cluster.wait_leader()
         cluster.kill(old)
-        new = wait_for(lambda: (x := cluster.leader()) != old and x, 30, "a new leader")
+        new = wait_for(lambda: (x := cluster.leader()) != old and x, 60, "a new leader")
         assert new != old
-        wait_for(lambda: c.get("abandoned") is None, 30, "the abandoned lease to expire")
+        wait_for(lambda: c.get("abandoned") is None, 60, "the abandoned lease to expire")
         # The kept-alive lease outlived the failover and several TTLs after it.
         settle = time.monotonic() + 2 * TTL
         while time.monotonic() < settle:
