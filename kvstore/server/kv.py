@@ -257,12 +257,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         def get() -> kv_pb2.OpResult:
             # The applied time from the same LMDB snapshot as the value: the token
             # handed back must cover what the client saw (monotonic reads).
-            if req.revision:
-                kv, applied, time = history.get_at_revision(
-                    self.storage, group, req.key, req.revision
-                )
-            else:
-                kv, applied, time = self.storage.kv(group).get_at(req.key)
+            kv, applied, time = self.storage.kv(group).get_at(req.key)
             result = kv_pb2.OpResult(id=op_id)
             got = result.get
             got.header.CopyFrom(self._header(group, applied, time))
@@ -283,6 +278,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             if moved is not None:
                 # A split applied while the read waited: serve only what the group owns.
                 self._fail(op_id, kind, moved, sink)
+            elif kind == "get" and req.revision:
+                self._get_at_revision(op_id, group, req, sink)
             elif kind == "get":
                 self._answer(op_id, kind, get, sink)
             else:
@@ -301,6 +298,28 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.driver.read_barrier(group, mode, req.causal_token, timeout, cb, causal_time)
         except Exception as e:
             cb.set_exception(e)
+
+    def _get_at_revision(self, op_id: int, group: int, req: kv_pb2.GetRequest, sink: Sink) -> None:
+        """On the scan threads: the read scans the history after the revision (up to the
+        retention window), too long to stall the event loop for."""
+
+        def read() -> tuple[Any, int, int]:
+            return history.get_at_revision(self.storage, group, req.key, req.revision)
+
+        def build(f: asyncio.Future[tuple[Any, int, int]]) -> kv_pb2.OpResult:
+            kv, applied, time = f.result()  # OutOfRangeOp: answered as the op's error
+            result = kv_pb2.OpResult(id=op_id)
+            result.get.header.CopyFrom(self._header(group, applied, time))
+            if kv is not None:
+                convert.set_kv(result.get.kv, kv)
+            return result
+
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._scans, read)
+        except Exception as e:  # executor shut down: the node is stopping
+            self._internal(op_id, "get", e, sink, definite=True)
+            return
+        fut.add_done_callback(lambda f: self._answer(op_id, "get", lambda: build(f), sink))
 
     def _compact(self, op: kv_pb2.Op, timeout: float, sink: Sink) -> None:
         group = history.shard_group(self.router, op)

@@ -59,3 +59,35 @@ def test_disorder_invention_and_disagreement_are_caught() -> None:
         + watch(6, "m2", 2, [(3, A, "a1"), (4, B, "b2"), (5, MARKER, "m1"), (6, MARKER, "m2")])
     )
     assert any("disagree on revision 4" in a for a in check_watch(disagree))
+
+
+def test_the_worker_records_what_writes_and_watches_returned() -> None:
+    """Regression: the worker recorded the invocation's value for every ok but reads, cas
+    and holds, so a watch run's history had no revisions and no segments to check."""
+    import asyncio
+    import random
+
+    from kvstore.jepsen.watch_workload import WatchWorkload
+    from kvstore.jepsen.workloads import Recorder, run_worker
+
+    from .fakestore import FakeStore
+
+    store = FakeStore()
+    rec = Recorder()
+    asyncio.run(
+        run_worker(
+            worker=0,
+            concurrency=1,
+            workload=WatchWorkload(),
+            store=store,
+            recorder=rec,
+            read_mode="strong",
+            until=0.3,
+            op_timeout=1.0,
+            rng=random.Random(1),
+            pace=0.001,
+        )
+    )
+    oks = [e for e in rec.events if e.type == "ok" and e.f == "write"]
+    assert oks and all(isinstance(e.value, int) for e in oks)
+    assert check_watch(rec.events) == []
