@@ -160,6 +160,14 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     )
     _add(
         p,
+        "--snapshot-log-mb",
+        type=_int_at_least(0),
+        default=32,
+        help="also compact the log once the entries applied since the last compaction "
+        "hold this many MiB (0: never); a follower further behind gets a snapshot",
+    )
+    _add(
+        p,
         "--map-size-mb",
         type=_int_at_least(1),
         default=1024,

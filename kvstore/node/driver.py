@@ -41,6 +41,7 @@ from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
 from kvstore.node.hlc import log_stamp
+from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
 from kvstore.node.pending import Completion
@@ -79,6 +80,8 @@ class DriverConfig:
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10000
     """Compact the log after this many applied entries (lagging nodes get a snapshot)."""
+    snapshot_bytes: int = 32 << 20
+    """... or once the applied entries since the last compaction hold this many bytes."""
     causal_wait_s: float = 1.0
     unsafe_ack_before_commit: bool = False
     inline_persist: bool = False
@@ -115,6 +118,7 @@ class NodeDriver:
             metrics=metrics,
             endpoints=endpoints,
             snapshot_entries=config.snapshot_entries,
+            snapshot_bytes=config.snapshot_bytes,
             unsafe_ack_before_commit=config.unsafe_ack_before_commit,
             ctx_nonce=os.urandom(8),
             on_member_address=lambda node, address: self.on_member_address(node, address),
@@ -172,6 +176,7 @@ class NodeDriver:
             term=hs.term,
             persisted_term=hs.term,
             persisted_vote=hs.vote,
+            log_bytes=LogBytes(glog.entry_sizes()),
         )
         self.metrics.host_shard(g)
         group.time.applied = self.storage.kv(g).applied_time()

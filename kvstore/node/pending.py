@@ -18,6 +18,7 @@ from kvstore.consensus.types import ConfChange, Core, Role
 from kvstore.node import log
 from kvstore.node.errors import DeadlineOp, ExhaustedOp, InternalOp, OpError, UnavailableOp
 from kvstore.node.hlc import GroupTime
+from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.statemachine import ApplyResult, Command
 
@@ -134,6 +135,8 @@ class GroupState:
     admin_inflight: dict[int, tuple[int, AdminProposal]] = field(default_factory=dict)
     drops_seen: dict[str, int] = field(default_factory=dict)
     time: GroupTime = field(default_factory=GroupTime)
+    log_bytes: LogBytes = field(default_factory=LogBytes)
+    """Bytes of the stored log above ``compacted`` (compaction by size, log_bytes.py)."""
     """Causal time: the applied time and the reads waiting for it (hlc.py)."""
 
     def export_drops(self, metrics: NodeMetrics) -> None:

@@ -119,6 +119,7 @@ class ReplicaLoop:
         metrics: NodeMetrics,
         endpoints: dict[int, str],
         snapshot_entries: int,
+        snapshot_bytes: int = 0,
         unsafe_ack_before_commit: bool = False,
         ctx_nonce: bytes = b"",
         on_member_address: Callable[[int, str], None] = lambda node, address: None,
@@ -131,6 +132,9 @@ class ReplicaLoop:
         self.endpoints = endpoints
         self.snapshot_entries = snapshot_entries
         """Compact the log after this many applied entries (lagging nodes get a snapshot)."""
+        self.snapshot_bytes = snapshot_bytes
+        """... or once the applied entries above the last compaction hold this many bytes
+        (0: never; log_bytes.py)."""
         self.unsafe_ack_before_commit = unsafe_ack_before_commit
         self.on_member_address = on_member_address
         self.may_send_early = may_send_before_persist
@@ -379,6 +383,9 @@ class ReplicaLoop:
         if n > 0 and applied - g.compacted >= n:
             # Keep a tail so briefly lagging followers still catch up from the log.
             compact_to = applied - n // 4
+        at = g.log_bytes.compact_point(applied, self.snapshot_bytes)
+        if at > g.compacted:
+            compact_to = max(compact_to, at)
         if self.storage.tight and applied > g.compacted:
             # Nearly full: the log's old entries may hold most of the data; followers
             # that lag will need a snapshot.
@@ -405,10 +412,12 @@ class ReplicaLoop:
             snap_index = rd.snapshot.metadata.index
             g.applied = max(g.applied, snap_index)
             g.compacted = max(g.compacted, snap_index)
+            g.log_bytes.compacted(g.compacted)
             for idx in [i for i in g.inflight if i <= snap_index]:
                 for w in g.inflight.pop(idx).writes:
                     fail(w.fut, UnavailableOp("replaced by a snapshot", definite=False))
         for e in rd.entries:
+            g.log_bytes.stored(e.index, e.size())
             if e.type == EntryType.NORMAL:
                 self.hlc.observe(entry_stamp(e.data))
         if rd.committed or (rd.snapshot is not None and not rd.snapshot.is_empty()):
@@ -439,6 +448,7 @@ class ReplicaLoop:
             m.applied.set(g.applied)
         if st is not None and g.compacted < st.applied:
             g.compacted = max(g.compacted, self.storage.first_index(g.id) - 1)
+            g.log_bytes.compacted(g.compacted)
 
     def _on_soft_state(self, g: GroupState, leader: int, role: Role) -> bool:
         """Record the new leader/role; True when either changed."""

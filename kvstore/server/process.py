@@ -63,6 +63,7 @@ class ServeOptions:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10000
+    snapshot_log_mb: int = 32
     map_size_mb: int = 1024
     sync: bool = True
     unsafe_ack_before_commit: bool = False
@@ -105,6 +106,7 @@ class ServeOptions:
                     f"below election_ticks ({self.election_ticks})",
                 ),
                 ("snapshot_entries", self.snapshot_entries, self.snapshot_entries >= 0, ">= 0"),
+                ("snapshot_log_mb", self.snapshot_log_mb, self.snapshot_log_mb >= 0, ">= 0"),
                 ("map_size_mb", self.map_size_mb, self.map_size_mb >= 1, ">= 1"),
                 ("metrics_port", self.metrics_port, 0 <= self.metrics_port < 65536, "0..65535"),
                 ("shards", self.shards, 0 <= self.shards <= 676, "0..676"),
@@ -252,6 +254,7 @@ class Node:
                 election_ticks=o.election_ticks,
                 heartbeat_ticks=o.heartbeat_ticks,
                 snapshot_entries=o.snapshot_entries,
+                snapshot_bytes=o.snapshot_log_mb << 20,
                 unsafe_ack_before_commit=o.unsafe_ack_before_commit,
                 inline_persist=o.inline_persist,
                 groups=groups,

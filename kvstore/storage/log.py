@@ -280,10 +280,8 @@ class GroupLog:
                 else codec.unseal(self.group, meta_state, "meta group state"),
                 members=codec.encode_members(read_members(txn, self._st.dbs, self.group)),
             )
-            for key, value in tables.raw_kv():
-                w.kv(key, value)
-            for key, value in tables.raw_sessions():
-                w.session(key, value)
+            w.kv_records(tables.raw_kv())
+            w.session_records(tables.raw_sessions())
             size, crc = w.finish()
         meta = SnapshotMetadata(index=now.applied, term=term, conf_state=now.conf_state)
         return meta, size, crc
@@ -315,6 +313,21 @@ class GroupLog:
             return w.bootstrap(
                 self.group, ConfState(voters=frozenset(voters)), shard, meta_state, initial_index
             )
+
+    def entry_sizes(self) -> list[tuple[int, int]]:
+        """(index, stored bytes) of every entry in the log, oldest first (reads keys and
+        record lengths only: the node counts its log's bytes at start, log_bytes.py)."""
+        out: list[tuple[int, int]] = []
+        with self._st.env.begin(db=self._st.dbs.log, buffers=True) as txn:
+            cur = txn.cursor()
+            end = keys.log_key(self.group + 1, 0)
+            if not cur.set_range(keys.log_key(self.group, self.view.base.index + 1)):
+                return out
+            for k, v in cur:
+                if bytes(k) >= end:
+                    break
+                out.append((keys.log_index(bytes(k)), len(v)))
+        return out
 
     def forget_snapshot(self) -> None:
         """Drop the cached snapshot (its group's data was replaced wholesale)."""

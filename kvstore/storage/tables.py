@@ -360,12 +360,19 @@ class GroupTables:
         self._states.clear()
         self._dirty.clear()
         self._clock, self._time, self._clock_dirty = None, 0, False
-        put = self.txn.put
-        for key, record in kv:
-            if owns(self.owned, key):
-                self._put_record(key, record)
-        for suffix, record in sessions:
-            put(group + suffix, record, db=self.dbs.sessions)
+        # putmulti: one C loop over the records instead of a Python call per put (a
+        # 1 M-key image took seconds more). Keys may repeat only in a corrupt image,
+        # whose checksum fails at the end and aborts the transaction.
+        owned, inline, prefix = self.owned, keys.KEY_INLINE, keys.DATA_PREFIX
+        whole = owned == WHOLE
+        self.txn.cursor(db=self.dbs.kv).putmulti(
+            (prefix + key, record) if len(key) <= inline else _long_row(key, record)
+            for key, record in kv
+            if whole or owns(owned, key)
+        )
+        self.txn.cursor(db=self.dbs.sessions).putmulti(
+            (group + suffix, record) for suffix, record in sessions
+        )
 
     def delete_owned(self) -> int:
         """Delete every user key of the owned range; returns how many."""
@@ -459,6 +466,11 @@ def _past(end: bytes) -> Callable[[bytes], bool]:
     if len(end) <= keys.KEY_INLINE:
         return lambda k: k >= hi
     return lambda k: k >= hi and not k.startswith(hi)
+
+
+def _long_row(key: bytes, record: bytes) -> tuple[bytes, bytes]:
+    """The stored (key, value) of a kv record whose user key is longer than KEY_INLINE."""
+    return keys.kv_key(key), keys.long_value(key, record)
 
 
 def delete_range(txn: Any, db: Any, lo: bytes, hi: bytes) -> int:
