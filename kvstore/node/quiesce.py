@@ -8,10 +8,12 @@ Rules this module keeps (CockroachDB's quiescence, in the driver; the cores are 
   admin command), and for QUIET_AFTER_TICKS ticks after its last activity: a message
   other than a heartbeat, or a Ready with entries, commits or a role change.
 - After that a leader stops ticking once its log is committed and applied and every
-  member has the whole log (a core that does not report members' progress, Paxos today,
-  keeps its leader ticking); a follower stops ticking while its leader's node is
-  alive by the failure detector (node-level heartbeats keep flowing on the peer streams).
-  A suspect leader node, a vote request or any write or read wakes the group at once.
+  member has the whole log by the leader's progress (``status(progress=True)``; both
+  cores report it); a follower stops ticking while its leader's node is alive by the
+  failure detector (node-level heartbeats keep flowing on the peer streams). A suspect
+  leader node, a vote request or any write or read wakes the group at once.
+- A quiet group stays quiet until something wakes it (``touch``); deciding so costs a
+  set lookup (and a liveness lookup for a follower) per tick, never a core call.
 """
 
 from __future__ import annotations
@@ -73,12 +75,20 @@ class Quiescence:
         ):
             self.touch(g.id)
             return True
+        if g.id in self.quiet:
+            # Nothing woke it (touch() would have): a quiet leader stays quiet without
+            # asking its core again, so an idle group costs a few lookups a tick.
+            if g.role == Role.LEADER or (g.leader and self.peer_alive(g.leader)):
+                return False
+            self.touch(g.id)
+            return True
         if self.now - self._active.setdefault(g.id, self.now) < QUIET_AFTER_TICKS:
             return True
         if g.role == Role.LEADER:
-            st = g.core.status()
-            # A core that does not report its members' progress (Paxos) never lets its
-            # leader go quiet: a lagging member would hear nothing and never catch up.
+            st = g.core.status(progress=True)
+            # Every member must hold the whole log: a lagging member of a quiet leader
+            # would hear nothing and never catch up. (A core that reported no progress
+            # would keep its leader ticking.)
             quiet = (
                 bool(st.progress)
                 and st.commit == st.last_index

@@ -25,7 +25,7 @@ from kvstore.consensus.paxos import checks, leading, membership, quorum, value
 from kvstore.consensus.paxos.acceptor import Acceptor, Outcome
 from kvstore.consensus.paxos.leading import COMMIT_ONLY, REACCEPT
 from kvstore.consensus.paxos.log import SlotLog
-from kvstore.consensus.paxos.progress import Progress, State
+from kvstore.consensus.paxos.progress import Progress, State, peer_progress
 from kvstore.consensus.paxos.proposer import Candidate, Leader
 from kvstore.consensus.paxos.recovery import Promise, Recovery, recover
 from kvstore.consensus.types import (
@@ -254,6 +254,11 @@ class PaxosNode:
             applied=self.applied,
             last_index=self.log.last_index(),
             conf_state=self.conf,
+            progress=(
+                peer_progress(self.lead.progress, self.id, self.log.last_index(), self.conf)
+                if progress and self.lead is not None
+                else ()
+            ),
         )
 
     # -- roles ------------------------------------------------------------------

@@ -20,6 +20,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+from kvstore.consensus.types import ConfState, PeerProgress
+
 
 class State(enum.Enum):
     PROBE = "probe"
@@ -123,3 +125,32 @@ class Progress:
         while self.inflight and self.inflight[0][0] <= index:
             self.inflight_bytes -= self.inflight.popleft()[1]
         return grew
+
+
+def peer_progress(
+    progress: dict[int, Progress], me: int, last_index: int, conf: ConfState
+) -> tuple[PeerProgress, ...]:
+    """Every member's progress as ``Status.progress`` reports it, by id (the leader
+    itself holds its whole log), as the Raft core reports it."""
+    out = [
+        PeerProgress(
+            id=n,
+            match=pr.match,
+            next=pr.next,
+            state=pr.state.value,
+            inflight=len(pr.inflight),
+            learner=n in conf.learners,
+        )
+        for n, pr in progress.items()
+    ]
+    out.append(
+        PeerProgress(
+            id=me,
+            match=last_index,
+            next=last_index + 1,
+            state=State.REPLICATE.value,
+            inflight=0,
+            learner=me in conf.learners,
+        )
+    )
+    return tuple(sorted(out, key=lambda p: p.id))
