@@ -20,7 +20,11 @@ Rules this module keeps:
   apply the CommitMerge (the target's epoch has not moved past the one the prepare
   recorded): that CommitMerge takes the source's keys as they are here, and destroying
   the source deletes them (a membership change of the source after its PrepareMerge,
-  proposed by a leader that had not applied it yet, could make it look removed).
+  proposed by a leader that had not applied it yet, could make it look removed). Nor
+  while a lagging ancestor of the target may still create it here: a local replica
+  ending where the source starts, older than the prepared target (its log splits the
+  target off, whose log then applies the CommitMerge; sharded simulation, paxos seed
+  30219: the destroyed source's keys were missing from the merged shard).
 - Nothing is destroyed while another local replica overlaps its range: dropping a group
   deletes the user keys of its range, which that replica may own now.
 - The destroy runs in the driver's loop, between two persists: the group leaves
@@ -81,14 +85,25 @@ def zombies(
 
 def _target_may_commit(d: Descriptor, local: Mapping[int, Descriptor | None]) -> bool:
     """Is ``d`` a frozen merge source whose local target replica may still apply its
-    CommitMerge (it applies only at the epoch the prepare recorded; epochs only rise)?"""
-    if d.merging_into not in local:
-        return False
-    t = local[d.merging_into]
-    if t is None:
-        return True  # being built from a snapshot: cannot tell yet
+    CommitMerge (it applies only at the epoch the prepare recorded; epochs only rise),
+    or may still come to exist here and apply it: a lagging local replica that ends
+    where the source starts with a version not past the prepared target's is the target's
+    ancestor (the shard owning the keys just left of the source before the merge), and
+    its log will split the target off, whose log then applies the CommitMerge."""
     want = d.merge_target_epoch
-    return t.epoch.version <= want.version and t.epoch.conf_ver <= want.conf_ver
+    for gid, t in local.items():
+        if gid == d.id:
+            continue
+        if t is None:
+            if gid == d.merging_into:
+                return True  # being built from a snapshot: cannot tell yet
+            continue
+        if gid == d.merging_into:
+            if t.epoch.version <= want.version and t.epoch.conf_ver <= want.conf_ver:
+                return True
+        elif t.end == d.start and t.epoch.version < want.version:
+            return True
+    return False
 
 
 def _absorbed(d: Descriptor, shard_map: Iterable[Descriptor]) -> bool:

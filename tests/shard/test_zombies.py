@@ -116,3 +116,34 @@ def test_a_frozen_source_is_kept_while_its_local_target_may_still_commit_it() ->
     # Fenced (one version up): the CommitMerge can no longer apply here.
     fenced = Descriptor(id=1, end=b"m", epoch=Epoch(7, 1), voters=(1, 2, 3))
     assert zombies({1: fenced, 2: src}, [fenced, removed], ME) == [2]
+
+
+def test_a_frozen_source_is_kept_while_a_lagging_ancestor_may_still_create_its_target() -> None:
+    """Sharded simulation, paxos seed 30219: node 2 applied the PrepareMerge of shard 2
+    [hc, hd) into shard 4 [cd, hc), but lagged in shard 1 [, hc), whose split at cd
+    creates shard 4 here. The map already shows the merge; destroying the source here
+    deleted [hc, hd)'s keys, and the local shard 4, created by the split moments later,
+    applied the CommitMerge from its log over the missing keys (a replica that lost
+    acknowledged writes)."""
+    src = Descriptor(
+        id=2,
+        start=b"hc",
+        end=b"hd",
+        epoch=Epoch(3, 1),
+        voters=(1, 2, 3),
+        merging_into=4,
+        merge_index=40,
+        merge_target_epoch=Epoch(3, 1),
+    )
+    ancestor = Descriptor(id=1, end=b"hc", epoch=Epoch(2, 1), voters=(1, 2, 3))
+    shard_map = [
+        Descriptor(id=1, end=b"cd", epoch=Epoch(3, 1), voters=(1, 2, 3)),
+        Descriptor(id=4, start=b"cd", end=b"hd", epoch=Epoch(4, 1), voters=(1, 2, 3)),
+        Descriptor(id=3, start=b"hd", epoch=Epoch(3, 1), voters=(1, 2, 3)),
+    ]
+    assert zombies({1: ancestor, 2: src}, shard_map, ME) == []
+    # Once the local shard 1 has split (its range no longer ends at the source) and its
+    # shard 4 has applied the CommitMerge, the source is gone already; a shard 1 that
+    # caught up past the split by a snapshot no longer ends there either: destroyable.
+    caught_up = Descriptor(id=1, end=b"cd", epoch=Epoch(3, 1), voters=(1, 2, 3))
+    assert zombies({1: caught_up, 2: src}, shard_map, ME) == [2]
