@@ -46,6 +46,8 @@ MOVE_STEPS = 300
 """A move not done after this many steps is abandoned (the placement loop retries)."""
 MERGE_APPLY_STEPS = 60
 """Steps every source replica gets to apply the PrepareMerge before the merge rolls back."""
+RESUME_STEPS = 2 * MERGE_APPLY_STEPS
+"""The watchdog's RESUME_AFTER_S: a frozen source with no merge running is resumed."""
 KEYS = [bytes([a, b]) for a in b"abcdefgh" for b in b"abcd"]
 
 
@@ -310,6 +312,8 @@ class Merger:
         the PrepareMerge (test_shard_broken.py)."""
         self.merges: list[Merge] = []
         self.stats: Counter[str] = Counter()
+        self._frozen: dict[tuple[int, int], int] = {}
+        """(frozen source, its merge index) -> step first seen frozen with no merge."""
 
     def busy(self) -> set[int]:
         return {g for m in self.merges for g in (m.left, m.right)}
@@ -345,12 +349,39 @@ class Merger:
         c.note(f"merge {right.describe()} into {left.describe()} (coordinator {leader})")
 
     def drive(self) -> None:
+        self._watchdog()
         for m in list(self.merges):
             done = self._step(m)
             if done:
                 self.merges.remove(m)
                 self.stats[f"merges_{done}"] += 1
                 self.c.note(f"merge of {m.right} into {m.left}: {done}")
+
+    def _watchdog(self) -> None:
+        """The merge watchdog (merge_coordinator.resume_stale): a source frozen for
+        RESUME_STEPS with no merge of it running is resumed: it waits for every replica,
+        then commits, or fences and rolls back when the target moved on (rolls back
+        at once when the target is gone)."""
+        c = self.c
+        busy = self.busy()
+        frozen = {}
+        for g in c.groups():
+            held = self._held(g)
+            if held is not None and held.merging_into and g not in busy:
+                frozen[(g, held.merge_index)] = held
+        self._frozen = {k: self._frozen.get(k, c.now) for k in frozen}
+        for key, d in frozen.items():
+            if c.now - self._frozen[key] < RESUME_STEPS:
+                continue
+            del self._frozen[key]
+            m = Merge(d.merging_into, d.id, c.leader(d.id), c.now, phase="wait", src=d)
+            if d.merging_into not in c.groups():
+                # The target was merged away meanwhile: no CommitMerge of this prepare
+                # can apply (merging.target_merged_away), roll back without a fence.
+                m.phase = "rollback"
+            self.merges.append(m)
+            self.stats["merges_resumed"] += 1
+            c.note(f"merge of {d.id} into {d.merging_into}: resumed by the watchdog")
 
     def _core(self, group: int) -> tuple[int, object] | None:
         leader = self.c.leader(group)
