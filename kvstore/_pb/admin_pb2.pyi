@@ -58,6 +58,7 @@ class GroupStatus(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    MERGING_WITH_FIELD_NUMBER: _builtins.int
     group: _builtins.int
     role: _builtins.str
     """"follower", "pre_candidate", "candidate", "leader", "learner"."""
@@ -71,6 +72,11 @@ class GroupStatus(_message.Message):
     keys: _builtins.int
     """With StatusRequest.sizes: keys and bytes (keys + values) in the shard's range."""
     bytes: _builtins.int
+    merging_with: _builtins.int
+    """The other shard of a merge this replica takes part in (0: none): on a frozen merge
+    source, its target; on a node coordinating a merge, the other shard, for both.
+    Placement leaves both shards alone meanwhile.
+    """
     @_builtins.property
     def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -103,10 +109,11 @@ class GroupStatus(_message.Message):
         keys: _builtins.int = ...,
         bytes: _builtins.int = ...,
         progress: _abc.Iterable[Global___MemberProgress] | None = ...,
+        merging_with: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "bytes", b"bytes", "commit", b"commit", "first_index", b"first_index", "group", b"group", "keys", b"keys", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "progress", b"progress", "role", b"role", "shard", b"shard", "term", b"term", "voters", b"voters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "bytes", b"bytes", "commit", b"commit", "first_index", b"first_index", "group", b"group", "keys", b"keys", "last_index", b"last_index", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "learners", b"learners", "merging_with", b"merging_with", "progress", b"progress", "role", b"role", "shard", b"shard", "term", b"term", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

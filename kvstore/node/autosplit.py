@@ -9,10 +9,13 @@ Rules this module keeps:
   the decision and the proposal makes the split fail (not leader, or the epoch moved),
   never happen twice.
 - No thrash: one split at a time per node (so at most one per shard), and a split in
-  flight is not started again. The halves hold about half the threshold each, so a half
-  splits again only after growing by as much again (the hysteresis). A split that fails
-  backs off exponentially (``MAX_BACKOFF_S``); one refused for want of a middle key (a
-  shard that is one huge key) is retried only after its data changed and the backoff ran.
+  flight is not started again. A shard taking part in a merge is not split (the merge
+  would roll back); a merge whose result would be over a threshold is refused by the
+  merge coordinator, so split and merge never undo each other. The halves hold about
+  half the threshold each, so a half splits again only after growing by as much again
+  (the hysteresis). A split that fails backs off exponentially (``MAX_BACKOFF_S``); one
+  refused for want of a middle key (a shard that is one huge key) is retried only after
+  its data changed and the backoff ran.
 - Cheap: a shard is measured only when its applied index moved since the last measure,
   at most every ``period`` and no more often than ``COST_FACTOR`` times what its last
   measure took; a measure counts raw records, off the event loop, and stops at the caps.
@@ -62,6 +65,7 @@ class AutoSplitter:
         max_bytes: int = DEFAULT_SPLIT_SIZE,
         max_keys: int = DEFAULT_SPLIT_KEY_COUNT,
         period: float = CHECK_PERIOD_S,
+        merging: Callable[[int], int] | None = None,
     ) -> None:
         self.driver = driver
         self.router = router
@@ -69,6 +73,8 @@ class AutoSplitter:
         self.max_bytes = max_bytes
         self.max_keys = max_keys
         self.period = period
+        self.merging: Callable[[int], int] = merging or (lambda shard: 0)
+        """Shard -> the other shard of a merge of it under way (0: none)."""
         self._watch: dict[int, _Watch] = {}
         self._inflight: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -107,7 +113,12 @@ class AutoSplitter:
         led = [
             gid
             for gid, g in sorted(self.driver.groups.items())
-            if gid != META_GROUP and g.role == Role.LEADER and self.router.get(gid) is not None
+            if gid != META_GROUP
+            and g.role == Role.LEADER
+            and self.router.get(gid) is not None
+            # A split would make the merge roll back (the target's epoch moved) or apply
+            # as nothing (a frozen source): wait until the merge is over.
+            and not self.merging(gid)
         ]
         self._watch = {gid: w for gid, w in self._watch.items() if gid in self.driver.groups}
         for gid in led:

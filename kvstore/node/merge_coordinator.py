@@ -65,13 +65,17 @@ class MergeCoordinator:
         router: LocalRouter,
         meta: MetaClient,
         reporter: Reporter | None,
+        *,
+        split_limits: tuple[int, int] | None = None,
     ) -> None:
         self.driver = driver
+        self.split_limits = split_limits
+        """(--split-size, --split-key-count) of the automatic split (None: off)."""
         self.router = router
         self.meta = meta
         self.reporter = reporter
-        self._busy: set[int] = set()
-        """Shards with a merge run by this node."""
+        self._busy: dict[int, int] = {}
+        """Shard -> the other shard of the merge this node runs for it."""
         self._seen: dict[tuple[int, int], float] = {}
         """(frozen source led here, its merge index) -> when first seen frozen."""
         self._task: asyncio.Task[None] | None = None
@@ -82,16 +86,54 @@ class MergeCoordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         left, right = self._pick(left_id, source)
-        busy = {left.id, right.id} & self._busy
+        busy = {left.id, right.id} & self._busy.keys()
         if busy:
             raise InvalidOp(
                 f"a merge of shard {min(busy)} is already under way on this node", definite=True
             )
-        self._busy |= {left.id, right.id}
+        self._busy.update({left.id: right.id, right.id: left.id})
         try:
             return await self._run(left, right, deadline)
         finally:
-            self._busy -= {left.id, right.id}
+            self._forget(left.id, right.id)
+
+    def merging_with(self, shard: int) -> int:
+        """The other shard of a merge of ``shard`` under way here (0: none): the other
+        shard of a merge this node runs, a frozen source's target, or the target's
+        frozen source. Placement and the automatic split leave both alone meanwhile."""
+        if shard in self._busy:
+            return self._busy[shard]
+        for gid in list(self.driver.groups):
+            d = self.driver.storage.group(gid).view.shard
+            if d is not None and d.merging_into and shard in (gid, d.merging_into):
+                return d.merging_into if gid == shard else gid
+        return 0
+
+    def _forget(self, *shards: int) -> None:
+        for s in shards:
+            self._busy.pop(s, None)
+
+    async def _check_size(self, left: Descriptor, right: Descriptor) -> None:
+        """Refuse a merge whose result the automatic split would split again at once
+        (split and merge must not undo each other)."""
+        limits = self.split_limits
+        if limits is None or not (limits[0] > 0 or limits[1] > 0):
+            return
+        max_bytes, max_keys = limits
+        keys = size = 0
+        for d in (left, right):
+            reader = self.driver.storage.kv(d.id)
+            k, b = await asyncio.to_thread(reader.measure, max_keys, max_bytes)
+            keys, size = keys + k, size + b
+        over = (0 < max_keys < keys and f"{keys} keys (--split-key-count {max_keys})") or (
+            0 < max_bytes < size and f"{size} bytes (--split-size {max_bytes})"
+        )
+        if over:
+            raise InvalidOp(
+                f"shards {left.id} and {right.id} together hold more than {over}: the "
+                "automatic split would split the merged shard again at once; nothing changed",
+                definite=True,
+            )
 
     def _pick(self, left_id: int, source: int) -> tuple[Descriptor, Descriptor]:
         """The two shards, from this node's replicas (checked as far as they can be here)."""
@@ -157,6 +199,7 @@ class MergeCoordinator:
                 raise InvalidOp(str(e), definite=True) from e
             self._check_idle(left.id)
             self._check_idle(right.id)
+            await self._check_size(left, right)
         await self._lead(right.id, deadline)
         if not resume:
             prep = cmds.PrepareMerge(left.id, right.epoch, left.epoch)
@@ -341,7 +384,7 @@ class MergeCoordinator:
         self._seen = {k: self._seen.get(k, now) for k in frozen}
         out = []
         for key, d in frozen.items():
-            if now - self._seen[key] < RESUME_AFTER_S or {d.id, d.merging_into} & self._busy:
+            if now - self._seen[key] < RESUME_AFTER_S or {d.id, d.merging_into} & self._busy.keys():
                 continue
             self._seen.pop(key)
             out.append(d.id)
@@ -361,20 +404,20 @@ class MergeCoordinator:
             # went with it): no fence is possible nor needed once the map shows it.
             if not target_merged_away(src, await self.meta.shard_map()):
                 raise UnavailableOp(f"no replica of shard {src.merging_into} here", definite=True)
-            self._busy.add(src.id)
+            self._busy[src.id] = src.merging_into
             try:
                 await self._rollback(src, deadline)
             finally:
-                self._busy.discard(src.id)
+                self._forget(src.id)
             log.event("merge_rolled_back", group=src.id, target=src.merging_into)
             return
         if target.epoch != src.merge_target_epoch or target.merging_into:
             # No CommitMerge of this prepare can apply any more.
-            self._busy |= {src.id, target.id}
+            self._busy.update({src.id: target.id, target.id: src.id})
             try:
                 await self._give_up(src, deadline)
             finally:
-                self._busy -= {src.id, target.id}
+                self._forget(src.id, target.id)
             return
         await self._lead(target.id, deadline)
         await self.merge(target.id, src.id, deadline - loop.time())

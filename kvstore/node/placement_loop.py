@@ -400,9 +400,13 @@ def groups_from(statuses: dict[int, Any], replicas: int) -> list[pl.GroupInfo]:
     with the learners that have caught up."""
     applied: dict[tuple[int, int], tuple[int, bool]] = {}
     leading: dict[int, tuple[int, Any]] = {}
+    merging: set[int] = set()
     for n, st in statuses.items():
         for g in st.groups:
             applied[(g.group, n)] = (g.applied, g.group == META_GROUP or g.HasField("shard"))
+            if g.merging_with:
+                # Any replica's word counts: the coordinator may not lead the source yet.
+                merging |= {g.group, g.merging_with}
             if g.role == "leader":
                 prev = leading.get(g.group)
                 if prev is None or g.term > prev[1].term:
@@ -425,6 +429,7 @@ def groups_from(statuses: dict[int, Any], replicas: int) -> list[pl.GroupInfo]:
                 leader,
                 frozenset(caught),
                 replicas,
+                merging=gid in merging,
             )
         )
     return out

@@ -124,6 +124,7 @@ class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServi
                     first_index=g.compacted + 1,
                     voters=sorted(st.conf_state.voters),
                     learners=sorted(st.conf_state.learners),
+                    merging_with=self._merger.merging_with(gid) if self._merger else 0,
                     progress=[
                         admin_pb2.MemberProgress(
                             id=p.id,

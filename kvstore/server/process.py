@@ -316,7 +316,14 @@ class Node:
                 down_after=o.down_after,
             )
             self.reaper = ZombieReaper(self.driver, self.meta)
-            self.merger = MergeCoordinator(self.driver, self.router, self.meta, self.reporter)
+            self.merger = MergeCoordinator(
+                self.driver,
+                self.router,
+                self.meta,
+                self.reporter,
+                split_limits=(o.split_size, o.split_key_count),
+            )
+            merger = self.merger
             reporter = self.reporter
             meta = self.meta
 
@@ -331,6 +338,7 @@ class Node:
                 split_middle,
                 max_bytes=o.split_size,
                 max_keys=o.split_key_count,
+                merging=merger.merging_with,
             )
 
             def shards_changed() -> None:

@@ -13,7 +13,9 @@ Rules this module keeps:
 - Never a step that leaves a group without a quorum of live voters when it had one: a
   voter is removed, or a learner promoted, only if the live voters afterwards are a
   majority of the voters afterwards; a leader is never removed (leadership moves first).
-- One step per group per round; nothing for a group without a known leader.
+- One step per group per round; nothing for a group without a known leader, and
+  nothing for a group taking part in a merge (``GroupInfo.merging``) until it is over:
+  any membership change or leadership transfer would make the merge roll back.
 - A node judged down for at least ``down_after`` seconds, or draining, is "gone": its
   replicas are replaced on live nodes (add first, remove after). A node only suspected,
   or down for less, keeps its replicas and receives none.
@@ -80,6 +82,9 @@ class GroupInfo:
     """Seconds the current leader has been seen leading (the caller's observation)."""
     members_for: float = float("inf")
     """Seconds since the group's voters or learners last changed (as observed)."""
+    merging: bool = False
+    """A merge of this shard is under way (a frozen source, its target, or a merge a
+    coordinator runs): no step until it is over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,13 @@ def plan(
     ops: list[Op] = []
     busy: set[int] = set()
     for g in sorted(groups, key=lambda g: g.id):
+        if g.merging:
+            # A membership change would make the merge roll back (the target's epoch
+            # moved) or be refused (a frozen source); a merge needs every replica, so
+            # it ends (commits or rolls back) within seconds, and a gone node's
+            # replica is repaired then.
+            busy.add(g.id)
+            continue
         if g.id in moves:
             busy.add(g.id)
             op = move_step(g, v, *moves[g.id])

@@ -259,3 +259,22 @@ def test_an_operator_move_takes_its_steps_in_order() -> None:
     assert [type(op) for op in steps] == [AddLearner, Promote, TransferLeader, Remove]
     assert steps[-1] == Remove(1, 1, "move to node 5")
     assert m.groups[1].voters == {2, 3, 5}
+
+
+def test_shards_taking_part_in_a_merge_get_no_step_until_it_is_over() -> None:
+    # Shard 1 (target) and 2 (frozen source) merge on nodes 1-3; node 3 is long dead and
+    # node 1 leads everything. Any step on 1 or 2 would roll the merge back: repair,
+    # an operator move and balancing wait; shard 3 is repaired meanwhile, and no replica
+    # is rebalanced anywhere (the counts are about to change).
+    nodes = [NodeInfo(1), NodeInfo(2), dead(3), NodeInfo(4), NodeInfo(5)]
+    merging = [GroupInfo(i, (1, 2, 3), leader=1, merging=True) for i in (1, 2)]
+    other = GroupInfo(3, (1, 2, 3), leader=1)
+    ops = plan([*merging, other], nodes, down_after=DOWN_AFTER, moves={2: (2, 4)})
+    assert [op.group for op in ops] == [3], ops
+    alive = [NodeInfo(i) for i in range(1, 6)]
+    crowded = [GroupInfo(i, (1, 2, 3), leader=1, merging=i < 3) for i in range(1, 7)]
+    ops = plan(crowded, alive, down_after=DOWN_AFTER)
+    assert ops and all(isinstance(op, TransferLeader) and op.group > 2 for op in ops), ops
+    # Once the merge is over (shard 2 gone, shard 1 no longer merging) both proceed.
+    ops = plan([GroupInfo(1, (1, 2, 3), leader=1), other], nodes, down_after=DOWN_AFTER)
+    assert {op.group for op in ops} == {1, 3}
