@@ -40,7 +40,7 @@ from kvstore.consensus.types import (
 from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
-from kvstore.node.hlc import log_stamp
+from kvstore.node.hlc import log_stamp, log_time_ms
 from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
@@ -182,6 +182,7 @@ class NodeDriver:
         group.time.applied = self.storage.kv(g).applied_time()
         # The clock starts above every stamp in the log (a restarted leader too).
         self.replica.hlc.observe(max(group.time.applied, log_stamp(glog)))
+        group.log_clock.observe(max(self.storage.kv(g).log_time(), log_time_ms(glog)))
         return group
 
     # -- lifecycle -------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvstore.consensus.types import Entry, EntryType
-from kvstore.statemachine.commands import entry_stamp
+from kvstore.statemachine.commands import entry_stamp, entry_time_ms
 
 LOGICAL_BITS = 16
 LOG_SCAN = 64
@@ -86,12 +86,21 @@ class _Log(Protocol):
 
 def log_stamp(glog: _Log) -> int:
     """The highest stamp among the last LOG_SCAN entries of a group's log (0: none)."""
+    return _log_max(glog, entry_stamp)
+
+
+def log_time_ms(glog: _Log) -> int:
+    """The highest log time (``time_ms``, logclock.py) among the last LOG_SCAN entries."""
+    return _log_max(glog, entry_time_ms)
+
+
+def _log_max(glog: _Log, field: Callable[[bytes], int]) -> int:
     hi = glog.last_index() + 1
     lo = max(glog.first_index(), hi - LOG_SCAN)
     if lo >= hi:
         return 0
     return max(
-        (entry_stamp(e.data) for e in glog.entries(lo, hi) if e.type == EntryType.NORMAL),
+        (field(e.data) for e in glog.entries(lo, hi) if e.type == EntryType.NORMAL),
         default=0,
     )
 

@@ -19,6 +19,7 @@ from kvstore.node import log
 from kvstore.node.errors import DeadlineOp, ExhaustedOp, InternalOp, OpError, UnavailableOp
 from kvstore.node.hlc import GroupTime
 from kvstore.node.log_bytes import LogBytes
+from kvstore.node.logclock import LogClock
 from kvstore.node.metrics import NodeMetrics
 from kvstore.statemachine import ApplyResult, Command
 
@@ -138,6 +139,8 @@ class GroupState:
     log_bytes: LogBytes = field(default_factory=LogBytes)
     """Bytes of the stored log above ``compacted`` (compaction by size, log_bytes.py)."""
     """Causal time: the applied time and the reads waiting for it (hlc.py)."""
+    log_clock: LogClock = field(default_factory=LogClock)
+    """Log time: what a leader stamps as its entries' time_ms (logclock.py)."""
 
     def export_drops(self, metrics: NodeMetrics) -> None:
         """Mirror the core's drop counters (stale term, unknown sender ...) into metrics."""

@@ -90,6 +90,9 @@ class NodeStorageView:
     def applied_time(self, group: int) -> int:
         return self._storage.kv(group).applied_time()
 
+    def log_time(self, group: int) -> int:
+        return self._storage.kv(group).log_time()
+
 
 def needs_write(p: Plan) -> bool:
     rd = p.rd

@@ -58,7 +58,7 @@ from kvstore.node.pending import (
 )
 from kvstore.node.persist import Plan, may_send_before_persist
 from kvstore.node.shards import propose_admin_entries, resolve_admin
-from kvstore.statemachine import ApplyResult, encode_batch, entry_stamp
+from kvstore.statemachine import ApplyResult, encode_batch, entry_stamp, entry_time_ms
 
 MAX_ENTRY_BYTES = 4 << 20
 MAX_ENTRY_OPS = 4096
@@ -84,6 +84,10 @@ class ReplicaStorage(Protocol):
         """The group's applied time as of the last persist (statemachine/apply.py)."""
         ...
 
+    def log_time(self, group: int) -> int:
+        """The group's log time (session expiry) as of the last persist."""
+        ...
+
 
 class Clock(Protocol):
     def now(self) -> float:
@@ -91,8 +95,8 @@ class Clock(Protocol):
         ...
 
     def wall_ms(self) -> int:
-        """The wall clock stamped into a proposed entry: the state machine's only time
-        (session expiry); replicas take it from the log, never from their own clocks."""
+        """The wall clock: the physical part of hybrid clock stamps (hlc.py). Never log
+        time (logclock.py), which follows monotonic time."""
         ...
 
 
@@ -188,10 +192,11 @@ class ReplicaLoop:
                 fail(w.fut, refused)
             return
         now_ms = self.clock.wall_ms()
+        log_ms = g.log_clock.stamp(g.term, self.clock.now())
         for chunk in pack_entries(writes, MAX_ENTRY_OPS, MAX_ENTRY_BYTES):
             stamp = g.time.proposed = self.hlc.tick(now_ms)
             try:
-                pid = g.core.propose(encode_batch([w.cmd for w in chunk], now_ms, stamp))
+                pid = g.core.propose(encode_batch([w.cmd for w in chunk], log_ms, stamp))
             except (NotLeaderError, ProposalDroppedError) as e:
                 lost: OpError = (
                     self.not_leader(g)
@@ -215,10 +220,9 @@ class ReplicaLoop:
 
     def _propose_stamp(self, g: GroupState) -> None:
         """An empty stamped entry: moves the group's applied time for a causal read."""
-        now_ms = self.clock.wall_ms()
-        stamp = self.hlc.tick(now_ms)
+        stamp = self.hlc.tick(self.clock.wall_ms())
         try:
-            g.core.propose(encode_batch([], now_ms, stamp))
+            g.core.propose(encode_batch([], g.log_clock.stamp(g.term, self.clock.now()), stamp))
         except (NotLeaderError, ProposalDroppedError):
             return  # the waiting reads time out and retry elsewhere
         g.time.proposed = stamp
@@ -420,9 +424,12 @@ class ReplicaLoop:
             g.log_bytes.stored(e.index, e.size())
             if e.type == EntryType.NORMAL:
                 self.hlc.observe(entry_stamp(e.data))
+                g.log_clock.observe(entry_time_ms(e.data))
         if rd.committed or (rd.snapshot is not None and not rd.snapshot.is_empty()):
             g.time.applied = self.storage.applied_time(g.id)
             self.hlc.observe(g.time.applied)
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            g.log_clock.observe(self.storage.log_time(g.id))
         if rd.committed:
             self._resolve_writes(g, rd.committed, results)
             g.applied = max(g.applied, rd.committed[-1].index)

@@ -29,6 +29,7 @@ from kvstore.statemachine.commands import (
     decode_entry,
     encode_batch,
     entry_stamp,
+    entry_time_ms,
 )
 from kvstore.statemachine.leases import (
     LeaseCheckpoint,
@@ -71,4 +72,5 @@ __all__ = [
     "decode_entry",
     "encode_batch",
     "entry_stamp",
+    "entry_time_ms",
 ]

@@ -18,7 +18,9 @@ tens of bytes per remembered seq whatever the values written.
 Expiry: a session is expired at an entry when no command of it applied in the last
 SESSION_IDLE_ENTRIES entries or the last SESSION_IDLE_MS of log time. Log time is the
 highest time stamp of any applied entry (leaders stamp their batches; see ``clock``), so
-it is the same on every replica and never goes back. An expired session is treated as
+it is the same on every replica and never goes back. Leaders stamp it from their
+monotonic clocks, not their wall clocks (kvstore/node/logclock.py): a leader whose clock
+is ahead cannot expire sessions early. An expired session is treated as
 absent wherever it is met, so WHEN a replica physically deletes it (storage sweeps them
 incrementally, MemoryKV at once) changes no answer. A retry that arrives after its
 session expired applies again: the idle bounds are kept far above any client's retry

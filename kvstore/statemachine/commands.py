@@ -10,8 +10,10 @@ Put: ``u32 len, value [u64 lease]``; Delete: nothing; Cas: in flag order
 the lease commands (statemachine/leases.py; empty key): ``u64 lease, u64 argument`` (the
 TTL of a grant, the remaining TTL of a checkpoint, the touched index an expiry names,
 else 0).
-``time_ms`` is the proposing leader's wall clock (0 = none): the state machine's only
-notion of time, the same on every replica because it travels in the log. ``stamp`` is
+``time_ms`` is the log time the proposing leader stamps (0 = none; kvstore/node/logclock.py:
+the log's time when its term began plus its monotonic time since, never its wall clock):
+the state machine's only notion of time (session expiry), the same on every replica
+because it travels in the log. ``stamp`` is
 the leader's hybrid logical clock (kvstore/node/hlc.py; 0 = none): what causal tokens
 compare (docs/sharding.md). A batch of no commands is a valid entry: a leader proposes
 one to move its group's applied time when a causal read waits on an idle group.
@@ -131,7 +133,7 @@ class Batch:
 
     commands: list[Command]
     time_ms: int = 0
-    """The proposer's wall clock in ms since the epoch; 0 = not stamped."""
+    """The proposer's log time in ms (kvstore/node/logclock.py); 0 = not stamped."""
     stamp: int = 0
     """The proposer's hybrid logical clock (kvstore/node/hlc.py); 0 = not stamped."""
 
@@ -210,6 +212,18 @@ def decode_entry(data: bytes) -> Batch:
         raise
     except (struct.error, ValueError) as e:
         raise BatchDecodeError(f"malformed batch: {e}") from e
+
+
+def entry_time_ms(data: bytes) -> int:
+    """The log time (``time_ms``) of an encoded batch without decoding its commands (0:
+    none, or not a batch)."""
+    if len(data) >= _HEAD.size and data[0] == _VERSION:
+        t: int = _HEAD.unpack_from(data, 0)[2]
+        return t
+    if len(data) >= _HEAD_V2.size and data[0] == 2:
+        t2: int = _HEAD_V2.unpack_from(data, 0)[2]
+        return t2
+    return 0
 
 
 def entry_stamp(data: bytes) -> int:

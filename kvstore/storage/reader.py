@@ -80,6 +80,11 @@ class KVReader:
         with self._st.env.begin() as txn:
             return GroupTables(txn, self._st.dbs, self.group).applied_time()
 
+    def log_time(self) -> int:
+        """The group's log time (session expiry) as of the last committed write."""
+        with self._st.env.begin() as txn:
+            return GroupTables(txn, self._st.dbs, self.group).clock()
+
     def get_at(self, key: bytes) -> tuple[KeyValue | None, int, int]:
         """``get`` plus the applied index and applied time it reflects (one transaction)."""
         with self._st.env.begin() as txn:

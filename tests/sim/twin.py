@@ -107,6 +107,9 @@ class StorageView:
     def applied_time(self, group: int) -> int:
         return 0  # the simulated state machine keeps no causal time (no causal reads)
 
+    def log_time(self, group: int) -> int:
+        return 0  # nor log time (its state machine has no sessions)
+
 
 def sender(net: Network, now: Callable[[], int]) -> Callable[[list[Message]], None]:
     """The replica loop's transport: hand every message to the simulated network."""
