@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from kvstore.statemachine import (
     MAX_KEY_SIZE,
+    SESSION_FORGET_ENTRIES,
+    SESSION_FORGET_MS,
     SESSION_IDLE_ENTRIES,
     SESSION_IDLE_MS,
     SESSION_WINDOW,
@@ -328,16 +330,28 @@ def test_sessions_expire_by_entries_and_by_log_time() -> None:
     m.apply(3, [], time_ms=t0 - 60_000)  # a leader with a slow clock: log time holds
     assert m.now_ms == t0 + 1000
     m.apply(4, [Put(b"c", b"1")], time_ms=t0 + SESSION_IDLE_MS)
-    assert set(m.sessions) == {(1, 1), (2, 1)}, "idle exactly SESSION_IDLE_MS: kept"
-    m.apply(5, [Put(b"c", b"2")], time_ms=t0 + SESSION_IDLE_MS + 1)
-    assert set(m.sessions) == {(2, 1)}, "client 1 idle longer than SESSION_IDLE_MS"
-    m.apply(2 + SESSION_IDLE_ENTRIES, [])
-    assert set(m.sessions) == {(2, 1)}
-    m.apply(3 + SESSION_IDLE_ENTRIES, [])
-    assert m.sessions == {}, "idle for more than SESSION_IDLE_ENTRIES entries"
-    [again] = m.apply(
-        4 + SESSION_IDLE_ENTRIES, [Put(b"b", b"1", client_id=2, seq=1, incarnation=1)]
+    [kept] = m.apply(5, [Put(b"a", b"1", client_id=1, seq=1, incarnation=1)])
+    assert kept.revision == 1, "idle exactly SESSION_IDLE_MS: kept, the retry deduplicated"
+    m.apply(6, [Put(b"c", b"2")], time_ms=t0 + SESSION_IDLE_MS + 1)
+    assert m.sessions[1, 1].results == {}, "client 1 idle longer: expired, outcomes gone"
+    # An expired session refuses every command, retried or new, and applies nothing.
+    for seq in (1, 2):
+        [refused] = m.apply(7, [Put(b"a", b"x", client_id=1, seq=seq, incarnation=1)])
+        assert refused.error == ApplyError.SESSION_EXPIRED and not refused.ok
+    assert m.get(b"a") is not None and m.get(b"a").value == b"1"  # type: ignore[union-attr]
+    [fresh] = m.apply(8, [Put(b"a", b"x", client_id=1, seq=1, incarnation=2)])
+    assert fresh.ok, "a new incarnation is a new session"
+    m.apply(9, [], time_ms=t0 + SESSION_FORGET_MS + 1)
+    assert (1, 1) not in m.sessions, "forgotten after SESSION_FORGET_MS"
+    [again] = m.apply(10, [Put(b"a", b"1", client_id=1, seq=1, incarnation=1)])
+    assert again.ok, "a forgotten client's retry applies again: the price of forgetting"
+    m2 = MemoryKV()
+    m2.apply(2, [Put(b"b", b"1", client_id=2, seq=1, incarnation=1)])
+    m2.apply(2 + SESSION_IDLE_ENTRIES, [])
+    assert m2.sessions[2, 1].results, "idle exactly SESSION_IDLE_ENTRIES entries: kept"
+    [refused] = m2.apply(
+        3 + SESSION_IDLE_ENTRIES, [Put(b"b", b"1", client_id=2, seq=1, incarnation=1)]
     )
-    assert again.kv is not None and again.kv.version == 2, (
-        "an expired client's retry applies again: the documented price of expiry"
-    )
+    assert refused.error == ApplyError.SESSION_EXPIRED, "idle more than SESSION_IDLE_ENTRIES"
+    m2.apply(3 + SESSION_FORGET_ENTRIES, [])
+    assert (2, 1) not in m2.sessions, "forgotten after SESSION_FORGET_ENTRIES entries"

@@ -830,6 +830,7 @@ class Error(_message.Message):
     STALE_ROUTE_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    SESSION_EXPIRED_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     message: _builtins.str
     leader_id: _builtins.int
@@ -846,6 +847,12 @@ class Error(_message.Message):
     """OUT_OF_RANGE because the revision asked for is compacted: the shard's history holds
     the revisions after compact_revision (the oldest available is compact_revision + 1).
     """
+    session_expired: _builtins.bool
+    """ABORTED because the write's client session (client_id, incarnation) expired: it was
+    idle too long (5 minutes of log time, or 100,000 entries), so its stored outcomes are
+    gone and the group refuses its commands (nothing applied). Start a new session (a new
+    incarnation); an op sent before under the old one may have applied (indeterminate).
+    """
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardDescriptor]: ...
     def __init__(
@@ -859,10 +866,11 @@ class Error(_message.Message):
         stale_route: _builtins.bool = ...,
         shards: _abc.Iterable[Global___ShardDescriptor] | None = ...,
         compact_revision: _builtins.int = ...,
+        session_expired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compact_revision", b"compact_revision", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message", "shards", b"shards", "stale_route", b"stale_route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compact_revision", b"compact_revision", "definite", b"definite", "leader_endpoint", b"leader_endpoint", "leader_id", b"leader_id", "message", b"message", "session_expired", b"session_expired", "shards", b"shards", "stale_route", b"stale_route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

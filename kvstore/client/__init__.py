@@ -18,6 +18,7 @@ from kvstore.client.errors import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    SessionExpired,
     Unavailable,
     Unimplemented,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "SessionExpired",
     "Unavailable",
     "Unimplemented",
     "WatchEvent",

@@ -34,7 +34,7 @@ import grpc.aio
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client import _lease
 from kvstore.client import lock as _lock
-from kvstore.client._attempts import RetryStats, Watch
+from kvstore.client._attempts import RetryStats, Watch, incarnation_of, set_incarnation
 from kvstore.client._endpoints import Endpoints
 from kvstore.client._history import compact_history
 from kvstore.client._limits import check_sizes
@@ -50,6 +50,7 @@ from kvstore.client.errors import (
     InvalidArgument,
     KVError,
     NotLeader,
+    SessionExpired,
     Unavailable,
     from_code,
 )
@@ -232,12 +233,27 @@ class AsyncClient:
             # silent while the other callers' writes went on, carried a seq the session
             # window (SESSION_WINDOW applied seqs) had passed, and was refused as "may
             # have applied" until its deadline.
-            await self._session.take_seq(op)
-            try:
-                return await self._execute_op(op, write=write, anywhere=anywhere)
-            finally:
-                await self._session.release_seq(op)
+            for again in (False, True):
+                await self._session.take_seq(op)
+                try:
+                    return await self._execute_op(op, write=write, anywhere=anywhere)
+                except SessionExpired as e:
+                    # The node forgot this session's outcomes (idle too long): start a
+                    # new one. A write no attempt can have applied goes again under
+                    # it; one that may have applied is indeterminate for the caller.
+                    self._renew_session(incarnation_of(op))
+                    if again or not e.definite:
+                        raise
+                    set_incarnation(op, self.incarnation)
+                finally:
+                    await self._session.release_seq(op)
         return await self._execute_op(op, write=write, anywhere=anywhere)
+
+    def _renew_session(self, expired: int) -> None:
+        """A new incarnation (a new session on every node), once per expired one."""
+        if expired == self.incarnation:
+            self.incarnation = random.SystemRandom().randrange(1, 1 << 64)
+            self.retries.count("session expired")
 
     async def reissue_seq(self, op: kv_pb2.Op, deadline: float) -> bool:
         """A fresh seq for a write no attempt can have applied (_session.py)."""
@@ -343,6 +359,8 @@ class AsyncClient:
             err = result.error
             if err.stale_route:
                 raise _ShardedCluster(maybe_applied)  # definite: this attempt did nothing
+            if err.session_expired:
+                raise SessionExpired(err.message, definite=not maybe_applied)
             maybe_applied = maybe_applied or (write and not err.definite)
             last = from_code(
                 err.code,

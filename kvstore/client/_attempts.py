@@ -35,6 +35,17 @@ def seq_of(op: kv_pb2.Op) -> int:
     return int(getattr(op, kind).seq) if kind in _SEQUENCED else 0
 
 
+def incarnation_of(op: kv_pb2.Op) -> int:
+    kind = op.WhichOneof("request")
+    return int(getattr(op, kind).incarnation) if kind in ("put", "delete", "cas") else 0
+
+
+def set_incarnation(op: kv_pb2.Op, incarnation: int) -> None:
+    kind = op.WhichOneof("request")
+    if kind in ("put", "delete", "cas"):
+        getattr(op, kind).incarnation = incarnation
+
+
 def renumber(op: kv_pb2.Op, seq: int) -> None:
     kind = op.WhichOneof("request")
     if kind == "put":

@@ -26,7 +26,14 @@ import grpc.aio
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
 from kvstore.client._stream import CHANNEL_OPTIONS, StreamBroken
-from kvstore.client.errors import DeadlineExceeded, KVError, NotLeader, Unavailable, from_code
+from kvstore.client.errors import (
+    DeadlineExceeded,
+    KVError,
+    NotLeader,
+    SessionExpired,
+    Unavailable,
+    from_code,
+)
 from kvstore.security.tls import open_channel
 from kvstore.shard.descriptor import Descriptor, Epoch
 from kvstore.shard.shardmap import ShardMap
@@ -258,6 +265,8 @@ class ShardRouter:
                     self.cache.leaders[d.id] = endpoint
                 return result
             err = result.error
+            if err.session_expired:
+                raise SessionExpired(err.message, definite=not maybe_applied)
             maybe_applied = maybe_applied or (write and not err.definite)
             last = from_code(
                 err.code,

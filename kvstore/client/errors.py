@@ -100,6 +100,19 @@ class Compacted(OutOfRange):
         return self.compact_revision + 1
 
 
+class SessionExpired(KVError):
+    """The write's client session expired on the node (idle for 5 minutes of log time or
+    100,000 log entries): the node refused it and applied nothing. The client has started
+    a new session already; a write no earlier attempt can have applied was sent again
+    under it, so callers see this only for a write that may have applied before
+    (``definite`` False: indeterminate)."""
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, message: str, *, definite: bool = False) -> None:
+        super().__init__(message, definite=definite)
+
+
 _BY_CODE: dict[int, type[KVError]] = {
     grpc.StatusCode.PERMISSION_DENIED.value[0]: PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION.value[0]: NotLeader,

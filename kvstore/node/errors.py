@@ -83,6 +83,17 @@ class AbortedOp(OpError):
         super().__init__(message, definite=True)
 
 
+class SessionExpiredOp(OpError):
+    """The write's client session expired (statemachine/apply.py): nothing applied, and
+    the session refuses every command until the client starts a new one. Indefinite: an
+    earlier attempt of the same write may have applied."""
+
+    code = ABORTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, definite=False)
+
+
 class StaleRouteOp(OpError):
     """Routed with a stale shard map: this node has no replica of the shard that owns the
     key, or the shard's version differs. ``shards``: the node's current descriptors that

@@ -7,7 +7,14 @@ reaches the driver; a violation is an InvalidOp naming the limit.
 from __future__ import annotations
 
 from kvstore._pb import kv_pb2
-from kvstore.node.errors import InvalidOp, NotFoundOp, OpError, OutOfRangeOp, StaleRouteOp
+from kvstore.node.errors import (
+    InvalidOp,
+    NotFoundOp,
+    OpError,
+    OutOfRangeOp,
+    SessionExpiredOp,
+    StaleRouteOp,
+)
 from kvstore.node.limits import Limits
 from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine import ApplyError, ApplyResult, Cas, Command, Delete, KeyValue, Put
@@ -68,9 +75,10 @@ def cas_command(req: kv_pb2.CasRequest, limits: Limits) -> Cas:
 
 def check_result(res: ApplyResult) -> None:
     if res.error == ApplyError.SESSION_EXPIRED:
-        raise OpError(
-            "client session window expired: the request may have applied before",
-            definite=False,
+        raise SessionExpiredOp(
+            "client session expired (idle too long, or the seq fell out of its window):"
+            " nothing applied now, but an earlier attempt may have; start a new session"
+            " (a new incarnation)"
         )
     if res.error == ApplyError.KEY_TOO_LARGE:
         raise InvalidOp("key over the state machine's key limit", definite=True)
@@ -122,6 +130,8 @@ def error_pb(e: OpError) -> kv_pb2.Error:
         leader_endpoint=e.leader_endpoint,
         definite=e.definite,
     )
+    if isinstance(e, SessionExpiredOp):
+        err.session_expired = True
     if isinstance(e, StaleRouteOp):
         err.stale_route = True
         err.shards.extend(shard_pb(d) for d in e.shards if isinstance(d, Descriptor))

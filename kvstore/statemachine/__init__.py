@@ -7,6 +7,8 @@ command (see apply.py for the exactly-once session rule). Performs no I/O: stora
 
 from kvstore.statemachine.apply import (
     MAX_KEY_SIZE,
+    SESSION_FORGET_ENTRIES,
+    SESSION_FORGET_MS,
     SESSION_IDLE_ENTRIES,
     SESSION_IDLE_MS,
     SESSION_WINDOW,
@@ -43,6 +45,8 @@ from kvstore.statemachine.types import ApplyError, ApplyResult, KeyValue
 
 __all__ = [
     "MAX_KEY_SIZE",
+    "SESSION_FORGET_ENTRIES",
+    "SESSION_FORGET_MS",
     "SESSION_IDLE_ENTRIES",
     "SESSION_IDLE_MS",
     "SESSION_WINDOW",

@@ -16,15 +16,20 @@ error: no values (a replayed answer has ``prev`` and ``kv`` None), so a session 
 tens of bytes per remembered seq whatever the values written.
 
 Expiry: a session is expired at an entry when no command of it applied in the last
-SESSION_IDLE_ENTRIES entries or the last SESSION_IDLE_MS of log time. Log time is the
+SESSION_IDLE_ENTRIES entries or the last SESSION_IDLE_MS of log time. An expired session
+keeps its state (tens of bytes, its outcomes go) until it is forgotten, after
+SESSION_FORGET_ENTRIES entries or SESSION_FORGET_MS of log time: until then every command
+of it is refused (SESSION_EXPIRED) and applies nothing, since its outcomes are gone and a
+retry of a write that applied would apply again. The client then starts a new session
+(a new incarnation): a command it never sent before simply goes again under it, one that
+may have applied is reported as indeterminate. A forgotten session counts as absent. Log time is the
 highest time stamp of any applied entry (leaders stamp their batches; see ``clock``), so
 it is the same on every replica and never goes back. Leaders stamp it from their
 monotonic clocks, not their wall clocks (kvstore/node/logclock.py): a leader whose clock
-is ahead cannot expire sessions early. An expired session is treated as
-absent wherever it is met, so WHEN a replica physically deletes it (storage sweeps them
-incrementally, MemoryKV at once) changes no answer. A retry that arrives after its
-session expired applies again: the idle bounds are kept far above any client's retry
-deadline (seconds) and any clock jump a replica may see.
+is ahead cannot expire sessions early. Expiry is judged wherever a
+session is met (expired: refuse; forgotten: absent), so WHEN a replica physically deletes
+outcomes or sessions (storage sweeps them incrementally, MemoryKV at once) changes no
+answer. A retry that arrives after its session was forgotten (an hour) applies again.
 
 Applied time (causal tokens, docs/sharding.md): every batch entry gets the time
 ``max(stamp, applied time + 1)``, where ``stamp`` is the leader's hybrid clock in the
@@ -60,6 +65,12 @@ SESSION_IDLE_ENTRIES = 100_000
 SESSION_IDLE_MS = 300_000
 """A session with no command applied in this much log time (5 min) is expired."""
 
+SESSION_FORGET_ENTRIES = 1_000_000
+"""An expired session is forgotten (absent) after this many entries without a command."""
+
+SESSION_FORGET_MS = 3_600_000
+"""An expired session is forgotten after this much log time (1 h) without a command."""
+
 MAX_KEY_SIZE = 8192
 """Longest key in bytes (etcd and Consul users keep paths of a few KiB as keys). Storage
 keeps keys past LMDB's 511-byte key limit under a prefix and a hash, ordered by their full
@@ -79,9 +90,17 @@ class SessionState:
     """Log time of that entry."""
 
     def expired(self, index: int, now_ms: int) -> bool:
+        """Idle past the bounds: its commands are refused (SESSION_EXPIRED)."""
         return (
             index - self.last_index > SESSION_IDLE_ENTRIES
             or now_ms - self.last_time_ms > SESSION_IDLE_MS
+        )
+
+    def forgotten(self, index: int, now_ms: int) -> bool:
+        """Idle long past them: the session counts as absent."""
+        return (
+            index - self.last_index > SESSION_FORGET_ENTRIES
+            or now_ms - self.last_time_ms > SESSION_FORGET_MS
         )
 
 
@@ -140,8 +159,8 @@ def apply_commands(
     ``index + revision_offset`` (a merged shard's, see kvstore.shard.merging).
     ``frozen``: a merge source after its PrepareMerge; nothing applies (WRONG_SHARD), lease
     commands included (they have no key, so ``owns`` does not judge them), and nothing
-    changes: not the log clock, not the session table (an expired session is only read
-    as absent). Its replicas reach the CommitMerge at different entries after the
+    changes: not the log clock, not the session table (a forgotten session is only read
+    as absent, an expired one leaves the answer to the merge target). Its replicas reach the CommitMerge at different entries after the
     prepare, and the merge takes the source's clock and sessions as they stand."""
     now = txn.clock() if frozen else advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
@@ -150,10 +169,17 @@ def apply_commands(
         if cid:
             sid = (cid, cmd.incarnation)
             s = txn.session(sid)
-            if s is not None and s.expired(index, now):
+            if s is not None and s.forgotten(index, now):
                 if not frozen:
                     txn.session_drop(sid)
                 s = None
+            if s is not None and s.expired(index, now):
+                if not frozen:
+                    out.append(
+                        ApplyResult(index, index, False, None, None, ApplyError.SESSION_EXPIRED)
+                    )
+                    continue
+                s = None  # a frozen merge source answers WRONG_SHARD: the target judges
             if s is not None:
                 seen = txn.session_result(sid, cmd.seq)
                 if seen is not None:
@@ -259,7 +285,8 @@ class _MemSession:
 
 class MemoryKV:
     """The in-memory twin of the LMDB state machine tables (reference model in tests).
-    Drops expired sessions after every entry (storage does it a bit at a time)."""
+    Drops forgotten sessions and expired sessions' outcomes after every entry (storage
+    does it a bit at a time)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, KeyValue] = {}
@@ -285,8 +312,11 @@ class MemoryKV:
 
     def skip(self, index: int) -> None:
         """Pass entry ``index`` that holds no batch (a NOOP, a conf change)."""
-        for sid in [s for s, m in self.sessions.items() if m.state.expired(index, self.now_ms)]:
-            del self.sessions[sid]
+        for sid, m in list(self.sessions.items()):
+            if m.state.forgotten(index, self.now_ms):
+                del self.sessions[sid]
+            elif m.state.expired(index, self.now_ms):
+                m.results.clear()
         self.applied = index
 
     def scan(self, start: bytes, end: bytes = b"", limit: int = 0) -> list[KeyValue]:

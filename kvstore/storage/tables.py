@@ -291,7 +291,8 @@ class GroupTables:
             self._clock_dirty = False
 
     def sweep_sessions(self, start: bytes, index: int, budget: int) -> bytes:
-        """Drop the sessions expired at entry ``index`` among at most ``budget`` sessions
+        """Drop the sessions forgotten at entry ``index`` (and the outcomes of those
+        expired) among at most ``budget`` sessions
         from key ``start`` on (b"": the first), deleting at most 16 records per session
         of budget; returns the key to go on from next time (b"" when it reached the end).
         The bounded step that keeps a persist's cost independent of the table's size."""
@@ -314,8 +315,16 @@ class GroupTables:
                 continue
             if len(k) == len(keys.session_key(self.group, *sid)):
                 state = self._decode(decode_session, cur.value(), f"session {sid}")
-                if state.expired(index, now):
+                if state.forgotten(index, now):
                     deleted += self._drop(sid)
+                elif state.expired(index, now):
+                    # Refused from now on (apply.py): its outcomes are never read again.
+                    deleted += delete_range(
+                        self.txn,
+                        self.dbs.sessions,
+                        keys.outcome_key(self.group, *sid, 0),
+                        keys.session_end(self.group, *sid),
+                    )
             else:  # outcomes without a state: unreachable, drop them
                 deleted += self._drop(sid)
             if deleted >= 16 * budget:

@@ -1,8 +1,9 @@
 """The client sessions a group holds, read back from LMDB rows or from MemoryKV, in one
 comparable form: {(client_id, incarnation): (state, {seq: stored outcome})}.
 
-LMDB may still hold sessions that expired (the sweep deletes them a few at a time);
-they count as absent, as the state machine treats them.
+LMDB may still hold sessions that were forgotten, and outcomes of sessions that expired
+(the sweep deletes them a few at a time); they count as absent, as the state machine
+treats them.
 """
 
 from __future__ import annotations
@@ -42,8 +43,16 @@ def from_rows(rows: list[tuple[bytes, bytes]], applied: int) -> tuple[Clock, Ses
         else:
             assert len(key) == 24, key
             out[_u64(key, 0), _u64(key, 8)][1][_u64(key, 16)] = decode_result(record)
-    live = {sid: s for sid, s in out.items() if not s[0].expired(applied, clock[0])}
-    return clock, live
+    return clock, _judged(out, applied, clock[0])
+
+
+def _judged(out: Sessions, applied: int, now_ms: int) -> Sessions:
+    """Forgotten sessions dropped, expired ones without their outcomes."""
+    return {
+        sid: (state, {} if state.expired(applied, now_ms) else results)
+        for sid, (state, results) in out.items()
+        if not state.forgotten(applied, now_ms)
+    }
 
 
 def stored(st: NodeStorage, group: int) -> tuple[Clock, Sessions]:
@@ -53,11 +62,8 @@ def stored(st: NodeStorage, group: int) -> tuple[Clock, Sessions]:
 
 
 def model(m: MemoryKV) -> tuple[Clock, Sessions]:
-    return (m.now_ms, m.time), {
-        sid: (s.state, dict(s.results))
-        for sid, s in m.sessions.items()
-        if not s.state.expired(m.applied, m.now_ms)
-    }
+    out = {sid: (s.state, dict(s.results)) for sid, s in m.sessions.items()}
+    return (m.now_ms, m.time), _judged(out, m.applied, m.now_ms)
 
 
 def rows(m: MemoryKV) -> list[tuple[bytes, bytes]]:

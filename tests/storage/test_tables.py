@@ -77,6 +77,8 @@ def test_lmdb_tables_match_memory_kv(
         NodeStorage(str(path), map_size=16 << 20, sync=False) as st_,
         patch.object(apply_mod, "SESSION_IDLE_ENTRIES", 5),
         patch.object(apply_mod, "SESSION_IDLE_MS", 50),
+        patch.object(apply_mod, "SESSION_FORGET_ENTRIES", 9),
+        patch.object(apply_mod, "SESSION_FORGET_MS", 120),
         patch.object(writer_mod, "SWEEP_SESSIONS", 1),
     ):
         t = 1000
@@ -124,6 +126,7 @@ def test_expired_sessions_are_absent_before_the_sweep_reaches_them(tmp_path: obj
     with (
         NodeStorage(f"{tmp_path}/n", sync=False) as st_,
         patch.object(apply_mod, "SESSION_IDLE_ENTRIES", 5),
+        patch.object(apply_mod, "SESSION_FORGET_ENTRIES", 6),
         patch.object(writer_mod, "SWEEP_SESSIONS", 1),
     ):
         writes = {
@@ -144,7 +147,7 @@ def test_expired_sessions_are_absent_before_the_sweep_reaches_them(tmp_path: obj
                 model.apply(e.index, writes[e.index])
             else:
                 model.skip(e.index)  # empty data: not a batch
-        assert set(model.sessions) == set(), "all idle for more than 5 entries"
+        assert set(model.sessions) == set(), "all idle for more than 6 entries: forgotten"
         with st_.env.begin() as txn:
             rows = [k for k, _ in GroupTables(txn, st_.dbs, 1).raw_sessions()]
         assert rows, "a one-session sweep has not reached every session yet"
@@ -152,7 +155,7 @@ def test_expired_sessions_are_absent_before_the_sweep_reaches_them(tmp_path: obj
         with st_.write() as w:
             [again] = w.apply(1, ents[9:])
         assert again.kv is not None and again.kv.version == 2, (
-            "an expired client's retry applies again: the documented price of expiry"
+            "a forgotten client's retry applies again: the documented price of forgetting"
         )
 
 
@@ -186,7 +189,7 @@ def test_a_persist_sweeps_a_bounded_part_of_200k_sessions(tmp_path: object) -> N
             rows += [(keys.session_key(1, c, 1), state), (keys.outcome_key(1, c, 1, 1), outcome)]
         with st_.env.begin(write=True) as txn:
             txn.cursor(db=st_.dbs.sessions).putmulti(rows, append=True)
-        t = 1000 + apply_mod.SESSION_IDLE_MS + 1  # every session is now idle too long
+        t = 1000 + apply_mod.SESSION_FORGET_MS + 1  # every session is now forgotten
         ents = [Entry(term=1, index=i, data=encode_batch([Put(b"x", b"y")], t)) for i in (1, 2)]
         with st_.write() as w:
             w.save(1, entries=ents)
