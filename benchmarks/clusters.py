@@ -147,11 +147,16 @@ def wait_until(ready: Callable[[], bool], group: ProcessGroup, timeout_s: float)
 class EtcdCluster:
     """Three etcd members on 127.0.0.1: clients on base_port+1..3, peers on base_port+101..103.
 
-    Default etcd settings (fsync of the WAL on every commit); data under `data_dir`.
+    Default etcd settings (fsync of the WAL on every commit); data under `data_dir`. With
+    ``certs`` (a `kvstore certs init` directory) clients and peers speak mutual TLS, with
+    etcd's own flags: member i serves node-i.pem, and client certificates are required.
     """
 
-    def __init__(self, data_dir: Path, base_port: int = 48000, members: int = 3) -> None:
+    def __init__(
+        self, data_dir: Path, base_port: int = 48000, members: int = 3, certs: Path | None = None
+    ) -> None:
         self.binary = ensure_etcd()
+        self.certs = certs
         self.data_dir = data_dir
         self.names = [f"etcd{i}" for i in range(1, members + 1)]
         self.client_ports = [base_port + i for i in range(1, members + 1)]
@@ -164,28 +169,44 @@ class EtcdCluster:
 
     def __enter__(self) -> EtcdCluster:
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        scheme = "http" if self.certs is None else "https"
         initial = ",".join(
-            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
+            f"{n}={scheme}://127.0.0.1:{p}"
+            for n, p in zip(self.names, self.peer_ports, strict=True)
         )
         try:
-            for name, cport, pport in zip(
-                self.names, self.client_ports, self.peer_ports, strict=True
+            for i, (name, cport, pport) in enumerate(
+                zip(self.names, self.client_ports, self.peer_ports, strict=True), start=1
             ):
+                tls: list[str] = []
+                if self.certs is not None:
+                    c = self.certs
+                    tls = [
+                        f"--cert-file={c}/node-{i}.pem",
+                        f"--key-file={c}/node-{i}-key.pem",
+                        f"--trusted-ca-file={c}/ca.pem",
+                        "--client-cert-auth",
+                        f"--peer-cert-file={c}/node-{i}.pem",
+                        f"--peer-key-file={c}/node-{i}-key.pem",
+                        f"--peer-trusted-ca-file={c}/ca.pem",
+                        "--peer-client-cert-auth",
+                    ]
                 self.group.start(
                     name,
                     [
                         self.binary,
                         f"--name={name}",
                         f"--data-dir={self.data_dir / name}",
-                        f"--listen-client-urls=http://127.0.0.1:{cport}",
-                        f"--advertise-client-urls=http://127.0.0.1:{cport}",
-                        f"--listen-peer-urls=http://127.0.0.1:{pport}",
-                        f"--initial-advertise-peer-urls=http://127.0.0.1:{pport}",
+                        f"--listen-client-urls={scheme}://127.0.0.1:{cport}",
+                        f"--advertise-client-urls={scheme}://127.0.0.1:{cport}",
+                        f"--listen-peer-urls={scheme}://127.0.0.1:{pport}",
+                        f"--initial-advertise-peer-urls={scheme}://127.0.0.1:{pport}",
                         f"--initial-cluster={initial}",
                         "--initial-cluster-state=new",
                         "--initial-cluster-token=kvstore-bench",
                         "--logger=zap",
                         "--log-level=warn",
+                        *tls,
                     ],
                 )
             wait_until(self._ready, self.group, 60.0)
@@ -202,9 +223,16 @@ class EtcdCluster:
         return None
 
     def _ready(self) -> bool:
+        import grpc
+
         from kvstore.bench.etcd_target import probe_etcd
 
-        return probe_etcd(self.endpoints)
+        creds = None
+        if self.certs is not None:
+            creds = grpc.ssl_channel_credentials(
+                *((self.certs / f).read_bytes() for f in ("ca.pem", "client-key.pem", "client.pem"))
+            )
+        return probe_etcd(self.endpoints, creds=creds)
 
     def __exit__(
         self,

@@ -2,18 +2,21 @@
 
 Rule this module keeps: requests go round-robin over the members, as etcd's own clientv3
 balancer does; a strong read is etcd's default linearizable Range and an eventual read is
-a serializable Range. etcd has no causal read mode, so asking for one is an error.
+a serializable Range. etcd has no causal read mode, so asking for one is an error. With
+`kvstore bench --cacert --cert --key` the channels are mutual TLS, as etcdctl's.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from kvstore.bench import etcd_api
+from kvstore.security.tls import client_tls, open_channel
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 << 20),
@@ -45,7 +48,8 @@ class EtcdTarget:
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], timeout_s: float) -> EtcdTarget:
-        channels = [grpc.aio.insecure_channel(ep, options=_CHANNEL_OPTIONS) for ep in endpoints]
+        tls = client_tls(*(os.environ.get(f"KVSTORE_{n}") for n in ("CACERT", "CERT", "KEY")))
+        channels = [open_channel(ep, _CHANNEL_OPTIONS, tls) for ep in endpoints]
         for ch in channels:
             await ch.channel_ready()
         return cls(channels, timeout_s)
@@ -70,10 +74,13 @@ class EtcdTarget:
         return {}  # etcd_target sends each request once (gRPC retries are off)
 
 
-def probe_etcd(endpoints: Sequence[str], timeout_s: float = 2.0) -> bool:
+def probe_etcd(
+    endpoints: Sequence[str], timeout_s: float = 2.0, creds: grpc.ChannelCredentials | None = None
+) -> bool:
     """True when a Put and a linearizable Range succeed on every member (blocking)."""
     for ep in endpoints:
-        with grpc.insecure_channel(ep) as ch:
+        ch0 = grpc.insecure_channel(ep) if creds is None else grpc.secure_channel(ep, creds)
+        with ch0 as ch:
             put = ch.unary_unary(
                 etcd_api.PUT_METHOD,
                 request_serializer=etcd_api.PutRequest.SerializeToString,
