@@ -37,12 +37,12 @@ def seq_of(op: kv_pb2.Op) -> int:
 
 def incarnation_of(op: kv_pb2.Op) -> int:
     kind = op.WhichOneof("request")
-    return int(getattr(op, kind).incarnation) if kind in ("put", "delete", "cas") else 0
+    return int(getattr(op, kind).incarnation) if kind in _SEQUENCED else 0
 
 
 def set_incarnation(op: kv_pb2.Op, incarnation: int) -> None:
     kind = op.WhichOneof("request")
-    if kind in ("put", "delete", "cas"):
+    if kind in _SEQUENCED:
         getattr(op, kind).incarnation = incarnation
 
 

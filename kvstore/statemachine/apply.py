@@ -160,8 +160,9 @@ def apply_commands(
     ``frozen``: a merge source after its PrepareMerge; nothing applies (WRONG_SHARD), lease
     commands included (they have no key, so ``owns`` does not judge them), and nothing
     changes: not the log clock, not the session table (a forgotten session is only read
-    as absent, an expired one leaves the answer to the merge target). Its replicas reach the CommitMerge at different entries after the
-    prepare, and the merge takes the source's clock and sessions as they stand."""
+    as absent, an expired one leaves the answer to the merge target). Its replicas reach
+    the CommitMerge at different entries after the prepare, and the merge takes the
+    source's clock and sessions as they stand."""
     now = txn.clock() if frozen else advance_clock(txn, time_ms)
     out: list[ApplyResult] = []
     for cmd in commands:
