@@ -238,3 +238,15 @@ def test_tls_flags_come_from_every_source_alike(
     monkeypatch.setenv("KVSTORE_CLIENT_CERT_AUTH", "maybe")
     assert main(["serve", "--config", path]) == 2
     assert "KVSTORE_CLIENT_CERT_AUTH: expected true or false" in capsys.readouterr().err
+
+
+def test_certs_init_into_an_unwritable_place_exits_1_as_a_local_file_error(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A local file that cannot be written is exit 1 for every command (snapshot save
+    too); 3 means the cluster answered with an error or could not be reached."""
+    blocker = os.path.join(str(tmp_path), "not-a-dir")
+    with open(blocker, "w") as f:
+        f.write("x")
+    assert main(["certs", "init", os.path.join(blocker, "certs"), "--nodes", "1"]) == 1
+    assert "kvstore certs init:" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`kvstore certs init DIR [--nodes N] [--hosts H,...]`: development certificates.
 
-Exit codes: 0 made (or already there), 2 usage error, 3 cannot write or read DIR.
+Exit codes: 0 made (or already there), 1 cannot write or read DIR (a local file, as for
+`kvstore snapshot`), 2 usage error.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         made = certs.init(args.dir, args.nodes, hosts)
     except (OSError, ValueError) as e:
         print(f"kvstore certs init: {e}", file=sys.stderr)
-        return 3
+        return 1
     for path in made:
         print(f"wrote {path}")
     if not made:
