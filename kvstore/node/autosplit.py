@@ -140,7 +140,7 @@ class AutoSplitter:
         return None
 
     async def _split(self, gid: int, w: _Watch, keys: int, size: int) -> None:
-        log.event("auto_split_started", shard=gid, keys=keys, bytes=size)
+        log.event("auto_split_started", group=gid, keys=keys, bytes=size)
         try:
             _, right = await self.split(gid, SPLIT_TIMEOUT_S)
         except Exception as e:  # OpError and anything unexpected: back off
@@ -148,15 +148,15 @@ class AutoSplitter:
             w.next_at = time.monotonic() + min(self.period * 2**w.fails, MAX_BACKOFF_S)
             if not isinstance(e, InvalidOp):
                 w.applied = -1  # transient (leadership, epoch, timeout): measure again
-            log.event("auto_split_failed", level=30, shard=gid, error=str(e) or repr(e))
+            log.event("auto_split_failed", level=30, group=gid, error=str(e) or repr(e))
             return
         w.fails = 0
         w.applied = -1  # the left half is smaller now: measure it afresh
         w.next_at = time.monotonic() + self.period
         log.event(
             "auto_split",
-            shard=gid,
-            new_shard=right.id,
+            group=gid,
+            new_group=right.id,
             at=right.start.decode("utf-8", "backslashreplace"),
             keys=keys,
             bytes=size,

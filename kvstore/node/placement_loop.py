@@ -356,7 +356,7 @@ class PlacementLoop:
         if why and self.moves.get(shard) != (frm, to):  # a retried call joins its move
             raise InvalidOp(f"cannot move: {why}", definite=True)
         self.moves[shard] = (frm, to)
-        log.event("move_started", shard=shard, from_node=frm, to_node=to)
+        log.event("move_started", group=shard, from_node=frm, to_node=to)
         try:
             while loop.time() < deadline:
                 if g is not None and to in g.voters and frm not in {*g.voters, *g.learners}:

@@ -28,3 +28,25 @@ def test_json_lines_carry_node_event_and_fields(capsys: pytest.CaptureFixture[st
         assert "node=7 event=role_changed group=3" in capsys.readouterr().err
     finally:
         root.handlers[:], root.level, root.propagate = saved
+
+
+def test_events_about_one_shard_name_it_group() -> None:
+    """Log shippers filter one shard's lines by ``group=`` (its group id): no event may
+    name it otherwise (``shard=`` was used by splits and moves)."""
+    import ast
+    from pathlib import Path
+
+    import kvstore
+
+    root = Path(kvstore.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "event"
+                and any(k.arg in ("shard", "shard_id", "group_id") for k in node.keywords)
+            ):
+                bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not bad, f"events naming a shard other than group=: {bad}"
