@@ -40,7 +40,7 @@ def lease_commands(draw: st.DrawFn) -> Command:
     if kind == "revoke":
         return LeaseRevoke(lease, cid, seq, inc, draw(st.sampled_from([0, 1, 2**64 - 1])))
     if kind == "checkpoint":
-        return LeaseCheckpoint(lease, draw(U64), cid, seq, inc)
+        return LeaseCheckpoint(lease, draw(U64), cid, seq, inc, draw(st.sampled_from([0, 1])))
     key, value = draw(st.binary(max_size=8)), draw(st.binary(max_size=8))
     if kind == "put":
         return Put(key, value, cid, seq, inc, draw(st.sampled_from([0, lease])))

@@ -105,7 +105,7 @@ class LeaderLeases:
         for lease, d in self.deadline.items():
             left = max(0, int((d - now) * 1000))
             if left < self.stored_ms[lease] - _checkpoint_step(self.ttl_ms[lease]):
-                out.append(LeaseCheckpoint(lease, left))
+                out.append(LeaseCheckpoint(lease, left, if_touched=self.touched[lease]))
                 self.stored_ms[lease] = left
         return out
 

@@ -9,7 +9,8 @@ Put: ``u32 len, value [u64 lease]``; Delete: nothing; Cas: in flag order
 ``[u32 len, new_value] [u32 len, expected_value] [u64 expected_version] [u64 lease]``;
 the lease commands (statemachine/leases.py; empty key): ``u64 lease, u64 argument`` (the
 TTL of a grant, the remaining TTL of a checkpoint, the touched index an expiry names,
-else 0).
+else 0); a checkpoint with flag 1 adds ``u64 touched`` (the keep-alive state it was
+measured from: a keep-alive ordered first voids it).
 ``time_ms`` is the log time the proposing leader stamps (0 = none; kvstore/node/logclock.py:
 the log's time when its term began plus its monotonic time since, never its wall clock):
 the state machine's only notion of time (session expiry), the same on every replica
@@ -44,6 +45,8 @@ _CMD = struct.Struct("<BBQQQI")
 _LEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _LEASE_ARGS = struct.Struct("<QQ")
+_CHECKPOINT_IF_TOUCHED = 1
+"""Flag of a LeaseCheckpoint that names the ``touched`` it was decided from (a u64 more)."""
 
 _OP_PUT = 1
 _OP_DELETE = 2
@@ -190,8 +193,12 @@ def encode_batch(commands: Sequence[Command], time_ms: int = 0, stamp: int = 0) 
                 elif isinstance(c, LeaseRevoke):
                     arg = c.if_touched
                 op = _LEASE_OPS[type(c)]
-                parts.append(_CMD.pack(op, 0, c.client_id, c.incarnation, c.seq, 0))
+                touched = c.if_touched if isinstance(c, LeaseCheckpoint) else 0
+                flags = _CHECKPOINT_IF_TOUCHED if touched else 0
+                parts.append(_CMD.pack(op, flags, c.client_id, c.incarnation, c.seq, 0))
                 parts.append(_LEASE_ARGS.pack(c.lease, arg))
+                if touched:
+                    parts.append(_U64.pack(touched))
             else:
                 raise TypeError(f"not a command: {c!r}")
     except struct.error as e:
@@ -309,10 +316,21 @@ def _decode(mv: memoryview) -> Batch:
                     lease,
                 )
             )
-        elif _OP_LEASE_GRANT <= op <= _OP_LEASE_CHECKPOINT and flags == 0 and klen == 0:
+        elif (
+            _OP_LEASE_GRANT <= op <= _OP_LEASE_CHECKPOINT
+            and klen == 0
+            and (flags == 0 or (op == _OP_LEASE_CHECKPOINT and flags == _CHECKPOINT_IF_TOUCHED))
+        ):
             lease, arg = _LEASE_ARGS.unpack_from(mv, pos)
             pos += _LEASE_ARGS.size
-            out.append(_lease_command(op, lease, arg, client_id, seq, incarnation))
+            if flags:
+                (touched,) = _U64.unpack_from(mv, pos)
+                pos += 8
+                if not touched:
+                    raise BatchDecodeError(f"lease checkpoint with touched 0 at {pos}")
+                out.append(LeaseCheckpoint(lease, arg, client_id, seq, incarnation, touched))
+            else:
+                out.append(_lease_command(op, lease, arg, client_id, seq, incarnation))
         else:
             raise BatchDecodeError(f"unknown op {op} with flags {flags} at {pos}")
     if pos != len(mv):

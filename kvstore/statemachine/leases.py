@@ -73,13 +73,17 @@ class LeaseRevoke:
 
 @dataclass(frozen=True, slots=True)
 class LeaseCheckpoint:
-    """The leader's note of what ``lease`` has left; lowers ``remaining_ms`` only."""
+    """The leader's note of what ``lease`` has left; lowers ``remaining_ms`` only, and
+    (``if_touched`` != 0) only if the lease was last granted or kept alive at that index:
+    a keep-alive ordered before it in the log restored the full TTL the leader had not
+    seen yet when it measured, and must keep it."""
 
     lease: int
     remaining_ms: int
     client_id: int = 0
     seq: int = 0
     incarnation: int = 0
+    if_touched: int = 0
     key: bytes = b""
 
 
@@ -168,7 +172,8 @@ def apply_lease(
         txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cur.ttl_ms, index))
         return ApplyResult(index, rev, True, None, None, ttl_ms=cur.ttl_ms)
     elif isinstance(cmd, LeaseCheckpoint):
-        if cmd.remaining_ms < cur.remaining_ms:
+        stale = cmd.if_touched and cmd.if_touched != cur.touched
+        if cmd.remaining_ms < cur.remaining_ms and not stale:
             txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cmd.remaining_ms, cur.touched))
     elif cmd.if_touched and cmd.if_touched != cur.touched:
         return ApplyResult(index, rev, False, None, None)

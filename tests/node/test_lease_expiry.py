@@ -90,5 +90,29 @@ def test_checkpoints_only_when_the_remaining_ttl_fell_noticeably() -> None:
     assert t.checkpoints(0.5) == []  # not yet CHECKPOINT_S
     assert t.checkpoints(CHECKPOINT_S) == []  # fell by less than a fifth of the TTL
     got = t.checkpoints(20.0)
-    assert got == [LeaseCheckpoint(7, 40_000), LeaseCheckpoint(8, 40_000)]
+    assert got == [
+        LeaseCheckpoint(7, 40_000, if_touched=1),
+        LeaseCheckpoint(8, 40_000, if_touched=1),
+    ]
     assert t.checkpoints(20.0 + CHECKPOINT_S) == []
+
+
+def test_a_checkpoint_ordered_after_a_keep_alive_does_not_shorten_the_lease() -> None:
+    """The leader decided a checkpoint from touched=1 while a keep-alive was already in
+    the log ahead of it: the checkpoint must not lower the TTL the keep-alive restored,
+    else this leader (and any successor) expires the lease long before its TTL, deleting
+    the keys of a client that renewed it a moment ago."""
+    m = MemoryKV()
+    m.apply(1, [LeaseGrant(7, 10_000)])
+    t = LeaderLeases()
+    t.sync(1, 0.0, records(m))
+    [cp] = t.checkpoints(9.5)  # 500 ms left as this leader sees it
+    assert cp.remaining_ms == 500
+    m.apply(2, [LeaseKeepAlive(7)])  # proposed by a client before the checkpoint
+    m.apply(3, [cp])
+    assert m.leases[7].remaining_ms == 10_000
+    t.sync(1, 9.6, records(m))
+    assert t.due(9.6 + 9.9) == []  # not expired within the TTL after the keep-alive
+    successor = LeaderLeases()
+    successor.sync(2, 20.0, records(m))
+    assert successor.due(29.9) == []
