@@ -41,6 +41,7 @@ from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
 from kvstore.node.hlc import log_stamp, log_time_ms
+from kvstore.node.lifecycle import after_persist, receive_unknown, snapshot_fits
 from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
@@ -52,14 +53,7 @@ from kvstore.node.pending import Write as _Write
 from kvstore.node.persist import NodeStorageView, ShardChanges, needs_write, persist_plans
 from kvstore.node.quiesce import Quiescence
 from kvstore.node.replica import Batch, ReplicaLoop
-from kvstore.node.shards import (
-    adopt_unknown,
-    frozen_merge_source,
-    parent_led,
-    snapshot_fits,
-    start_created,
-    stop_merged,
-)
+from kvstore.node.shards import DriverReplicas, frozen_merge_source
 from kvstore.node.zombies import destroy_pending
 from kvstore.statemachine import ApplyResult, Command, adds_data
 from kvstore.storage import NodeStorage, StorageFullError
@@ -143,6 +137,8 @@ class NodeDriver:
         self._seed = int.from_bytes(os.urandom(8), "big")
         self._destroy: set[int] = set()
         """Zombie replicas to destroy at the start of the next iteration (zombies.py)."""
+        self.lifecycle = DriverReplicas(self)
+        """The replica lifecycle's view of this node (lifecycle.py)."""
         self.quiesce = Quiescence(config.sharded)
         """Idle groups of a sharded node stop ticking (quiesce.py)."""
         for g in config.groups:
@@ -427,13 +423,7 @@ class NodeDriver:
         if results:
             self.on_applied(results)
         if shards.changed:
-            stop_merged(self, shards)
-            for gid, parent in start_created(self, shards):
-                self.groups[gid] = self._make_group(gid)
-                log.event("shard_started", group=gid, parent=parent)
-                if parent_led(self, parent):
-                    # Every member applies the same split: no election timeout to wait.
-                    self.groups[gid].core.campaign()
+            after_persist(self.lifecycle, shards)
             self._poke()
             self.on_shards_changed()
         return True
@@ -509,11 +499,9 @@ class NodeDriver:
     def _step_inbox(self, inbox: list[Message]) -> None:
         for m in inbox:
             g = self.groups.get(m.group)
-            if g is None and self.config.sharded:
-                g = adopt_unknown(self, m)
-                if g is not None:
-                    g.core.step(m)
-                    continue
+            if g is None and self.config.sharded and receive_unknown(self.lifecycle, m):
+                self.groups[m.group].core.step(m)  # a snapshot that started the replica
+                continue
             if g is None:
                 self.metrics.dropped.labels(self.metrics.shard(m.group), "unknown_group").inc()
                 continue
@@ -521,7 +509,11 @@ class NodeDriver:
             if m.type == MessageType.TIME_REQUEST:
                 self.replica.on_time_request(g, m)
                 continue
-            if m.snapshot is not None and self.config.sharded and not snapshot_fits(self, m):
+            if (
+                m.snapshot is not None
+                and self.config.sharded
+                and not snapshot_fits(self.lifecycle, m)
+            ):
                 self.metrics.dropped.labels(self.metrics.shard(m.group), "snapshot_overlaps").inc()
                 continue
             g.core.step(m)

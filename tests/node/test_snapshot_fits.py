@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from kvstore.consensus.types import Message, MessageType, Snapshot, SnapshotMetadata
-from kvstore.node.shards import snapshot_fits
+from kvstore.node.lifecycle import snapshot_fits
+from kvstore.node.shards import DriverReplicas
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
 from kvstore.storage import NodeStorage
@@ -20,7 +21,7 @@ def test_overlap_is_found_in_streamed_and_inline_images(tmp_path: Path) -> None:
     st = NodeStorage(str(tmp_path / "db"), map_size=64 << 20)
     try:
         st.group(5).bootstrap({1, 2, 3}, shard=Descriptor(id=5, start=b"a", end=b"m"))
-        driver = cast(Any, SimpleNamespace(groups={5: None}, storage=st))
+        driver = DriverReplicas(cast(Any, SimpleNamespace(groups={5: None}, storage=st)))
 
         def message(shard: Descriptor, streamed: bool) -> Message:
             image = write_image(9, [], [], shard=desc.encode(shard))
@@ -48,7 +49,7 @@ def test_a_merge_source_frozen_into_the_snapshots_group_does_not_stop_it(tmp_pat
     try:
         frozen = Descriptor(id=5, start=b"m", merging_into=7, merge_index=9)
         st.group(5).bootstrap({1, 2, 3}, shard=frozen)
-        driver = cast(Any, SimpleNamespace(groups={5: None}, storage=st))
+        driver = DriverReplicas(cast(Any, SimpleNamespace(groups={5: None}, storage=st)))
 
         def message(shard: Descriptor) -> Message:
             image = write_image(9, [], [], shard=desc.encode(shard))

@@ -35,7 +35,6 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from kvstore.consensus.types import (
     Config,
@@ -47,10 +46,10 @@ from kvstore.consensus.types import (
     Role,
     Snapshot,
 )
+from kvstore.node import lifecycle
 from kvstore.node.pending import GroupState
 from kvstore.node.persist import NodeStorageView, ShardChanges, persist_plans
 from kvstore.node.replica import Batch, ReplicaLoop
-from kvstore.node.shards import empty_replica_answer, snapshot_fits
 from kvstore.shard import commands as shard_cmds
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
@@ -146,8 +145,6 @@ class ShardCluster:
         self.ranges = RangeChecker()
         self.kv = KVModel()
         self.on_result: list[ResultHook] = []
-        self.parents: dict[int, int] = {}
-        """group -> the group whose split created it."""
         self._dir = tempfile.mkdtemp(prefix="shardsim-", dir=SCRATCH)
         self.nodes: dict[int, ShardNode] = {}
         ids = list(range(1, nodes + 1))
@@ -288,38 +285,19 @@ class ShardCluster:
             if node is None or not node.up:
                 self.net.stats["to_down_node"] += 1
                 continue
-            core = node.cores.get(m.group)
-            if core is None:
-                core = self._adopt_unknown(node, m)
-                if core is None:
+            # The node's own lifecycle rules (kvstore/node/lifecycle.py), as the driver
+            # runs them (``_step_inbox``).
+            r = SimReplicas(self, node)
+            if m.group not in node.cores:
+                if not lifecycle.receive_unknown(r, m):
+                    if m.snapshot is not None:
+                        self.stats["snapshot_refused_overlap"] += 1
                     continue
-            elif m.snapshot is not None and not self._snapshot_fits(node, m):
+            elif m.snapshot is not None and not lifecycle.snapshot_fits(r, m):
                 self.stats["snapshot_refused_overlap"] += 1
                 continue
-            core.step(m)
+            node.cores[m.group].step(m)
             self.stats["delivered"] += 1
-
-    def _snapshot_fits(self, node: ShardNode, m: Message) -> bool:
-        """The node's own rule (kvstore/node/shards.py ``snapshot_fits``)."""
-        view = SimpleNamespace(groups=node.cores, storage=node.storage)
-        return snapshot_fits(view, m)  # type: ignore[arg-type]
-
-    def _adopt_unknown(self, node: ShardNode, m: Message) -> Core | None:
-        """kvstore/node/shards.py ``adopt_unknown``."""
-        if m.snapshot is not None:
-            if not self._snapshot_fits(node, m):
-                self.stats["snapshot_refused_overlap"] += 1
-                return None
-            node.digest[m.group] = GENESIS_DIGEST
-            core = node.cores[m.group] = self._core(node, m.group)
-            self.stats["replicas_adopted"] += 1
-            self.note(f"node {node.id} starts an empty replica of group {m.group}")
-            return core
-        ask = empty_replica_answer(node.id, m)
-        if ask is None:
-            return None
-        self.net.send(ask, self.now)
-        return None
 
     # -- the Ready loop -------------------------------------------------------------------
     def handle_ready(self, node: ShardNode, *, crash_after_persist: bool = False) -> None:
@@ -358,9 +336,7 @@ class ShardCluster:
         results = persist_plans(st, METRICS, batch.plans, changes)
         created = list(changes.created)
         admin = changes.admin_results
-        merged = list(changes.merged)
-        self.stats["merge_anomalies"] += len(changes.merge_anomalies)
-        gone = {source for _, source in merged}
+        gone = {source for _, source in changes.merged}
         for g, _, rd in readies:
             if g in gone:
                 continue  # merged away in this transaction (checked below)
@@ -381,25 +357,7 @@ class ShardCluster:
                     s = core.status()
                     self.checker(g).on_leader(node.id, s.term, StorageView(st.group(g)))  # type: ignore[arg-type]
         node.loop.advance(batch)
-        for target, source in merged:
-            # The CommitMerge destroyed the local source replica (kvstore/node/shards.py
-            # ``stop_merged``).
-            node.cores.pop(source, None)
-            node.states.pop(source, None)
-            node.role.pop(source, None)
-            node.digest.pop(source, None)
-            self.ranges.forget(node.id, source)
-            self.stats["merges_applied"] += 1
-            self.note(f"node {node.id}: group {target} absorbed group {source}")
-        for g in created:
-            if g in node.cores:
-                continue
-            parent = self.parents.get(g, 0)
-            node.cores[g] = self._core(node, g)
-            self.stats["split_groups_started"] += 1
-            self.note(f"node {node.id} starts group {g} (split of {parent})")
-            if parent and node.role.get(parent) == Role.LEADER:
-                node.cores[g].campaign()
+        lifecycle.after_persist(SimReplicas(self, node), changes)
 
     def _check_ready(
         self,
@@ -441,7 +399,6 @@ class ShardCluster:
             self.stats["applied"] += 1
             new = admin.get(e.index, 0) if _is_split(e) else 0
             if new:
-                self.parents[new] = g
                 # The new group's history starts with its parent's at the split index.
                 self.checker(new)._agree(node.id, e.index, digest)
                 if new not in node.digest or new not in node.cores:
@@ -502,3 +459,58 @@ def _is_split(e: Entry) -> bool:
         return isinstance(shard_cmds.decode(e.data), shard_cmds.Split)
     except ValueError:
         return False
+
+
+class SimReplicas:
+    """A simulated node as the lifecycle rules see it (kvstore/node/lifecycle.py): the
+    same decisions the driver takes, with the simulation's bookkeeping (checkers, stats,
+    trace) where the driver logs."""
+
+    __slots__ = ("c", "node")
+
+    def __init__(self, cluster: ShardCluster, node: ShardNode) -> None:
+        self.c = cluster
+        self.node = node
+
+    @property
+    def node_id(self) -> int:
+        return self.node.id
+
+    def hosted(self) -> list[int]:
+        return list(self.node.cores)
+
+    def shard(self, group: int) -> Descriptor | None:
+        return self.node.storage.group(group).view.shard
+
+    def leads(self, group: int) -> bool:
+        return self.node.role.get(group) == Role.LEADER
+
+    def start(self, group: int, parent: int) -> None:
+        self.node.cores[group] = self.c._core(self.node, group)
+        self.c.stats["split_groups_started"] += 1
+        self.c.note(f"node {self.node.id} starts group {group} (split of {parent})")
+
+    def start_empty(self, group: int) -> None:
+        self.node.digest[group] = GENESIS_DIGEST
+        self.node.cores[group] = self.c._core(self.node, group)
+        self.c.stats["replicas_adopted"] += 1
+        self.c.note(f"node {self.node.id} starts an empty replica of group {group}")
+
+    def campaign(self, group: int) -> None:
+        self.node.cores[group].campaign()
+
+    def stop(self, group: int, merged_into: int) -> None:
+        n = self.node
+        n.cores.pop(group, None)
+        n.states.pop(group, None)
+        n.role.pop(group, None)
+        n.digest.pop(group, None)
+        self.c.ranges.forget(n.id, group)
+        self.c.stats["merges_applied"] += 1
+        self.c.note(f"node {n.id}: group {merged_into} absorbed group {group}")
+
+    def send(self, m: Message) -> None:
+        self.c.net.send(m, self.c.now)
+
+    def merge_anomaly(self, problem: str) -> None:
+        self.c.stats["merge_anomalies"] += 1

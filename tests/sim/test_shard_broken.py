@@ -12,7 +12,13 @@ import time
 
 import pytest
 
-from .broken_shards import EARLY_MERGE, NO_SESSION_COPY, UNFENCED_SPLIT, broken
+from .broken_shards import (
+    EARLY_MERGE,
+    NO_SESSION_COPY,
+    OVERLAPPING_SNAPSHOT,
+    UNFENCED_SPLIT,
+    broken,
+)
 from .conftest import SimArgs
 from .schedule import SimFailure
 from .shards import run_shard_schedule
@@ -29,6 +35,8 @@ SEEDS = 30
         ),
         (NO_SESSION_COPY, r"applied twice"),
         (EARLY_MERGE, r"another replica with|two shards took the key|holds other data"),
+        # The node's own lifecycle module, patched: the simulation runs it as the driver.
+        (OVERLAPPING_SNAPSHOT, r"ranges overlap"),
     ],
 )
 def test_broken_shard_rule_is_caught(variant: str, expect: str, sim_args: SimArgs) -> None:
