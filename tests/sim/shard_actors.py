@@ -395,6 +395,10 @@ class Merger:
         if m.phase == "lead":
             if m.prepared is None and c.now - m.started > MERGE_APPLY_STEPS:
                 return "abandoned"  # nothing proposed: nothing to undo
+            if c.now - m.started > RESUME_STEPS:
+                # The coordinator gives up on leadership it cannot get (LEAD_WAIT_S); a
+                # PrepareMerge that applied, or applies later, is resumed by the watchdog.
+                return "abandoned"
             leader = c.leader(m.right)
             if not leader:
                 return ""
