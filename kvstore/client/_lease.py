@@ -117,10 +117,10 @@ async def leases(c: AsyncClient) -> list[LeaseInfo]:
 class KeepAlive:
     """Renews a lease every third of its TTL until stopped, or until the lease is gone
     (``lost`` is set then: its keys may be deleted; a lock built on it is no longer held;
-    also set, while renewals go on, once none has succeeded for a whole TTL). Renewals are
-    sent on that schedule whether or not the previous one answered: one that waits on a
-    slow shard or an election must not hold back the next (with a 1 s TTL, a renewal
-    stuck for the client's 2 s timeout let a lease lapse in a Jepsen run)."""
+    also set, while renewals go on, once none SENT within the last TTL has succeeded).
+    Renewals are sent on that schedule whether or not the previous one answered: one that
+    waits on a slow shard or an election must not hold back the next (with a 1 s TTL, a
+    renewal stuck for the client's 2 s timeout let a lease lapse in a Jepsen run)."""
 
     def __init__(self, c: AsyncClient, lease: int, ttl: float) -> None:
         self.client = c
@@ -148,6 +148,11 @@ class KeepAlive:
         return self._task is not None and not self._task.done()
 
     async def _renew(self) -> None:
+        # The leader restarted the lease somewhere between this send and the answer:
+        # only the send time bounds it from below. Counting from the answer (late after
+        # a slow commit or a pause of this process) would report the lease held past
+        # the moment the leader may expire it.
+        sent = asyncio.get_running_loop().time()
         try:
             ttl = await keep_alive(self.client, self.lease)
         except NotFound as e:
@@ -157,7 +162,7 @@ class KeepAlive:
             self.error = e
         else:
             self.ttl = ttl
-            self._renewed = asyncio.get_running_loop().time()
+            self._renewed = max(self._renewed, sent)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
