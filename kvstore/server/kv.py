@@ -34,6 +34,7 @@ from kvstore.server.lease_ops import LeaseOps
 from kvstore.server.watch import WatchService
 from kvstore.statemachine import ApplyResult, Command
 from kvstore.storage import NodeStorage
+from kvstore.storage.history import Moved
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -304,7 +305,11 @@ class KVService(kv_pb2_grpc.KVServicer):
         retention window), too long to stall the event loop for."""
 
         def read() -> tuple[Any, int, int]:
-            return history.get_at_revision(self.storage, group, req.key, req.revision)
+            try:
+                return history.get_at_revision(self.storage, group, req.key, req.revision)
+            except Moved as e:  # a split or merge applied after the route check
+                shards = self.router.overlapping(req.key, req.key + b"\0")
+                raise StaleRouteOp(f"stale route: {e}", shards) from None
 
         def build(f: asyncio.Future[tuple[Any, int, int]]) -> kv_pb2.OpResult:
             kv, applied, time = f.result()  # OutOfRangeOp: answered as the op's error

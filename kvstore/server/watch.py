@@ -46,7 +46,7 @@ from kvstore.server import convert
 from kvstore.server.history import out_of_range
 from kvstore.statemachine.history import Event, EventKind
 from kvstore.storage import NodeStorage
-from kvstore.storage.history import Compacted, HistoryReader
+from kvstore.storage.history import Compacted, HistoryReader, Moved
 
 DEFAULT_PROGRESS_S = 1.0
 MIN_PROGRESS_S = 0.05
@@ -248,6 +248,13 @@ class WatchService:
                         )
                     except Compacted as e:
                         yield kv_pb2.WatchResponse(error=convert.error_pb(out_of_range(e)))
+                        return
+                    except Moved as e:
+                        # Split or merged after the check above (the view is published
+                        # after the commit): the read's own snapshot says so.
+                        shards = self.router.overlapping(lo, hi or lo + b"\0")
+                        moved = StaleRouteOp(f"stale route: {e}", shards)
+                        yield kv_pb2.WatchResponse(error=convert.error_pb(moved))
                         return
                     msgs = pack(events, through, req.prev_kv)
                     msgs[-1].header.CopyFrom(self._header(group))

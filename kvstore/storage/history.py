@@ -218,6 +218,21 @@ def retain(history: GroupHistory, revision: int, keep: int, applied_events: int)
     history.sweep(max(SWEEP_EVENTS, 2 * applied_events))
 
 
+class Moved(Exception):
+    """The group no longer owns the key or range as of the read's snapshot (a split or
+    merge applied after the request was routed): its history lacks the events another
+    group now holds, so any answer from it could be wrong."""
+
+
+def _check_owned(txn: Any, dbs: Any, group: int, lo: bytes, hi: bytes) -> None:
+    record = txn.get(keys.meta_key(group, keys.TAG_SHARD), db=dbs.meta)
+    if record is None:
+        return  # not sharded: the group owns every key
+    d = desc.decode(codec.unseal(group, record, "shard descriptor"))
+    if not d.covers(lo, hi):
+        raise Moved(f"shard {group} no longer holds {lo!r}..{hi!r}")
+
+
 class FutureRevision(Exception):
     """The revision asked for is past the one the replica has applied."""
 
@@ -263,9 +278,10 @@ class HistoryReader:
 
     def get_at(self, key: bytes, revision: int) -> tuple[KeyValue | None, int, int, int]:
         """The key as of ``revision``, and the group's revision, applied index and
-        applied time the read reflects. Raises Compacted or FutureRevision."""
+        applied time the read reflects. Raises Compacted, FutureRevision or Moved."""
         dbs = self._st.dbs
         with self._st.env.begin() as txn:
+            _check_owned(txn, dbs, self.group, key, key + b"\0")
             tables = GroupTables(txn, dbs, self.group)
             applied, now = applied_at(txn, dbs, self.group)
             if revision > now:
@@ -285,9 +301,10 @@ class HistoryReader:
     def events_now(
         self, start: int, lo: bytes, hi: bytes, max_events: int, max_bytes: int
     ) -> tuple[list[Event], int, int]:
-        """``events`` and the group's revision as of the same read."""
+        """``events`` and the group's revision as of the same read. Raises Moved."""
         dbs = self._st.dbs
         with self._st.env.begin() as txn:
+            _check_owned(txn, dbs, self.group, lo, hi)
             now = applied_revision(txn, dbs, self.group)
             history = GroupHistory(txn, dbs.history, self.group)
             events, through = history.events(start, lo, hi, now, max_events, max_bytes)
