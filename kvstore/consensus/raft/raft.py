@@ -1,8 +1,9 @@
-"""The Raft state machine: roles, terms, elections and message handling.
+"""The Raft state machine: roles, terms, follower handling and the Core API.
 
 Performs no I/O: it reads the stable log through ``LogStorage``, queues outgoing
 messages in ``msgs`` and read confirmations in ``read_states``; ``RawNode`` turns
-those into a ``Ready``. Time is ``tick()``; randomness is ``config.rng``.
+those into a ``Ready``. Time is ``tick()``; randomness is ``config.rng``. Campaigns
+and votes live in election.py, a leader's replication and reads in leader.py.
 
 Rules kept (Raft paper / thesis section numbers):
 - At most one vote per term (5.2); a vote only for an up-to-date log (5.4.1).
@@ -21,15 +22,13 @@ import functools
 from collections import Counter
 from collections.abc import Callable
 
-from kvstore.consensus.raft import confchange, leader
+from kvstore.consensus.raft import confchange, election, leader
 from kvstore.consensus.raft.log import RaftLog
 from kvstore.consensus.raft.progress import ProgressState
-from kvstore.consensus.raft.quorum import VoteResult
 from kvstore.consensus.raft.read_only import ReadOnly
 from kvstore.consensus.raft.tracker import ProgressTracker
 from kvstore.consensus.types import (
     NONE,
-    CompactedError,
     ConfChange,
     ConfChangeType,
     Config,
@@ -51,8 +50,6 @@ from kvstore.consensus.types import (
 )
 
 MT = MessageType
-CAMPAIGN_TRANSFER = b"transfer"
-"""Context of a VOTE sent because of TIMEOUT_NOW: voters ignore their leader lease."""
 MAX_COMMITTED_BYTES_PER_READY = 8 << 20
 
 RAFT_TYPES = frozenset(
@@ -215,13 +212,13 @@ class Raft:
         self.tracker.reset_votes()
         self.lead = NONE
         self.role = Role.PRE_CANDIDATE
-        self._step = self._step_candidate
+        self._step = functools.partial(election.step_candidate, self)
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
         self.vote = self.id
         self.role = Role.CANDIDATE
-        self._step = self._step_candidate
+        self._step = functools.partial(election.step_candidate, self)
 
     def _become_leader(self) -> None:
         self._reset(self.term)
@@ -244,7 +241,7 @@ class Raft:
             self.election_elapsed += 1
             if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
                 self.election_elapsed = 0
-                self.hup(transfer=False)
+                election.hup(self, transfer=False)
 
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
@@ -270,52 +267,9 @@ class Raft:
             leader.bcast_heartbeat(self, self.read_only.last_pending_ctx())
             self._maybe_leave_joint()
 
-    # -- elections -----------------------------------------------------------------------
     def hup(self, *, transfer: bool) -> None:
-        if self.role is Role.LEADER or not self.promotable():
-            return
-        if self._has_unapplied_conf_change():
-            # Its effect on membership is not known yet: we cannot count votes right.
-            return
-        if self.pre_vote and not transfer:
-            self._campaign(pre=True, transfer=False)
-        else:
-            self._campaign(pre=False, transfer=transfer)
-
-    def _has_unapplied_conf_change(self) -> bool:
-        if self.log.applied >= self.log.committed:
-            return False
-        try:
-            ents = self.log.entries(self.log.applied + 1, self.log.committed + 1)
-        except CompactedError:
-            return False
-        return any(e.type is EntryType.CONF_CHANGE for e in ents)
-
-    def _campaign(self, *, pre: bool, transfer: bool) -> None:
-        if pre:
-            self._become_pre_candidate()
-            vote_type, term = MT.PRE_VOTE, self.term + 1
-        else:
-            self._become_candidate()
-            vote_type, term = MT.VOTE, self.term
-        if self._poll(self.id, True) is VoteResult.WON:
-            self._won(pre)
-            return
-        last, last_term = self.log.last_index(), self.log.last_term()
-        ctx = CAMPAIGN_TRANSFER if transfer else b""
-        for node in sorted(self.tracker.voters | self.tracker.outgoing):
-            if node != self.id:
-                self._send(vote_type, node, term=term, index=last, log_term=last_term, context=ctx)
-
-    def _poll(self, node: int, granted: bool) -> VoteResult:
-        return self.tracker.record_vote(node, granted)
-
-    def _won(self, pre: bool) -> None:
-        if pre:
-            self._campaign(pre=False, transfer=False)
-        else:
-            self._become_leader()
-            leader.bcast_append(self)
+        """Start an election (a PreVote first unless ``transfer``), if we may."""
+        election.hup(self, transfer=transfer)
 
     # -- step ---------------------------------------------------------------------------
     def step(self, m: Message) -> None:
@@ -324,17 +278,9 @@ class Raft:
             self.drop(reason)
             return
         if m.term > self.term:
-            if m.type in (MT.VOTE, MT.PRE_VOTE):
-                force = m.context == CAMPAIGN_TRANSFER
-                in_lease = (
-                    self.check_quorum
-                    and self.lead != NONE
-                    and self.election_elapsed < self.election_tick
-                )
-                if in_lease and not force:
-                    # We heard from a live leader recently: this candidate is disruptive.
-                    self.drop("vote_in_lease")
-                    return
+            if m.type in (MT.VOTE, MT.PRE_VOTE) and election.ignores_in_lease(self, m):
+                self.drop("vote_in_lease")
+                return
             if m.type is MT.PRE_VOTE or (m.type is MT.PRE_VOTE_RESP and not m.reject):
                 pass  # a pre-vote never changes terms; a granted one carries a future term
             elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
@@ -351,7 +297,7 @@ class Raft:
                 self._send(MT.PRE_VOTE_RESP, m.from_, reject=True)
             return
         if m.type in (MT.VOTE, MT.PRE_VOTE):
-            self._handle_vote(m)
+            election.handle_vote(self, m)
         else:
             self._step(m)
 
@@ -378,26 +324,6 @@ class Raft:
             return "malformed"
         return ""
 
-    def _handle_vote(self, m: Message) -> None:
-        resp = MT.VOTE_RESP if m.type is MT.VOTE else MT.PRE_VOTE_RESP
-        can_vote = (
-            self.vote == m.from_
-            or (self.vote == NONE and self.lead == NONE)
-            or (m.type is MT.PRE_VOTE and m.term > self.term)
-        )
-        if self.log.last_index() < self.lost_through:
-            # Entries we acknowledged may exist nowhere else but on the leader: a vote
-            # now could elect a node that lacks them. Wait until we hold them again.
-            self.drop("vote_lost_log")
-            self._send(resp, m.from_, reject=True)
-        elif can_vote and self.log.is_up_to_date(m.index, m.log_term):
-            self._send(resp, m.from_, term=m.term)
-            if m.type is MT.VOTE:
-                self.election_elapsed = 0
-                self.vote = m.from_
-        else:
-            self._send(resp, m.from_, reject=True)
-
     def _step_follower(self, m: Message) -> None:
         t = m.type
         if t in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
@@ -411,28 +337,11 @@ class Raft:
                 self._handle_snapshot(m)
         elif t is MT.TIMEOUT_NOW:
             if self.promotable():
-                self.hup(transfer=True)
+                election.hup(self, transfer=True)
             else:
                 self.drop("timeout_now_not_promotable")
         elif t is MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
-        elif t is MT.READ_INDEX:
-            self.drop("not_leader")
-        else:
-            self.drop("unexpected_" + t.name.lower())
-
-    def _step_candidate(self, m: Message) -> None:
-        t = m.type
-        mine = MT.PRE_VOTE_RESP if self.role is Role.PRE_CANDIDATE else MT.VOTE_RESP
-        if t in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
-            self.become_follower(m.term, m.from_)  # someone won this term
-            self._step_follower(m)
-        elif t is mine:
-            result = self._poll(m.from_, not m.reject)
-            if result is VoteResult.WON:
-                self._won(self.role is Role.PRE_CANDIDATE)
-            elif result is VoteResult.LOST:
-                self.become_follower(self.term, NONE)
         elif t is MT.READ_INDEX:
             self.drop("not_leader")
         else:
