@@ -4,10 +4,10 @@ One node is acceptor, learner and (when it leads) the distinguished proposer of
 one consensus group. Inputs are ``tick``/``step``/``propose``/...; effects come
 out of ``ready()`` (persist ``hard_state``/``snapshot``/``entries`` first, then
 send ``messages``), acknowledged by ``advance``. See the package docstring for
-the message flow and the rules. This module holds the acceptor side, phase 1
-and the Ready loop; the leader's phase 2, heartbeats and reads are in
-``leading.py``, validation of remote messages in ``checks.py``, the acceptor's
-rules in ``acceptor.py``.
+the message flow and the rules. This module holds the acceptor side and the
+Ready loop; a candidate's phase 1 is in ``preparing.py``, the leader's phase 2,
+heartbeats and reads in ``leading.py``, validation of remote messages in
+``checks.py``, the acceptor's rules in ``acceptor.py``.
 
 Invariant of the Ready rule: every message that answers a PREPARE, ACCEPT or
 snapshot is built after the promise and accepted values it depends on were put
@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections import Counter
 
 from kvstore.consensus.paxos import ballot as ballots
-from kvstore.consensus.paxos import checks, leading, membership, quorum, value
+from kvstore.consensus.paxos import checks, leading, membership, preparing, value
 from kvstore.consensus.paxos.acceptor import Acceptor, Outcome
 from kvstore.consensus.paxos.leading import COMMIT_ONLY, REACCEPT
 from kvstore.consensus.paxos.log import SlotLog
-from kvstore.consensus.paxos.progress import Progress, State, peer_progress
+from kvstore.consensus.paxos.preparing import TRANSFER
+from kvstore.consensus.paxos.progress import Progress, peer_progress
 from kvstore.consensus.paxos.proposer import Candidate, Leader
-from kvstore.consensus.paxos.recovery import Promise, Recovery, recover
 from kvstore.consensus.types import (
     JOINING,
     NONE,
@@ -54,9 +54,6 @@ from kvstore.consensus.types import (
     Status,
     has_membership,
 )
-
-TRANSFER = b"transfer"
-"""PREPARE context of a leadership transfer: acceptors skip the leader-lease check."""
 
 MAX_COMMITTED_BYTES = 16 << 20
 """Committed entries handed out per Ready (at least one)."""
@@ -107,7 +104,7 @@ class PaxosNode:
             return
         self.elapsed += 1
         if self.elapsed >= self.timeout and self._is_voter():
-            self._campaign(transfer=False)
+            preparing.campaign(self, transfer=False)
 
     def step(self, msg: Message) -> None:
         reason = checks.envelope(msg, self.group, self.id)
@@ -191,7 +188,7 @@ class PaxosNode:
     def campaign(self) -> None:
         if not self._is_voter():
             raise ConsensusError(f"node {self.id} is not a voter")
-        self._campaign(transfer=False)
+        preparing.campaign(self, transfer=False)
 
     # -- Core: outputs ----------------------------------------------------------
     def has_ready(self) -> bool:
@@ -311,7 +308,7 @@ class PaxosNode:
         self.max_seen = max(self.max_seen, b)
         lead = self.lead
         if lead is not None and self.cfg.check_quorum and lead.transfer_to != by:
-            self._campaign(transfer=False)
+            preparing.campaign(self, transfer=False)
             return
         self._become_follower()
 
@@ -373,63 +370,7 @@ class PaxosNode:
         for n in lead.progress.keys() - want:
             del lead.progress[n]
 
-    # -- phase 1 ----------------------------------------------------------------
-    def _campaign(self, *, transfer: bool) -> None:
-        if self.log.last_index() < self.lost_through:
-            # Any voter may lead in Paxos (no log comparison as in Raft's votes): with our
-            # own promise counted, a quorum lacking the lost values could fill their slots.
-            self.dropped["campaign_lost_log"] += 1
-            self.elapsed = 0
-            return
-        b = ballots.next_after(max(self.max_seen, self.acceptor.promised), self.id)
-        self.max_seen = b
-        self.acceptor.promise(b)
-        self.lead = None
-        self.leader = NONE
-        start = self.acceptor.commit + 1
-        self.candidate = Candidate(ballot=b, start=start, transfer=transfer)
-        self.candidate.promises[self.id] = self.acceptor.report(start)
-        self.elapsed = 0
-        self.timeout = self._random_timeout()
-        for n in sorted(self._all_voters() - {self.id}):
-            self._send(MT.PREPARE, n, term=b, index=start, context=TRANSFER if transfer else b"")
-        self._try_win(self.candidate)
-
-    def _try_win(self, cand: Candidate) -> None:
-        rec = recover(cand.start, cand.ballot, cand.promises.values())
-        if rec.incomplete:
-            return
-        changes = self._pending_changes(before=cand.start)
-        for e in rec.entries:
-            cc = membership.decode(e)
-            if cc is not None and e.index > self.applied:
-                changes.append(cc)
-        if not quorum.has_quorum(membership.chain(self.conf, changes), cand.promises.keys()):
-            return
-        self.candidate = None
-        ents = list(rec.entries)
-        last = self.log.last_index()
-        while ents and ents[0].index <= last and ents[0] == self.log.get(ents[0].index):
-            ents.pop(0)  # already ours: no need to write it again
-        self.log.write(ents)
-        self._note_written(ents)
-        last = self.log.last_index()
-        self.acceptor.commit = max(self.acceptor.commit, rec.commit)
-        self.acceptor.accepted_through = last
-        lead = Leader(ballot=cand.ballot, takeover_last=last, self_match=self.log.stable_last())
-        self.lead = lead
-        self.leader = self.id
-        self.elapsed = 0
-        self._sync_members()
-        lead.recovered_commit = rec.commit
-        for n, pr in lead.progress.items():
-            p = cand.promises.get(n)
-            if p is not None:
-                pr.match, pr.next, pr.state = p.commit, p.commit + 1, State.REPLICATE
-                pr.reaccept_to = _held_through(p, rec, cand.start, cand.ballot)
-        self._dirty = True
-        leading.maybe_commit(self, lead)
-
+    # -- phase 1 (acceptor side; the candidate's side is in preparing.py) ---------
     def _on_prepare(self, m: Message) -> str | None:
         if m.from_ not in self._all_voters() and not self._joining():
             return "not_voter"  # a joiner cannot tell; its promise is truthful anyway
@@ -459,24 +400,6 @@ class PaxosNode:
         self._send(
             MT.PROMISE, m.from_, term=m.term, index=m.index, entries=p.entries, commit=p.commit
         )
-        return None
-
-    def _on_promise(self, m: Message) -> str | None:
-        cand = self.candidate
-        if m.reject:
-            mine = cand.ballot if cand else self.lead.ballot if self.lead else 0
-            if mine and m.term > mine:
-                self._preempted(m.term, m.from_)
-                return None
-            return "stale_ballot"
-        if cand is None or m.term != cand.ballot:
-            return "stale_ballot"
-        if m.index != cand.start:
-            return "stale_promise"
-        if m.from_ not in self._all_voters():
-            return "not_voter"
-        cand.promises[m.from_] = checks.promise_of(m)
-        self._try_win(cand)
         return None
 
     # -- phase 2 (acceptor side) ------------------------------------------------
@@ -537,7 +460,7 @@ class PaxosNode:
         if cand is not None and m.term == cand.ballot:
             # A promiser's chosen prefix we lack: install it and ask again from there.
             if self._install(snap):
-                self._campaign_again(cand)
+                preparing.campaign_again(self, cand)
             return None
         if ballots.node_of(m.term) != m.from_:
             return "stale_ballot"  # a promiser's catch-up for a phase 1 we gave up
@@ -565,21 +488,6 @@ class PaxosNode:
         self.emitted = max(self.emitted, s)
         return True
 
-    def _campaign_again(self, cand: Candidate) -> None:
-        start = self.acceptor.commit + 1
-        self.candidate = Candidate(ballot=cand.ballot, start=start, transfer=cand.transfer)
-        self.candidate.promises[self.id] = self.acceptor.report(start)
-        ctx = TRANSFER if cand.transfer else b""
-        for n in sorted(self._all_voters() - {self.id}):
-            self._send(MT.PREPARE, n, term=cand.ballot, index=start, context=ctx)
-        self._try_win(self.candidate)
-
-    def _on_timeout_now(self, m: Message) -> str | None:
-        if m.term != self.acceptor.promised or not self._is_voter() or self.lead is not None:
-            return "stale_ballot"
-        self._campaign(transfer=True)
-        return None
-
     # -- helpers --------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
         return self.log.pending_snapshot or self.storage.snapshot()
@@ -600,25 +508,13 @@ class PaxosNode:
 
     _handlers = {
         MT.PREPARE: _on_prepare,
-        MT.PROMISE: _on_promise,
+        MT.PROMISE: preparing.on_promise,
         MT.ACCEPT: _on_accept,
         MT.ACCEPTED: leading.on_accepted,
         MT.PAXOS_HEARTBEAT: _on_heartbeat,
         MT.PAXOS_HEARTBEAT_RESP: leading.on_heartbeat_resp,
         MT.PAXOS_SNAPSHOT: _on_snapshot,
-        MT.PAXOS_TIMEOUT_NOW: _on_timeout_now,
+        MT.PAXOS_TIMEOUT_NOW: preparing.on_timeout_now,
         MT.READ_INDEX: leading.on_read_index,
         MT.READ_INDEX_RESP: leading.on_read_index_resp,
     }
-
-
-def _held_through(p: Promise, rec: Recovery, start: int, b: int) -> int:
-    """The last slot through which promiser ``p`` reported, slot by slot from the
-    recovered commit on, the very value the new leader proposes there (0: none)."""
-    held = 0
-    for s in range(rec.commit + 1, start + len(rec.entries)):
-        mine, theirs = rec.entries[s - start], p.at(s)
-        if theirs is None or value.reaccept(theirs, b) != mine:
-            break
-        held = s
-    return held
