@@ -163,31 +163,43 @@ class HostNodes:
         return "\n".join(out)
 
 
-def test_vm_joins_host_cluster(guest_disk: str, vm_sh: list, tmp_path: Path) -> None:
-    name, subnet = "kvse2e-join", "10.37.1"
-    env = deployment_env(name, subnet, guest_disk)
+UP_ONE_VM = [VM_SH, "up", "--vms", "1", "--no-build", "--no-wait", "--host-peers"]
+
+
+def host_nodes(subnet: str, n: int) -> tuple[str, list[str]]:
+    """The --peers value and the endpoints of ``n`` host nodes on the deployment's
+    bridge address (the guests reach the host there)."""
     host_ip = f"{subnet}.1"
-    p1, p2 = free_ports(2)
-    host_peers = f"1={host_ip}:{p1},2={host_ip}:{p2}"
-    vm_endpoint = f"{subnet}.11:7001"
-    host_endpoints = [f"{host_ip}:{p1}", f"{host_ip}:{p2}"]
+    endpoints = [f"{host_ip}:{p}" for p in free_ports(n)]
+    return ",".join(f"{i}={ep}" for i, ep in enumerate(endpoints, start=1)), endpoints
+
+
+def up_one_vm(
+    vm_sh: list[tuple[str, dict[str, str]]],
+    name: str,
+    env: dict[str, str],
+    host_peers: str,
+    what: str,
+    extra: Sequence[str] = (),
+) -> None:
+    """Define and start one guest that joins the host nodes; ``vm_sh`` tears it down."""
     vm_sh.append((name, env))
-    with timed("vm join: vm.sh up (network + 1 domain defined and started)"):
+    with timed(what):
         run(
-            [
-                VM_SH,
-                "up",
-                "--vms",
-                "1",
-                "--no-build",
-                "--no-wait",
-                "--host-peers",
-                host_peers,
-                *SLOW,
-            ],
+            [*UP_ONE_VM, host_peers, *extra, *SLOW],
             env=env,
             timeout=300,
         )
+
+
+def test_vm_joins_host_cluster(guest_disk: str, vm_sh: list, tmp_path: Path) -> None:
+    name, subnet = "kvse2e-join", "10.37.1"
+    env = deployment_env(name, subnet, guest_disk)
+    host_peers, host_endpoints = host_nodes(subnet, 2)
+    vm_endpoint = f"{subnet}.11:7001"
+    up_one_vm(
+        vm_sh, name, env, host_peers, "vm join: vm.sh up (network + 1 domain defined and started)"
+    )
     nodes = HostNodes(tmp_path)
     try:
         peers = f"{host_peers},3={vm_endpoint}"
@@ -285,30 +297,10 @@ def test_shard_moves_to_a_vm_and_is_repaired_when_the_vm_is_lost(
         pytest.skip("the sharded VM test runs with --vm-full")
     name, subnet, shards, down_after = "kvse2e-shard", "10.37.4", 2, 20
     env = deployment_env(name, subnet, guest_disk)
-    host_ip = f"{subnet}.1"
-    ports = free_ports(3)
-    host_peers = ",".join(f"{i + 1}={host_ip}:{p}" for i, p in enumerate(ports))
-    host_endpoints = [f"{host_ip}:{p}" for p in ports]
+    host_peers, host_endpoints = host_nodes(subnet, 3)
     vm_endpoint = f"{subnet}.11:7001"
     sharding = ["--shards", str(shards), "--replicas", "3", "--down-after", str(down_after)]
-    vm_sh.append((name, env))
-    with timed("vm shard: vm.sh up (1 domain, sharded)"):
-        run(
-            [
-                VM_SH,
-                "up",
-                "--vms",
-                "1",
-                "--no-build",
-                "--no-wait",
-                "--host-peers",
-                host_peers,
-                *sharding,
-                *SLOW,
-            ],
-            env=env,
-            timeout=300,
-        )
+    up_one_vm(vm_sh, name, env, host_peers, "vm shard: vm.sh up (1 domain, sharded)", sharding)
     nodes = HostNodes(tmp_path)
     try:
         peers = f"{host_peers},4={vm_endpoint}"
