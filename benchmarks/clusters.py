@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 
 class ClusterError(RuntimeError):
@@ -144,13 +145,59 @@ def wait_until(ready: Callable[[], bool], group: ProcessGroup, timeout_s: float)
     )
 
 
-class EtcdCluster:
+class _LocalCluster:
+    """Members started by ``__enter__`` over a wiped ``data_dir``, reported ready once
+    ``_ready`` (a real client request) succeeds, all stopped by ``__exit__``."""
+
+    data_dir: Path
+    group: ProcessGroup
+    leader_metric: str
+    """The Prometheus sample, labels included, that is 1 on the member that leads."""
+
+    def _start_members(self) -> None:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _metrics_ports(self) -> list[int]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            self._start_members()
+            wait_until(self._ready, self.group, 60.0)
+        except BaseException:
+            self.group.stop()
+            raise
+        return self
+
+    def leader_pid(self) -> int | None:
+        """The pid of the member that leads now (its ``leader_metric`` is 1)."""
+        for port, pid in zip(self._metrics_ports(), self.group.pids(), strict=True):
+            if _metric_is_one(f"http://127.0.0.1:{port}/metrics", self.leader_metric):
+                return pid
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.group.stop()
+
+
+class EtcdCluster(_LocalCluster):
     """Three etcd members on 127.0.0.1: clients on base_port+1..3, peers on base_port+101..103.
 
     Default etcd settings (fsync of the WAL on every commit); data under `data_dir`. With
     ``certs`` (a `kvstore certs init` directory) clients and peers speak mutual TLS, with
     etcd's own flags: member i serves node-i.pem, and client certificates are required.
     """
+
+    leader_metric = "etcd_server_is_leader"
 
     def __init__(
         self, data_dir: Path, base_port: int = 48000, members: int = 3, certs: Path | None = None
@@ -167,60 +214,46 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.client_ports]
 
-    def __enter__(self) -> EtcdCluster:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+    def _start_members(self) -> None:
         scheme = "http" if self.certs is None else "https"
         initial = ",".join(
             f"{n}={scheme}://127.0.0.1:{p}"
             for n, p in zip(self.names, self.peer_ports, strict=True)
         )
-        try:
-            for i, (name, cport, pport) in enumerate(
-                zip(self.names, self.client_ports, self.peer_ports, strict=True), start=1
-            ):
-                tls: list[str] = []
-                if self.certs is not None:
-                    c = self.certs
-                    tls = [
-                        f"--cert-file={c}/node-{i}.pem",
-                        f"--key-file={c}/node-{i}-key.pem",
-                        f"--trusted-ca-file={c}/ca.pem",
-                        "--client-cert-auth",
-                        f"--peer-cert-file={c}/node-{i}.pem",
-                        f"--peer-key-file={c}/node-{i}-key.pem",
-                        f"--peer-trusted-ca-file={c}/ca.pem",
-                        "--peer-client-cert-auth",
-                    ]
-                self.group.start(
-                    name,
-                    [
-                        self.binary,
-                        f"--name={name}",
-                        f"--data-dir={self.data_dir / name}",
-                        f"--listen-client-urls={scheme}://127.0.0.1:{cport}",
-                        f"--advertise-client-urls={scheme}://127.0.0.1:{cport}",
-                        f"--listen-peer-urls={scheme}://127.0.0.1:{pport}",
-                        f"--initial-advertise-peer-urls={scheme}://127.0.0.1:{pport}",
-                        f"--initial-cluster={initial}",
-                        "--initial-cluster-state=new",
-                        "--initial-cluster-token=kvstore-bench",
-                        "--logger=zap",
-                        "--log-level=warn",
-                        *tls,
-                    ],
-                )
-            wait_until(self._ready, self.group, 60.0)
-        except BaseException:
-            self.group.stop()
-            raise
-        return self
-
-    def leader_pid(self) -> int | None:
-        """The pid of the member that leads now (its `etcd_server_is_leader` is 1)."""
-        for port, pid in zip(self.client_ports, self.group.pids(), strict=True):
-            if _metric_is_one(f"http://127.0.0.1:{port}/metrics", "etcd_server_is_leader"):
-                return pid
-        return None
+        for i, (name, cport, pport) in enumerate(
+            zip(self.names, self.client_ports, self.peer_ports, strict=True), start=1
+        ):
+            tls: list[str] = []
+            if self.certs is not None:
+                c = self.certs
+                tls = [
+                    f"--cert-file={c}/node-{i}.pem",
+                    f"--key-file={c}/node-{i}-key.pem",
+                    f"--trusted-ca-file={c}/ca.pem",
+                    "--client-cert-auth",
+                    f"--peer-cert-file={c}/node-{i}.pem",
+                    f"--peer-key-file={c}/node-{i}-key.pem",
+                    f"--peer-trusted-ca-file={c}/ca.pem",
+                    "--peer-client-cert-auth",
+                ]
+            self.group.start(
+                name,
+                [
+                    self.binary,
+                    f"--name={name}",
+                    f"--data-dir={self.data_dir / name}",
+                    f"--listen-client-urls={scheme}://127.0.0.1:{cport}",
+                    f"--advertise-client-urls={scheme}://127.0.0.1:{cport}",
+                    f"--listen-peer-urls={scheme}://127.0.0.1:{pport}",
+                    f"--initial-advertise-peer-urls={scheme}://127.0.0.1:{pport}",
+                    f"--initial-cluster={initial}",
+                    "--initial-cluster-state=new",
+                    "--initial-cluster-token=kvstore-bench",
+                    "--logger=zap",
+                    "--log-level=warn",
+                    *tls,
+                ],
+            )
 
     def _ready(self) -> bool:
         import grpc
@@ -234,17 +267,14 @@ class EtcdCluster:
             )
         return probe_etcd(self.endpoints, creds=creds)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.group.stop()
+    def _metrics_ports(self) -> list[int]:
+        return self.client_ports
 
 
-class KvstoreCluster:
+class KvstoreCluster(_LocalCluster):
     """Three `kvstore serve` processes on 127.0.0.1:base_port+1..3, data under `data_dir`."""
+
+    leader_metric = 'kvstore_is_leader{group="1"}'
 
     def __init__(
         self,
@@ -270,48 +300,29 @@ class KvstoreCluster:
     def endpoints(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
-    def __enter__(self) -> KvstoreCluster:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+    def _start_members(self) -> None:
         peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in zip(self.ids, self.ports, strict=True))
-        try:
-            for i, port, mport in zip(self.ids, self.ports, self.metrics_ports, strict=True):
-                self.group.start(
-                    f"node{i}",
-                    [
-                        sys.executable,
-                        *self.launcher,
-                        "serve",
-                        f"--id={i}",
-                        f"--listen=127.0.0.1:{port}",
-                        f"--peers={peers}",
-                        f"--data-dir={self.data_dir / f'node{i}'}",
-                        f"--metrics-port={mport}",
-                        *self.extra_args,
-                    ],
-                    env=dict(os.environ, **self.env_for(i)) if self.env_for else None,
-                )
-            wait_until(self._ready, self.group, 60.0)
-        except BaseException:
-            self.group.stop()
-            raise
-        return self
-
-    def leader_pid(self) -> int | None:
-        """The pid of the node that leads group 1 now (its `kvstore_is_leader` is 1)."""
-        for port, pid in zip(self.metrics_ports, self.group.pids(), strict=True):
-            if _metric_is_one(f"http://127.0.0.1:{port}/metrics", 'kvstore_is_leader{group="1"}'):
-                return pid
-        return None
+        for i, port, mport in zip(self.ids, self.ports, self.metrics_ports, strict=True):
+            self.group.start(
+                f"node{i}",
+                [
+                    sys.executable,
+                    *self.launcher,
+                    "serve",
+                    f"--id={i}",
+                    f"--listen=127.0.0.1:{port}",
+                    f"--peers={peers}",
+                    f"--data-dir={self.data_dir / f'node{i}'}",
+                    f"--metrics-port={mport}",
+                    *self.extra_args,
+                ],
+                env=dict(os.environ, **self.env_for(i)) if self.env_for else None,
+            )
 
     def _ready(self) -> bool:
         from kvstore.bench.kvstore_target import probe_kvstore
 
         return probe_kvstore(self.endpoints)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.group.stop()
+    def _metrics_ports(self) -> list[int]:
+        return self.metrics_ports
