@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvstore.jepsen.cluster import ClientTLS
-from kvstore.jepsen.hosts import HarnessError, Host
+from kvstore.jepsen.hosts import DropFaults, HarnessError, Host
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 7001
@@ -94,7 +94,7 @@ def _ok(argv: Sequence[str]) -> bool:
     return _exec(argv, 60, None, None).returncode == 0
 
 
-class BridgeFaults:
+class BridgeFaults(DropFaults):
     """Partitions and loss between node addresses on one bridge, by host iptables rules."""
 
     def __init__(self, hosts: Sequence[Host], ips: dict[int, str], chain: str) -> None:
@@ -131,28 +131,6 @@ class BridgeFaults:
                 *("-d", self.ips[dst.index], *match, "-j", "DROP"),
             ]
         )
-
-    def cut(self, host: Host, others: Sequence[Host]) -> None:
-        """``host`` receives nothing from ``others`` (one direction)."""
-        for o in others:
-            if o != host:
-                self._drop(o, host)
-
-    def partition(self, components: Sequence[Sequence[Host]]) -> None:
-        for comp in components:
-            others = [h for h in self.hosts if h not in comp]
-            for h in comp:
-                self.cut(h, others)
-
-    def lose(self, host: Host, probability: float) -> None:
-        for o in self.hosts:
-            if o != host:
-                self._drop(
-                    o,
-                    host,
-                    *("-m", "statistic", "--mode", "random", "--probability"),
-                    f"{probability:.3f}",
-                )
 
     def heal(self, hosts: Sequence[Host] | None = None) -> None:
         _run(["iptables", "-w", "-F", self.chain], check=False)

@@ -194,7 +194,43 @@ def _our_disks() -> list[str]:
     return out
 
 
-class Network:
+class DropFaults:
+    """Network faults as DROP rules, one per (sender, receiver) pair of hosts: a cut drops
+    one direction, a partition cuts each component off from the other hosts, a loss drops
+    a random fraction. Clients are never cut. Subclasses say where a rule goes."""
+
+    hosts: list[Host]
+
+    def _drop(self, src: Host, dst: Host, *match: str) -> None:
+        """Drop what ``dst`` receives from ``src`` (and matches ``match``)."""
+        raise NotImplementedError
+
+    def cut(self, host: Host, others: Sequence[Host]) -> None:
+        """``host`` receives nothing from ``others`` (one direction)."""
+        for o in others:
+            if o != host:
+                self._drop(o, host)
+
+    def partition(self, components: Sequence[Sequence[Host]]) -> None:
+        """Each host hears only the hosts of its own component (and the clients)."""
+        for comp in components:
+            others = [h for h in self.hosts if h not in comp]
+            for h in comp:
+                self.cut(h, others)
+
+    def lose(self, host: Host, probability: float) -> None:
+        """Drops a random fraction of the packets ``host`` receives from other hosts."""
+        for o in self.hosts:
+            if o != host:
+                self._drop(
+                    o,
+                    host,
+                    *("-m", "statistic", "--mode", "random", "--probability"),
+                    f"{probability:.3f}",
+                )
+
+
+class Network(DropFaults):
     """The bridge and the hosts of one run. Use as a context manager."""
 
     def __init__(self, n: int) -> None:
@@ -234,28 +270,8 @@ class Network:
     def iptables(self, host: Host, *args: str) -> None:
         _run(in_ns(host, ["iptables", "-w", *args]))
 
-    def cut(self, host: Host, others: Sequence[Host]) -> None:
-        """Drops everything ``host`` receives from ``others`` (one direction)."""
-        for o in others:
-            if o != host:
-                self.iptables(host, "-A", "INPUT", "-s", o.ip, "-j", "DROP")
-
-    def partition(self, components: Sequence[Sequence[Host]]) -> None:
-        """Each host hears only the hosts of its own component (and the clients)."""
-        for comp in components:
-            others = [h for h in self.hosts if h not in comp]
-            for h in comp:
-                self.cut(h, others)
-
-    def lose(self, host: Host, probability: float) -> None:
-        """Drops a random fraction of the packets ``host`` receives from other hosts."""
-        for o in self.hosts:
-            if o != host:
-                self.iptables(
-                    host,
-                    *("-A", "INPUT", "-s", o.ip, "-m", "statistic", "--mode", "random"),
-                    *("--probability", f"{probability:.3f}", "-j", "DROP"),
-                )
+    def _drop(self, src: Host, dst: Host, *match: str) -> None:
+        self.iptables(dst, "-A", "INPUT", "-s", src.ip, *match, "-j", "DROP")
 
     def heal(self, hosts: Sequence[Host] | None = None) -> None:
         for h in hosts if hosts is not None else self.hosts:
