@@ -13,7 +13,7 @@ function of the seed.
 Modules: network.py (the seeded network), cluster.py (nodes running the node's own
 replica loop, kvstore/node/replica.py, and the client), twin.py (the in-memory twin of a
 node's storage, transport and clock under that loop), checkers.py (the invariants),
-schedule.py (fault plans, the run loop, liveness), driver_model.py and driver_parts.py
+plans.py (fault plans), schedule.py (the run loop, liveness), driver_model.py and driver_parts.py
 (the real driver's interleavings around the same loop), fakecore.py (a safe fake core
 and deliberately broken ones). Findings: FINDINGS.md.
 """

@@ -1,8 +1,8 @@
-"""Fault schedules and the run loop: one schedule = options + a plan of faults + a seed.
+"""The run loop of a schedule: one schedule = options + a plan of faults (plans.py) + a seed.
 
 Invariant: ``run_schedule(kind, seed, ...)`` is a pure function of its arguments (every
 random choice is drawn from ``random.Random(seed)``), so a printed seed replays a failure
-exactly. Plans are explicit lists of faults so hypothesis can generate and shrink them.
+exactly.
 
 Liveness (checked after the faults): the network is made perfect (no loss, one-step
 delay), every member is restarted and every node ticks once a step. Let E be the election
@@ -22,16 +22,18 @@ leader to re-accept, one message each when the window is one entry). Then:
 
 from __future__ import annotations
 
-import enum
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from kvstore.consensus.types import ConfChange, ConfChangeType, ConsensusError, Role
 
 from .checkers import Checker, SafetyViolation
-from .cluster import Attempt, Client, Cluster, CoreParams, CrashPoint, load_core
-from .network import PERFECT, NetConfig, Network
+from .cluster import Attempt, Client, Cluster, CrashPoint, load_core
+from .network import PERFECT, Network
+from .plans import CRASHES, Fault, FaultKind, SimOptions, random_options, random_plan
 from .reads import ReadAttempt, Reads
 
 LEADER_BOUND_E = 30
@@ -40,90 +42,11 @@ CONVERGE_BOUND_E = 80
 BACKLOG_TICKS = 4
 """Ticks allowed per backlog entry: two round trips of one-step messages."""
 MAX_NODES = 7
-CHURN_SCHEDULES = 0.35
-"""Share of random schedules with a leader-churn episode (``leader_churn``)."""
 
 
-class FaultKind(enum.Enum):
-    PARTITION = "partition"
-    """Cut ``side`` off from the rest (a random half, or one node)."""
-    ISOLATE_LEADER = "isolate-leader"
-    CUT_NEXT_LEADER = "cut-next-leader"
-    """Cut off the next newly elected leader ``delay`` steps after it is first seen (its
-    first appends, the new term's no-op among them, die with it); cuts queue up."""
-    HEAL = "heal"
-    CRASH = "crash"
-    CRASH_LEADER = "crash-leader"
-    CRASH_MID_READY = "crash-mid-ready"
-    """Crash ``node`` inside its next Ready, after the persist and before send/apply."""
-    CRASH_BEFORE_ADVANCE = "crash-before-advance"
-    """Crash ``node`` inside its next Ready, after it applied and before advance."""
-    RESTART = "restart"
-    RESTART_FRESH = "restart-fresh"
-    """Restart rebuilding the state machine from the last snapshot."""
-    SNAPSHOT = "snapshot"
-    TRANSFER = "transfer"
-    """The leader hands leadership to another voter (TimeoutNow)."""
-    NET = "net"
-    """Switch the network to ``net``."""
-    ADD_LEARNER = "add-learner"
-    PROMOTE = "promote"
-    REMOVE = "remove"
-    REPLACE = "replace"
-    """Joint consensus: promote a learner and remove a voter (maybe the leader) at once."""
-    DEMOTE = "demote"
-    """Make a voter a learner (joint or one server at a time, at random)."""
-
-
-CRASHES = (
-    FaultKind.CRASH,
-    FaultKind.CRASH_LEADER,
-    FaultKind.CRASH_MID_READY,
-    FaultKind.CRASH_BEFORE_ADVANCE,
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fault:
-    at: int
-    kind: FaultKind
-    node: int = 0
-    side: frozenset[int] = frozenset()
-    net: NetConfig | None = None
-    keep: int = 0
-    """SNAPSHOT: log entries kept before the snapshot index when compacting."""
-    delay: int = 0
-    """CUT_NEXT_LEADER: steps between seeing the new leader and cutting it off."""
-
-    def __str__(self) -> str:
-        extra = ""
-        if self.node:
-            extra = f" node={self.node}"
-        if self.side:
-            extra += f" side={sorted(self.side)}"
-        if self.net is not None:
-            extra += f" {self.net}"
-        if self.delay:
-            extra += f" delay={self.delay}"
-        return f"@{self.at} {self.kind.value}{extra}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SimOptions:
-    nodes: int = 3
-    steps: int = 200
-    net: NetConfig = field(default_factory=lambda: NetConfig(drop=0.02, max_delay=3))
-    params: CoreParams = field(default_factory=CoreParams)
-    propose_prob: float = 0.3
-    read_prob: float = 0.1
-    tick_prob: float = 0.9
-    ready_prob: float = 0.3
-    """After each delivered message, handle that node's Ready at once with this chance."""
-    membership: bool = False
-    churn: bool = False
-    """The plan holds a leader-churn episode (``leader_churn``)."""
-    liveness_ops: int = 4
-    liveness_reads: int = 4
+class _Timed(Protocol):
+    @property
+    def at(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -141,8 +64,13 @@ class SimResult:
 
 
 class SimFailure(AssertionError):
-    def __init__(self, kind: str, seed: int, reason: str, trace: list[str], plan: str) -> None:
+    def __init__(
+        self, kind: str, seed: int, reason: str, trace: list[str], plan: str | Sequence[object]
+    ) -> None:
+        """``plan``: the faults (printed one after the other), or their text."""
         self.kind, self.seed, self.reason = kind, seed, reason
+        if not isinstance(plan, str):
+            plan = "; ".join(str(f) for f in plan) or "(none)"
         lines = [
             f"{kind} simulation seed {seed} failed: {reason}",
             f"plan: {plan}",
@@ -152,118 +80,28 @@ class SimFailure(AssertionError):
         super().__init__("\n".join(lines))
 
 
-# -- random schedules ---------------------------------------------------------------
-def random_options(rng: random.Random, *, steps: int, membership: bool) -> SimOptions:
-    net = NetConfig(
-        drop=rng.choice((0.0, 0.02, 0.1)),
-        duplicate=rng.choice((0.0, 0.0, 0.05)),
-        max_delay=rng.choice((1, 2, 3, 5)),
-    )
-    churn = rng.random() < CHURN_SCHEDULES
-    params = CoreParams(
-        election_tick=rng.choice((5, 10)),
-        pre_vote=rng.random() < 0.75,
-        check_quorum=rng.random() < 0.75,
-        # Churn schedules mostly split a tail over several appends, so a new leader's
-        # no-op trails the older entries it replicates.
-        max_size_per_msg=64 if churn and rng.random() < 0.75 else rng.choice((64, 256, 1 << 20)),
-        max_inflight_msgs=rng.choice((1, 4, 256)),
-    )
-    return SimOptions(
-        nodes=rng.choice((3, 3, 3, 3, 5) if churn else (3, 3, 5)),
-        steps=steps,
-        net=net,
-        params=params,
-        propose_prob=rng.choice((0.3, 0.6) if churn else (0.1, 0.3, 0.6)),
-        membership=membership and rng.random() < 0.5,
-        churn=churn,
-    )
+R = TypeVar("R")
+F = TypeVar("F", bound=_Timed)
 
 
-def leader_churn(rng: random.Random, opts: SimOptions) -> list[Fault]:
-    """Cut off whoever leads, then each newly elected leader in turn (cutting one off
-    heals the previous cut), then heal.
-
-    Each cut-off leader keeps the entries it took since its last commit (an uncommitted
-    tail of its term); a leader cut at once has written its term's no-op at indexes the
-    others lack; a leader with an older tail that comes back may win, replicate that tail
-    for a few round trips and be cut in turn, and the one with the newer no-op may then
-    win over the nodes that took the older tail. That is Figure 8 of the Raft paper
-    (section 5.4.2): only a core that commits an earlier term's entries by counting
-    replicas loses a committed entry in it. Random faults alone reached it at 1 of 3000
-    default seeds; with this episode in a third of the schedules, at 110 of 3000 (FINDINGS.md).
-    """
-    e = opts.params.election_tick
-    t = rng.randint(5, max(6, opts.steps // 2))
-    out = [Fault(at=t, kind=FaultKind.ISOLATE_LEADER, side=frozenset({1}))]
-    cuts = rng.randint(3, 7)
-    for i in range(cuts):
-        # Alternate: cut one leader before its no-op spreads, let the next one replicate
-        # an older tail for a few round trips.
-        delay = rng.randint(2, 4 * opts.net.max_delay + 4) if i % 2 else 0
-        out.append(Fault(at=t, kind=FaultKind.CUT_NEXT_LEADER, delay=delay))
-    out.append(Fault(at=t + (cuts + 1) * 3 * e, kind=FaultKind.HEAL))
-    return out
+def faults_by_step(plan: Sequence[F]) -> defaultdict[int, list[F]]:
+    by_step: defaultdict[int, list[F]] = defaultdict(list)
+    for f in plan:
+        by_step[f.at].append(f)
+    return by_step
 
 
-def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
-    n, steps = opts.nodes, opts.steps
-    ids = list(range(1, n + 1))
-    plan: list[Fault] = leader_churn(rng, opts) if opts.churn else []
-    # Other faults keep out of the churn episode (a heal or restart inside it would end
-    # the rotation it relies on): those that would start in it start after it, those
-    # that would end in it (a heal, a restart) end after it.
-    lo, hi = (plan[0].at - 20, plan[-1].at) if plan else (steps, steps)
-
-    def outside(at: int) -> int:
-        return hi + 1 if lo <= at <= hi else at
-
-    kinds = [
-        FaultKind.PARTITION,
-        FaultKind.ISOLATE_LEADER,
-        FaultKind.CRASH,
-        FaultKind.CRASH_LEADER,
-        FaultKind.CRASH_MID_READY,
-        FaultKind.CRASH_BEFORE_ADVANCE,
-        FaultKind.SNAPSHOT,
-        FaultKind.NET,
-        FaultKind.TRANSFER,
-        FaultKind.ADD_LEARNER,
-        FaultKind.PROMOTE,
-        FaultKind.REMOVE,
-        FaultKind.REPLACE,
-        FaultKind.DEMOTE,
-    ]
-    membership = [2, 2, 1, 2, 1] if opts.membership else [0] * 5
-    weights = [4, 2, 3, 2, 2, 1, 5, 1, 1, *membership]
-    t = 0
-    while True:
-        t = outside(t + rng.randint(2, 20))
-        if t >= steps:
-            return sorted(plan, key=lambda f: f.at)
-        kind = rng.choices(kinds, weights)[0]
-        node = rng.choice(ids)
-        if kind in (FaultKind.PARTITION, FaultKind.ISOLATE_LEADER):
-            side = frozenset(rng.sample(ids, rng.randint(1, n // 2)))
-            plan.append(Fault(at=t, kind=kind, side=side))
-            plan.append(Fault(at=outside(t + rng.randint(5, 60)), kind=FaultKind.HEAL))
-        elif kind in CRASHES:
-            plan.append(Fault(at=t, kind=kind, node=node))
-            back = FaultKind.RESTART if rng.random() < 0.7 else FaultKind.RESTART_FRESH
-            # RESTART of CRASH_LEADER restarts every down node (the leader is known only then).
-            plan.append(Fault(at=outside(t + rng.randint(1, 40)), kind=back, node=node))
-        elif kind == FaultKind.SNAPSHOT:
-            plan.append(Fault(at=t, kind=kind, node=node, keep=rng.choice((0, 0, 2, 5))))
-        elif kind == FaultKind.NET:
-            net = NetConfig(
-                drop=rng.choice((0.0, 0.05, 0.3)),
-                duplicate=rng.choice((0.0, 0.1)),
-                max_delay=rng.choice((1, 3, 8)),
-            )
-            plan.append(Fault(at=t, kind=kind, net=net))
-            plan.append(Fault(at=t + rng.randint(5, 40), kind=kind, net=opts.net))
-        else:
-            plan.append(Fault(at=t, kind=kind, node=node))
+def run_guarded(run: Callable[[], R], failure: Callable[[str], SimFailure]) -> R:
+    """``run()``, with a safety violation or an unexpected exception turned into the
+    SimFailure ``failure`` makes of it (seed, plan, last events: a replayable report)."""
+    try:
+        return run()
+    except SafetyViolation as e:
+        raise failure(str(e)) from e
+    except SimFailure:
+        raise
+    except Exception as e:
+        raise failure(f"exception {type(e).__name__}: {e}") from e
 
 
 # -- running -------------------------------------------------------------------------
@@ -295,23 +133,13 @@ class Run:
         self.membership_supported = True
 
     def run(self) -> SimResult:
-        try:
-            return self._run()
-        except SafetyViolation as e:
-            raise self._failure(str(e)) from e
-        except SimFailure:
-            raise
-        except Exception as e:
-            raise self._failure(f"exception {type(e).__name__}: {e}") from e
+        return run_guarded(self._run, self._failure)
 
     def _failure(self, reason: str) -> SimFailure:
-        plan = "; ".join(str(f) for f in self.plan) or "(none)"
-        return SimFailure(self.kind, self.seed, reason, list(self.cluster.trace), plan)
+        return SimFailure(self.kind, self.seed, reason, list(self.cluster.trace), self.plan)
 
     def _run(self) -> SimResult:
-        by_step: defaultdict[int, list[Fault]] = defaultdict(list)
-        for f in self.plan:
-            by_step[f.at].append(f)
+        by_step = faults_by_step(self.plan)
         c, opts = self.cluster, self.opts
         for step in range(opts.steps):
             c.now = step

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from kvstore.consensus.types import ConsensusError
@@ -32,7 +32,7 @@ from kvstore.shard.split import SplitError, check_split_key
 from .checkers import SafetyViolation
 from .cluster import CoreParams, load_core
 from .network import PERFECT, NetConfig, Network
-from .schedule import SimFailure
+from .schedule import SimFailure, faults_by_step, run_guarded
 from .shard_actors import KEYS, Merger, Mover, Writers
 from .shard_cluster import ShardCluster, StorageView
 
@@ -195,24 +195,15 @@ class ShardRun:
 
     def run(self) -> ShardResult:
         try:
-            return self._run()
-        except SafetyViolation as e:
-            raise self._failure(str(e)) from e
-        except SimFailure:
-            raise
-        except Exception as e:
-            raise self._failure(f"exception {type(e).__name__}: {e}") from e
+            return run_guarded(self._run, self._failure)
         finally:
             self.c.close()
 
     def _failure(self, reason: str) -> SimFailure:
-        plan = "; ".join(str(f) for f in self.plan) or "(none)"
-        return SimFailure(f"sharded {self.kind}", self.seed, reason, list(self.c.trace), plan)
+        return SimFailure(f"sharded {self.kind}", self.seed, reason, list(self.c.trace), self.plan)
 
     def _run(self) -> ShardResult:
-        by_step: defaultdict[int, list[Fault]] = defaultdict(list)
-        for f in self.plan:
-            by_step[f.at].append(f)
+        by_step = faults_by_step(self.plan)
         c, opts = self.c, self.opts
         for step in range(opts.steps):
             c.now = step

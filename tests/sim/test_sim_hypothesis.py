@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from .cluster import CoreParams, load_core
 from .conftest import SimArgs
 from .network import NetConfig
-from .schedule import Fault, FaultKind, SimFailure, SimOptions, run_schedule
+from .plans import Fault, FaultKind, SimOptions
+from .schedule import SimFailure, run_schedule
 
 STEPS = 120
 EXAMPLES = 200
