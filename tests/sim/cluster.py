@@ -76,6 +76,52 @@ def load_core(kind: str) -> tuple[CoreFactory, Traits] | None:
     return factory, traits
 
 
+def new_group(
+    factory: CoreFactory,
+    p: CoreParams,
+    node_id: int,
+    storage: SimStorage,
+    applied: int,
+    rng: random.Random,
+) -> GroupState:
+    """A replica's in-memory side at a (re)start: a new core over the durable storage,
+    told that the state machine holds everything through ``applied``."""
+    cfg = Config(
+        id=node_id,
+        election_tick=p.election_tick,
+        heartbeat_tick=p.heartbeat_tick,
+        pre_vote=p.pre_vote,
+        check_quorum=p.check_quorum,
+        max_size_per_msg=p.max_size_per_msg,
+        max_inflight_msgs=p.max_inflight_msgs,
+        applied=applied,
+        rng=random.Random(rng.getrandbits(64)),
+    )
+    core = factory(cfg, storage)
+    hs = storage.hard_state
+    return GroupState(
+        id=cfg.group,
+        core=core,
+        applied=applied,
+        compacted=storage.first_index() - 1,
+        term=hs.term,
+        persisted_term=hs.term,
+        persisted_vote=hs.vote,
+    )
+
+
+def compact(st: SimStorage, sm: StateMachine, keep: int) -> bool:
+    """Record a state machine image at the applied index, then drop the log entries up
+    to ``keep`` before it. False (nothing done) when no entry is newer than the last
+    snapshot or the state machine is ahead of the log."""
+    index = sm.index
+    if index <= st.snapshot().metadata.index or index > st.last_index():
+        return False
+    st.create_snapshot(index, sm.conf_state, encode_image(index, sm.digest))
+    st.compact(max(index - keep, st.first_index() - 1))
+    return True
+
+
 class CrashPoint(enum.Enum):
     """Where inside a Ready a node may crash (between Readies is the plain case)."""
 
@@ -155,28 +201,7 @@ class Cluster:
     def _boot(self, node: SimNode) -> None:
         p = self.params
         node.storage.boot_conf = node.sm.conf_state
-        cfg = Config(
-            id=node.id,
-            election_tick=p.election_tick,
-            heartbeat_tick=p.heartbeat_tick,
-            pre_vote=p.pre_vote,
-            check_quorum=p.check_quorum,
-            max_size_per_msg=p.max_size_per_msg,
-            max_inflight_msgs=p.max_inflight_msgs,
-            applied=node.sm.index,
-            rng=random.Random(self.rng.getrandbits(64)),
-        )
-        core = self.factory(cfg, node.storage)
-        hs = node.storage.hard_state
-        node.group = GroupState(
-            id=cfg.group,
-            core=core,
-            applied=node.sm.index,
-            compacted=node.storage.first_index() - 1,
-            term=hs.term,
-            persisted_term=hs.term,
-            persisted_vote=hs.vote,
-        )
+        node.group = new_group(self.factory, p, node.id, node.storage, node.sm.index, self.rng)
         node.loop = ReplicaLoop(
             node_id=node.id,
             storage=StorageView(node),
@@ -216,14 +241,9 @@ class Cluster:
         """Record a state machine image at the applied index, then drop log entries up to
         ``keep`` before it (the InstallSnapshot path needs compacted leaders)."""
         node = self.nodes[node_id]
-        st = node.storage
-        index = node.sm.index
-        if index <= st.snapshot().metadata.index or index > st.last_index():
-            return
-        st.create_snapshot(index, node.sm.conf_state, encode_image(index, node.sm.digest))
-        st.compact(max(index - keep, st.first_index() - 1))
-        self.stats["snapshots"] += 1
-        self.note(f"snapshot {node_id} at {index}")
+        if compact(node.storage, node.sm, keep):
+            self.stats["snapshots"] += 1
+            self.note(f"snapshot {node_id} at {node.sm.index}")
 
     # -- time -----------------------------------------------------------------------
     def up_nodes(self) -> list[SimNode]:

@@ -42,7 +42,6 @@ from kvstore.consensus.raft import RawNode
 from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
-    Config,
     ConfState,
     ConsensusError,
     Core,
@@ -51,12 +50,12 @@ from kvstore.consensus.types import (
     ReadState,
     Role,
 )
-from kvstore.node.pending import GroupState, Waiter, Write
+from kvstore.node.pending import Waiter, Write
 from kvstore.node.replica import ReplicaLoop
 from kvstore.statemachine import Put, decode_batch
 
-from .checkers import Checker, SafetyViolation, encode_image
-from .cluster import load_core
+from .checkers import Checker, SafetyViolation
+from .cluster import compact, load_core, new_group
 from .driver_parts import Answer, DNode, DriverOptions, InFlight, random_options
 from .network import PERFECT, Network
 from .twin import METRICS, Clock, SimStorage, StateMachine, StorageView, Twin
@@ -110,28 +109,7 @@ class DriverSim:
     def _boot(self, node: DNode) -> None:
         p = self.opts.params
         node.storage.boot_conf = node.sm.conf_state
-        cfg = Config(
-            id=node.id,
-            election_tick=p.election_tick,
-            heartbeat_tick=p.heartbeat_tick,
-            pre_vote=p.pre_vote,
-            check_quorum=p.check_quorum,
-            max_size_per_msg=p.max_size_per_msg,
-            max_inflight_msgs=p.max_inflight_msgs,
-            applied=node.sm.index,
-            rng=random.Random(self.rng.getrandbits(64)),
-        )
-        core = self.factory(cfg, node.storage)
-        hs = node.storage.hard_state
-        node.group = GroupState(
-            id=cfg.group,
-            core=core,
-            applied=node.sm.index,
-            compacted=node.storage.first_index() - 1,
-            term=hs.term,
-            persisted_term=hs.term,
-            persisted_vote=hs.vote,
-        )
+        node.group = new_group(self.factory, p, node.id, node.storage, node.sm.index, self.rng)
         node.loop = ReplicaLoop(
             node_id=node.id,
             storage=StorageView(node),
@@ -293,12 +271,8 @@ class DriverSim:
         return bool(cs.voters)
 
     def _compact(self, node: DNode, keep: int) -> None:
-        st, index = node.storage, node.sm.index
-        if index <= st.snapshot().metadata.index or index > st.last_index():
-            return
-        st.create_snapshot(index, node.sm.conf_state, encode_image(index, node.sm.digest))
-        st.compact(max(index - keep, st.first_index() - 1))
-        self.stats["snapshots"] += 1
+        if compact(node.storage, node.sm, keep):
+            self.stats["snapshots"] += 1
 
     # -- the client ------------------------------------------------------------------
     def client_write(self) -> None:
