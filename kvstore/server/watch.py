@@ -108,6 +108,9 @@ _Read = tuple[list[kv_pb2.WatchResponse], int, int, bool]
 are complete through, the group's revision as of the read, whether it had events."""
 
 READ_CACHE_ENTRIES = 256
+READ_CACHE_BYTES = 32 << 20
+"""What the shared reads may hold at most: a read is up to MAX_READ_BYTES, and 256 of
+them (watchers catching up from different revisions) would pin half a gigabyte."""
 
 
 class WatchHub:
@@ -119,6 +122,7 @@ class WatchHub:
         self.streams = 0
         self._generation: dict[int, int] = {}
         self._reads: dict[tuple[int, int, bytes, bytes, int, bool], _Read] = {}
+        self.cached_bytes = 0
 
     def notify(self, groups: Iterable[int]) -> None:
         for g in groups:
@@ -130,9 +134,14 @@ class WatchHub:
         return self._reads.get((self._generation.get(key[0], 0), *key))
 
     def keep(self, key: tuple[int, bytes, bytes, int, bool], read: _Read) -> None:
-        if len(self._reads) >= READ_CACHE_ENTRIES:
+        size = sum(m.ByteSize() for m in read[0])
+        if size > READ_CACHE_BYTES:
+            return
+        if len(self._reads) >= READ_CACHE_ENTRIES or self.cached_bytes + size > READ_CACHE_BYTES:
             self._reads.clear()  # entries of past generations are never asked for again
+            self.cached_bytes = 0
         self._reads[(self._generation.get(key[0], 0), *key)] = read
+        self.cached_bytes += size
 
     def subscribe(self, group: int) -> asyncio.Event:
         ev = asyncio.Event()

@@ -79,3 +79,21 @@ def test_messages_keep_revisions_whole_unless_fragmented() -> None:
         else:
             assert m.progress_revision >= max(revs)
     assert msgs[-1].progress_revision == 9 and not msgs[-1].fragment
+
+
+def test_shared_reads_hold_bounded_memory() -> None:
+    """Watchers catching up from many different revisions each leave a read of up to
+    MAX_READ_BYTES in the shared cache: 256 of them pinned ~0.5 GiB until the cache
+    filled by count. The cache is bounded by bytes too."""
+    from kvstore.server.watch import MAX_READ_BYTES, READ_CACHE_ENTRIES, WatchHub
+
+    big = b"x" * (MAX_READ_BYTES - 1024)
+    hub = WatchHub()
+    ev = Event(1, EventKind.PUT, b"k", KeyValue(b"k", big, 1, 1, 1), None)
+    msgs = pack([ev], 1, prev_kv=False)  # one read, kept under many keys
+    size = sum(m.ByteSize() for m in msgs)
+    most = 0
+    for n in range(READ_CACHE_ENTRIES - 1):
+        hub.keep((1, b"", b"", n + 1, False), (msgs, n + 1, n + 1, True))
+        most = max(most, len(hub._reads))
+    assert most * size <= 64 << 20
