@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,3 +210,47 @@ def running_cluster(root: Path, **kw: Any) -> Any:
         yield c
     finally:
         c.close()
+
+
+class Writers:
+    """Background writers, one key each, putting "1", "2", "3" ... until stopped.
+
+    ``acked[name]`` is the last value acknowledged for that key; a writer's first error is
+    recorded in ``errors`` and ends that writer. ``start`` returns once every writer got
+    an acknowledgement; ``stop`` asserts that none failed.
+    """
+
+    def __init__(
+        self, cluster: LocalCluster, names: list[str], *, timeout: float, pause: float = 0.0
+    ) -> None:
+        self.cluster, self.timeout, self.pause = cluster, timeout, pause
+        self.acked: dict[str, int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(n,)) for n in names]
+
+    def _write(self, name: str) -> None:
+        with self.cluster.client(timeout=self.timeout) as w:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    w.put(name, str(n))
+                except Exception as e:  # recorded, checked by stop()
+                    self.errors.append(f"{name}: {e!r}")
+                    return
+                self.acked[name] = n
+                if self.pause:
+                    time.sleep(self.pause)
+
+    def start(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        wait_for(lambda: len(self.acked) == len(self._threads), 20, "every writer acknowledged")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        assert not self.errors, self.errors[:3]

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .harness import LocalCluster, wait_for
+from .harness import LocalCluster, Writers, wait_for
 
 NODES, SHARDS, DOWN_AFTER = 5, 3, 3.0
 
@@ -85,27 +84,8 @@ def test_a_dead_node_is_repaired_and_a_decommission_moves_everything(
     try:
         c.start()
         wait_for(lambda: set(_groups(c, set())) >= set(range(SHARDS + 1)), 40, "leaders")
-        acked: dict[str, int] = {}
-        errors: list[str] = []
-        stop = threading.Event()
-
-        def writer(name: str) -> None:
-            with c.client(timeout=20) as w:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    try:
-                        w.put(name, str(n))
-                    except Exception as e:  # recorded, checked below
-                        errors.append(f"{name}: {e!r}")
-                        return
-                    acked[name] = n
-                    time.sleep(0.01)
-
-        threads = [threading.Thread(target=writer, args=(f"{p}w",)) for p in "bhnt"]
-        for t in threads:
-            t.start()
-        wait_for(lambda: len(acked) == len(threads), 20, "every writer acknowledged")
+        writers = Writers(c, [f"{p}w" for p in "bhnt"], timeout=20, pause=0.01).start()
+        acked = writers.acked
 
         # Node 2 hosts the meta group and data shards (layout: consecutive nodes).
         victim = 2
@@ -180,10 +160,7 @@ def test_a_dead_node_is_repaired_and_a_decommission_moves_everything(
         wait_for(no_zombies, 30, "every removed replica destroyed")
         assert not [g for g in c.node_status(4)["groups"] if g["group"] != 0]
 
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        assert not errors, errors[:3]
+        writers.stop()
         with c.client(timeout=15) as kv:
             for name, n in acked.items():
                 assert kv.get(name) == str(n).encode(), name  # nothing acknowledged lost

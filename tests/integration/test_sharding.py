@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from kvstore.client import Client
 
-from .harness import LocalCluster, wait_for
+from .harness import LocalCluster, Writers, wait_for
 
 NODES, SHARDS = 5, 4
 
@@ -78,34 +77,13 @@ def test_sharded_cluster_routes_splits_online_and_stale_clients_recover(
     assert stale.get("q1") == b"v-q1"  # caches the map from before the split
 
     # Writers keep writing to shard 3 ([n, t)) while it splits.
-    acked: dict[str, int] = {}
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def writer(name: str) -> None:
-        with c.client(timeout=15) as w:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    w.put(name, str(n))
-                except Exception as e:  # recorded, checked below
-                    errors.append(f"{name}: {e!r}")
-                    return
-                acked[name] = n
-
-    threads = [threading.Thread(target=writer, args=(f"{p}w",)) for p in "opqrs"]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(acked) == len(threads), 20, "every writer acknowledged")
+    writers = Writers(c, [f"{p}w" for p in "opqrs"], timeout=15).start()
+    acked = writers.acked
     out = _cli(c, "shard", "split", "3")
     assert out.returncode == 0, out.stderr
     assert "split shard 3" in out.stdout
     wait_for(lambda: all(acked.get(f"{p}w", 0) > 20 for p in "opqrs"), 30, "writes after the split")
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert not errors, errors[:3]
+    writers.stop()
 
     with c.client(timeout=15) as kv:
         for name, n in acked.items():
