@@ -26,7 +26,7 @@ from .conftest import SimArgs
 from .driver_model import run_driver_schedule
 
 KINDS = ("raft", "paxos")
-DEFAULT_SCHEDULES = {"raft": 2500, "paxos": 800}
+DEFAULT_SCHEDULES = {"raft": 1250, "paxos": 400}
 STEPS = 200
 SOAK_SCHEDULES = 3000
 SOAK_STEPS = 1000
