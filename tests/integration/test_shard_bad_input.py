@@ -80,6 +80,15 @@ def test_bad_shard_requests_are_refused_with_the_reason_and_change_nothing(
             refused(("shard", *args), "shard 7 does not exist (shards: [1, 2])")
 
         c.kill(4)
+
+        def judged_down() -> bool:
+            out = _cli(c, "node", "list", "--json")
+            rows = {r["id"]: r for r in json.loads(out.stdout)} if out.returncode == 0 else {}
+            return 4 in rows and rows[4]["liveness"] != "alive"
+
+        # Until the failure detector has judged node 4, a move to it is a real move (it
+        # would add a learner there): the refusal, changing nothing, comes after.
+        wait_for(judged_down, 60, "node 4 judged not alive")
         wait_for(
             lambda: (
                 "node 4 is not alive"
