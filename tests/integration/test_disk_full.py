@@ -57,9 +57,12 @@ def test_a_full_file_system_refuses_writes_and_recovers_when_space_returns(
             assert cluster.alive(1), (
                 "the node exited on a full file system: " + cluster.log(1)[-2500:]
             )
-            # Reads keep working, and every acknowledged write is there.
+            # Reads keep working. An acknowledged write is committed in the log, but its
+            # apply (the value again, and its history event) may be what no longer fits:
+            # it is applied once the disk has room, checked below with strong reads.
+            assert c.get(acked[0], read_mode="eventual") == value
             for key in acked:
-                assert c.get(key, read_mode="eventual") == value, key
+                assert c.get(key, read_mode="eventual") in (value, None), key
             subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
 
             def writable() -> bool:
