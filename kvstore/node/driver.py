@@ -259,7 +259,9 @@ class NodeDriver:
                 ExhaustedOp(
                     f"storage is full to its high-water mark ({self.storage.live} bytes "
                     f"held, mark {self.storage.high_water}; the rest of the map is kept for "
-                    "deletes): writes that add data are refused, deletes still apply",
+                    "deletes): writes that add data are refused; deletes still apply, and "
+                    "their values leave the disk once the history is compacted "
+                    "(`kvstore compact`)",
                     definite=True,
                 )
             )
