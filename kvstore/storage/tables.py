@@ -412,9 +412,12 @@ class GroupTables:
         seq, and every session the source held counts as active at ``index`` (the
         source's indexes mean nothing in this log; being kept longer never changes an
         answer). The log clock and the applied time become the later of the two.
-        Sessions expired on either side (at ``source_index`` and the source's clock, at
-        ``index`` and this group's) count as absent: whether a replica has swept one yet
-        differs between replicas, and taking it in would make them differ."""
+        Sessions forgotten on either side (at ``source_index`` and the source's clock, at
+        ``index`` and this group's) count as absent. An expired side brings no outcomes
+        (whether a replica has swept them yet differs between replicas) but its last seq
+        raised by SESSION_WINDOW: every seq it may have applied stays refused as
+        possibly applied (SESSION_EXPIRED), as before the merge. Counting it as absent
+        let a retry of a write the expired session had applied apply a second time."""
         self.flush()
         src = GroupTables(self.txn, self.dbs, source, None)
         mine_now, src_now = self.clock(), src.clock()
@@ -444,14 +447,20 @@ class GroupTables:
                     self.txn.put(prefix + suffix, record, db=self.dbs.sessions)
                 continue
             theirs = src._decode(decode_session, record, f"session {sid}")
-            if theirs.expired(source_index, src_now):
+            if theirs.forgotten(source_index, src_now):
                 expired.add(sid)  # a state sorts before its outcomes
                 continue
+            their_seq = theirs.last_seq
+            if theirs.expired(source_index, src_now):
+                expired.add(sid)
+                their_seq += SESSION_WINDOW
             mine = self.session(sid)
             if mine is not None and mine.expired(index, mine_now):
                 self._drop(sid)  # its outcomes must not come back with the source's
+                if not mine.forgotten(index, mine_now):
+                    their_seq = max(their_seq, mine.last_seq + SESSION_WINDOW)
                 mine = None
-            last_seq = theirs.last_seq if mine is None else max(mine.last_seq, theirs.last_seq)
+            last_seq = their_seq if mine is None else max(mine.last_seq, their_seq)
             last_time = (
                 theirs.last_time_ms if mine is None else max(mine.last_time_ms, theirs.last_time_ms)
             )

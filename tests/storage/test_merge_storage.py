@@ -251,3 +251,40 @@ def test_replicas_that_merged_at_different_points_of_the_frozen_source_agree(
         values.append(s.kv(L).get(b"apple"))
     assert answers[0] == answers[1] == (True, 1), "the retry is answered, not applied again"
     assert values[0] == values[1]
+
+
+def test_a_session_expired_on_either_side_still_refuses_its_retries_after_a_merge(
+    st: NodeStorage,
+) -> None:
+    """An expired session refuses its writes (SESSION_EXPIRED): its outcomes are gone, so
+    a retry of a write it applied must not apply again. The merge counted an expired
+    session of either side as absent (source) or dropped it for the other side's
+    (target), and the retry after the merge applied a second time."""
+    from kvstore.statemachine.apply import SESSION_IDLE_MS
+
+    late = 1_000 + SESSION_IDLE_MS + 10
+    # Client 5 (incarnation 1) wrote to L long ago, and lately to R; client 6
+    # (incarnation 2) wrote to R long ago. Other clients' writes move both log clocks.
+    run(st, L, entry(1, encode_batch([Put(b"apple", b"1", 5, 1, 1)], 1_000)))
+    run(st, R, entry(1, encode_batch([Put(b"pear", b"1", 6, 1, 2)], 1_000)))
+    run(st, R, entry(2, encode_batch([Put(b"plum", b"1", 5, 2, 1)], late)))
+    run(st, L, entry(2, encode_batch([Put(b"fig", b"1", 7, 1, 1)], late)))
+    # Before the merge both retries are refused.
+    out, _ = run(st, R, entry(3, encode_batch([Put(b"pear", b"1", 6, 1, 2)], late + 1)))
+    assert out[0].error == ApplyError.SESSION_EXPIRED
+    out, _ = run(st, L, entry(3, encode_batch([Put(b"apple", b"1", 5, 1, 1)], late + 1)))
+    assert out[0].error == ApplyError.SESSION_EXPIRED
+    src = prepare(st, 4)
+    run(st, L, entry(4, cmds.encode(cmds.CommitMerge(src))))
+    retries = encode_batch(
+        [Put(b"pear", b"1", 6, 1, 2), Put(b"apple", b"1", 5, 1, 1), Put(b"plum", b"1", 5, 2, 1)],
+        late + 2,
+    )
+    out, _ = run(st, L, entry(5, retries))
+    assert [r.error for r in out[:2]] == [ApplyError.SESSION_EXPIRED] * 2
+    assert out[2].ok and out[2].revision == 2  # client 5's live session answers from R's
+    assert st.kv(L).get(b"pear").mod_revision == 1  # type: ignore[union-attr]
+    assert st.kv(L).get(b"apple").mod_revision == 1  # type: ignore[union-attr]
+    # New writes of both sessions still apply.
+    out, _ = run(st, L, entry(6, encode_batch([Put(b"kiwi", b"1", 5, 3, 1)], late + 3)))
+    assert out[0].ok
