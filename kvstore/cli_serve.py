@@ -24,10 +24,8 @@ from kvstore.cli_flags import (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kvstore.node import log
     from kvstore.server.process import ServeOptions, StartupError, parse_peers, run
 
-    log.setup(args.log_level, args.id, args.log_format)
     try:
         peers = parse_peers(args.peers or "")
     except ValueError as e:
@@ -59,6 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             split_size=args.split_size,
             split_key_count=args.split_key_count,
             history_revisions=args.history_revisions,
+            log_level=args.log_level,
+            log_format=args.log_format,
         )
     except ValueError as e:
         print(f"kvstore serve: {e}", file=sys.stderr)

@@ -86,6 +86,9 @@ class ServeOptions:
     history_revisions: int = DEFAULT_HISTORY_REVISIONS
     """Revisions of history each shard keeps for gets at a revision and watches (0: all,
     until ``kvstore compact``; storage/history.py)."""
+    log_level: str = "INFO"
+    log_format: str = "text"
+    """text (key=value) or json; ``run`` sets the process's logging up with both."""
 
     def __post_init__(self) -> None:
         """The same limits the command line checks, for nodes built in code: nothing
@@ -548,7 +551,13 @@ async def run_until_signal(opts: ServeOptions) -> bool:
 
 
 def run(opts: ServeOptions) -> bool:
-    """Blocking entry of `kvstore serve`; uvloop when present. False: the node failed."""
+    """Blocking entry of `kvstore serve`; uvloop when present. False: the node failed.
+    Owns the process's stderr: every line on it is a log line with the node id."""
+    from kvstore.node import log, log_relay
+
+    log.setup(
+        opts.log_level, opts.id, opts.log_format, log_relay.capture_stderr(opts.id, opts.log_format)
+    )
     try:
         import uvloop
     except ImportError:
