@@ -113,6 +113,19 @@ def test_raft_passes(tmp_path: Path, workload: str, nemesis: str) -> None:
     assert res["counts"]["ok"] > 100
 
 
+def test_a_tls_run_passes(tmp_path: Path) -> None:
+    """`--tls` (issue 14): mutual TLS between nodes and clients, here on Multi-Paxos
+    under kill -9 (restarted nodes rejoin over TLS)."""
+    code, res = _run(
+        tmp_path, "--workload", "register", "--nemesis", "kill", "--consensus", "paxos", "--tls"
+    )
+    assert code == 0, res
+    assert res["verdict"] == "valid" and res["config"]["tls"] is True
+    assert res["counts"]["ok"] > 100
+    assert (tmp_path / "certs" / "ca.pem").exists()
+    assert "tls=True" in (tmp_path / "nodes" / "n1.log").read_text(), "the nodes served TLS"
+
+
 def test_raft_shard_nemesis_on_four_shards(tmp_path: Path) -> None:
     """Splits at written keys, merges, leader transfers and moves during traffic, 4
     shards x 3 replicas."""
