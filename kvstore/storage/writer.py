@@ -3,6 +3,7 @@
 Invariant: a Writer only stages; GroupLog views change when NodeStorage commits the
 transaction (then ``publish()`` hands out the new views) and never if it aborts. Within
 the transaction each group's pending view tracks exactly what the transaction wrote.
+Shard admin entries (split, merge, Compact) apply through storage/shard_apply.py.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from functools import partial
 from typing import Any
 
 from kvstore.consensus.types import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -25,14 +24,11 @@ from kvstore.consensus.types import (
 )
 from kvstore.shard import commands as shard_cmds
 from kvstore.shard import descriptor as desc
-from kvstore.shard import merging as shard_merge
-from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
-from kvstore.shard.split import SplitError
-from kvstore.shard.split import split as split_shard
+from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine.apply import advance_applied_time, apply_commands
 from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
-from kvstore.storage import codec, keys
+from kvstore.storage import codec, keys, shard_apply
 from kvstore.storage.errors import CorruptionError
 from kvstore.storage.history import GroupHistory, RecordingTables, retain
 from kvstore.storage.log import LogView, cap_tail, read_entry, read_members
@@ -225,7 +221,7 @@ class Writer:
             lo, hi = keys.group_prefix(group), keys.group_end(group)
             delete_range(self._txn, self._dbs.log, lo, hi)
             if shard is not None:
-                self._absorb_frozen_sources(group, shard)
+                shard_apply.absorb_frozen_sources(self, group, shard)
                 self._set_shard(group, p, shard)
             GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).replace(
                 image.kv(), image.sessions()
@@ -243,24 +239,6 @@ class Writer:
         self._set_applied(group, p, meta.index)
         self._store_conf(group, p, meta.conf_state)
         p.last_index, p.last_term, p.tail = meta.index, meta.term, []
-
-    def _absorb_frozen_sources(self, group: int, shard: Descriptor) -> None:
-        """A snapshot of a merge target that covers a local merge source frozen into it
-        (this replica lagged past the CommitMerge): destroy that source in this same
-        transaction (TiKV #7002: never one without the other); the image holds its
-        range's data. Scans the stored descriptors: snapshots are rare."""
-        tag = keys.TAG_SHARD
-        cur = self._txn.cursor(db=self._dbs.meta)
-        found = []
-        for k in cur.iternext(values=False):
-            if len(k) == 9 and k[8:] == tag and not k.startswith(keys.NODE_META_PREFIX):
-                found.append(int.from_bytes(k[:8], "big"))
-        for gid in found:
-            q = self._group(gid)
-            d = q.shard
-            if gid != group and d is not None and d.merging_into == group and d.overlaps(shard):
-                self._destroy_state(gid, q)
-                self.merged.append((group, gid))
 
     def _set_shard(self, group: int, p: _Pending, shard: Descriptor) -> None:
         key = keys.meta_key(group, keys.TAG_SHARD)
@@ -314,7 +292,7 @@ class Writer:
             applied = e.index
             if e.type == EntryType.NORMAL and shard_cmds.is_admin(e.data):
                 tables.flush()  # a split copies the sessions as stored
-                self._apply_admin(group, p, e)
+                shard_apply.apply_admin(self, group, p, e)
                 tables = RecordingTables(self._txn, self._dbs, group, owned_range(group, p.shard))
             elif e.type == EntryType.NORMAL and e.data:
                 try:
@@ -346,7 +324,7 @@ class Writer:
                         tables.events = []
                     out += rs
             elif e.type == EntryType.CONF_CHANGE and p.shard is not None:
-                self._bump_conf_ver(group, p, e.data)
+                shard_apply.bump_conf_ver(self, group, p, e.data)
         if applied != p.applied:
             if p.shard is None or not p.shard.merging_into:
                 # Not in a frozen merge source: its session table stays as at its prepare
@@ -359,187 +337,6 @@ class Writer:
             offset = p.shard.revision_offset if p.shard is not None else 0
             retain(history, applied + offset, self._history_revisions, len(out))
         return out
-
-    # -- shard admin commands ------------------------------------------------------
-    def _apply_admin(self, group: int, p: _Pending, e: Entry) -> None:
-        """Apply one admin entry (shard.commands); a malformed or refused one applies as
-        nothing (result 0), the same way on every replica."""
-        try:
-            cmd = shard_cmds.decode(e.data)
-        except ValueError:
-            self.undecodable += 1
-            return
-        result = 0
-        if isinstance(cmd, shard_cmds.Split):
-            result = self._apply_split(group, p, e, cmd)
-        elif isinstance(cmd, shard_cmds.PrepareMerge):
-            result = self._apply_prepare_merge(group, p, e, cmd)
-        elif isinstance(cmd, shard_cmds.CommitMerge):
-            result = self._apply_commit_merge(group, p, e, cmd)
-        elif isinstance(cmd, shard_cmds.RollbackMerge):
-            result = self._apply_rollback_merge(group, p, cmd)
-        elif isinstance(cmd, shard_cmds.FenceMerge):
-            result = self._apply_fence_merge(group, p)
-        elif isinstance(cmd, shard_cmds.Compact):
-            # Never past this entry's revision: a future revision compacts to now.
-            now = e.index + (p.shard.revision_offset if p.shard is not None else 0)
-            history = GroupHistory(self._txn, self._dbs.history, group)
-            result = history.compact(min(cmd.revision, now))
-        elif group == META_GROUP:
-            key = keys.meta_key(group, keys.TAG_META_STATE)
-            record = self._txn.get(key, db=self._dbs.meta)
-            if record is not None:
-                state = shard_cmds.MetaState.decode(codec.unseal(group, record, "meta state"))
-                result = state.apply(cmd)
-                self._put_sealed(self._dbs.meta, key, group, state.encode())
-        self.admin_results.setdefault(group, {})[e.index] = result
-
-    def _apply_split(self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.Split) -> int:
-        """Split this group at ``cmd.at`` (docs/sharding.md): the left half stays, the
-        right half becomes group ``cmd.new_id`` starting at this entry, sharing the data
-        (no copy) and a copy of the sessions. Returns the new id, or 0 when refused (the
-        epoch moved on or the key is not inside the range)."""
-        d = p.shard
-        if d is None or d.epoch != cmd.epoch or d.merging_into:
-            return 0
-        try:
-            left, right = split_shard(d, cmd.at, cmd.new_id)
-        except SplitError:
-            return 0
-        self._set_shard(group, p, left)
-        c = self._group(keys.check_group(cmd.new_id))
-        fresh = LogView()
-        if c.shard is not None or c.last_index or c.applied or c.base != fresh.base:
-            # A replica of the new shard already exists here (a snapshot from its leader
-            # reached this node before this replica applied the split): keep it.
-            return cmd.new_id
-        # The members as of this entry are the descriptor's (kept entry by entry), not
-        # p.conf_state: the driver records the membership after the whole apply, so a
-        # conf change applied in the same persist would be missing, and replicas that
-        # batched differently would disagree on the new group's voters. A split inside
-        # a joint change starts the new group in the incoming configuration.
-        cs = ConfState(voters=frozenset(d.voters), learners=frozenset(d.learners))
-        base = SnapshotMetadata(index=e.index, term=e.term, conf_state=cs)
-        self._set_base(cmd.new_id, c, base)
-        self._set_applied(cmd.new_id, c, e.index)
-        self._store_conf(cmd.new_id, c, cs)
-        c.last_index, c.last_term, c.tail = e.index, e.term, []
-        hs = HardState(term=e.term, commit=e.index)
-        key = keys.meta_key(cmd.new_id, keys.TAG_HARD_STATE)
-        self._put_sealed(self._dbs.meta, key, cmd.new_id, codec.encode_hard_state(hs))
-        c.hard_state = hs
-        self._set_shard(cmd.new_id, c, right)
-        GroupTables(self._txn, self._dbs, group).copy_sessions_to(cmd.new_id)
-        # Each half keeps the lease attachments of the keys it owns (storage/leases.py).
-        GroupTables(self._txn, self._dbs, group).leases.prune(partial(owns, (left.start, left.end)))
-        GroupTables(self._txn, self._dbs, cmd.new_id).leases.prune(
-            partial(owns, (right.start, right.end))
-        )
-        # The new shard's revisions continue this one's: its history starts as the
-        # parent's, for its range.
-        history = GroupHistory(self._txn, self._dbs.history, group)
-        history.copy_range_to(cmd.new_id, right.start, right.end)
-        self.created.append(cmd.new_id)
-        return cmd.new_id
-
-    def _apply_prepare_merge(
-        self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.PrepareMerge
-    ) -> int:
-        """Freeze this group (the source) for a merge into ``cmd.target``: from this entry
-        on it applies no write. Returns this entry's index (0: refused, the epoch moved
-        on or a merge is already prepared)."""
-        d = p.shard
-        if d is None or d.epoch != cmd.source_epoch:
-            return 0
-        try:
-            frozen = shard_merge.prepare(d, cmd.target, e.index, cmd.target_epoch)
-        except SplitError:
-            return 0
-        self._set_shard(group, p, frozen)
-        return e.index
-
-    def _apply_commit_merge(
-        self, group: int, p: _Pending, e: Entry, cmd: shard_cmds.CommitMerge
-    ) -> int:
-        """This group (the target) absorbs the prepared source, in this transaction:
-        range extended, version max + 1, revision offset raised, sessions merged, and the
-        local source replica's state destroyed (its user keys stay: this group owns them
-        now). Whether it applies depends only on this group's state and the command
-        (every replica decides alike); the coordinator proposed it only after every
-        source replica had applied the PrepareMerge, so the local one is complete.
-        Returns the merged version (0: refused)."""
-        d, src = p.shard, cmd.source
-        if d is None:
-            return 0
-        try:
-            merged = shard_merge.commit(d, src, e.index)
-        except SplitError:
-            return 0
-        s = self._group(keys.check_group(src.id))
-        if s.shard != src or s.applied < src.merge_index:
-            self.merge_anomalies.append(
-                f"group {group} merged {src.describe()} at {e.index} while the local "
-                f"replica of {src.id} was {s.shard and s.shard.describe()} applied {s.applied}"
-            )
-        if s.shard is not None and s.shard.id == src.id:
-            GroupTables(self._txn, self._dbs, group, owned_range(group, d)).merge_sessions_from(
-                src.id, e.index, src.merge_index
-            )
-            self._destroy_state(src.id, s)
-            self.merged_away.add(src.id)
-        # The source's history goes with it: no resume may start at or below its last
-        # revision (a watcher that had not seen all of it gets the compacted error
-        # instead of a silent gap; docs/watch.md).
-        GroupHistory(self._txn, self._dbs.history, group).compact(
-            src.merge_index + src.revision_offset
-        )
-        self._set_shard(group, p, merged)
-        self.merged.append((group, src.id))
-        return merged.epoch.version
-
-    def _apply_fence_merge(self, group: int, p: _Pending) -> int:
-        if p.shard is None:
-            return 0
-        try:
-            fenced = shard_merge.fence(p.shard)
-        except SplitError:
-            return 0
-        self._set_shard(group, p, fenced)
-        return fenced.epoch.version
-
-    def _apply_rollback_merge(self, group: int, p: _Pending, cmd: shard_cmds.RollbackMerge) -> int:
-        d = p.shard
-        if d is None or d.epoch != cmd.source_epoch or not d.merging_into:
-            return 0
-        back = shard_merge.rollback(d)
-        self._set_shard(group, p, back)
-        return back.epoch.version
-
-    def _bump_conf_ver(self, group: int, p: _Pending, data: bytes) -> None:
-        """A membership change raises the descriptor's conf_ver, entry by entry."""
-        assert p.shard is not None
-        try:
-            cc = ConfChange.decode(data)
-        except ValueError:
-            return
-        voters, learners = set(p.shard.voters), set(p.shard.learners)
-        # A joint change makes several at once (the descriptor holds its incoming half);
-        # leaving it changes no member.
-        for part in cc.singles():
-            if part.type == ConfChangeType.ADD_LEARNER:
-                learners.add(part.node_id)
-                voters.discard(part.node_id)
-            elif part.type == ConfChangeType.ADD_NODE:
-                voters.add(part.node_id)
-                learners.discard(part.node_id)
-            else:
-                voters.discard(part.node_id)
-                learners.discard(part.node_id)
-        epoch = Epoch(p.shard.epoch.version, p.shard.epoch.conf_ver + 1)
-        shard = replace(
-            p.shard, epoch=epoch, voters=tuple(sorted(voters)), learners=tuple(sorted(learners))
-        )
-        self._set_shard(group, p, shard)
 
     def set_conf_state(self, group: int, conf_state: ConfState) -> None:
         """Persist the membership in effect (after applying a CONF_CHANGE entry)."""
