@@ -17,6 +17,9 @@ Rules:
 - An error is ``definite`` only if no attempt may have taken effect.
 - Concurrent calls share one Batch stream per endpoint (see _stream.py).
 - Every answer's causal token is kept; writes and causal reads carry it (_session.py).
+
+The lease, lock, election, watch and compact calls are mixed in from _lease_watch.py, the
+operator calls from _admin_calls.py.
 """
 
 from __future__ import annotations
@@ -25,26 +28,21 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 import grpc.aio
 
-from kvstore._pb import admin_pb2, admin_pb2_grpc, kv_pb2
-from kvstore.client import _lease
-from kvstore.client import lock as _lock
+from kvstore._pb import kv_pb2
+from kvstore.client._admin_calls import AdminCalls
 from kvstore.client._attempts import RetryStats, Watch, incarnation_of, set_incarnation
 from kvstore.client._endpoints import Endpoints
-from kvstore.client._history import compact_history
+from kvstore.client._lease_watch import LeaseWatchCalls
 from kvstore.client._limits import check_sizes
-from kvstore.client._members import member_change, status_dict, transfer_leader
+from kvstore.client._limits import to_bytes as _b
 from kvstore.client._routing import SERVER_SCAN_LIMIT, ShardRouter, route_op
 from kvstore.client._session import Session, read_mode
-from kvstore.client._shards import merge_shard, shard_list, split_shard
-from kvstore.client._stream import CHANNEL_OPTIONS, BatchStream, StreamBroken
-from kvstore.client._watch import AsyncWatcher, open_watch
-from kvstore.client.election import AsyncElection
+from kvstore.client._stream import BatchStream, StreamBroken
 from kvstore.client.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -54,7 +52,7 @@ from kvstore.client.errors import (
     Unavailable,
     from_code,
 )
-from kvstore.security.tls import PathOrPem, client_tls, open_channel
+from kvstore.security.tls import PathOrPem, client_tls
 
 ATTEMPT_FRACTION = 0.2
 MIN_ATTEMPT_S = 0.25
@@ -82,10 +80,6 @@ _REASONS = {
 }
 
 
-def _b(x: bytes | str) -> bytes:
-    return x.encode() if isinstance(x, str) else bytes(x)
-
-
 def parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",")]
@@ -95,7 +89,7 @@ def parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
     return out
 
 
-class AsyncClient:
+class AsyncClient(LeaseWatchCalls, AdminCalls):
     def __init__(
         self,
         endpoints: Sequence[str] | str = DEFAULT_ENDPOINTS,
@@ -489,47 +483,6 @@ class AsyncClient:
         self._observe(r.header)
         return r
 
-    # -- leases (_lease.py, docs/leases.md) ---------------------------------------------
-    async def grant(self, ttl: float) -> int:
-        """A lease of ``ttl`` seconds (at least 1); returns its id."""
-        return await _lease.grant(self, ttl)
-
-    async def keep_alive(self, lease: int) -> float:
-        """Renew ``lease`` once; returns its TTL (s). NotFound when it is gone."""
-        return await _lease.keep_alive(self, lease)
-
-    def keep_alive_background(self, lease: int, ttl: float) -> _lease.KeepAlive:
-        """Start renewing ``lease`` every ttl/3 s; ``.stop()`` ends it, ``.lost`` is set
-        once the lease is gone."""
-        return _lease.KeepAlive(self, lease, ttl).start()
-
-    async def revoke(self, lease: int) -> bool:
-        """Revoke ``lease``, deleting its keys; False when it did not exist."""
-        return await _lease.revoke(self, lease)
-
-    async def time_to_live(self, lease: int, keys: bool = False) -> _lease.LeaseInfo | None:
-        return await _lease.time_to_live(self, lease, keys)
-
-    async def leases(self) -> list[_lease.LeaseInfo]:
-        return await _lease.leases(self)
-
-    @contextlib.asynccontextmanager
-    async def lock(
-        self, name: bytes | str, ttl: float = 10.0, timeout: float | None = None
-    ) -> AsyncIterator[_lock.Held]:
-        """Hold the lock ``name`` (kvstore/client/lock.py): waits for it (LockTimeout after
-        ``timeout`` s), keeps its lease alive while held, releases it on exit. Pass
-        ``.token`` (the fencing token) to whatever the lock guards."""
-        held = await _lock.acquire(self, _lock.lock_key(name), _lock.unique_value(), ttl, timeout)
-        try:
-            yield held
-        finally:
-            await _lock.release(self, held)
-
-    def election(self, name: bytes | str, ttl: float = 10.0) -> AsyncElection:
-        """A leader election ``name`` (kvstore/client/election.py)."""
-        return AsyncElection(self, name, ttl)
-
     async def scan(
         self,
         start: bytes | str = b"",
@@ -573,119 +526,6 @@ class AsyncClient:
             if len(out) >= cap or not (r.more and r.kvs):
                 return out[:cap]
             cursor = r.kvs[-1].key + b"\0"
-
-    # -- admin ------------------------------------------------------------------------
-    async def _admin_call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
-        async with open_channel(endpoint, CHANNEL_OPTIONS, self.tls) as ch:
-            stub = admin_pb2_grpc.AdminStub(ch)
-            return await getattr(stub, method)(request, timeout=timeout)
-
-    async def status(
-        self, sizes: bool = False, endpoints: Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Per endpoint: reachability, node id, and per group role, term, leader, commit,
-        applied (and the shard and, with ``sizes``, its keys and bytes); unreachable
-        nodes have ``reachable: False`` and ``error``."""
-
-        async def one(ep: str) -> dict[str, Any]:
-            try:
-                st = await self._admin_call(
-                    ep, "Status", admin_pb2.StatusRequest(sizes=sizes), min(self.timeout, 3.0)
-                )
-            except grpc.aio.AioRpcError as e:
-                return {
-                    "endpoint": ep,
-                    "reachable": False,
-                    "error": f"{e.code().name}: {e.details()}",
-                }
-            return status_dict(ep, st)
-
-        eps = self.endpoints if endpoints is None else endpoints
-        return list(await asyncio.gather(*(one(ep) for ep in eps)))
-
-    async def transfer_leader(self, to: int, group: int = 1) -> int:
-        """Move leadership of ``group`` to node ``to``; returns the new leader id."""
-        return await transfer_leader(self, to, group)
-
-    async def _member_change(
-        self, method: str, node_id: int, endpoint: str = "", old_id: int = 0
-    ) -> dict[str, Any]:
-        return await member_change(self, method, node_id, endpoint, old_id)
-
-    async def add_learner(self, node_id: int, endpoint: str) -> dict[str, Any]:
-        """Add node ``node_id`` (started with ``serve --join``) as a learner."""
-        return await self._member_change("AddLearner", node_id, endpoint)
-
-    async def promote(self, node_id: int) -> dict[str, Any]:
-        """Make learner ``node_id`` a voter."""
-        return await self._member_change("PromoteLearner", node_id)
-
-    async def remove_member(self, node_id: int) -> dict[str, Any]:
-        return await self._member_change("RemoveMember", node_id)
-
-    async def demote(self, node_id: int) -> dict[str, Any]:
-        """Raft: make voter ``node_id`` a learner."""
-        return await self._member_change("DemoteVoter", node_id)
-
-    async def replace_member(self, old_id: int, new_id: int) -> dict[str, Any]:
-        """Raft: learner ``new_id`` becomes a voter and voter ``old_id`` leaves, in one
-        joint configuration change."""
-        return await self._member_change("ReplaceMember", new_id, old_id=old_id)
-
-    async def shards(self) -> list[dict[str, Any]]:
-        """The shard map with each shard's leader and size (empty: an unsharded cluster)."""
-        return await shard_list(self)
-
-    async def split_shard(self, shard: int, at: bytes | str | None = None) -> dict[str, Any]:
-        """Split ``shard`` at ``at`` (None: the middle of its data); returns both halves."""
-        return await split_shard(self, shard, None if at is None else _b(at))
-
-    def watch(
-        self,
-        key: bytes | str,
-        prefix: bool = False,
-        range_end: bytes | str | None = None,
-        start_revision: int | None = None,
-        *,
-        prev_kv: bool = False,
-        progress_notify: bool = False,
-        progress_interval: float = 1.0,
-    ) -> AsyncWatcher:
-        """Changes of ``key`` (``prefix``: of every key starting with it; ``range_end``:
-        of [key, range_end), b"\\0" to the end) as an async iterator of WatchEvent, from
-        ``start_revision`` (None: from now) in each shard's revision order, resumed on
-        another node from the last revision seen when a stream breaks (no gap, no
-        duplicate). ``progress_notify``: also WatchProgress items (every change up to
-        their revision was yielded; at least every ``progress_interval`` s while idle).
-        Raises Compacted when the start revision is no longer held (docs/watch.md).
-        Close it (``async with`` or ``close()``) when done."""
-        return open_watch(
-            self,
-            _b(key),
-            prefix=prefix,
-            range_end=None if range_end is None else _b(range_end),
-            start_revision=start_revision,
-            prev_kv=prev_kv,
-            progress_notify=progress_notify,
-            progress_interval=progress_interval,
-        )
-
-    async def compact(self, revision: int) -> dict[int, int]:
-        """Drop history up to ``revision`` in every shard (a shard whose revision is
-        lower compacts to its own); returns each shard's compacted revision."""
-        return await compact_history(self, revision)
-
-    async def merge_shard(self, shard: int) -> dict[str, Any]:
-        """Merge ``shard`` with its right neighbour online; returns the merged shard and
-        the id of the one it absorbed."""
-        return await merge_shard(self, shard)
-
-    async def members(self) -> dict[str, Any]:
-        for st in await self.status():
-            for g in st.get("groups", []):
-                if g["role"] == "leader":
-                    return {"voters": g["voters"], "learners": g["learners"]}
-        raise Unavailable("no leader found", definite=True)
 
 
 class _ShardedCluster(Exception):

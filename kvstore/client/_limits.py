@@ -16,6 +16,11 @@ MAX_VALUE_BYTES = 1 << 20
 MAX_REQUEST_BYTES = 4 << 20
 
 
+def to_bytes(x: bytes | str) -> bytes:
+    """A key or value as sent (a str as UTF-8)."""
+    return x.encode() if isinstance(x, str) else bytes(x)
+
+
 def check_sizes(key: bytes, *values: bytes) -> None:
     if len(key) > MAX_KEY_BYTES:
         raise InvalidArgument(f"key is {len(key)} bytes; limit max_key_bytes={MAX_KEY_BYTES}")
