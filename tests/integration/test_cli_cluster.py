@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.client import Client
+
 from .harness import free_port_block, free_ports, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -26,7 +28,7 @@ def kv(*args: str, endpoints: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_cluster(data: Path, port: int) -> subprocess.Popen[str]:
+def start_cluster(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -37,6 +39,7 @@ def start_cluster(data: Path, port: int) -> subprocess.Popen[str]:
             str(port),
             "--data-dir",
             str(data),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,6 +123,56 @@ def test_cluster_command_and_client_commands(tmp_path: Path) -> None:
         wait_for(lambda: kv("get", "greeting", endpoints=eps).stdout == "hi\n", 30, "data reused")
     finally:
         stop_cluster(p)
+
+
+def test_sharded_cluster_command_with_the_shard_and_node_commands(tmp_path: Path) -> None:
+    """Issue 12's done-when: `kvstore cluster --nodes 5 --shards 4` starts a sharded
+    cluster, and the README's `kvstore shard list` and `kvstore node list` show it."""
+    base = free_port_block(5)
+    eps = ",".join(f"127.0.0.1:{base + i}" for i in range(5))
+    p = start_cluster(tmp_path, base, "--nodes", "5", "--shards", "4")
+    try:
+
+        def shards_led() -> list[dict[str, object]] | None:
+            r = kv("shard", "list", "--json", endpoints=eps)
+            rows = json.loads(r.stdout) if r.returncode == 0 else []
+            ok = len(rows) == 4 and all(row["leader"] for row in rows)
+            return rows if ok else None
+
+        rows = wait_for(shards_led, 60, "4 shards, each with a leader", interval=0.3)
+        assert [(r["start"], r["end"]) for r in rows] == [
+            ("", "g"),
+            ("g", "n"),
+            ("n", "t"),
+            ("t", ""),
+        ]
+        assert all(len(r["voters"]) == 3 for r in rows), rows  # type: ignore[arg-type]
+        keys = ["apple", "kiwi", "pear", "zebra"]  # one in each shard
+        with Client(eps.split(","), timeout=10) as c:
+            for k in keys:
+                c.put(k, f"v-{k}")
+            assert c.scan("a", "zz", 10) == [(k.encode(), f"v-{k}".encode()) for k in keys]
+
+        def one_key_each() -> str | None:
+            r = kv("shard", "list", endpoints=eps)  # the table the README shows
+            lines = r.stdout.splitlines()
+            counts = [line.split()[-2] for line in lines[1:]]
+            return r.stdout if lines[0].startswith("ID") and counts == ["1"] * 4 else None
+
+        wait_for(one_key_each, 20, "shard list counting one key in each shard", interval=0.5)
+
+        r = kv("node", "list", endpoints=eps)
+        lines = r.stdout.splitlines()
+        assert r.returncode == 0 and lines[0].split()[:3] == ["ID", "ENDPOINT", "LIVENESS"], r
+        assert [line.split()[:3] for line in lines[1:]] == [
+            [str(i + 1), f"127.0.0.1:{base + i}", "alive"] for i in range(5)
+        ], r.stdout
+        nodes = json.loads(kv("node", "list", "--json", endpoints=eps).stdout)
+        assert sum(n["leaders"] for n in nodes) >= 4  # the 4 shards' (and the meta group's)
+    finally:
+        out = stop_cluster(p)
+    assert p.returncode == 0, out
+    assert "5 nodes (raft, 4 shards)" in out and "endpoints: " + eps in out, out
 
 
 def test_node_refuses_a_data_dir_of_another_cluster(tmp_path: Path) -> None:
