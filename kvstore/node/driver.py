@@ -40,7 +40,7 @@ from kvstore.consensus.types import (
 from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
-from kvstore.node.hlc import log_stamp, log_time_ms
+from kvstore.node.hlc import log_stamp
 from kvstore.node.lifecycle import after_persist, receive_unknown, snapshot_fits
 from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
@@ -178,7 +178,7 @@ class NodeDriver:
         group.time.applied = self.storage.kv(g).applied_time()
         # The clock starts above every stamp in the log (a restarted leader too).
         self.replica.hlc.observe(max(group.time.applied, log_stamp(glog)))
-        group.log_clock.observe(max(self.storage.kv(g).log_time(), log_time_ms(glog)))
+        group.log_clock.observe(self.storage.kv(g).log_time())  # applied only: logclock.py
         return group
 
     # -- lifecycle -------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvstore.consensus.types import Entry, EntryType
-from kvstore.statemachine.commands import entry_stamp, entry_time_ms
+from kvstore.statemachine.commands import entry_stamp
 
 LOGICAL_BITS = 16
 LOG_SCAN = 64
@@ -87,11 +87,6 @@ class _Log(Protocol):
 def log_stamp(glog: _Log) -> int:
     """The highest stamp among the last LOG_SCAN entries of a group's log (0: none)."""
     return _log_max(glog, entry_stamp)
-
-
-def log_time_ms(glog: _Log) -> int:
-    """The highest log time (``time_ms``, logclock.py) among the last LOG_SCAN entries."""
-    return _log_max(glog, entry_time_ms)
 
 
 def _log_max(glog: _Log, field: Callable[[bytes], int]) -> int:

@@ -424,6 +424,8 @@ class ReplicaLoop:
             g.log_bytes.stored(e.index, e.size())
             if e.type == EntryType.NORMAL:
                 self.hlc.observe(entry_stamp(e.data))
+        for e in rd.committed:  # applied in this persist (not entries merely stored)
+            if e.type == EntryType.NORMAL:
                 g.log_clock.observe(entry_time_ms(e.data))
         if rd.committed or (rd.snapshot is not None and not rd.snapshot.is_empty()):
             g.time.applied = self.storage.applied_time(g.id)
