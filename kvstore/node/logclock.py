@@ -3,7 +3,7 @@
 Rule: a leader stamps ``base + (now - start)``, where ``start`` is its monotonic clock
 when it took ``base``, the group's APPLIED log time then: when it first stamps in its
 term, and again whenever the applied log time has passed its stamps (entries of an
-earlier leader applied after its term began, a merge taking the later clock). No wall
+earlier leader applied after its term began). No wall
 clock is read: a leader whose clock is minutes ahead, or jumps, cannot move log time and
 expire every client session (statemachine/apply.py keeps log time = the highest
 ``time_ms`` applied, never back). Log time advances at the pace of the leaders' monotonic

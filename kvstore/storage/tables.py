@@ -411,7 +411,13 @@ class GroupTables:
         group also holds keeps this group's), a session both hold keeps the higher last
         seq, and every session the source held counts as active at ``index`` (the
         source's indexes mean nothing in this log; being kept longer never changes an
-        answer). The log clock and the applied time become the later of the two.
+        answer). The applied time becomes the later of the two; the log clock stays this
+        group's, and the source's session times move into it (each keeps how long it
+        has been idle): log time counts each group's leaders' monotonic time, so two
+        groups' clocks drift apart by the time between leaders each did not count (idle
+        hours across a leader change), and taking the later clock made the other side's
+        live sessions look idle that long: expired, or forgotten, and a retry of a write
+        that had applied applied again.
         Sessions forgotten on either side (at ``source_index`` and the source's clock, at
         ``index`` and this group's) count as absent. An expired side brings no outcomes
         (whether a replica has swept them yet differs between replicas) but its last seq
@@ -421,9 +427,6 @@ class GroupTables:
         self.flush()
         src = GroupTables(self.txn, self.dbs, source, None)
         mine_now, src_now = self.clock(), src.clock()
-        clock = max(mine_now, src_now)
-        if clock != self.clock():
-            self.set_clock(clock)
         # The applied time too (docs/sharding.md): the source's is fixed from its
         # PrepareMerge on (a frozen source's entries do not move it), so every replica
         # of the target reaches the same time here.
@@ -435,7 +438,7 @@ class GroupTables:
         expired: set[SessionId] = set()
         for suffix, record in list(src.raw_sessions()):
             if not suffix:
-                continue  # the log clock, merged above
+                continue  # the source's log clock: its times move into ours
             sid = keys.session_id(prefix + suffix)
             if len(suffix) != state_len or is_lease_key(suffix):
                 # Outcomes, and leases: a lease both halves hold (granted on each shard)
@@ -461,9 +464,9 @@ class GroupTables:
                     their_seq = max(their_seq, mine.last_seq + SESSION_WINDOW)
                 mine = None
             last_seq = their_seq if mine is None else max(mine.last_seq, their_seq)
-            last_time = (
-                theirs.last_time_ms if mine is None else max(mine.last_time_ms, theirs.last_time_ms)
-            )
+            # Clamped at 0: idle for less than it was, so kept longer, never shorter.
+            their_time = max(0, theirs.last_time_ms + mine_now - src_now)
+            last_time = their_time if mine is None else max(mine.last_time_ms, their_time)
             self._states[sid] = SessionState(last_seq, index, last_time)
             self._dirty.add(sid)
         self.flush()

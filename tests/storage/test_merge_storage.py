@@ -288,3 +288,29 @@ def test_a_session_expired_on_either_side_still_refuses_its_retries_after_a_merg
     # New writes of both sessions still apply.
     out, _ = run(st, L, entry(6, encode_batch([Put(b"kiwi", b"1", 5, 3, 1)], late + 3)))
     assert out[0].ok
+
+
+@pytest.mark.parametrize("ahead", [L, R])
+def test_live_sessions_stay_live_across_a_merge_of_groups_whose_clocks_drifted(
+    st: NodeStorage, ahead: int
+) -> None:
+    """Log time counts each group's leaders' monotonic time (kvstore/node/logclock.py),
+    so two groups' clocks drift apart by the idle time each lost across leader changes,
+    here two hours. The merge took the later clock: the other side's sessions, written
+    a moment before, looked two hours idle, were forgotten, and a retry of a write that
+    had applied applied again."""
+    from kvstore.statemachine.apply import SESSION_FORGET_MS
+
+    t = {L: 1_000, R: 1_000}
+    t[ahead] += 2 * SESSION_FORGET_MS
+    run(st, L, entry(1, encode_batch([Put(b"apple", b"1", 5, 1, 1)], t[L])))
+    run(st, R, entry(1, encode_batch([Put(b"pear", b"1", 6, 1, 2)], t[R])))
+    src = prepare(st, 2)
+    run(st, L, entry(2, encode_batch([], t[L] + 500)))
+    run(st, L, entry(3, cmds.encode(cmds.CommitMerge(src))))
+    retries = encode_batch(
+        [Put(b"apple", b"1", 5, 1, 1), Put(b"pear", b"1", 6, 1, 2)], t[L] + 1_000
+    )
+    out, _ = run(st, L, entry(4, retries))
+    assert [(r.ok, r.revision) for r in out] == [(True, 1), (True, 1)], "answered, not applied"
+    assert st.kv(L).log_time() == t[L] + 1_000  # the target's clock goes on
