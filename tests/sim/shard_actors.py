@@ -454,12 +454,17 @@ class Merger:
         if m.phase == "fence":
             # Before a rollback the target is fenced (FenceMerge: version + 1), so no
             # CommitMerge still in flight can apply after the source is unfrozen.
-            held = self._held(m.left)
-            if held is not None and held.covers(src.start, src.end):
+            seen = self._target_shows(src)
+            if seen == "committed":
                 return "committed"
-            if held is not None and held.epoch != src.merge_target_epoch:
+            if seen == "refused":
                 m.phase, m.last_try = "rollback", -100
                 return ""
+            if seen == "lost":
+                # The coordinator's node no longer holds the source: its outcome is not
+                # known here (merge_coordinator: UnavailableOp); the watchdog resumes a
+                # source still frozen elsewhere.
+                return "abandoned"
             got = self._core(m.left)
             if got is not None and retry:
                 m.last_try = c.now
@@ -467,11 +472,13 @@ class Merger:
                     got[1].propose(shard_cmds.encode(shard_cmds.FenceMerge(src.id)))  # type: ignore[attr-defined]
             return ""
         if m.phase == "commit":
-            held = self._held(m.left)
-            if held is not None and held.covers(src.start, src.end):
+            seen = self._target_shows(src)
+            if seen == "committed":
                 return "committed"
-            if held is not None and held.epoch != src.merge_target_epoch:
-                m.phase, m.last_try = "rollback", -100  # refused now, refused for ever
+            if seen:
+                # Refused now, refused for ever; the coordinator still fences before it
+                # rolls back (a CommitMerge of another coordinator may be in flight).
+                m.phase, m.last_try = "fence", -100
                 return ""
             got = self._core(m.left)
             if got is not None and retry:
@@ -492,6 +499,31 @@ class Merger:
             with contextlib.suppress(ConsensusError):
                 got[1].propose(shard_cmds.encode(shard_cmds.RollbackMerge(src.epoch)))  # type: ignore[attr-defined]
         return ""
+
+    def _target_shows(self, src: Descriptor) -> str:
+        """What the target's live leader has applied of the merge of the frozen ``src``:
+        "committed" (it covers the source); "refused" (its epoch is past the prepared one,
+        so no CommitMerge ordered after that point can apply, and its node still holds the
+        frozen source, so none applied before it: a CommitMerge destroys the local source);
+        "lost" (past the prepared epoch, but the node no longer holds the source); ""
+        (no leader, or nothing past the prepared epoch applied there yet). A leader's
+        applied state may lag what it committed (a new leader, a restart): an epoch OLDER
+        than the prepared one says nothing, and a rollback decided on it lets a
+        CommitMerge still in the log apply over the unfrozen source (FINDINGS.md F11)."""
+        leader = self.c.leader(src.merging_into)
+        if not leader:
+            return ""
+        node = self.c.nodes[leader]
+        held = node.storage.group(src.merging_into).view.shard
+        if held is None:
+            return ""
+        if held.covers(src.start, src.end):
+            return "committed"
+        if not held.epoch > src.merge_target_epoch:
+            return ""
+        if src.id in node.cores and node.storage.group(src.id).view.shard == src:
+            return "refused"
+        return "lost"
 
     def _held(self, group: int) -> Descriptor | None:
         """The group's descriptor at its live leader (None: no leader now)."""

@@ -11,6 +11,11 @@ Invariants checked (docs/sharding.md):
   from b"" to the end with no gap and no overlap, after every persist anywhere;
 - versions only rise: a group's descriptor never goes back to an older epoch on a node
   (a snapshot or a restart must not roll a range back);
+- one outcome per merge attempt (``MergeChecker``): a prepared merge (the source's id
+  and epoch, which a rollback raises) is committed (a CommitMerge applied in the target)
+  or rolled back (a RollbackMerge applied in the source), never both: the source takes
+  writes again after a rollback, so a CommitMerge applied after it absorbs a source whose
+  replicas no longer agree (FINDINGS.md F11);
 - the KV model (``KVModel``): a write (unique value) is applied fresh at most once, in
   one shard at one index, on every replica with the same outcome; per key, each fresh
   write's ``prev`` is the value of the last write applied to that key in ANY shard, so a
@@ -25,9 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kvstore.consensus.types import ConfState, Entry
-from kvstore.shard.descriptor import Descriptor
+from kvstore.shard import commands as shard_cmds
+from kvstore.shard.descriptor import Descriptor, Epoch
 from kvstore.shard.shardmap import ShardMap
-from kvstore.statemachine.commands import Put, decode_entry
+from kvstore.statemachine.commands import Command, Put, decode_entry
 from kvstore.statemachine.types import ApplyResult, KeyValue
 
 from .checkers import SafetyViolation
@@ -130,6 +136,38 @@ def _conf(cs: ConfState) -> tuple[list[int], list[int], list[int]]:
     return (sorted(cs.voters), sorted(cs.learners), sorted(cs.voters_outgoing))
 
 
+@dataclass(slots=True)
+class MergeChecker:
+    committed: dict[tuple[int, Epoch], int] = field(default_factory=dict)
+    """(source id, its epoch as prepared) -> the target a CommitMerge applied in."""
+    rolled_back: set[tuple[int, Epoch]] = field(default_factory=set)
+    checks: int = 0
+
+    def on_admin(self, node: int, group: int, e: Entry, result: int) -> None:
+        """An admin entry ``node`` applied in ``group`` with ``result`` (0: refused)."""
+        if not result or not shard_cmds.is_admin(e.data):
+            return
+        try:
+            cmd = shard_cmds.decode(e.data)
+        except ValueError:
+            return
+        if isinstance(cmd, shard_cmds.CommitMerge):
+            attempt = (cmd.source.id, cmd.source.epoch)
+            self.committed[attempt] = group
+        elif isinstance(cmd, shard_cmds.RollbackMerge):
+            attempt = (group, cmd.source_epoch)
+            self.rolled_back.add(attempt)
+        else:
+            return
+        self.checks += 1
+        if attempt in self.rolled_back and attempt in self.committed:
+            raise SafetyViolation(
+                f"node {node} applied {type(cmd).__name__} at index {e.index} of group "
+                f"{group}: the merge of shard {attempt[0]} at epoch {attempt[1]} into shard "
+                f"{self.committed[attempt]} was both committed and rolled back"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     key: bytes
@@ -146,30 +184,39 @@ class KVModel:
     """(group, index, position) -> the result the first replica to apply it got."""
     fresh_at: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     """value -> (group, index) where it was applied fresh."""
-    _pos: dict[tuple[int, int, int], int] = field(default_factory=dict)
     checks: int = 0
 
-    def on_result(self, node: int, group: int, e: Entry, r: ApplyResult) -> None:
-        """Each command's result as a replica applies it (in batch order)."""
-        self.checks += 1
+    def on_entry(self, node: int, group: int, e: Entry, results: list[ApplyResult]) -> None:
+        """The results of one entry's commands as a replica applied it (in batch order,
+        one per command). A replica applies an index again only as a new incarnation (it
+        was destroyed and added back from an older snapshot: FINDINGS.md N6), so the
+        results are matched by their position in this one apply."""
         cmds = decode_entry(e.data).commands
-        slot = (node, group, e.index)
-        pos = self._pos.get(slot, 0)
-        self._pos[slot] = pos + 1
-        cmd = cmds[pos]
-        first = self.outcome.setdefault((group, e.index, pos), r)
+        if len(results) != len(cmds):
+            raise SafetyViolation(
+                f"node {node} applied index {e.index} of group {group} ({len(cmds)} "
+                f"commands) with {len(results)} results: {[_show(r) for r in results]}"
+            )
+        for pos, (cmd, r) in enumerate(zip(cmds, results, strict=True)):
+            self._on_result(node, group, e.index, pos, cmd, r)
+
+    def _on_result(
+        self, node: int, group: int, index: int, pos: int, cmd: Command, r: ApplyResult
+    ) -> None:
+        self.checks += 1
+        first = self.outcome.setdefault((group, index, pos), r)
         if first != r:
             raise SafetyViolation(
-                f"node {node} applied {cmd} at index {e.index} of group {group} with "
+                f"node {node} applied {cmd} at index {index} of group {group} with "
                 f"{_show(r)}, another replica with {_show(first)}"
             )
         if first is not r or not isinstance(cmd, Put) or not r.ok or r.kv is None:
             return
-        where = self.fresh_at.setdefault(cmd.value, (group, e.index))
-        if where != (group, e.index):
+        where = self.fresh_at.setdefault(cmd.value, (group, index))
+        if where != (group, index):
             raise SafetyViolation(
                 f"write {cmd.value!r} to {cmd.key!r} applied twice: at index {where[1]} of "
-                f"group {where[0]} and at index {e.index} of group {group}"
+                f"group {where[0]} and at index {index} of group {group}"
             )
         hist = self.history.setdefault(cmd.key, [])
         last = hist[-1].value if hist else None
@@ -177,11 +224,11 @@ class KVModel:
         if prev != last:
             was = f"{hist[-1].value!r} (index {hist[-1].index} of group {hist[-1].group})"
             raise SafetyViolation(
-                f"key {cmd.key!r}: write {cmd.value!r} applied at index {e.index} of group "
+                f"key {cmd.key!r}: write {cmd.value!r} applied at index {index} of group "
                 f"{group} found {prev!r}, but the last write applied to the key was "
                 f"{was if hist else 'none'}: a write was lost, or two shards took the key"
             )
-        hist.append(Write(cmd.key, cmd.value, group, e.index))
+        hist.append(Write(cmd.key, cmd.value, group, index))
 
     def check_final(self, node: int, d: Descriptor, kvs: list[KeyValue]) -> None:
         """A converged replica of ``d`` holds exactly the last write of every key in its range."""

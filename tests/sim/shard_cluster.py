@@ -60,7 +60,7 @@ from kvstore.storage.log import GroupLog
 from .checkers import GENESIS_DIGEST, Checker, SafetyViolation, Traits, chain
 from .cluster import CoreFactory, CoreParams
 from .network import Network
-from .shard_checkers import KVModel, RangeChecker
+from .shard_checkers import KVModel, MergeChecker, RangeChecker
 from .twin import METRICS, Clock, sender
 
 INITIAL_INDEX = 5
@@ -144,6 +144,7 @@ class ShardCluster:
         self.checkers: dict[int, Checker] = {}
         self.ranges = RangeChecker()
         self.kv = KVModel()
+        self.merges = MergeChecker()
         self.on_result: list[ResultHook] = []
         self._dir = tempfile.mkdtemp(prefix="shardsim-", dir=SCRATCH)
         self.nodes: dict[int, ShardNode] = {}
@@ -397,6 +398,7 @@ class ShardCluster:
             ck.on_apply(node.id, e, applied, digest, durable_commit)
             applied = e.index
             self.stats["applied"] += 1
+            self.merges.on_admin(node.id, g, e, admin.get(e.index, 0))
             new = admin.get(e.index, 0) if _is_split(e) else 0
             if new:
                 # The new group's history starts with its parent's at the split index.
@@ -404,8 +406,10 @@ class ShardCluster:
                 if new not in node.digest or new not in node.cores:
                     node.digest[new] = digest
                 self.stats["splits_applied"] += 1
-            for r in by_index.get(e.index, ()):
-                self.kv.on_result(node.id, g, e, r)
+            rs = by_index.get(e.index, [])
+            if rs:
+                self.kv.on_entry(node.id, g, e, rs)
+            for r in rs:
                 for hook in self.on_result:
                     hook(node.id, g, e, r)
         node.digest[g] = digest

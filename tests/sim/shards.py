@@ -222,7 +222,8 @@ class ShardRun:
         self.full_log_matching()
         stats = c.stats + self.net.stats + self.writers.stats + self.mover.stats + self.merger.stats
         stats["resurrected_older"] += c.ranges.resurrected_older
-        checks = sum(ck.checks for ck in c.checkers.values()) + c.ranges.checks + c.kv.checks
+        checks = sum(ck.checks for ck in c.checkers.values())
+        checks += c.ranges.checks + c.kv.checks + c.merges.checks
         return ShardResult(self.seed, c.now + 1, heal, checks, stats)
 
     def drive(self) -> None:
