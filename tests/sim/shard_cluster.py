@@ -517,4 +517,8 @@ class SimReplicas:
         self.c.net.send(m, self.c.now)
 
     def merge_anomaly(self, problem: str) -> None:
+        # A CommitMerge over a local source not as the coordinator saw it: the node logs
+        # it at CRITICAL, as only lost durable state explains it, and the simulation
+        # loses none (F10 and F11 showed here first, as lost source writes).
         self.c.stats["merge_anomalies"] += 1
+        raise SafetyViolation(f"node {self.node.id}: merge anomaly: {problem}")
