@@ -69,7 +69,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._scans = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-scan")
         self.leases = LeaseOps(self, leases or LeaseExpiry(driver, storage))
         self.watches = WatchService(
-            driver=driver, storage=storage, router=self.router, limits=limits, node_id=node_id
+            driver=driver,
+            storage=storage,
+            router=self.router,
+            limits=limits,
+            node_id=node_id,
+            reads=self._scans,
         )
         driver.on_applied = self.watches.hub.notify
 

@@ -17,11 +17,14 @@ Rules:
   has had no leader for NO_LEADER_S (etcd's require-leader: a cut-off replica's history
   stops moving, so the client moves instead).
 - Streams wake when their group applies (``WatchHub.notify``, from the driver) and read
-  at most MAX_READ_EVENTS events per wake-up, so a watcher far behind does not stall the
-  event loop. Streams of one group that ask for the same range from the same revision
-  between two applies share one read and one encoding (``WatchHub.cached``): what a
-  read returns depends only on the group's applied state, which only an apply changes, and
-  many watchers of one prefix all ask for exactly that.
+  at most MAX_READ_EVENTS events, looking at most at SCAN_EVENTS, per read, on the scan
+  threads (KVService's), never on the event loop: a watch of a narrow range catching up
+  through a busy retention window filtered all of it on the loop at once, and the node
+  answered nothing meanwhile (heartbeats included). Streams of one group that ask for
+  the same range from the same revision between two applies share one read and one
+  encoding (``WatchHub.cached``): what a read returns depends only on the group's
+  applied state, which only an apply changes, and many watchers of one prefix all ask
+  for exactly that.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Iterable
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
@@ -51,6 +55,8 @@ from kvstore.storage.history import Compacted, HistoryReader, Moved
 DEFAULT_PROGRESS_S = 1.0
 MIN_PROGRESS_S = 0.05
 MAX_READ_EVENTS = 1000
+SCAN_EVENTS = 20_000
+"""History events one read looks at, at most (a few ms of a scan thread)."""
 MAX_READ_BYTES = 2 << 20
 MAX_MESSAGE_BYTES = 2 << 20
 NO_LEADER_S = 3.0
@@ -130,17 +136,27 @@ class WatchHub:
             for ev in self._waiters.get(g, ()):
                 ev.set()
 
+    def generation(self, group: int) -> int:
+        """How many times ``group`` applied: a read taken now belongs to this one."""
+        return self._generation.get(group, 0)
+
     def cached(self, key: tuple[int, bytes, bytes, int, bool]) -> _Read | None:
         return self._reads.get((self._generation.get(key[0], 0), *key))
 
-    def keep(self, key: tuple[int, bytes, bytes, int, bool], read: _Read) -> None:
+    def keep(
+        self, key: tuple[int, bytes, bytes, int, bool], read: _Read, generation: int = -1
+    ) -> None:
+        """Share ``read``, taken in ``generation`` (-1: the current one; a read that ran
+        off the loop while the group applied belongs to the generation it began in)."""
+        if generation < 0:
+            generation = self._generation.get(key[0], 0)
         size = sum(m.ByteSize() for m in read[0])
         if size > READ_CACHE_BYTES:
             return
         if len(self._reads) >= READ_CACHE_ENTRIES or self.cached_bytes + size > READ_CACHE_BYTES:
             self._reads.clear()  # entries of past generations are never asked for again
             self.cached_bytes = 0
-        self._reads[(self._generation.get(key[0], 0), *key)] = read
+        self._reads[(generation, *key)] = read
         self.cached_bytes += size
 
     def subscribe(self, group: int) -> asyncio.Event:
@@ -167,12 +183,15 @@ class WatchService:
         router: LocalRouter,
         limits: Limits,
         node_id: int,
+        reads: Executor | None = None,
     ) -> None:
         self.driver = driver
         self.storage = storage
         self.router = router
         self.limits = limits
         self.node_id = node_id
+        self.reads = reads
+        """Where history reads run (None: asyncio's default threads)."""
         self.hub = WatchHub()
 
     def _header(self, group: int) -> kv_pb2.ResponseHeader:
@@ -249,12 +268,24 @@ class WatchService:
                     yield kv_pb2.WatchResponse(error=convert.error_pb(moved))
                     return
                 key = (group, lo, hi, nxt, req.prev_kv)
+                generation = self.hub.generation(group)
                 read = self.hub.cached(key)
                 if read is None:
                     try:
-                        events, through, upto = reader.events_now(
-                            nxt, lo, hi, MAX_READ_EVENTS, MAX_READ_BYTES
+                        events, through, upto = await loop.run_in_executor(
+                            self.reads,
+                            reader.events_now,
+                            nxt,
+                            lo,
+                            hi,
+                            MAX_READ_EVENTS,
+                            MAX_READ_BYTES,
+                            SCAN_EVENTS,
                         )
+                    except RuntimeError:  # the scan threads are shut down: node stopping
+                        lost = UnavailableOp("the node is stopping", definite=True)
+                        yield kv_pb2.WatchResponse(error=convert.error_pb(lost))
+                        return
                     except Compacted as e:
                         yield kv_pb2.WatchResponse(error=convert.error_pb(out_of_range(e)))
                         return
@@ -268,7 +299,7 @@ class WatchService:
                     msgs = pack(events, through, req.prev_kv)
                     msgs[-1].header.CopyFrom(self._header(group))
                     read = (msgs, through, upto, bool(events))
-                    self.hub.keep(key, read)
+                    self.hub.keep(key, read, generation)
                 msgs, through, upto, has_events = read
                 now = loop.time()
                 caught_up = through >= upto

@@ -164,24 +164,30 @@ class GroupHistory:
         upto: int,
         max_events: int = 0,
         max_bytes: int = 0,
+        max_scanned: int = 0,
     ) -> tuple[list[Event], int]:
         """Events of keys in [lo, hi) (hi b"": to the end) with revisions in [start,
         upto] (``upto``: the revision applied as of this transaction), stopping between
-        two revisions once ``max_events`` or ``max_bytes`` are reached (0: no cap).
-        Returns them and the revision they are complete through: every event of the
-        range up to it is in the list (``upto`` unless a cap stopped the read).
-        Raises Compacted when ``start`` is."""
+        two revisions once ``max_events`` or ``max_bytes`` are reached, or ``max_scanned``
+        events of any key were looked at (0: no cap; a narrow range's read otherwise
+        filters the whole retained window at once). Returns them and the revision they
+        are complete through: every event of the range up to it is in the list (``upto``
+        unless a cap stopped the read). Raises Compacted when ``start`` is."""
         floor = self.compacted()
         if start <= floor:
             raise Compacted(start, floor)
         out: list[Event] = []
         size = 0
         at = 0
-        for rev, _, record in self._raw(start):
+        for scanned, (rev, _, record) in enumerate(self._raw(start)):
             if rev > upto:
                 break
             if rev != at:
-                if (max_events and len(out) >= max_events) or (max_bytes and size >= max_bytes):
+                if (
+                    (max_events and len(out) >= max_events)
+                    or (max_bytes and size >= max_bytes)
+                    or (max_scanned and scanned >= max_scanned)
+                ):
                     return out, rev - 1
                 at = rev
             key = event_key(record)
@@ -299,7 +305,13 @@ class HistoryReader:
         return events, through
 
     def events_now(
-        self, start: int, lo: bytes, hi: bytes, max_events: int, max_bytes: int
+        self,
+        start: int,
+        lo: bytes,
+        hi: bytes,
+        max_events: int,
+        max_bytes: int,
+        max_scanned: int = 0,
     ) -> tuple[list[Event], int, int]:
         """``events`` and the group's revision as of the same read. Raises Moved."""
         dbs = self._st.dbs
@@ -307,7 +319,7 @@ class HistoryReader:
             _check_owned(txn, dbs, self.group, lo, hi)
             now = applied_revision(txn, dbs, self.group)
             history = GroupHistory(txn, dbs.history, self.group)
-            events, through = history.events(start, lo, hi, now, max_events, max_bytes)
+            events, through = history.events(start, lo, hi, now, max_events, max_bytes, max_scanned)
             return events, through, now
 
     def compacted(self) -> int:
