@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.client import Client
+from kvstore.client import Client, KVError
 
 from .conftest import E2E_IMAGE
-from .infra import REPO, free_ports, run, timed, wait_leader, write_and_read
+from .infra import REPO, free_ports, run, timed, wait_for, wait_leader, write_and_read
 
 E2E = pytest.mark.e2e
 SLOW_TIMEOUT = pytest.mark.timeout(3000)
@@ -63,8 +63,11 @@ def block(title_start: str) -> list[str]:
 
 
 def test_readme_blocks_parse() -> None:
-    """Both deployment blocks exist and bring a cluster up and down (no root needed)."""
+    """The deployment blocks exist and bring a cluster up and down (no root needed)."""
     compose = block("A 3-node cluster with docker-compose")
+    sharded = block("A sharded 5-node cluster with mutual TLS")
+    assert any("KVSTORE_SHARDS=4" in ln and "docker-compose.5.tls.yml up" in ln for ln in sharded)
+    assert any("kvstore shard list" in ln and "--cacert" in ln for ln in sharded)
     vms = block("VMs with libvirt")
     assert any("docker-compose up" in ln for ln in compose)
     assert any("docker-compose down -v" in ln for ln in compose)
@@ -150,6 +153,65 @@ def test_readme_compose(kvstore_image: str, clone: Path, tmp_path: Path) -> None
                 assert all(f"node{i}" in out for i in (1, 2, 3)), out
     finally:
         sh("docker-compose down -v || true", clone, env, timeout=300)
+
+
+@E2E
+@SLOW_TIMEOUT
+def test_readme_sharded_compose_with_tls(kvstore_image: str, clone: Path, tmp_path: Path) -> None:
+    """The 5-node sharded cluster with mutual TLS, as the README types it; only the subnet
+    moves (10.38.5 -> SUBNET, in the lines and by KVSTORE_SUBNET) to keep a user's own
+    5-node deployment untouched, and `kvstore` is this run's (the README's is the clone's
+    .venv)."""
+    subnet = "10.38.57"
+    ports = free_ports(10)
+    env = user_env(
+        {
+            "KVSTORE_IMAGE": IMAGE,
+            "COMPOSE_PROJECT_NAME": "kvsreadme5",
+            "KVSTORE_SUBNET": subnet,
+            **{f"KVSTORE_PORT_{i + 1}": str(ports[i]) for i in range(5)},
+            **{f"KVSTORE_METRICS_PORT_{i + 1}": str(ports[5 + i]) for i in range(5)},
+        }
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    endpoints = [f"{subnet}.{10 + i}:7001" for i in range(1, 6)]
+    certs = clone / "kvstore-certs"
+    lines = [ln.replace("10.38.5.", f"{subnet}.") for ln in block("A sharded 5-node cluster")]
+    assert "10.38.5." not in " ".join(lines) and f"{subnet}.15" in lines[0]
+
+    def tls_client() -> Client:
+        return Client(
+            endpoints,
+            timeout=10.0,
+            cacert=certs / "ca.pem",
+            cert=certs / "admin.pem",
+            key=certs / "admin-key.pem",
+        )
+
+    try:
+        for line in lines:
+            with timed(f"readme sharded compose: {line.split('#')[0].strip()[:60]}"):
+                out = sh(line, clone, env, timeout=600)
+            if " up -d" in line:
+                with timed("readme sharded compose: 4 shards led after up"), tls_client() as c:
+
+                    def led() -> bool:
+                        m = c.shards()
+                        return len(m) == 4 and all(d["leader"] for d in m)
+
+                    wait_for("4 shards, each with a leader", led, 120)
+                    keys = ["apple", "kiwi", "pear", "zebra"]  # one in each shard
+                    for k in keys:
+                        c.put(k, k.upper())
+                    assert [k for k, _ in c.scan("a", "zz", 10)] == [k.encode() for k in keys]
+                with Client(endpoints, timeout=3.0) as plain, pytest.raises(KVError):
+                    plain.get("apple")  # plaintext is refused
+            if "kvstore shard list" in line:
+                rows = out.splitlines()[1:]
+                assert len(rows) == 4 and all(r.split()[-2] == "1" for r in rows), out
+    finally:
+        down = "docker-compose -f docker-compose.yml -f docker-compose.5.yml down -v || true"
+        sh(down, clone, env, timeout=300)
 
 
 @E2E
