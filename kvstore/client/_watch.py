@@ -16,6 +16,10 @@ Rules:
 - A compacted start is an error only when every replica of the shard says so (a replica
   that installed a snapshot holds less history than its peers): the iterator then
   raises Compacted naming the oldest revision available.
+- At most MAX_QUEUED items wait for the caller: a stream whose items do not fit stops
+  being read until they do (gRPC flow control then holds the node's stream too), so a
+  caller slower than the watched range's writes holds the client's memory bounded
+  instead of queueing every event of the range until the process runs out of it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from kvstore.shard.descriptor import Descriptor
 if TYPE_CHECKING:
     from kvstore.client._async import AsyncClient
 
+MAX_QUEUED = 1000
+"""Items (events, progress) an AsyncWatcher holds for its caller at most."""
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
 
@@ -145,7 +151,9 @@ class AsyncWatcher:
         self._prev_kv = prev_kv
         self._progress_notify = progress_notify
         self._interval_ms = max(1, int(progress_interval * 1000))
-        self._queue: asyncio.Queue[WatchEvent | WatchProgress | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[WatchEvent | WatchProgress | BaseException] = asyncio.Queue(
+            MAX_QUEUED
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._started = False
@@ -245,7 +253,7 @@ class AsyncWatcher:
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._queue.put_nowait(e)
+            await self._queue.put(e)
 
     async def _follow_piece(self, piece: _Piece) -> None:
         c = self._client
@@ -330,13 +338,13 @@ class AsyncWatcher:
                     rev = ev.kv.mod_revision
                     if piece.next_rev and rev < piece.next_rev:
                         continue  # sent again after a resume
-                    self._queue.put_nowait(_event(ev, shard))
+                    await self._queue.put(_event(ev, shard))
                 nothing = not pending
                 pending = []
                 if resp.progress_revision + 1 > piece.next_rev:
                     piece.next_rev = resp.progress_revision + 1
                 if self._progress_notify and nothing:
-                    self._queue.put_nowait(
+                    await self._queue.put(
                         WatchProgress(piece.next_rev - 1, shard, piece.lo, piece.hi)
                     )
         except grpc.aio.AioRpcError as e:
