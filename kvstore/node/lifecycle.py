@@ -16,6 +16,10 @@ Rules this module keeps:
   which the snapshot then fills (it owns the snapshot's range); a leader's append,
   heartbeat or accept gets the answer an empty replica would give ("send me a
   snapshot"), creating nothing; anything else is dropped.
+- A replica started for a group whose replica this node destroyed before (moved away,
+  then back) is the same voter to its peers: the storage starts its hard state at the
+  group's tombstone (kvstore/storage/tombstone.py), so it keeps the promises (term and
+  vote, promised ballot) of the destroyed one (FINDINGS F12).
 - A snapshot fits unless another local replica's range overlaps it (a lagging parent
   that has not applied a split yet: its entries would overwrite newer data, TiKV #7002);
   a merge source frozen into the snapshot's group does not stop it (the install destroys

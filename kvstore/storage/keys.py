@@ -11,6 +11,8 @@ owns the range its shard descriptor says, so a split moves no data.
                                                     / shard descriptor / meta group state
                                                     / member addresses
               0xFF | name                        -> node-level metadata (cluster id, ...)
+              0xFF | "tombstone" | group u64     -> sealed tombstone of a destroyed replica
+                                                    (tombstone.py; outlives the group's keys)
     snapshot  group u64                          -> sealed log base (SnapshotMetadata)
     kv        DATA_PREFIX | user key             -> KeyValue record   (key <= KEY_INLINE bytes)
               DATA_PREFIX | key[:KEY_INLINE] | blake2b-128(key)
@@ -55,6 +57,7 @@ NODE_META_PREFIX = b"\xff"
 DATA_PREFIX = b"d"
 DATA_END = b"e"
 """The first kv-table key after every user key."""
+TOMBSTONE = b"tombstone"
 LAYOUT = b"kv_layout"
 LAYOUT_V2 = b"2"
 """Node meta: the kv table holds DATA_PREFIX | user key (v1 held group u64 | user key)."""
@@ -89,6 +92,12 @@ def meta_key(group: int, tag: bytes) -> bytes:
 
 def node_meta_key(name: bytes) -> bytes:
     return NODE_META_PREFIX + name
+
+
+def tombstone_key(group: int) -> bytes:
+    """Node-level, not under the group's prefix: a destroy deletes that whole range, and
+    a tombstone must not make the group look hosted (NodeStorage.groups)."""
+    return node_meta_key(TOMBSTONE) + _U64.pack(group)
 
 
 KEY_INLINE = 494

@@ -29,7 +29,7 @@ from kvstore.consensus.types import (
 )
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
-from kvstore.storage import codec, keys
+from kvstore.storage import codec, keys, tombstone
 from kvstore.storage.errors import CorruptionError, StorageError
 from kvstore.storage.snapshot import ImageWriter, Sink
 from kvstore.storage.tables import Dbs, GroupTables, owned_range
@@ -140,6 +140,8 @@ def load_view(txn: Any, dbs: Dbs, group: int, cache_entries: int = TAIL_ENTRIES)
         base_rec = sealed(dbs.snapshot, keys.group_prefix(group), "log base")
         base = SnapshotMetadata() if base_rec is None else codec.decode_base(base_rec)
         hard_state = HardState() if hs is None else codec.decode_hard_state(hs)
+        # Never below what an earlier replica of the group here promised (tombstone.py).
+        hard_state = tombstone.floor(hard_state, tombstone.read(txn, dbs, group))
         conf_state = base.conf_state if cs is None else codec.decode_conf_state(cs)
         applied_index = base.index if applied is None else codec.decode_u64(applied)
         shard_rec = sealed(dbs.meta, keys.meta_key(group, keys.TAG_SHARD), "shard descriptor")

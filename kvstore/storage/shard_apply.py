@@ -33,7 +33,7 @@ from kvstore.shard import merging as shard_merge
 from kvstore.shard.descriptor import META_GROUP, Descriptor, Epoch
 from kvstore.shard.split import SplitError
 from kvstore.shard.split import split as split_shard
-from kvstore.storage import codec, keys
+from kvstore.storage import codec, keys, tombstone
 from kvstore.storage.history import GroupHistory
 from kvstore.storage.log import LogView
 from kvstore.storage.tables import GroupTables, owned_range, owns
@@ -125,7 +125,11 @@ def _split(w: Writer, group: int, p: _Pending, e: Entry, cmd: shard_cmds.Split) 
     w._set_applied(cmd.new_id, c, e.index)
     w._store_conf(cmd.new_id, c, cs)
     c.last_index, c.last_term, c.tail = e.index, e.term, []
-    hs = HardState(term=e.term, commit=e.index)
+    # A replica of the new shard destroyed here before (this parent lagged) voted or
+    # promised in its terms: the new one keeps those promises (tombstone.py).
+    hs = tombstone.floor(
+        HardState(term=e.term, commit=e.index), tombstone.read(w._txn, w._dbs, cmd.new_id)
+    )
     key = keys.meta_key(cmd.new_id, keys.TAG_HARD_STATE)
     w._put_sealed(w._dbs.meta, key, cmd.new_id, codec.encode_hard_state(hs))
     c.hard_state = hs

@@ -28,7 +28,7 @@ from kvstore.shard.descriptor import Descriptor
 from kvstore.statemachine.apply import advance_applied_time, apply_commands
 from kvstore.statemachine.commands import BatchDecodeError, decode_entry
 from kvstore.statemachine.types import ApplyResult
-from kvstore.storage import codec, keys, shard_apply
+from kvstore.storage import codec, keys, shard_apply, tombstone
 from kvstore.storage.errors import CorruptionError
 from kvstore.storage.history import GroupHistory, RecordingTables, retain
 from kvstore.storage.log import LogView, cap_tail, read_entry, read_members
@@ -391,21 +391,24 @@ class Writer:
 
     def drop_group(self, group: int) -> None:
         """Delete everything of ``group`` (a replica moved away): log, metadata, log base,
-        kv and sessions. The group then looks brand new (and may be bootstrapped again)."""
+        kv and sessions, leaving its tombstone. The group then looks brand new but for
+        its hard state, the tombstone's (and may be bootstrapped again)."""
         p = self._group(group)
         GroupTables(self._txn, self._dbs, group, owned_range(group, p.shard)).delete_owned()
         self._destroy_state(group, p)
 
     def _destroy_state(self, group: int, p: _Pending) -> None:
-        """Delete ``group``'s log, metadata, log base and sessions, not its user keys."""
+        """Delete ``group``'s log, metadata, log base and sessions, not its user keys,
+        and keep its tombstone (tombstone.py) in the same transaction."""
         self.dropped.add(group)
+        kept = tombstone.keep(self._txn, self._dbs, group, p.hard_state)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
         for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions, self._dbs.history):
             delete_range(self._txn, db, lo, hi)
         self._txn.delete(lo, db=self._dbs.snapshot)
         fresh = LogView()
         p.base, p.last_index, p.last_term, p.applied = fresh.base, 0, 0, 0
-        p.hard_state, p.conf_state, p.tail = fresh.hard_state, fresh.conf_state, []
+        p.hard_state, p.conf_state, p.tail = kept, fresh.conf_state, []
         p.shard = None
 
     def bootstrap(
@@ -419,11 +422,12 @@ class Writer:
         """See GroupLog.bootstrap."""
         p = self._group(group)
         fresh = LogView()
+        tomb = tombstone.read(self._txn, self._dbs, group)
         if (
             p.base != fresh.base
             or p.last_index
             or p.applied
-            or p.hard_state != fresh.hard_state
+            or p.hard_state != tombstone.floor(fresh.hard_state, tomb)
             or p.conf_state != fresh.conf_state
         ):
             return False
@@ -431,7 +435,7 @@ class Writer:
         if initial_index:
             base = SnapshotMetadata(index=initial_index, term=initial_index, conf_state=conf_state)
             self._set_applied(group, p, initial_index)
-            hs = HardState(term=initial_index, commit=initial_index)
+            hs = tombstone.floor(HardState(term=initial_index, commit=initial_index), tomb)
             key = keys.meta_key(group, keys.TAG_HARD_STATE)
             self._put_sealed(self._dbs.meta, key, group, codec.encode_hard_state(hs))
             p.hard_state = hs

@@ -249,11 +249,10 @@ class ShardCluster:
         node.states.pop(group, None)
         node.role.pop(group, None)
         node.digest.pop(group, None)
-        # A replica created here again starts from nothing (term 0, commit 0): a new
-        # incarnation, whose term and commit are checked afresh (its votes are not).
-        ck = self.checker(group)
-        ck.persisted_term.pop(node.id, None)
-        ck.persisted_commit.pop(node.id, None)
+        # A replica created here again starts from the tombstone's hard state
+        # (storage/tombstone.py: its term and votes are checked across incarnations)
+        # with an empty log: its commit is checked afresh.
+        self.checker(group).persisted_commit.pop(node.id, None)
         self.ranges.forget(node.id, group)
         with node.storage.write() as w:
             w.drop_group(group)
