@@ -6,6 +6,8 @@
 - test_shard_moves_to_a_vm_and_is_repaired_when_the_vm_is_lost (--e2e --vm-full): a
   sharded cluster of 3 host nodes and 1 VM; a shard move to the VM, then the VM destroyed
   for good and its replicas re-created on the host nodes.
+- test_vm_with_mutual_tls (--e2e --vm-full): `vm.sh up --vms 1 --tls DIR` (sharded), a TLS
+  client and `vm.sh status` work, a plaintext client is refused.
 - test_three_vms_survive_leader_destroy (--e2e --vm-full): `vm.sh up` with 3 VMs, the
   client from the host against the VMs' addresses, `virsh destroy` of the leader's VM,
   writes resume, the VM starts again and its node catches up, `vm.sh down`.
@@ -23,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from kvstore.client import Client
+from kvstore.client import Client, KVError
 
 from .infra import (
     DEPLOY,
@@ -380,3 +382,38 @@ def test_shard_moves_to_a_vm_and_is_repaired_when_the_vm_is_lost(
         raise
     finally:
         nodes.close()
+
+
+def test_vm_with_mutual_tls(
+    request: pytest.FixtureRequest, guest_disk: str, vm_sh: list, tmp_path: Path
+) -> None:
+    """`vm.sh up --tls DIR` (issue 14): the certificates are made for the VM's address,
+    the node serves mutual TLS (sharded here: 2 shards, 1 replica), `vm.sh status` and a
+    TLS client work, a plaintext client is refused."""
+    if not request.config.getoption("vm_full"):
+        pytest.skip("the TLS VM test runs with --vm-full")
+    name, subnet = "kvse2e-tls", "10.37.5"
+    env = deployment_env(name, subnet, guest_disk)
+    certs = tmp_path / "vm-certs"
+    endpoint = f"{subnet}.11:7001"
+    vm_sh.append((name, env))
+    with timed("vm tls: vm.sh up --vms 1 --tls until a leader (over TLS)"):
+        run(
+            [
+                *(VM_SH, "up", "--vms", "1", "--memory", "512", "--no-build"),
+                *("--tls", str(certs), "--shards", "2", "--replicas", "1"),
+                *("--timeout", str(BOOT_TIMEOUT), *SLOW),
+            ],
+            env=env,
+            timeout=BOOT_TIMEOUT + 300,
+        )
+    assert (certs / "ca.pem").exists() and (certs / "node-1.pem").exists()
+    status = run([VM_SH, "status"], env=env, timeout=300).stdout
+    assert "leader" in status, status
+    tls = {"cacert": certs / "ca.pem", "cert": certs / "admin.pem", "key": certs / "admin-key.pem"}
+    with Client([endpoint], timeout=30.0, **tls) as c:
+        data = write_and_read(c, "a-tls", 5, OP_TIMEOUT)  # the first shard
+        data |= write_and_read(c, "z-tls", 5, OP_TIMEOUT)  # the second
+        assert len(c.shards()) == 2
+    with Client([endpoint], timeout=5.0) as plain, pytest.raises(KVError):
+        plain.get(next(iter(data)))
