@@ -427,6 +427,7 @@ class GroupTables:
         self.flush()
         src = GroupTables(self.txn, self.dbs, source, None)
         mine_now, src_now = self.clock(), src.clock()
+        held = {lease for lease, _ in self.leases.all()} ^ {lease for lease, _ in src.leases.all()}
         # The applied time too (docs/sharding.md): the source's is fixed from its
         # PrepareMerge on (a frozen source's entries do not move it), so every replica
         # of the target reaches the same time here.
@@ -470,6 +471,19 @@ class GroupTables:
             self._states[sid] = SessionState(last_seq, index, last_time)
             self._dirty.add(sid)
         self.flush()
+        self._run_out(held, index)
+
+    def _run_out(self, leases: set[int], index: int) -> None:
+        """A merge's leases that only one side held (docs/leases.md: a lease is alive
+        only while every shard holds it; the other side's leader expired it, or it was
+        granted while that side was being split off) come in run out: remaining 0,
+        touched at the merge entry, so the target's leader revokes them at once and their
+        keys go through the log as at any expiry. Taken in as they were, such a lease
+        came back to life: its keys stayed, a put could attach to it, keep-alives
+        renewed it."""
+        for lease, record in self.leases.all():
+            if lease in leases:
+                self.leases.put(lease, LeaseRecord(record.ttl_ms, 0, index))
 
     def copy_sessions_to(self, group: int) -> None:
         """Copy this group's session records (and log clock) to ``group`` (a split's new

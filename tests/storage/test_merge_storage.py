@@ -314,3 +314,33 @@ def test_live_sessions_stay_live_across_a_merge_of_groups_whose_clocks_drifted(
     out, _ = run(st, L, entry(4, retries))
     assert [(r.ok, r.revision) for r in out] == [(True, 1), (True, 1)], "answered, not applied"
     assert st.kv(L).log_time() == t[L] + 1_000  # the target's clock goes on
+
+
+def test_a_lease_one_side_no_longer_holds_expires_after_the_merge(st: NodeStorage) -> None:
+    """On a sharded cluster a lease is alive only while every shard holds it (the client
+    grants, renews and revokes it in each; docs/leases.md). Here L's leader expired lease
+    9 while R, frozen for the merge, could not: the merge took R's record into L and the
+    lease came back to life with R's keys (a put with it succeeded, its keys stayed, and
+    keep-alives renewed it). A lease only one side holds now comes in run out (remaining
+    0, touched at the merge): the target's leader revokes it at once, deleting its keys
+    through the log as any expiry does."""
+    from kvstore.node.lease_expiry import LeaderLeases
+    from kvstore.statemachine import LeaseGrant, LeaseRevoke
+
+    run(st, L, entry(1, encode_batch([LeaseGrant(9, 10_000), LeaseGrant(4, 10_000)])))
+    run(st, R, entry(1, encode_batch([LeaseGrant(9, 10_000), LeaseGrant(4, 10_000)])))
+    run(st, L, entry(2, encode_batch([Put(b"apple", b"1", lease=4)])))
+    run(st, R, entry(2, encode_batch([Put(b"pear", b"1", lease=9), Put(b"plum", b"1", lease=4)])))
+    run(st, L, entry(3, encode_batch([LeaseRevoke(9)])))  # L's leader expired it
+    run(st, R, entry(3, encode_batch([LeaseRevoke(4)])))  # R's leader expired this one
+    src = prepare(st, 4)
+    run(st, L, entry(4, cmds.encode(cmds.CommitMerge(src))))
+    leases = dict(st.kv(L).leases())
+    assert {k: v.remaining_ms for k, v in leases.items()} == {9: 0, 4: 0}
+    t = LeaderLeases()
+    t.sync(term=2, now=100.0, records=list(leases.items()))
+    revokes = t.due(100.0)
+    assert sorted(r.lease for r in revokes) == [4, 9]
+    run(st, L, entry(5, encode_batch(list(revokes))))
+    assert st.kv(L).leases() == []
+    assert [kv.key for kv in st.kv(L).scan()] == []
