@@ -49,19 +49,29 @@ def relay(src: io.BufferedReader, out: TextIO, node_id: int | None, fmt: str) ->
             out.flush()
 
 
-def capture_stderr(node_id: int | None, fmt: str) -> TextIO:
+def capture_stderr(node_id: int | None, fmt: str) -> TextIO | None:
     """Replace fd 2 with a pipe to a relay process; returns a stream on the original
-    stderr for the node's own handler. At exit the pipe is closed and the relay waited
-    for, so whoever waits for the node finds every line written."""
-    out_fd = os.dup(2)
+    stderr for the node's own handler (None, and fd 2 untouched, when there is no stderr
+    or no relay could start: the node then logs as before rather than not at all). At
+    exit the pipe is closed and the relay waited for, so whoever waits for the node finds
+    every line written."""
+    try:
+        out_fd = os.dup(2)
+    except OSError:
+        return None
     r, w = os.pipe()
-    relay_proc = subprocess.Popen(
-        [sys.executable, "-m", "kvstore.node.log_relay", str(node_id or 0), fmt],
-        stdin=r,
-        stdout=out_fd,
-        stderr=out_fd,
-        cwd="/",  # never keep a data directory (or its mount) busy
-    )
+    try:
+        relay_proc = subprocess.Popen(
+            [sys.executable, "-m", "kvstore.node.log_relay", str(node_id or 0), fmt],
+            stdin=r,
+            stdout=out_fd,
+            stderr=out_fd,
+            cwd="/",  # never keep a data directory (or its mount) busy
+        )
+    except OSError:
+        for fd in (r, w, out_fd):
+            os.close(fd)
+        return None
     os.close(r)
     sys.stderr.flush()
     os.dup2(w, 2)

@@ -121,3 +121,33 @@ def test_events_about_one_shard_name_it_group() -> None:
             ):
                 bad.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not bad, f"events naming a shard other than group=: {bad}"
+
+
+def test_without_a_stderr_or_a_relay_the_node_logs_as_before() -> None:
+    """No fd 2 (started with 2>&-) or no relay process: capture_stderr gives up and leaves
+    fd 2 alone instead of failing the node's start."""
+    import os
+    import subprocess
+
+    code = (
+        "import os, sys\n"
+        "from kvstore.node import log_relay\n"
+        "if sys.argv[1] == 'no-relay': sys.executable = '/nonexistent/python'\n"
+        "before = os.fstat(2).st_ino if sys.argv[1] == 'no-relay' else None\n"
+        "s = log_relay.capture_stderr(1, 'json')\n"
+        "after = os.fstat(2).st_ino if sys.argv[1] == 'no-relay' else None\n"
+        "print(s is None, before == after)\n"
+    )
+    closed = subprocess.run(
+        [sys.executable, "-c", code, "no-stderr"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert closed.stdout.split() == ["True", "True"], closed
+    no_relay = subprocess.run(
+        [sys.executable, "-c", code, "no-relay"], capture_output=True, text=True, timeout=60
+    )
+    assert no_relay.stdout.split() == ["True", "True"], no_relay
