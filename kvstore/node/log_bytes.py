@@ -9,7 +9,9 @@ behind replayed every command through the state machine (1 M writes: 60 s); past
 compaction point the leader ships a snapshot image instead, which installs in one bulk
 pass. Compaction only drops entries every replica of the group may have applied from
 them (a replica compacts up to what it applied itself); a follower behind it gets a
-snapshot, as after any compaction.
+snapshot, as after any compaction. A leader compacts by size no further than every other
+member's match until the log holds HOLD_FACTOR times the limit (TiKV's rule too), so a
+follower that just installed a snapshot finds the entries after it (replica.py).
 
 Sizes are those of the entries this replica stored, seeded at start from the log it
 holds (``GroupLog.entry_sizes``); a suffix replaced by a leader's entries is counted
@@ -20,6 +22,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+
+HOLD_FACTOR = 4
+"""A leader holds compaction by size for a lagging member until the log holds this many
+times the limit; past that, the member gets a snapshot (it may be down for good)."""
 
 
 class LogBytes:

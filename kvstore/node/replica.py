@@ -44,6 +44,7 @@ from kvstore.consensus.types import (
 from kvstore.node import log
 from kvstore.node.errors import InvalidOp, NotLeaderOp, OpError, UnavailableOp
 from kvstore.node.hlc import MAX_AHEAD_MS, HybridClock
+from kvstore.node.log_bytes import HOLD_FACTOR
 from kvstore.node.members import address_change
 from kvstore.node.metrics import NodeMetrics, ShardSeries
 from kvstore.node.pending import (
@@ -387,7 +388,7 @@ class ReplicaLoop:
         if n > 0 and applied - g.compacted >= n:
             # Keep a tail so briefly lagging followers still catch up from the log.
             compact_to = applied - n // 4
-        at = g.log_bytes.compact_point(applied, self.snapshot_bytes)
+        at = self._size_compaction(g, applied)
         if at > g.compacted:
             compact_to = max(compact_to, at)
         if self.storage.tight and applied > g.compacted:
@@ -395,6 +396,22 @@ class ReplicaLoop:
             # that lag will need a snapshot.
             compact_to = applied
         return Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
+
+    def _size_compaction(self, g: GroupState, applied: int) -> int:
+        """Where compaction by size may go (0: not now; log_bytes.py): on a leader, no
+        further than what every other member stores (its match), until the log holds
+        HOLD_FACTOR times the limit. A follower that installed a snapshot needs the
+        entries after it: with only a quarter of the limit kept, one that took longer
+        to send and install than the cluster took to write that much found the log
+        compacted past its snapshot again, got another snapshot, and never caught up
+        under a steady write load."""
+        at = g.log_bytes.compact_point(applied, self.snapshot_bytes)
+        if at <= g.compacted or g.role != Role.LEADER:
+            return at
+        if g.log_bytes.between(g.compacted, applied) >= HOLD_FACTOR * self.snapshot_bytes:
+            return at  # a member that is down or far behind: a snapshot, as before
+        others = [p.match for p in g.core.status(progress=True).progress if p.id != self.node_id]
+        return min(at, *others) if others else at
 
     def learn_address(self, node: int, address: str) -> None:
         """A member's address from the log or a snapshot: reach it there from now on."""

@@ -4,12 +4,19 @@ behind by bytes (though few entries) catches up from a snapshot, not a replay.""
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
 
 from kvstore.client import AsyncClient
+from kvstore.consensus.memory import MemoryStorage
+from kvstore.consensus.raft import RawNode
+from kvstore.consensus.types import Config, Message, MessageType, Ready, Role
 from kvstore.node.log_bytes import LogBytes
+from kvstore.node.metrics import NodeMetrics
+from kvstore.node.pending import GroupState
+from kvstore.node.replica import ReplicaLoop
 from kvstore.server.process import Node, ServeOptions
 from tests.node.test_inprocess import _leader, _ports
 
@@ -39,10 +46,69 @@ def test_replaced_suffix_and_gaps_are_counted_again() -> None:
     assert b.between(0, 9) == 7
 
 
+def test_a_leader_compacts_by_size_no_further_than_its_followers_store() -> None:
+    """A follower that installed a snapshot needs the entries after it. The leader
+    compacted by size down to a quarter of the limit whatever its followers had: one
+    whose snapshot took longer to send and install than the cluster took to write that
+    much found the log compacted past it again, got another snapshot, and never caught
+    up under a steady write load. Now the leader holds compaction by size at the slowest
+    member's match until the log holds HOLD_FACTOR times the limit."""
+    st = MemoryStorage(voters={1, 2, 3})
+    core = RawNode(Config(id=1, group=1, rng=random.Random(1), pre_vote=False), st)
+    core.campaign()
+    _persist(core, st)
+    core.step(Message(type=MessageType.VOTE_RESP, group=1, from_=2, to=1, term=1))
+    for i in range(40):
+        core.propose(b"x%d" % i)
+    _persist(core, st)
+    last = core.status().last_index
+    core.step(Message(type=MessageType.APPEND_RESP, group=1, from_=2, to=1, term=1, index=last))
+    _persist(core, st)
+    assert core.status().commit == last
+    g = GroupState(id=1, core=core, applied=last, compacted=0, role=Role.LEADER, term=1)
+    mib = 1 << 20
+    loop = ReplicaLoop(
+        node_id=1,
+        storage=_NotTight(),  # type: ignore[arg-type]
+        send=lambda msgs: None,
+        clock=None,  # type: ignore[arg-type]
+        metrics=NodeMetrics(),
+        endpoints={},
+        snapshot_entries=0,
+        snapshot_bytes=16 * mib,
+    )
+
+    def compact_to(entry_mib: int) -> int:
+        g.log_bytes = LogBytes((i, entry_mib * mib) for i in range(1, last + 1))
+        return loop.plan(g, Ready()).compact_to
+
+    # Node 3 stored nothing yet (it is installing a snapshot, say): hold.
+    assert compact_to(1) == 0
+    # A member down for good: past HOLD_FACTOR times the limit the log is compacted.
+    assert compact_to(2) == g.log_bytes.compact_point(last, 16 * mib) > 0
+    core.step(Message(type=MessageType.APPEND_RESP, group=1, from_=3, to=1, term=1, index=20))
+    assert compact_to(1) == 20  # no further than node 3's match
+    core.step(Message(type=MessageType.APPEND_RESP, group=1, from_=3, to=1, term=1, index=last))
+    assert compact_to(1) == g.log_bytes.compact_point(last, 16 * mib) > 20
+
+
+class _NotTight:
+    tight = False
+
+
+def _persist(core: RawNode, st: MemoryStorage) -> None:
+    rd = core.ready()
+    st.append(rd.entries)
+    if rd.hard_state:
+        st.set_hard_state(rd.hard_state)
+    core.advance(rd)
+
+
 def test_follower_far_behind_by_bytes_gets_a_snapshot(tmp_path: Path) -> None:
-    """10 entries of ~256 KiB each are far below --snapshot-entries, but over
-    --snapshot-log-mb 1: the leader compacts and the restarted follower is sent a snapshot
-    (before, it replayed the whole log; 1 M writes took 60 s)."""
+    """20 entries of ~256 KiB each are far below --snapshot-entries, but over
+    HOLD_FACTOR times --snapshot-log-mb 1: the leader compacts though the stopped follower
+    has not stored them, and the restarted follower is sent a snapshot (before, it
+    replayed the whole log; 1 M writes took 60 s)."""
 
     async def main() -> None:
         ports = _ports(3)
@@ -69,7 +135,7 @@ def test_follower_far_behind_by_bytes_gets_a_snapshot(tmp_path: Path) -> None:
             value = b"v" * (256 << 10)
             live = [peers[i] for i in peers if i != lag]
             async with AsyncClient(live, timeout=20) as c:
-                for i in range(10):
+                for i in range(20):
                     await c.put(f"k{i}", value)
             g = leader.driver.groups[1]
             assert g.compacted > 0, "1 MiB of applied log is compacted"
@@ -83,7 +149,7 @@ def test_follower_far_behind_by_bytes_gets_a_snapshot(tmp_path: Path) -> None:
             assert nodes[lag].driver.groups[1].applied >= commit
             sent = leader.metrics.snapshots_sent.labels("1", "ok")._value.get()
             assert sent >= 1
-            got = nodes[lag].storage.kv(1).get(b"k9")
+            got = nodes[lag].storage.kv(1).get(b"k19")
             assert got is not None and got.value == value
         finally:
             for n in nodes.values():
