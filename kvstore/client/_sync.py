@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from kvstore._pb import kv_pb2
@@ -291,14 +290,26 @@ class Election:
         return self._client._run(self.inner.leader())
 
     def observe(self, poll: float = 0.2) -> Iterator[Leader | None]:
-        """Yield the leader now and on every change (None: no leader); polls."""
-        last: Leader | bool | None = False
-        while True:
-            now = self.leader()
-            if now != last:
-                last = now
-                yield now
-            time.sleep(poll)
+        """AsyncElection.observe as a blocking iterator, run on the client's loop thread
+        (close it to end its watch)."""
+        it = self.inner.observe(poll)
+
+        async def step() -> Leader | None:
+            return await anext(it)
+
+        async def close() -> None:
+            if isinstance(it, AsyncGenerator):
+                await it.aclose()
+
+        try:
+            while True:
+                try:
+                    yield self._client._run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._client._loop.is_closed():
+                self._client._run(close())
 
 
 class Watcher:

@@ -134,9 +134,15 @@ def lock_and_election(cluster: LocalCluster, c: Client) -> None:
         assert e1.leading and e2.leader() == Leader(b"node-a", t1)
         with pytest.raises(LockTimeout):
             e2.campaign("node-b", timeout=0.3)
-        seen = e2.observe(poll=0.05)
+        # observe follows a watch: with a poll period far longer than these steps it
+        # still reports each change as it happens (it used to poll).
+        seen = e2.observe(poll=120)
         assert next(seen) == Leader(b"node-a", t1)
+        start = time.monotonic()
         e1.resign()
+        assert next(seen) is None
         t2 = e2.campaign("node-b", timeout=10)
-        assert t2 > t1 and next(seen) in (None, Leader(b"node-b", t2))
+        assert t2 > t1 and next(seen) == Leader(b"node-b", t2)
+        assert time.monotonic() - start < 60, "observe waited for its poll period"
+        seen.close()
         e2.resign()
