@@ -47,17 +47,7 @@ async def shard_list(c: AsyncClient) -> list[dict[str, Any]]:
             for g in n.get("groups", []):
                 if g["group"] == d.id and g["role"] == "leader":
                     leader, keys, size = n["id"], g["keys"], g["bytes"]
-        row = shard_dict(
-            kv_pb2.ShardDescriptor(
-                id=d.id,
-                start=d.start,
-                end=d.end,
-                version=d.epoch.version,
-                conf_ver=d.epoch.conf_ver,
-                voters=d.voters,
-                learners=d.learners,
-            )
-        )
+        row = _descriptor_dict(d)
         row.update(leader=leader, keys=keys, bytes=size)
         out.append(row)
     return out

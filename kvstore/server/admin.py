@@ -25,11 +25,10 @@ from kvstore.node.placement_loop import PlacementLoop
 from kvstore.node.reporter import Reporter
 from kvstore.node.routing import LocalRouter
 from kvstore.node.transport import PeerTransport
+from kvstore.server import convert
 from kvstore.server.convert import shard_pb
 from kvstore.server.node_admin import NodeAdmin
 from kvstore.server.shard_admin import ShardAdmin, shard_size
-
-_STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def check_change(
@@ -60,15 +59,7 @@ def check_change(
 
 
 async def abort(context: Any, e: OpError) -> None:
-    await context.abort(
-        _STATUS.get(e.code, grpc.StatusCode.UNKNOWN),
-        e.message,
-        trailing_metadata=(
-            ("kvstore-leader-id", str(e.leader_id)),
-            ("kvstore-leader-endpoint", e.leader_endpoint),
-            ("kvstore-definite", "1" if e.definite else "0"),
-        ),
-    )
+    await convert.abort(context, convert.error_pb(e))
 
 
 class AdminService(BackupAdmin, ShardAdmin, NodeAdmin, admin_pb2_grpc.AdminServicer):

@@ -6,6 +6,10 @@ reaches the driver; a violation is an InvalidOp naming the limit.
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
+
 from kvstore._pb import kv_pb2
 from kvstore.node.errors import (
     InvalidOp,
@@ -138,6 +142,23 @@ def error_pb(e: OpError) -> kv_pb2.Error:
     elif isinstance(e, OutOfRangeOp):
         err.compact_revision = e.compact_revision
     return err
+
+
+async def abort(context: Any, err: kv_pb2.Error) -> None:
+    """End the call with ``err`` as its gRPC status; the trailers carry what the client
+    reads besides the code (the leader hint and whether the op certainly did not apply)."""
+    await context.abort(
+        _STATUS.get(err.code, grpc.StatusCode.UNKNOWN),
+        err.message,
+        trailing_metadata=(
+            ("kvstore-leader-id", str(err.leader_id)),
+            ("kvstore-leader-endpoint", err.leader_endpoint),
+            ("kvstore-definite", "1" if err.definite else "0"),
+        ),
+    )
+
+
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def shard_pb(d: Descriptor) -> kv_pb2.ShardDescriptor:

@@ -431,7 +431,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.budget.admit(1, size)
         except OpError as e:
             self._count(op.WhichOneof("request") or "none", e.code)
-            await _abort(context, convert.error_pb(e))
+            await convert.abort(context, convert.error_pb(e))
         try:
             sink = _UnarySink(asyncio.get_running_loop().create_future())
             self.dispatch(op, sink)
@@ -439,7 +439,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         finally:
             self.budget.release(1, size)
         if result.HasField("error"):
-            await _abort(context, result.error)
+            await convert.abort(context, result.error)
         return result
 
     async def Put(self, request: kv_pb2.PutRequest, context: Any) -> kv_pb2.PutResponse:
@@ -525,18 +525,3 @@ class _UnarySink:
 
     def reserve(self, nbytes: int, /) -> None:
         pass
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], e: kv_pb2.Error) -> None:
-    await context.abort(
-        _STATUS.get(e.code, grpc.StatusCode.UNKNOWN),
-        e.message,
-        trailing_metadata=(
-            ("kvstore-leader-id", str(e.leader_id)),
-            ("kvstore-leader-endpoint", e.leader_endpoint),
-            ("kvstore-definite", "1" if e.definite else "0"),
-        ),
-    )
-
-
-_STATUS = {c.value[0]: c for c in grpc.StatusCode}
