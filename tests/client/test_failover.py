@@ -19,20 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kvstore.client import AsyncClient
 from kvstore.client._endpoints import Endpoints
-from kvstore.server.process import Node, ServeOptions
+from tests.node.inprocess import free_ports, start_node
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _free_port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
 
 
 @contextmanager
@@ -61,7 +50,7 @@ async def _health_server(port: int) -> AsyncIterator[str]:
 
 def test_pick_skips_down_and_excluded_endpoints_and_never_comes_up_empty() -> None:
     async def main() -> None:
-        a, b, c = (f"127.0.0.1:{_free_port()}" for _ in range(3))  # nothing listens there
+        a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))  # nothing listens there
         eps = Endpoints([a, b, c], rng=random.Random(1))
         try:
             assert {eps.pick() for _ in range(6)} == {a, b, c}
@@ -85,7 +74,7 @@ def test_pick_skips_down_and_excluded_endpoints_and_never_comes_up_empty() -> No
 
 def test_probe_brings_an_endpoint_back_once_it_answers_and_not_before() -> None:
     async def main() -> None:
-        port = _free_port()
+        (port,) = free_ports(1)
         ep = f"127.0.0.1:{port}"
         with _silent_endpoint() as silent:
             eps = Endpoints([ep, silent], probe_timeout=0.2)
@@ -116,9 +105,7 @@ def test_writes_queued_for_a_silent_node_cost_one_attempt_and_are_not_lost_to_th
     out under a fresh one, and every write succeeds."""
 
     async def main() -> None:
-        ep = f"127.0.0.1:{_free_port()}"
-        node = Node(ServeOptions(id=1, listen=ep, peers={1: ep}, data_dir=str(tmp_path)))
-        await node.start()
+        node, ep = await start_node(tmp_path)
         try:
             with _silent_endpoint() as silent:
                 async with AsyncClient([ep], timeout=10) as warm:

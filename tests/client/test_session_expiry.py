@@ -9,8 +9,6 @@ with the idle bound cut to 300 ms."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -19,29 +17,16 @@ import pytest
 
 import kvstore.statemachine.apply as apply_mod
 from kvstore.client import AsyncClient, SessionExpired
-from kvstore.server.process import Node, ServeOptions
+from tests.node.inprocess import start_node
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
 
 
 def test_an_expired_session_is_renewed_and_a_maybe_applied_write_is_indeterminate(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        addr = f"127.0.0.1:{_port()}"
-        node = Node(ServeOptions(id=1, listen=addr, peers={1: addr}, data_dir=str(tmp_path)))
-        await node.start()
+        node, addr = await start_node(tmp_path)
         try:
             async with AsyncClient([addr], timeout=6) as c:
                 await c.put("warm", "up")  # a leader, and the client's session

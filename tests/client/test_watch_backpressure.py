@@ -7,28 +7,15 @@ Real node in this process, the bound cut to 8."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from pathlib import Path
 
 import pytest
 
 import kvstore.client._watch as watch_mod
 from kvstore.client import AsyncClient, WatchEvent
-from kvstore.server.process import Node, ServeOptions
+from tests.node.inprocess import start_node
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
 
 
 def test_a_slow_watcher_holds_a_bounded_queue_and_loses_nothing(
@@ -37,9 +24,7 @@ def test_a_slow_watcher_holds_a_bounded_queue_and_loses_nothing(
     monkeypatch.setattr(watch_mod, "MAX_QUEUED", 8, raising=False)
 
     async def main() -> None:
-        addr = f"127.0.0.1:{_port()}"
-        node = Node(ServeOptions(id=1, listen=addr, peers={1: addr}, data_dir=str(tmp_path)))
-        await node.start()
+        node, addr = await start_node(tmp_path)
         try:
             async with AsyncClient([addr], timeout=20) as c:
                 start = await c.put("warm", "up") + 1

@@ -169,6 +169,15 @@ class LocalCluster:
                     best = (g["term"], n["id"])
         return None if best is None else best[1]
 
+    def group_leaders(self) -> dict[int, int]:
+        """Group id -> the node that says it leads it, over the reachable nodes."""
+        out: dict[int, int] = {}
+        for n in self.status():
+            for g in n.get("groups", []) if n["reachable"] else []:
+                if g["role"] == "leader":
+                    out[g["group"]] = n["id"]
+        return out
+
     def wait_leader(self, timeout: float = 20.0) -> int:
         return wait_for(self.leader, timeout, "a leader")
 

@@ -24,15 +24,6 @@ KEYS_PER_WRITER = 100
 WRITERS = 4
 
 
-def _leaders(c: LocalCluster) -> set[int]:
-    out: set[int] = set()
-    for n in c.status():
-        for g in n.get("groups", []) if n["reachable"] else []:
-            if g["role"] == "leader":
-                out.add(g["group"])
-    return out
-
-
 def _fill(c: LocalCluster, value: str) -> dict[str, str]:
     """WRITERS threads each put KEYS_PER_WRITER keys spread over the key space."""
     acked: dict[str, str] = {}
@@ -94,7 +85,9 @@ def test_a_shard_splits_on_its_own_past_the_key_count(tmp_path: Path, consensus:
     )
     try:
         c.start()
-        wait_for(lambda: _leaders(c) >= {0, 1}, 40, "leaders of the meta group and shard 1")
+        wait_for(
+            lambda: c.group_leaders().keys() >= {0, 1}, 40, "leaders of the meta group and shard 1"
+        )
         acked = _fill(c, "v-")
         rows = _settled(c, limit, "keys", len(acked))
         # 400 keys, split at the middle while over 100: 4 shards of about 100.
@@ -132,7 +125,9 @@ def test_a_shard_splits_on_its_own_past_the_size_set_by_environment(
     )
     try:
         c.start()
-        wait_for(lambda: _leaders(c) >= {0, 1}, 40, "leaders of the meta group and shard 1")
+        wait_for(
+            lambda: c.group_leaders().keys() >= {0, 1}, 40, "leaders of the meta group and shard 1"
+        )
         acked = _fill(c, "x" * 300)  # ~400 keys of ~310 bytes: ~125 kB
         rows = _settled(c, limit, "bytes", len(acked))
         assert len(rows) >= 4, rows

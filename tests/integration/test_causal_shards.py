@@ -24,15 +24,6 @@ from kvstore.client import Client
 from .harness import LocalCluster, wait_for
 
 
-def _leaders(c: LocalCluster) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for n in c.status():
-        for g in n.get("groups", []) if n["reachable"] else []:
-            if g["role"] == "leader":
-                out[g["group"]] = n["id"]
-    return out
-
-
 @pytest.fixture
 def two_shards(tmp_path: Path, consensus: str) -> Any:
     c = LocalCluster(
@@ -40,7 +31,7 @@ def two_shards(tmp_path: Path, consensus: str) -> Any:
     )
     try:
         c.start()
-        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2}, 40, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2}, 40, "a leader per shard")
         yield c
     finally:
         c.close()
@@ -79,7 +70,7 @@ def test_causal_session_across_shards_and_a_split(two_shards: LocalCluster) -> N
             assert s.get("b05", read_mode="causal") == f"left-{n}".encode()
             assert s.get("b15", read_mode="causal") == f"right-{n}".encode()
             assert s.get("z-idle", read_mode="causal") == b"old"
-        wait_for(lambda: new_id in _leaders(c), 20, "the new shard's leader")
+        wait_for(lambda: new_id in c.group_leaders(), 20, "the new shard's leader")
 
         # Writes-follow-reads across shards: 1 writes on the new shard; 2 reads it and
         # writes on shard 2; 3 starts from 2's token and must see both.

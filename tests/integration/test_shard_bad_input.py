@@ -29,16 +29,6 @@ def _cli(c: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _leaders(c: LocalCluster) -> set[int]:
-    return {
-        g["group"]
-        for n in c.status()
-        if n["reachable"]
-        for g in n.get("groups", [])
-        if g["role"] == "leader"
-    }
-
-
 def _map(c: LocalCluster) -> list[tuple[Any, ...]]:
     out = _cli(c, "shard", "list", "--json")
     assert out.returncode == 0, out.stderr
@@ -55,7 +45,7 @@ def test_bad_shard_requests_are_refused_with_the_reason_and_change_nothing(
     c = LocalCluster(tmp_path, nodes=4, extra=["--shards", "2"])
     try:
         c.start()
-        wait_for(lambda: _leaders(c) >= {0, 1, 2}, 40, "a leader per group")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2}, 40, "a leader per group")
         with c.client(timeout=15) as kv:
             for k in ("a", "c", "p", "x"):
                 kv.put(k, k)

@@ -24,16 +24,6 @@ from .harness import LocalCluster, wait_for
 NODES, SHARDS = 5, 4
 
 
-def _leaders(c: LocalCluster) -> set[int]:
-    return {
-        g["group"]
-        for n in c.status()
-        if n["reachable"]
-        for g in n.get("groups", [])
-        if g["role"] == "leader"
-    }
-
-
 def _cli(c: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kvstore.cli", *args, "--endpoints", ",".join(c.endpoints)],
@@ -59,7 +49,7 @@ def sharded(tmp_path: Path, consensus: str) -> Any:
     c = LocalCluster(tmp_path, nodes=NODES, consensus=consensus, extra=["--shards", str(SHARDS)])
     try:
         c.start()
-        wait_for(lambda: _leaders(c) >= {0, 1, 2, 3, 4}, 60, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2, 3, 4}, 60, "a leader per shard")
         yield c
     finally:
         c.close()

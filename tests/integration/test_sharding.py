@@ -23,15 +23,6 @@ from .harness import LocalCluster, Writers, wait_for
 NODES, SHARDS = 5, 4
 
 
-def _leaders(c: LocalCluster) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for n in c.status():
-        for g in n.get("groups", []) if n["reachable"] else []:
-            if g["role"] == "leader":
-                out[g["group"]] = n["id"]
-    return out
-
-
 def _cli(c: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kvstore.cli", *args, "--endpoints", ",".join(c.endpoints)],
@@ -47,7 +38,7 @@ def sharded(tmp_path: Path, consensus: str) -> Any:
     try:
         c.start()
         # The meta group (0) and every data shard elect a leader.
-        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2, 3, 4}, 40, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2, 3, 4}, 40, "a leader per shard")
         yield c
     finally:
         c.close()
@@ -123,7 +114,7 @@ def test_a_new_replica_is_created_by_snapshot_with_its_range(
     c = LocalCluster(tmp_path, nodes=4, consensus=consensus, extra=["--shards", "2"])
     try:
         c.start()
-        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2}, 40, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2}, 40, "a leader per shard")
         with c.client(timeout=15) as kv:
             for i in range(20):
                 kv.put(f"a{i:02d}", str(i))  # shard 1 ([b"", b"n")), voters 1, 2, 3
@@ -134,7 +125,7 @@ def test_a_new_replica_is_created_by_snapshot_with_its_range(
                 )
             )
             assert st4.created
-            leader = _leaders(c)[1]
+            leader = c.group_leaders()[1]
             kv._run(
                 kv._async._admin_call(
                     c.endpoint(leader),
@@ -176,7 +167,7 @@ def test_a_node_down_during_a_split_catches_up_by_snapshots(tmp_path: Path, cons
     )
     try:
         c.start()
-        wait_for(lambda: set(_leaders(c)) >= {0, 1}, 40, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1}, 40, "a leader per shard")
         c.stop(3)
         with c.client(timeout=15) as kv:
             wait_for(lambda: kv.put("a", "0"), 20, "a write with node 3 down")
@@ -221,12 +212,12 @@ def test_quiet_shards_still_fail_over_and_wake_for_writes(tmp_path: Path, consen
     c = LocalCluster(tmp_path, nodes=5, consensus=consensus, extra=["--shards", "4"])
     try:
         c.start()
-        wait_for(lambda: set(_leaders(c)) >= {0, 1, 2, 3, 4}, 40, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2, 3, 4}, 40, "a leader per shard")
         with c.client(timeout=15) as kv:
             for k in ("apple", "kiwi", "pear", "zebra"):
                 kv.put(k, "1")
         time.sleep(3.0)  # idle for longer than QUIET_AFTER_TICKS
-        leaders = _leaders(c)
+        leaders = c.group_leaders()
         victim = leaders[1]
         with c.client(timeout=15) as kv:
             assert kv.get("apple") == b"1"  # a read wakes a quiet shard
@@ -235,6 +226,6 @@ def test_quiet_shards_still_fail_over_and_wake_for_writes(tmp_path: Path, consen
             for k in ("apple", "kiwi", "pear", "zebra"):
                 kv.put(k, "2")
                 assert kv.get(k) == b"2"
-        assert _leaders(c).get(1) not in (None, victim)
+        assert c.group_leaders().get(1) not in (None, victim)
     finally:
         c.close()

@@ -16,21 +16,12 @@ from kvstore.client import WatchEvent, WatchProgress
 from .harness import LocalCluster, wait_for
 
 
-def _leaders(c: LocalCluster) -> set[int]:
-    out: set[int] = set()
-    for n in c.status():
-        for g in n.get("groups", []) if n["reachable"] else []:
-            if g["role"] == "leader":
-                out.add(g["group"])
-    return out
-
-
 @pytest.fixture
 def two_shards(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path, nodes=3, extra=["--shards", "2", "--split-keys", "m"])
     try:
         c.start()
-        wait_for(lambda: _leaders(c) >= {0, 1, 2}, 120, "a leader per shard")
+        wait_for(lambda: c.group_leaders().keys() >= {0, 1, 2}, 120, "a leader per shard")
         yield c
     finally:
         c.close()

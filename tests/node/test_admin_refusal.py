@@ -13,28 +13,21 @@ import pytest
 
 from kvstore._pb import admin_pb2, admin_pb2_grpc
 from kvstore.client import AsyncClient
-from kvstore.server.process import Node, ServeOptions
 
-from .test_inprocess import _leader, _ports
+from .inprocess import free_endpoint, start_nodes, stop_nodes
+from .inprocess import leader as leader_of
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_refused_promote_on_followers_changes_nothing(tmp_path: Path) -> None:
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-        nodes = [
-            Node(ServeOptions(id=i, listen=peers[i], peers=peers, data_dir=str(tmp_path / f"{i}")))
-            for i in peers
-        ]
-        for n in nodes:
-            await n.start()
+        peers, nodes = await start_nodes(tmp_path)
         try:
-            leader = await _leader(nodes)
+            leader = await leader_of(nodes)
             lid = leader.opts.id
             followers = [n for n in nodes if n is not leader]
-            bogus = f"127.0.0.1:{_ports(1)[0]}"
+            bogus = free_endpoint()
             for f in followers:
                 async with grpc.aio.insecure_channel(peers[f.opts.id]) as ch:
                     stub = admin_pb2_grpc.AdminStub(ch)
@@ -56,8 +49,7 @@ def test_refused_promote_on_followers_changes_nothing(tmp_path: Path) -> None:
                 await c.put("after", "refusals")
                 assert await c.get("after") == b"refusals"
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())
 
@@ -68,16 +60,9 @@ def test_a_call_naming_group_0_never_acts_on_group_1(tmp_path: Path) -> None:
     used to read as "unset", so a meta-group transfer moved shard 1's leader instead)."""
 
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-        nodes = [
-            Node(ServeOptions(id=i, listen=peers[i], peers=peers, data_dir=str(tmp_path / f"{i}")))
-            for i in peers
-        ]
-        for n in nodes:
-            await n.start()
+        peers, nodes = await start_nodes(tmp_path)
         try:
-            leader = await _leader(nodes)
+            leader = await leader_of(nodes)
             lid = leader.opts.id
             other = next(i for i in peers if i != lid)
             async with grpc.aio.insecure_channel(peers[lid]) as ch:
@@ -95,7 +80,6 @@ def test_a_call_naming_group_0_never_acts_on_group_1(tmp_path: Path) -> None:
             assert leader.driver.groups[1].leader == lid
             assert other in leader.driver.status(1).conf_state.voters
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())

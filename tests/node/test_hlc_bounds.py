@@ -6,8 +6,6 @@ hybrid clock: once it had, the next stamp overflowed 64 bits and the driver stop
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import time
 from pathlib import Path
 
@@ -15,27 +13,15 @@ import pytest
 
 from kvstore.client import AsyncClient, InvalidArgument
 from kvstore.node.hlc import pack
-from kvstore.server.process import Node, ServeOptions
+
+from .inprocess import start_node
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
-
-
 def test_huge_causal_token_is_refused_and_the_node_keeps_serving(tmp_path: Path) -> None:
     async def main() -> None:
-        addr = f"127.0.0.1:{_port()}"
-        node = Node(ServeOptions(id=1, listen=addr, peers={1: addr}, data_dir=str(tmp_path)))
-        await node.start()
+        node, addr = await start_node(tmp_path)
         try:
             async with AsyncClient([addr], timeout=10) as c:
                 await c.put("a", "1")

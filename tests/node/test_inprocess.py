@@ -4,59 +4,25 @@ concurrent writes into few log entries, answers each op, and serves all read mod
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from pathlib import Path
 
 import pytest
 
 from kvstore.client import AsyncClient
 from kvstore.node.errors import NotLeaderOp
-from kvstore.server.process import Node, ServeOptions
 from kvstore.statemachine import Put
+
+from .inprocess import leader as leader_of
+from .inprocess import start_nodes, stop_nodes
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-        if p not in out:
-            out.append(p)
-    return out
-
-
-async def _leader(nodes: list[Node]) -> Node:
-    for _ in range(400):
-        for n in nodes:
-            if n.driver.groups[1].role.name == "LEADER":
-                return n
-        await asyncio.sleep(0.025)
-    raise AssertionError("no leader")
-
-
 def test_concurrent_writes_are_batched_and_all_answered(tmp_path: Path) -> None:
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-        nodes = [
-            Node(
-                ServeOptions(
-                    id=i, listen=peers[i], peers=peers, data_dir=str(tmp_path / f"n{i}"), tick_ms=50
-                )
-            )
-            for i in peers
-        ]
-        for n in nodes:
-            await n.start()
+        peers, nodes = await start_nodes(tmp_path, tick_ms=50)
         try:
-            leader = await _leader(nodes)
+            leader = await leader_of(nodes)
             async with AsyncClient(list(peers.values()), timeout=10) as c:
                 revs = await asyncio.gather(*(c.put(f"k{i}", f"v{i}") for i in range(200)))
                 assert len(set(revs)) < 200, "200 concurrent puts should share log entries"
@@ -81,7 +47,6 @@ def test_concurrent_writes_are_batched_and_all_answered(tmp_path: Path) -> None:
                 index = await follower.driver.read_barrier(1, "strong", 0, 5.0)
                 assert index >= max(revs)
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())

@@ -17,8 +17,9 @@ from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import GroupState
 from kvstore.node.replica import ReplicaLoop
-from kvstore.server.process import Node, ServeOptions
-from tests.node.test_inprocess import _leader, _ports
+from kvstore.server.process import Node
+from tests.node.inprocess import leader as leader_of
+from tests.node.inprocess import node_options
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -111,25 +112,13 @@ def test_follower_far_behind_by_bytes_gets_a_snapshot(tmp_path: Path) -> None:
     replayed the whole log; 1 M writes took 60 s)."""
 
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-
-        def node(i: int) -> Node:
-            opts = ServeOptions(
-                id=i,
-                listen=peers[i],
-                peers=peers,
-                data_dir=str(tmp_path / f"n{i}"),
-                tick_ms=50,
-                snapshot_log_mb=1,
-            )
-            return Node(opts)
-
-        nodes = {i: node(i) for i in peers}
+        options = {o.id: o for o in node_options(tmp_path, tick_ms=50, snapshot_log_mb=1)}
+        peers = {i: o.listen for i, o in options.items()}
+        nodes = {i: Node(o) for i, o in options.items()}
         for n in nodes.values():
             await n.start()
         try:
-            leader = await _leader(list(nodes.values()))
+            leader = await leader_of(list(nodes.values()))
             lag = next(i for i, n in nodes.items() if n is not leader)
             await nodes[lag].stop()
             value = b"v" * (256 << 10)
@@ -140,7 +129,7 @@ def test_follower_far_behind_by_bytes_gets_a_snapshot(tmp_path: Path) -> None:
             g = leader.driver.groups[1]
             assert g.compacted > 0, "1 MiB of applied log is compacted"
             commit = g.core.status().commit
-            nodes[lag] = node(lag)
+            nodes[lag] = Node(options[lag])
             await nodes[lag].start()
             for _ in range(1200):
                 if nodes[lag].driver.groups[1].applied >= commit:

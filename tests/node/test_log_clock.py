@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -24,22 +23,12 @@ from kvstore.node.logclock import LogClock
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import GroupState
 from kvstore.node.replica import ReplicaLoop
-from kvstore.server.process import Node, ServeOptions
 from kvstore.statemachine import Put, encode_batch
 from kvstore.statemachine.apply import SESSION_FORGET_MS, SESSION_IDLE_MS
 
+from .inprocess import start_node
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def _port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
 
 
 def test_log_clock_counts_monotonic_time_from_the_log_time_at_term_start() -> None:
@@ -129,9 +118,7 @@ class _AheadClock:
 
 def test_a_leader_clock_far_ahead_expires_no_session(tmp_path: Path) -> None:
     async def main() -> None:
-        addr = f"127.0.0.1:{_port()}"
-        node = Node(ServeOptions(id=1, listen=addr, peers={1: addr}, data_dir=str(tmp_path)))
-        await node.start()
+        node, addr = await start_node(tmp_path)
         try:
             async with grpc.aio.insecure_channel(addr) as ch:
                 stub = kv_pb2_grpc.KVStub(ch)

@@ -14,9 +14,8 @@ import pytest
 from kvstore._pb import admin_pb2
 from kvstore.client import AsyncClient, InvalidArgument
 from kvstore.node.placement_loop import groups_from
-from kvstore.server.process import Node, ServeOptions
 
-from .test_inprocess import _ports
+from .inprocess import start_nodes, stop_nodes
 from .test_merge_resume import _prepare
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,25 +25,9 @@ def test_merges_refuse_to_thrash_with_splits_and_placement_waits_for_them(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-        nodes = [
-            Node(
-                ServeOptions(
-                    id=i,
-                    listen=peers[i],
-                    peers=peers,
-                    data_dir=str(tmp_path / f"n{i}"),
-                    tick_ms=50,
-                    shards=2,
-                    split_keys=(b"m",),
-                    split_key_count=4,
-                )
-            )
-            for i in peers
-        ]
-        for n in nodes:
-            await n.start()
+        peers, nodes = await start_nodes(
+            tmp_path, tick_ms=50, shards=2, split_keys=(b"m",), split_key_count=4
+        )
         try:
             async with AsyncClient(list(peers.values()), timeout=20) as c:
                 for k in ("a", "b", "c", "n", "o", "p"):  # 3 keys a shard, 6 together
@@ -57,15 +40,29 @@ def test_merges_refuse_to_thrash_with_splits_and_placement_waits_for_them(
                 assert n.merger is not None
                 await n.merger.stop()
             await _prepare(nodes)  # shard 2 frozen into 1, its coordinator gone
-            statuses = {
-                n.driver.config.node_id: await n.meta.admin_stub(
-                    peers[n.driver.config.node_id]
-                ).Status(admin_pb2.StatusRequest(), timeout=5)
-                for n in nodes
-                if n.meta is not None
-            }
+
+            async def read_statuses() -> dict[int, admin_pb2.StatusResponse]:
+                return {
+                    n.driver.config.node_id: await n.meta.admin_stub(
+                        peers[n.driver.config.node_id]
+                    ).Status(admin_pb2.StatusRequest(), timeout=5)
+                    for n in nodes
+                    if n.meta is not None
+                }
+
+            def merging(st: admin_pb2.StatusResponse) -> dict[int, int]:
+                return {g.group: g.merging_with for g in st.groups}
+
+            # The source's leader applied the PrepareMerge; a loaded follower may not yet.
+            for _ in range(200):
+                statuses = await read_statuses()
+                if all(
+                    merging(st).get(1) == 2 and merging(st).get(2) == 1 for st in statuses.values()
+                ):
+                    break
+                await asyncio.sleep(0.1)
             for st in statuses.values():
-                got = {g.group: g.merging_with for g in st.groups}
+                got = merging(st)
                 assert got[1] == 2 and got[2] == 1, got
             infos = {g.id: g for g in groups_from(statuses, 3)}
             assert infos[1].merging and infos[2].merging
@@ -75,7 +72,6 @@ def test_merges_refuse_to_thrash_with_splits_and_placement_waits_for_them(
                 n.autosplit.max_keys = 2
                 assert await n.autosplit.round() is None
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())

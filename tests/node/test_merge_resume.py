@@ -10,47 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.consensus.types import Role
 from kvstore.node import merge_coordinator as mc
-from kvstore.server.process import Node, ServeOptions
+from kvstore.server.process import Node
 from kvstore.shard import commands as cmds
 from kvstore.shard.descriptor import Descriptor
 
-from .test_inprocess import _ports
+from .inprocess import leader as _leader
+from .inprocess import start_nodes, stop_nodes
 
 pytestmark = pytest.mark.timeout(90)
 
 
 async def _cluster(tmp_path: Path, split_keys: tuple[bytes, ...] = (b"m",)) -> list[Node]:
-    ports = _ports(3)
-    peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-    nodes = [
-        Node(
-            ServeOptions(
-                id=i,
-                listen=peers[i],
-                peers=peers,
-                data_dir=str(tmp_path / f"n{i}"),
-                tick_ms=50,
-                shards=len(split_keys) + 1,
-                split_keys=split_keys,
-            )
-        )
-        for i in peers
-    ]
-    for n in nodes:
-        await n.start()
+    _, nodes = await start_nodes(
+        tmp_path, tick_ms=50, shards=len(split_keys) + 1, split_keys=split_keys
+    )
     return nodes
-
-
-async def _leader(nodes: list[Node], group: int) -> Node:
-    for _ in range(400):
-        for n in nodes:
-            g = n.driver.groups.get(group)
-            if g is not None and g.role == Role.LEADER:
-                return n
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"no leader of group {group}")
 
 
 def _shard(n: Node, group: int) -> Descriptor | None:
@@ -93,8 +68,7 @@ def test_the_source_leader_finishes_an_orphaned_merge(tmp_path: Path) -> None:
                 assert 2 not in n.driver.groups and merged is not None
                 assert (merged.start, merged.end) == (b"", b"")
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())
 
@@ -120,8 +94,7 @@ def test_a_merge_that_can_no_longer_commit_is_fenced_and_rolled_back(tmp_path: P
             t = _shard(leader, 1)
             assert t is not None and t.end == b"m"  # not merged
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())
 
@@ -154,7 +127,6 @@ def test_a_source_whose_target_merged_away_meanwhile_is_rolled_back(tmp_path: Pa
             assert back is not None and back.merging_into == 0
             assert back.epoch.version == src.epoch.version + 1
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())

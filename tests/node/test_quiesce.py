@@ -12,9 +12,9 @@ import pytest
 
 from kvstore.client import AsyncClient
 from kvstore.consensus.types import Role
-from kvstore.server.process import Node, ServeOptions
+from kvstore.server.process import Node
 
-from .test_inprocess import _ports
+from .inprocess import start_nodes, stop_nodes
 
 pytestmark = pytest.mark.timeout(120)
 SHARDS = 4
@@ -52,24 +52,7 @@ def test_idle_groups_go_quiet_leaders_too_and_a_write_wakes_one(
     tmp_path: Path, consensus: str
 ) -> None:
     async def main() -> None:
-        ports = _ports(3)
-        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-        nodes = [
-            Node(
-                ServeOptions(
-                    id=i,
-                    listen=peers[i],
-                    peers=peers,
-                    data_dir=str(tmp_path / f"n{i}"),
-                    tick_ms=50,
-                    consensus=consensus,
-                    shards=SHARDS,
-                )
-            )
-            for i in peers
-        ]
-        for n in nodes:
-            await n.start()
+        peers, nodes = await start_nodes(tmp_path, tick_ms=50, consensus=consensus, shards=SHARDS)
         try:
             groups = set(range(SHARDS + 1))
             await _until("a leader per group", lambda: set(_leaders(nodes)) >= groups, 60)
@@ -99,7 +82,6 @@ def test_idle_groups_go_quiet_leaders_too_and_a_write_wakes_one(
                 assert shard["id"] not in leader.driver.quiesce.quiet  # woke for the write
                 assert await c.get(shard["start"] + "\x00") == b"w"
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_nodes(nodes)
 
     asyncio.run(main())

@@ -6,8 +6,6 @@ process, the scanning client in another one (so its own decoding does not count)
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from kvstore.client import AsyncClient
-from kvstore.server.process import Node, ServeOptions
+
+from .inprocess import start_node
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,22 +35,9 @@ with Client([sys.argv[1]], timeout=30) as c:
 """
 
 
-def _port() -> int:
-    while True:
-        p = random.randint(17000, 17999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
-
-
 def test_a_large_scan_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     async def main() -> list[float]:
-        addr = f"127.0.0.1:{_port()}"
-        node = Node(ServeOptions(id=1, listen=addr, peers={1: addr}, data_dir=str(tmp_path)))
-        await node.start()
+        node, addr = await start_node(tmp_path)
         try:
             while node.driver.groups[1].role.name != "LEADER":
                 await asyncio.sleep(0.05)

@@ -26,7 +26,7 @@ from kvstore.statemachine.records import encode_kv
 from kvstore.statemachine.types import KeyValue
 from kvstore.storage.snapshot import write_image
 
-from .test_inprocess import _ports
+from .inprocess import free_ports
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,7 +91,7 @@ async def _transfer(
 
 
 async def _node(tmp_path: Path) -> tuple[Node, str]:
-    ports = _ports(3)
+    ports = free_ports(3)
     peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
     node = Node(ServeOptions(id=1, listen=peers[1], peers=peers, data_dir=str(tmp_path)))
     await node.start()

@@ -71,16 +71,29 @@ class Fault:
     """CUT_NEXT_LEADER: steps between seeing the new leader and cutting it off."""
 
     def __str__(self) -> str:
-        extra = ""
-        if self.node:
-            extra = f" node={self.node}"
-        if self.side:
-            extra += f" side={sorted(self.side)}"
-        if self.net is not None:
-            extra += f" {self.net}"
-        if self.delay:
-            extra += f" delay={self.delay}"
-        return f"@{self.at} {self.kind.value}{extra}"
+        delay = f" delay={self.delay}" if self.delay else ""
+        return describe(self.at, self.kind, self.node, self.side, self.net) + delay
+
+
+def fault_net(rng: random.Random) -> NetConfig:
+    """The network a NET fault switches to for a while (shards.py's too)."""
+    return NetConfig(
+        drop=rng.choice((0.0, 0.05, 0.3)),
+        duplicate=rng.choice((0.0, 0.1)),
+        max_delay=rng.choice((1, 3, 8)),
+    )
+
+
+def describe(
+    at: int, kind: enum.Enum, node: int, side: frozenset[int], net: NetConfig | None
+) -> str:
+    """A fault as a failure report prints it (shards.py's faults too)."""
+    extra = f" node={node}" if node else ""
+    if side:
+        extra += f" side={sorted(side)}"
+    if net is not None:
+        extra += f" {net}"
+    return f"@{at} {kind.value}{extra}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,11 +216,7 @@ def random_plan(rng: random.Random, opts: SimOptions) -> list[Fault]:
         elif kind == FaultKind.SNAPSHOT:
             plan.append(Fault(at=t, kind=kind, node=node, keep=rng.choice((0, 0, 2, 5))))
         elif kind == FaultKind.NET:
-            net = NetConfig(
-                drop=rng.choice((0.0, 0.05, 0.3)),
-                duplicate=rng.choice((0.0, 0.1)),
-                max_delay=rng.choice((1, 3, 8)),
-            )
+            net = fault_net(rng)
             plan.append(Fault(at=t, kind=kind, net=net))
             plan.append(Fault(at=t + rng.randint(5, 40), kind=kind, net=opts.net))
         else:

@@ -32,6 +32,7 @@ from kvstore.shard.split import SplitError, check_split_key
 from .checkers import SafetyViolation
 from .cluster import CoreParams, load_core
 from .network import PERFECT, NetConfig, Network
+from .plans import describe, fault_net
 from .schedule import SimFailure, faults_by_step, run_guarded
 from .shard_actors import KEYS, Merger, Mover, Writers
 from .shard_cluster import ShardCluster, StorageView
@@ -68,12 +69,7 @@ class Fault:
     keep: int = 0
 
     def __str__(self) -> str:
-        extra = f" node={self.node}" if self.node else ""
-        if self.side:
-            extra += f" side={sorted(self.side)}"
-        if self.net is not None:
-            extra += f" {self.net}"
-        return f"@{self.at} {self.kind.value}{extra}"
+        return describe(self.at, self.kind, self.node, self.side, self.net)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,11 +141,7 @@ def random_plan(rng: random.Random, opts: ShardOptions) -> list[Fault]:
         elif kind == ShardFault.SNAPSHOT:
             plan.append(Fault(at=t, kind=kind, node=node, keep=rng.choice((0, 0, 2, 5))))
         elif kind == ShardFault.NET:
-            net = NetConfig(
-                drop=rng.choice((0.0, 0.05, 0.3)),
-                duplicate=rng.choice((0.0, 0.1)),
-                max_delay=rng.choice((1, 3, 8)),
-            )
+            net = fault_net(rng)
             plan.append(Fault(at=t, kind=kind, net=net))
             plan.append(Fault(at=t + rng.randint(5, 40), kind=kind, net=opts.net))
         else:
