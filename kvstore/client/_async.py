@@ -50,7 +50,7 @@ from kvstore.client.errors import (
     NotLeader,
     SessionExpired,
     Unavailable,
-    from_code,
+    from_error,
 )
 from kvstore.security.tls import PathOrPem, client_tls
 
@@ -356,14 +356,7 @@ class AsyncClient(LeaseWatchCalls, AdminCalls):
             if err.session_expired:
                 raise SessionExpired(err.message, definite=not maybe_applied)
             maybe_applied = maybe_applied or (write and not err.definite)
-            last = from_code(
-                err.code,
-                err.message,
-                definite=err.definite and not maybe_applied,
-                leader_id=err.leader_id,
-                leader_endpoint=err.leader_endpoint,
-                compact_revision=err.compact_revision,
-            )
+            last = from_error(err, definite=err.definite and not maybe_applied)
             if err.code == _NOT_LEADER:
                 self.retries.count("not leader")
                 hint = err.leader_endpoint

@@ -32,7 +32,7 @@ from kvstore.client.errors import (
     NotLeader,
     SessionExpired,
     Unavailable,
-    from_code,
+    from_error,
 )
 from kvstore.security.tls import open_channel
 from kvstore.shard.descriptor import Descriptor, Epoch
@@ -268,14 +268,7 @@ class ShardRouter:
             if err.session_expired:
                 raise SessionExpired(err.message, definite=not maybe_applied)
             maybe_applied = maybe_applied or (write and not err.definite)
-            last = from_code(
-                err.code,
-                err.message,
-                definite=err.definite and not maybe_applied,
-                leader_id=err.leader_id,
-                leader_endpoint=err.leader_endpoint,
-                compact_revision=err.compact_revision,
-            )
+            last = from_error(err, definite=err.definite and not maybe_applied)
             if err.stale_route or err.code == _ABORTED:
                 if not self.cache.learn(err.shards):
                     with contextlib.suppress(KVError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import grpc
 
+from kvstore._pb import kv_pb2
+
 
 class KVError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -145,3 +147,16 @@ def from_code(
             message, definite=definite, leader_id=leader_id, leader_endpoint=leader_endpoint
         )
     return cls(message, definite=definite)
+
+
+def from_error(err: kv_pb2.Error, *, definite: bool) -> KVError:
+    """The typed error for a node's error answer (``definite``: as the caller judges it,
+    across its attempts)."""
+    return from_code(
+        err.code,
+        err.message,
+        definite=definite,
+        leader_id=err.leader_id,
+        leader_endpoint=err.leader_endpoint,
+        compact_revision=err.compact_revision,
+    )

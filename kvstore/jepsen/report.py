@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvstore.jepsen.history import NEMESIS, Event
 
@@ -174,6 +175,19 @@ def _shade(ax: object, windows: Sequence[FaultWindow]) -> None:
         )
 
 
+def _save(plt: Any, fig: Any, ax: Any, title: str, ylabel: str, end: float, path: Path) -> Path:
+    """Label a plot over the run's time, write it to ``path`` and free it."""
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_xlim(0, max(end, 1.0))
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_plots(events: Sequence[Event], out: Path) -> list[Path]:
     import matplotlib
 
@@ -194,16 +208,7 @@ def write_plots(events: Sequence[Event], out: Path) -> list[Path]:
                 [p[0] for p in pts], [p[1] for p in pts], s=4, color=COLORS[t], label=t, alpha=0.7
             )
     ax.set_yscale("log")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("latency")
-    ax.set_xlim(0, max(end, 1.0))
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = out / "latency.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, ax, "latency", "latency (ms)", end, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     _shade(ax, windows)
@@ -215,16 +220,8 @@ def write_plots(events: Sequence[Event], out: Path) -> list[Path]:
                 counts[min(int(s.end), buckets - 1)] += 1
         if any(counts):
             ax.plot([i + 0.5 for i in range(buckets)], counts, color=COLORS[t], label=t)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("completions / s")
-    ax.set_title("throughput")
-    ax.set_xlim(0, max(end, 1.0))
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
     path = out / "throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, ax, "throughput", "completions / s", end, path))
     return written
 
 
