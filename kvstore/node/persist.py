@@ -3,6 +3,11 @@
 Rule: one transaction (one fsync) persists every group's Ready of the iteration: save
 (hard state, entries, snapshot), apply the committed entries, record a new membership,
 compact. It runs on the single writer thread and touches nothing but the storage.
+
+Rule: a transaction is flushed as durable unless every plan in it only applies committed
+entries and moves the commit index (``durable``): then a machine crash may undo it (a
+process crash cannot), which is safe because everything it held is rebuilt from durable
+state (see ``durable``), as etcd commits its backend in the background.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ class Plan:
     conf_state: ConfState | None = None
     addresses: dict[int, str] = field(default_factory=dict)
     """Member addresses the applied conf changes give ("": forget), see node/members.py."""
+    log_changes: bool = True
+    """The Ready changes the log or what a vote depends on: entries, a snapshot, or a term
+    or vote (Paxos: promise) other than the durable one. False: it only applies committed
+    entries and moves the commit index (``ReplicaLoop.plan`` decides)."""
 
 
 @dataclass(slots=True)
@@ -107,6 +116,29 @@ def needs_write(p: Plan) -> bool:
     )
 
 
+def durable(plans: list[Plan]) -> bool:
+    """Must the transaction holding ``plans`` be durable when it returns?
+
+    Not when every plan only applies committed entries and moves the commit index
+    (etcd's ``MustSync`` is false there too). Such a transaction may be undone by a
+    machine crash (storage/env.py: never torn, and undone only together with every later
+    non-durable one), and nothing that left the node depended on it: the entries it
+    applies were appended by an earlier durable transaction and are committed, i.e.
+    durable on a quorum's logs; the applied index is written in the same transaction as
+    the state it describes (``Writer.apply``), so an undone apply is an applied index
+    that moved back with its state, and the restarted node re-applies those entries from
+    its log (the state machine is deterministic: same state, same answers); the commit
+    index need not be durable in Raft or Paxos (a restarted node learns it again, and
+    never applies past what its storage says is committed). Acks, votes and promises
+    depend only on entries and hard state, which make their transaction durable, and a
+    durable transaction makes every earlier one durable too. Membership records, member
+    addresses and compactions are flushed as well: they are rare and not worth the
+    argument."""
+    return any(
+        p.log_changes or p.compact_to or p.conf_state is not None or p.addresses for p in plans
+    )
+
+
 def persist_plans(
     storage: NodeStorage,
     metrics: NodeMetrics,
@@ -120,7 +152,7 @@ def persist_plans(
     why answering then is safe), so the commit's fsync overlaps the replies."""
     t0 = time.perf_counter()
     results: dict[int, list[ApplyResult]] = {}
-    with storage.write() as w:
+    with storage.write(durable=durable(plans)) as w:
         for p in plans:
             rd = p.rd
             if rd.hard_state is not None or rd.entries or rd.snapshot is not None:

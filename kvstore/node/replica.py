@@ -395,7 +395,20 @@ class ReplicaLoop:
             # Nearly full: the log's old entries may hold most of the data; followers
             # that lag will need a snapshot.
             compact_to = applied
-        return Plan(group=g.id, rd=rd, compact_to=compact_to, conf_state=cs, addresses=addresses)
+        hs = rd.hard_state
+        log_changes = bool(
+            rd.entries
+            or rd.snapshot is not None
+            or (hs is not None and (hs.term, hs.vote) != (g.persisted_term, g.persisted_vote))
+        )
+        return Plan(
+            group=g.id,
+            rd=rd,
+            compact_to=compact_to,
+            conf_state=cs,
+            addresses=addresses,
+            log_changes=log_changes,
+        )
 
     def _size_compaction(self, g: GroupState, applied: int) -> int:
         """Where compaction by size may go (0: not now; log_bytes.py): on a leader, no

@@ -1,9 +1,17 @@
 """NodeStorage: one LMDB environment per node, hosting every group's log and state.
 
 Invariant: a write is durable when ``write()`` returns. Each ``with st.write() as w:``
-is ONE LMDB write transaction: committed (and, with ``sync=True``, fsynced by LMDB's
-commit) when the block exits normally, aborted when it raises. Group commit = put every
-group's Ready into one ``write()``.
+is ONE LMDB write transaction: committed (and, with ``sync=True``, flushed to disk) when
+the block exits normally, aborted when it raises. Group commit = put every group's Ready
+into one ``write()``.
+
+``write(durable=False)`` (the node's apply-only transactions, node/persist.py) commits
+with one device flush instead of two and may be undone by a machine crash or power loss,
+never by a process crash; it is never torn: LMDB runs with MDB_NOMETASYNC, so each commit
+flushes its data pages before it writes its meta page, and the meta page is flushed by
+the next commit's data flush or, for a durable write, by an explicit ``env.sync`` before
+``write()`` returns. So what survives a machine crash is always a prefix of the committed
+transactions that ends at or after the last durable one.
 
 ``sync=False`` (benchmarks only) opens LMDB with MDB_NOSYNC: commits reach the OS page
 cache but are not fsynced, so they survive a process crash (kill -9) but not a machine
@@ -74,7 +82,8 @@ class NodeStorage:
                 map_size=map_size,
                 max_dbs=len(_SUBDBS),
                 sync=sync,
-                metasync=sync,
+                # The meta page is flushed by write(durable=True) itself (module doc).
+                metasync=False,
                 readahead=False,
                 max_readers=512,
             )
@@ -158,10 +167,12 @@ class NodeStorage:
 
     # -- writes -------------------------------------------------------------------
     @contextmanager
-    def write(self) -> Iterator[Writer]:
-        """One write transaction. Commits (durably when ``sync``) on normal exit and then
-        publishes the new group views; aborts on any exception. A full map raises
-        StorageFullError with the transaction aborted."""
+    def write(self, *, durable: bool = True) -> Iterator[Writer]:
+        """One write transaction. Commits (durably when ``sync`` and ``durable``) on
+        normal exit and then publishes the new group views; aborts on any exception. A
+        full map raises StorageFullError with the transaction aborted. ``durable=False``:
+        see the module doc; only for transactions whose every change can be rebuilt from
+        what durable ones hold."""
         # Held from begin to publish: a second writer must not start from views that
         # the first has committed but not yet published.
         with self._write_lock:
@@ -204,6 +215,18 @@ class NodeStorage:
                 log.view = view
                 if g in w.dropped:
                     log.forget_snapshot()
+            if durable and self.sync_writes:
+                self._flush_meta()
+
+    def _flush_meta(self) -> None:
+        """Make the last commit durable: its data pages are on disk already (LMDB flushed
+        them before writing the meta page), this flushes the meta page. A failed flush
+        may have lost the commit, which is visible already: the node must stop and
+        restart from what is durable (retrying the flush could report success falsely)."""
+        try:
+            self.env.sync(True)
+        except lmdb.Error as e:
+            raise StorageError(f"flushing a committed transaction failed: {e}") from e
 
     def sync(self) -> None:
         """Flush committed writes to disk (needed only with ``sync=False``)."""

@@ -21,6 +21,8 @@ scheduled action, and leaves every Ready decision to ``ReplicaLoop``:
   entry applied with its proposal's term, a read with the applied index once it reached
   the read index), then ``advance``;
 - CRASH: at any moment; a transaction not yet committed is lost, early sends are not.
+  A power loss also undoes the committed transactions since the last durable one (the
+  node's apply-only transactions are not flushed, kvstore/node/persist.py ``durable``).
 
 The checkers of tests/sim/checkers.py watch the storage, applies, leaders and the index
 each read is served at; this module adds the acknowledgement checks: at its answer an
@@ -31,6 +33,7 @@ applied it at the same index. Nodes that join start with no membership, as
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import random
@@ -51,6 +54,7 @@ from kvstore.consensus.types import (
     Role,
 )
 from kvstore.node.pending import Waiter, Write
+from kvstore.node.persist import durable
 from kvstore.node.replica import ReplicaLoop
 from kvstore.statemachine import Put, decode_batch
 
@@ -143,11 +147,19 @@ class DriverSim:
 
         return send
 
-    def crash(self, node: DNode, why: str) -> None:
+    def crash(self, node: DNode, why: str, *, power: bool = False) -> None:
         if node.group is None:
             return
         lost = node.flight is not None and not node.flight.committed
         self.note(f"crash {node.id} ({why}{'; in-flight transaction lost' if lost else ''})")
+        if power and node.last_durable is not None:
+            node.storage, node.sm = node.last_durable
+            # The commit index need not be durable (persist.durable): it may move back
+            # with the applies it came with. Terms and votes may not (checked as ever).
+            self.checker.persisted_commit[node.id] = node.storage.hard_state.commit
+            self.stats["power_loss_undid_txns"] += 1
+            self.note(f"power loss {node.id}: back to applied={node.sm.index}")
+        node.last_durable = None
         node.group = None
         node.loop = None
         node.flight = None
@@ -214,14 +226,24 @@ class DriverSim:
             self.stats["crash_after_early_answers"] += 1
             self.crash(node, "answered from the staged transaction, before its commit")
             return
+        if durable(f.batch.plans) and not self.opts.unsafe_flush_nothing:
+            node.last_durable = None
+        elif node.last_durable is None:
+            node.last_durable = (copy.deepcopy(node.storage), copy.deepcopy(node.sm))
+            self.stats["not_durable_txns"] += 1
         f.results = self.twin.persist(node, f.batch.plans)
         if f.results:
             loop.answer_applied(f.batch, f.results)
         if self.rng.random() < self.opts.snapshot_prob:
             self._compact(node, self.rng.choice((0, 0, 2, 5)))
+            node.last_durable = None  # a compaction makes its transaction durable
         f.committed = True
         if node.crash_in == "committed":
-            self.crash(node, "after the persist landed, before sends, answers and advance")
+            self.crash(
+                node,
+                "after the persist landed, before sends, answers and advance",
+                power=self.rng.random() < 0.5,
+            )
 
     def finish(self, node: DNode) -> None:
         """After ``await fut``: ``finish`` (sends, answers), then ``advance``."""
@@ -325,9 +347,11 @@ class DriverSim:
         if up and rng.random() < o.crash_prob:
             leaders = [n for n in up if n.role == Role.LEADER]
             victim = rng.choice(leaders if leaders and rng.random() < 0.5 else up)
-            how = rng.choice(("now", "early", "early", "early", "staged", "committed"))
+            how = rng.choice(("now", "power", "early", "early", "early", "staged", "committed"))
             if how == "now":
                 self.crash(victim, "kill -9")
+            elif how == "power":
+                self.crash(victim, "power loss", power=True)
             else:
                 victim.crash_in = how
                 self.note(f"node {victim.id} will crash at '{how}'")
@@ -542,12 +566,16 @@ def _current_term(core: Core, index: int) -> int | None:
 
 
 def run_driver_schedule(
-    seed: int, *, steps: int = 200, sabotage: bool = False, kind: str = "raft"
+    seed: int, *, steps: int = 200, sabotage: str = "", kind: str = "raft"
 ) -> Counter[str]:
+    """``sabotage``: "early" sends every message before its persist, "flush" makes no
+    transaction durable (a power loss undoes them all)."""
     rng = random.Random(seed)
     opts = random_options(rng, steps)
-    if sabotage:
+    if sabotage == "early":
         opts = dataclasses.replace(opts, unsafe_send_all_early=True)
+    elif sabotage == "flush":
+        opts = dataclasses.replace(opts, unsafe_flush_nothing=True, crash_prob=0.1)
     sim = DriverSim(seed, opts, kind)
     try:
         return sim.run()

@@ -55,6 +55,9 @@ class DNode:
     the transaction is lost), 'committed' (after the commit, before the sends)."""
     in_begin: bool = False
     """``ReplicaLoop.begin`` is running: what it sends is the early send."""
+    last_durable: tuple[SimStorage, StateMachine] | None = None
+    """Storage and state machine as of the last durable transaction, kept while later
+    ones were not durable (kvstore.node.persist.durable): what a power loss leaves."""
 
     @property
     def core(self) -> Core | None:
@@ -111,6 +114,9 @@ class DriverOptions:
     unsafe_send_all_early: bool = False
     """Sabotage, for the test that proves the checks can fail: send every Ready's
     messages before its persist (votes and append answers included)."""
+    unsafe_flush_nothing: bool = False
+    """Sabotage: no transaction is durable (entries, votes and promises included), so a
+    power loss undoes them; the test that proves the power-loss checks can fail."""
 
 
 def random_options(rng: random.Random, steps: int) -> DriverOptions:
