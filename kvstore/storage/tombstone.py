@@ -26,9 +26,9 @@ replica is safe (it catches up or is reaped again), and an epoch rule would also
 a leader that added the node back but streams an image it built before (GroupLog
 reuses a built image until the log is compacted past it), stalling the move back.
 
-Tombstones are never deleted: one record of 36 bytes per group ever destroyed on the
-node. A wiped data directory loses them with everything else (such a node rejoins
-under a new node id).
+Tombstones are never deleted: one record (18-byte key, 20-byte value) per group ever
+destroyed on the node. A wiped data directory loses them with everything else (the
+README's rule: a node that lost its data comes back as a new member).
 """
 
 from __future__ import annotations
