@@ -78,13 +78,11 @@ class LogModel(RuleBasedStateMachine):
         self.st.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(
-        data=st.data(),
-        bodies=st.lists(st.tuples(st.integers(1, 3), entry_body), min_size=1, max_size=5),
-    )
-    def append(
+    def _entries(
         self, data: st.DataObject, bodies: list[tuple[int, tuple[EntryType, bytes]]]
-    ) -> None:
+    ) -> list[Entry]:
+        """Entries with these bodies from a drawn index (at most one past the last, never
+        at or below the applied one), appended to the model."""
         lo = max(self.kv.applied + 1, self.model.first_index())
         start = data.draw(st.integers(lo, self.model.last_index() + 1), label="start")
         ents = [
@@ -92,6 +90,16 @@ class LogModel(RuleBasedStateMachine):
             for i, (term, (t, d)) in enumerate(bodies)
         ]
         self.model.append(ents)
+        return ents
+
+    @rule(
+        data=st.data(),
+        bodies=st.lists(st.tuples(st.integers(1, 3), entry_body), min_size=1, max_size=5),
+    )
+    def append(
+        self, data: st.DataObject, bodies: list[tuple[int, tuple[EntryType, bytes]]]
+    ) -> None:
+        ents = self._entries(data, bodies)
         with self.st.write() as w:
             w.save(G, entries=ents)
 
@@ -100,13 +108,7 @@ class LogModel(RuleBasedStateMachine):
         self, data: st.DataObject, bodies: list[tuple[int, tuple[EntryType, bytes]]]
     ) -> None:
         """Append, hard state, apply and compact in ONE transaction, as the driver does."""
-        lo = max(self.kv.applied + 1, self.model.first_index())
-        start = data.draw(st.integers(lo, self.model.last_index() + 1), label="start")
-        ents = [
-            Entry(term=term, index=start + i, type=t, data=d)
-            for i, (term, (t, d)) in enumerate(bodies)
-        ]
-        self.model.append(ents)
+        ents = self._entries(data, bodies)
         upto = data.draw(st.integers(self.kv.applied, self.model.last_index()), label="upto")
         committed = self.model.entries(self.kv.applied + 1, upto + 1)
         hs = HardState(term=3, vote=1, commit=upto)
