@@ -199,10 +199,14 @@ class GroupHistory:
     def value_at(self, key: bytes, revision: int, current: KeyValue | None) -> KeyValue | None:
         """The key as of ``revision`` (``current``: as of now): the prev of its first event
         after ``revision``, else ``current``. Raises Compacted. Costs a scan of the
-        events after ``revision``."""
+        events after ``revision`` up to the key's first, none when the key is unchanged
+        since (a scan of the whole retained window, on a scan thread, for every such
+        get before)."""
         floor = self.compacted()
         if revision <= floor:
             raise Compacted(revision, floor)
+        if current is not None and current.mod_revision <= revision:
+            return current  # not written since (a delete would have left it absent)
         for rev, _, record in self._raw(revision + 1):
             if event_key(record) == key:
                 return self._decode(rev, record).prev
