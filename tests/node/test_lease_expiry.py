@@ -88,13 +88,45 @@ def test_checkpoints_only_when_the_remaining_ttl_fell_noticeably() -> None:
     t = LeaderLeases()
     t.sync(1, 0.0, records(m))
     assert t.checkpoints(0.5) == []  # not yet CHECKPOINT_S
-    assert t.checkpoints(CHECKPOINT_S) == []  # fell by less than a fifth of the TTL
+    # The term's first: fell by MIN_STEP_MS (what a successor would otherwise lose).
+    assert t.checkpoints(CHECKPOINT_S) == [
+        LeaseCheckpoint(7, 59_000, if_touched=1),
+        LeaseCheckpoint(8, 59_000, if_touched=1),
+    ]
+    assert t.checkpoints(2 * CHECKPOINT_S) == []  # fell by less than a fifth of the TTL
     got = t.checkpoints(20.0)
     assert got == [
         LeaseCheckpoint(7, 40_000, if_touched=1),
         LeaseCheckpoint(8, 40_000, if_touched=1),
     ]
     assert t.checkpoints(20.0 + CHECKPOINT_S) == []
+
+
+def test_a_lease_nobody_renews_runs_out_while_leaders_keep_changing() -> None:
+    """Leaders that each led for 2 s (a flapping cluster): every one started the 60 s lease
+    from the log's remaining TTL, and none checkpointed (it needed the lease to fall by a
+    fifth of its TTL, 12 s), so the lease of a client that had died was kept for as long
+    as the flapping went on. Now each records what its term used, and the lease runs
+    out after its TTL of leadership time."""
+    m = MemoryKV()
+    m.apply(1, [LeaseGrant(7, 60_000)])
+    index, now, revoked_at = 1, 0.0, None
+    for term in range(2, 200):
+        t = LeaderLeases()
+        for step in range(21):  # 2 s of leadership, looked at every 100 ms
+            t.sync(term, now, records(m))
+            for cmd in t.due(now) + t.checkpoints(now):
+                index += 1
+                m.apply(index, [cmd])
+                if isinstance(cmd, LeaseRevoke) and 7 not in m.leases:
+                    revoked_at = now
+            if step < 20:
+                now += 0.1
+        if revoked_at is not None:
+            break
+        now += 0.5  # the election
+    assert revoked_at is not None, f"still held after {now:.0f} s of leaders changing"
+    assert revoked_at >= 60.0  # never before its TTL of leadership time
 
 
 def test_a_checkpoint_ordered_after_a_keep_alive_does_not_shorten_the_lease() -> None:
