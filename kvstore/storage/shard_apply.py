@@ -58,6 +58,7 @@ def absorb_frozen_sources(w: Writer, group: int, shard: Descriptor) -> None:
         d = q.shard
         if gid != group and d is not None and d.merging_into == group and d.overlaps(shard):
             w._destroy_state(gid, q)
+            w.merged_away.add(gid)  # its own Ready later in this persist changes nothing
             w.merged.append((group, gid))
 
 

@@ -103,11 +103,13 @@ class Writer:
         """(target, source) of merges applied here in this transaction: the source's
         replica is gone from storage (the driver stops it)."""
         self.merged_away: set[int] = set()
-        """Merge sources whose state a CommitMerge destroyed in this transaction. The
-        driver persists every group's Ready in one transaction, so the source's own Ready
-        may come after the target's CommitMerge: it must change nothing (the replica is
-        gone; the driver stops it after the persist), not write into the destroyed state
-        (a log with a gap: the transaction failed and the driver stopped)."""
+        """Merge sources whose state a CommitMerge, or a snapshot of the merged target
+        (shard_apply.absorb_frozen_sources), destroyed in this transaction. The driver
+        persists every group's Ready in one transaction, so the source's own Ready may
+        come after the target's: it must change nothing but the source's tombstone (the
+        replica is gone; the driver stops it after the persist), not write into the
+        destroyed state (a log with a gap: the transaction failed and the driver
+        stopped)."""
         self.merge_anomalies: list[str] = []
         """CommitMerges applied while the local source replica was not as the coordinator
         saw it (impossible unless a node lost durable state; the driver logs them)."""
@@ -157,10 +159,15 @@ class Writer:
         kv and sessions (older ones are ignored, as in MemoryStorage). Entries at or below
         the log base are dropped; an entry at an index already stored replaces it and
         everything after it (the Ready rule). Raises ValueError on a gap after the last
-        index, CorruptionError on a snapshot image that does not verify. A group a
-        CommitMerge destroyed earlier in this transaction is left alone (see
-        ``merged_away``)."""
+        index, CorruptionError on a snapshot image that does not verify. A merge source
+        destroyed earlier in this transaction keeps only ``hard_state``, in its
+        tombstone (see ``merged_away``)."""
         if group in self.merged_away:
+            if hard_state is not None:
+                # Its vote or promise leaves the node after this persist with the rest of
+                # the batch's messages: the tombstone must hold it (tombstone.py).
+                p = self._group(group)
+                p.hard_state = tombstone.keep(self._txn, self._dbs, group, hard_state)
             return
         p = self._group(group)
         if snapshot is not None and not snapshot.is_empty():
