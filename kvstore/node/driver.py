@@ -41,7 +41,7 @@ from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
 from kvstore.node.hlc import log_stamp
-from kvstore.node.lifecycle import after_persist, receive_unknown, snapshot_fits
+from kvstore.node.lifecycle import after_persist, may_vote, receive_unknown, snapshot_fits
 from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
@@ -517,6 +517,9 @@ class NodeDriver:
                 and not snapshot_fits(self.lifecycle, m)
             ):
                 self.metrics.dropped.labels(self.metrics.shard(m.group), "snapshot_overlaps").inc()
+                continue
+            if self.config.sharded and not may_vote(self.lifecycle, m):
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "vote_unfilled").inc()
                 continue
             g.core.step(m)
 

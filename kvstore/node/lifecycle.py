@@ -19,7 +19,10 @@ Rules this module keeps:
 - A replica started for a group whose replica this node destroyed before (moved away,
   then back) is the same voter to its peers: the storage starts its hard state at the
   group's tombstone (kvstore/storage/tombstone.py), so it keeps the promises (term and
-  vote, promised ballot) of the destroyed one (FINDINGS F12).
+  vote, promised ballot) of the destroyed one (FINDINGS F12). Until a snapshot fills
+  it (no descriptor yet) it answers no vote request (VOTE, PRE_VOTE, PREPARE): its log
+  is empty, and the destroyed replica may have acknowledged entries a stale candidate
+  lacks (its core refuses a snapshot from a leader in a term below the tombstone's).
 - A snapshot fits unless another local replica's range overlaps it (a lagging parent
   that has not applied a split yet: its entries would overwrite newer data, TiKV #7002);
   a merge source frozen into the snapshot's group does not stop it (the install destroys
@@ -31,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from kvstore.consensus.types import JOINING, Message, MessageType
+from kvstore.consensus.types import JOINING, HardState, Message, MessageType
 from kvstore.node.persist import ShardChanges
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor
@@ -54,6 +57,11 @@ class Replicas(Protocol):
         ...
 
     def leads(self, group: int) -> bool: ...
+
+    def tombstone(self, group: int) -> HardState | None:
+        """The promises kept of a replica of ``group`` this node destroyed (None: none;
+        kvstore/storage/tombstone.py)."""
+        ...
 
     def start(self, group: int, parent: int) -> None:
         """Start the replica of ``group`` that the split of ``parent`` created here."""
@@ -112,6 +120,18 @@ def receive_unknown(r: Replicas, m: Message) -> bool:
     if ask is not None:
         r.send(ask)
     return False
+
+
+VOTE_REQUESTS = frozenset({MessageType.VOTE, MessageType.PRE_VOTE, MessageType.PREPARE})
+
+
+def may_vote(r: Replicas, m: Message) -> bool:
+    """May ``m`` reach the replica of its group running here (see the module rules)?
+    False only for a vote request to a replica a snapshot has not filled yet whose group
+    has a tombstone here."""
+    return (
+        m.type not in VOTE_REQUESTS or r.shard(m.group) is not None or r.tombstone(m.group) is None
+    )
 
 
 def snapshot_fits(r: Replicas, m: Message) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvstore.consensus.types import (
     Entry,
+    HardState,
     Message,
     NotLeaderError,
     ProposalDroppedError,
@@ -106,6 +107,9 @@ class DriverReplicas:
     def leads(self, group: int) -> bool:
         g = self.driver.groups.get(group)
         return g is not None and g.role == Role.LEADER
+
+    def tombstone(self, group: int) -> HardState | None:
+        return self.driver.storage.tombstone(group)
 
     def start(self, group: int, parent: int) -> None:
         self.driver.groups[group] = self.driver._make_group(group)

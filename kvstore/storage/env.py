@@ -34,7 +34,8 @@ from typing import IO
 
 import lmdb
 
-from kvstore.storage import keys
+from kvstore.consensus.types import HardState
+from kvstore.storage import keys, tombstone
 from kvstore.storage.errors import StorageError, StorageFullError
 from kvstore.storage.history import DEFAULT_HISTORY_REVISIONS, start_history
 from kvstore.storage.log import TAIL_ENTRIES, GroupLog, LogView, load_view
@@ -158,6 +159,11 @@ class NodeStorage:
         with self.env.begin(db=self.dbs.meta) as txn:
             value: bytes | None = txn.get(keys.node_meta_key(key))
             return value
+
+    def tombstone(self, group: int) -> HardState | None:
+        """The promises kept of a replica of ``group`` this node destroyed (tombstone.py)."""
+        with self.env.begin() as txn:
+            return tombstone.read(txn, self.dbs, keys.check_group(group))
 
     def get_group_meta(self, group: int, tag: bytes) -> bytes | None:
         """A group's sealed metadata record (keys.TAG_*), as last committed."""

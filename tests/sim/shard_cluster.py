@@ -41,6 +41,7 @@ from kvstore.consensus.types import (
     ConfState,
     Core,
     Entry,
+    HardState,
     Message,
     Ready,
     Role,
@@ -296,6 +297,9 @@ class ShardCluster:
             elif m.snapshot is not None and not lifecycle.snapshot_fits(r, m):
                 self.stats["snapshot_refused_overlap"] += 1
                 continue
+            elif not lifecycle.may_vote(r, m):
+                self.stats["vote_unfilled_dropped"] += 1
+                continue
             node.cores[m.group].step(m)
             self.stats["delivered"] += 1
 
@@ -487,6 +491,9 @@ class SimReplicas:
 
     def leads(self, group: int) -> bool:
         return self.node.role.get(group) == Role.LEADER
+
+    def tombstone(self, group: int) -> HardState | None:
+        return self.node.storage.tombstone(group)
 
     def start(self, group: int, parent: int) -> None:
         self.node.cores[group] = self.c._core(self.node, group)

@@ -6,6 +6,7 @@ removal re-creates it from an older membership (N3). storage/tombstone.py has th
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -25,7 +26,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
 )
-from kvstore.node.lifecycle import receive_unknown
+from kvstore.node.lifecycle import may_vote, receive_unknown
 from kvstore.node.shards import DriverReplicas
 from kvstore.shard import commands as cmds
 from kvstore.shard import descriptor as desc
@@ -165,5 +166,45 @@ def test_a_replica_a_snapshot_creates_again_keeps_the_promises(tmp_path: Path) -
         )
         [resp] = _answers(core, vote)
         assert resp.type == MessageType.VOTE_RESP and resp.reject, resp
+    finally:
+        st.close()
+
+
+def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path) -> None:
+    """A snapshot from a leader in a term below the tombstone's starts an empty replica
+    whose core drops the snapshot (stale term): with an empty log it would grant any
+    candidate, also a stale one lacking entries the destroyed replica acknowledged, so
+    the node keeps vote requests from it until a snapshot fills it. A group this node
+    never held, and a filled replica, take them."""
+    st = _destroyed(tmp_path / "n2", HardState(term=12, vote=2, commit=5))
+    try:
+        driver = SimpleNamespace(config=SimpleNamespace(node_id=2), groups={}, storage=st)
+        driver._make_group = lambda g: _core("raft", st)
+        r = DriverReplicas(cast(Any, driver))
+        image = write_image(20, [], [], shard=desc.encode(SHARD))
+        meta = SnapshotMetadata(index=20, term=11, conf_state=ConfState(voters=frozenset({1, 3})))
+        m = Message(
+            type=MessageType.SNAPSHOT,
+            group=G,
+            from_=1,
+            to=2,
+            term=11,
+            snapshot=Snapshot(metadata=meta, data=image),
+        )
+        assert receive_unknown(r, m)
+        core = driver.groups[G]
+        core.step(m)
+        assert not core.has_ready() and st.group(G).view.shard is None  # dropped: stale
+        vote = Message(type=MessageType.VOTE, group=G, from_=4, to=2, term=13, index=9, log_term=9)
+        assert not may_vote(r, vote)
+        assert may_vote(r, replace(vote, type=MessageType.APPEND))
+        assert may_vote(r, replace(vote, group=G + 1))  # never held here
+        # What the gate keeps from the core: it would grant the stale candidate.
+        [resp] = _answers(core, vote)
+        assert resp.type == MessageType.VOTE_RESP and not resp.reject
+        # Filled by a snapshot, the replica votes again (by its log).
+        with st.write() as w:
+            w.save(G, snapshot=replace(m.snapshot, metadata=replace(meta, term=13)))
+        assert may_vote(r, vote)
     finally:
         st.close()
