@@ -51,10 +51,15 @@ def relay(src: io.BufferedReader, out: TextIO, node_id: int | None, fmt: str) ->
 
 def capture_stderr(node_id: int | None, fmt: str) -> TextIO | None:
     """Replace fd 2 with a pipe to a relay process; returns a stream on the original
-    stderr for the node's own handler (None, and fd 2 untouched, when there is no stderr
-    or no relay could start: the node then logs as before rather than not at all). At
+    stderr for the node's own handler (None, and fd 2 untouched, when there is no stderr,
+    no relay could start, or the node is PID 1: the node then logs as before). At
     exit the pipe is closed and the relay waited for, so whoever waits for the node finds
     every line written."""
+    if os.getpid() == 1:
+        # A container's entrypoint (the Dockerfile's): when PID 1 dies the kernel kills
+        # every other process of its namespace at once, the relay with the node's last
+        # words still in its pipe; the crash message, the relay's reason to be, was lost.
+        return None
     try:
         out_fd = os.dup(2)
     except OSError:

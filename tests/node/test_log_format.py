@@ -151,3 +151,26 @@ def test_without_a_stderr_or_a_relay_the_node_logs_as_before() -> None:
         [sys.executable, "-c", code, "no-relay"], capture_output=True, text=True, timeout=60
     )
     assert no_relay.stdout.split() == ["True", "True"], no_relay
+
+
+def test_a_node_that_is_pid_1_keeps_its_last_words() -> None:
+    """In a container the node is PID 1 (the Dockerfile's entrypoint): when it dies the
+    kernel kills its relay at once, so with a relay the fatal message it wrote last was
+    lost; such a node writes fd 2 itself."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    code = (
+        "import os\n"
+        "from kvstore.node import log, log_relay\n"
+        "log.setup('INFO', 7, 'text', log_relay.capture_stderr(7, 'text'))\n"
+        "os.write(2, b'Fatal Python error: the last words\\n')\n"
+        "os.abort()\n"
+    )
+    argv = [unshare or "unshare", "--fork", "--pid", "--mount-proc", sys.executable, "-c", code]
+    if unshare is None or subprocess.run([*argv[:4], "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare --pid (root)")
+    died = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert died.returncode != 0
+    assert "the last words" in died.stderr, died
