@@ -20,9 +20,12 @@ Rules this module keeps:
   then back) is the same voter to its peers: the storage starts its hard state at the
   group's tombstone (kvstore/storage/tombstone.py), so it keeps the promises (term and
   vote, promised ballot) of the destroyed one (FINDINGS F12). Until a snapshot fills
-  it (no descriptor yet) it answers no vote request (VOTE, PRE_VOTE, PREPARE): its log
-  is empty, and the destroyed replica may have acknowledged entries a stale candidate
-  lacks (its core refuses a snapshot from a leader in a term below the tombstone's).
+  it (no descriptor yet) and its log reaches the last index the destroyed one stored,
+  it answers no vote request (VOTE, PRE_VOTE, PREPARE): the destroyed replica may have
+  acknowledged entries a stale candidate lacks, and an empty log, or one filled from an
+  image older than those entries (a leader that has not applied the removal, or reuses
+  an image built before it), would grant that candidate, which could then overwrite
+  committed entries.
 - A snapshot fits unless another local replica's range overlaps it (a lagging parent
   that has not applied a split yet: its entries would overwrite newer data, TiKV #7002);
   a merge source frozen into the snapshot's group does not stop it (the install destroys
@@ -61,6 +64,11 @@ class Replicas(Protocol):
     def tombstone(self, group: int) -> HardState | None:
         """The promises kept of a replica of ``group`` this node destroyed (None: none;
         kvstore/storage/tombstone.py)."""
+        ...
+
+    def holds_destroyed_log(self, group: int) -> bool:
+        """Does the local replica's log reach the last index a destroyed replica of
+        ``group`` stored (kvstore/storage/tombstone.py)?"""
         ...
 
     def start(self, group: int, parent: int) -> None:
@@ -127,11 +135,11 @@ VOTE_REQUESTS = frozenset({MessageType.VOTE, MessageType.PRE_VOTE, MessageType.P
 
 def may_vote(r: Replicas, m: Message) -> bool:
     """May ``m`` reach the replica of its group running here (see the module rules)?
-    False only for a vote request to a replica a snapshot has not filled yet whose group
-    has a tombstone here."""
-    return (
-        m.type not in VOTE_REQUESTS or r.shard(m.group) is not None or r.tombstone(m.group) is None
-    )
+    False only for a vote request to a replica of a group with a tombstone here that a
+    snapshot has not filled yet, or whose log is short of the destroyed one's."""
+    if m.type not in VOTE_REQUESTS or r.tombstone(m.group) is None:
+        return True
+    return r.shard(m.group) is not None and r.holds_destroyed_log(m.group)
 
 
 def snapshot_fits(r: Replicas, m: Message) -> bool:

@@ -111,6 +111,10 @@ class DriverReplicas:
     def tombstone(self, group: int) -> HardState | None:
         return self.driver.storage.tombstone(group)
 
+    def holds_destroyed_log(self, group: int) -> bool:
+        st = self.driver.storage
+        return st.group(group).last_index() >= st.tombstone_through(group)
+
     def start(self, group: int, parent: int) -> None:
         self.driver.groups[group] = self.driver._make_group(group)
         log.event("shard_started", group=group, parent=parent)

@@ -165,6 +165,11 @@ class NodeStorage:
         with self.env.begin() as txn:
             return tombstone.read(txn, self.dbs, keys.check_group(group))
 
+    def tombstone_through(self, group: int) -> int:
+        """The last log index a destroyed replica of ``group`` stored (tombstone.py)."""
+        with self.env.begin() as txn:
+            return tombstone.stored_through(txn, self.dbs, keys.check_group(group))
+
     def get_group_meta(self, group: int, tag: bytes) -> bytes | None:
         """A group's sealed metadata record (keys.TAG_*), as last committed."""
         with self.env.begin(db=self.dbs.meta) as txn:

@@ -26,7 +26,17 @@ replica is safe (it catches up or is reaped again), and an epoch rule would also
 a leader that added the node back but streams an image it built before (GroupLog
 reuses a built image until the log is compacted past it), stalling the move back.
 
-Tombstones are never deleted: one record (18-byte key, 20-byte value) per group ever
+A promise is not all a destroyed replica gave: it acknowledged log entries, which a
+quorum counting it may have committed while no other member of that quorum is up. Its
+tombstone also keeps the last index it stored (``stored_through``), and a replica of the
+group created here again answers no vote request (VOTE, PRE_VOTE, PREPARE) until its
+log reaches that index (node/lifecycle.py may_vote): filled by an older image (a leader
+that has not applied the removal, N3, or reuses an image built before it) it would grant
+a candidate lacking those entries, which could then overwrite committed ones. The cost:
+while its log is short of that index it is no voter (as if down), and an entry it stored
+that the group later truncated is waited for until the group's log passes that index.
+
+Tombstones are never deleted: one record (18-byte key, 28-byte value) per group ever
 destroyed on the node. A wiped data directory loses them with everything else (the
 README's rule: a node that lost its data comes back as a new member).
 """
@@ -40,7 +50,8 @@ from kvstore.consensus.types import NONE, HardState
 from kvstore.storage import codec, keys
 from kvstore.storage.errors import CorruptionError
 
-_RECORD = struct.Struct("<QQ")  # term, vote
+_RECORD = struct.Struct("<QQQ")  # term, vote, stored through
+_RECORD_V1 = struct.Struct("<QQ")  # term, vote (written before stored_through)
 
 
 def floor(hs: HardState, t: HardState | None) -> HardState:
@@ -53,23 +64,39 @@ def floor(hs: HardState, t: HardState | None) -> HardState:
     return hs if hs.vote != NONE else HardState(term=hs.term, vote=t.vote, commit=hs.commit)
 
 
-def read(txn: Any, dbs: Any, group: int) -> HardState | None:
-    """``group``'s tombstone (term and vote; commit 0) in ``txn``; None: none."""
+def _decode(txn: Any, dbs: Any, group: int) -> tuple[int, int, int] | None:
     record = txn.get(keys.tombstone_key(group), db=dbs.meta)
     if record is None:
         return None
     try:
-        term, vote = _RECORD.unpack(codec.unseal(group, record, "tombstone"))
+        body = codec.unseal(group, record, "tombstone")
+        if len(body) == _RECORD_V1.size:
+            term, vote = _RECORD_V1.unpack(body)
+            return term, vote, 0
+        term, vote, through = _RECORD.unpack(body)
     except struct.error as e:
         raise CorruptionError(f"undecodable tombstone: {e}", group=group) from e
-    return HardState(term=term, vote=vote)
+    return term, vote, through
 
 
-def keep(txn: Any, dbs: Any, group: int, hs: HardState) -> HardState:
-    """Record (raise) ``group``'s tombstone in ``txn`` from the hard state of a replica
-    being destroyed; returns the hard state a replica created later starts from."""
+def read(txn: Any, dbs: Any, group: int) -> HardState | None:
+    """``group``'s tombstone (term and vote; commit 0) in ``txn``; None: none."""
+    t = _decode(txn, dbs, group)
+    return None if t is None else HardState(term=t[0], vote=t[1])
+
+
+def stored_through(txn: Any, dbs: Any, group: int) -> int:
+    """The highest last log index a destroyed replica of ``group`` stored (0: none)."""
+    t = _decode(txn, dbs, group)
+    return 0 if t is None else t[2]
+
+
+def keep(txn: Any, dbs: Any, group: int, hs: HardState, last_index: int = 0) -> HardState:
+    """Record (raise) ``group``'s tombstone in ``txn`` from the hard state and the last
+    log index of a replica being destroyed; returns the hard state a replica created
+    later starts from."""
     top = floor(hs, read(txn, dbs, group))
-    txn.put(
-        keys.tombstone_key(group), codec.seal(group, _RECORD.pack(top.term, top.vote)), db=dbs.meta
-    )
+    through = max(last_index, stored_through(txn, dbs, group))
+    record = codec.seal(group, _RECORD.pack(top.term, top.vote, through))
+    txn.put(keys.tombstone_key(group), record, db=dbs.meta)
     return HardState(term=top.term, vote=top.vote)

@@ -166,8 +166,11 @@ class Writer:
             if hard_state is not None:
                 # Its vote or promise leaves the node after this persist with the rest of
                 # the batch's messages: the tombstone must hold it (tombstone.py).
+                # Its acknowledgements too: the entries were not stored, but their acks
+                # leave with the batch.
                 p = self._group(group)
-                p.hard_state = tombstone.keep(self._txn, self._dbs, group, hard_state)
+                last = entries[-1].index if entries else 0
+                p.hard_state = tombstone.keep(self._txn, self._dbs, group, hard_state, last)
             return
         p = self._group(group)
         if snapshot is not None and not snapshot.is_empty():
@@ -408,7 +411,7 @@ class Writer:
         """Delete ``group``'s log, metadata, log base and sessions, not its user keys,
         and keep its tombstone (tombstone.py) in the same transaction."""
         self.dropped.add(group)
-        kept = tombstone.keep(self._txn, self._dbs, group, p.hard_state)
+        kept = tombstone.keep(self._txn, self._dbs, group, p.hard_state, p.last_index)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
         for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions, self._dbs.history):
             delete_range(self._txn, db, lo, hi)

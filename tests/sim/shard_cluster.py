@@ -495,6 +495,10 @@ class SimReplicas:
     def tombstone(self, group: int) -> HardState | None:
         return self.node.storage.tombstone(group)
 
+    def holds_destroyed_log(self, group: int) -> bool:
+        st = self.node.storage
+        return st.group(group).last_index() >= st.tombstone_through(group)
+
     def start(self, group: int, parent: int) -> None:
         self.node.cores[group] = self.c._core(self.node, group)
         self.c.stats["split_groups_started"] += 1
