@@ -169,6 +169,12 @@ def apply_lease(
     if cur is None:
         return ApplyResult(index, rev, False, None, None, ApplyError.LEASE_NOT_FOUND)
     if isinstance(cmd, LeaseKeepAlive):
+        if cur.remaining_ms == 0:
+            # Run out (a merge took it from one side only, storage/tables.py _run_out; or
+            # a leader's last checkpoint): dead, its revoke on the way. Renewed, it came
+            # back to life with keys the other side's expiry had deleted, and the revoke,
+            # made for the run-out record, was refused.
+            return ApplyResult(index, rev, False, None, None, ApplyError.LEASE_NOT_FOUND)
         txn.set_lease(cmd.lease, LeaseRecord(cur.ttl_ms, cur.ttl_ms, index))
         return ApplyResult(index, rev, True, None, None, ttl_ms=cur.ttl_ms)
     elif isinstance(cmd, LeaseCheckpoint):

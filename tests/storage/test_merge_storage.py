@@ -349,3 +349,27 @@ def test_a_lease_one_side_no_longer_holds_expires_after_the_merge(st: NodeStorag
     run(st, L, entry(5, encode_batch(list(revokes))))
     assert st.kv(L).leases() == []
     assert [kv.key for kv in st.kv(L).scan()] == []
+
+
+def test_a_keep_alive_does_not_revive_a_lease_the_merge_ran_out(st: NodeStorage) -> None:
+    """A keep-alive of lease 9 (its client renews it on every shard) applied between the
+    merge that ran it out and the revoke the target's leader then proposes: it renewed the
+    record (the lease was alive again with R's keys, though L's leader had expired it and
+    deleted L's), and the revoke, made for the run-out record, was refused."""
+    from kvstore.node.lease_expiry import LeaderLeases
+    from kvstore.statemachine import LeaseGrant, LeaseKeepAlive, LeaseRevoke
+
+    run(st, L, entry(1, encode_batch([LeaseGrant(9, 10_000)])))
+    run(st, R, entry(1, encode_batch([LeaseGrant(9, 10_000)])))
+    run(st, R, entry(2, encode_batch([Put(b"pear", b"1", lease=9)])))
+    run(st, L, entry(2, encode_batch([LeaseRevoke(9)])))  # L's leader expired it
+    src = prepare(st, 3)
+    run(st, L, entry(3, cmds.encode(cmds.CommitMerge(src))))
+    t = LeaderLeases()
+    t.sync(term=2, now=100.0, records=list(st.kv(L).leases()))
+    revokes = t.due(100.0)
+    out, _ = run(st, L, entry(4, encode_batch([LeaseKeepAlive(9)])))
+    assert out[0].error == ApplyError.LEASE_NOT_FOUND
+    run(st, L, entry(5, encode_batch(list(revokes))))
+    assert st.kv(L).leases() == []
+    assert [kv.key for kv in st.kv(L).scan()] == []
