@@ -10,9 +10,8 @@ the highest term the replica had and its vote in that term (Multi-Paxos: the pro
 ballot). Any later replica of G on N starts from it (``floor``: log.load_view for a
 group's hard state, writer's split for the group it creates), so it never votes twice
 in a term and never promises below a ballot it promised (FINDINGS F12: "node 2 voted for
-2 and then 4 in term 12"). Accepted values need no tombstone: a re-created replica
-learns the log again from a snapshot and the leader before it acknowledges anything
-(Paxos: its ``lost_through`` rule).
+2 and then 4 in term 12"). The entries it acknowledged (accepted values) are not kept,
+only how far its log went (below).
 
 Why a tombstone rather than a new replica id per incarnation (etcd-io/raft never reuses
 an id; TiKV gives each peer its own id): here a member is a node id everywhere
