@@ -179,7 +179,17 @@ class NodeDriver:
         # The clock starts above every stamp in the log (a restarted leader too).
         self.replica.hlc.observe(max(group.time.applied, log_stamp(glog)))
         group.log_clock.observe(self.storage.kv(g).log_time())  # applied only: logclock.py
+        group.vote_from = self.storage.tombstone_through(g)
         return group
+
+    def short_of_tombstone(self, g: _Group) -> bool:
+        """Is ``g`` a replica created again whose log is short of what the destroyed one
+        stored? Such a replica neither campaigns (ticks, a leadership transfer, a split's
+        campaign) nor votes (lifecycle.may_vote): a quorum of it and a lagging node could
+        overwrite entries a quorum counting the destroyed replica committed."""
+        if g.vote_from and self.storage.group(g.id).last_index() >= g.vote_from:
+            g.vote_from = 0
+        return g.vote_from > 0
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -396,7 +406,7 @@ class NodeDriver:
         self._step_inbox(inbox)
         self.feedback.report({gid: g.core for gid, g in self.groups.items()})
         for g in self.groups.values():
-            if ticks and self.quiesce.should_tick(g):
+            if ticks and self.quiesce.should_tick(g) and not self.short_of_tombstone(g):
                 for _ in range(ticks):
                     g.core.tick()
             self.replica.propose_queued(g)
@@ -521,7 +531,14 @@ class NodeDriver:
             if self.config.sharded and not may_vote(self.lifecycle, m):
                 self.metrics.dropped.labels(self.metrics.shard(m.group), "vote_unfilled").inc()
                 continue
+            if m.type in CAMPAIGN_NOW and self.short_of_tombstone(g):
+                self.metrics.dropped.labels(self.metrics.shard(m.group), "vote_unfilled").inc()
+                continue
             g.core.step(m)
+
+
+CAMPAIGN_NOW = frozenset({MessageType.TIMEOUT_NOW, MessageType.PAXOS_TIMEOUT_NOW})
+"""A leadership transfer: the receiver campaigns at once."""
 
 
 class _LoopClock:

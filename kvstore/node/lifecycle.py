@@ -21,7 +21,8 @@ Rules this module keeps:
   group's tombstone (kvstore/storage/tombstone.py), so it keeps the promises (term and
   vote, promised ballot) of the destroyed one (FINDINGS F12). Until a snapshot fills
   it (no descriptor yet) and its log reaches the last index the destroyed one stored,
-  it answers no vote request (VOTE, PRE_VOTE, PREPARE): the destroyed replica may have
+  it answers no vote request (VOTE, PRE_VOTE, PREPARE), and the driver does not let it
+  campaign either (NodeDriver.short_of_tombstone): the destroyed replica may have
   acknowledged entries a stale candidate lacks, and an empty log, or one filled from an
   image older than those entries (a leader that has not applied the removal, or reuses
   an image built before it), would grant that candidate, which could then overwrite

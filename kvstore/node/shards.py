@@ -123,7 +123,9 @@ class DriverReplicas:
         add_empty_replica(self.driver, group)
 
     def campaign(self, group: int) -> None:
-        self.driver.groups[group].core.campaign()
+        g = self.driver.groups[group]
+        if not self.driver.short_of_tombstone(g):
+            g.core.campaign()
 
     def stop(self, group: int, merged_into: int) -> None:
         g = self.driver.groups.pop(group, None)

@@ -28,10 +28,11 @@ reuses a built image until the log is compacted past it), stalling the move back
 A promise is not all a destroyed replica gave: it acknowledged log entries, which a
 quorum counting it may have committed while no other member of that quorum is up. Its
 tombstone also keeps the last index it stored (``stored_through``), and a replica of the
-group created here again answers no vote request (VOTE, PRE_VOTE, PREPARE) until its
-log reaches that index (node/lifecycle.py may_vote): filled by an older image (a leader
-that has not applied the removal, N3, or reuses an image built before it) it would grant
-a candidate lacking those entries, which could then overwrite committed ones. The cost:
+group created here again neither votes (VOTE, PRE_VOTE, PREPARE: node/lifecycle.py
+may_vote) nor campaigns (NodeDriver.short_of_tombstone) until its log reaches that
+index: filled by an older image (a leader that has not applied the removal, N3, or
+reuses an image built before it) it would grant a candidate lacking those entries, or be
+elected by lagging voters, and that leader could overwrite committed entries. The cost:
 while its log is short of that index it is no voter (as if down), and an entry it stored
 that the group later truncated is waited for until the group's log passes that index.
 
