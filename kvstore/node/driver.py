@@ -41,7 +41,13 @@ from kvstore.node import log
 from kvstore.node.errors import ExhaustedOp, NotLeaderOp, UnavailableOp
 from kvstore.node.feedback import TransportFeedback
 from kvstore.node.hlc import log_stamp
-from kvstore.node.lifecycle import after_persist, may_vote, receive_unknown, snapshot_fits
+from kvstore.node.lifecycle import (
+    after_persist,
+    answer_stale_leader,
+    may_vote,
+    receive_unknown,
+    snapshot_fits,
+)
 from kvstore.node.log_bytes import LogBytes
 from kvstore.node.metrics import NodeMetrics
 from kvstore.node.pending import AdminProposal as _AdminProposal
@@ -534,6 +540,8 @@ class NodeDriver:
             if m.type in CAMPAIGN_NOW and self.short_of_tombstone(g):
                 self.metrics.dropped.labels(self.metrics.shard(m.group), "vote_unfilled").inc()
                 continue
+            if self.config.sharded:
+                answer_stale_leader(self.lifecycle, m)
             g.core.step(m)
 
 

@@ -7,14 +7,20 @@ simulation checks the rules production runs.
 Rules this module keeps:
 - A group a split created starts after the persist that created it (its state is
   durable then), unless a replica of it runs here already (a snapshot from the new
-  group's leader made it first: kept, nothing overwritten, TiKV's rule). Where this node
-  led the parent it campaigns at once: every member applies the same split, so there is
-  no election timeout to wait.
+  group's leader made it first: kept, nothing overwritten, TiKV's rule). A replica that
+  ran here with no state (a vote request started it, below) is started again on the
+  state the split wrote, which keeps its term and vote. Where this node led the parent
+  it campaigns at once: every member applies the same split, so there is no election
+  timeout to wait.
 - A merge source whose replica a CommitMerge destroyed stops after that persist; what was
   pending on it fails as a stale route (nothing after its PrepareMerge could apply).
 - A message for a group not running here: a snapshot that fits starts an empty replica,
-  which the snapshot then fills (it owns the snapshot's range); a leader's append,
-  heartbeat or accept gets the answer an empty replica would give ("send me a
+  which the snapshot then fills (it owns the snapshot's range); a vote request (VOTE,
+  PRE_VOTE, PREPARE) starts one that answers it where the node never held the group (no
+  tombstone; TiKV's uninitialized peer): it acknowledged nothing, so voting with an
+  empty log is safe, and a split's new shard whose other replicas caught up their
+  parent by a snapshot past the split gets a leader only so (FINDINGS F13); a leader's
+  append, heartbeat or accept gets the answer an empty replica would give ("send me a
   snapshot"), creating nothing; anything else is dropped.
 - A replica started for a group whose replica this node destroyed before (moved away,
   then back) is the same voter to its peers: the storage starts its hard state at the
@@ -26,7 +32,12 @@ Rules this module keeps:
   acknowledged entries a stale candidate lacks, and an empty log, or one filled from an
   image older than those entries (a leader that has not applied the removal, or reuses
   an image built before it), would grant that candidate, which could then overwrite
-  committed entries.
+  committed entries. To a Raft leader in a term below the tombstone's (whose snapshot
+  its core drops as stale) the node answers an append, heartbeat or snapshot with the
+  tombstone's term, so that leader steps down and the group elects one that can fill
+  the replica: without CheckQuorum and PreVote the core stays silent, and a replica with
+  no membership never campaigns to make the term known (sharded simulation, raft seed
+  30418).
 - A snapshot fits unless another local replica's range overlaps it (a lagging parent
   that has not applied a split yet: its entries would overwrite newer data, TiKV #7002);
   a merge source frozen into the snapshot's group does not stop it (the install destroys
@@ -73,7 +84,8 @@ class Replicas(Protocol):
         ...
 
     def start(self, group: int, parent: int) -> None:
-        """Start the replica of ``group`` that the split of ``parent`` created here."""
+        """Start the replica of ``group`` that the split of ``parent`` created here
+        (replacing one that ran here with no state)."""
         ...
 
     def start_empty(self, group: int) -> None:
@@ -101,11 +113,10 @@ def after_persist(r: Replicas, changes: ShardChanges) -> list[int]:
     for target, source in changes.merged:
         r.stop(source, target)
     parents = {new: g for g, res in changes.admin_results.items() for new in res.values() if new}
-    running = set(r.hosted())
     started = []
     for gid in changes.created:
-        if gid in running:
-            continue
+        # The split wrote the group's state only where none was stored: a replica running
+        # here then had none (a vote request started it).
         parent = parents.get(gid, 0)
         r.start(gid, parent)
         started.append(gid)
@@ -125,6 +136,9 @@ def receive_unknown(r: Replicas, m: Message) -> bool:
             return False
         r.start_empty(m.group)
         return True
+    if m.type in VOTE_REQUESTS and r.tombstone(m.group) is None:
+        r.start_empty(m.group)
+        return True
     ask = empty_replica_answer(r.node_id, m)
     if ask is not None:
         r.send(ask)
@@ -141,6 +155,28 @@ def may_vote(r: Replicas, m: Message) -> bool:
     if m.type not in VOTE_REQUESTS or r.tombstone(m.group) is None:
         return True
     return r.shard(m.group) is not None and r.holds_destroyed_log(m.group)
+
+
+def answer_stale_leader(r: Replicas, m: Message) -> None:
+    """Tell a Raft leader in a term below the tombstone's of an unfilled replica here
+    that term (see the module rules); the core then drops ``m`` as stale."""
+    if m.type not in _LEADER_TO_FOLLOWER or r.shard(m.group) is not None:
+        return
+    dead = r.tombstone(m.group)
+    if dead is not None and m.term < dead.term:
+        r.send(
+            Message(
+                type=MessageType.APPEND_RESP,
+                group=m.group,
+                from_=r.node_id,
+                to=m.from_,
+                term=dead.term,
+                reject=True,
+            )
+        )
+
+
+_LEADER_TO_FOLLOWER = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT})
 
 
 def snapshot_fits(r: Replicas, m: Message) -> bool:

@@ -116,8 +116,11 @@ class DriverReplicas:
         return st.group(group).last_index() >= st.tombstone_through(group)
 
     def start(self, group: int, parent: int) -> None:
+        old = self.driver.groups.get(group)
+        if old is not None:  # one with no state (lifecycle.after_persist): nothing pends
+            old.fail_all(UnavailableOp("the replica restarted on its split state", definite=True))
         self.driver.groups[group] = self.driver._make_group(group)
-        log.event("shard_started", group=group, parent=parent)
+        log.event("shard_started", group=group, parent=parent, replaced=old is not None)
 
     def start_empty(self, group: int) -> None:
         add_empty_replica(self.driver, group)

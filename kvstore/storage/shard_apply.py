@@ -126,11 +126,10 @@ def _split(w: Writer, group: int, p: _Pending, e: Entry, cmd: shard_cmds.Split) 
     w._set_applied(cmd.new_id, c, e.index)
     w._store_conf(cmd.new_id, c, cs)
     c.last_index, c.last_term, c.tail = e.index, e.term, []
-    # A replica of the new shard destroyed here before (this parent lagged) voted or
-    # promised in its terms: the new one keeps those promises (tombstone.py).
-    hs = tombstone.floor(
-        HardState(term=e.term, commit=e.index), tombstone.read(w._txn, w._dbs, cmd.new_id)
-    )
+    # A replica of the new shard destroyed here before (its tombstone), or one that ran
+    # here with no state and answered a vote request (lifecycle.receive_unknown), voted
+    # or promised in its terms: the group keeps those promises (tombstone.py).
+    hs = tombstone.floor(HardState(term=e.term, commit=e.index), c.hard_state)
     key = keys.meta_key(cmd.new_id, keys.TAG_HARD_STATE)
     w._put_sealed(w._dbs.meta, key, cmd.new_id, codec.encode_hard_state(hs))
     c.hard_state = hs

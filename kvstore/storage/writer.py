@@ -182,6 +182,12 @@ class Writer:
                 self._store_conf(group, p, snapshot.metadata.conf_state)
         if entries:
             self._append(group, p, entries)
+        if hard_state is not None and group in self.created:
+            # The Ready of a replica that ran here with no state (a vote request started
+            # it) while a split in this transaction gave the group its state: keep the
+            # split's commit and that replica's term and vote (shard_apply.apply_split).
+            commit = max(hard_state.commit, p.hard_state.commit)
+            hard_state = replace(tombstone.floor(hard_state, p.hard_state), commit=commit)
         if hard_state is not None and hard_state != p.hard_state:
             key = keys.meta_key(group, keys.TAG_HARD_STATE)
             self._put_sealed(self._dbs.meta, key, group, codec.encode_hard_state(hard_state))

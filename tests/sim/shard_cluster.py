@@ -300,6 +300,7 @@ class ShardCluster:
             elif not lifecycle.may_vote(r, m):
                 self.stats["vote_unfilled_dropped"] += 1
                 continue
+            lifecycle.answer_stale_leader(r, m)
             node.cores[m.group].step(m)
             self.stats["delivered"] += 1
 
@@ -344,6 +345,10 @@ class ShardCluster:
         for g, _, rd in readies:
             if g in gone:
                 continue  # merged away in this transaction (checked below)
+            if g in created:
+                # The Ready of a replica that ran with no state, whose group a split in
+                # this persist initialized (lifecycle.after_persist restarts it).
+                before[g] = st.group(g).view.applied
             try:
                 self._check_ready(node, g, rd, before[g], results.get(g, []), admin.get(g, {}))
             except SafetyViolation as e:
@@ -500,6 +505,11 @@ class SimReplicas:
         return st.group(group).last_index() >= st.tombstone_through(group)
 
     def start(self, group: int, parent: int) -> None:
+        if group in self.node.cores:  # one that ran with no state (a vote started it)
+            self.node.states.pop(group, None)
+            applied = self.node.storage.group(group).view.applied
+            self.node.digest[group] = self.c._known_digest(group, applied, self.node.id)
+            self.c.stats["unfilled_replicas_split"] += 1
         self.node.cores[group] = self.c._core(self.node, group)
         self.c.stats["split_groups_started"] += 1
         self.c.note(f"node {self.node.id} starts group {group} (split of {parent})")

@@ -26,7 +26,7 @@ from kvstore.consensus.types import (
     Snapshot,
     SnapshotMetadata,
 )
-from kvstore.node.lifecycle import may_vote, receive_unknown
+from kvstore.node.lifecycle import answer_stale_leader, may_vote, receive_unknown
 from kvstore.node.shards import DriverReplicas
 from kvstore.shard import commands as cmds
 from kvstore.shard import descriptor as desc
@@ -178,7 +178,10 @@ def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path
     never held, and a filled replica, take them."""
     st = _destroyed(tmp_path / "n2", HardState(term=12, vote=2, commit=5))
     try:
-        driver = SimpleNamespace(config=SimpleNamespace(node_id=2), groups={}, storage=st)
+        sent: list[Message] = []
+        driver = SimpleNamespace(
+            config=SimpleNamespace(node_id=2), groups={}, storage=st, send=sent.extend
+        )
         driver._make_group = lambda g: _core("raft", st)
         r = DriverReplicas(cast(Any, driver))
         image = write_image(20, [], [], shard=desc.encode(SHARD))
@@ -195,6 +198,13 @@ def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path
         core = driver.groups[G]
         core.step(m)
         assert not core.has_ready() and st.group(G).view.shard is None  # dropped: stale
+        # The node tells that leader the tombstone's term (without CheckQuorum and PreVote
+        # the core would not, and a replica with no membership never campaigns), so it
+        # steps down and a leader in a later term fills the replica.
+        answer_stale_leader(r, m)
+        assert [(a.type, a.to, a.term) for a in sent] == [(MessageType.APPEND_RESP, 1, 12)]
+        answer_stale_leader(r, replace(m, term=12))
+        assert len(sent) == 1
         vote = Message(type=MessageType.VOTE, group=G, from_=4, to=2, term=13, index=9, log_term=9)
         assert not may_vote(r, vote)
         assert may_vote(r, replace(vote, type=MessageType.APPEND))
