@@ -62,7 +62,7 @@ from kvstore.node.replica import Batch, ReplicaLoop
 from kvstore.node.shards import DriverReplicas, frozen_merge_source
 from kvstore.node.zombies import destroy_pending
 from kvstore.statemachine import ApplyResult, Command, adds_data
-from kvstore.storage import NodeStorage, StorageFullError
+from kvstore.storage import NodeStorage, StorageFullError, tombstone
 
 MAX_INBOX = 100_000
 MAX_TICKS_PER_ITERATION = 2
@@ -185,7 +185,7 @@ class NodeDriver:
         # The clock starts above every stamp in the log (a restarted leader too).
         self.replica.hlc.observe(max(group.time.applied, log_stamp(glog)))
         group.log_clock.observe(self.storage.kv(g).log_time())  # applied only: logclock.py
-        group.vote_from = self.storage.tombstone_through(g)
+        group.vote_from = self.storage.tombstone_log(g)
         return group
 
     def short_of_tombstone(self, g: _Group) -> bool:
@@ -193,9 +193,17 @@ class NodeDriver:
         stored? Such a replica neither campaigns (ticks, a leadership transfer, a split's
         campaign) nor votes (lifecycle.may_vote): a quorum of it and a lagging node could
         overwrite entries a quorum counting the destroyed replica committed."""
-        if g.vote_from and self.storage.group(g.id).last_index() >= g.vote_from:
-            g.vote_from = 0
-        return g.vote_from > 0
+        if g.vote_from[1] and self.log_covers(g.id, g.vote_from):
+            g.vote_from = (0, 0)
+        return g.vote_from[1] > 0
+
+    def log_covers(self, group: int, mark: tuple[int, int]) -> bool:
+        """Does ``group``'s stored log reach ``mark`` (tombstone.covers: by (term, index)
+        under Raft, by index under Multi-Paxos)?"""
+        v = self.storage.group(group).view
+        return tombstone.covers(
+            v.last_term, v.last_index, mark, by_term=self.config.consensus == "raft"
+        )
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:

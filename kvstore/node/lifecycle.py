@@ -26,18 +26,19 @@ Rules this module keeps:
   then back) is the same voter to its peers: the storage starts its hard state at the
   group's tombstone (kvstore/storage/tombstone.py), so it keeps the promises (term and
   vote, promised ballot) of the destroyed one (FINDINGS F12). Until a snapshot fills
-  it (no descriptor yet) and its log reaches the last index the destroyed one stored,
-  it answers no vote request (VOTE, PRE_VOTE, PREPARE), and the driver does not let it
-  campaign either (NodeDriver.short_of_tombstone): the destroyed replica may have
-  acknowledged entries a stale candidate lacks, and an empty log, or one filled from an
-  image older than those entries (a leader that has not applied the removal, or reuses
-  an image built before it), would grant that candidate, which could then overwrite
-  committed entries. To a Raft leader in a term below the tombstone's (whose snapshot
-  its core drops as stale) the node answers an append, heartbeat or snapshot with the
-  tombstone's term, so that leader steps down and the group elects one that can fill
-  the replica: without CheckQuorum and PreVote the core stays silent, and a replica with
-  no membership never campaigns to make the term known (sharded simulation, raft seed
-  30418).
+  it (no descriptor yet) and its log reaches the last entry the destroyed one stored
+  (tombstone.covers: Raft by (term, index), Multi-Paxos by index), it answers no vote
+  request (VOTE, PRE_VOTE, PREPARE) but a Raft candidate's whose log reaches that entry,
+  and the driver does not let it campaign (NodeDriver.short_of_tombstone): the destroyed
+  replica may have acknowledged entries a stale candidate lacks, and an empty log, or
+  one filled from an image older than those entries (a leader that has not applied the
+  removal, or reuses an image built before it), would grant that candidate, which could
+  then overwrite committed entries. To a Raft leader in a term below the tombstone's
+  (whose snapshot its core drops as stale) the node answers an append, heartbeat or
+  snapshot with the tombstone's term, so that leader steps down and the group elects one
+  that can fill the replica: without CheckQuorum and PreVote the core stays silent, and
+  a replica with no membership never campaigns to make the term known (sharded
+  simulation, raft seed 30418).
 - A snapshot fits unless another local replica's range overlaps it (a lagging parent
   that has not applied a split yet: its entries would overwrite newer data, TiKV #7002);
   a merge source frozen into the snapshot's group does not stop it (the install destroys
@@ -79,8 +80,13 @@ class Replicas(Protocol):
         ...
 
     def holds_destroyed_log(self, group: int) -> bool:
-        """Does the local replica's log reach the last index a destroyed replica of
-        ``group`` stored (kvstore/storage/tombstone.py)?"""
+        """Does the local replica's log reach the last entry a destroyed replica of
+        ``group`` stored (kvstore/storage/tombstone.py covers)?"""
+        ...
+
+    def candidate_holds_destroyed_log(self, group: int, log_term: int, index: int) -> bool:
+        """Raft: does a candidate's log ending at (``log_term``, ``index``) reach it?
+        Always False under Multi-Paxos and for a tombstone without the entry's term."""
         ...
 
     def start(self, group: int, parent: int) -> None:
@@ -154,7 +160,14 @@ def may_vote(r: Replicas, m: Message) -> bool:
     snapshot has not filled yet, or whose log is short of the destroyed one's."""
     if m.type not in VOTE_REQUESTS or r.tombstone(m.group) is None:
         return True
-    return r.shard(m.group) is not None and r.holds_destroyed_log(m.group)
+    if r.shard(m.group) is not None and r.holds_destroyed_log(m.group):
+        return True
+    # Raft: the core grants only a candidate whose log is at least as up to date as this
+    # replica's; one that also reaches the destroyed replica's log holds every entry
+    # either acknowledged (tombstone.py), so a short or empty replica may take it.
+    return m.type != MessageType.PREPARE and r.candidate_holds_destroyed_log(
+        m.group, m.log_term, m.index
+    )
 
 
 def answer_stale_leader(r: Replicas, m: Message) -> None:

@@ -141,9 +141,10 @@ class GroupState:
     """Causal time: the applied time and the reads waiting for it (hlc.py)."""
     log_clock: LogClock = field(default_factory=LogClock)
     """Log time: what a leader stamps as its entries' time_ms (logclock.py)."""
-    vote_from: int = 0
-    """The log index this replica must store before it campaigns: the last one a
-    destroyed earlier replica of the group here stored (storage/tombstone.py; 0: none)."""
+    vote_from: tuple[int, int] = (0, 0)
+    """(term, index) of the last entry a destroyed earlier replica of the group here
+    stored: this replica's log must reach it before it campaigns (storage/tombstone.py
+    covers; index 0: none)."""
 
     def export_drops(self, metrics: NodeMetrics) -> None:
         """Mirror the core's drop counters (stale term, unknown sender ...) into metrics."""

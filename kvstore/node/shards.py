@@ -26,6 +26,7 @@ from kvstore.node import log
 from kvstore.node.errors import InvalidOp, NotLeaderOp, StaleRouteOp, UnavailableOp
 from kvstore.node.pending import GroupState, fail
 from kvstore.shard import descriptor as desc
+from kvstore.storage import tombstone
 
 if TYPE_CHECKING:
     from kvstore.node.driver import NodeDriver
@@ -113,7 +114,13 @@ class DriverReplicas:
 
     def holds_destroyed_log(self, group: int) -> bool:
         st = self.driver.storage
-        return st.group(group).last_index() >= st.tombstone_through(group)
+        v, raft = st.group(group).view, self.driver.config.consensus == "raft"
+        return tombstone.covers(v.last_term, v.last_index, st.tombstone_log(group), by_term=raft)
+
+    def candidate_holds_destroyed_log(self, group: int, log_term: int, index: int) -> bool:
+        mark = self.driver.storage.tombstone_log(group)
+        raft = self.driver.config.consensus == "raft"
+        return raft and mark[0] > 0 and tombstone.covers(log_term, index, mark, by_term=True)
 
     def start(self, group: int, parent: int) -> None:
         old = self.driver.groups.get(group)

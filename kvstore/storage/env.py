@@ -170,6 +170,12 @@ class NodeStorage:
         with self.env.begin() as txn:
             return tombstone.stored_through(txn, self.dbs, keys.check_group(group))
 
+    def tombstone_log(self, group: int) -> tuple[int, int]:
+        """(term, index) of the last entry a destroyed replica of ``group`` stored
+        (tombstone.destroyed_log)."""
+        with self.env.begin() as txn:
+            return tombstone.destroyed_log(txn, self.dbs, keys.check_group(group))
+
     def get_group_meta(self, group: int, tag: bytes) -> bytes | None:
         """A group's sealed metadata record (keys.TAG_*), as last committed."""
         with self.env.begin(db=self.dbs.meta) as txn:

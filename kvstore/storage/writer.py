@@ -169,8 +169,10 @@ class Writer:
                 # Its acknowledgements too: the entries were not stored, but their acks
                 # leave with the batch.
                 p = self._group(group)
-                last = entries[-1].index if entries else 0
-                p.hard_state = tombstone.keep(self._txn, self._dbs, group, hard_state, last)
+                last, last_term = (entries[-1].index, entries[-1].term) if entries else (0, 0)
+                p.hard_state = tombstone.keep(
+                    self._txn, self._dbs, group, hard_state, last, last_term
+                )
             return
         p = self._group(group)
         if snapshot is not None and not snapshot.is_empty():
@@ -417,7 +419,7 @@ class Writer:
         """Delete ``group``'s log, metadata, log base and sessions, not its user keys,
         and keep its tombstone (tombstone.py) in the same transaction."""
         self.dropped.add(group)
-        kept = tombstone.keep(self._txn, self._dbs, group, p.hard_state, p.last_index)
+        kept = tombstone.keep(self._txn, self._dbs, group, p.hard_state, p.last_index, p.last_term)
         lo, hi = keys.group_prefix(group), keys.group_end(group)
         for db in (self._dbs.log, self._dbs.meta, self._dbs.sessions, self._dbs.history):
             delete_range(self._txn, db, lo, hi)

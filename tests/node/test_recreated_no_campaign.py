@@ -80,3 +80,37 @@ def test_a_recreated_replica_short_of_its_old_log_does_not_campaign(
         asyncio.run(main())
     finally:
         st.close()
+
+
+def test_raft_a_recreated_replica_with_a_log_of_a_later_term_campaigns(tmp_path: Path) -> None:
+    """Raft orders logs by (last term, index): filled from an image of a later term than
+    the destroyed replica's last entry, the replica holds all that one acknowledged and
+    may campaign, however short its log (by index alone, two such replicas of three
+    wedged the group: storage/tombstone.py)."""
+    st = NodeStorage(str(tmp_path / "n2"), map_size=16 << 20, sync=False)
+    st.group(G).bootstrap({1, 2, 3}, SHARD, initial_index=5)
+    ents = [Entry(term=12, index=i, type=EntryType.NOOP) for i in range(6, 31)]
+    with st.write() as w:
+        w.save(G, hard_state=HardState(term=12, vote=2, commit=20), entries=ents)
+    with st.write() as w:
+        w.drop_group(G)
+    with st.write() as w:
+        meta = SnapshotMetadata(
+            index=22, term=13, conf_state=ConfState(voters=frozenset({1, 2, 3}))
+        )
+        image = write_image(22, [], [], shard=desc.encode(SHARD))
+        w.save(
+            G,
+            hard_state=HardState(term=13, commit=22),
+            snapshot=Snapshot(metadata=meta, data=image),
+        )
+    try:
+        driver = NodeDriver(
+            DriverConfig(node_id=2, groups=(G,), sharded=True, consensus="raft"),
+            st,
+            NodeMetrics(),
+            endpoints={1: "127.0.0.1:1", 3: "127.0.0.1:1"},
+        )
+        assert not driver.short_of_tombstone(driver.groups[G])
+    finally:
+        st.close()

@@ -55,7 +55,7 @@ from kvstore.shard import commands as shard_cmds
 from kvstore.shard.descriptor import Descriptor
 from kvstore.shard.layout import initial_map
 from kvstore.statemachine.types import ApplyResult
-from kvstore.storage import NodeStorage
+from kvstore.storage import NodeStorage, tombstone
 from kvstore.storage.log import GroupLog
 
 from .checkers import GENESIS_DIGEST, Checker, SafetyViolation, Traits, chain
@@ -501,8 +501,13 @@ class SimReplicas:
         return self.node.storage.tombstone(group)
 
     def holds_destroyed_log(self, group: int) -> bool:
-        st = self.node.storage
-        return st.group(group).last_index() >= st.tombstone_through(group)
+        v, mark = self.node.storage.group(group).view, self.node.storage.tombstone_log(group)
+        return tombstone.covers(v.last_term, v.last_index, mark, by_term=self.c.traits.raft_log)
+
+    def candidate_holds_destroyed_log(self, group: int, log_term: int, index: int) -> bool:
+        mark = self.node.storage.tombstone_log(group)
+        raft = self.c.traits.raft_log
+        return raft and mark[0] > 0 and tombstone.covers(log_term, index, mark, by_term=True)
 
     def start(self, group: int, parent: int) -> None:
         if group in self.node.cores:  # one that ran with no state (a vote started it)

@@ -136,7 +136,9 @@ def test_a_replica_a_snapshot_creates_again_keeps_the_promises(tmp_path: Path) -
     older membership (N3), starts in the tombstone's term with its vote."""
     st = _destroyed(tmp_path / "n2", HardState(term=12, vote=2, commit=5))
     try:
-        driver = SimpleNamespace(config=SimpleNamespace(node_id=2), groups={}, storage=st)
+        driver = SimpleNamespace(
+            config=SimpleNamespace(node_id=2, consensus="raft"), groups={}, storage=st
+        )
         driver._make_group = lambda g: _core("raft", st)
         r = DriverReplicas(cast(Any, driver))
         old = Descriptor(id=G, start=b"m", epoch=Epoch(2, 3), voters=(1, 2, 3))
@@ -180,7 +182,10 @@ def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path
     try:
         sent: list[Message] = []
         driver = SimpleNamespace(
-            config=SimpleNamespace(node_id=2), groups={}, storage=st, send=sent.extend
+            config=SimpleNamespace(node_id=2, consensus="raft"),
+            groups={},
+            storage=st,
+            send=sent.extend,
         )
         driver._make_group = lambda g: _core("raft", st)
         r = DriverReplicas(cast(Any, driver))
@@ -205,8 +210,13 @@ def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path
         assert [(a.type, a.to, a.term) for a in sent] == [(MessageType.APPEND_RESP, 1, 12)]
         answer_stale_leader(r, replace(m, term=12))
         assert len(sent) == 1
-        vote = Message(type=MessageType.VOTE, group=G, from_=4, to=2, term=13, index=9, log_term=9)
+        # The destroyed replica's log ended at (term 5, index 5): a candidate whose log
+        # ends at (4, 9) lacks that entry.
+        vote = Message(type=MessageType.VOTE, group=G, from_=4, to=2, term=13, index=9, log_term=4)
         assert not may_vote(r, vote)
+        # One whose log reaches it by Raft's order holds it: the destroyed replica would
+        # have granted it (tombstone.covers).
+        assert may_vote(r, replace(vote, log_term=5))
         assert may_vote(r, replace(vote, type=MessageType.APPEND))
         assert may_vote(r, replace(vote, group=G + 1))  # never held here
         # What the gate keeps from the core: it would grant the stale candidate.

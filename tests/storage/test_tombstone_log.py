@@ -61,7 +61,9 @@ def test_a_replica_recreated_from_an_older_image_votes_only_once_its_log_is_back
             w.drop_group(G)
         # The leader of term 12 (it has not applied the removal, or reuses an image built
         # before it) creates it again from an image at 20.
-        driver = SimpleNamespace(config=SimpleNamespace(node_id=2), groups={}, storage=st)
+        driver = SimpleNamespace(
+            config=SimpleNamespace(node_id=2, consensus=kind), groups={}, storage=st
+        )
         cfg = Config(id=2, group=G, election_tick=10, heartbeat_tick=1, rng=random.Random(1))
         driver._make_group = lambda g: new_core(kind, cfg, st.group(G))
         r = DriverReplicas(cast(Any, driver))
@@ -110,5 +112,79 @@ def test_a_replica_recreated_from_an_older_image_votes_only_once_its_log_is_back
             w.save(G, entries=_noops(31, 31, term(13, 1)))
             w.drop_group(G)  # destroyed again: the higher index is kept
         assert st.tombstone_through(G) == 31
+    finally:
+        st.close()
+
+
+def _recreated(tmp_path: Path, kind: str) -> tuple[NodeStorage, DriverReplicas, Any]:
+    """Node 2's first replica of G stored entries 6..30 of term 12, of which only 6..20
+    were committed (21..30: a partitioned leader's tail, which the group then truncated);
+    it was destroyed, and G's log went on in term 13 with only two more entries."""
+    st = NodeStorage(str(tmp_path / "n2"), map_size=16 << 20, sync=False)
+    st.group(G).bootstrap({1, 2, 3}, SHARD, initial_index=5)
+    with st.write() as w:
+        w.save(G, hard_state=HardState(term=12, vote=2, commit=20), entries=_noops(6, 30, 12))
+    with st.write() as w:
+        w.drop_group(G)
+    assert st.tombstone_log(G) == (12, 30)
+    driver = SimpleNamespace(
+        config=SimpleNamespace(node_id=2, consensus=kind), groups={}, storage=st
+    )
+    cfg = Config(id=2, group=G, election_tick=10, heartbeat_tick=1, rng=random.Random(1))
+    driver._make_group = lambda g: new_core(kind, cfg, st.group(G))
+    return st, DriverReplicas(cast(Any, driver)), driver
+
+
+def _vote(log_term: int, index: int) -> Message:
+    return Message(
+        type=MessageType.VOTE, group=G, from_=3, to=2, term=14, index=index, log_term=log_term
+    )
+
+
+def test_raft_a_recreated_replica_votes_once_its_log_is_of_a_later_term(tmp_path: Path) -> None:
+    """Raft orders logs by (last term, index): a log of a later term than the destroyed
+    replica's last entry holds everything it acknowledged, however short. By index alone
+    the replica waited for the group's log to pass 30, and with two such replicas of
+    three no candidate could ever be elected to write it (the group wedged)."""
+    st, r, _ = _recreated(tmp_path, "raft")
+    try:
+        # Empty (no snapshot yet): a candidate whose log reaches (12, 30) by Raft's order
+        # is taken; one that does not is not.
+        m = Message(type=MessageType.SNAPSHOT, group=G, from_=1, to=2, term=13)
+        image = write_image(22, [], [], shard=desc.encode(SHARD))
+        meta = SnapshotMetadata(
+            index=22, term=13, conf_state=ConfState(voters=frozenset({1, 2, 3}))
+        )
+        m = replace(m, snapshot=Snapshot(metadata=meta, data=image))
+        assert receive_unknown(r, m)
+        assert may_vote(r, _vote(13, 21))
+        assert may_vote(r, replace(_vote(13, 21), type=MessageType.PRE_VOTE))
+        assert not may_vote(r, _vote(12, 29))
+        # Filled from the term-13 leader's image at 22: its log reaches (12, 30).
+        with st.write() as w:
+            w.save(G, snapshot=m.snapshot)
+        assert r.holds_destroyed_log(G)
+        assert may_vote(r, _vote(13, 22))
+        # Destroyed again at (13, 22): the later of the two logs is kept.
+        with st.write() as w:
+            w.drop_group(G)
+        assert st.tombstone_log(G) == (13, 22)
+    finally:
+        st.close()
+
+
+def test_paxos_a_recreated_acceptor_still_waits_for_the_index(tmp_path: Path) -> None:
+    """Multi-Paxos has no order of logs: a promise reports accepted values from the
+    candidate's index, so the acceptor waits until its log reaches the index."""
+    st, r, _ = _recreated(tmp_path, "paxos")
+    try:
+        image = write_image(22, [], [], shard=desc.encode(SHARD))
+        meta = SnapshotMetadata(
+            index=22, term=13, conf_state=ConfState(voters=frozenset({1, 2, 3}))
+        )
+        with st.write() as w:
+            w.save(G, snapshot=Snapshot(metadata=meta, data=image))
+        assert not r.holds_destroyed_log(G)
+        assert not may_vote(r, replace(_vote(13, 25), type=MessageType.PREPARE))
     finally:
         st.close()
