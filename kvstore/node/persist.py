@@ -133,7 +133,9 @@ def durable(plans: list[Plan]) -> bool:
     depend only on entries and hard state, which make their transaction durable, and a
     durable transaction makes every earlier one durable too. Membership records, member
     addresses and compactions are flushed as well: they are rare and not worth the
-    argument."""
+    argument. So is a transaction that applies a shard admin entry (the storage flushes
+    it: ``Writer.must_flush``): a merge coordinator acts on a PrepareMerge's apply as
+    this node reports it, irrevocably."""
     return any(
         p.log_changes or p.compact_to or p.conf_state is not None or p.addresses for p in plans
     )

@@ -189,7 +189,8 @@ class NodeStorage:
         normal exit and then publishes the new group views; aborts on any exception. A
         full map raises StorageFullError with the transaction aborted. ``durable=False``:
         see the module doc; only for transactions whose every change can be rebuilt from
-        what durable ones hold."""
+        what durable ones hold (one that applies a shard admin entry is flushed anyway:
+        ``Writer.must_flush``)."""
         # Held from begin to publish: a second writer must not start from views that
         # the first has committed but not yet published.
         with self._write_lock:
@@ -232,7 +233,7 @@ class NodeStorage:
                 log.view = view
                 if g in w.dropped:
                     log.forget_snapshot()
-            if durable and self.sync_writes:
+            if (durable or w.must_flush) and self.sync_writes:
                 self._flush_meta()
 
     def _flush_meta(self) -> None:

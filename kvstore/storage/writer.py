@@ -97,6 +97,14 @@ class Writer:
         """Groups dropped in this transaction (their cached snapshots must go too)."""
         self.undecodable = 0
         """NORMAL entries whose data did not decode as a batch (applied as nothing)."""
+        self.must_flush = False
+        """A shard admin entry applied here: the transaction is flushed as durable even when
+        written as ``durable=False`` (storage/env.py). What it applies leaves the node in
+        ways a re-apply cannot take back: a merge coordinator commits a merge once every
+        source replica's Status shows its PrepareMerge applied, and then the source's other
+        replicas are destroyed, so a power loss undoing this node's apply left its source
+        short of the merge index with no leader to commit it again, and the CommitMerge
+        then absorbed an incomplete source (lost writes on this replica)."""
         self.created: list[int] = []
         """Groups a split created on this node in this transaction (the driver starts them)."""
         self.merged: list[tuple[int, int]] = []
@@ -309,6 +317,7 @@ class Writer:
                 raise ValueError(f"group {group}: applying {e.index} after applied {applied}")
             applied = e.index
             if e.type == EntryType.NORMAL and shard_cmds.is_admin(e.data):
+                self.must_flush = True
                 tables.flush()  # a split copies the sessions as stored
                 shard_apply.apply_admin(self, group, p, e)
                 tables = RecordingTables(self._txn, self._dbs, group, owned_range(group, p.shard))

@@ -17,10 +17,14 @@ from typing import Any
 
 import pytest
 
-from kvstore.consensus.types import Role
+from kvstore.consensus.types import Entry, EntryType, HardState, Ready, Role
+from kvstore.node import persist
 from kvstore.node.driver import DriverConfig, NodeDriver
 from kvstore.node.metrics import NodeMetrics
-from kvstore.statemachine import Put
+from kvstore.node.persist import Plan, persist_plans
+from kvstore.shard import Descriptor
+from kvstore.shard import commands as cmds
+from kvstore.statemachine import Put, encode_batch
 from kvstore.storage import NodeStorage
 from kvstore.storage.writer import Writer
 
@@ -90,3 +94,49 @@ def test_saves_are_durable_and_apply_only_transactions_are_not(tmp_path: Path) -
         storage.close()
 
     asyncio.run(main())
+
+
+class _FlushCounting(NodeStorage):
+    """The real storage (sync=True), counting the meta-page flushes that make a
+    transaction durable."""
+
+    flushes = 0
+
+    def _flush_meta(self) -> None:
+        self.flushes += 1
+        super()._flush_meta()
+
+
+def test_an_apply_only_transaction_applying_a_prepare_merge_is_flushed(tmp_path: Path) -> None:
+    """A merge coordinator commits a merge once every source replica's Status shows its
+    PrepareMerge applied; the source's other replicas are then destroyed. Had a power
+    loss undone this node's apply, its source replica would stay short of the merge
+    index (no leader left to commit it again) and its CommitMerge would absorb an
+    incomplete source: the apply must be durable before the node reports it."""
+    st = _FlushCounting(str(tmp_path / "n1"), map_size=1 << 24)
+    try:
+        st.group(1).bootstrap({1, 2, 3}, Descriptor(id=1, end=b"m", voters=(1, 2, 3)))
+        st.group(2).bootstrap({1, 2, 3}, Descriptor(id=2, start=b"m", voters=(1, 2, 3)))
+        src, tgt = st.group(2).view.shard, st.group(1).view.shard
+        assert src is not None and tgt is not None
+        put = Entry(term=1, index=1, type=EntryType.NORMAL, data=encode_batch([Put(b"p", b"1")]))
+        prep = cmds.encode(cmds.PrepareMerge(1, src.epoch, tgt.epoch))
+        merge = Entry(term=1, index=2, type=EntryType.NORMAL, data=prep)
+        with st.write() as w:  # appended (durable), not applied yet
+            w.save(2, entries=[put, merge], hard_state=HardState(term=1, vote=1))
+
+        def apply_only(e: Entry) -> None:
+            rd = Ready(committed=[e], hard_state=HardState(term=1, vote=1, commit=e.index))
+            plan = Plan(group=2, rd=rd, compact_to=0, log_changes=False)
+            assert not persist.durable([plan])
+            persist_plans(st, NodeMetrics(), [plan])
+
+        before = st.flushes
+        apply_only(put)
+        assert st.flushes == before  # a write's apply: not flushed (02459de)
+        apply_only(merge)
+        assert st.flushes == before + 1
+        d = st.group(2).view.shard
+        assert d is not None and d.merging_into == 1
+    finally:
+        st.close()
