@@ -8,10 +8,10 @@ split) is, to G's other members, the same voter or acceptor as before, and its p
 must outlive the destroy. The transaction that destroys the state writes G's tombstone:
 the highest term the replica had and its vote in that term (Multi-Paxos: the promised
 ballot). Any later replica of G on N starts from it (``floor``: log.load_view for a
-group's hard state, writer's split for the group it creates), so it never votes twice
-in a term and never promises below a ballot it promised (FINDINGS F12: "node 2 voted for
-2 and then 4 in term 12"). The entries it acknowledged (accepted values) are not kept,
-only how far its log went (below).
+group's hard state, shard_apply's split for the group it creates), so it never votes
+twice in a term and never promises below a ballot it promised (FINDINGS F12: "node 2
+voted for 2 and then 4 in term 12"). The entries it acknowledged (accepted values) are
+not kept, only how far its log went (below).
 
 Why a tombstone rather than a new replica id per incarnation (etcd-io/raft never reuses
 an id; TiKV gives each peer its own id): here a member is a node id everywhere

@@ -195,7 +195,7 @@ class Writer:
         if hard_state is not None and group in self.created:
             # The Ready of a replica that ran here with no state (a vote request started
             # it) while a split in this transaction gave the group its state: keep the
-            # split's commit and that replica's term and vote (shard_apply.apply_split).
+            # split's commit and that replica's term and vote (shard_apply._split).
             commit = max(hard_state.commit, p.hard_state.commit)
             hard_state = replace(tombstone.floor(hard_state, p.hard_state), commit=commit)
         if hard_state is not None and hard_state != p.hard_state:
