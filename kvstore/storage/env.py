@@ -165,11 +165,6 @@ class NodeStorage:
         with self.env.begin() as txn:
             return tombstone.read(txn, self.dbs, keys.check_group(group))
 
-    def tombstone_through(self, group: int) -> int:
-        """The last log index a destroyed replica of ``group`` stored (tombstone.py)."""
-        with self.env.begin() as txn:
-            return tombstone.stored_through(txn, self.dbs, keys.check_group(group))
-
     def tombstone_log(self, group: int) -> tuple[int, int]:
         """(term, index) of the last entry a destroyed replica of ``group`` stored
         (tombstone.destroyed_log)."""

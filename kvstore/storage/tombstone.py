@@ -27,9 +27,9 @@ reuses a built image until the log is compacted past it), stalling the move back
 
 A promise is not all a destroyed replica gave: it acknowledged log entries, which a
 quorum counting it may have committed while no other member of that quorum is up. Its
-tombstone also keeps how far its log went: the last index it stored (``stored_through``)
-and that entry's term. A replica of the group created here again takes that position as
-a floor of its own log: it campaigns (NodeDriver.short_of_tombstone) and answers a vote
+tombstone also keeps how far its log went: the last index it stored and that entry's
+term (``destroyed_log``). A replica of the group created here again takes that position
+as a floor of its own log: it campaigns (NodeDriver.short_of_tombstone) and answers a vote
 request (VOTE, PRE_VOTE, PREPARE: node/lifecycle.py may_vote) only once its log reaches
 it; filled by an older image (a leader that has not applied the removal, N3, or reuses an
 image built before it) it would grant a candidate lacking those entries, or be elected by
@@ -61,7 +61,7 @@ from kvstore.storage.errors import CorruptionError
 
 _RECORD = struct.Struct("<QQQQ")  # term, vote, stored through, its entry's term
 _RECORD_V2 = struct.Struct("<QQQ")  # term, vote, stored through (before its term was kept)
-_RECORD_V1 = struct.Struct("<QQ")  # term, vote (written before stored_through)
+_RECORD_V1 = struct.Struct("<QQ")  # term, vote (written before stored through)
 
 
 def floor(hs: HardState, t: HardState | None) -> HardState:
@@ -96,12 +96,6 @@ def read(txn: Any, dbs: Any, group: int) -> HardState | None:
     """``group``'s tombstone (term and vote; commit 0) in ``txn``; None: none."""
     t = _decode(txn, dbs, group)
     return None if t is None else HardState(term=t[0], vote=t[1])
-
-
-def stored_through(txn: Any, dbs: Any, group: int) -> int:
-    """The highest last log index a destroyed replica of ``group`` stored (0: none)."""
-    t = _decode(txn, dbs, group)
-    return 0 if t is None else t[2]
 
 
 def destroyed_log(txn: Any, dbs: Any, group: int) -> tuple[int, int]:
