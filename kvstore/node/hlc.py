@@ -86,16 +86,12 @@ class _Log(Protocol):
 
 def log_stamp(glog: _Log) -> int:
     """The highest stamp among the last LOG_SCAN entries of a group's log (0: none)."""
-    return _log_max(glog, entry_stamp)
-
-
-def _log_max(glog: _Log, field: Callable[[bytes], int]) -> int:
     hi = glog.last_index() + 1
     lo = max(glog.first_index(), hi - LOG_SCAN)
     if lo >= hi:
         return 0
     return max(
-        (field(e.data) for e in glog.entries(lo, hi) if e.type == EntryType.NORMAL),
+        (entry_stamp(e.data) for e in glog.entries(lo, hi) if e.type == EntryType.NORMAL),
         default=0,
     )
 
