@@ -1,13 +1,15 @@
 """The writer thread's work: one storage write transaction per loop iteration.
 
-Rule: one transaction (one fsync) persists every group's Ready of the iteration: save
+Rule: one transaction (one commit) persists every group's Ready of the iteration: save
 (hard state, entries, snapshot), apply the committed entries, record a new membership,
 compact. It runs on the single writer thread and touches nothing but the storage.
 
 Rule: a transaction is flushed as durable unless every plan in it only applies committed
-entries and moves the commit index (``durable``): then a machine crash may undo it (a
-process crash cannot), which is safe because everything it held is rebuilt from durable
-state (see ``durable``), as etcd commits its backend in the background.
+entries and moves the commit index (``durable``), and it applies no shard admin entry
+(the storage flushes those: ``Writer.must_flush``). A machine crash may undo such a
+transaction (a process crash cannot), which is safe because everything it held is
+rebuilt from durable state (see ``durable``), as etcd commits its backend in the
+background.
 """
 
 from __future__ import annotations

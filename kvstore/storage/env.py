@@ -1,9 +1,9 @@
 """NodeStorage: one LMDB environment per node, hosting every group's log and state.
 
-Invariant: a write is durable when ``write()`` returns. Each ``with st.write() as w:``
-is ONE LMDB write transaction: committed (and, with ``sync=True``, flushed to disk) when
-the block exits normally, aborted when it raises. Group commit = put every group's Ready
-into one ``write()``.
+Invariant: a write is durable when ``write()`` returns (``durable=False``: below). Each
+``with st.write() as w:`` is ONE LMDB write transaction: committed (and, with
+``sync=True``, flushed to disk) when the block exits normally, aborted when it raises.
+Group commit = put every group's Ready into one ``write()``.
 
 ``write(durable=False)`` (the node's apply-only transactions, node/persist.py) commits
 with one device flush instead of two and may be undone by a machine crash or power loss,
