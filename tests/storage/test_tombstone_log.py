@@ -1,8 +1,9 @@
 """A replica destroyed on a node and created there again from an image older than the
-log the destroyed one stored answers no vote request until its log reaches that index
-(storage/tombstone.py, node/lifecycle.py may_vote). The destroyed replica acknowledged
-those entries, and a quorum counting it may have committed them: granting a candidate
-that lacks them would let it overwrite committed entries (amnesia, as a wiped disk)."""
+log the destroyed one stored answers no vote request until its log reaches that log's
+last entry (storage/tombstone.py covers, node/lifecycle.py may_vote). The destroyed
+replica acknowledged those entries, and a quorum counting it may have committed them:
+granting a candidate that lacks them would let it overwrite committed entries (amnesia,
+as a wiped disk)."""
 
 from __future__ import annotations
 
