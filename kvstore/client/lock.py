@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvstore.client._lease import KeepAlive
+from kvstore.client._limits import to_bytes
 from kvstore.client._watch import WatchEvent
 from kvstore.client.errors import DeadlineExceeded, KVError
 
@@ -63,7 +64,7 @@ class Held:
 
 
 def _name(prefix: bytes, name: bytes | str) -> bytes:
-    return prefix + (name.encode() if isinstance(name, str) else bytes(name))
+    return prefix + to_bytes(name)
 
 
 async def acquire(
@@ -161,7 +162,7 @@ def unique_value(value: bytes | str | None = None) -> bytes:
     tag = os.urandom(8).hex().encode()
     if value is None:
         return tag
-    return (value.encode() if isinstance(value, str) else bytes(value)) + b"#" + tag
+    return to_bytes(value) + b"#" + tag
 
 
 def lock_key(name: bytes | str) -> bytes:
