@@ -1,9 +1,9 @@
 """Nodes in the test's own event loop (real gRPC on loopback, real LMDB), for tests that
 look inside a node while it serves.
 
-Rule: ports are picked at random in 17000-17999 and checked free just before the nodes
-bind them (parallel runs rarely collide; the subprocess clusters of
-tests/integration/harness.py use other ports); the caller stops what it started
+Rule: ports are picked at random in 17000-17999 (the range of the subprocess clusters of
+tests/integration/harness.py too) and checked free just before the nodes bind them
+(parallel runs rarely collide); the caller stops what it started
 (``stop_nodes`` in its ``finally``), so a failing test leaves no server in the loop.
 """
 
