@@ -208,7 +208,7 @@ def snapshot_fits(r: Replicas, m: Message) -> bool:
         other = r.shard(gid)
         if gid != m.group and other is not None and other.overlaps(d):
             if other.merging_into == m.group and d.epoch.version > other.epoch.version:
-                continue  # a merge source the install absorbs (storage.writer)
+                continue  # a merge source the install absorbs (shard_apply.absorb_frozen_sources)
             return False
     return True
 

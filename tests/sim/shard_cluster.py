@@ -4,8 +4,8 @@ Each node is one ``NodeStorage`` (LMDB in a scratch directory, no fsync: a crash
 loss of the node's in-memory cores, committed transactions survive as they would a
 process crash) hosting any number of groups, each a real core (Raft or Multi-Paxos).
 So the split rule, the range check at apply, the range snapshots, the conf_ver bumps
-and the session copy tested here are the production code's (kvstore/storage/writer.py,
-kvstore/shard/*); only the loop that drives them is this module's.
+and the session copy tested here are the production code's (kvstore/storage/writer.py
+and shard_apply.py, kvstore/shard/*); only the loop that drives them is this module's.
 
 The loop keeps the node driver's rules (kvstore/node/driver.py and shards.py):
 - per node, the node's own replica loop (kvstore/node/replica.py) over all of its groups
