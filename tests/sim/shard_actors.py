@@ -440,6 +440,12 @@ class Merger:
             return ""
         src = m.src
         assert src is not None
+        if m.phase != "rollback" and src.merging_into not in c.groups():
+            # The target was merged away meanwhile (a merge of it started while this
+            # source stood frozen into it, its coordinator gone): no CommitMerge or
+            # FenceMerge can reach it (merge_coordinator: no replica, UnavailableOp), and
+            # the watchdog rolls the source back (merging.target_merged_away).
+            return "abandoned"
         if m.phase == "wait":
             m.waited += 1
             ready = [n for n in src.replicas if self._applied(n, src)]
