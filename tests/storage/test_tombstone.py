@@ -8,8 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -27,12 +26,13 @@ from kvstore.consensus.types import (
     SnapshotMetadata,
 )
 from kvstore.node.lifecycle import answer_stale_leader, may_vote, receive_unknown
-from kvstore.node.shards import DriverReplicas
 from kvstore.shard import commands as cmds
 from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor, Epoch
 from kvstore.storage import NodeStorage
 from kvstore.storage.snapshot import write_image
+
+from .replica_stub import replicas
 
 G, PARENT = 3, 1
 SHARD = Descriptor(id=G, start=b"m", epoch=Epoch(2, 4), voters=(1, 2, 3))
@@ -136,11 +136,7 @@ def test_a_replica_a_snapshot_creates_again_keeps_the_promises(tmp_path: Path) -
     older membership (N3), starts in the tombstone's term with its vote."""
     st = _destroyed(tmp_path / "n2", HardState(term=12, vote=2, commit=5))
     try:
-        driver = SimpleNamespace(
-            config=SimpleNamespace(node_id=2, consensus="raft"), groups={}, storage=st
-        )
-        driver._make_group = lambda g: _core("raft", st)
-        r = DriverReplicas(cast(Any, driver))
+        driver, r = replicas(st, "raft", lambda g: _core("raft", st))
         old = Descriptor(id=G, start=b"m", epoch=Epoch(2, 3), voters=(1, 2, 3))
         image = write_image(20, [], [], shard=desc.encode(old))
         meta = SnapshotMetadata(
@@ -181,14 +177,7 @@ def test_an_unfilled_replica_of_a_destroyed_group_answers_no_vote(tmp_path: Path
     st = _destroyed(tmp_path / "n2", HardState(term=12, vote=2, commit=5))
     try:
         sent: list[Message] = []
-        driver = SimpleNamespace(
-            config=SimpleNamespace(node_id=2, consensus="raft"),
-            groups={},
-            storage=st,
-            send=sent.extend,
-        )
-        driver._make_group = lambda g: _core("raft", st)
-        r = DriverReplicas(cast(Any, driver))
+        driver, r = replicas(st, "raft", lambda g: _core("raft", st), send=sent.extend)
         image = write_image(20, [], [], shard=desc.encode(SHARD))
         meta = SnapshotMetadata(index=20, term=11, conf_state=ConfState(voters=frozenset({1, 3})))
         m = Message(

@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -34,6 +33,8 @@ from kvstore.shard import descriptor as desc
 from kvstore.shard.descriptor import Descriptor, Epoch
 from kvstore.storage import NodeStorage
 from kvstore.storage.snapshot import write_image
+
+from .replica_stub import replicas
 
 G = 3
 SHARD = Descriptor(id=G, start=b"m", epoch=Epoch(2, 4), voters=(1, 2, 3))
@@ -62,12 +63,8 @@ def test_a_replica_recreated_from_an_older_image_votes_only_once_its_log_is_back
             w.drop_group(G)
         # The leader of term 12 (it has not applied the removal, or reuses an image built
         # before it) creates it again from an image at 20.
-        driver = SimpleNamespace(
-            config=SimpleNamespace(node_id=2, consensus=kind), groups={}, storage=st
-        )
         cfg = Config(id=2, group=G, election_tick=10, heartbeat_tick=1, rng=random.Random(1))
-        driver._make_group = lambda g: new_core(kind, cfg, st.group(G))
-        r = DriverReplicas(cast(Any, driver))
+        driver, r = replicas(st, kind, lambda g: new_core(kind, cfg, st.group(G)))
         image = write_image(20, [], [], shard=desc.encode(SHARD))
         meta = SnapshotMetadata(
             index=20, term=12, conf_state=ConfState(voters=frozenset({1, 2, 3}))
@@ -128,12 +125,9 @@ def _recreated(tmp_path: Path, kind: str) -> tuple[NodeStorage, DriverReplicas, 
     with st.write() as w:
         w.drop_group(G)
     assert st.tombstone_log(G) == (12, 30)
-    driver = SimpleNamespace(
-        config=SimpleNamespace(node_id=2, consensus=kind), groups={}, storage=st
-    )
     cfg = Config(id=2, group=G, election_tick=10, heartbeat_tick=1, rng=random.Random(1))
-    driver._make_group = lambda g: new_core(kind, cfg, st.group(G))
-    return st, DriverReplicas(cast(Any, driver)), driver
+    driver, r = replicas(st, kind, lambda g: new_core(kind, cfg, st.group(G)))
+    return st, r, driver
 
 
 def _vote(log_term: int, index: int) -> Message:
