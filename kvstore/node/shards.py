@@ -113,9 +113,7 @@ class DriverReplicas:
         return self.driver.storage.tombstone(group)
 
     def holds_destroyed_log(self, group: int) -> bool:
-        st = self.driver.storage
-        v, raft = st.group(group).view, self.driver.config.consensus == "raft"
-        return tombstone.covers(v.last_term, v.last_index, st.tombstone_log(group), by_term=raft)
+        return self.driver.log_covers(group, self.driver.storage.tombstone_log(group))
 
     def candidate_holds_destroyed_log(self, group: int, log_term: int, index: int) -> bool:
         mark = self.driver.storage.tombstone_log(group)

@@ -3,10 +3,12 @@ of a driver is its config, its groups, its storage and how it makes a group's co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
+from kvstore.node.driver import NodeDriver
 from kvstore.node.shards import DriverReplicas
 from kvstore.storage import NodeStorage
 
@@ -18,4 +20,5 @@ def replicas(
         config=SimpleNamespace(node_id=2, consensus=kind), groups={}, storage=st, **extra
     )
     driver._make_group = make_core
+    driver.log_covers = functools.partial(NodeDriver.log_covers, driver)
     return driver, DriverReplicas(cast(Any, driver))
